@@ -1,0 +1,1 @@
+"""Command modules, one per stage. Each exposes `register(app)`."""

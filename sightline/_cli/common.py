@@ -1,0 +1,52 @@
+"""What every command module shares: the consoles, error handling, JSON output."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a one-line error and return the Exit to raise: `raise fail("...")`."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output for `--json`: plain JSON on stdout, nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def existing_path(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise fail(f"{what} '{path}' does not exist; check the path.")
+    return path
+
+
+def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
+    """Run the typer app; turn SightlineError into one line and exit code 2, never a traceback.
+
+    Usage errors (unknown option, missing argument) are typer's own and also exit with 2."""
+    from sightline.errors import SightlineError
+
+    try:
+        app(args=argv)
+    except SightlineError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    return 0

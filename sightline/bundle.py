@@ -1,0 +1,239 @@
+"""The bundle: the unit of deployment and of the model registry (DESIGN.md, "Runs and bundles").
+
+A bundle folder holds `model.json` (everything a later stage needs to use the weights: architecture, class
+names, preprocessing, temperature, thresholds, metrics, provenance), `weights.safetensors`, and after export
+`model.onnx` / `model.int8.onnx`. Every stage after training reads preprocessing and class names from here and
+never declares them again.
+
+Example:
+    >>> bundle = load_bundle("runs/demo")          # a RUN folder or its bundle/ folder
+    >>> model = bundle.load_model()                # nn.Module in eval mode with the trained weights
+    >>> bundle.classes, bundle.preprocessing.input_size
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sightline.errors import BundleError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Preprocessing", "Bundle", "load_bundle", "resolve_bundle_dir", "code_version", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.safetensors"
+ONNX = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the network's input; travels with the weights (like timm's pretrained_cfg).
+
+    Eval path: resize the shorter side to `round(input_size / crop_pct)`, center-crop `input_size` square,
+    scale to [0, 1], subtract `mean`, divide by `std` (per RGB channel)."""
+
+    input_size: int  # side of the square network input, pixels
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"  # PIL resampling name: nearest, bilinear, bicubic, lanczos
+    crop_pct: float = 0.875  # share of the resized image kept by the center crop
+
+    def __post_init__(self) -> None:
+        if self.input_size < 8:
+            raise BundleError(f"preprocessing.input_size={self.input_size} is too small; use at least 8 pixels.")
+        if not 0.1 <= self.crop_pct <= 1.0:
+            raise BundleError(f"preprocessing.crop_pct={self.crop_pct} must be in [0.1, 1.0].")
+        if self.interpolation not in ("nearest", "bilinear", "bicubic", "lanczos"):
+            raise BundleError(
+                f"preprocessing.interpolation={self.interpolation!r} is unknown; "
+                "use nearest, bilinear, bicubic or lanczos."
+            )
+
+    @property
+    def resize_size(self) -> int:
+        """Shorter side after the resize, before the center crop."""
+        return int(round(self.input_size / self.crop_pct))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        try:
+            return cls(
+                input_size=int(data["input_size"]),
+                mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+                interpolation=str(data.get("interpolation", "bicubic")),
+                crop_pct=float(data.get("crop_pct", 0.875)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"model.json 'preprocessing' is invalid ({exc}); re-export the bundle.") from exc
+
+
+@dataclass
+class Bundle:
+    """Metadata of a trained model plus the folder it lives in. `model.json` is `to_dict()` as JSON."""
+
+    architecture: str  # timm model name, e.g. "tf_efficientnet_lite0"
+    classes: list[str]  # class names, index = output unit
+    preprocessing: Preprocessing
+    name: str = "sightline-model"
+    version: str = "1"
+    temperature: float = 1.0  # logits are divided by this before softmax (fitted on validation)
+    # Decision thresholds chosen on validation (see sightline.decision): {"review_confidence": float | None,
+    # "class_thresholds": {class: min probability}, ...provenance}
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # each entry names its split and n_images
+    dataset_version: str | None = None  # hash of the training dataset's manifest
+    code_version: str | None = None  # sightline version + git commit
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    extra: dict[str, Any] = field(default_factory=dict)  # stage-specific: training config, export parity, ...
+    path: Path | None = None  # the folder, once saved or loaded
+
+    # --- files -----------------------------------------------------------------------------------------
+    @property
+    def weights_path(self) -> Path:
+        return self._require_path() / WEIGHTS
+
+    @property
+    def onnx_path(self) -> Path:
+        return self._require_path() / ONNX
+
+    @property
+    def int8_path(self) -> Path:
+        return self._require_path() / ONNX_INT8
+
+    def _require_path(self) -> Path:
+        if self.path is None:
+            raise BundleError("this bundle has not been saved yet; call bundle.save(folder) first.")
+        return self.path
+
+    # --- (de)serialisation -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("path")
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return {"format_version": FORMAT_VERSION, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path | None = None) -> Bundle:
+        where = f"{path / MODEL_JSON}" if path else MODEL_JSON
+        for key in ("architecture", "classes", "preprocessing"):
+            if key not in data:
+                raise BundleError(f"{where} has no '{key}'; it was not written by sightline or is damaged.")
+        if not isinstance(data["classes"], list) or len(data["classes"]) < 2:
+            raise BundleError(f"{where}: 'classes' must list at least two class names.")
+        known = {f for f in cls.__dataclass_fields__ if f != "path"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
+        kwargs["classes"] = [str(c) for c in data["classes"]]
+        return cls(**kwargs, path=path)
+
+    def save(self, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write model.json (and weights.safetensors when `state_dict` is given) into `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if state_dict is not None:
+            from safetensors.torch import save_file
+
+            tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+            save_file(tensors, str(folder / WEIGHTS), metadata={"architecture": self.architecture})
+        self.path = folder
+        self.write_json()
+        return folder
+
+    def write_json(self) -> None:
+        """Rewrite model.json after a later stage added metrics, thresholds or export details."""
+        path = self._require_path() / MODEL_JSON
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        tmp.replace(path)
+
+    # --- model -------------------------------------------------------------------------------------------
+    def load_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The trained network in eval mode, weights from weights.safetensors. Outputs logits (N, K)."""
+        from safetensors.torch import load_file
+
+        from sightline.models.factory import create_model
+
+        if not self.weights_path.is_file():
+            raise BundleError(f"{self.weights_path} is missing; train again or copy the whole bundle folder.")
+        model = create_model(self.architecture, num_classes=len(self.classes), weights="none")
+        state = load_file(str(self.weights_path), device="cpu")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise BundleError(
+                f"{self.weights_path} does not fit {self.architecture} with {len(self.classes)} classes "
+                f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)."
+            )
+        return model.to(device).eval()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to model.json")
+
+
+def resolve_bundle_dir(path: str | Path) -> Path:
+    """Accept a bundle folder, a RUN folder (uses RUN/bundle) or a model.json path."""
+    path = Path(path)
+    if path.is_file() and path.name == MODEL_JSON:
+        path = path.parent
+    if not path.exists():
+        raise BundleError(f"'{path}' does not exist; pass a RUN folder or its bundle/ folder.")
+    if (path / MODEL_JSON).is_file():
+        return path
+    if (path / "bundle" / MODEL_JSON).is_file():
+        return path / "bundle"
+    raise BundleError(f"'{path}' holds no {MODEL_JSON} (nor bundle/{MODEL_JSON}); pass a RUN or bundle folder.")
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read a bundle from a bundle folder or a RUN folder. Raises BundleError with what to do on bad input."""
+    folder = resolve_bundle_dir(path)
+    try:
+        data = json.loads((folder / MODEL_JSON).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{folder / MODEL_JSON} cannot be read ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{folder / MODEL_JSON} is not a JSON object.")
+    if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise BundleError(f"{folder / MODEL_JSON} is from a newer sightline; upgrade sightline to read it.")
+    return Bundle.from_dict(data, path=folder)
+
+
+def code_version() -> str:
+    """sightline's version, plus the git commit when the package runs from a git checkout."""
+    from sightline import __version__
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return __version__
+    commit = out.stdout.strip()
+    return f"{__version__}+g{commit}" if out.returncode == 0 and commit else __version__
