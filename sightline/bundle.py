@@ -175,7 +175,12 @@ class Bundle:
             raise BundleError(f"{self.weights_path} is missing; train again or copy the whole bundle folder.")
         model = create_model(self.architecture, num_classes=len(self.classes), weights="none")
         state = load_file(str(self.weights_path), device="cpu")
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatch
+            first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+            raise BundleError(f"{self.weights_path} does not fit {self.architecture} with {len(self.classes)} "
+                              f"classes: {first}") from exc
         if missing or unexpected:
             raise BundleError(
                 f"{self.weights_path} does not fit {self.architecture} with {len(self.classes)} classes "

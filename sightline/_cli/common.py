@@ -39,7 +39,7 @@ def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
     from sightline.errors import SightlineError
 
     try:
-        app(args=argv)
+        app(args=argv, prog_name="sightline")
     except SightlineError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from sightline.cli import main
+
+
+def _run(args, capsys):
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code, capsys.readouterr()
+    raise AssertionError("main() must exit")
+
+
+def test_help_and_version(capsys):
+    code, out = _run(["--help"], capsys)
+    assert code == 0 and "sightline" in out.out.lower()
+    code, out = _run(["--version"], capsys)
+    assert code == 0 and "sightline" in out.out
+
+
+def test_unknown_command_exits_2(capsys):
+    code, _ = _run(["no-such-command"], capsys)
+    assert code == 2
+
+
+def test_help_does_not_import_torch():
+    # `sightline --help` must stay instant: the CLI module tree may not import torch, timm or onnxruntime.
+    code = (
+        "import sys; from sightline.cli import app; import typer.main; typer.main.get_command(app); "
+        "heavy = [m for m in ('torch', 'timm', 'onnxruntime', 'sklearn', 'fastapi') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
