@@ -1,0 +1,237 @@
+"""Safe image decoding: the one place where a file or an upload becomes an RGB `PIL.Image`.
+
+Every stage (dataset scan, training, evaluation, the HTTP service) goes through `load_image`, so they all see
+the same pixels for the same bytes:
+
+- the format is decided by content (JPEG, PNG, BMP, TIFF, WebP); anything else is `NotAnImageError`;
+- the header's width x height is checked against our own pixel cap *before* any pixel is decoded
+  (Pillow's `Image.MAX_IMAGE_PIXELS` is a second line of defence, not the first);
+- EXIF orientation is applied;
+- every mode becomes 3-channel RGB: CMYK JPEGs with or without the Adobe (inverted) convention, palette images
+  with transparency and LA/RGBA are composited on a fixed background (`BACKGROUND`), 16-bit grayscale is scaled
+  to 8 bits (not clipped), 1-bit becomes black and white;
+- truncated or corrupt data raises `CorruptImageError` naming the file.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sightline.errors import CorruptImageError, ImageError, ImageTooLargeError, NotAnImageError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "BACKGROUND",
+    "DEFAULT_MAX_PIXELS",
+    "ImageSource",
+    "load_image",
+    "probe_image",
+    "to_rgb",
+]
+
+ImageSource = Union[str, Path, bytes, bytearray, memoryview]
+
+# Pillow format names we accept. "MPO" is how Pillow names multi-picture JPEGs (most phone cameras).
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP"})
+# The plugins Image.open may try: nothing else is even parsed.
+_OPEN_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+DEFAULT_MAX_PIXELS = 50_000_000
+# Transparent pixels are composited on white: fixed, so the same upload always gives the same input.
+BACKGROUND = (255, 255, 255)
+# What Pillow's decoders raise on truncated or corrupt data (zlib for PNG, struct for TIFF/BMP headers).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+_EXIF_ORIENTATION = 0x0112
+
+
+def _describe(source: ImageSource, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return "<uploaded bytes>"
+
+
+@contextmanager
+def _open(source: ImageSource, label: str) -> Iterator[Image.Image]:
+    """Open lazily (header only); the file handle is ours, so a loaded image stays valid after the `with`.
+
+    Raises NotAnImageError, ImageTooLargeError, CorruptImageError, ImageError (unreadable path)."""
+    if not isinstance(source, (str, Path, bytes, bytearray, memoryview)):
+        raise TypeError(f"load_image takes a path or bytes, not {type(source).__name__}")
+    with ExitStack() as stack:
+        try:
+            if isinstance(source, (str, Path)):
+                fp: BinaryIO = stack.enter_context(open(source, "rb"))
+            else:
+                fp = io.BytesIO(bytes(source))
+            im = Image.open(fp, formats=_OPEN_FORMATS)
+        except UnidentifiedImageError:
+            raise NotAnImageError(
+                f"{label}: not a supported image (the content is not JPEG, PNG, BMP, TIFF or WebP)"
+            ) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            # Only reached beyond Pillow's own limit (or when its warning is turned into an error): our cap is lower.
+            raise ImageTooLargeError(f"{label}: refused, the header announces too many pixels ({exc})") from None
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise ImageError(f"{label}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
+        except _DECODE_ERRORS as exc:
+            raise CorruptImageError(f"{label}: corrupt image header ({exc})") from None
+        yield im
+
+
+def _check_format(im: Image.Image, label: str) -> str:
+    fmt = im.format or ""
+    if fmt not in ALLOWED_FORMATS:
+        raise NotAnImageError(f"{label}: format {fmt or 'unknown'} is not supported (use JPEG, PNG, BMP, TIFF or WebP)")
+    return "JPEG" if fmt == "MPO" else fmt
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation tag (1..8) from the header, 1 when absent or unreadable."""
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except _DECODE_ERRORS:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise CorruptImageError(f"{label}: the header announces an empty image ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageTooLargeError(
+            f"{label}: {w}x{h} = {w * h / 1e6:.1f} megapixels is above the cap of {max_pixels / 1e6:.1f}; "
+            "downscale the image or raise max_pixels"
+        )
+
+
+def _verify_png_checksums(source: ImageSource, label: str) -> None:
+    """PNG chunks carry CRCs that Pillow's decoder does not check: a flipped bit in smooth image data can decode
+    to wrong pixels without any error. `verify()` checks them (a CRC over the compressed bytes: cheap)."""
+    with _open(source, label) as im:
+        try:
+            im.verify()
+        except _DECODE_ERRORS as exc:
+            raise CorruptImageError(f"{label}: corrupt PNG data ({exc}); re-export or remove the file") from None
+
+
+def probe_image(path: ImageSource, *, name: str | None = None) -> tuple[str, int, int]:
+    """Cheap header check: (format, width, height) without decoding pixels.
+
+    `format` is one of "JPEG", "PNG", "BMP", "TIFF", "WEBP"; width and height are in pixels *after* EXIF
+    orientation (what `load_image` returns). Raises NotAnImageError, ImageTooLargeError (only beyond Pillow's own
+    hard limit; the pixel cap is `load_image`'s job), CorruptImageError or ImageError (unreadable path).
+    """
+    label = _describe(path, name)
+    with _open(path, label) as im:
+        fmt = _check_format(im, label)
+        w, h = im.size
+        if _orientation(im) in (5, 6, 7, 8):
+            w, h = h, w
+    return fmt, w, h
+
+
+def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """Integer/float single-channel pixels -> uint8, scaling the full range instead of clipping it."""
+    if mode.startswith("I;16") or (mode == "I" and a.min(initial=0) >= 0 and a.max(initial=0) <= 65535):
+        # 16-bit range 0..65535 -> 0..255 (65535 / 257 = 255 exactly).
+        return np.round(a.astype(np.float32) / 257.0).astype(np.uint8)
+    a = a.astype(np.float64)
+    finite = a[np.isfinite(a)]
+    if finite.size == 0:
+        return np.zeros(a.shape, dtype=np.uint8)
+    lo, hi = float(finite.min()), float(finite.max())
+    if mode == "F" and lo >= 0.0 and hi <= 1.0:
+        lo, hi = 0.0, 1.0  # float images in [0, 1] keep their absolute brightness
+    scaled = (np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo) - lo) / max(hi - lo, 1e-12)
+    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_rgb(im: Image.Image, *, fmt: str | None = None) -> Image.Image:
+    """Any Pillow mode -> 3-channel RGB (see the module docstring for what each mode becomes).
+
+    `fmt` is the source format; it matters for CMYK JPEGs: Pillow always reads them with the Adobe (inverted)
+    convention, so a CMYK JPEG without an Adobe APP14 marker is inverted back.
+    """
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "CMYK":
+        if fmt == "JPEG" and "adobe" not in im.info:
+            # Plain (non-Adobe) CMYK JPEG: stored values are not inverted, but Pillow assumed they were.
+            im = Image.fromarray(255 - np.asarray(im), mode="CMYK")
+        return im.convert("RGB")
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(im), mode), mode="L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode = im.mode
+        if mode == "RGB":
+            return im
+    if mode == "1":
+        return im.convert("L").convert("RGB")
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        rgba = im.convert("RGBA")  # premultiplied modes are un-premultiplied by convert
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")  # L, YCbCr, LAB, HSV, ...
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode a file path or raw bytes into an RGB image, safely.
+
+    Args:
+        source: a path, or the bytes of an upload.
+        max_pixels: width x height cap, checked on the header before decoding (default 50 megapixels).
+        draft: (width, height) in pixels, as displayed (after EXIF orientation). JPEGs at least that big are
+            decoded at a reduced scale (1/2, 1/4, 1/8) that stays >= this size: much faster when the caller
+            resizes anyway. Other formats ignore it.
+        name: how errors name the image (defaults to the path, or "<uploaded bytes>").
+
+    Returns:
+        A fully loaded `PIL.Image.Image` in mode "RGB", independent of the file (which is closed).
+
+    Raises:
+        NotAnImageError: the content is not JPEG/PNG/BMP/TIFF/WebP (whatever the extension says).
+        ImageTooLargeError: the header announces more than `max_pixels` pixels.
+        CorruptImageError: truncated or corrupt data.
+        ImageError: the path cannot be read.
+
+    Example:
+        >>> image = load_image("DATA/train/ok/0001.jpg", draft=(256, 256))
+        >>> image.mode
+        'RGB'
+    """
+    label = _describe(source, name)
+    with _open(source, label) as im:
+        fmt = _check_format(im, label)
+        _check_pixels(im, label, max_pixels)
+        orientation = _orientation(im)
+        if fmt == "PNG":
+            _verify_png_checksums(source, label)
+        try:
+            if draft is not None and fmt == "JPEG":
+                dw, dh = draft
+                if orientation in (5, 6, 7, 8):
+                    dw, dh = dh, dw  # the request is in displayed pixels, the JPEG is stored rotated
+                im.draft(None, (int(dw), int(dh)))
+            im.load()
+            if orientation != 1:
+                im = ImageOps.exif_transpose(im)
+            return to_rgb(im, fmt=fmt)
+        except _DECODE_ERRORS as exc:
+            raise CorruptImageError(f"{label}: truncated or corrupt {fmt} data ({exc}); re-export or remove the file") from None
