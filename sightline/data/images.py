@@ -18,6 +18,7 @@ import io
 import struct
 import zlib
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
@@ -30,7 +31,9 @@ __all__ = [
     "ALLOWED_FORMATS",
     "BACKGROUND",
     "DEFAULT_MAX_PIXELS",
+    "ImageInfo",
     "ImageSource",
+    "image_info",
     "load_image",
     "probe_image",
     "to_rgb",
@@ -123,6 +126,28 @@ def _verify_png_checksums(source: ImageSource, label: str) -> None:
             raise CorruptImageError(f"{label}: corrupt PNG data ({exc}); re-export or remove the file") from None
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says. width/height are in pixels after EXIF orientation; mode is Pillow's stored mode
+    ("RGB", "L", "CMYK", "P", "I;16", ...) before `load_image` turns it into RGB."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+def image_info(source: ImageSource, *, name: str | None = None) -> ImageInfo:
+    """Header-only look at an image (no pixel decoding); raises like `probe_image`."""
+    label = _describe(source, name)
+    with _open(source, label) as im:
+        fmt = _check_format(im, label)
+        w, h = im.size
+        if _orientation(im) in (5, 6, 7, 8):
+            w, h = h, w
+        return ImageInfo(fmt, w, h, im.mode)
+
+
 def probe_image(path: ImageSource, *, name: str | None = None) -> tuple[str, int, int]:
     """Cheap header check: (format, width, height) without decoding pixels.
 
@@ -130,13 +155,8 @@ def probe_image(path: ImageSource, *, name: str | None = None) -> tuple[str, int
     orientation (what `load_image` returns). Raises NotAnImageError, ImageTooLargeError (only beyond Pillow's own
     hard limit; the pixel cap is `load_image`'s job), CorruptImageError or ImageError (unreadable path).
     """
-    label = _describe(path, name)
-    with _open(path, label) as im:
-        fmt = _check_format(im, label)
-        w, h = im.size
-        if _orientation(im) in (5, 6, 7, 8):
-            w, h = h, w
-    return fmt, w, h
+    info = image_info(path, name=name)
+    return info.format, info.width, info.height
 
 
 def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:

@@ -1,0 +1,280 @@
+"""Reading a dataset folder (DESIGN.md layouts) into samples, and its region annotations.
+
+Split layout: DATA/{train,val,test}/<class>/<image>.  Flat layout: DATA/<class>/<image>.
+Images may sit in sub-folders of a class folder. Beside an image, `<stem>.xml` (Pascal VOC boxes) or
+`<stem>.mask.png` (binary mask) is its ground-truth region. Hidden files and folders (".name") are ignored.
+Nothing is dropped silently: a file that is not used is listed in `Dataset.skipped` with the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import xml.etree.ElementTree as ET
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sightline.data.images import DEFAULT_MAX_PIXELS, image_info
+from sightline.errors import DatasetError, ImageError
+
+__all__ = ["SPLITS", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version", "region_path"]
+
+SPLITS = ("train", "val", "test")
+MASK_SUFFIX = ".mask.png"
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path  # absolute path of the image
+    relpath: str  # posix path relative to the dataset root
+    label: str  # class name
+    split: str | None  # "train" | "val" | "test", None in the flat layout
+    region: Path | None  # <stem>.xml (Pascal VOC) or <stem>.mask.png beside the image, if present
+    width: int = 0  # pixels after EXIF orientation, from the header
+    height: int = 0
+    format: str = ""  # JPEG | PNG | BMP | TIFF | WEBP, by content
+    mode: str = ""  # Pillow's stored colour mode, before conversion to RGB
+
+
+@dataclass
+class Dataset:
+    root: Path
+    layout: str  # "split" | "flat"
+    classes: list[str]  # sorted class names
+    samples: list[Sample]  # only files whose header is a supported image (no full decode)
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: files not used, and why
+
+    def split(self, name: str) -> list[Sample]:
+        """Samples of one split ("train" | "val" | "test"); in the flat layout, every sample for name=None."""
+        return [s for s in self.samples if s.split == name]
+
+    def class_counts(self, split: str | None = None) -> dict[str, int]:
+        """{class: number of images}, every class listed (0 when absent); split=None counts all samples."""
+        counts = Counter(s.label for s in self.samples if split is None or s.split == split)
+        return {c: counts.get(c, 0) for c in self.classes}
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _is_annotation(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith(MASK_SUFFIX) or lower.endswith(".xml")
+
+
+def region_path(image: Path) -> Path | None:
+    """The region annotation beside an image (`<stem>.mask.png` first, then `<stem>.xml`), or None."""
+    for candidate in (image.with_name(image.stem + MASK_SUFFIX), image.with_suffix(".xml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _walk_files(folder: Path, root: Path, skipped: list[dict]) -> list[Path]:
+    """Every non-hidden file under `folder`, without following symlinks that leave `root`."""
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        base = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if _hidden(d):
+                continue
+            sub = base / d
+            if sub.is_symlink():
+                if not _inside(sub, root):
+                    skipped.append({"path": sub.relative_to(root).as_posix(), "reason": "symlinked folder points outside the dataset root; refused"})
+                    continue
+                out.extend(_walk_files(sub, root, skipped))  # os.walk does not descend into symlinked dirs
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if _hidden(name) or _is_annotation(name):
+                continue
+            p = base / name
+            if p.is_symlink() and not _inside(p, root):
+                skipped.append({"path": p.relative_to(root).as_posix(), "reason": "symlink points outside the dataset root; refused"})
+                continue
+            out.append(p)
+    return out
+
+
+def _class_dirs(parent: Path, root: Path, skipped: list[dict]) -> list[Path]:
+    dirs = []
+    for d in sorted(parent.iterdir()):
+        if _hidden(d.name) or not d.is_dir():
+            continue
+        if d.is_symlink() and not _inside(d, root):
+            skipped.append({"path": d.relative_to(root).as_posix(), "reason": "symlinked class folder points outside the dataset root; refused"})
+            continue
+        dirs.append(d)
+    return dirs
+
+
+def _probe(path: Path, max_pixels: int) -> tuple[Path, object]:
+    try:
+        info = image_info(path)
+    except ImageError as exc:
+        return path, str(exc)
+    except OSError as exc:  # e.g. a broken symlink or an I/O error
+        return path, f"unreadable ({exc.strerror or exc})"
+    if info.width * info.height > max_pixels:
+        return path, f"{info.width}x{info.height} is above the {max_pixels / 1e6:.0f} megapixel cap"
+    return path, info
+
+
+def scan_dataset(
+    root: str | Path,
+    *,
+    require_splits: tuple[str, ...] = (),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> Dataset:
+    """Read a dataset folder: layout, classes, samples (header-checked images) and skipped files.
+
+    The layout is "split" when DATA has a train/, val/ or test/ folder, else "flat". Only headers are read, so
+    a file with a valid header but corrupt pixels is a sample here and a finding of `sightline data audit`.
+
+    Raises DatasetError when the folder is missing, has fewer than two classes, a class folder holds no image,
+    or one of `require_splits` is absent.
+
+    Example:
+        >>> ds = scan_dataset("DATA", require_splits=("train", "val"))
+        >>> ds.class_counts("train")
+        {'crack': 40, 'ok': 700, ...}
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset folder '{root}' does not exist; check the path")
+    if not root.is_dir():
+        raise DatasetError(f"dataset '{root}' is a file, not a folder of class folders")
+    root = root.resolve()
+    skipped: list[dict] = []
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    layout = "split" if present else "flat"
+    # (split, class folder) pairs
+    groups: list[tuple[str | None, Path]] = []
+    if layout == "split":
+        for d in sorted(root.iterdir()):
+            if d.is_dir() and not _hidden(d.name) and d.name not in SPLITS:
+                skipped.append({"path": d.name, "reason": "folder is not a split (train/val/test) in the split layout; ignored"})
+        for s in present:
+            groups.extend((s, d) for d in _class_dirs(root / s, root, skipped))
+    else:
+        groups.extend((None, d) for d in _class_dirs(root, root, skipped))
+    missing = [s for s in require_splits if s not in present]
+    if missing:
+        hint = "run `sightline data split` to make one" if layout == "flat" else "add the folder or re-split the data"
+        raise DatasetError(f"dataset '{root}' has no {'/'.join(missing)} split ({layout} layout); {hint}")
+
+    files: list[tuple[str | None, str, Path]] = []
+    for split, d in groups:
+        for p in _walk_files(d, root, skipped):
+            files.append((split, d.name, p))
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
+        probed = list(pool.map(lambda f: _probe(f[2], max_pixels), files))
+
+    samples: list[Sample] = []
+    for (split, label, p), (_, info) in zip(files, probed):
+        rel = p.relative_to(root).as_posix()
+        if isinstance(info, str):
+            skipped.append({"path": rel, "reason": info})
+            continue
+        samples.append(
+            Sample(
+                path=p, relpath=rel, label=label, split=split, region=region_path(p),
+                width=info.width, height=info.height, format=info.format, mode=info.mode,
+            )
+        )
+
+    per_folder = Counter((s.split, s.label) for s in samples)
+    for split, d in groups:
+        if per_folder[(split, d.name)] == 0:
+            where = d.relative_to(root).as_posix()
+            raise DatasetError(f"class folder '{where}' holds no usable image; add images or remove the folder")
+    classes = sorted({d.name for _, d in groups})
+    if len(classes) < 2:
+        found = f"only '{classes[0]}'" if classes else "none"
+        where = "in train/val/test" if layout == "split" else "at the top level"
+        raise DatasetError(f"dataset '{root}' needs at least two class folders {where}, found {found}")
+    return Dataset(root=root, layout=layout, classes=classes, samples=samples, skipped=skipped)
+
+
+def _voc_boxes(path: Path) -> tuple[list[tuple[float, float, float, float]], tuple[int, int] | None]:
+    """Pascal VOC boxes (xmin, ymin, xmax, ymax; 1-based inclusive pixels) and the annotated (width, height)."""
+    try:
+        tree = ET.parse(path)
+    except ET.ParseError as exc:
+        raise DatasetError(f"region file '{path}': invalid XML ({exc}); fix or remove it") from None
+    root = tree.getroot()
+    boxes = []
+    for box in root.iter("bndbox"):
+        try:
+            boxes.append(tuple(float(box.findtext(k, "")) for k in ("xmin", "ymin", "xmax", "ymax")))
+        except ValueError:
+            raise DatasetError(f"region file '{path}': a bndbox lacks numeric xmin/ymin/xmax/ymax") from None
+    size = root.find("size")
+    annotated = None
+    if size is not None:
+        try:
+            annotated = (int(float(size.findtext("width", ""))), int(float(size.findtext("height", ""))))
+        except ValueError:
+            annotated = None
+    return boxes, annotated  # type: ignore[return-value]
+
+
+def load_regions(sample: Sample, size: tuple[int, int]) -> np.ndarray | None:
+    """The ground-truth region of a sample as an (H, W) bool mask for an image of `size` = (width, height),
+    i.e. PIL's `image.size` of the loaded image. Boxes are rasterised (filled); a mask PNG is any non-zero pixel,
+    resized with nearest neighbour if its size differs. VOC boxes are rescaled when the XML's <size> differs.
+    Returns None when the sample has no region file. Raises DatasetError on an unreadable region file."""
+    w, h = int(size[0]), int(size[1])
+    mask_file = sample.path.with_name(sample.path.stem + MASK_SUFFIX)
+    xml_file = sample.path.with_suffix(".xml")
+    mask: np.ndarray | None = None
+    if mask_file.is_file():
+        try:
+            with Image.open(mask_file) as m:
+                m = m.convert("L")
+                if m.size != (w, h):
+                    m = m.resize((w, h), Image.Resampling.NEAREST)
+                mask = np.asarray(m) > 0
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DatasetError(f"region mask '{mask_file}' cannot be read ({exc}); fix or remove it") from None
+    if xml_file.is_file():
+        boxes, annotated = _voc_boxes(xml_file)
+        sx, sy = (w / annotated[0], h / annotated[1]) if annotated and annotated[0] > 0 and annotated[1] > 0 else (1.0, 1.0)
+        box_mask = np.zeros((h, w), dtype=bool)
+        for xmin, ymin, xmax, ymax in boxes:
+            x0 = max(0, int(np.floor((xmin - 1) * sx)))
+            y0 = max(0, int(np.floor((ymin - 1) * sy)))
+            x1 = min(w, int(np.ceil(xmax * sx)))
+            y1 = min(h, int(np.ceil(ymax * sy)))
+            box_mask[y0:y1, x0:x1] = True
+        mask = box_mask if mask is None else (mask | box_mask)
+    return mask
+
+
+def dataset_version(dataset: Dataset) -> str:
+    """Hash of the manifest (relpath, label, split, sha256 of the bytes), sorted: 16 hex characters.
+
+    Any change of content, label or split changes it; the order of files on disk does not."""
+    from sightline.data.hashing import sha256_file
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        digests = list(pool.map(lambda s: sha256_file(s.path), dataset.samples))
+    rows = sorted(f"{s.relpath}\t{s.label}\t{s.split or ''}\t{d}" for s, d in zip(dataset.samples, digests))
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
