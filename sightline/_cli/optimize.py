@@ -1,8 +1,175 @@
-"""`sightline` commands of the optimize stage."""
+"""`sightline` commands of the optimize stage: export, predict, bench, distill."""
 from __future__ import annotations
 
+import glob
+from pathlib import Path
+
 import typer
+
+from sightline._cli.common import console, err_console, fail, print_json
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, folders searched recursively for image files, glob patterns expanded; in order, unique."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(".mask.png")
+            )
+        elif path.exists() or not any(ch in item for ch in "*?["):
+            found.append(path)  # a missing plain path becomes an error row, like any unreadable file
+        else:
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            if not matches:
+                raise fail(f"the pattern '{item}' matches no file; check it (quote it so the shell leaves it).")
+            found += [p for p in matches if p.is_file()]
+    seen: set[Path] = set()
+    return [p for p in found if not (p in seen or seen.add(p))]
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
+
+    @app.command("export")
+    def export_cmd(
+        run: Path = typer.Argument(..., help="RUN folder or bundle folder."),
+        int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx (static int8, calibrated on val)."),
+        data: Path | None = typer.Option(None, "--data", help="Dataset (split layout); default: the one the run recorded."),
+        quant_format: str = typer.Option("qdq", "--format", help="int8 graph format: qdq or qoperator."),
+        as_json: bool = typer.Option(False, "--json", help="Print the export record as JSON."),
+    ) -> None:
+        """Export to ONNX (dynamic batch), check parity with PyTorch on val images, optionally quantize to int8."""
+        from sightline.optimize.export import export
+
+        if data is not None and not data.is_dir():
+            raise fail(f"--data '{data}' is not a folder; pass the dataset in the split layout.")
+        with err_console.status("exporting to ONNX and checking parity..."):
+            report = export(run, int8=int8, data_dir=data, quant_format=quant_format)
+        if as_json:
+            print_json(report)
+            return
+        p = report["parity"]
+        console.print(
+            f"model.onnx written ({report['size_bytes'] / 1e6:.2f} MB, opset {report['opset']}); parity on "
+            f"{p['n_images']} images from {p['source']}: max abs logit diff {p['max_abs_diff']:.2e}, "
+            f"top-1 agreement {p['top1_agreement']:.3f}"
+        )
+        if "int8" in report:
+            q = report["int8"]
+            t = q["test"]
+            console.print(
+                f"model.int8.onnx written ({q['size_bytes']['int8'] / 1e6:.2f} MB vs {q['size_bytes']['fp32'] / 1e6:.2f} MB); "
+                f"{t['split']} ({t['n_images']} images): accuracy {t['fp32']['accuracy']:.4f} -> {t['int8']['accuracy']:.4f}, "
+                f"ECE {t['fp32']['ece']:.4f} -> {t['int8']['ece']:.4f}"
+            )
+
+    @app.command("predict")
+    def predict_cmd(
+        bundle: Path = typer.Argument(..., help="RUN or bundle folder (exported with `sightline export`)."),
+        inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
+        int8: bool = typer.Option(False, "--int8", help="Use model.int8.onnx."),
+        fmt: str = typer.Option("csv", "--format", help="csv or json."),
+        out: Path | None = typer.Option(None, "--out", help="Write here instead of stdout."),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per inference call."),
+    ) -> None:
+        """Predict a label for every image; unreadable files get a row with the error, never stop the batch."""
+        import csv
+        import io
+        import json
+
+        from rich.progress import Progress
+
+        from sightline.bundle import load_bundle
+        from sightline.optimize.predictor import OnnxPredictor
+
+        if fmt not in ("csv", "json"):
+            raise fail(f"--format {fmt!r} is unknown; use csv or json.")
+        paths = expand_inputs(inputs)
+        if not paths:
+            raise fail("no input images found; pass files, folders or glob patterns.")
+        predictor = OnnxPredictor(load_bundle(bundle), int8=int8)
+        with Progress(console=err_console, transient=True) as progress:
+            task = progress.add_task("predicting", total=len(paths))
+            rows = predictor.predict_files(
+                paths, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n)
+            )
+        if fmt == "json":
+            text = json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
+        else:
+            buf = io.StringIO()
+            writer = csv.writer(buf)
+            writer.writerow(["filename", "label", "confidence", "decision", "top_k", "error"])
+            for r in rows:
+                top = ";".join(f"{t['label']}:{t['confidence']:.4f}" for t in r.top_k)
+                conf = f"{r.confidence:.6f}" if r.confidence is not None else ""
+                writer.writerow([r.filename, r.label or "", conf, r.decision or "", top, r.error or ""])
+            text = buf.getvalue()
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+            n_err = sum(r.error is not None for r in rows)
+            err_console.print(f"{len(rows)} rows ({n_err} unreadable) written to {out}")
+        else:
+            typer.echo(text, nl=False)
+
+    @app.command("bench")
+    def bench_cmd(
+        bundle: Path = typer.Argument(..., help="RUN or bundle folder (exported with `sightline export --int8`)."),
+        images: Path | None = typer.Option(None, "--images", help="Folder of images to use (default: synthetic 640x480 JPEGs)."),
+        batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
+        backends: str = typer.Option("torch,onnx,onnx-int8", "--backends", help="Any of torch, onnx, onnx-int8."),
+        budget: float = typer.Option(4.0, "--budget", help="Seconds per backend and batch size."),
+        as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    ) -> None:
+        """Decode / preprocess / inference / postprocess timings, p50/p95, images/s, size and peak memory."""
+        from rich.table import Table
+
+        from sightline.optimize.bench import bench
+
+        try:
+            sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+        except ValueError:
+            raise fail(f"--batch-sizes '{batch_sizes}' must be integers separated by commas, e.g. 1,8,32.") from None
+        blobs = None
+        if images is not None:
+            files = expand_inputs([str(images)])
+            if not files:
+                raise fail(f"--images '{images}' holds no image files.")
+            blobs = [f.read_bytes() for f in files[:256]]
+        with err_console.status("benchmarking...") as status:
+            report = bench(
+                bundle,
+                images=blobs,
+                batch_sizes=sizes,
+                backends=[b.strip() for b in backends.split(",") if b.strip()],
+                time_budget_s=budget,
+                on_step=lambda s: status.update(f"benchmarking {s}..."),
+            )
+        if as_json:
+            print_json(report)
+            return
+        table = Table(title=f"{report['architecture']} @ {report['input_size']} px, {report['images']['source']}")
+        for col in ("backend", "batch", "p50 ms", "p95 ms", "img/s", "decode", "preproc", "infer", "post", "MB", "peak RSS MB"):
+            table.add_column(col, justify="right")
+        for backend, entry in report["results"].items():
+            if "skipped" in entry:
+                continue
+            for b in sizes:
+                r = entry[str(b)]
+                s = r["stages_p50_ms"]
+                table.add_row(
+                    backend, str(b), f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['images_per_s']:.1f}",
+                    f"{s['decode']:.1f}", f"{s['preprocess']:.1f}", f"{s['inference']:.1f}", f"{s['postprocess']:.2f}",
+                    f"{entry['model_bytes'] / 1e6:.2f}", str(entry["peak_rss_delta_mb"]),
+                )
+        console.print(table)
+        for backend, entry in report["results"].items():
+            if "skipped" in entry:
+                console.print(f"{backend} skipped: {entry['skipped']}")
+        for key, value in report["speedup"].items():
+            console.print(f"{key}: {value}x")

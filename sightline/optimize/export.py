@@ -1,0 +1,224 @@
+"""ONNX export with a parity check against PyTorch (issue 5, part 1).
+
+`export()` writes `model.onnx` into the bundle (opset 18, dynamic batch axis, torch.export-based exporter),
+compares ONNX Runtime logits with PyTorch logits on validation images (max absolute difference, top-1
+agreement), refuses the export when they disagree, and records the figures in `model.json`
+(`extra["export"]`). With `int8=True` it also writes `model.int8.onnx` (sightline.optimize.quantize).
+
+Example:
+    >>> report = export("runs/demo", int8=True, data_dir="data/parts")
+    >>> report["parity"]["max_abs_diff"], report["int8"]["test"]["accuracy"]
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sightline.bundle import Bundle, load_bundle, resolve_bundle_dir
+from sightline.errors import BundleError, DatasetError
+
+__all__ = ["export", "export_onnx", "check_parity", "ParityError", "load_split_arrays", "recorded_data_dir"]
+
+OPSET = 18
+# fp32 ONNX Runtime vs PyTorch on CPU agree to ~1e-5 on logits; 1e-3 (relative to the logit scale) leaves room
+# for other kernels (CUDA, oneDNN) while still catching a wrong graph, which is off by O(1).
+PARITY_TOL = 1e-3
+
+
+class ParityError(BundleError):
+    """The exported graph does not reproduce PyTorch's logits."""
+
+
+def export_onnx(model, path: Path, input_size: int, *, opset: int = OPSET) -> Path:
+    """Export an eval-mode nn.Module taking (N, 3, S, S) to ONNX with a dynamic batch axis.
+
+    Uses the torch.export-based exporter (dynamo=True): it gives a clean, constant-folded graph for timm
+    EfficientNets without the TorchScript exporter's deprecation warnings."""
+    import contextlib
+    import io
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = (torch.randn(2, 3, input_size, input_size),)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    tmp = path.with_name(path.name + ".tmp")
+    # The exporter narrates each step on stdout; keep stdout for the command's own output (--json).
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        program = torch.onnx.export(
+            model.eval(),
+            example,
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
+        program.save(str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def check_parity(model, onnx_path: Path, inputs: np.ndarray, *, tol: float = PARITY_TOL) -> dict[str, Any]:
+    """Compare PyTorch and ONNX Runtime logits on (N, 3, S, S) inputs.
+
+    Returns {"n_images", "max_abs_diff", "tolerance", "top1_agreement", "ok"}; `ok` requires the max abs
+    difference <= tol * max(1, max |logit|) and identical top-1 classes (ties within tol excepted)."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    ref, got = [], []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), 32):
+            chunk = np.ascontiguousarray(inputs[start : start + 32], dtype=np.float32)
+            ref.append(model(torch.from_numpy(chunk)).float().numpy())
+            got.append(session.run(None, {name: chunk})[0])
+    ref_a, got_a = np.concatenate(ref), np.concatenate(got)
+    diff = float(np.abs(ref_a - got_a).max())
+    scale = max(1.0, float(np.abs(ref_a).max()))
+    agree = ref_a.argmax(1) == got_a.argmax(1)
+    # a disagreement only counts when PyTorch's top-2 logits are further apart than the tolerance
+    top2 = np.sort(ref_a, axis=1)[:, -2:]
+    tie = (top2[:, 1] - top2[:, 0]) <= tol * scale
+    return {
+        "n_images": int(len(inputs)),
+        "max_abs_diff": diff,
+        "tolerance": tol * scale,
+        "top1_agreement": float(agree.mean()),
+        "ok": bool(diff <= tol * scale and bool(np.all(agree | tie))),
+    }
+
+
+def recorded_data_dir(run_or_bundle: str | Path, bundle: Bundle) -> Path | None:
+    """The dataset folder the run was trained on, when the run recorded it (bundle extra or RUN/config.*)."""
+    candidates: list[Any] = []
+    for key in ("train", "config", "training"):
+        section = bundle.extra.get(key)
+        if isinstance(section, dict):
+            candidates += [section.get("data_dir"), section.get("data")]
+    candidates.append(bundle.extra.get("data_dir"))
+    run_dir = resolve_bundle_dir(run_or_bundle).parent
+    for name in ("config.json", "config.yaml", "config.yml", "train_config.yaml"):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                if path.suffix == ".json":
+                    data = json.loads(path.read_text())
+                else:
+                    import yaml
+
+                    data = yaml.safe_load(path.read_text())
+            except Exception:  # noqa: BLE001 - a damaged config only means "not recorded"
+                continue
+            if isinstance(data, dict):
+                candidates += [data.get("data_dir"), data.get("data")]
+    for value in candidates:
+        if isinstance(value, str) and Path(value).is_dir():
+            return Path(value)
+    return None
+
+
+def load_split_arrays(
+    data_dir: str | Path, split: str, bundle: Bundle, *, max_images: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images of one split as the network sees them: ((N, 3, S, S) float32, (N,) int labels, relpaths).
+
+    Uses at most `max_images` (a class-mixed, seeded subset). Unreadable images are skipped."""
+    from sightline.data.datasets import scan_dataset
+    from sightline.data.images import load_image
+    from sightline.data.transforms import eval_preprocess, stack
+
+    dataset = scan_dataset(data_dir, require_splits=(split,))
+    samples = [s for s in dataset.split(split) if s.label in bundle.classes]
+    if not samples:
+        raise DatasetError(f"{data_dir}/{split} has no images of the bundle's classes {bundle.classes}.")
+    if max_images is not None and len(samples) > max_images:
+        rng = np.random.default_rng(seed)
+        samples = [samples[i] for i in sorted(rng.choice(len(samples), size=max_images, replace=False))]
+    arrays, labels, names = [], [], []
+    for s in samples:
+        try:
+            arrays.append(eval_preprocess(load_image(s.path), bundle.preprocessing))
+        except Exception:  # noqa: BLE001 - the audit reports unreadable files; here they are just not used
+            continue
+        labels.append(bundle.classes.index(s.label))
+        names.append(s.relpath)
+    if not arrays:
+        raise DatasetError(f"no readable image in {data_dir}/{split}; run `sightline data audit {data_dir}`.")
+    return stack(arrays), np.asarray(labels, dtype=np.int64), names
+
+
+def export(
+    run_or_bundle: str | Path,
+    *,
+    int8: bool = False,
+    data_dir: str | Path | None = None,
+    opset: int = OPSET,
+    max_parity_images: int = 64,
+    quant_format: str = "qdq",
+    tol: float = PARITY_TOL,
+) -> dict[str, Any]:
+    """Export a trained bundle to ONNX (and int8), check parity, record everything in model.json.
+
+    data_dir: dataset in the split layout; its `val` split feeds the parity check and int8 calibration, its
+    `test` split the before/after accuracy, ECE and size. Default: the dataset recorded by training. Without
+    data, parity is checked on random inputs and int8 export is refused (calibration needs real images).
+    Raises ParityError (and removes the bad file) when ONNX and PyTorch disagree.
+    Returns the dict stored as `model.json["extra"]["export"]`."""
+    bundle = load_bundle(run_or_bundle)
+    if data_dir is None:
+        data_dir = recorded_data_dir(run_or_bundle, bundle)
+    model = bundle.load_model("cpu")
+    s = bundle.preprocessing.input_size
+
+    t0 = time.perf_counter()
+    export_onnx(model, bundle.onnx_path, s, opset=opset)
+    export_s = time.perf_counter() - t0
+
+    if data_dir is not None:
+        inputs, _, _ = load_split_arrays(data_dir, "val", bundle, max_images=max_parity_images)
+        source = f"{Path(data_dir)}/val"
+    else:
+        inputs = np.random.default_rng(0).standard_normal((8, 3, s, s)).astype(np.float32)
+        source = "random inputs (no dataset given)"
+    parity = check_parity(model, bundle.onnx_path, inputs, tol=tol)
+    parity["split"] = "val" if data_dir is not None else None
+    parity["source"] = source
+    if not parity["ok"]:
+        bundle.onnx_path.unlink(missing_ok=True)
+        raise ParityError(
+            f"ONNX export of {bundle.path} breaks parity on {parity['n_images']} images from {source}: max abs "
+            f"logit diff {parity['max_abs_diff']:.3g} (tolerance {parity['tolerance']:.3g}), top-1 agreement "
+            f"{parity['top1_agreement']:.3f}; model.onnx was not written. Report this with the architecture name."
+        )
+    report: dict[str, Any] = {
+        "onnx": bundle.onnx_path.name,
+        "opset": opset,
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "dynamic_batch": True,
+        "size_bytes": bundle.onnx_path.stat().st_size,
+        "export_s": round(export_s, 2),
+        "parity": parity,
+        "data_dir": str(data_dir) if data_dir is not None else None,
+    }
+    if int8:
+        from sightline.optimize.quantize import quantize_bundle
+
+        if data_dir is None:
+            raise DatasetError(
+                "int8 export needs validation images for calibration; pass --data DATA (split layout)."
+            )
+        report["int8"] = quantize_bundle(bundle, data_dir, quant_format=quant_format)
+    else:
+        bundle.int8_path.unlink(missing_ok=True)  # a stale int8 model would no longer match the weights
+    bundle.extra["export"] = report
+    bundle.write_json()
+    return report
