@@ -1,8 +1,87 @@
-"""`sightline` commands of the data stage."""
+"""`sightline data synth|split|audit`: thin commands over sightline.data."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from sightline._cli.common import console, existing_path, fail, print_json
+
+data_app = typer.Typer(help="Make, split and audit image datasets.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
+    app.add_typer(data_app, name="data")
+
+
+def _progress(total: int, description: str, enabled: bool):
+    """A rich progress bar (on stderr, so --json stays clean) and a callback advancing it by n."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from sightline._cli.common import err_console
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, disable=not enabled, transient=True,
+    )
+    task = bar.add_task(description, total=total)
+    return bar, (lambda n=1: bar.advance(task, n))
+
+
+@data_app.command("split")
+def split_cmd(
+    src: Path = typer.Argument(..., help="Flat dataset: SRC/<class>/<image>. Never modified."),
+    out: Path = typer.Argument(..., help="New folder for the split layout OUT/{train,val,test}/<class>/."),
+    ratios: str = typer.Option("0.7,0.15,0.15", help="train,val,test shares."),
+    seed: int = typer.Option(0, help="Random seed: same seed + same data = same split."),
+    max_distance: int = typer.Option(8, help="Perceptual-hash bits within which images count as near duplicates (-1: exact only)."),
+    copy: bool = typer.Option(False, "--copy", help="Copy files instead of hard-linking them."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Stratified, seeded train/val/test split that keeps duplicates and near duplicates in one split."""
+    from sightline.data.datasets import scan_dataset
+    from sightline.data.split import split_dataset
+
+    existing_path(src, "dataset folder")
+    try:
+        shares = tuple(float(x) for x in ratios.split(","))
+    except ValueError:
+        raise fail(f"--ratios '{ratios}' must be three numbers like 0.7,0.15,0.15") from None
+    if len(shares) != 3:
+        raise fail(f"--ratios '{ratios}' must be three numbers like 0.7,0.15,0.15")
+    n = len(scan_dataset(src).samples)
+    bar, advance = _progress(n, "hashing images", enabled=not json_out)
+    with bar:
+        result = split_dataset(src, out, ratios=shares, seed=seed, max_distance=max_distance, link=not copy, progress=advance)
+    summary = {
+        "out": str(result.out),
+        "n_images": result.n_images,
+        "counts": result.counts,
+        "groups_merged": result.groups_merged,
+        "images_in_merged_groups": result.images_in_merged_groups,
+        "excluded": result.excluded,
+        "linked": result.linked,
+        "copied": result.copied,
+        "manifest": str(result.manifest),
+    }
+    if json_out:
+        print_json(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"split of {src} -> {out}")
+    table.add_column("class")
+    for s in result.counts:
+        table.add_column(s, justify="right")
+    for c in next(iter(result.counts.values())):
+        table.add_row(c, *(str(result.counts[s][c]) for s in result.counts))
+    console.print(table)
+    console.print(
+        f"{result.n_images} images; {result.groups_merged} duplicate groups merged "
+        f"({result.images_in_merged_groups} images kept together in one split); "
+        f"{result.linked} hard-linked, {result.copied} copied; manifest: {result.manifest}"
+    )
+    for item in result.excluded:
+        console.print(f"[yellow]not placed:[/] {item['path']}: {item['reason']}", highlight=False)

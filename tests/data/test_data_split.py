@@ -1,0 +1,120 @@
+"""Leak-free split: library and `sightline data split` on a dataset built in the test."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sightline.data.datasets import scan_dataset
+from sightline.data.manifest import read_manifest
+from sightline.data.split import assign_groups, duplicate_groups, split_dataset
+
+
+def _img(seed: int, size: int = 48) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def _make(root: Path, per_class: dict[str, int]) -> Path:
+    seed = 0
+    for label, n in per_class.items():
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            _img(seed).save(root / label / f"{label}_{i:02d}.png")
+            seed += 1
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def _where(out: Path) -> dict[str, str]:
+    """file name -> split, from the written layout."""
+    return {p.name: p.relative_to(out).parts[0] for p in out.rglob("*.*") if p.parts[-1] != "manifest.csv" and p.is_file()}
+
+
+@pytest.fixture()
+def raw(tmp_path: Path) -> Path:
+    root = _make(tmp_path / "raw", {"ok": 40, "scratch": 20, "crack": 7})
+    # an exact duplicate within a class, and a re-encoded smaller copy filed under another class
+    (root / "ok" / "ok_dup.png").write_bytes((root / "ok" / "ok_00.png").read_bytes())
+    buf = io.BytesIO()
+    Image.open(root / "ok" / "ok_01.png").resize((40, 40)).save(buf, "JPEG", quality=80)
+    (root / "scratch" / "looks_like_ok_01.jpg").write_bytes(buf.getvalue())
+    # a region file travels with its image; a corrupt file is not placed
+    Image.new("L", (48, 48), 0).save(root / "crack" / "crack_00.mask.png")
+    cut = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(cut, "JPEG")
+    (root / "crack" / "broken.jpg").write_bytes(cut.getvalue()[:700])
+    return root
+
+
+def test_split_keeps_duplicates_together_and_is_stratified(raw: Path, tmp_path: Path) -> None:
+    before = _snapshot(raw)
+    out = tmp_path / "out"
+    result = split_dataset(raw, out, seed=3)
+    assert _snapshot(raw) == before  # the source is only read
+
+    where = _where(out)
+    assert where["ok_00.png"] == where["ok_dup.png"]
+    assert where["ok_01.png"] == where["looks_like_ok_01.jpg"]
+    assert result.groups_merged == 2 and result.images_in_merged_groups == 4
+    assert [e["path"] for e in result.excluded] == ["crack/broken.jpg"]
+    assert result.n_images == 69
+
+    ds = scan_dataset(out, require_splits=("train", "val", "test"))
+    assert sum(len(ds.split(s)) for s in ("train", "val", "test")) == 69
+    for label, n in (("ok", 41), ("scratch", 21), ("crack", 7)):
+        got = [ds.class_counts(s)[label] for s in ("train", "val", "test")]
+        assert sum(got) == n
+        expected = np.array([0.7, 0.15, 0.15]) * n
+        assert np.abs(np.array(got) - expected).max() <= 1.5, (label, got)
+        assert min(got) >= 1
+    assert (out / "test" / "crack").exists() or (out / "val" / "crack").exists()
+    mask_owner = next(s for s in ds.samples if s.path.name == "crack_00.png")
+    assert mask_owner.region is not None and mask_owner.region.name == "crack_00.mask.png"
+
+    # hard links by default: same inode as the source
+    placed = next(out.rglob("ok_05.png"))
+    assert placed.stat().st_ino == (raw / "ok" / "ok_05.png").stat().st_ino and result.linked == 69
+
+    rows = read_manifest(out / "manifest.csv")
+    assert len(rows) == 69 and {r.split for r in rows} == {"train", "val", "test"}
+    assert all((out / r.relpath).is_file() for r in rows)
+
+
+def test_split_is_deterministic_per_seed(raw: Path, tmp_path: Path) -> None:
+    a = _where(split_dataset(raw, tmp_path / "a", seed=1).out)
+    b = _where(split_dataset(raw, tmp_path / "b", seed=1, link=False).out)
+    c = _where(split_dataset(raw, tmp_path / "c", seed=2).out)
+    assert a == b and a != c
+    assert (tmp_path / "b" / "train" / "ok").exists()
+    copied = next((tmp_path / "b").rglob("ok_05.png"))
+    assert copied.stat().st_ino != (raw / "ok" / "ok_05.png").stat().st_ino
+
+
+def test_duplicate_groups_union_find_is_transitive() -> None:
+    sha = ["a", "b", "a", "c", "d", ""]
+    hashes = np.array([0b0, 0xFFFF, 0b0, 0b111, 0xFFFF_0000_0000, 0b0], dtype=np.uint64)
+    # 0~2 exact; 0~3 near (3 bits); 1 alone; 4 alone; 5 has no hash (undecodable): alone
+    assert duplicate_groups(sha, hashes, max_distance=3) == [[0, 2, 3], [1], [4], [5]]
+    assert duplicate_groups(sha, hashes, max_distance=-1) == [[0, 2], [1], [3], [4], [5]]
+
+
+def test_assign_groups_never_splits_a_group() -> None:
+    rng = np.random.default_rng(0)
+    labels = [str(x) for x in rng.integers(0, 3, 300)]
+    cuts = np.cumsum(rng.integers(1, 5, 300))
+    groups = [g.tolist() for g in np.split(np.arange(300), cuts[cuts < 300]) if len(g)]  # a partition, sizes 1..4
+    where = assign_groups(groups, labels, seed=0)
+    assert sorted(i for g in groups for i in g) == list(range(300)) and min(where) == 0
+    for g in groups:
+        assert len({where[i] for i in g}) == 1
+    shares = np.bincount(where, minlength=3) / 300
+    np.testing.assert_allclose(shares, [0.7, 0.15, 0.15], atol=0.03)
