@@ -1,8 +1,113 @@
-"""`sightline` commands of the serve stage."""
+"""`sightline` commands of the serve stage: serve, keys create|list|revoke."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from sightline._cli.common import console, err_console, fail, print_json
+
+
+def _store(bundle: Path | None, database_url: str | None):
+    import os
+
+    from sightline.serve.settings import database_url as resolve_url
+    from sightline.serve.store import Store
+
+    bundle = bundle or (Path(os.environ["SIGHTLINE_BUNDLE"]) if os.environ.get("SIGHTLINE_BUNDLE") else None)
+    return Store(resolve_url(database_url or os.environ.get("SIGHTLINE_DATABASE_URL"), bundle))
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
+
+    @app.command("serve")
+    def serve_cmd(
+        bundle: Path = typer.Argument(..., help="RUN or bundle folder."),
+        host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1 or SIGHTLINE_HOST)."),
+        port: int | None = typer.Option(None, "--port", help="Port (default 8000 or SIGHTLINE_PORT)."),
+        int8: bool = typer.Option(False, "--int8", help="Serve model.int8.onnx."),
+    ) -> None:
+        """Serve the bundle over HTTP (FastAPI + uvicorn). Other settings come from SIGHTLINE_* variables."""
+        import uvicorn
+
+        from sightline.bundle import load_bundle
+        from sightline.serve.app import create_app
+        from sightline.serve.settings import Settings
+
+        overrides: dict = {"bundle": bundle}
+        if host is not None:
+            overrides["host"] = host
+        if port is not None:
+            overrides["port"] = port
+        if int8:
+            overrides["int8"] = True
+        settings = Settings(**overrides)
+        b = load_bundle(bundle)
+        if settings.int8 and not b.int8_path.is_file():
+            raise fail(f"{b.int8_path} is missing; run `sightline export {bundle} --int8 --data DATA` first.")
+        if not b.onnx_path.is_file():
+            from sightline.optimize.export import export
+
+            err_console.print(f"{b.onnx_path} is missing: exporting it now (parity checked) ...")
+            export(bundle)
+        store = _store(bundle, settings.database_url)
+        if settings.require_api_key and not store.list_keys():
+            err_console.print("no API key yet: create one with `sightline keys create NAME --bundle BUNDLE`.")
+        store.close()
+        err_console.print(f"serving {b.name} v{b.version} on http://{settings.host}:{settings.port} (docs at /docs)")
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            timeout_graceful_shutdown=30,
+            log_level="info",
+        )
+
+    keys = typer.Typer(help="API keys of the service: create (shown once), list, revoke.", no_args_is_help=True)
+    app.add_typer(keys, name="keys")
+
+    bundle_opt = typer.Option(None, "--bundle", help="Bundle whose database to use (or SIGHTLINE_BUNDLE).")
+    url_opt = typer.Option(None, "--database-url", help="SQLAlchemy URL (or SIGHTLINE_DATABASE_URL).")
+
+    @keys.command("create")
+    def keys_create(
+        name: str = typer.Argument(..., help="Who the key is for."),
+        bundle: Path | None = bundle_opt,
+        database_url: str | None = url_opt,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Create an API key. It is printed once and stored only as a hash."""
+        key = _store(bundle, database_url).create_key(name)
+        if as_json:
+            print_json({"name": name, "key": key})
+        else:
+            err_console.print(f"API key for {name} (shown once; send it as X-API-Key):")
+            typer.echo(key)
+
+    @keys.command("list")
+    def keys_list(
+        bundle: Path | None = bundle_opt,
+        database_url: str | None = url_opt,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """List keys (name, prefix, created, revoked); the keys themselves are not stored."""
+        rows = _store(bundle, database_url).list_keys()
+        if as_json:
+            print_json(rows)
+            return
+        for r in rows:
+            state = f"revoked {r['revoked']:%Y-%m-%d %H:%M}" if r["revoked"] else "active"
+            console.print(f"{r['id']:>4}  {r['name']:<24} {r['prefix']}...  created {r['created']:%Y-%m-%d %H:%M}  {state}")
+
+    @keys.command("revoke")
+    def keys_revoke(
+        name: str = typer.Argument(..., help="Key name (revokes all its keys) or key prefix from `keys list`."),
+        bundle: Path | None = bundle_opt,
+        database_url: str | None = url_opt,
+    ) -> None:
+        """Revoke keys; the service refuses them within a few seconds (its key cache)."""
+        n = _store(bundle, database_url).revoke_key(name)
+        if n == 0:
+            raise fail(f"no active key named or prefixed '{name}'; see `sightline keys list`.")
+        console.print(f"revoked {n} key(s) for {name}")

@@ -1,0 +1,173 @@
+"""The FastAPI application: `create_app(settings)`.
+
+The lifespan loads the bundle and its ONNX model, opens the database and starts the micro-batcher; on
+shutdown (uvicorn handles SIGTERM by finishing in-flight requests first) the batcher finishes its queue and
+the database is closed. Bad input never becomes a 500: image errors carry their status (415 / 413 / 422),
+oversized bodies are cut off by `BodyLimitMiddleware` before they are read.
+
+Example:
+    >>> app = create_app(Settings(bundle="runs/demo"))
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sightline import __version__
+from sightline.errors import SightlineError
+from sightline.serve.settings import Settings
+
+__all__ = ["create_app", "BodyLimitMiddleware"]
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from `receive` when a streamed body passes the cap. An HTTPException, so FastAPI's body parsing
+    passes it through unchanged (it turns other parsing failures into 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body above the limit of {limit} bytes; send fewer or smaller images.")
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI middleware: 413 for bodies above `max_bytes` (by Content-Length, or counted while streaming),
+    and request counts/latency for Prometheus."""
+
+    def __init__(self, app: Any, *, max_bytes: int, metrics: Any = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status_holder = {"status": 500, "started": False}
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                status_holder["started"] = True
+            await send(message)
+
+        try:
+            declared = int(dict(scope["headers"]).get(b"content-length", b"0") or 0)
+        except ValueError:
+            declared = 0
+        try:
+            if declared > self.max_bytes:
+                await _send_json(send_wrapper, 413, BodyTooLarge(self.max_bytes).detail)
+                return
+            received = 0
+
+            async def limited_receive() -> dict:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_bytes:
+                        raise BodyTooLarge(self.max_bytes)
+                return message
+
+            try:
+                await self.app(scope, limited_receive, send_wrapper)
+            except BodyTooLarge as exc:
+                if status_holder["started"]:
+                    raise
+                await _send_json(send_wrapper, 413, exc.detail)
+        finally:
+            if self.metrics is not None:
+                route = scope.get("route")
+                path = getattr(route, "path", None) or ("unmatched" if status_holder["status"] == 404 else scope["path"])
+                self.metrics.requests.labels(scope["method"], path, str(status_holder["status"])).inc()
+                self.metrics.latency.labels(path).observe(time.perf_counter() - t0)
+
+
+async def _send_json(send: Any, status: int, detail: str) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the service for `settings.bundle`. Nothing is loaded until the app starts (lifespan)."""
+    from sightline.serve.metrics import ServiceMetrics
+    from sightline.serve.routes import health, model, predict, review
+
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from sightline.bundle import load_bundle
+        from sightline.optimize.predictor import OnnxPredictor
+        from sightline.serve.batching import MicroBatcher
+        from sightline.serve.ratelimit import RateLimiter
+        from sightline.serve.state import KeyCache, ServiceState
+        from sightline.serve.store import Store
+
+        bundle = load_bundle(settings.bundle)
+        predictor = OnnxPredictor(
+            bundle, int8=settings.int8, threads=settings.threads, max_pixels=settings.max_pixels, top_k=settings.top_k
+        )
+        store = Store(settings.resolved_database_url())
+        batcher = MicroBatcher(
+            predictor.predict_arrays,
+            max_size=settings.batch_max_size,
+            max_wait_ms=settings.batch_max_wait_ms,
+            on_batch=metrics.batch_size.observe,
+        )
+        await batcher.start()
+        app.state.sightline = ServiceState(
+            settings=settings,
+            bundle=bundle,
+            predictor=predictor,
+            store=store,
+            batcher=batcher,
+            metrics=metrics,
+            limiter=RateLimiter(settings.rate_limit_per_minute),
+            keys=KeyCache(settings.key_cache_s),
+        )
+        try:
+            yield
+        finally:
+            await batcher.close()  # in-flight requests have finished; anything still queued is answered
+            store.close()
+
+    app = FastAPI(
+        title="Sightline",
+        version=__version__,
+        summary="Image classification with calibrated confidence and a human review queue.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(SightlineError)
+    async def _sightline_error(request: Request, exc: SightlineError) -> JSONResponse:
+        metrics.rejected.labels(str(exc.status_code)).inc()
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    from sightline.serve.batching import BatcherClosedError
+
+    @app.exception_handler(BatcherClosedError)
+    async def _closing(request: Request, exc: BatcherClosedError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    for router in (health.router, model.router, predict.router, review.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
+    return app

@@ -1,0 +1,126 @@
+"""Micro-batching: concurrent requests' images are coalesced into one inference call.
+
+Each request awaits `submit(x)` per image; a single worker task collects up to `max_size` queued images (waiting
+at most `max_wait_ms` after the first one), runs the model once in a dedicated thread (so the event loop keeps
+accepting requests) and hands each caller its row of logits. `close()` finishes what is queued, then stops.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["MicroBatcher", "BatcherClosedError"]
+
+
+class BatcherClosedError(RuntimeError):
+    """The service is shutting down and takes no new work."""
+
+
+_STOP = object()
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        infer: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_size: int = 32,
+        max_wait_ms: float = 4.0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """infer: (N, 3, S, S) float32 -> (N, K) logits; called from one worker thread, never concurrently."""
+        self._infer = infer
+        self.max_size = max_size
+        self.max_wait_s = max_wait_ms / 1000
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sightline-infer")
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sightline-batcher")
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        """(3, S, S) input -> (K,) logits."""
+        if self._closing or self._task is None:
+            raise BatcherClosedError("the service is shutting down; retry on another replica.")
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((x, future))
+        return await future
+
+    async def submit_many(self, xs: list[np.ndarray]) -> np.ndarray:
+        """list of (3, S, S) -> (N, K) logits, each image queued on its own so it can join other requests."""
+        rows = await asyncio.gather(*(self.submit(x) for x in xs))
+        return np.stack(rows)
+
+    async def close(self) -> None:
+        """Stop accepting work, finish everything queued, stop the worker."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._queue.put_nowait(_STOP)
+        await self._task
+        self._task = None
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = False
+        while not stop:
+            item = await self._queue.get()
+            if item is _STOP:
+                stop = True
+                batch = self._drain()
+            else:
+                batch = [item]
+                deadline = loop.time() + self.max_wait_s
+                while len(batch) < self.max_size:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            break
+                        try:
+                            nxt = await asyncio.wait_for(self._queue.get(), remaining)
+                        except TimeoutError:
+                            break
+                    if nxt is _STOP:
+                        stop = True
+                        batch += self._drain()
+                        break
+                    batch.append(nxt)
+            for start in range(0, len(batch), self.max_size):
+                await self._run_batch(loop, batch[start : start + self.max_size])
+
+    def _drain(self) -> list:
+        items = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return items
+            if item is not _STOP:
+                items.append(item)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list) -> None:
+        live = [(x, f) for x, f in batch if not f.cancelled()]  # a client that went away needs no answer
+        if not live:
+            return
+        x = np.ascontiguousarray(np.stack([x for x, _ in live]), dtype=np.float32)
+        try:
+            logits = await loop.run_in_executor(self._executor, self._infer, x)
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request, which answers 5xx
+            for _, f in live:
+                if not f.done():
+                    f.set_exception(exc)
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(live))
+        for i, (_, f) in enumerate(live):
+            if not f.done():
+                f.set_result(logits[i])

@@ -1,0 +1,87 @@
+"""Request and response bodies of the HTTP API (DESIGN.md, "HTTP API (v1)")."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "ModelRef",
+    "TopK",
+    "PredictionOut",
+    "PredictResponse",
+    "ModelInfo",
+    "ErrorResponse",
+    "ReviewItem",
+    "ReviewLabel",
+    "Health",
+]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class TopK(BaseModel):
+    label: str
+    confidence: float = Field(description="Calibrated probability, 0..1.")
+
+
+class PredictionOut(BaseModel):
+    filename: str
+    label: str
+    confidence: float = Field(description="Calibrated probability of `label`, 0..1.")
+    top_k: list[TopK]
+    decision: Literal["accept", "review"] = Field(description='"review": below the bundle\'s review confidence.')
+    id: int | None = Field(None, description="Row id in the prediction store (for review).")
+
+
+class PredictResponse(BaseModel):
+    model: ModelRef
+    predictions: list[PredictionOut]
+    inference_ms: float = Field(description="Server time for the whole request, decode to answer, ms.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    architecture: str
+    classes: list[str]
+    preprocessing: dict[str, Any]
+    temperature: float
+    thresholds: dict[str, Any]
+    metrics: dict[str, Any]
+    dataset_version: str | None
+    code_version: str | None
+    created: str
+    runtime: dict[str, Any] = Field(description="onnx or onnx-int8, execution providers, batching settings.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class ReviewItem(BaseModel):
+    id: int
+    created: datetime
+    filename: str
+    input_sha256: str
+    label: str
+    confidence: float
+    top_k: list[TopK]
+    decision: str
+    model_version: str
+    reviewed_label: str | None = None
+    reviewer: str | None = None
+
+
+class ReviewLabel(BaseModel):
+    label: str = Field(description="The true class, one of the model's classes.")
+    reviewer: str | None = Field(None, description="Who labelled it; default: the API key's name.")
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, bool] = Field(default_factory=dict)

@@ -1,0 +1,52 @@
+"""Everything the routes share, created in the app's lifespan."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sightline.bundle import Bundle
+from sightline.optimize.predictor import OnnxPredictor
+from sightline.serve.batching import MicroBatcher
+from sightline.serve.metrics import ServiceMetrics
+from sightline.serve.ratelimit import RateLimiter
+from sightline.serve.settings import Settings
+from sightline.serve.store import ApiKeyInfo, Store
+
+__all__ = ["ServiceState", "KeyCache"]
+
+
+class KeyCache:
+    """Verified keys trusted for `ttl_s` seconds, so a busy client does not cost a database read per request.
+    A revoked key stops working within `ttl_s`."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[ApiKeyInfo, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> ApiKeyInfo | None:
+        with self._lock:
+            entry = self._entries.get(key_hash)
+            if entry is None or entry[1] < time.monotonic():
+                self._entries.pop(key_hash, None)
+                return None
+            return entry[0]
+
+    def put(self, key_hash: str, info: ApiKeyInfo) -> None:
+        if self.ttl_s > 0:
+            with self._lock:
+                self._entries[key_hash] = (info, time.monotonic() + self.ttl_s)
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    bundle: Bundle
+    predictor: OnnxPredictor
+    store: Store
+    batcher: MicroBatcher
+    metrics: ServiceMetrics
+    limiter: RateLimiter
+    keys: KeyCache
+    started: float = field(default_factory=time.time)
