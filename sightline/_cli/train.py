@@ -1,8 +1,145 @@
-"""`sightline` commands of the train stage."""
+"""`sightline train`, `sightline compare`, `sightline demo`: thin commands over sightline.train."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
+
+from sightline._cli.common import console, existing_path, fail, print_json
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
+    app.command("train")(train_cmd)
+    app.command("compare")(compare_cmd)
+    app.command("demo")(demo_cmd)
+
+
+def train_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder in the split layout (DATA/train, DATA/val[, DATA/test])."),
+    out: Path = typer.Option(..., "--out", "-o", help="RUN folder to write (config, logs, checkpoint, bundle/)."),
+    model: Optional[str] = typer.Option(None, help="timm architecture [default: tf_efficientnet_lite0]; "
+                                        "lite0/lite1/lite2 work offline."),
+    weights: Optional[str] = typer.Option(None, help="'auto' (packaged, else hub) [default], 'none', or a "
+                                          ".safetensors/.pth file."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping may end sooner)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side in px (default: the model's)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate of the head."),
+    freeze_epochs: Optional[int] = typer.Option(None, "--freeze-epochs", help="Train only the head first."),
+    augment: Optional[str] = typer.Option(None, help="light | strong | none."),
+    balance: Optional[str] = typer.Option(None, help="auto | none | weights | sampler."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    seeds: int = typer.Option(1, "--seeds", help="Train N seeds and report mean +- std of validation metrics."),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Wall-clock budget for fitting, seconds."),
+    accelerator: Optional[str] = typer.Option(None, help="auto | cpu | gpu."),
+    devices: Optional[str] = typer.Option(None, help="'auto', a count ('2') or ids ('0,1')."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Machines for multi-node DDP."),
+    strategy: Optional[str] = typer.Option(None, help="Lightning strategy: auto | ddp | ddp_spawn ..."),
+    precision: Optional[str] = typer.Option(None, help="auto | 32-true | bf16-mixed | 16-mixed."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A config.yaml (e.g. RUN/config.yaml) to start from."),
+    sanity: bool = typer.Option(False, "--sanity", help="Only check: a few batches, then overfit 2 batches."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fine-tune a pretrained timm model; keep the best checkpoint on validation; write RUN/bundle/."""
+    import json
+
+    from sightline.train.config import TrainConfig, load_config
+    from sightline.train.fit import sanity_check, train, train_seeds
+
+    existing_path(data, "dataset folder")
+    cfg = load_config(config) if config else TrainConfig()
+    given = {"model": model, "weights": weights, "epochs": epochs, "batch_size": batch_size,
+             "input_size": input_size, "lr": lr, "freeze_epochs": freeze_epochs, "augment": augment,
+             "balance": balance, "seed": seed, "max_time_s": max_time, "accelerator": accelerator,
+             "devices": devices, "num_nodes": num_nodes, "strategy": strategy, "precision": precision,
+             "num_workers": workers}
+    cfg = cfg.with_overrides(**{k: v for k, v in given.items() if v is not None})
+    if seeds < 1:
+        raise fail(f"--seeds {seeds}: use 1 or more.")
+
+    if sanity:
+        result = sanity_check(data, config=cfg)
+        if json_out:
+            print_json(result)
+        else:
+            verdict = "[green]passed[/]" if result["passed"] else "[red]FAILED[/]"
+            console.print(f"sanity check {verdict}: 2 batches through train/val ran; overfitting {result['images']} "
+                          f"images reached accuracy {result['accuracy']:.2f} in {result['steps']} steps "
+                          f"(loss {result['loss_start']:.3f} -> {result['loss_end']:.3f}).")
+        if not result["passed"]:
+            raise typer.Exit(1)
+        return
+    if seeds > 1:
+        summary = train_seeds(data, out, seeds=seeds, config=cfg, progress=not json_out)
+        if json_out:
+            print_json(summary)
+            return
+        acc, f1 = summary["accuracy"], summary["macro_f1"]
+        console.print(f"{seeds} seeds, val ({summary['n_images']} images): accuracy {acc['mean']:.4f} +- "
+                      f"{acc['std']:.4f}, macro-F1 {f1['mean']:.4f} +- {f1['std']:.4f}  ({out / 'seeds.json'})")
+        return
+    run = train(data, out, config=cfg, progress=not json_out)
+    metrics_path = run / "metrics.json"
+    if not metrics_path.is_file():  # a non-zero DDP rank: rank 0 writes and reports
+        return
+    metrics = json.loads(metrics_path.read_text())
+    if json_out:
+        print_json({"run": str(run), "bundle": str(run / "bundle"), **metrics})
+        return
+    val = metrics["val"]
+    console.print(f"val ({val['n_images']} images): accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f} "
+                  f"(best epoch {metrics['best_epoch']}, {metrics['fit_seconds']} s)")
+    console.print(f"bundle: {run / 'bundle'}   logs: tensorboard --logdir {run / 'logs'}")
+
+
+def compare_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder in the split layout."),
+    models: str = typer.Option("lite0,lite1,lite2", help="Comma-separated timm architectures."),
+    sample: Optional[int] = typer.Option(300, help="Stratified sample of training images (same for every model)."),
+    epochs: int = typer.Option(5, help="Epochs per model (same budget for every model)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side in px (default: each model's)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    weights: str = typer.Option("auto", help="'auto' or 'none' for every model."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Keep the runs here (default: a temporary folder)."),
+    seed: int = typer.Option(0),
+    json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Train several architectures on the same sample and budget; table of accuracy, size and CPU latency."""
+    from rich.table import Table
+
+    from sightline.train.compare import compare
+
+    existing_path(data, "dataset folder")
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise fail("--models is empty; give names such as lite0,lite1.")
+    result = compare(data, names, sample=sample, epochs=epochs, input_size=input_size, batch_size=batch_size,
+                     weights=weights, out_dir=out, seed=seed, progress=not json_out)
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=f"val: {result['n_val']} images, train sample: {result['n_train']} images, {epochs} epochs")
+    for col in ("model", "val acc", "macro-F1", "params (M)", "size (MB)", "CPU ms/image", "fit s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in result["rows"]:
+        table.add_row(row["model"], f"{row['val_accuracy']:.3f}", f"{row['val_macro_f1']:.3f}",
+                      f"{row['params_m']:.2f}", f"{row['size_mb']:.1f}", f"{row['cpu_ms_per_image']:.1f}",
+                      f"{row['fit_seconds']:.0f}")
+    console.print(table)
+    console.print(f"recommendation: {result['recommendation']}")
+
+
+def demo_cmd(
+    out: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the data, the run and the reports."),
+    quick: bool = typer.Option(False, "--quick", help="Even smaller and faster (for tests)."),
+) -> None:
+    """The whole path on generated data: synth -> audit -> split -> train -> evaluate, then where to look."""
+    from sightline.train.demo import run_demo
+
+    artifacts: dict[str, Any] = run_demo(out, quick=quick)
+    console.print("\n[bold]demo finished[/]; open these:")
+    for what, where in artifacts.items():
+        console.print(f"  {what:<14} {where}")

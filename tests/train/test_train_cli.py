@@ -1,0 +1,69 @@
+"""`sightline train` through the real CLI: JSON result, --sanity, one-line errors with exit code 2, DDP on CPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sightline.cli import app
+from sightline._cli.common import run_command
+
+from test_train_fit import make_data
+
+TINY_ARGS = ["--model", "test_efficientnet", "--weights", "none", "--input-size", "32", "--batch-size", "8",
+             "--workers", "0"]
+
+
+def test_train_json_and_sanity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_data(tmp_path / "data")
+    assert run_command(app, ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--json",
+                             *TINY_ARGS]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["val"]["n_images"] == 12 and Path(result["bundle"], "model.json").is_file()
+    assert run_command(app, ["train", str(data), "--out", str(tmp_path / "s"), "--sanity", "--json",
+                             *TINY_ARGS]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "efficientnet_lite7"], "unknown model 'efficientnet_lite7'"),
+        (["--augment", "wild"], "augment='wild' is not one of"),
+        (["--weights", "missing.pth"], "neither 'auto', 'none' nor an existing file"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                                          message: str) -> None:
+    data = make_data(tmp_path / "data", splits={"train": 2, "val": 1})
+    code = run_command(app, ["train", str(data), "--out", str(tmp_path / "run"), *TINY_ARGS, *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_val_split_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_data(tmp_path / "data", splits={"train": 2})
+    assert run_command(app, ["train", str(data), "--out", str(tmp_path / "run"), *TINY_ARGS]) == 2
+    assert "no val split" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
+    """Lightning DDP (gloo) with 2 CPU processes: both ranks train, rank 0 writes one bundle."""
+    data = make_data(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sightline.cli", "train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
+         "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--json", *TINY_ARGS],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "distributed_backend=gloo" in proc.stderr and "All distributed processes registered" in proc.stderr
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["val"]["n_images"] == 12
+    assert (tmp_path / "run" / "bundle" / "weights.safetensors").is_file()
