@@ -1,0 +1,163 @@
+"""ONNX export + parity, int8 quantization, the predictor, `sightline predict` and `bench` on a tiny bundle."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sightline.bundle import Bundle, Preprocessing, load_bundle
+from sightline.cli import main
+from sightline.models.factory import create_model
+
+CLASSES = ["dark", "light"]
+
+
+def _make_dataset(root):
+    """Split layout, 2 classes told apart by brightness, 4 images per class and split (JPEG and PNG)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for c, base in zip(CLASSES, (40, 210)):
+            folder = root / split / c
+            folder.mkdir(parents=True)
+            for i in range(4):
+                img = np.clip(base + rng.normal(0, 20, (40, 48, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{i}.{'jpg' if i % 2 else 'png'}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = _make_dataset(root / "data")
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", len(CLASSES), weights="none")
+    Bundle("test_efficientnet", CLASSES, Preprocessing(32)).save(root / "run" / "bundle", model.state_dict())
+    from sightline.optimize.export import export
+
+    report = export(root / "run", int8=True, data_dir=data)
+    return root / "run", data, report
+
+
+def test_export_parity_recorded_and_dynamic_batch(exported):
+    import onnxruntime as ort
+
+    run, data, report = exported
+    bundle = load_bundle(run)
+    stored = bundle.extra["export"]
+    assert stored["parity"]["ok"] and stored["parity"]["split"] == "val"
+    assert stored["parity"]["n_images"] == 8 and stored["parity"]["top1_agreement"] == 1.0
+    assert stored["parity"]["max_abs_diff"] < 1e-4
+    # independent check at a batch size the export never saw (dynamic axis)
+    x = np.random.default_rng(1).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.inference_mode():
+        ref = bundle.load_model()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_parity_check_catches_a_wrong_graph(exported):
+    from sightline.optimize.export import check_parity
+
+    run, _, _ = exported
+    bundle = load_bundle(run)
+    other = bundle.load_model()
+    with torch.no_grad():
+        other.get_classifier().bias += 1.0  # a graph that is off by a constant: must fail
+    x = np.random.default_rng(2).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    result = check_parity(other, bundle.onnx_path, x)
+    assert not result["ok"] and result["max_abs_diff"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_int8_model_runs_and_is_recorded(exported):
+    import onnxruntime as ort
+
+    from sightline.optimize.quantize import accuracy_and_ece
+
+    run, _, report = exported
+    bundle = load_bundle(run)
+    q = bundle.extra["export"]["int8"]
+    assert bundle.int8_path.is_file() and q["format"] == "qdq"
+    assert q["calibration"] == {"split": "val", "n_images": 8, "method": "minmax"}
+    assert q["test"]["split"] == "test" and q["test"]["n_images"] == 8
+    assert q["size_bytes"]["int8"] < q["size_bytes"]["fp32"]
+    ops = {n.op_type for n in __import__("onnx").load(str(bundle.int8_path)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    session = ort.InferenceSession(str(bundle.int8_path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
+    assert out.shape == (3, 2) and np.isfinite(out).all()
+    # accuracy/ECE helper vs a hand computation on a case with a known answer
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    labels = np.array([0, 1, 1])
+    m = accuracy_and_ece(logits, labels)
+    p = 1 / (1 + np.exp(-2.0))  # every prediction has confidence p; 2 of 3 correct
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["ece"] == pytest.approx(abs(p - 2 / 3), abs=1e-6)
+
+
+def test_predictors_agree_and_bad_files_become_rows(exported, tmp_path):
+    from sightline.optimize.predictor import OnnxPredictor, TorchPredictor
+
+    run, data, _ = exported
+    bundle = load_bundle(run)
+    files = sorted((data / "test").rglob("*.*"))
+    (tmp_path / "notes.jpg").write_text("not an image")
+    good = files[0].read_bytes()
+    (tmp_path / "cut.png").write_bytes((files[0] if files[0].suffix == ".png" else files[1]).read_bytes()[:60])
+    sources = files + [tmp_path / "notes.jpg", tmp_path / "cut.png", tmp_path / "missing.jpg", good]
+    onnx_rows = OnnxPredictor(bundle).predict_files(sources, batch_size=3)
+    torch_rows = TorchPredictor(bundle).predict_files(sources, batch_size=5)
+    assert [r.filename for r in onnx_rows][: len(files)] == [str(f) for f in files]
+    assert [r.error is not None for r in onnx_rows] == [False] * len(files) + [True, True, True, False]
+    assert "NotAnImageError" in onnx_rows[len(files)].error
+    for a, b in zip(onnx_rows, torch_rows):
+        assert a.label == b.label
+        if a.confidence is not None:
+            assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
+
+
+def test_predict_cli_csv_and_json(exported, tmp_path, capsys):
+    run, data, _ = exported
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in sorted((data / "val" / "dark").iterdir())[:2]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)
+    out = tmp_path / "preds.csv"
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(run), str(folder), "--out", str(out), "--batch-size", "2"])
+    assert exc.value.code == 0
+    import csv
+
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert len(rows) == 3
+    broken = [r for r in rows if r["filename"].endswith("broken.jpg")][0]
+    assert broken["error"] and not broken["label"]
+    assert all(r["label"] in CLASSES and not r["error"] for r in rows if r is not broken)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(run), str(folder / "*.png"), "--format", "json", "--int8"])
+    assert exc.value.code == 0
+    got = json.loads(capsys.readouterr().out)
+    assert len(got) == 1 and got[0]["decision"] in ("accept", "review") and len(got[0]["top_k"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(run), str(tmp_path / "nothing*.jpg")])
+    assert exc.value.code == 2
+
+
+def test_bench_reports_every_backend(exported):
+    from sightline.optimize.bench import bench, synthetic_jpegs
+
+    run, _, _ = exported
+    report = bench(run, images=synthetic_jpegs(4, size=(64, 48)), batch_sizes=(1, 4), time_budget_s=0.05,
+                   max_repeats=3)
+    for backend in ("torch", "onnx", "onnx-int8"):
+        entry = report["results"][backend]
+        assert entry["model_bytes"] > 0
+        for b in ("1", "4"):
+            r = entry[b]
+            assert r["p95_ms"] >= r["p50_ms"] > 0 and r["images_per_s"] > 0
+            assert set(r["stages_p50_ms"]) == {"decode", "preprocess", "inference", "postprocess"}
+    assert "onnx-int8_vs_torch_batch4" in report["speedup"]
