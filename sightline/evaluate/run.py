@@ -1,0 +1,406 @@
+"""`evaluate`: a trained bundle + a dataset -> metrics.json, report.html (RUN/eval/ or `out`) and an updated bundle.
+
+What happens, in order (DESIGN.md, "Numbers you can trust"):
+1. logits for the VALIDATION split: temperature scaling and the decision thresholds (per-class and human review,
+   from sightline.yaml) are fitted there and stored in the bundle (model.json) for the server to enforce;
+2. logits for the evaluated split (test by default): every metric, with bootstrap confidence intervals, the
+   targets' pass/fail, calibration before/after, coverage vs accuracy;
+3. heatmaps (Grad-CAM by default) for a gallery and for every image with a ground-truth region (pointing game);
+4. a corruption suite on a sample of the split;
+5. report.html (self-contained) and MODEL_CARD.md in the bundle.
+
+A multi-seed folder (OUT/seed-<s>/bundle, from `sightline train --seeds N`) is evaluated seed by seed; the
+headline metrics get mean +- std across seeds.
+
+Example:
+    >>> m = evaluate("runs/demo", "data/parts")               # writes runs/demo/eval/{metrics.json,report.html}
+    >>> m["accuracy"], m["ci"]["accuracy"], m["targets"]
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sightline.bundle import Bundle, load_bundle, resolve_bundle_dir
+from sightline.errors import BundleError, DatasetError, UserInputError
+from sightline.spec import ProblemSpec, find_spec, load_spec
+
+__all__ = ["evaluate", "evaluate_seeds", "seed_runs", "check_classes", "HEADLINE_KEYS"]
+
+HEADLINE_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_roc_auc", "ece")
+
+
+def check_classes(model_classes: list[str], data_classes: list[str], *, data_dir: Path) -> None:
+    """One-line DatasetError naming the mismatch between a model's classes and a dataset's."""
+    only_model = sorted(set(model_classes) - set(data_classes))
+    only_data = sorted(set(data_classes) - set(model_classes))
+    if only_model or only_data:
+        parts = []
+        if only_data:
+            parts.append(f"dataset has {only_data} that the model does not know")
+        if only_model:
+            parts.append(f"model has {only_model} that the dataset lacks")
+        raise DatasetError(
+            f"classes of the model and of '{data_dir}' differ: {'; '.join(parts)}; evaluate on data with the "
+            f"model's classes {model_classes}."
+        )
+
+
+def seed_runs(path: str | Path) -> list[Path]:
+    """RUN folders of a multi-seed training folder (OUT/seed-<s>/ holding a bundle), sorted by seed; [] if none."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    runs = [p for p in path.glob("seed-*") if (p / "bundle" / "model.json").is_file()]
+
+    def key(p: Path) -> tuple[int, str]:
+        tail = p.name.split("-", 1)[1]
+        return (int(tail), p.name) if tail.isdigit() else (1 << 30, p.name)
+
+    return sorted(runs, key=key)
+
+
+def _default_out(bundle: Bundle) -> Path:
+    folder = bundle.path
+    assert folder is not None
+    return (folder.parent if folder.name == "bundle" else folder) / "eval"
+
+
+def _resolve_spec(spec: str | Path | ProblemSpec | None, data_dir: Path) -> ProblemSpec | None:
+    if isinstance(spec, ProblemSpec):
+        return spec
+    if spec is not None:
+        return load_spec(spec)
+    return find_spec(data_dir)
+
+
+def _labels(samples: list[Any], classes: list[str]) -> np.ndarray:
+    return np.array([classes.index(s.label) for s in samples], dtype=np.int64)
+
+
+def evaluate(
+    run_or_bundle: str | Path,
+    data_dir: str | Path,
+    *,
+    split: str = "test",
+    out: str | Path | None = None,
+    spec: str | Path | ProblemSpec | None = None,
+    method: str = "gradcam",
+    n_bootstrap: int = 1000,
+    gallery_per_group: int = 3,
+    max_region_images: int = 300,
+    robustness: bool = True,
+    robustness_images: int = 200,
+    severities: tuple[int, ...] = (1, 3, 5),
+    batch_size: int = 64,
+    device: str | None = None,
+    update_bundle: bool = True,
+    report: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate a RUN or bundle folder on `split` of `data_dir`; returns the metrics.json dict.
+
+    Temperature and thresholds are fitted on the val split (when the dataset has one; otherwise the bundle's are
+    kept) and written into the bundle unless `update_bundle=False`. `max_region_images` caps the images scored
+    against ground-truth regions, `robustness_images` the images run through the corruption suite (at each of
+    `severities`). A folder of seed runs (OUT/seed-<s>/) is evaluated with `evaluate_seeds`.
+
+    Raises BundleError / DatasetError / SpecError (one line, says what to do) on bad input."""
+    path = Path(run_or_bundle)
+    try:
+        resolve_bundle_dir(path)
+    except BundleError:
+        if seed_runs(path):
+            return evaluate_seeds(
+                path, data_dir, split=split, out=out, spec=spec, method=method, n_bootstrap=n_bootstrap,
+                gallery_per_group=gallery_per_group, max_region_images=max_region_images, robustness=robustness,
+                robustness_images=robustness_images, severities=severities, batch_size=batch_size, device=device,
+                update_bundle=update_bundle, report=report, progress=progress, seed=seed,
+            )
+        raise
+    from sightline.data.datasets import scan_dataset
+    from sightline.decision import decide, softmax
+    from sightline.evaluate.calibration import expected_calibration_error, fit_temperature, reliability
+    from sightline.evaluate.metrics import bootstrap_ci, classification_metrics, coverage_accuracy_curve
+    from sightline.evaluate.predict import default_device, predict_logits
+    from sightline.evaluate.thresholds import check_targets, choose_thresholds, decision_metrics
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    bundle = load_bundle(path)
+    classes = bundle.classes
+    data_dir = Path(data_dir)
+    dataset = scan_dataset(data_dir)
+    check_classes(classes, dataset.classes, data_dir=data_dir)
+    if dataset.layout != "split":
+        raise DatasetError(f"'{data_dir}' is in the flat layout; run `sightline data split {data_dir}` first.")
+    samples = dataset.split(split)
+    if not samples:
+        raise DatasetError(f"'{data_dir}' has no images in {split}/; pick another --split or add images.")
+    problem = _resolve_spec(spec, data_dir)
+    if problem is not None:
+        problem.check_classes(classes)
+
+    device = device or default_device()
+    model = bundle.load_model(device)
+
+    # 1. Validation: calibration and thresholds (never on the evaluated split unless it *is* val).
+    val_samples = dataset.split("val")
+    chosen_on_eval_split = split == "val"
+    val_metrics: dict[str, Any] | None = None
+    if val_samples:
+        t0 = time.perf_counter()
+        logits_val, val_inputs = predict_logits(
+            bundle, [s.path for s in val_samples], model=model, batch_size=batch_size, device=device,
+            progress=progress, description="val (calibration, thresholds)", keep_crops=False,
+        )
+        y_val = _labels(val_samples, classes)[val_inputs.index]
+        temperature = fit_temperature(logits_val, y_val)
+        thresholds = choose_thresholds(logits_val, y_val, classes, spec=problem, temperature=temperature)
+        val_dec = decide(logits_val, classes, temperature=temperature, thresholds=thresholds)
+        val_metrics = decision_metrics(y_val, val_dec.labels, classes, problem)
+        timings["val_s"] = time.perf_counter() - t0
+    else:
+        temperature = float(bundle.temperature)
+        thresholds = dict(bundle.thresholds)
+    review_curve_val = (thresholds.get("review") or {}).pop("val_curve", None)
+
+    # 2. The evaluated split.
+    t0 = time.perf_counter()
+    logits, inputs = predict_logits(
+        bundle, [s.path for s in samples], model=model, batch_size=batch_size, device=device, progress=progress,
+        description=f"{split} (metrics)",
+    )
+    kept_samples = [samples[i] for i in inputs.index]
+    y = _labels(kept_samples, classes)
+    if len(y) == 0:
+        raise DatasetError(f"no image in '{data_dir}/{split}' could be read; see `sightline data audit {data_dir}`.")
+    dec = decide(logits, classes, temperature=temperature, thresholds=thresholds)
+    pred = dec.labels
+    metrics: dict[str, Any] = {"split": split, "n_images": int(len(y))}
+    metrics.update(classification_metrics(y, pred, dec.probabilities, classes))
+    metrics["argmax_accuracy"] = float((logits.argmax(axis=1) == y).mean())
+    metrics["decision_rule"] = (
+        "softmax(logits / temperature), per-class thresholds then arg-max, as sightline.decision.decide "
+        f"(temperature and thresholds chosen on {'val' if val_samples else 'an earlier evaluation'})"
+    )
+    metrics["ci"] = bootstrap_ci(y, pred, len(classes), n_resamples=n_bootstrap, seed=seed)
+    metrics["ece_uncalibrated"] = expected_calibration_error(softmax(logits), y)
+    metrics["ece"] = expected_calibration_error(dec.probabilities, y)
+    metrics["temperature"] = float(temperature)
+    metrics["reliability"] = {"before": reliability(softmax(logits), y), "after": reliability(dec.probabilities, y)}
+    correct = pred == y
+    r = thresholds.get("review_confidence")
+    accepted = dec.confidences >= r if r is not None else np.ones(len(y), dtype=bool)
+    metrics["review"] = {
+        "review_confidence": r,
+        "chosen_on": "val" if val_samples else "bundle",
+        "coverage": float(accepted.mean()),
+        "accuracy_accepted": float(correct[accepted].mean()) if accepted.any() else None,
+        "n_review": int((~accepted).sum()),
+        "curve": coverage_accuracy_curve(correct, dec.confidences),
+        "val_curve": review_curve_val,
+    }
+    metrics["thresholds"] = {k: v for k, v in thresholds.items() if k != "review"} | {
+        "review": thresholds.get("review")
+    }
+    test_dm = decision_metrics(y, pred, classes, problem)
+    metrics["expected_cost"] = test_dm["expected_cost"]
+    metrics["targets"] = check_targets(problem, classes, test=test_dm, val=val_metrics)
+    metrics["spec"] = None if problem is None else {
+        "path": str(problem.path) if problem.path else None,
+        "task": problem.task,
+        "primary_metric": problem.primary_metric,
+    }
+    if chosen_on_eval_split:
+        metrics["warning"] = "thresholds and temperature were chosen on the split being reported (val): optimistic."
+    metrics["unreadable"] = inputs.failed
+    metrics["struggling_classes"] = _struggling(metrics, classes)
+    timings["predict_s"] = time.perf_counter() - t0
+
+    # 3. Explanations: gallery and regions.
+    t0 = time.perf_counter()
+    explain = _explain(
+        model, bundle, inputs, kept_samples, y, dec, review_confidence=r, method=method, per_group=gallery_per_group,
+        max_region_images=max_region_images, seed=seed,
+    )
+    if explain["regions"] is not None:
+        metrics["pointing_game"] = explain["regions"]
+    metrics["explain_method"] = method
+    timings["explain_s"] = time.perf_counter() - t0
+
+    # 4. Robustness.
+    if robustness:
+        t0 = time.perf_counter()
+        metrics["robustness"] = _robustness(
+            model, bundle, inputs.crops, y, temperature, thresholds, n_images=robustness_images,
+            severities=severities, seed=seed, batch_size=batch_size, device=device, progress=progress,
+        )
+        timings["robustness_s"] = time.perf_counter() - t0
+
+    metrics["model"] = {"name": bundle.name, "version": bundle.version, "architecture": bundle.architecture,
+                        "path": str(bundle.path), "dataset_version": bundle.dataset_version}
+    metrics["data"] = {"root": str(data_dir), "n_val": len(val_samples), "device": device}
+    timings["total_s"] = time.perf_counter() - started
+    metrics["timings"] = {k: round(v, 2) for k, v in timings.items()}
+
+    # 5. Bundle, files.
+    if update_bundle:
+        bundle.temperature = float(temperature)
+        bundle.thresholds = {k: v for k, v in thresholds.items()}
+        bundle.metrics[split] = {k: metrics[k] for k in ("split", "n_images", *HEADLINE_KEYS)} | {
+            "ci": metrics["ci"], "targets": metrics["targets"]}
+        if "pointing_game" in metrics:
+            bundle.metrics[split]["pointing_game"] = metrics["pointing_game"]["overall"]
+        bundle.write_json()
+    out_dir = Path(out) if out is not None else _default_out(bundle)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics["files"] = {"metrics": str(out_dir / "metrics.json")}
+    if report:
+        from sightline.evaluate.report import write_model_card, write_report
+
+        metrics["files"]["report"] = str(write_report(metrics, out_dir / "report.html", gallery=explain["gallery"]))
+        if update_bundle:
+            metrics["files"]["model_card"] = str(write_model_card(metrics, bundle))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    return metrics
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to metrics.json")
+
+
+def _struggling(metrics: dict[str, Any], classes: list[str]) -> list[dict[str, Any]]:
+    """Classes whose recall or precision is clearly worse than the rest (below 0.8 or 10 points under macro),
+    worst first, each with the class it is most confused with."""
+    cm = np.asarray(metrics["confusion_matrix"]["matrix"])
+    macro_r = metrics["macro_recall"]
+    out = []
+    for i, c in enumerate(classes):
+        pc = metrics["per_class"][c]
+        if pc["support"] == 0:
+            continue
+        weak = min(pc["recall"], pc["precision"])
+        if weak < 0.8 or pc["recall"] < macro_r - 0.1:
+            row = cm[i].copy()
+            row[i] = 0
+            confused = classes[int(row.argmax())] if row.sum() else None
+            out.append({"class": c, "recall": pc["recall"], "precision": pc["precision"], "f1": pc["f1"],
+                        "confused_with": confused, "n_confused": int(row.max()) if row.sum() else 0})
+    return sorted(out, key=lambda d: d["f1"])
+
+
+def _explain(
+    model: Any, bundle: Bundle, inputs: Any, samples: list[Any], y: np.ndarray, dec: Any, *,
+    review_confidence: float | None, method: str, per_group: int, max_region_images: int, seed: int,
+) -> dict[str, Any]:
+    from sightline.data.datasets import load_regions
+    from sightline.evaluate.predict import crops_to_batch
+    from sightline.explain.cam import compute_cams
+    from sightline.explain.gallery import gallery_entries, select_gallery
+    from sightline.explain.regions import mask_to_input, region_scores
+
+    pre = bundle.preprocessing
+    classes = bundle.classes
+    selection = select_gallery(y, dec.labels, dec.confidences, per_group=per_group, low_confidence=review_confidence)
+    idx = sorted({i for i, _, _ in selection})
+    gallery: list[dict[str, Any]] = []
+    if idx:
+        cams = compute_cams(model, crops_to_batch(inputs.crops[idx], pre), method=method,
+                            targets=[int(dec.labels[i]) for i in idx])
+        pos = {i: k for k, i in enumerate(idx)}
+        local = [(pos[i], g, c) for i, g, c in selection]
+        gallery = gallery_entries(
+            local, crops=inputs.crops[idx], cams=cams, paths=[samples[i].relpath for i in idx], classes=classes,
+            y_pred=dec.labels[idx], confidence=dec.confidences[idx],
+        )
+    with_region = [i for i, s in enumerate(samples) if s.region is not None]
+    regions = None
+    if with_region:
+        rng = np.random.default_rng(seed)
+        if len(with_region) > max_region_images:
+            with_region = sorted(rng.choice(with_region, max_region_images, replace=False).tolist())
+        masks, keep = [], []
+        for i in with_region:
+            s = samples[i]
+            mask = load_regions(s, (s.width, s.height)) if s.width and s.height else None
+            if mask is None:
+                continue
+            masks.append(mask_to_input(mask, pre))
+            keep.append(i)
+        if keep:
+            # Heatmap for the TRUE class: does the evidence for what is there sit where it is?
+            cams = compute_cams(model, crops_to_batch(inputs.crops[keep], pre), method=method,
+                                targets=[int(y[i]) for i in keep])
+            regions = region_scores(cams, np.stack(masks), [classes[int(y[i])] for i in keep])
+            regions["method"] = method
+    return {"gallery": gallery, "regions": regions}
+
+
+def _robustness(
+    model: Any, bundle: Bundle, crops: np.ndarray, y: np.ndarray, temperature: float, thresholds: dict[str, Any],
+    *, n_images: int, severities: tuple[int, ...], seed: int, batch_size: int, device: str, progress: bool,
+) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from sightline.decision import decide
+    from sightline.evaluate.predict import logits_for_crops
+    from sightline.evaluate.robustness import CORRUPTIONS, failure_modes, robustness_suite
+
+    rng = np.random.default_rng(seed)
+    idx = np.arange(len(y))
+    if len(idx) > n_images:
+        idx = np.sort(rng.choice(idx, n_images, replace=False))
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        logits = logits_for_crops(model, batch, bundle.preprocessing, batch_size=batch_size, device=device)
+        return decide(logits, bundle.classes, temperature=temperature, thresholds=thresholds).labels
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=True,
+                  disable=not progress) as bar:
+        task = bar.add_task("robustness", total=len(CORRUPTIONS) * len(severities))
+        result = robustness_suite(predict, crops[idx], y[idx], severities=severities, seed=seed,
+                                  on_step=lambda: bar.advance(task))
+    result["failure_modes"] = failure_modes(result)
+    return result
+
+
+def evaluate_seeds(run_dir: str | Path, data_dir: str | Path, *, out: str | Path | None = None,
+                   **kwargs: Any) -> dict[str, Any]:
+    """Evaluate every seed run of OUT/seed-<s>/ (each into its own RUN/eval/); OUT/eval/metrics.json holds the
+    first seed's full metrics plus `seeds`: per-seed headline metrics and their mean +- std (sample std)."""
+    runs = seed_runs(run_dir)
+    if not runs:
+        raise UserInputError(f"'{run_dir}' holds no seed-<s>/bundle folders; pass a RUN or bundle folder.")
+    results = []
+    for i, run in enumerate(runs):  # each seed gets RUN/eval/metrics.json; the first also its full report
+        results.append(evaluate(run, data_dir, **{**kwargs, "report": i == 0 and kwargs.get("report", True)}))
+    first = dict(results[0])
+    per_seed = [{"seed": run.name.split("-", 1)[1], **{k: r.get(k) for k in HEADLINE_KEYS}} for run, r in
+                zip(runs, results)]
+    summary: dict[str, Any] = {"n_seeds": len(runs), "per_seed": per_seed, "mean": {}, "std": {}}
+    for k in HEADLINE_KEYS:
+        values = np.array([r[k] for r in results if r.get(k) is not None], dtype=np.float64)
+        if len(values):
+            summary["mean"][k] = float(values.mean())
+            summary["std"][k] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    first["seeds"] = summary
+    out_dir = Path(out) if out is not None else Path(run_dir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first["files"] = {"metrics": str(out_dir / "metrics.json")}
+    if kwargs.get("report", True):
+        from sightline.evaluate.report import write_report
+
+        # This report adds the mean +- std table; the first seed's own report holds its gallery.
+        first["files"]["report"] = str(write_report(first, out_dir / "report.html", gallery=[]))
+    (out_dir / "metrics.json").write_text(json.dumps(first, indent=2, default=_json_default) + "\n")
+    return first

@@ -1,0 +1,105 @@
+"""Class activation maps through pytorch-grad-cam (`grad-cam` on PyPI).
+
+`CAM_METHODS` is the registry (name -> pytorch-grad-cam class). The target layer is found automatically for timm
+convnets: the last feature stage timm reports in `model.feature_info` (e.g. `blocks.6` for EfficientNet,
+`layer4` for ResNet), else the last 2-D convolution. Hooks are released with `with`, as pytorch-grad-cam intends.
+
+Example:
+    >>> cams = compute_cams(model, batch, method="gradcam", targets=[0, 1])    # (N, S, S) in [0, 1]
+    >>> overlay(crops[0], cams[0])                                             # (S, S, 3) uint8 heat overlay
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sightline.errors import UserInputError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CAM_METHODS", "method_class", "find_target_layer", "compute_cams", "overlay"]
+
+# name -> class name in pytorch_grad_cam; resolved lazily so importing this module stays cheap.
+CAM_METHODS: dict[str, str] = {
+    "gradcam": "GradCAM",  # Selvaraju et al. 2017: channel weights = mean gradient
+    "gradcam++": "GradCAMPlusPlus",  # Chattopadhay et al. 2018: higher-order gradient weights, several objects
+    "eigencam": "EigenCAM",  # Muhammad & Yeasin 2020: first principal component of activations, no gradients
+    "layercam": "LayerCAM",  # Jiang et al. 2021: element-wise positive gradients
+}
+
+
+def method_class(name: str) -> type:
+    """The pytorch-grad-cam class for a registry name; UserInputError naming the choices otherwise."""
+    key = name.lower().replace("_", "").replace("-", "")
+    key = {"gradcamplusplus": "gradcam++", "gradcampp": "gradcam++"}.get(key, key)
+    if key not in CAM_METHODS:
+        raise UserInputError(f"unknown explanation method '{name}'; use one of {', '.join(CAM_METHODS)}.")
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, CAM_METHODS[key])
+
+
+def find_target_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The last convolutional stage of a timm convnet (its last `feature_info` module), else the last Conv2d."""
+    import torch
+
+    info = getattr(model, "feature_info", None)
+    if info is not None:
+        try:
+            name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+            return model.get_submodule(name)
+        except (AttributeError, KeyError, IndexError, TypeError):
+            pass
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        raise UserInputError(f"{type(model).__name__} has no convolution to explain; Grad-CAM needs a convnet.")
+    return convs[-1]
+
+
+def compute_cams(
+    model: torch.nn.Module,
+    batch: np.ndarray,
+    *,
+    method: str = "gradcam",
+    targets: Sequence[int] | None = None,
+    target_layer: torch.nn.Module | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Heatmaps (N, S, S) float32 in [0, 1] (each min-max scaled, upsampled to the input size) for an (N, 3, S, S)
+    float32 `batch` of network inputs, for class indices `targets` (default: each image's predicted class)."""
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = method_class(method)
+    layer = target_layer if target_layer is not None else find_target_layer(model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray] = []
+    try:
+        with cls(model=model, target_layers=[layer]) as cam:
+            for start in range(0, len(batch), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(batch[start : start + batch_size])).to(device)
+                t = None
+                if targets is not None:
+                    t = [ClassifierOutputTarget(int(c)) for c in targets[start : start + batch_size]]
+                with torch.enable_grad():
+                    out.append(np.asarray(cam(input_tensor=x, targets=t), dtype=np.float32))
+    finally:
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+    if not out:
+        s = batch.shape[-1] if batch.ndim == 4 else 0
+        return np.zeros((0, s, s), dtype=np.float32)
+    return np.nan_to_num(np.concatenate(out, axis=0), nan=0.0)
+
+
+def overlay(crop: np.ndarray, cam: np.ndarray, *, image_weight: float = 0.55) -> np.ndarray:
+    """(S, S, 3) uint8 RGB image + (S, S) heatmap in [0, 1] -> (S, S, 3) uint8 RGB overlay (jet colour map)."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    rgb = np.asarray(crop, dtype=np.float32) / 255.0
+    return show_cam_on_image(rgb, np.clip(cam, 0.0, 1.0), use_rgb=True, image_weight=image_weight)
