@@ -6,7 +6,7 @@ import time
 import uuid
 
 import anyio
-from fastapi import APIRouter, File, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, HTTPException, UploadFile
 
 from sightline.errors import CorruptImageError, SightlineError
 from sightline.serve.deps import ApiKeyDep, StateDep
@@ -35,7 +35,7 @@ async def predict(
     s = state.settings
     if len(file) > s.max_images_per_request:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            413,
             f"{len(file)} images in one request; the limit is {s.max_images_per_request}. Split the request.",
         )
     names = [f.filename or f"file{i}" for i, f in enumerate(file)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query
 
 from sightline.serve.deps import ApiKeyDep, StateDep
 from sightline.serve.schemas import ErrorResponse, ReviewItem, ReviewLabel
@@ -31,12 +31,12 @@ async def record_label(prediction_id: int, body: ReviewLabel, state: StateDep, k
     """Store a reviewer's label for a prediction; it becomes ground truth for monitoring and retraining."""
     if body.label not in state.bundle.classes:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            422,
             f"label {body.label!r} is not one of the model's classes {state.bundle.classes}.",
         )
     row = await anyio.to_thread.run_sync(
         lambda: state.store.record_label(prediction_id, body.label, reviewer=body.reviewer or key.name)
     )
     if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no prediction with id {prediction_id}.")
+        raise HTTPException(404, f"no prediction with id {prediction_id}.")
     return ReviewItem(**row)

@@ -1,0 +1,234 @@
+"""The HTTP service through a real client against uvicorn on 127.0.0.1: auth, every DESIGN.md error code, a
+hostile-input corpus, the review queue, and every 2xx prediction in the database."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sightline.bundle import Bundle, Preprocessing
+from sightline.models.factory import create_model
+
+CLASSES = ["cat", "dog", "fox"]
+MAX_PIXELS = 1_000_000
+MAX_BODY = 300_000
+
+
+def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _photo(w: int = 64, h: int = 48, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def hostile_corpus() -> dict[str, tuple[bytes, set[int]]]:
+    """name -> (bytes, accepted statuses). Valid-but-unusual images must be answered (200)."""
+    jpeg = _encode(_photo(), "JPEG")
+    exif_img = _photo(64, 32)
+    exif = exif_img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    pal = Image.new("P", (40, 30))
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    pal.paste(1, (10, 10, 30, 20))
+    bomb = Image.new("1", (1200, 1000))  # 1.2 Mpx > the 1 Mpx cap, a few hundred bytes as PNG
+    return {
+        "zero.jpg": (b"", {415, 422}),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], {422}),
+        "bomb.png": (_encode(bomb, "PNG"), {413}),
+        "text.jpg": (b"this is a text file, not a picture\n" * 20, {415}),
+        "doc.jpg": (b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer\n%%EOF\n", {415}),
+        "cmyk.jpg": (_encode(Image.new("CMYK", (40, 30), (0, 128, 255, 0)), "JPEG"), {200}),
+        "gray16.png": (_encode(Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50), "PNG"), {200}),
+        "palette_alpha.png": (_encode(pal, "PNG", transparency=0), {200}),
+        "exif_rotated.jpg": (_encode(exif_img, "JPEG", exif=exif.tobytes()), {200}),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """uvicorn serving a tiny exported bundle on a free loopback port, in a thread."""
+    import uvicorn
+
+    from sightline.optimize.export import export
+    from sightline.serve.app import create_app
+    from sightline.serve.settings import Settings
+    from sightline.serve.store import Store
+
+    root = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", len(CLASSES), weights="none")
+    # review_confidence 0.99: an untrained 3-class model is never that sure, so every answer is queued
+    bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version="7",
+                    thresholds={"review_confidence": 0.99, "class_thresholds": {}})
+    bundle.save(root / "bundle", model.state_dict())
+    export(root / "bundle")
+    settings = Settings(
+        bundle=root / "bundle", max_pixels=MAX_PIXELS, max_body_bytes=MAX_BODY, max_images_per_request=4,
+        rate_limit_per_minute=0, key_cache_s=0, batch_max_wait_ms=20, threads=1,
+    )
+    store = Store(settings.resolved_database_url())
+    keys = {"alice": store.create_key("alice"), "bob": store.create_key("bob")}
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not srv.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield {"client": client, "keys": keys, "store": store, "app": app, "url": f"http://127.0.0.1:{port}"}
+    srv.should_exit = True
+    thread.join(timeout=30)
+    store.close()
+
+
+def _post(client, key, files, **kw):
+    headers = {"X-API-Key": key} if key else {}
+    return client.post("/v1/predict", files=[("file", f) for f in files], headers=headers, **kw)
+
+
+def test_health_model_docs_and_metrics(server):
+    c = server["client"]
+    assert c.get("/healthz").json()["status"] == "ok"
+    ready = c.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"model": True, "database": True}
+    info = c.get("/v1/model").json()
+    assert info["classes"] == CLASSES and info["name"] == "pets" and info["version"] == "7"
+    assert info["preprocessing"]["input_size"] == 32 and info["runtime"]["backend"] == "onnx"
+    assert "/v1/predict" in c.get("/openapi.json").json()["paths"]
+    assert c.get("/docs").status_code == 200
+    assert "sightline_http_requests_total" in c.get("/metrics").text
+
+
+def test_auth(server):
+    c, keys, store = server["client"], server["keys"], server["store"]
+    image = ("a.jpg", _encode(_photo(), "JPEG"))
+    r = _post(c, None, [image])
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert _post(c, "sl_" + "x" * 43, [image]).status_code == 401
+    assert _post(c, keys["alice"][:-1] + ("A" if keys["alice"][-1] != "A" else "B"), [image]).status_code == 401
+    ok = c.post("/v1/predict", files=[("file", image)], headers={"Authorization": f"Bearer {keys['alice']}"})
+    assert ok.status_code == 200
+    revoked = store.create_key("mallory")
+    assert _post(c, revoked, [image]).status_code == 200
+    assert store.revoke_key("mallory") == 1
+    assert _post(c, revoked, [image]).status_code == 401
+    assert c.get("/v1/review", headers={}).status_code == 401
+
+
+def test_predict_answer_matches_the_contract_and_the_database(server):
+    c, key, store = server["client"], server["keys"]["alice"], server["store"]
+    blobs = [_encode(_photo(seed=i), "JPEG") for i in range(3)]
+    r = _post(c, key, [(f"p{i}.jpg", b) for i, b in enumerate(blobs)])
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model"] == {"name": "pets", "version": "7"} and body["inference_ms"] > 0
+    assert [p["filename"] for p in body["predictions"]] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    for p, blob in zip(body["predictions"], blobs):
+        assert p["label"] in CLASSES and p["decision"] == "review"
+        assert [t["label"] for t in p["top_k"]][0] == p["label"] and len(p["top_k"]) == 3
+        assert sum(t["confidence"] for t in p["top_k"]) == pytest.approx(1.0, abs=1e-6)
+        row = store.get_prediction(p["id"])
+        assert row["input_sha256"] == hashlib.sha256(blob).hexdigest()
+        assert row["label"] == p["label"] and row["model_version"] == "7" and row["decision"] == "review"
+        assert row["confidence"] == pytest.approx(p["confidence"]) and row["latency_ms"] > 0
+
+
+def test_hostile_corpus_gets_documented_4xx_and_server_keeps_answering(server):
+    c, key, store = server["client"], server["keys"]["bob"], server["store"]
+    before = store.count_predictions()
+    answered = 0
+    for name, (blob, expected) in hostile_corpus().items():
+        r = _post(c, key, [(name, blob)])
+        assert r.status_code in expected, (name, r.status_code, r.text)
+        if r.status_code == 200:
+            answered += 1
+        else:
+            assert isinstance(r.json()["detail"], str)
+        assert c.get("/healthz").status_code == 200
+    # oversized body: declared by Content-Length, and streamed without one (chunked)
+    big = b"\xff\xd8" + b"\x00" * (MAX_BODY + 10)
+    assert _post(c, key, [("big.jpg", big)]).status_code == 413
+
+    def chunks():
+        yield b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+        for _ in range(40):
+            yield b"\x00" * 10_000
+
+    r = c.post("/v1/predict", content=chunks(),
+               headers={"X-API-Key": key, "Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413
+    too_many = [(f"{i}.jpg", _encode(_photo(16, 16), "JPEG")) for i in range(5)]
+    assert _post(c, key, too_many).status_code == 413
+    assert _post(c, key, []).status_code == 422  # no file field
+    # one bad file refuses the whole request: nothing half-stored
+    mixed = [("ok.jpg", _encode(_photo(), "JPEG")), ("text.jpg", b"hello")]
+    assert _post(c, key, mixed).status_code == 415
+    assert c.get("/readyz").status_code == 200
+    assert store.count_predictions() == before + answered
+
+
+def test_rate_limit_429(server):
+    from sightline.serve.ratelimit import RateLimiter
+
+    c, key = server["client"], server["keys"]["alice"]
+    state = server["app"].state.sightline
+    original = state.limiter
+    state.limiter = RateLimiter(2)
+    try:
+        image = [("a.jpg", _encode(_photo(), "JPEG"))]
+        codes = [_post(c, key, image).status_code for _ in range(3)]
+        assert codes[:2] == [200, 200] and codes[2] == 429
+        assert int(_post(c, key, image).headers["retry-after"]) >= 1
+    finally:
+        state.limiter = original
+
+
+def test_concurrent_requests_are_batched_and_all_stored(server):
+    c, key, store = server["client"], server["keys"]["alice"], server["store"]
+    blobs = [_encode(_photo(seed=100 + i), "PNG") for i in range(8)]
+    before = store.count_predictions()
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=server["url"], timeout=30) as ac:
+            return await asyncio.gather(*(
+                ac.post("/v1/predict", files=[("file", (f"c{i}.png", b))], headers={"X-API-Key": key})
+                for i, b in enumerate(blobs)
+            ))
+
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * 8
+    ids = [r.json()["predictions"][0]["id"] for r in responses]
+    assert len(set(ids)) == 8 and store.count_predictions() == before + 8
+    # the same image answered alone gives the same label and confidence as inside a batch
+    alone = _post(c, key, [("c0.png", blobs[0])]).json()["predictions"][0]
+    assert alone["confidence"] == pytest.approx(responses[0].json()["predictions"][0]["confidence"], abs=1e-5)
+
+
+def test_review_queue_and_ground_truth(server):
+    c, key = server["client"], server["keys"]["alice"]
+    pid = _post(c, key, [("r.jpg", _encode(_photo(seed=9), "JPEG"))]).json()["predictions"][0]["id"]
+    queue = c.get("/v1/review", params={"limit": 500}, headers={"X-API-Key": key}).json()
+    assert pid in [item["id"] for item in queue]
+    assert c.post(f"/v1/review/{pid}", json={"label": "wolf"}, headers={"X-API-Key": key}).status_code == 422
+    assert c.post("/v1/review/999999", json={"label": "dog"}, headers={"X-API-Key": key}).status_code == 404
+    r = c.post(f"/v1/review/{pid}", json={"label": "dog"}, headers={"X-API-Key": key})
+    assert r.status_code == 200 and r.json()["reviewed_label"] == "dog" and r.json()["reviewer"] == "alice"
+    queue = c.get("/v1/review", params={"limit": 500}, headers={"X-API-Key": key}).json()
+    assert pid not in [item["id"] for item in queue]
+    assert server["store"].get_prediction(pid)["reviewed_label"] == "dog"
