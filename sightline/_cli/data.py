@@ -85,3 +85,30 @@ def split_cmd(
     )
     for item in result.excluded:
         console.print(f"[yellow]not placed:[/] {item['path']}: {item['reason']}", highlight=False)
+
+
+@data_app.command("synth")
+def synth_cmd(
+    out: Path = typer.Argument(..., help="New folder for the dataset."),
+    n: int = typer.Option(1000, "--n", help="Number of images (before planted extras)."),
+    size: int = typer.Option(224, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same images."),
+    plant_issues: bool = typer.Option(False, "--plant-issues", help="Also plant known data problems (listed in planted_issues.json)."),
+    shortcut: Optional[str] = typer.Option(None, help="Give this class a spurious corner marker (for explainability checks)."),
+    layout: str = typer.Option("split", help="'split' (train/val/test, ready to train) or 'flat'."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Generate a deterministic surface-inspection dataset (ok/scratch/spot/crack, masks, sightline.yaml)."""
+    from sightline.data.synth import synthesize
+
+    bar, advance = _progress(n, "rendering images", enabled=not json_out)
+    with bar:
+        result = synthesize(out, n=n, size=size, seed=seed, plant_issues=plant_issues, shortcut=shortcut, layout=layout, progress=advance)
+    if json_out:
+        print_json({"out": str(result.out), "layout": result.layout, "n_images": result.n_images, "counts": result.counts,
+                    "planted": result.planted})
+        return
+    for key, per_class in result.counts.items():
+        console.print(f"{key:>5}: " + ", ".join(f"{c} {k}" for c, k in per_class.items()), highlight=False)
+    extra = "; planted issues listed in planted_issues.json" if result.planted else ""
+    console.print(f"{result.n_images} images written to {result.out} ({result.layout} layout){extra}", highlight=False)

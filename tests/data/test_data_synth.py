@@ -1,0 +1,122 @@
+"""The synthetic surface-inspection dataset: deterministic, imbalanced, masked, with planted issues and a shortcut."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from sightline.cli import main
+from sightline.data.datasets import load_regions, scan_dataset
+from sightline.data.images import load_image
+from sightline.data.synth import CLASSES, render_sample, synthesize
+from sightline.errors import CorruptImageError, UserInputError
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_other_images(tmp_path: Path) -> None:
+    a = synthesize(tmp_path / "a", n=40, size=48, seed=5, workers=2)
+    synthesize(tmp_path / "b", n=40, size=48, seed=5, workers=1)
+    synthesize(tmp_path / "c", n=40, size=48, seed=6)
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")  # thread scheduling does not matter
+    da, dc = _digests(tmp_path / "a"), _digests(tmp_path / "c")
+    jpgs = lambda d: {v for k, v in d.items() if k.endswith(".jpg")}  # noqa: E731
+    assert len(jpgs(da)) == 40 and not jpgs(da) & jpgs(dc)
+    assert a.n_images == 40 and a.layout == "split"
+
+
+def test_layout_classes_masks_and_spec(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    synthesize(out, n=100, size=64, seed=0)
+    ds = scan_dataset(out, require_splits=("train", "val", "test"))
+    assert ds.classes == sorted(CLASSES)
+    counts = ds.class_counts()
+    assert counts["ok"] == 70 and counts["ok"] > 2 * max(counts[c] for c in CLASSES if c != "ok")
+    assert all(ds.class_counts(s)[c] >= 1 for s in ("train", "val", "test") for c in CLASSES)
+    for s in ds.samples:
+        assert (s.width, s.height, s.format) == (64, 64, "JPEG")
+        if s.label == "ok":
+            assert s.region is None
+        else:
+            mask = load_regions(s, (64, 64))
+            assert mask is not None and 0 < mask.sum() < 0.25 * 64 * 64, s.relpath
+    spec = yaml.safe_load((out / "sightline.yaml").read_text())
+    assert spec["primary_metric"] == "macro_f1" and spec["costs"]["crack"]["false_negative"] == 50
+    assert {t["metric"] for t in spec["targets"]} >= {"recall", "accuracy"}
+
+
+def test_defect_pixels_differ_from_their_surroundings() -> None:
+    """The defect is visible: inside the mask the image departs from the defect-free rendering of the same seed."""
+    for label in ("scratch", "spot", "crack"):
+        for i in range(5):
+            pixels, mask = render_sample(3, i, label, 96)
+            clean, _ = render_sample(3, i, "ok", 96)  # same surface and noise draws up to the defect
+            assert mask is not None and mask.any()
+            diff = np.abs(pixels.astype(float) - clean.astype(float)).mean(axis=-1)
+            # outside the mask only the sensor noise differs; inside, the defect adds its contrast
+            assert diff[mask].mean() > diff[~mask].mean() + 3, (label, i)
+
+
+def test_shortcut_marker_only_in_its_class(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    synthesize(out, n=60, size=56, seed=1, shortcut="spot", layout="flat")
+    ds = scan_dataset(out)
+    assert ds.layout == "flat"
+
+    def marked(path: Path) -> bool:
+        corner = np.asarray(load_image(path), dtype=float)[:8, :8]
+        yellow = (corner[..., 0] > 200) & (corner[..., 1] > 200) & (corner[..., 2] < 110)
+        return yellow.sum() >= 4
+
+    flags = {s.relpath: (s.label, marked(s.path)) for s in ds.samples}
+    assert all(m for lab, m in flags.values() if lab == "spot")
+    assert not any(m for lab, m in flags.values() if lab != "spot")
+
+
+def test_planted_issues_are_listed_and_real(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    result = synthesize(out, n=120, size=48, seed=2, plant_issues=True)
+    planted = json.loads((out / "planted_issues.json").read_text())
+    assert planted == result.planted
+    for a, b in planted["exact_duplicates"] + planted["cross_split_duplicates"]:
+        assert (out / a).read_bytes() == (out / b).read_bytes()
+    assert all(b.startswith("test/") and a.startswith("train/") for a, b in planted["cross_split_duplicates"])
+    for a, b in planted["conflicting_labels"]:
+        assert a.split("/")[1] != b.split("/")[1] and (out / a).read_bytes() == (out / b).read_bytes()
+    for p in planted["corrupt"]:
+        with pytest.raises(CorruptImageError):
+            load_image(out / p)
+    for p in planted["blurry"] + planted["too_small"] + planted["extreme_aspect"] + planted["greyscale"]:
+        assert load_image(out / p).mode == "RGB"
+    with Image.open(out / planted["greyscale"][0]) as grey:
+        assert grey.mode == "L"
+    for item in planted["wrong_labels"]:
+        assert (out / item["path"]).is_file() and item["true_label"] == "ok" != item["given_label"]
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="not a class"):
+        synthesize(tmp_path / "x", n=40, shortcut="rust")
+    with pytest.raises(UserInputError, match="layout"):
+        synthesize(tmp_path / "x", n=40, layout="nested")
+
+
+def test_cli_synth_json_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "synth", str(out), "--n", "30", "--size", "40", "--json"])
+    assert exit_info.value.code == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["n_images"] == 30 and set(answer["counts"]) == {"train", "val", "test"}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "synth", str(out), "--n", "30"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "Traceback" not in err
