@@ -1,8 +1,110 @@
-"""`sightline` commands of the evaluate stage."""
+"""`sightline` commands of the evaluate stage: `evaluate`, `explain`, `init`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from sightline._cli.common import console, existing_path, fail, print_json
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
+    app.command("evaluate")(evaluate_cmd)
+    app.command("explain")(explain_cmd)
+    app.command("init")(init_cmd)
+
+
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="RUN folder, its bundle/ folder, or a folder of seed-<s>/ runs."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder in the split layout."),
+    split: str = typer.Option("test", "--split", help="Split to report on: test (default), val or train."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default RUN/eval)."),
+    spec: Path | None = typer.Option(None, "--spec", help="Problem definition (default DATA/sightline.yaml)."),
+    method: str = typer.Option("gradcam", "--method", help="Heatmap method: gradcam, gradcam++, eigencam, layercam."),
+    robustness: bool = typer.Option(True, "--robustness/--no-robustness", help="Run the corruption suite."),
+    robustness_images: int = typer.Option(200, "--robustness-images", min=1, help="Images in the corruption suite."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the intervals."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    no_update: bool = typer.Option(False, "--no-update", help="Do not write temperature/thresholds into the bundle."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout instead of a summary."),
+) -> None:
+    """Metrics, calibration, thresholds from sightline.yaml, heatmaps and robustness -> metrics.json + report.html."""
+    from sightline.evaluate.run import evaluate
+
+    existing_path(run, "run")
+    existing_path(data, "dataset")
+    if split not in ("train", "val", "test"):
+        raise fail(f"--split {split!r} is unknown; use test, val or train.")
+    m = evaluate(
+        run, data, split=split, out=out, spec=spec, method=method, robustness=robustness,
+        robustness_images=robustness_images, n_bootstrap=bootstrap, batch_size=batch_size,
+        update_bundle=not no_update, progress=not as_json,
+    )
+    if as_json:
+        print_json(m)
+        return
+    ci = m["ci"]
+    console.print(f"[bold]{m['split']}[/] split, {m['n_images']} images")
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        line = f"  {key:<18} {m[key]:.3f}  (95% CI {ci[key]['low']:.3f}-{ci[key]['high']:.3f})"
+        if m.get("seeds") and key in m["seeds"]["mean"]:
+            line += f"  seeds: {m['seeds']['mean'][key]:.3f} +- {m['seeds']['std'][key]:.3f}"
+        console.print(line, highlight=False)
+    console.print(f"  ECE {m['ece_uncalibrated']:.3f} -> {m['ece']:.3f} (temperature {m['temperature']:.2f})",
+                  highlight=False)
+    review = m["review"]
+    if review["review_confidence"] is not None:
+        console.print(f"  review below {review['review_confidence']:.2f}: {1 - review['coverage']:.0%} to a person, "
+                      f"accuracy of the rest {review['accuracy_accepted'] or 0:.3f}", highlight=False)
+    for t in m["targets"]:
+        mark = "[green]PASS[/]" if t["passed"] else "[red]FAIL[/]"
+        console.print(f"  {mark} {t['target']} (got {t['value']:.3f})", highlight=False)
+    if m.get("pointing_game"):
+        pg = m["pointing_game"]
+        console.print(f"  pointing game {pg['overall']:.2f}; likely shortcut: {pg['shortcut_classes'] or 'none'}",
+                      highlight=False)
+    for s in m.get("robustness", {}).get("failure_modes", [])[:3]:
+        console.print(f"  {s}", highlight=False)
+    for key, path in m["files"].items():
+        console.print(f"  {key}: {path}", highlight=False)
+
+
+def explain_cmd(
+    run: Path = typer.Argument(..., help="RUN or bundle folder."),
+    images: list[Path] = typer.Argument(..., help="Image files to explain."),
+    method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++, eigencam or layercam."),
+    target: str | None = typer.Option(None, "--class", help="Explain this class (default: the predicted one)."),
+    out: Path = typer.Option(Path("explain"), "--out", "-o", help="Folder for the overlays."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Write heatmap overlays (<stem>.<method>.png: input | overlay) showing where the model looks."""
+    from sightline.explain.run import explain_files
+
+    existing_path(run, "run")
+    rows = explain_files(run, images, method=method, target=target, out=out)
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        if "error" in r:
+            console.print(f"  [red]skipped[/] {r['path']}: {r['error']}", highlight=False)
+        else:
+            console.print(f"  {r['path']}: {r['predicted']} ({r['confidence']:.2f}) -> {r['overlay']}", highlight=False)
+    if rows and all("error" in r for r in rows):
+        raise fail("no image could be read; check the paths.")
+
+
+def init_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder (split or flat layout)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing sightline.yaml."),
+) -> None:
+    """Write DATA/sightline.yaml: a commented problem definition with the dataset's classes filled in."""
+    from sightline.data.datasets import scan_dataset
+    from sightline.spec import write_spec_template
+
+    existing_path(data, "dataset")
+    dataset = scan_dataset(data)
+    path = write_spec_template(data, dataset.classes, overwrite=force)
+    console.print(f"wrote {path}: answer its questions (task, metric, costs, targets), then run "
+                  "`sightline evaluate`.", highlight=False)

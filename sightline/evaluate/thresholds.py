@@ -97,7 +97,7 @@ def _choose_class_threshold(
     if len(values) > MAX_CANDIDATES:
         values = np.unique(np.quantile(values, np.linspace(0, 1, MAX_CANDIDATES)))
     # A hair below each observed probability, so the image that sets it passes `p >= t` despite rounding.
-    candidates: list[float | None] = [None, *np.maximum(values - 1e-9, 0.0).tolist()]  # None: arg-max only
+    candidates: list[float | None] = [None, *np.maximum(values - 1e-9, 1e-12).tolist()]  # None: arg-max only
     log_p = np.log(np.clip(probs, 1e-12, 1.0))  # decide() on log-probs with T=1 reproduces `probs`
     scored = []
     for t in candidates:

@@ -2,7 +2,7 @@
 
 `CAM_METHODS` is the registry (name -> pytorch-grad-cam class). The target layer is found automatically for timm
 convnets: the last feature stage timm reports in `model.feature_info` (e.g. `blocks.6` for EfficientNet,
-`layer4` for ResNet), else the last 2-D convolution. Hooks are released with `with`, as pytorch-grad-cam intends.
+`layer4` for ResNet) that still has a usable resolution at the input size, else the last 2-D convolution. Hooks are released with `with`, as pytorch-grad-cam intends.
 
 Example:
     >>> cams = compute_cams(model, batch, method="gradcam", targets=[0, 1])    # (N, S, S) in [0, 1]
@@ -42,15 +42,28 @@ def method_class(name: str) -> type:
     return getattr(pytorch_grad_cam, CAM_METHODS[key])
 
 
-def find_target_layer(model: torch.nn.Module) -> torch.nn.Module:
-    """The last convolutional stage of a timm convnet (its last `feature_info` module), else the last Conv2d."""
+MIN_CELLS = 6  # a heatmap coarser than this many cells per side cannot point at anything
+
+
+def find_target_layer(model: torch.nn.Module, *, input_size: int | None = None) -> torch.nn.Module:
+    """The last convolutional stage of a timm convnet (its last `feature_info` module), else the last Conv2d.
+
+    With `input_size`, the deepest stage whose map still has >= MIN_CELLS cells per side: at 224 px that is the
+    last stage (7x7 at stride 32), but at 64 px the last stage is 2x2 and every heatmap would be one blob, so an
+    earlier stage (stride 8, 8x8) is used instead."""
     import torch
 
     info = getattr(model, "feature_info", None)
     if info is not None:
         try:
-            name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
-            return model.get_submodule(name)
+            stages = list(info) if isinstance(info, list) else [
+                {"module": n, "reduction": r} for n, r in zip(info.module_name(), info.reduction())
+            ]
+            chosen = stages[-1]
+            if input_size is not None:
+                fine = [s for s in stages if input_size / s["reduction"] >= MIN_CELLS]
+                chosen = fine[-1] if fine else stages[0]
+            return model.get_submodule(chosen["module"])
         except (AttributeError, KeyError, IndexError, TypeError):
             pass
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -74,7 +87,7 @@ def compute_cams(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cls = method_class(method)
-    layer = target_layer if target_layer is not None else find_target_layer(model)
+    layer = target_layer if target_layer is not None else find_target_layer(model, input_size=int(batch.shape[-1]))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

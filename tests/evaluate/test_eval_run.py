@@ -1,0 +1,168 @@
+"""`evaluate` end to end on a tiny dataset made here, checked against an independent recomputation."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score
+
+from sightline.bundle import Bundle, Preprocessing, load_bundle
+from sightline.cli import main
+from sightline.decision import decide
+from sightline.errors import DatasetError
+from sightline.evaluate.run import evaluate
+from sightline.models.factory import create_model
+
+CLASSES = ["blue", "red", "spot"]
+FAST = dict(n_bootstrap=50, robustness_images=6, severities=(2,), progress=False, gallery_per_group=1)
+
+
+def _image(rng: np.random.Generator, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    a = (rng.random((32, 32, 3)) * 60 + 80).astype(np.uint8)
+    mask = None
+    if label == "red":
+        a[..., 0] += 90
+    elif label == "blue":
+        a[..., 2] += 90
+    else:
+        y, x = rng.integers(2, 20, 2)
+        a[y : y + 10, x : x + 10] = 250
+        mask = np.zeros((32, 32), dtype=bool)
+        mask[y : y + 10, x : x + 10] = True
+    return a, mask
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalrun")
+    data = root / "data"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 8), ("test", 8)):
+        for c in CLASSES:
+            folder = data / split / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                a, mask = _image(rng, c)
+                Image.fromarray(a).save(folder / f"{c}{i}.png")
+                if mask is not None:
+                    Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{c}{i}.mask.png")
+    (data / "sightline.yaml").write_text(
+        "task: Tell colours and spots apart.\n"
+        "costs:\n  spot: {false_positive: 1, false_negative: 10}\n"
+        "targets:\n  - {metric: recall, class: spot, min: 0.9}\n  - {metric: accuracy, min: 0.5}\n"
+    )
+    torch.manual_seed(0)
+    pre = Preprocessing(input_size=32, crop_pct=1.0)
+    model = create_model("test_efficientnet", len(CLASSES), weights="none")
+    from sightline.data.transforms import eval_preprocess, stack
+
+    files = [(p, CLASSES.index(p.parent.name)) for p in sorted((data / "train").glob("*/*.png"))
+             if not p.name.endswith(".mask.png")]
+    x = torch.from_numpy(stack([eval_preprocess(Image.open(p).convert("RGB"), pre) for p, _ in files]))
+    y = torch.tensor([c for _, c in files])
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    model.train()
+    for _ in range(8):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    run = root / "run"
+    Bundle("test_efficientnet", CLASSES, preprocessing=pre).save(run / "bundle", model.state_dict())
+    metrics = evaluate(run, data, **FAST)
+    return root, data, run, metrics
+
+
+def test_metrics_json_contract_and_files(setup):
+    root, data, run, m = setup
+    on_disk = json.loads((run / "eval" / "metrics.json").read_text())
+    for key in ("split", "n_images", "accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix",
+                "ece", "ece_uncalibrated", "pointing_game", "ci", "targets", "review", "robustness"):
+        assert key in on_disk, key
+    assert on_disk["split"] == "test" and on_disk["n_images"] == 24
+    assert set(on_disk["per_class"]) == set(CLASSES)
+    assert set(on_disk["per_class"]["spot"]) >= {"precision", "recall", "f1", "support"}
+    assert on_disk["confusion_matrix"]["labels"] == CLASSES
+    assert np.asarray(on_disk["confusion_matrix"]["matrix"]).sum() == 24
+    pg = on_disk["pointing_game"]
+    assert set(pg["per_class"]) == {"spot"} and 0.0 <= pg["overall"] <= 1.0 and pg["n_images"] == 8
+    assert len(on_disk["targets"]) == 2 and all(isinstance(t["passed"], bool) for t in on_disk["targets"])
+    html = (run / "eval" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    assert "Targets:" in html and "Gallery" in html
+    card = (run / "bundle" / "MODEL_CARD.md").read_text()
+    assert "Failure modes" in card and "recall of spot >= 0.9" in card
+
+
+def test_metrics_match_an_independent_recomputation(setup):
+    root, data, run, m = setup
+    bundle = load_bundle(run)  # evaluation stored the val-fitted temperature and thresholds here
+    assert bundle.thresholds["chosen_on"] == "val" and bundle.temperature == pytest.approx(m["temperature"])
+    assert "spot" in bundle.thresholds["class_thresholds"] or bundle.thresholds["details"]["spot"]["threshold"] is None
+    assert bundle.metrics["test"]["n_images"] == 24
+    from sightline.data.transforms import eval_preprocess, stack
+
+    model = bundle.load_model()
+    files = [p for p in sorted((data / "test").glob("*/*.png")) if not p.name.endswith(".mask.png")]
+    x = torch.from_numpy(stack([eval_preprocess(Image.open(p).convert("RGB"), bundle.preprocessing) for p in files]))
+    with torch.no_grad():
+        logits = model(x).numpy()
+    y = np.array([CLASSES.index(p.parent.name) for p in files])
+    pred = decide(logits, CLASSES, temperature=bundle.temperature, thresholds=bundle.thresholds).labels
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", labels=[0, 1, 2], zero_division=0))
+    assert m["argmax_accuracy"] == pytest.approx(accuracy_score(y, logits.argmax(1)))
+
+
+def test_class_mismatch_is_one_line(setup, tmp_path):
+    root, data, run, m = setup
+    other = tmp_path / "other"
+    shutil.copytree(data / "test", other / "test")
+    (other / "test" / "red").rename(other / "test" / "green")
+    with pytest.raises(DatasetError, match=r"dataset has \['green'\].*model has \['red'\]"):
+        evaluate(run, other, **FAST)
+    assert main_rc(["evaluate", str(run), "--data", str(other)]) == 2
+
+
+def main_rc(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code
+
+
+def test_multi_seed_mean_std(setup, tmp_path):
+    root, data, run, m = setup
+    seeds = tmp_path / "seeds"
+    for s in (0, 1):
+        shutil.copytree(run / "bundle", seeds / f"seed-{s}" / "bundle")
+    b = load_bundle(seeds / "seed-1")  # make the second seed a different model
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(b.weights_path))
+    state = {k: (v + 0.3 * torch.randn_like(v) if v.is_floating_point() and v.ndim > 1 else v) for k, v in state.items()}
+    save_file(state, str(b.weights_path))
+    out = evaluate(seeds, data, **{**FAST, "robustness": False})
+    per = out["seeds"]["per_seed"]
+    assert out["seeds"]["n_seeds"] == 2 and [p["seed"] for p in per] == ["0", "1"]
+    acc = [p["accuracy"] for p in per]
+    assert out["seeds"]["mean"]["accuracy"] == pytest.approx(np.mean(acc))
+    assert out["seeds"]["std"]["accuracy"] == pytest.approx(np.std(acc, ddof=1))
+    assert (seeds / "eval" / "metrics.json").is_file() and (seeds / "seed-1" / "eval" / "metrics.json").is_file()
+    assert "seeds" in (seeds / "eval" / "report.html").read_text()
+
+
+def test_cli_evaluate_json_and_init(setup, tmp_path, capsys):
+    root, data, run, m = setup
+    rc = main_rc(["evaluate", str(run), "--data", str(data), "--json", "--no-robustness", "--bootstrap", "20",
+                  "--out", str(tmp_path / "ev"), "--no-update"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n_images"] == 24 and (tmp_path / "ev" / "report.html").is_file()
+    fresh = tmp_path / "fresh"
+    shutil.copytree(data / "val", fresh / "val")
+    assert main_rc(["init", str(fresh)]) == 0
+    assert "class: spot" in (fresh / "sightline.yaml").read_text()
+    assert main_rc(["init", str(fresh)]) == 2
