@@ -173,3 +173,39 @@ def register(app: typer.Typer) -> None:
                 console.print(f"{backend} skipped: {entry['skipped']}")
         for key, value in report["speedup"].items():
             console.print(f"{key}: {value}x")
+
+    @app.command("distill")
+    def distill_cmd(
+        run: Path = typer.Argument(..., help="Teacher RUN or bundle folder."),
+        student: str = typer.Option(..., "--student", help="Student architecture, e.g. lite0 or tf_efficientnet_lite0."),
+        data: Path | None = typer.Option(None, "--data", help="Dataset (split layout); default: the one the run recorded."),
+        out: Path | None = typer.Option(None, "--out", help="Student RUN folder (default: RUN-distilled-STUDENT)."),
+        input_size: int | None = typer.Option(None, "--input-size", help="Student input side in px (default: its own)."),
+        epochs: int = typer.Option(12, "--epochs", min=1),
+        temperature: float = typer.Option(4.0, "--temperature", help="Softmax temperature of the soft targets."),
+        alpha: float = typer.Option(0.7, "--alpha", help="Weight of the soft-target loss (1 - alpha on labels)."),
+        weights: str = typer.Option("auto", "--weights", help="Student init: auto (ImageNet), none, or a file."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Distil a trained teacher into a smaller/faster student; report accuracy and latency of both."""
+        from sightline.bundle import load_bundle
+        from sightline.optimize.export import recorded_data_dir
+        from sightline.train.distill import distill
+
+        data = data or recorded_data_dir(run, load_bundle(run))
+        if data is None or not data.is_dir():
+            raise fail("pass --data DATA (split layout): the run does not record where its dataset is.")
+        out = out or run.with_name(f"{run.name}-distilled-{student}")
+        report = distill(run, data, out, student=student, input_size=input_size, epochs=epochs,
+                         temperature=temperature, alpha=alpha, weights=weights, progress=not as_json)
+        if as_json:
+            print_json(report)
+            return
+        for role in ("teacher", "student"):
+            r = report[role]
+            console.print(
+                f"{role:8} {r['architecture']} @ {r['input_size']} px: {r['split']} accuracy {r['accuracy']:.4f} "
+                f"({r['n_images']} images), {r['params'] / 1e6:.2f} M params, eager CPU "
+                f"{r['ms_per_image_batch1']:.1f} ms/img at batch 1, {r['ms_per_image_batch32']:.2f} ms/img at batch 32"
+            )
+        console.print(f"student bundle: {report['run']}/bundle (export it with `sightline export {report['run']}`)")

@@ -1,0 +1,209 @@
+"""Knowledge distillation: a trained teacher bundle -> a smaller or faster student (issue 5, part 2).
+
+Loss (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"):
+    alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, labels)
+The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones when T changes.
+
+The student trains with the training stage's data module and system (same augmentations, optimiser and
+schedule); each batch is shown to the teacher at the teacher's own input size and normalisation (resized from
+the student's view), so a Lite2 teacher at 260 px can teach a Lite0 student at 160 px.
+
+Example:
+    >>> report = distill("runs/lite2", "DATA", "runs/lite0-kd", student="lite0", input_size=160)
+    >>> report["teacher"]["accuracy"], report["student"]["accuracy"], report["student"]["ms_per_image_batch1"]
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sightline.bundle import Bundle, Preprocessing, load_bundle
+from sightline.errors import DatasetError, UserInputError
+from sightline.train.system import ClassifierSystem
+
+__all__ = ["distill", "DistillSystem", "kd_loss"]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+            temperature: float = 4.0, alpha: float = 0.7, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Distillation loss of (N, K) logits and (N,) labels; see the module docstring."""
+    t = temperature
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(student_logits.float() / t, dim=1),
+        nn.functional.log_softmax(teacher_logits.float() / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+    hard = nn.functional.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
+    return alpha * soft + (1.0 - alpha) * hard
+
+
+class _TeacherView(nn.Module):
+    """Student-normalised (N, 3, s, s) -> teacher-normalised (N, 3, S, S)."""
+
+    def __init__(self, student: Preprocessing, teacher: Preprocessing) -> None:
+        super().__init__()
+        self.size = teacher.input_size
+        self.same = student == teacher
+        self.register_buffer("s_mean", torch.tensor(student.mean).view(1, 3, 1, 1))
+        self.register_buffer("s_std", torch.tensor(student.std).view(1, 3, 1, 1))
+        self.register_buffer("t_mean", torch.tensor(teacher.mean).view(1, 3, 1, 1))
+        self.register_buffer("t_std", torch.tensor(teacher.std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            return x
+        x = x * self.s_std + self.s_mean
+        if x.shape[-1] != self.size:
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                          antialias=True)
+        return (x - self.t_mean) / self.t_std
+
+
+class DistillSystem(ClassifierSystem):
+    """ClassifierSystem whose training loss is `kd_loss` against a frozen teacher; validation is unchanged."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module, view: _TeacherView, num_classes: int, *,
+                 temperature: float = 4.0, alpha: float = 0.7, **kwargs: Any) -> None:
+        super().__init__(model, num_classes, **kwargs)
+        # save_hyperparameters() in the parent also collects this __init__'s arguments: keep the teacher out of
+        # the checkpoint (it would pickle a whole nn.Module, which weights_only loading refuses)
+        for hp in (self._hparams, self._hparams_initial):
+            for name in ("teacher", "view"):
+                hp.pop(name, None)
+        self.kd_temperature = temperature
+        self.kd_alpha = alpha
+        # a plain list keeps the teacher out of the optimiser, the checkpoint and train() mode switches
+        self._teacher = [teacher.eval().requires_grad_(False), view]
+
+    def on_fit_start(self) -> None:
+        self._teacher = [m.to(self.device) for m in self._teacher]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        teacher, view = self._teacher
+        with torch.no_grad():
+            t_logits = teacher(view(x))
+        loss = kd_loss(self(x), t_logits, y, temperature=self.kd_temperature, alpha=self.kd_alpha,
+                       label_smoothing=self.hparams.label_smoothing)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+
+def _accuracy_and_latency(bundle: Bundle, data_dir: Path, split: str, *, time_budget_s: float = 1.0) -> dict[str, Any]:
+    """Eager PyTorch fp32 on CPU: top-1 accuracy on `split`, and ms per image at batch 1 and 32."""
+    from sightline.optimize.export import load_split_arrays
+    from sightline.optimize.predictor import TorchPredictor
+
+    x, y, _ = load_split_arrays(data_dir, split, bundle)
+    predictor = TorchPredictor(bundle, device="cpu")
+    logits = np.concatenate([predictor.predict_arrays(x[i : i + 32]) for i in range(0, len(x), 32)])
+    timings = {}
+    for b in (1, 32):
+        batch = np.repeat(x[:1], b, axis=0)
+        predictor.predict_arrays(batch)  # warm-up
+        runs, t0 = 0, time.perf_counter()
+        while runs < 3 or (runs < 20 and time.perf_counter() - t0 < time_budget_s):
+            predictor.predict_arrays(batch)
+            runs += 1
+        timings[f"ms_per_image_batch{b}"] = round((time.perf_counter() - t0) * 1000 / (runs * b), 3)
+    n_params = sum(p.numel() for p in predictor.model.parameters())
+    return {"architecture": bundle.architecture, "input_size": bundle.preprocessing.input_size, "split": split,
+            "n_images": int(len(y)), "accuracy": float((logits.argmax(1) == y).mean()), "params": int(n_params),
+            **timings}
+
+
+def distill(
+    teacher_run: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    student: str = "tf_efficientnet_lite0",
+    input_size: int | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    progress: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train `student` on `data_dir` (split layout) with soft targets from the teacher bundle.
+
+    Writes `out_dir/bundle/` (the student, with `extra["distill"]`) and returns {"teacher": {...}, "student":
+    {...}, "run": out_dir} with accuracy on the test split (val when there is none), parameter count and eager
+    CPU latency of both. `overrides` are TrainConfig fields (epochs, batch_size, lr, weights, max_time_s, ...)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from sightline.bundle import code_version
+    from sightline.data.datasets import dataset_version
+    from sightline.models.factory import create_model
+    from sightline.train.config import TrainConfig
+    from sightline.train.fit import _resolve, prepare
+
+    if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+        raise UserInputError(f"alpha={alpha} must be in [0, 1] and temperature={temperature} positive.")
+    teacher_bundle = load_bundle(teacher_run)
+    cfg = _resolve(TrainConfig(), {"model": student, "input_size": input_size, **overrides})
+    dataset, pre, dm, balance = prepare(data_dir, cfg)
+    if list(dataset.classes) != list(teacher_bundle.classes):
+        raise DatasetError(f"dataset classes {dataset.classes} differ from the teacher's {teacher_bundle.classes}; "
+                           "distil on the data the teacher was trained for.")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = create_model(cfg.model, len(dataset.classes), weights=cfg.weights, drop_rate=cfg.drop_rate,
+                         drop_path_rate=cfg.drop_path_rate)
+    system = DistillSystem(
+        model, teacher_bundle.load_model("cpu"), _TeacherView(pre, teacher_bundle.preprocessing), len(dataset.classes),
+        temperature=temperature, alpha=alpha, lr=cfg.lr,
+        backbone_lr_scale=cfg.backbone_lr_scale if str(cfg.weights) != "none" else 1.0,
+        weight_decay=cfg.weight_decay, schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
+        label_smoothing=cfg.label_smoothing, monitor=cfg.monitor, class_weights=dm.class_weights(),
+    )
+    run = Path(out_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=cfg.monitor,
+                                 mode="min" if cfg.monitor == "val_loss" else "max", save_top_k=1)
+    from datetime import timedelta
+
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator, devices="auto", max_epochs=cfg.epochs, callbacks=[checkpoint],
+        max_time=timedelta(seconds=cfg.max_time_s) if cfg.max_time_s else None,
+        logger=CSVLogger(run, name="logs", version="csv"), default_root_dir=run, num_sanity_val_steps=0,
+        enable_model_summary=False, enable_progress_bar=progress,
+        log_every_n_steps=max(1, min(10, len(dm.train_set) // cfg.batch_size)),
+    )
+    t0 = time.perf_counter()
+    trainer.fit(system, datamodule=dm)
+    fit_s = time.perf_counter() - t0
+    if checkpoint.best_model_path:
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        system.load_state_dict(state)
+    cfg.save_yaml(run / "config.yaml")
+    bundle = Bundle(
+        architecture=cfg.model,
+        classes=list(dataset.classes),
+        preprocessing=pre,
+        name=f"{teacher_bundle.name}-distilled",
+        dataset_version=dataset_version(dataset),
+        code_version=code_version(),
+        extra={"train": {"config": cfg.to_dict(), "balance": balance, "fit_seconds": round(fit_s, 1)},
+               "distill": {"teacher": str(teacher_bundle.path), "teacher_architecture": teacher_bundle.architecture,
+                           "temperature": temperature, "alpha": alpha}},
+    )
+    bundle.save(run / "bundle", state_dict=system.model.state_dict())
+    split = "test" if dataset.split("test") else "val"
+    report = {
+        "run": str(run),
+        "teacher": _accuracy_and_latency(teacher_bundle, Path(data_dir), split),
+        "student": _accuracy_and_latency(bundle, Path(data_dir), split),
+        "fit_seconds": round(fit_s, 1),
+    }
+    bundle.metrics[split] = {"split": split, "n_images": report["student"]["n_images"],
+                             "accuracy": report["student"]["accuracy"]}
+    bundle.extra["distill"]["comparison"] = report
+    bundle.write_json()
+    return report

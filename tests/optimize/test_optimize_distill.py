@@ -1,0 +1,51 @@
+"""Knowledge distillation: the loss against an independent formula, and a tiny teacher -> student run."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sightline.bundle import load_bundle
+from sightline.train.distill import kd_loss
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_optimize_export import CLASSES, _make_dataset  # noqa: E402
+
+
+def test_kd_loss_matches_the_formula():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 4), torch.randn(6, 4), torch.randint(0, 4, (6,))
+    T, a = 3.0, 0.6
+    p_t = torch.softmax(t / T, 1)
+    kl = (p_t * (torch.log(p_t) - torch.log_softmax(s / T, 1))).sum(1).mean()
+    ce = -torch.log_softmax(s, 1)[torch.arange(6), y].mean()
+    assert kd_loss(s, t, y, temperature=T, alpha=a).item() == pytest.approx((a * T * T * kl + (1 - a) * ce).item(),
+                                                                            rel=1e-5)
+    assert kd_loss(t, t, y, temperature=T, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_distill_cli_tiny(tmp_path, capsys):
+    import json
+
+    from sightline.cli import main
+    from sightline.train.fit import train
+
+    data = _make_dataset(tmp_path / "data")
+    teacher = train(data, tmp_path / "teacher", model="test_efficientnet", weights="none", epochs=1,
+                    input_size=48, batch_size=8, progress=False, num_workers=0)
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", str(teacher), "--student", "test_resnet", "--input-size", "32", "--data", str(data),
+              "--out", str(tmp_path / "student"), "--epochs", "1", "--weights", "none", "--json"])
+    assert exc.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    for role, size in (("teacher", 48), ("student", 32)):
+        r = report[role]
+        assert r["input_size"] == size and r["split"] == "test" and r["n_images"] == 8
+        assert 0 <= r["accuracy"] <= 1 and r["ms_per_image_batch1"] > 0
+    student = load_bundle(tmp_path / "student")
+    assert student.architecture == "test_resnet" and student.classes == CLASSES
+    assert student.extra["distill"]["teacher_architecture"] == "test_efficientnet"
+    assert "teacher" not in json.dumps(student.extra["train"])  # the teacher stays out of the student's config
