@@ -112,3 +112,46 @@ def synth_cmd(
         console.print(f"{key:>5}: " + ", ".join(f"{c} {k}" for c, k in per_class.items()), highlight=False)
     extra = "; planted issues listed in planted_issues.json" if result.planted else ""
     console.print(f"{result.n_images} images written to {result.out} ({result.layout} layout){extra}", highlight=False)
+
+
+@data_app.command("audit")
+def audit_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder (split or flat layout)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for audit.json, audit.html and manifest.csv [default: DATA/.audit]."),
+    quarantine: bool = typer.Option(False, "--quarantine", help="Move flagged files into DATA/.quarantine/ (logged, never deleted)."),
+    max_distance: int = typer.Option(8, help="Perceptual-hash bits within which images count as near duplicates."),
+    json_out: bool = typer.Option(False, "--json", help="Print audit.json to stdout."),
+) -> None:
+    """Find corrupt files, duplicates, label conflicts, split leakage, blur, odd sizes, imbalance, mixed modes."""
+    from sightline.data.audit import KINDS, audit_dataset
+    from sightline.data.datasets import scan_dataset
+
+    existing_path(data, "dataset folder")
+    dataset = scan_dataset(data)
+    bar, advance = _progress(len(dataset.samples), "auditing images", enabled=not json_out)
+    with bar:
+        result = audit_dataset(data, out=out, max_distance=max_distance, move_to_quarantine=quarantine,
+                               progress=advance, dataset=dataset)
+    if json_out:
+        print_json(result.to_json())
+        return
+    from rich.table import Table
+
+    table = Table(title=f"audit of {data} ({result.n_images} images)")
+    table.add_column("finding")
+    table.add_column("count", justify="right")
+    table.add_column("example")
+    for kind in KINDS:
+        found = [f for f in result.findings if f.kind == kind]
+        example = ""
+        if found:
+            first = found[0]
+            example = ", ".join(first.paths[:2]) if first.paths else str(first.detail.get("ratio", ""))
+            if kind == "class_imbalance":
+                example = f"max/min {first.detail['ratio']}: {first.detail['training']}"
+        style = "" if not found else ("yellow" if kind in ("class_imbalance", "mixed_color_modes") else "red")
+        table.add_row(kind, f"[{style}]{len(found)}[/]" if style else "0", example)
+    console.print(table)
+    console.print(f"report: {result.out / 'audit.html'}, findings: {result.out / 'audit.json'}", highlight=False)
+    if result.quarantined:
+        console.print(f"moved {len(result.quarantined)} files to {result.root / '.quarantine'} (log.jsonl lists them)", highlight=False)

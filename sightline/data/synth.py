@@ -393,9 +393,9 @@ def _plant(out: Path, paths: list[str], plan: list[tuple[str, str | None]], *, s
         i = pick()
         label, split = plan[i]
         with Image.open(out / paths[i]) as im:
-            variant = im.resize((size * 7 // 8, size * 7 // 8), Image.Resampling.BILINEAR).point(lambda v: min(255, int(v * 1.06) + 3))
+            variant = im.resize((size * 7 // 8, size * 7 // 8), Image.Resampling.LANCZOS).point(lambda v: min(255, int(v * 1.06) + 3))
         buf = io.BytesIO()
-        variant.save(buf, "JPEG", quality=75)
+        variant.save(buf, "JPEG", quality=85)
         planted["near_duplicates"].append([paths[i], place(paths[i], label, split, f"{label}_near{j}.jpg", buf.getvalue())])
     for j in range(k):  # the same picture filed under a second label
         i = pick("ok")
@@ -415,7 +415,7 @@ def _plant(out: Path, paths: list[str], plan: list[tuple[str, str | None]], *, s
         i = pick()
         label, split = plan[i]
         with Image.open(out / paths[i]) as im:
-            blurred = im.filter(ImageFilter.GaussianBlur(radius=size / 75))
+            blurred = im.filter(ImageFilter.GaussianBlur(radius=max(2.5, size / 50)))
         buf = io.BytesIO()
         blurred.save(buf, "JPEG", quality=JPEG_QUALITY)
         planted["blurry"].append(place(paths[i], label, split, f"{label}_blur{j}.jpg", buf.getvalue()))

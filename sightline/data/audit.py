@@ -1,0 +1,274 @@
+"""`sightline data audit`: find the data problems that quietly ruin a model, before training.
+
+The checks are pure functions over per-image arrays (cleanlab style); `audit_dataset` does the I/O around them:
+one decoding pass (`describe_images`), the checks, `audit.json`, an HTML page, and optionally a quarantine.
+
+Finding kinds (each finding is {"kind", "paths", "detail"}; paths relative to the dataset root):
+  unreadable          not an image, unreadable, or a symlink leaving the root (from the scan)
+  corrupt             a valid header but truncated or corrupt pixel data
+  exact_duplicate     byte-identical files (same sha256), one finding per group
+  near_duplicate      perceptual hashes within `max_distance` bits (re-encoded, resized, brightened copies)
+  conflicting_labels  the same (or a near-identical) image under two or more labels
+  split_leakage       the same (or a near-identical) image in two or more splits
+  blurry              variance of the Laplacian far below the dataset's own (robust z-score of its log)
+  too_small           shorter side below max(16, 1/4 of the dataset's median shorter side)
+  extreme_aspect      width/height (or height/width) above 3
+  class_imbalance     max/min class count above 1.5, with what training will do about it
+  mixed_color_modes   files stored in more than one colour mode (e.g. RGB and greyscale)
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sightline.data.datasets import Dataset, scan_dataset
+from sightline.data.manifest import ImageRecord, describe_images, write_manifest
+from sightline.data.split import DEFAULT_MAX_DISTANCE, duplicate_groups
+
+__all__ = [
+    "Finding",
+    "AuditResult",
+    "audit_dataset",
+    "audit_records",
+    "blurry_mask",
+    "small_mask",
+    "aspect_mask",
+    "imbalance",
+    "quarantine",
+    "KINDS",
+]
+
+KINDS = (
+    "unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels", "split_leakage",
+    "blurry", "too_small", "extreme_aspect", "class_imbalance", "mixed_color_modes",
+)
+# Kinds whose files `quarantine` moves away (imbalance and colour modes are properties of the set, not of a file).
+QUARANTINE_KINDS = ("unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels",
+                    "split_leakage", "blurry", "too_small", "extreme_aspect")
+
+
+@dataclass
+class Finding:
+    kind: str
+    paths: list[str]
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class AuditResult:
+    root: Path
+    n_images: int
+    findings: list[Finding]
+    counts: dict[str, int]  # {kind: number of findings}
+    class_counts: dict[str, int]
+    out: Path | None = None  # folder with audit.json and audit.html
+    quarantined: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "root": str(self.root),
+            "n_images": self.n_images,
+            "counts": self.counts,
+            "class_counts": self.class_counts,
+            "findings": [asdict(f) for f in self.findings],
+            "quarantined": self.quarantined,
+        }
+
+
+# --- pure checks ----------------------------------------------------------------------------------------------
+
+def blurry_mask(blur: np.ndarray, *, z: float = 4.0) -> tuple[np.ndarray, dict]:
+    """(N,) Laplacian variances (NaN = unknown) -> (N,) bool "much blurrier than this dataset", and the rule.
+
+    Judged on log variance with a robust z-score (median, 1.4826 x MAD): a sharp dataset and a soft one each get
+    their own threshold. A floor on the spread keeps a very uniform dataset from flagging ordinary images."""
+    blur = np.asarray(blur, dtype=float)
+    ok = np.isfinite(blur)
+    flags = np.zeros(blur.shape, dtype=bool)
+    if ok.sum() < 5:
+        return flags, {"reason": "too few images to judge blur"}
+    logs = np.log(np.maximum(blur[ok], 1e-6))
+    median = float(np.median(logs))
+    spread = max(1.4826 * float(np.median(np.abs(logs - median))), 0.25)
+    threshold = median - z * spread
+    flags[ok] = logs < threshold
+    return flags, {"median_laplacian_variance": float(np.exp(median)), "threshold": float(np.exp(threshold)), "z": z}
+
+
+def small_mask(width: np.ndarray, height: np.ndarray) -> tuple[np.ndarray, int]:
+    """(N,) sizes -> (N,) bool "shorter side below max(16, median shorter side / 4)", and that minimum side."""
+    short = np.minimum(np.asarray(width), np.asarray(height))
+    minimum = int(max(16, np.median(short) / 4)) if len(short) else 16
+    return short < minimum, minimum
+
+
+def aspect_mask(width: np.ndarray, height: np.ndarray, *, max_ratio: float = 3.0) -> np.ndarray:
+    w = np.maximum(np.asarray(width, dtype=float), 1)
+    h = np.maximum(np.asarray(height, dtype=float), 1)
+    return np.maximum(w / h, h / w) > max_ratio
+
+
+def imbalance(counts: dict[str, int]) -> dict:
+    """Class-count ratio and what `sightline train` does about it (mirrors sightline.train.datamodule.choose_balance:
+    none below 1.5, class-weighted loss up to 10, balanced sampling beyond)."""
+    nonzero = {c: n for c, n in counts.items() if n > 0}
+    ratio = max(nonzero.values()) / min(nonzero.values()) if nonzero else 1.0
+    if ratio < 1.5:
+        action = "none needed"
+    elif ratio <= 10:
+        action = "training weights the loss by inverse class frequency (balance=weights)"
+    else:
+        action = "training samples classes evenly (balance=sampler); collect more of the rare classes if you can"
+    return {"counts": counts, "ratio": round(ratio, 2), "training": action,
+            "advice": "judge per-class recall, not accuracy; thresholds are chosen on val"}
+
+
+def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (), max_distance: int = DEFAULT_MAX_DISTANCE,
+                  train_split: str | None = "train") -> list[Finding]:
+    """All findings for per-image records (one `describe_images` pass) plus the scan's skipped files."""
+    findings = [Finding("unreadable", [s["path"]], {"reason": s["reason"]}) for s in skipped]
+    findings += [Finding("corrupt", [r.relpath], {"reason": r.error}) for r in records if r.error]
+    good = [r for r in records if not r.error]
+    if not good:
+        return findings
+
+    sha = [r.sha256 for r in good]
+    hashes = np.asarray([r.phash_int for r in good], dtype=np.uint64)
+    for group in duplicate_groups(sha, hashes, max_distance=max_distance):
+        if len(group) < 2:
+            continue
+        members = sorted((good[i] for i in group), key=lambda r: r.relpath)
+        paths = [r.relpath for r in members]
+        labels = sorted({r.label for r in members})
+        splits = sorted({r.split for r in members if r.split})
+        exact = len({r.sha256 for r in members}) == 1
+        detail = {"labels": labels, "splits": splits}
+        findings.append(Finding("exact_duplicate" if exact else "near_duplicate", paths, detail))
+        if len(labels) > 1:
+            findings.append(Finding("conflicting_labels", paths, {"labels": {r.relpath: r.label for r in members}}))
+        if len(splits) > 1:
+            findings.append(Finding("split_leakage", paths, {"splits": {r.relpath: r.split for r in members}}))
+
+    blur = np.asarray([r.blur if r.blur is not None else np.nan for r in good], dtype=float)
+    width = np.asarray([r.width for r in good])
+    height = np.asarray([r.height for r in good])
+    small, minimum = small_mask(width, height)
+    blur[small] = np.nan  # a thumbnail's sharpness says nothing
+    flags, rule = blurry_mask(blur)
+    findings += [Finding("blurry", [r.relpath], {"laplacian_variance": round(float(r.blur or 0), 3), **rule})
+                 for r, f in zip(good, flags) if f]
+    findings += [Finding("too_small", [r.relpath], {"width": r.width, "height": r.height, "min_side": minimum})
+                 for r, f in zip(good, small) if f]
+    findings += [Finding("extreme_aspect", [r.relpath], {"width": r.width, "height": r.height})
+                 for r, f in zip(good, aspect_mask(width, height)) if f]
+
+    has_train = any(r.split == train_split for r in good)
+    counted = [r.label for r in good if not has_train or r.split == train_split]
+    labels = sorted({r.label for r in records})
+    counts = {c: Counter(counted).get(c, 0) for c in labels}
+    info = imbalance(counts)
+    info["split"] = train_split if has_train else "all"
+    if info["ratio"] >= 1.5:
+        findings.append(Finding("class_imbalance", [], info))
+
+    modes = Counter(r.mode for r in good)
+    if len(modes) > 1:
+        common = modes.most_common(1)[0][0]
+        findings.append(Finding("mixed_color_modes", sorted(r.relpath for r in good if r.mode != common),
+                                {"modes": dict(modes), "most_common": common,
+                                 "note": "every image is converted to RGB on load; check the odd ones are not a different camera or source"}))
+    return findings
+
+
+# --- I/O ------------------------------------------------------------------------------------------------------
+
+def _keeper(paths: list[str], splits: dict[str, str | None]) -> str:
+    """Which copy of a duplicate group stays: the training copy if any, else the first path."""
+    train = [p for p in paths if splits.get(p) == "train"]
+    return (train or paths)[0]
+
+
+def quarantine(root: str | Path, findings: Sequence[Finding], records: Sequence[ImageRecord]) -> list[dict]:
+    """Move flagged files into ROOT/.quarantine/<relpath> (with their region files) and append to
+    ROOT/.quarantine/log.jsonl. One copy of each duplicate / leakage group stays; conflicting-label groups go
+    entirely (nobody knows the right label). Nothing is deleted. Returns the moves made."""
+    root = Path(root)
+    qdir = root / ".quarantine"
+    splits = {r.relpath: r.split for r in records}
+    chosen: dict[str, str] = {}
+    for f in findings:
+        if f.kind not in QUARANTINE_KINDS:
+            continue
+        paths = list(f.paths)
+        if f.kind in ("exact_duplicate", "near_duplicate", "split_leakage"):
+            keep = _keeper(paths, splits)
+            paths = [p for p in paths if p != keep]
+        for p in paths:
+            chosen.setdefault(p, f.kind)
+    moves = []
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for rel, kind in sorted(chosen.items()):
+        src = root / rel
+        if not (src.exists() or src.is_symlink()):
+            continue
+        dst = qdir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(dst))
+        moves.append({"time": stamp, "path": rel, "kind": kind, "to": dst.relative_to(root).as_posix()})
+        for extra in (src.with_name(src.stem + ".mask.png"), src.with_suffix(".xml")):
+            if extra.is_file():
+                shutil.move(str(extra), str(dst.with_name(extra.name)))
+    if moves:
+        with open(qdir / "log.jsonl", "a", encoding="utf-8") as log:
+            for m in moves:
+                log.write(json.dumps(m) + "\n")
+    return moves
+
+
+def audit_dataset(
+    data: str | Path,
+    *,
+    out: str | Path | None = None,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    move_to_quarantine: bool = False,
+    html: bool = True,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    dataset: Dataset | None = None,
+) -> AuditResult:
+    """Audit a dataset folder (split or flat layout): write `audit.json`, `audit.html` and `manifest.csv` into
+    `out` (default DATA/.audit, which scans ignore) and return the findings.
+
+    With `move_to_quarantine`, flagged files move to DATA/.quarantine/ (see `quarantine`); audit.json lists them.
+
+    Example:
+        >>> result = audit_dataset("DATA")
+        >>> result.counts["exact_duplicate"]
+        3
+    """
+    ds = dataset or scan_dataset(data)
+    records = describe_images(ds, workers=workers, progress=progress)
+    findings = audit_records(records, skipped=ds.skipped, max_distance=max_distance)
+    counts = {k: sum(f.kind == k for f in findings) for k in KINDS}
+    result = AuditResult(root=ds.root, n_images=len(records), findings=findings, counts=counts,
+                         class_counts=ds.class_counts("train" if ds.layout == "split" else None))
+    out_dir = Path(out) if out is not None else ds.root / ".audit"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(records, out_dir / "manifest.csv")
+    if html:  # before any quarantine move, while the thumbnails' files are where the findings say
+        from sightline.data.audit_report import write_html
+
+        write_html(result, out_dir / "audit.html")
+    if move_to_quarantine:
+        result.quarantined = quarantine(ds.root, findings, records)
+    (out_dir / "audit.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    result.out = out_dir
+    return result
+
