@@ -44,6 +44,9 @@ def test_bundled_weights_map_every_tensor_and_reset_head(name: str) -> None:
         assert torch.equal(got, want), key
     assert model.classifier.weight.shape == (3, source[-2].shape[1])
     assert "re-initialised for 3 classes" in model.sightline_weights["notes"][0]
+    # the fresh head starts small (std 0.01, zero bias) so first-step logits on ImageNet features are near 0
+    assert model.classifier.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert not model.classifier.bias.any()
 
 
 @pytest.mark.parametrize("name", BUNDLED_MODELS[1:])
