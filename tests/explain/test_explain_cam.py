@@ -72,6 +72,9 @@ def test_region_scores_by_hand():
     cams[1, 0, 0] = 0.5  # a third of the energy inside
     cams[2, 3, 3] = 1.0
     assert pointing_hits(cams, masks).tolist() == [True, False, False]
+    # (3, 3) is sqrt(8) = 2.8 px from the region's corner (1, 1): a 3 px tolerance reaches it, 2 px does not.
+    assert pointing_hits(cams, masks, tolerance=2).tolist() == [True, False, False]
+    assert pointing_hits(cams, masks, tolerance=3).tolist() == [True, True, True]
     assert energy_inside(cams, masks) == pytest.approx([1.0, 1 / 3, 0.0])
     s = region_scores(cams, masks, ["a", "b", "b"])
     assert s["per_class"]["a"]["pointing_game"] == 1.0 and not s["per_class"]["a"]["shortcut"]
