@@ -81,7 +81,7 @@ def test_int8_model_runs_and_is_recorded(exported):
     bundle = load_bundle(run)
     q = bundle.extra["export"]["int8"]
     assert bundle.int8_path.is_file() and q["format"] == "qdq"
-    assert q["calibration"] == {"split": "val", "n_images": 8, "method": "minmax"}
+    assert q["calibration"] == {"split": "val", "n_images": 8, "method": "percentile 99.999"}
     assert q["test"]["split"] == "test" and q["test"]["n_images"] == 8
     assert q["size_bytes"]["int8"] < q["size_bytes"]["fp32"]
     ops = {n.op_type for n in __import__("onnx").load(str(bundle.int8_path)).graph.node}
