@@ -124,6 +124,7 @@ def register(app: typer.Typer) -> None:
         batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
         backends: str = typer.Option("torch,onnx,onnx-int8", "--backends", help="Any of torch, onnx, onnx-int8."),
         budget: float = typer.Option(4.0, "--budget", help="Seconds per backend and batch size."),
+        threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads for every backend (default: all cores)."),
         as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     ) -> None:
         """Decode / preprocess / inference / postprocess timings, p50/p95, images/s, size and peak memory."""
@@ -148,14 +149,16 @@ def register(app: typer.Typer) -> None:
                 batch_sizes=sizes,
                 backends=[b.strip() for b in backends.split(",") if b.strip()],
                 time_budget_s=budget,
+                threads=threads,
                 on_step=lambda s: status.update(f"benchmarking {s}..."),
             )
         if as_json:
             print_json(report)
             return
         table = Table(title=f"{report['architecture']} @ {report['input_size']} px, {report['images']['source']}")
-        for col in ("backend", "batch", "p50 ms", "p95 ms", "img/s", "decode", "preproc", "infer", "post", "MB", "peak RSS MB"):
-            table.add_column(col, justify="right")
+        table.caption = "times in ms per batch (p50); MB: model file; RSS: peak resident memory growth, MB"
+        for col in ("backend", "bs", "p50", "p95", "img/s", "decode", "prep", "infer", "post", "MB", "RSS"):
+            table.add_column(col, justify="right", no_wrap=True)
         for backend, entry in report["results"].items():
             if "skipped" in entry:
                 continue

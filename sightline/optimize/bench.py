@@ -2,9 +2,10 @@
 
 For each backend (PyTorch eager fp32, ONNX Runtime fp32, ONNX Runtime int8) and batch size, time the four
 stages a request goes through with the same `Predictor` code `predict` and `serve` use: decode (JPEG bytes ->
-RGB, draft mode), preprocess (resize, crop, normalise, stack), inference, postprocess (temperature, thresholds,
-top-k). Reports p50/p95 batch latency, images/s, model file size and peak memory (resident set growth while the
-backend is loaded and run: native memory that tracemalloc would not see).
+RGB, draft mode; a batch's images in parallel threads), preprocess (resize, crop, normalise, stack; also
+threaded), inference, postprocess (temperature, thresholds, top-k). Reports p50/p95 batch latency, images/s,
+model file size and peak memory (resident set growth while the backend is loaded and run: native memory that
+tracemalloc would not see).
 
 Example:
     >>> report = bench("runs/demo/bundle", batch_sizes=(1, 8, 32))
@@ -86,9 +87,12 @@ def _bench_batch(predictor, images: list[bytes], batch: int, repeats: int) -> di
     for r in range(repeats + 1):  # the first pass warms caches and ORT's kernels and is not counted
         chunk = [images[(r * batch + i) % len(images)] for i in range(batch)]
         t0 = time.perf_counter()
-        decoded = [predictor.decode(b) for b in chunk]
+        decoded = predictor.map(predictor.decode, chunk)
+        bad = next((d for d in decoded if isinstance(d, BaseException)), None)
+        if bad is not None:
+            raise bad  # benchmark images must all be readable
         t1 = time.perf_counter()
-        x = stack([predictor.preprocess(im) for im in decoded])
+        x = stack(predictor.map(predictor.preprocess, decoded))
         t2 = time.perf_counter()
         logits = predictor.predict_arrays(x)
         t3 = time.perf_counter()

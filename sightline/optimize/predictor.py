@@ -103,6 +103,24 @@ class Predictor:
         self.preprocessing = bundle.preprocessing
         self.max_pixels = max_pixels
         self.top_k = top_k
+        self._pool = None
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """`[fn(x) for x in items]` on a small thread pool: Pillow decodes and resizes without the GIL, so a
+        batch's images are prepared in parallel. Exceptions are returned in place, not raised."""
+        def safe(x: Any) -> Any:
+            try:
+                return fn(x)
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller, who reports it per image
+                return exc
+
+        if len(items) <= 1:
+            return [safe(x) for x in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=min(8, _cpu_threads()), thread_name_prefix="sightline-load")
+        return list(self._pool.map(safe, items))
 
     # --- stages -------------------------------------------------------------------------------------------
     def decode(self, source: str | Path | bytes, *, name: str | None = None):  # -> PIL.Image.Image
@@ -154,12 +172,14 @@ class Predictor:
             arrays: list[np.ndarray] = []
             ok_names: list[str] = []
             out: list[Prediction | None] = []
-            for source, name in zip(chunk, chunk_names):
-                try:
-                    arrays.append(self.load(source, name=name))
-                except (ImageError, OSError) as exc:
-                    out.append(Prediction(filename=name, error=f"{type(exc).__name__}: {exc}"))
+            loaded = self.map(lambda pair: self.load(pair[0], name=pair[1]), list(zip(chunk, chunk_names)))
+            for result, name in zip(loaded, chunk_names):
+                if isinstance(result, (ImageError, OSError)):
+                    out.append(Prediction(filename=name, error=f"{type(result).__name__}: {result}"))
+                elif isinstance(result, BaseException):
+                    raise result  # a bug, not a bad file: do not hide it in an error column
                 else:
+                    arrays.append(result)
                     ok_names.append(name)
                     out.append(None)
             if arrays:
