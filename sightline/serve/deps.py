@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, HTTPException, Request, status
 
 from sightline.serve.state import ServiceState
@@ -32,9 +33,10 @@ def _presented_key(request: Request) -> str | None:
     return None
 
 
-def require_key(request: Request, state: StateDep) -> ApiKeyInfo:
+async def require_key(request: Request, state: StateDep) -> ApiKeyInfo:
     """The caller's key (X-API-Key or Authorization: Bearer); 401 when missing/unknown/revoked, 429 over the
-    per-key rate limit. A plain `def`: FastAPI runs it in a worker thread, so the database read does not block."""
+    per-key rate limit. A recently verified key is answered from memory; otherwise the database is read in a
+    worker thread so the event loop never blocks."""
     if not state.settings.require_api_key:
         info = ANONYMOUS
     else:
@@ -48,7 +50,7 @@ def require_key(request: Request, state: StateDep) -> ApiKeyInfo:
         digest = hash_key(key)
         info = state.keys.get(digest)
         if info is None:
-            info = state.store.verify_key(key)
+            info = await anyio.to_thread.run_sync(state.store.verify_key, key)
             if info is None:
                 raise HTTPException(
                     status.HTTP_401_UNAUTHORIZED,
