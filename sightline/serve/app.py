@@ -122,6 +122,8 @@ def create_app(settings: Settings) -> FastAPI:
         from sightline.serve.store import Store
 
         bundle = load_bundle(settings.bundle)
+        if settings.review_confidence is not None:
+            bundle.thresholds = {**bundle.thresholds, "review_confidence": settings.review_confidence}
         predictor = OnnxPredictor(
             bundle, int8=settings.int8, threads=settings.threads, max_pixels=settings.max_pixels, top_k=settings.top_k
         )

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=0, description="Requests per minute per API key (429 above); 0 = off.")
     batch_max_size: int = Field(32, ge=1, description="Most images coalesced into one inference call.")
     batch_max_wait_ms: float = Field(4.0, ge=0, description="How long the first image waits for others to join.")
+    review_confidence: float | None = Field(
+        None, ge=0, le=1, description="Override the bundle's review threshold (answers less sure go to review)."
+    )
     top_k: int = Field(3, ge=1)
     threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads; default all usable cores.")
     require_api_key: bool = Field(True, description="Turn off only for local experiments.")
