@@ -176,6 +176,8 @@ def export(
     bundle = load_bundle(run_or_bundle)
     if data_dir is None:
         data_dir = recorded_data_dir(run_or_bundle, bundle)
+    if int8 and data_dir is None:
+        raise DatasetError("int8 export needs validation images for calibration; pass --data DATA (split layout).")
     model = bundle.load_model("cpu")
     s = bundle.preprocessing.input_size
 
@@ -212,10 +214,6 @@ def export(
     if int8:
         from sightline.optimize.quantize import quantize_bundle
 
-        if data_dir is None:
-            raise DatasetError(
-                "int8 export needs validation images for calibration; pass --data DATA (split layout)."
-            )
         report["int8"] = quantize_bundle(bundle, data_dir, quant_format=quant_format)
     else:
         bundle.int8_path.unlink(missing_ok=True)  # a stale int8 model would no longer match the weights

@@ -161,3 +161,14 @@ def test_bench_reports_every_backend(exported):
             assert r["p95_ms"] >= r["p50_ms"] > 0 and r["images_per_s"] > 0
             assert set(r["stages_p50_ms"]) == {"decode", "preprocess", "inference", "postprocess"}
     assert "onnx-int8_vs_torch_batch4" in report["speedup"]
+
+
+def test_int8_without_data_is_refused_before_anything_is_written(tmp_path):
+    from sightline.errors import DatasetError
+    from sightline.optimize.export import export
+
+    model = create_model("test_efficientnet", 2, weights="none")
+    folder = Bundle("test_efficientnet", CLASSES, Preprocessing(32)).save(tmp_path / "b", model.state_dict())
+    with pytest.raises(DatasetError, match="--data"):
+        export(folder, int8=True)
+    assert not (folder / "model.onnx").exists() and "export" not in load_bundle(folder).extra
