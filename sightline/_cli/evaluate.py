@@ -23,7 +23,7 @@ def evaluate_cmd(
     spec: Path | None = typer.Option(None, "--spec", help="Problem definition (default DATA/sightline.yaml)."),
     method: str = typer.Option("gradcam", "--method", help="Heatmap method: gradcam, gradcam++, eigencam, layercam."),
     robustness: bool = typer.Option(True, "--robustness/--no-robustness", help="Run the corruption suite."),
-    robustness_images: int = typer.Option(200, "--robustness-images", min=1, help="Images in the corruption suite."),
+    robustness_images: int = typer.Option(100, "--robustness-images", min=1, help="Images in the corruption suite."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the intervals."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     no_update: bool = typer.Option(False, "--no-update", help="Do not write temperature/thresholds into the bundle."),

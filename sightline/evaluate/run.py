@@ -94,7 +94,7 @@ def evaluate(
     gallery_per_group: int = 3,
     max_region_images: int = 300,
     robustness: bool = True,
-    robustness_images: int = 200,
+    robustness_images: int = 100,
     severities: tuple[int, ...] = (1, 3, 5),
     batch_size: int = 64,
     device: str | None = None,
@@ -311,7 +311,8 @@ def _explain(
 
     pre = bundle.preprocessing
     classes = bundle.classes
-    selection = select_gallery(y, dec.labels, dec.confidences, per_group=per_group, low_confidence=review_confidence)
+    selection = select_gallery(y, dec.labels, dec.confidences, per_group=per_group,
+                               low_confidence=review_confidence or None)  # no review threshold: the lowest ones
     idx = sorted({i for i, _, _ in selection})
     gallery: list[dict[str, Any]] = []
     if idx:
