@@ -207,6 +207,17 @@ def _summary(m: dict[str, Any]) -> list[str]:
         h.append(f"<table><tr><th>target</th><th>{_esc(m['split'])}</th><th>val</th><th></th></tr>{rows}</table>")
     else:
         h.append('<p class="muted">No targets: add them to sightline.yaml (<code>sightline init DATA</code>).</p>')
+    th = m.get("thresholds") or {}
+    unreachable = [c for c, d in (th.get("details") or {}).items() if not d.get("reachable", True)]
+    if unreachable:
+        h.append(f'<div class="warn">No threshold meets the targets for {", ".join(map(_esc, unreachable))} even on '
+                 "the validation split; the closest one is used. More (or cleaner) data for these classes is needed."
+                 "</div>")
+    rv = th.get("review") or {}
+    if rv and not rv.get("reachable", True):
+        h.append(f'<div class="warn">Even the most confident validation predictions do not reach '
+                 f'{_pct(rv.get("target_accuracy"))} accuracy; the review threshold keeps the best that was '
+                 "possible.</div>")
 
     struggling = m.get("struggling_classes") or []
     if struggling:
@@ -386,7 +397,8 @@ def write_model_card(m: dict[str, Any], bundle: Bundle) -> Path:
         lines.append(f"- `{c}` is predicted whenever its probability is at least {t:.3f}.")
     rob = m.get("robustness")
     if rob:
-        lines += ["", "## Failure modes", ""] + [f"- {s}" for s in rob.get("failure_modes", [])]
+        lines += ["", f"## Failure modes (corruption suite on {rob['n_images']} {m['split']} images)", ""] + [
+            f"- {s}" for s in rob.get("failure_modes", [])]
     struggling = m.get("struggling_classes") or []
     if struggling:
         lines += ["", "## Weak classes", ""] + [

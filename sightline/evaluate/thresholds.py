@@ -174,7 +174,7 @@ def choose_thresholds(
             ok = [(a, t) for t, c, a in zip(curve["threshold"], curve["coverage"], curve["accuracy"])
                   if a is not None and c >= 0.1]
             r = max(ok)[1] if ok else None
-        review["rule"] = f"lowest confidence whose accepted val predictions reach {goal:.0%} accuracy"
+        review["rule"] = f"lowest confidence whose accepted val predictions reach {goal:.1%} accuracy"
         review["reachable"] = reachable
     if r is not None:
         kept = d.confidences >= r
