@@ -68,18 +68,18 @@ class _TeacherView(nn.Module):
 class DistillSystem(ClassifierSystem):
     """ClassifierSystem whose training loss is `kd_loss` against a frozen teacher; validation is unchanged."""
 
-    def __init__(self, model: nn.Module, teacher: nn.Module, view: _TeacherView, num_classes: int, *,
-                 temperature: float = 4.0, alpha: float = 0.7, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, num_classes: int, *, temperature: float = 4.0, alpha: float = 0.7,
+                 **kwargs: Any) -> None:
         super().__init__(model, num_classes, **kwargs)
-        # save_hyperparameters() in the parent also collects this __init__'s arguments: keep the teacher out of
-        # the checkpoint (it would pickle a whole nn.Module, which weights_only loading refuses)
-        for hp in (self._hparams, self._hparams_initial):
-            for name in ("teacher", "view"):
-                hp.pop(name, None)
         self.kd_temperature = temperature
         self.kd_alpha = alpha
-        # a plain list keeps the teacher out of the optimiser, the checkpoint and train() mode switches
+        self._teacher: list[nn.Module] = []
+
+    def set_teacher(self, teacher: nn.Module, view: _TeacherView) -> DistillSystem:
+        """Attach the frozen teacher. Set here rather than in __init__ so that neither Lightning's hyperparameters
+        nor the checkpoint pickle a whole network; a plain list keeps it out of the optimiser and train()."""
         self._teacher = [teacher.eval().requires_grad_(False), view]
+        return self
 
     def on_fit_start(self) -> None:
         self._teacher = [m.to(self.device) for m in self._teacher]
@@ -157,12 +157,11 @@ def distill(
     model = create_model(cfg.model, len(dataset.classes), weights=cfg.weights, drop_rate=cfg.drop_rate,
                          drop_path_rate=cfg.drop_path_rate)
     system = DistillSystem(
-        model, teacher_bundle.load_model("cpu"), _TeacherView(pre, teacher_bundle.preprocessing), len(dataset.classes),
-        temperature=temperature, alpha=alpha, lr=cfg.lr,
+        model, len(dataset.classes), temperature=temperature, alpha=alpha, lr=cfg.lr,
         backbone_lr_scale=cfg.backbone_lr_scale if str(cfg.weights) != "none" else 1.0,
         weight_decay=cfg.weight_decay, schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
         label_smoothing=cfg.label_smoothing, monitor=cfg.monitor, class_weights=dm.class_weights(),
-    )
+    ).set_teacher(teacher_bundle.load_model("cpu"), _TeacherView(pre, teacher_bundle.preprocessing))
     run = Path(out_dir)
     run.mkdir(parents=True, exist_ok=True)
     checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=cfg.monitor,
