@@ -135,6 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
             on_batch=metrics.batch_size.observe,
         )
         await batcher.start()
+        metrics.pending.set_function(lambda: batcher.pending)
         app.state.sightline = ServiceState(
             settings=settings,
             bundle=bundle,

@@ -40,6 +40,7 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sightline-infer")
         self._task: asyncio.Task | None = None
         self._closing = False
+        self.pending = 0  # images submitted and not yet answered (queue depth, for metrics and tests)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sightline-batcher")
@@ -50,7 +51,11 @@ class MicroBatcher:
             raise BatcherClosedError("the service is shutting down; retry on another replica.")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((x, future))
-        return await future
+        self.pending += 1
+        try:
+            return await future
+        finally:
+            self.pending -= 1
 
     async def submit_many(self, xs: list[np.ndarray]) -> np.ndarray:
         """list of (3, S, S) -> (N, K) logits, each image queued on its own so it can join other requests."""

@@ -1,7 +1,7 @@
 """Prometheus metrics of one app instance (its own registry, so several apps can live in one process)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ServiceMetrics"]
 
@@ -24,6 +24,9 @@ class ServiceMetrics:
         self.batch_size = Histogram(
             "sightline_inference_batch_size", "Images per inference call (micro-batching).", registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+        self.pending = Gauge(
+            "sightline_batcher_pending_images", "Images waiting for or in inference.", registry=self.registry
         )
         self.rejected = Counter(
             "sightline_rejected_inputs_total", "Requests refused for bad input, by status.", ["status"],

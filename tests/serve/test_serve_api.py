@@ -91,10 +91,24 @@ def server(tmp_path_factory):
         time.sleep(0.05)
     port = srv.servers[0].sockets[0].getsockname()[1]
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        yield {"client": client, "keys": keys, "store": store, "app": app, "url": f"http://127.0.0.1:{port}"}
+        yield {"client": client, "keys": keys, "store": store, "app": app, "url": f"http://127.0.0.1:{port}",
+               "settings": settings}
     srv.should_exit = True
     thread.join(timeout=30)
     store.close()
+
+
+def _start(app):
+    import uvicorn
+
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not srv.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    return srv, thread, srv.servers[0].sockets[0].getsockname()[1]
 
 
 def _post(client, key, files, **kw):
@@ -112,7 +126,8 @@ def test_health_model_docs_and_metrics(server):
     assert info["preprocessing"]["input_size"] == 32 and info["runtime"]["backend"] == "onnx"
     assert "/v1/predict" in c.get("/openapi.json").json()["paths"]
     assert c.get("/docs").status_code == 200
-    assert "sightline_http_requests_total" in c.get("/metrics").text
+    text = c.get("/metrics").text
+    assert "sightline_http_requests_total" in text and "sightline_batcher_pending_images 0.0" in text
 
 
 def test_auth(server):
@@ -232,3 +247,36 @@ def test_review_queue_and_ground_truth(server):
     queue = c.get("/v1/review", params={"limit": 500}, headers={"X-API-Key": key}).json()
     assert pid not in [item["id"] for item in queue]
     assert server["store"].get_prediction(pid)["reviewed_label"] == "dog"
+
+
+def test_graceful_shutdown_answers_and_stores_in_flight_requests(server):
+    from sightline.serve.app import create_app
+
+    store, key = server["store"], server["keys"]["alice"]
+    # a long batching window (max 8 images, 4 sent) keeps the requests in flight when the shutdown starts
+    settings = server["settings"].model_copy(update={"batch_max_wait_ms": 3000.0, "batch_max_size": 8})
+    app = create_app(settings)
+    srv, thread, port = _start(app)
+    before = store.count_predictions()
+    results: list[int] = []
+
+    def client(i: int) -> None:
+        blob = _encode(_photo(seed=200 + i), "JPEG")
+        with httpx.Client(timeout=30) as c:
+            r = c.post(f"http://127.0.0.1:{port}/v1/predict", files=[("file", (f"s{i}.jpg", blob))],
+                       headers={"X-API-Key": key})
+            results.append(r.status_code)
+
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    deadline = time.time() + 20
+    while app.state.sightline.batcher.pending < 4:  # all four received and waiting in the batcher
+        assert time.time() < deadline, "requests did not reach the batcher"
+        time.sleep(0.01)
+    srv.should_exit = True  # what uvicorn does on SIGTERM
+    for w in workers:
+        w.join(timeout=30)
+    thread.join(timeout=30)
+    assert results == [200] * 4 and not thread.is_alive()
+    assert store.count_predictions() == before + 4
