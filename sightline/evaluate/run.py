@@ -127,7 +127,7 @@ def evaluate(
     from sightline.decision import decide, softmax
     from sightline.evaluate.calibration import expected_calibration_error, fit_temperature, reliability
     from sightline.evaluate.metrics import bootstrap_ci, classification_metrics, coverage_accuracy_curve
-    from sightline.evaluate.predict import default_device, predict_logits
+    from sightline.evaluate.predict import default_device, fast_inference, predict_logits
     from sightline.evaluate.thresholds import check_targets, choose_thresholds, decision_metrics
 
     started = time.perf_counter()
@@ -147,7 +147,7 @@ def evaluate(
         problem.check_classes(classes)
 
     device = device or default_device()
-    model = bundle.load_model(device)
+    model = fast_inference(bundle.load_model(device))
 
     # 1. Validation: calibration and thresholds (never on the evaluated split unless it *is* val).
     val_samples = dataset.split("val")
@@ -206,9 +206,7 @@ def evaluate(
         "curve": coverage_accuracy_curve(correct, dec.confidences),
         "val_curve": review_curve_val,
     }
-    metrics["thresholds"] = {k: v for k, v in thresholds.items() if k != "review"} | {
-        "review": thresholds.get("review")
-    }
+    metrics["thresholds"] = dict(thresholds)
     test_dm = decision_metrics(y, pred, classes, problem)
     metrics["expected_cost"] = test_dm["expected_cost"]
     metrics["targets"] = check_targets(problem, classes, test=test_dm, val=val_metrics)

@@ -35,7 +35,7 @@ def explain_files(
 
     from sightline.bundle import load_bundle
     from sightline.decision import decide
-    from sightline.evaluate.predict import crops_to_batch, default_device, load_crops, logits_for_crops
+    from sightline.evaluate.predict import crops_to_batch, default_device, fast_inference, load_crops, logits_for_crops
     from sightline.explain.cam import compute_cams, method_class, overlay
 
     method_class(method)  # unknown method -> one-line error before any work
@@ -43,7 +43,7 @@ def explain_files(
     if target is not None and target not in bundle.classes:
         raise UserInputError(f"--class {target!r} is not one of the model's classes {bundle.classes}.")
     device = device or default_device()
-    model = bundle.load_model(device)
+    model = fast_inference(bundle.load_model(device))
     inputs = load_crops(list(images), bundle.preprocessing)
     rows: list[dict[str, Any]] = [{"path": f["path"], "error": f["reason"]} for f in inputs.failed]
     if not len(inputs.crops):

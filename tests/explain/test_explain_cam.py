@@ -30,6 +30,7 @@ def test_every_method_gives_normalised_maps_and_releases_hooks(model, method):
     assert 0.0 <= cams.min() and cams.max() <= 1.0 + 1e-6
     layer = find_target_layer(model, input_size=48)
     assert not layer._forward_hooks, "hooks must be released after the `with` block"
+    assert all(p.requires_grad and p.grad is None for p in model.parameters()), "weights left as they were"
     assert overlay(np.zeros((48, 48, 3), np.uint8), cams[0]).shape == (48, 48, 3)
 
 
