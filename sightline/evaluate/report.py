@@ -325,6 +325,14 @@ def write_report(m: dict[str, Any], path: str | Path, *, gallery: list[dict[str,
                  f"of the true class on {pg['n_images']} images with a marked region: the peak is inside the region "
                  f"for {_pct(pg['overall'])} of them; {_pct(pg['energy_inside'])} of the heat lies inside. "
                  f"<span class='muted'>{_esc(pg['rule'])}.</span></p>")
+        rows = "".join(
+            f"<tr><td>{_esc(c)}</td><td>{v['n_images']}</td><td>{_pct(v['pointing_game'])}</td>"
+            f"<td>{_pct(v['energy_inside'])}</td><td>{_pct(v['region_area'])}</td><td>{v['energy_lift']:.1f}x</td>"
+            f"<td>{'<span class=fail>likely shortcut</span>' if v['shortcut'] else ''}</td></tr>"
+            for c, v in pg["per_class"].items()
+        )
+        h.append("<table><tr><th>class</th><th>images</th><th>peak on region</th><th>heat on region</th>"
+                 f"<th>region area</th><th>lift</th><th></th></tr>{rows}</table>")
         if "regions" in figs:
             h.append(_img(figs["regions"], "regions"))
     if gallery:

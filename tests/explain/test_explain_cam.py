@@ -81,6 +81,12 @@ def test_region_scores_by_hand():
     assert s["per_class"]["a"]["pointing_game"] == 1.0 and not s["per_class"]["a"]["shortcut"]
     assert s["per_class"]["b"]["pointing_game"] == 0.0 and s["shortcut_classes"] == ["b"]
     assert s["overall"] == pytest.approx(1 / 3) and s["per_class"]["a"]["region_area"] == 0.25
+    # Peak outside, but the region (a quarter of the image) holds 78 % of the heat: lift 3.1, not a shortcut.
+    heat = np.zeros((1, 4, 4), np.float32)
+    heat[0, :2, :2] = 0.9
+    heat[0, 3, 3] = 1.0
+    c = region_scores(heat, masks[:1], ["c"], tolerance=0)["per_class"]["c"]
+    assert c["pointing_game"] == 0.0 and c["energy_lift"] == pytest.approx(3.6 / 4.6 / 0.25) and not c["shortcut"]
 
 
 def test_mask_follows_the_image_crop():
