@@ -120,15 +120,16 @@ def plots(m: dict[str, Any]) -> dict[str, str]:
         names = list(pg["per_class"])
         fig, ax = plt.subplots(figsize=(max(5, 1 + 0.8 * len(names)), 4))
         x = np.arange(len(names))
-        ax.bar(x - 0.2, [pg["per_class"][c]["pointing_game"] for c in names], 0.4, label="peak inside region")
-        ax.bar(x + 0.2, [pg["per_class"][c]["energy_inside"] for c in names], 0.4, label="heat inside region")
-        ax.scatter(x + 0.2, [pg["per_class"][c]["region_area"] for c in names], color="black", marker="_", s=300,
-                   label="region's share of the image", zorder=3)
+        rates = [pg["per_class"][c]["pointing_game"] for c in names]
+        colors = ["tab:red" if pg["per_class"][c]["shortcut"] else "tab:blue" for c in names]
+        ax.bar(x, rates, 0.6, color=colors)
+        for xi, c, r in zip(x, names, rates):
+            ax.text(xi, min(r + 0.03, 0.93), f"heat x{pg['per_class'][c]['energy_lift']:.1f}", ha="center", fontsize=8)
+        ax.set_ylabel("share of heatmap peaks on the region")
         ax.axhline(0.5, color="red", ls="--", lw=1)
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylim(0, 1)
-        ax.set_title("Does the model look at the region?")
-        ax.legend(fontsize=8)
+        ax.set_title("Does the model look at the region? (red: likely shortcut)")
         out["regions"] = _fig_png(fig)
     return out
 
