@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,15 @@ def test_cli_evaluate_json_and_init(setup, tmp_path, capsys):
     assert main_rc(["init", str(fresh)]) == 0
     assert "class: spot" in (fresh / "sightline.yaml").read_text()
     assert main_rc(["init", str(fresh)]) == 2
+
+
+def test_unreadable_image_is_reported_not_fatal(setup, tmp_path):
+    root, data, run, m = setup
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    good = (copy / "test" / "red" / "red0.png").read_bytes()
+    (copy / "test" / "red" / "truncated.png").write_bytes(good[: len(good) // 2])  # valid header, cut data
+    out = evaluate(run, copy, **{**FAST, "robustness": False, "report": False, "update_bundle": False},
+                   out=tmp_path / "ev")
+    assert out["n_images"] == 24
+    assert [Path(u["path"]).name for u in out["unreadable"]] == ["truncated.png"]
