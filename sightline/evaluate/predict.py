@@ -126,7 +126,8 @@ def predict_logits(
 ) -> tuple[np.ndarray, Inputs]:
     """Logits (N_ok, K) for the files that decode, plus the decoded Inputs (paths, crops, failed).
 
-    `keep_crops=False` drops the decoded pixels (N * S * S * 3 bytes) once they are scored. Files are decoded `batch_size` at a time so a progress bar moves with the work; `model` defaults to
+    `keep_crops=False` drops the decoded pixels (N * S * S * 3 bytes) once they are scored. Files are decoded
+    `batch_size` at a time so a progress bar moves with the work; `model` defaults to
     `bundle.load_model(device)`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -2,7 +2,8 @@
 
 `CAM_METHODS` is the registry (name -> pytorch-grad-cam class). The target layer is found automatically for timm
 convnets: the last feature stage timm reports in `model.feature_info` (e.g. `blocks.6` for EfficientNet,
-`layer4` for ResNet) that still has a usable resolution at the input size, else the last 2-D convolution. Hooks are released with `with`, as pytorch-grad-cam intends.
+`layer4` for ResNet) that still has a usable resolution at the input size, else the last 2-D convolution. Hooks
+are released with `with`, as pytorch-grad-cam intends.
 
 Example:
     >>> cams = compute_cams(model, batch, method="gradcam", targets=[0, 1])    # (N, S, S) in [0, 1]
