@@ -191,7 +191,7 @@ def train(
         metrics={"val": val},
         dataset_version=version,
         code_version=code_version(),
-        extra={"train": {"config": cfg.to_dict(), "seed": cfg.seed, "best_epoch": best_epoch, "balance": balance,
+        extra={"train": {"data_dir": str(dataset.root), "config": cfg.to_dict(), "seed": cfg.seed, "best_epoch": best_epoch, "balance": balance,
                          "weights_source": weights_info["source"], "weights_notes": weights_info["notes"],
                          "fit_seconds": round(fit_s, 1)}},
     )
