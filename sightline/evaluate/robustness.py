@@ -140,12 +140,12 @@ def failure_modes(result: dict[str, Any], *, floor: float = 0.9, drop: float = 0
             acc = row["accuracy"]
             if clean >= floor > acc:
                 sentences.append(
-                    f"Accuracy falls below {floor:.0%} ({acc:.0%}) under {words} of severity {row['severity']}."
+                    f"Accuracy falls below {floor:.0%} ({acc:.1%}) under {words} of severity {row['severity']}."
                 )
                 break
             if acc < clean - drop:
                 sentences.append(
-                    f"Accuracy drops from {clean:.0%} to {acc:.0%} under {words} of severity {row['severity']}"
+                    f"Accuracy drops from {clean:.1%} to {acc:.1%} under {words} of severity {row['severity']}"
                     f" ({row['flip_rate']:.0%} of predictions change)."
                 )
                 break

@@ -126,7 +126,7 @@ def test_robustness_suite_flip_rate_and_failure_sentence():
     assert result["results"]["brightness_up"][0] == {"severity": 1, "accuracy": 0.0, "flip_rate": 1.0}
     assert result["results"]["brightness_down"][1]["accuracy"] == 1.0
     text = failure_modes(result)
-    assert text == ["Accuracy falls below 90% (0%) under brightness up of severity 1."]
+    assert text == ["Accuracy falls below 90% (0.0%) under brightness up of severity 1."]
 
 
 def test_explain_cli_writes_overlays_and_reports_bad_files(tmp_path, capsys):
