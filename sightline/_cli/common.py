@@ -9,8 +9,9 @@ from typing import Any
 import typer
 from rich.console import Console
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# soft_wrap: a long line (a path above all) is never broken where a user would copy it; tables still fit.
+console = Console(stderr=False, soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_BAD_INPUT = 2
 
