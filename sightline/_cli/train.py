@@ -136,7 +136,8 @@ def demo_cmd(
     out: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the data, the run and the reports."),
     quick: bool = typer.Option(False, "--quick", help="Even smaller and faster (for tests)."),
 ) -> None:
-    """The whole path on generated data: synth -> audit -> split -> train -> evaluate, then where to look."""
+    """The whole path on generated data: synth -> audit -> split -> train -> evaluate -> explain -> export,
+    then where to look and how to serve it. About 4 minutes on 2 CPU cores; nothing is downloaded."""
     from sightline.train.demo import run_demo
 
     artifacts: dict[str, Any] = run_demo(out, quick=quick)

@@ -1,17 +1,11 @@
 """Knowledge distillation: the loss against an independent formula, and a tiny teacher -> student run."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from sightline.bundle import load_bundle
 from sightline.train.distill import kd_loss
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_optimize_export import CLASSES, _make_dataset  # noqa: E402
 
 
 def test_kd_loss_matches_the_formula():
@@ -27,13 +21,13 @@ def test_kd_loss_matches_the_formula():
 
 
 @pytest.mark.slow
-def test_distill_cli_tiny(tmp_path, capsys):
+def test_distill_cli_tiny(tmp_path, capsys, make_dataset):
     import json
 
     from sightline.cli import main
     from sightline.train.fit import train
 
-    data = _make_dataset(tmp_path / "data")
+    data = make_dataset(tmp_path / "data")
     teacher = train(data, tmp_path / "teacher", model="test_efficientnet", weights="none", epochs=1,
                     input_size=48, batch_size=8, progress=False, num_workers=0)
     with pytest.raises(SystemExit) as exc:
@@ -46,6 +40,6 @@ def test_distill_cli_tiny(tmp_path, capsys):
         assert r["input_size"] == size and r["split"] == "test" and r["n_images"] == 8
         assert 0 <= r["accuracy"] <= 1 and r["ms_per_image_batch1"] > 0
     student = load_bundle(tmp_path / "student")
-    assert student.architecture == "test_resnet" and student.classes == CLASSES
+    assert student.architecture == "test_resnet" and student.classes == ["dark", "light"]
     assert student.extra["distill"]["teacher_architecture"] == "test_efficientnet"
     assert "teacher" not in json.dumps(student.extra["train"])  # the teacher stays out of the student's config

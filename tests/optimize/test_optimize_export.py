@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle
 from sightline.cli import main
@@ -15,23 +14,10 @@ from sightline.models.factory import create_model
 CLASSES = ["dark", "light"]
 
 
-def _make_dataset(root):
-    """Split layout, 2 classes told apart by brightness, 4 images per class and split (JPEG and PNG)."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val", "test"):
-        for c, base in zip(CLASSES, (40, 210)):
-            folder = root / split / c
-            folder.mkdir(parents=True)
-            for i in range(4):
-                img = np.clip(base + rng.normal(0, 20, (40, 48, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(folder / f"{i}.{'jpg' if i % 2 else 'png'}")
-    return root
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, make_dataset):
     root = tmp_path_factory.mktemp("export")
-    data = _make_dataset(root / "data")
+    data = make_dataset(root / "data")
     torch.manual_seed(0)
     model = create_model("test_efficientnet", len(CLASSES), weights="none")
     Bundle("test_efficientnet", CLASSES, Preprocessing(32)).save(root / "run" / "bundle", model.state_dict())
