@@ -46,8 +46,8 @@ class TrainConfig:
     patience: int = 10  # epochs without improvement before early stopping
     max_time_s: float | None = None  # wall-clock budget for fitting, seconds; stops cleanly at the limit
     # --- hardware ---
-    precision: str = "auto"  # "auto": bf16-mixed on CUDA with bf16, 32-true on CPU (measured: bf16 is slower there)
-    channels_last: bool | None = None  # None = on CUDA only
+    precision: str = "auto"  # "auto": bf16-mixed where the hardware has bf16 units (CUDA, AMX/AVX512-BF16 CPUs)
+    channels_last: bool | None = None  # None = on with CUDA or bf16 (what those kernels want)
     accelerator: str = "auto"  # Lightning accelerator: auto, cpu, gpu
     devices: str = "auto"  # Lightning devices: "auto", a count ("2") or a list ("0,1")
     num_nodes: int = 1  # machines for multi-node DDP (torchrun / SLURM set the rest)
