@@ -51,7 +51,8 @@ def decide(
         for name, value in class_t.items():
             if name in classes and value is not None:
                 t[classes.index(name)] = float(value)
-        ratio = probs / t  # inf thresholds give 0
+        # A threshold of 0 makes its class always eligible; the tiny floor keeps p / t finite (inf thresholds give 0).
+        ratio = probs / np.maximum(t, 1e-12)
         fires = ratio >= 1.0
         any_fire = fires.any(axis=1)
         labels = np.where(any_fire, np.where(fires, ratio, -1.0).argmax(axis=1), labels)

@@ -32,3 +32,9 @@ def test_class_threshold_overrides_argmax_and_review_fires():
 def test_unknown_class_in_thresholds_is_ignored():
     d = decide(np.array([[1.0, 0.0]]), ["a", "b"], thresholds={"class_thresholds": {"zzz": 0.1}})
     assert d.labels.tolist() == [0]
+
+
+def test_zero_threshold_is_always_eligible_without_warnings():
+    # pytest turns warnings into errors: a division by zero here would fail the test.
+    d = decide(np.log(np.array([[0.7, 0.2, 0.1]])), ["a", "b", "c"], thresholds={"class_thresholds": {"c": 0.0}})
+    assert d.labels.tolist() == [2]
