@@ -13,6 +13,7 @@ __all__ = [
     "ModelError",
     "BundleError",
     "SpecError",
+    "one_line",
 ]
 
 
@@ -64,3 +65,14 @@ class BundleError(SightlineError):
 
 class SpecError(SightlineError):
     """An invalid problem definition (sightline.yaml)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The cause of an error in one line. A DataLoader worker re-raises our errors with the worker's traceback
+    in the message ("Caught X in DataLoader worker ... Original Traceback ..."); its last line is the cause."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    last = lines[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last

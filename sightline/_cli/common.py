@@ -37,12 +37,12 @@ def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
     """Run the typer app; turn SightlineError into one line and exit code 2, never a traceback.
 
     Usage errors (unknown option, missing argument) are typer's own and also exit with 2."""
-    from sightline.errors import SightlineError
+    from sightline.errors import SightlineError, one_line
 
     try:
         app(args=argv, prog_name="sightline")
     except SightlineError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {one_line(exc)}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except SystemExit as exc:
         code = exc.code

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sightline.errors import DatasetError
+from sightline.errors import DatasetError, ImageError, one_line
 from sightline.train.config import TrainConfig
 
 __all__ = ["train", "sanity_check", "train_seeds", "prepare"]
@@ -169,7 +169,11 @@ def train(
         num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=progress,
     )
     started = time.perf_counter()
-    trainer.fit(system, datamodule=dm)
+    try:
+        trainer.fit(system, datamodule=dm)
+    except ImageError as exc:  # a file whose header is fine but whose pixels are not: say what to do
+        raise type(exc)(f"{one_line(exc)}. Run `sightline data audit {dataset.root} --quarantine` to move "
+                        "unreadable files aside, then train again.") from None
     fit_s = time.perf_counter() - started
 
     best = checkpoint.best_model_path

@@ -9,7 +9,9 @@ Logged metrics: train_loss, val_loss, val_acc, val_macro_f1 (macro F1 over class
 """
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from typing import Any
 
 import lightning as L
@@ -18,6 +20,18 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 __all__ = ["ClassifierSystem", "head_parameter_names"]
+
+
+class _NoTips(logging.Filter):
+    """Lightning advertises a cloud logger on every Trainer start; our users read the console for their run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
+# Lightning 2.6 calls a torch pytree API that torch deprecates; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def head_parameter_names(model: nn.Module) -> set[str]:

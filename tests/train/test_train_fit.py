@@ -103,3 +103,29 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
         train(no_val, tmp_path / "r4", progress=False, learning_rate=0.1)
     with pytest.raises(UserInputError, match="schedule='linear'"):
         TrainConfig(schedule="linear")
+
+
+def test_corrupt_pixels_met_in_a_loader_worker_give_one_line_with_what_to_do(tmp_path: Path, capsys) -> None:
+    """A truncated JPEG has a valid header, so the scan keeps it; the DataLoader worker meets it mid-epoch and
+    re-raises with its traceback in the message. The user must still get one line that names the file."""
+    import numpy as np
+    from PIL import Image
+
+    from sightline.cli import main
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c, base in (("a", 40), ("b", 200)):
+            folder = tmp_path / "data" / split / c
+            folder.mkdir(parents=True)
+            for i in range(4):
+                img = np.clip(base + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{i}.jpg", quality=95)
+    bad = tmp_path / "data" / "train" / "a" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model", "test_efficientnet",
+              "--weights", "none", "--epochs", "1", "--input-size", "32", "--workers", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "1.jpg" in err and "truncated" in err and "--quarantine" in err and "Traceback" not in err
