@@ -26,6 +26,7 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text
 .finding{border:1px solid #ddd;border-radius:6px;padding:8px;margin:8px 0}
 .thumbs{display:flex;gap:8px;flex-wrap:wrap}.thumbs figure{margin:0;font-size:11px;max-width:140px;word-break:break-all}
 img{display:block;border:1px solid #999}.none{color:#888}code{background:#f4f4f4;padding:1px 4px}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#fafafa;padding:6px;margin:6px 0 0}
 """
 
 
