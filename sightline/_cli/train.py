@@ -122,8 +122,11 @@ def compare_cmd(
         print_json(result)
         return
     table = Table(title=f"val: {result['n_val']} images, train sample: {result['n_train']} images, {epochs} epochs")
-    for col in ("model", "val acc", "macro-F1", "params (M)", "size (MB)", "CPU ms/image", "fit s"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    # The model name is what the table is about: never truncated; short headers keep 80 columns enough.
+    name_width = max(len(row["model"]) for row in result["rows"])
+    table.add_column("model", no_wrap=True, min_width=name_width)
+    for col in ("val acc", "val F1", "params M", "MB", "CPU ms/img", "fit s"):
+        table.add_column(col, justify="right")
     for row in result["rows"]:
         table.add_row(row["model"], f"{row['val_accuracy']:.3f}", f"{row['val_macro_f1']:.3f}",
                       f"{row['params_m']:.2f}", f"{row['size_mb']:.1f}", f"{row['cpu_ms_per_image']:.1f}",
