@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/sightline/venv-$(DEPS_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean-venv
+.PHONY: demo test install clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,13 +22,12 @@ install: $(STAMP)
 	@$(BIN)/python -m pip install --quiet --no-deps -e . >/dev/null
 
 demo: install
+	@# demo-run/ is the demo's own output (git-ignored): a new demo replaces the previous one
+	@if [ -d demo-run ]; then echo "replacing the previous demo-run/"; rm -rf demo-run; fi
 	$(BIN)/sightline demo --out demo-run
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
-
-bench: install
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)
