@@ -51,10 +51,11 @@ def split_cmd(
         raise fail(f"--ratios '{ratios}' must be three numbers like 0.7,0.15,0.15") from None
     if len(shares) != 3:
         raise fail(f"--ratios '{ratios}' must be three numbers like 0.7,0.15,0.15")
-    n = len(scan_dataset(src).samples)
-    bar, advance = _progress(n, "hashing images", enabled=not json_out)
+    dataset = scan_dataset(src)  # scanned once: sizes the progress bar and feeds the split
+    bar, advance = _progress(len(dataset.samples), "hashing images", enabled=not json_out)
     with bar:
-        result = split_dataset(src, out, ratios=shares, seed=seed, max_distance=max_distance, link=not copy, progress=advance)
+        result = split_dataset(src, out, ratios=shares, seed=seed, max_distance=max_distance, link=not copy,
+                               progress=advance, dataset=dataset)
     summary = {
         "out": str(result.out),
         "n_images": result.n_images,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sightline.data.datasets import SPLITS, Sample, scan_dataset
+from sightline.data.datasets import SPLITS, Dataset, Sample, scan_dataset
 from sightline.data.hashing import near_duplicate_pairs
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.errors import UserInputError
@@ -131,6 +131,7 @@ def split_dataset(
     link: bool = True,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    dataset: Dataset | None = None,
 ) -> SplitResult:
     """Write `out/{train,val,test}/<class>/...` from the images of `src` and a `manifest.csv`; src is only read.
 
@@ -142,6 +143,7 @@ def split_dataset(
         max_distance: pHash bits within which two images count as near duplicates (-1: exact duplicates only).
         link: hard-link files (copies where not possible); False always copies.
         progress: called with 1 per image hashed.
+        dataset: `scan_dataset(src)` when the caller has it already (saves a second scan).
 
     Files that cannot be decoded are not placed; they are listed in `excluded` with the reason (see
     `sightline data audit`). Region files (`<stem>.mask.png`, `<stem>.xml`) and `sightline.yaml` travel along.
@@ -155,7 +157,7 @@ def split_dataset(
         raise UserInputError(f"ratios must be three non-negative train/val/test shares, got {ratios}")
     src_root = Path(src)
     out = Path(out)
-    dataset = scan_dataset(src_root)
+    dataset = dataset or scan_dataset(src_root)
     out_abs = out.resolve()
     if out_abs == dataset.root or dataset.root in out_abs.parents:
         raise UserInputError(f"output '{out}' is inside the source dataset '{src}'; choose a folder outside it")

@@ -117,3 +117,19 @@ def test_assign_groups_never_splits_a_group() -> None:
         assert len({where[i] for i in g}) == 1
     shares = np.bincount(where, minlength=3) / 300
     np.testing.assert_allclose(shares, [0.7, 0.15, 0.15], atol=0.03)
+
+
+def test_split_cli_writes_the_layout_and_reports_json(raw: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    from sightline.cli import main
+
+    before = _snapshot(raw)
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "split", str(raw), str(tmp_path / "out"), "--json"])
+    assert exc.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    placed = scan_dataset(tmp_path / "out")
+    assert placed.layout == "split" and report["n_images"] == len(placed.samples)
+    assert (tmp_path / "out" / "manifest.csv").is_file()
+    assert _snapshot(raw) == before  # the source is never modified
