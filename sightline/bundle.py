@@ -167,14 +167,17 @@ class Bundle:
     # --- model -------------------------------------------------------------------------------------------
     def load_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The trained network in eval mode, weights from weights.safetensors. Outputs logits (N, K)."""
-        from safetensors.torch import load_file
-
+        from sightline.errors import ModelError
         from sightline.models.factory import create_model
+        from sightline.models.pretrained import read_state_dict
 
         if not self.weights_path.is_file():
             raise BundleError(f"{self.weights_path} is missing; train again or copy the whole bundle folder.")
         model = create_model(self.architecture, num_classes=len(self.classes), weights="none")
-        state = load_file(str(self.weights_path), device="cpu")
+        try:
+            state = read_state_dict(self.weights_path)
+        except ModelError as exc:
+            raise BundleError(f"{exc} Copy the bundle again or re-train.") from None
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatch
@@ -220,7 +223,10 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{folder / MODEL_JSON} cannot be read ({exc}).") from exc
     if not isinstance(data, dict):
         raise BundleError(f"{folder / MODEL_JSON} is not a JSON object.")
-    if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"{folder / MODEL_JSON}: format_version={version!r} must be a whole number.")
+    if version > FORMAT_VERSION:
         raise BundleError(f"{folder / MODEL_JSON} is from a newer sightline; upgrade sightline to read it.")
     return Bundle.from_dict(data, path=folder)
 

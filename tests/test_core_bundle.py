@@ -67,3 +67,15 @@ def test_preprocessing_validates(field, value):
     kwargs = {"input_size": 32, field: value}
     with pytest.raises(BundleError, match=field):
         Preprocessing(**kwargs)
+
+
+def test_damaged_weights_and_bad_format_version_are_bundle_errors(tmp_path):
+    bundle, _ = _tiny_bundle(tmp_path)
+    bundle.weights_path.write_bytes(b"\xff" * 64)  # not a safetensors file
+    with pytest.raises(BundleError, match="weights.safetensors"):
+        load_bundle(bundle.path).load_model()
+    data = json.loads((bundle.path / "model.json").read_text())
+    data["format_version"] = "2"
+    (bundle.path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="format_version"):
+        load_bundle(bundle.path)

@@ -1,6 +1,7 @@
 """Training configuration: one dataclass, a comment per field, written next to the results as RUN/config.yaml."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from sightline.errors import UserInputError
 
 __all__ = ["TrainConfig", "load_config"]
 
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _CHOICES = {
     "schedule": ("cosine", "plateau"),
     "augment": ("light", "strong", "none"),
@@ -57,6 +59,9 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms (slower; same seed gives the same weights)
 
     def __post_init__(self) -> None:
+        self._coerce_types()
+        if not re.fullmatch(r"auto|\d+|\d+(,\d+)+", str(self.devices).replace(" ", "")):
+            raise UserInputError(f"devices={self.devices!r} must be 'auto', a count such as 2, or a list such as 0,1.")
         for name, allowed in _CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -68,6 +73,38 @@ class TrainConfig:
             raise UserInputError(f"lr={self.lr} must be positive.")
         if self.input_size is not None and self.input_size < 16:
             raise UserInputError(f"input_size={self.input_size} is too small; use at least 16 pixels.")
+
+    def _coerce_types(self) -> None:
+        """Values from YAML or the command line arrive as text ('1e-3' is a string to YAML 1.1): convert each to
+        its field's declared type, or say which field is wrong, in one line."""
+        for f in fields(self):
+            kind = str(f.type).replace(" ", "")
+            optional = kind.endswith("|None")
+            kind = kind.removesuffix("|None")
+            value = getattr(self, f.name)
+            if value is None and optional:
+                continue
+            try:
+                if kind == "bool":
+                    if isinstance(value, str) and value.strip().lower() in _BOOLS:
+                        value = _BOOLS[value.strip().lower()]
+                    elif not isinstance(value, bool):
+                        raise ValueError
+                elif kind == "int":
+                    if isinstance(value, bool) or float(value) != int(float(value)):
+                        raise ValueError
+                    value = int(float(value))
+                elif kind == "float":
+                    if isinstance(value, bool):
+                        raise ValueError
+                    value = float(value)
+                elif kind == "str":
+                    value = str(value)
+            except (TypeError, ValueError):
+                what = {"bool": "true or false", "int": "a whole number", "float": "a number"}.get(kind, kind)
+                raise UserInputError(f"{f.name}={value!r} must be {what}"
+                                     f"{' or null' if optional else ''}.") from None
+            setattr(self, f.name, value)
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         """A copy with some fields changed; an unknown name is a UserInputError listing the known ones."""

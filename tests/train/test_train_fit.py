@@ -129,3 +129,22 @@ def test_corrupt_pixels_met_in_a_loader_worker_give_one_line_with_what_to_do(tmp
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "1.jpg" in err and "truncated" in err and "--quarantine" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text,field", [("lr: abc\n", "lr"), ("epochs: 2.5\n", "epochs"), ("devices: foo\n", "devices"),
+                                        ("vflip: maybe\n", "vflip")])
+def test_bad_config_values_are_one_line_errors(tmp_path: Path, text: str, field: str) -> None:
+    from sightline.errors import UserInputError
+    from sightline.train.config import load_config
+
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserInputError, match=field):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_yaml_text_values_become_their_types(tmp_path: Path) -> None:
+    from sightline.train.config import load_config
+
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nepochs: '4'\nvflip: 'yes'\ninput_size: null\n")  # 1e-3 is a str to YAML
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.lr, cfg.epochs, cfg.vflip, cfg.input_size) == (0.001, 4, True, None)
