@@ -216,7 +216,9 @@ def quarantine(root: str | Path, findings: Sequence[Finding], records: Sequence[
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     for rel, kind in sorted(chosen.items()):
         src = root / rel
-        if not (src.exists() or src.is_symlink()):
+        # Only files (and links) move: a folder the scan ignored (e.g. DATA/docs/ beside the splits) is reported,
+        # never carried off wholesale.
+        if not (src.is_symlink() or src.is_file()):
             continue
         dst = qdir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -160,3 +160,19 @@ def test_cli_bad_datasets_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Ca
     code, _, err = _run(argv, capsys)
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) <= 2  # one line (rich may wrap a long path)
+
+
+def test_quarantine_never_moves_a_folder_the_scan_ignored(tmp_path: Path) -> None:
+    from sightline.data.audit import audit_dataset
+
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        _tiny(data / split, {"a": 4, "b": 4})
+    (data / "docs").mkdir()
+    (data / "docs" / "notes.txt").write_text("keep me where I am")  # not a split: reported, not carried off
+    (data / "train" / "a" / "broken.png").write_text("not a picture")
+    result = audit_dataset(data, move_to_quarantine=True, html=False)
+    assert any(f.paths == ["docs"] for f in result.findings)
+    assert (data / "docs" / "notes.txt").is_file()
+    moved = [m["path"] for m in result.quarantined]
+    assert "train/a/broken.png" in moved and not any(p.startswith("docs") for p in moved)
