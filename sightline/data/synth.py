@@ -67,6 +67,9 @@ class SynthResult:
 
 # --- textures -------------------------------------------------------------------------------------------------
 
+MIN_N_PLANTED = 50  # the smallest n for which every planted problem finds its source images (any seed)
+
+
 def _upsampler(size: int, cells: int) -> np.ndarray:
     """(size, cells) row-normalised Gaussian weights: smooth interpolation of a cells-long grid to size samples."""
     x = (np.arange(size, dtype=np.float32) + 0.5) / size * cells
@@ -315,6 +318,9 @@ def synthesize(
         raise UserInputError(f"--shortcut '{shortcut}' is not a class; choose one of {', '.join(CLASSES)}")
     if n < 20 or size < 32:
         raise UserInputError(f"need n >= 20 images of size >= 32 pixels (got n={n}, size={size})")
+    if plant_issues and n < MIN_N_PLANTED:
+        raise UserInputError(f"--plant-issues needs n >= {MIN_N_PLANTED} (got n={n}): the planted problems are copies "
+                             "and edits of existing training images")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserInputError(f"output '{out}' already exists and is not empty; choose a new folder")
@@ -365,6 +371,8 @@ def _plant(out: Path, paths: list[str], plan: list[tuple[str, str | None]], *, s
     def pick(label: str | None = None) -> int:
         pool = by_label[label] if label else [i for ids in by_label.values() for i in ids]
         choices = [i for i in pool if i not in used]
+        if not choices:  # guarded by MIN_N_PLANTED; a clear error should the plan ever change
+            raise UserInputError(f"too few images ({len(paths)}) to plant every kind of problem; use a larger --n")
         i = int(rng.choice(choices))
         used.add(i)
         return i

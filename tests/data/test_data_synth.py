@@ -120,3 +120,11 @@ def test_cli_synth_json_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "already exists" in err and "Traceback" not in err
+
+
+def test_plant_issues_on_too_few_images_is_refused_before_writing(tmp_path) -> None:
+    from sightline.data.synth import MIN_N_PLANTED
+
+    with pytest.raises(UserInputError, match="--plant-issues needs n"):
+        synthesize(tmp_path / "s", n=MIN_N_PLANTED - 1, size=32, plant_issues=True)
+    assert not (tmp_path / "s").exists()  # nothing half-written to trip the next attempt
