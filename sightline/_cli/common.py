@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 # soft_wrap: a long line (a path above all) is never broken where a user would copy it; tables still fit.
 console = Console(stderr=False, soft_wrap=True)
@@ -18,7 +19,7 @@ EXIT_BAD_INPUT = 2
 
 def fail(message: str) -> typer.Exit:
     """Print a one-line error and return the Exit to raise: `raise fail("...")`."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -42,7 +43,7 @@ def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="sightline")
     except SightlineError as exc:
-        err_console.print(f"[bold red]error:[/] {one_line(exc)}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except SystemExit as exc:
         code = exc.code

@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
 
         from sightline.bundle import load_bundle
         from sightline.serve.app import create_app
-        from sightline.serve.settings import Settings
+        from sightline.serve.settings import load_settings
 
         overrides: dict = {"bundle": bundle}
         if host is not None:
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
             overrides["port"] = port
         if int8:
             overrides["int8"] = True
-        settings = Settings(**overrides)
+        settings = load_settings(**overrides)
         b = load_bundle(bundle)
         if settings.int8 and not b.int8_path.is_file():
             raise fail(f"{b.int8_path} is missing; run `sightline export {bundle} --int8 --data DATA` first.")

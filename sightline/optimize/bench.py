@@ -137,6 +137,8 @@ def bench(
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise SightlineError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}.")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise SightlineError(f"batch sizes must be whole numbers >= 1, got {list(batch_sizes)}.")
     source = "given" if images is not None else "synthetic 640x480 JPEG"
     images = list(images) if images is not None else synthetic_jpegs(min_images)
     results: dict[str, Any] = {}

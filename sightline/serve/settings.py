@@ -54,3 +54,18 @@ def database_url(url: str | None, bundle: Path | None) -> str:
     from sightline.bundle import resolve_bundle_dir
 
     return f"sqlite:///{(resolve_bundle_dir(bundle) / 'sightline.db').resolve()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from SIGHTLINE_* variables plus command-line overrides; a bad value is one UserInputError naming
+    the setting and its variable, not pydantic's multi-line report."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))} (SIGHTLINE_{'_'.join(map(str, e['loc'])).upper()}): {e['msg']}"
+            for e in exc.errors()
+        )
+        raise UserInputError(f"invalid setting: {problems}.") from None

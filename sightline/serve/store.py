@@ -18,8 +18,9 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, create_engine, event, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.exc import ArgumentError, OperationalError
 
-from sightline.errors import UserInputError
+from sightline.errors import UserInputError, one_line
 
 __all__ = ["Store", "PredictionRecord", "ApiKey", "ApiKeyInfo", "hash_key", "KEY_PREFIX"]
 
@@ -91,7 +92,13 @@ class Store:
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine = create_engine(url, **kwargs)
+        try:
+            self.engine = create_engine(url, **kwargs)
+        except (ArgumentError, ImportError) as exc:  # malformed URL, or a driver that is not installed
+            raise UserInputError(
+                f"database URL {_safe(url)} cannot be used ({one_line(exc)}); check SIGHTLINE_DATABASE_URL or "
+                "--database-url (PostgreSQL needs `pip install 'sightline[postgres]'`)."
+            ) from None
         if self.is_sqlite:
 
             @event.listens_for(self.engine, "connect")
@@ -104,7 +111,10 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite allows one writer at a time; serialising writes here avoids "database is locked" under load.
         self._write_lock = threading.Lock() if self.is_sqlite else None
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:  # unreachable server, or a SQLite path in a missing folder
+            raise UserInputError(f"database {_safe(url)} cannot be opened ({one_line(exc.orig or exc)}).") from None
 
     def _write(self) -> Any:
         return self._write_lock if self._write_lock is not None else _NullLock()
@@ -204,6 +214,16 @@ class Store:
             row.reviewer = reviewer
             row.reviewed = _now()
             return row.to_dict()
+
+
+def _safe(url: str) -> str:
+    """The URL with any password hidden, for error messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "'<unparseable>'"
 
 
 class _NullLock:

@@ -158,3 +158,12 @@ def test_int8_without_data_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(DatasetError, match="--data"):
         export(folder, int8=True)
     assert not (folder / "model.onnx").exists() and "export" not in load_bundle(folder).extra
+
+
+def test_bench_refuses_batch_sizes_below_one(exported):
+    from sightline.errors import SightlineError
+    from sightline.optimize.bench import bench
+
+    run, _, _ = exported
+    with pytest.raises(SightlineError, match="batch sizes"):
+        bench(run, batch_sizes=(0,))

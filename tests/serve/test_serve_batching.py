@@ -119,3 +119,24 @@ def test_keys_commands(tmp_path, capsys):
     assert code == 2 and "no active key" in out.err
     code, out = run("keys", "create", "x")  # no bundle, no URL: one-line error
     assert code == 2 and "SIGHTLINE_DATABASE_URL" in out.err
+
+
+def test_bad_settings_and_database_urls_are_one_line_errors(tmp_path, capsys) -> None:
+    import pytest
+
+    from sightline.cli import main
+    from sightline.errors import UserInputError
+    from sightline.serve.settings import load_settings
+    from sightline.serve.store import Store
+
+    with pytest.raises(UserInputError, match="SIGHTLINE_PORT"):
+        load_settings(port=70000)
+    with pytest.raises(UserInputError, match="cannot be used"):
+        Store("nonsense")
+    with pytest.raises(UserInputError, match="cannot be opened"):
+        Store(f"sqlite:///{tmp_path}/missing/dir/x.db")
+    with pytest.raises(UserInputError, match=r"\*\*\*"):  # the password never reaches the message
+        Store("postgresql+nosuchdriver://u:secret@localhost/db")
+    with pytest.raises(SystemExit) as exc:
+        main(["keys", "list", "--database-url", "nonsense"])
+    assert exc.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
