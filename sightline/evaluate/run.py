@@ -111,6 +111,9 @@ def evaluate(
     `severities`). A folder of seed runs (OUT/seed-<s>/) is evaluated with `evaluate_seeds`.
 
     Raises BundleError / DatasetError / SpecError (one line, says what to do) on bad input."""
+    from sightline.explain.cam import method_class
+
+    method_class(method)  # an unknown heatmap method fails now, not after all the inference
     path = Path(run_or_bundle)
     try:
         resolve_bundle_dir(path)
@@ -334,7 +337,10 @@ def _explain(
             mask = load_regions(s, (s.width, s.height)) if s.width and s.height else None
             if mask is None:
                 continue
-            masks.append(mask_to_input(mask, pre))
+            mask = mask_to_input(mask, pre)
+            if not mask.any():  # the region lies wholly outside the center crop: the model never saw it
+                continue
+            masks.append(mask)
             keep.append(i)
         if keep:
             # Heatmap for the TRUE class: does the evidence for what is there sit where it is?

@@ -110,7 +110,8 @@ def region_scores(
             "region_area": share,
             "energy_lift": lift,
             "n_images": int(m.sum()),
-            "shortcut": bool(rate < hit_rate_flag and not lift >= SHORTCUT_LIFT),
+            # a NaN lift (no region area) is "not scored", never evidence of a shortcut
+            "shortcut": bool(rate < hit_rate_flag and np.isfinite(lift) and lift < SHORTCUT_LIFT),
         }
     return {
         "overall": float(hits.mean()) if len(hits) else None,

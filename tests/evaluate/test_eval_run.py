@@ -179,3 +179,11 @@ def test_unreadable_image_is_reported_not_fatal(setup, tmp_path):
                    out=tmp_path / "ev")
     assert out["n_images"] == 24
     assert [Path(u["path"]).name for u in out["unreadable"]] == ["truncated.png"]
+
+
+def test_unknown_heatmap_method_fails_before_any_work(tmp_path):
+    from sightline.errors import SightlineError
+    from sightline.evaluate.run import evaluate
+
+    with pytest.raises(SightlineError, match="nope"):  # raised before the (missing) bundle is even looked at
+        evaluate(tmp_path / "no-run", tmp_path / "no-data", method="nope")

@@ -152,3 +152,12 @@ def test_explain_cli_writes_overlays_and_reports_bad_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["explain", str(tmp_path / "run"), str(img), "--method", "magic"])
     assert info.value.code == 2
+
+
+def test_a_class_without_region_area_is_not_flagged_as_a_shortcut():
+    from sightline.explain.regions import region_scores
+
+    cams = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    masks = np.zeros((2, 8, 8), dtype=bool)  # regions cut away entirely
+    scores = region_scores(cams, masks, ["a", "a"])
+    assert scores["shortcut_classes"] == []
