@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sightline.bundle import Bundle, load_bundle, resolve_bundle_dir
-from sightline.errors import BundleError, DatasetError
+from sightline.errors import BundleError, DatasetError, UserInputError
 
 __all__ = ["export", "export_onnx", "check_parity", "ParityError", "load_split_arrays", "recorded_data_dir"]
 
@@ -178,19 +178,22 @@ def export(
         data_dir = recorded_data_dir(run_or_bundle, bundle)
     if int8 and data_dir is None:
         raise DatasetError("int8 export needs validation images for calibration; pass --data DATA (split layout).")
+    if int8 and quant_format not in ("qdq", "qoperator"):
+        raise UserInputError(f"--format {quant_format!r} is unknown; use qdq or qoperator.")
     model = bundle.load_model("cpu")
     s = bundle.preprocessing.input_size
-
-    t0 = time.perf_counter()
-    export_onnx(model, bundle.onnx_path, s, opset=opset)
-    export_s = time.perf_counter() - t0
-
+    # The parity images are loaded before model.onnx is replaced: a dataset problem must not leave an
+    # unchecked model behind.
     if data_dir is not None:
         inputs, _, _ = load_split_arrays(data_dir, "val", bundle, max_images=max_parity_images)
         source = f"{Path(data_dir)}/val"
     else:
         inputs = np.random.default_rng(0).standard_normal((8, 3, s, s)).astype(np.float32)
         source = "random inputs (no dataset given)"
+
+    t0 = time.perf_counter()
+    export_onnx(model, bundle.onnx_path, s, opset=opset)
+    export_s = time.perf_counter() - t0
     parity = check_parity(model, bundle.onnx_path, inputs, tol=tol)
     parity["split"] = "val" if data_dir is not None else None
     parity["source"] = source

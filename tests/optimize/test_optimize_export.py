@@ -167,3 +167,18 @@ def test_bench_refuses_batch_sizes_below_one(exported):
     run, _, _ = exported
     with pytest.raises(SightlineError, match="batch sizes"):
         bench(run, batch_sizes=(0,))
+
+
+def test_export_with_unusable_data_leaves_the_previous_onnx_untouched(exported, tmp_path):
+    import shutil
+
+    from sightline.errors import DatasetError
+    from sightline.optimize.export import export
+
+    run, _, _ = exported
+    copy = shutil.copytree(load_bundle(run).path, tmp_path / "bundle")
+    (copy / "model.onnx").write_bytes(b"previous export")  # a sentinel a new export would overwrite
+    (tmp_path / "empty" / "val").mkdir(parents=True)
+    with pytest.raises(DatasetError):
+        export(copy, data_dir=tmp_path / "empty")
+    assert (copy / "model.onnx").read_bytes() == b"previous export"
