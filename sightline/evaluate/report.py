@@ -174,6 +174,11 @@ def _img(b64: str, alt: str) -> str:
     return f'<img class="plot" alt="{_esc(alt)}" src="data:image/png;base64,{b64}">'
 
 
+def _source(m: dict[str, Any]) -> str:
+    """Where thresholds and temperature came from: the val split, or (no val split) the bundle's earlier ones."""
+    return "chosen on val" if (m.get("review") or {}).get("chosen_on", "val") == "val" else "kept from the bundle"
+
+
 def _summary(m: dict[str, Any]) -> list[str]:
     h: list[str] = []
     ci = m.get("ci", {})
@@ -260,7 +265,7 @@ def write_report(m: dict[str, Any], path: str | Path, *, gallery: list[dict[str,
         f"<h1>{_esc(model.get('name', 'model'))} v{_esc(model.get('version', ''))}</h1>",
         f"<div class='sub'>{_esc(spec.get('task') or 'No task description (add one to sightline.yaml).')}<br>"
         f"{_esc(model.get('architecture', ''))} · evaluated on the <b>{_esc(m['split'])}</b> split, "
-        f"{m['n_images']} images · thresholds and temperature chosen on val</div>",
+        f"{m['n_images']} images · thresholds and temperature {_source(m)}</div>",
         "<h2>Summary</h2>",
         *_summary(m),
     ]
@@ -308,7 +313,7 @@ def write_report(m: dict[str, Any], path: str | Path, *, gallery: list[dict[str,
             f"({_esc((th.get('details') or {}).get(c, {}).get('rule', ''))})</li>"
             for c, t in th["class_thresholds"].items()
         )
-        h.append(f"<h3>Per-class thresholds (chosen on val)</h3><ul>{items}</ul>")
+        h.append(f"<h3>Per-class thresholds ({_source(m)})</h3><ul>{items}</ul>")
     if "robustness" in figs:
         h.append("<h2>Robustness</h2>" + _img(figs["robustness"], "robustness"))
         rob = m["robustness"]
@@ -390,12 +395,12 @@ def write_model_card(m: dict[str, Any], bundle: Bundle) -> Path:
     for c, v in m["per_class"].items():
         lines.append(f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
     if m.get("targets"):
-        lines += ["", "## Targets (thresholds chosen on val, verdict on " + m["split"] + ")", ""]
+        lines += ["", f"## Targets (thresholds {_source(m)}, verdict on {m['split']})", ""]
         for t in m["targets"]:
             lines.append(f"- {'PASS' if t['passed'] else 'FAIL'}: {t['target']} (got {t['value']:.3f})")
     review = m.get("review") or {}
     lines += ["", "## Decisions", "",
-              f"- Temperature {m['temperature']:.3f} (fitted on val); ECE {m['ece_uncalibrated']:.3f} before, "
+              f"- Temperature {m['temperature']:.3f} ({_source(m).replace('chosen', 'fitted')}); ECE {m['ece_uncalibrated']:.3f} before, "
               f"{m['ece']:.3f} after."]
     if review.get("review_confidence") is not None:
         lines.append(

@@ -187,3 +187,10 @@ def test_unknown_heatmap_method_fails_before_any_work(tmp_path):
 
     with pytest.raises(SightlineError, match="nope"):  # raised before the (missing) bundle is even looked at
         evaluate(tmp_path / "no-run", tmp_path / "no-data", method="nope")
+
+
+def test_report_says_where_thresholds_came_from():
+    from sightline.evaluate.report import _source
+
+    assert _source({"review": {"chosen_on": "val"}}) == "chosen on val"
+    assert _source({"review": {"chosen_on": "bundle"}}) == "kept from the bundle"  # no val split: not "on val"
