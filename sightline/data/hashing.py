@@ -48,12 +48,12 @@ def phash_hex(value: int) -> str:
 
 
 def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N,) and (M,) uint64 hashes -> (N, M) int number of differing bits."""
+    """(N,) and (M,) uint64 hashes -> (N, M) uint8 number of differing bits (0..64)."""
     x = np.bitwise_xor(a.astype(np.uint64)[:, None], b.astype(np.uint64)[None, :])
-    return np.bitwise_count(x).astype(np.int64)
+    return np.bitwise_count(x)
 
 
-def near_duplicate_pairs(hashes: np.ndarray, *, max_distance: int, block: int = 2048) -> np.ndarray:
+def near_duplicate_pairs(hashes: np.ndarray, *, max_distance: int, block: int = 256) -> np.ndarray:
     """All pairs (i, j), i < j, whose hashes differ in at most `max_distance` bits: (P, 2) int64.
 
     Compares every pair in blocks of `block` rows (N=10,000 takes about a second)."""

@@ -93,17 +93,14 @@ def quantize_onnx(
 
 
 def accuracy_and_ece(logits: np.ndarray, labels: np.ndarray, *, temperature: float = 1.0) -> dict[str, float]:
-    """Top-1 accuracy and 15-bin expected calibration error of (N, K) logits vs (N,) labels."""
-    import torch
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
+    """Top-1 accuracy and 15-bin expected calibration error of (N, K) logits vs (N,) labels: the same ECE that
+    `sightline evaluate` reports, so the figures in model.json agree."""
     from sightline.decision import softmax
+    from sightline.evaluate.calibration import expected_calibration_error
 
     probs = softmax(logits, temperature)
-    ece = multiclass_calibration_error(
-        torch.from_numpy(probs).float(), torch.from_numpy(labels).long(), num_classes=probs.shape[1], n_bins=15
-    )
-    return {"accuracy": float((probs.argmax(1) == labels).mean()), "ece": float(ece)}
+    return {"accuracy": float((probs.argmax(1) == labels).mean()),
+            "ece": float(expected_calibration_error(probs, labels))}
 
 
 def _run(path: Path, inputs: np.ndarray) -> tuple[np.ndarray, float]:

@@ -85,7 +85,7 @@ class BodyLimitMiddleware:
         finally:
             if self.metrics is not None:
                 route = scope.get("route")
-                path = getattr(route, "path", None) or ("unmatched" if status_holder["status"] == 404 else scope["path"])
+                path = getattr(route, "path", None) or "unmatched"  # never a raw path: labels must stay few
                 self.metrics.requests.labels(scope["method"], path, str(status_holder["status"])).inc()
                 self.metrics.latency.labels(path).observe(time.perf_counter() - t0)
 
