@@ -1,6 +1,7 @@
 """Training configuration: one dataclass, a comment per field, written next to the results as RUN/config.yaml."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -120,7 +121,10 @@ class TrainConfig:
     def save_yaml(self, path: str | Path) -> None:
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        path = Path(path)  # atomic: every DDP rank may write the same file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.replace(path)
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -148,6 +148,7 @@ def train(
     weights_info = getattr(system.model, "sightline_weights", {"source": str(cfg.weights), "notes": []})
 
     run.mkdir(parents=True, exist_ok=True)
+    cfg.save_yaml(run / "config.yaml")  # first: a run that crashes or is interrupted still says how it was made
     ckpt_dir = run / "checkpoints"
     for old in ckpt_dir.glob("best*.ckpt"):
         old.unlink()  # a re-run into the same folder replaces the old best, never competes with it
@@ -194,7 +195,6 @@ def train(
         "loss": float(results["val_loss"]),
     }
     version = dataset_version(dataset)
-    cfg.save_yaml(run / "config.yaml")
     summary = {
         "val": val,
         "best_epoch": best_epoch,
