@@ -29,6 +29,7 @@ __all__ = [
     "TorchPredictor",
     "create_predictor",
     "default_providers",
+    "usable_cores",
     "decisions_to_predictions",
 ]
 
@@ -84,7 +85,7 @@ def default_providers() -> list[str]:
     return wanted or ["CPUExecutionProvider"]
 
 
-def _cpu_threads() -> int:
+def usable_cores() -> int:
     """Cores this process may use (respects taskset / cgroup affinity)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -119,7 +120,7 @@ class Predictor:
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(max_workers=min(8, _cpu_threads()), thread_name_prefix="sightline-load")
+            self._pool = ThreadPoolExecutor(max_workers=min(8, usable_cores()), thread_name_prefix="sightline-load")
         return list(self._pool.map(safe, items))
 
     # --- stages -------------------------------------------------------------------------------------------
@@ -197,7 +198,9 @@ class OnnxPredictor(Predictor):
     """ONNX Runtime inference of the bundle's exported model (run `sightline export` first).
 
     providers: ORT execution providers, default CUDA when available else CPU. threads: intra-op threads
-    (default: the cores this process may use)."""
+    (default: the cores this process may use). spinning: let ORT's idle threads busy-wait for the next operator;
+    fastest when inference has the cores to itself (predict, bench), wasteful when other work shares them (the
+    server decodes images while it infers), so the server turns it off."""
 
     kind = "onnx"
 
@@ -208,6 +211,7 @@ class OnnxPredictor(Predictor):
         int8: bool = False,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        spinning: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         top_k: int = 3,
     ) -> None:
@@ -219,8 +223,9 @@ class OnnxPredictor(Predictor):
             flag = " --int8" if int8 else ""
             raise BundleError(f"{path} is missing; run `sightline export {bundle.path}{flag}` first.")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or _cpu_threads()
+        options.intra_op_num_threads = threads or usable_cores()
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only; ORT's warnings about unused initializers are noise
         self.path = path

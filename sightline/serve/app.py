@@ -115,7 +115,9 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from sightline.bundle import load_bundle
-        from sightline.optimize.predictor import OnnxPredictor
+        import anyio
+
+        from sightline.optimize.predictor import OnnxPredictor, usable_cores
         from sightline.serve.batching import MicroBatcher
         from sightline.serve.ratelimit import RateLimiter
         from sightline.serve.state import KeyCache, ServiceState
@@ -125,7 +127,12 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.review_confidence is not None:
             bundle.thresholds = {**bundle.thresholds, "review_confidence": settings.review_confidence}
         predictor = OnnxPredictor(
-            bundle, int8=settings.int8, threads=settings.threads, max_pixels=settings.max_pixels, top_k=settings.top_k
+            bundle,
+            int8=settings.int8,
+            threads=settings.threads,
+            spinning=False,  # decoding shares the cores with inference; spinning threads would starve it
+            max_pixels=settings.max_pixels,
+            top_k=settings.top_k,
         )
         store = Store(settings.resolved_database_url())
         batcher = MicroBatcher(
@@ -145,6 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
             limiter=RateLimiter(settings.rate_limit_per_minute),
             keys=KeyCache(settings.key_cache_s),
+            decode_limiter=anyio.CapacityLimiter(settings.decode_threads or usable_cores()),
         )
         try:
             yield

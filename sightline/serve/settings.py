@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     )
     top_k: int = Field(3, ge=1)
     threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads; default all usable cores.")
+    decode_threads: int | None = Field(
+        None, ge=1, description="Requests decoding images at once; default the usable cores (more only adds contention)."
+    )
     require_api_key: bool = Field(True, description="Turn off only for local experiments.")
     key_cache_s: float = Field(5.0, ge=0, description="How long a verified key is trusted before re-checking.")
 

@@ -5,6 +5,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import anyio
+
 from sightline.bundle import Bundle
 from sightline.optimize.predictor import OnnxPredictor
 from sightline.serve.batching import MicroBatcher
@@ -49,4 +51,5 @@ class ServiceState:
     metrics: ServiceMetrics
     limiter: RateLimiter
     keys: KeyCache
+    decode_limiter: anyio.CapacityLimiter  # how many requests decode at once (CPU-bound: about the core count)
     started: float = field(default_factory=time.time)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, create_engine, event, func, select, text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, create_engine, event, func, insert, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -176,12 +176,17 @@ class Store:
 
     # --- predictions -----------------------------------------------------------------------------------
     def add_predictions(self, rows: Iterable[dict[str, Any]]) -> list[int]:
-        """Insert prediction rows (PredictionRecord columns as dict keys); returns their ids."""
-        records = [PredictionRecord(**row) for row in rows]
-        with self._write(), Session(self.engine, expire_on_commit=False) as session, session.begin():
-            session.add_all(records)
-            session.flush()
-            return [r.id for r in records]
+        """Insert prediction rows (PredictionRecord columns as dict keys); returns their ids, in order.
+
+        One Core INSERT ... RETURNING for all rows (no ORM objects): this runs once per request on the hot path."""
+        rows = list(rows)
+        if not rows:
+            return []
+        created = _now()
+        params = [{"created": created, **row} for row in rows]
+        stmt = insert(PredictionRecord).returning(PredictionRecord.id, sort_by_parameter_order=True)
+        with self._write(), self.engine.begin() as conn:
+            return list(conn.scalars(stmt, params))
 
     def count_predictions(self) -> int:
         with self._sessions() as session:

@@ -52,7 +52,7 @@ async def predict(
                 raise CorruptImageError(f"{name}: cannot be decoded ({type(exc).__name__})") from exc
         return arrays
 
-    arrays = await anyio.to_thread.run_sync(decode_all)
+    arrays = await anyio.to_thread.run_sync(decode_all, limiter=state.decode_limiter)
     logits = await state.batcher.submit_many(arrays)
     preds = state.predictor.decide(logits, names)
     latency_ms = (time.perf_counter() - t0) * 1000
