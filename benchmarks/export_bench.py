@@ -38,7 +38,7 @@ def compare_formats(bundle, data: Path, batch: int = 32, repeats: int = 5) -> di
     from sightline.optimize.predictor import OnnxPredictor
     from sightline.optimize.quantize import quantize_onnx
 
-    calib, _, _ = load_split_arrays(data, "val", bundle, max_images=64)
+    calib = load_split_arrays(data, "val", bundle, max_images=64).x
     x = np.ascontiguousarray(np.resize(calib, (batch, *calib.shape[1:])))
     out = {}
     keep = bundle.int8_path.read_bytes() if bundle.int8_path.is_file() else None

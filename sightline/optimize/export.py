@@ -14,14 +14,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from sightline.bundle import Bundle, load_bundle, resolve_bundle_dir
+from sightline.data.datasets import Dataset
 from sightline.errors import BundleError, DatasetError, UserInputError
 
-__all__ = ["export", "export_onnx", "check_parity", "ParityError", "load_split_arrays", "recorded_data_dir"]
+__all__ = ["export", "export_onnx", "check_parity", "ParityError", "load_split_arrays", "SplitArrays",
+           "recorded_data_dir"]
 
 OPSET = 18
 # fp32 ONNX Runtime vs PyTorch on CPU agree to ~1e-5 on logits; 1e-3 (relative to the logit scale) leaves room
@@ -126,34 +128,45 @@ def recorded_data_dir(run_or_bundle: str | Path, bundle: Bundle) -> Path | None:
     return None
 
 
+class SplitArrays(NamedTuple):
+    """One split as the network sees it."""
+
+    x: np.ndarray  # (N, 3, S, S) float32
+    y: np.ndarray  # (N,) int64 class indices of the bundle
+    names: list[str]  # relpaths, aligned with x
+    skipped: list[dict[str, str]]  # {"path", "reason"} of files that could not be decoded
+
+
 def load_split_arrays(
-    data_dir: str | Path, split: str, bundle: Bundle, *, max_images: int | None = None, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Images of one split as the network sees them: ((N, 3, S, S) float32, (N,) int labels, relpaths).
+    data: str | Path | Dataset, split: str, bundle: Bundle, *, max_images: int | None = None, seed: int = 0
+) -> SplitArrays:
+    """Images of one split, decoded exactly as `predict`, `serve` and `evaluate` decode them (JPEG draft decoding,
+    `evaluate.predict.load_crops`). `data` is a dataset folder or an already scanned Dataset (no rescan).
 
-    Uses at most `max_images` (a class-mixed, seeded subset). Unreadable images are skipped."""
+    Uses at most `max_images` (a class-mixed, seeded subset). Unreadable images are returned in `skipped`, so
+    the caller can say how many figures they are missing; none readable raises DatasetError."""
     from sightline.data.datasets import scan_dataset
-    from sightline.data.images import load_image
-    from sightline.data.transforms import eval_preprocess, stack
+    from sightline.evaluate.predict import crops_to_batch, load_crops
 
-    dataset = scan_dataset(data_dir, require_splits=(split,))
+    dataset = data if isinstance(data, Dataset) else scan_dataset(data, require_splits=(split,))
     samples = [s for s in dataset.split(split) if s.label in bundle.classes]
     if not samples:
-        raise DatasetError(f"{data_dir}/{split} has no images of the bundle's classes {bundle.classes}.")
+        raise DatasetError(f"{dataset.root}/{split} has no images of the bundle's classes {bundle.classes}.")
     if max_images is not None and len(samples) > max_images:
         rng = np.random.default_rng(seed)
         samples = [samples[i] for i in sorted(rng.choice(len(samples), size=max_images, replace=False))]
-    arrays, labels, names = [], [], []
-    for s in samples:
-        try:
-            arrays.append(eval_preprocess(load_image(s.path), bundle.preprocessing))
-        except Exception:  # noqa: BLE001 - the audit reports unreadable files; here they are just not used
-            continue
-        labels.append(bundle.classes.index(s.label))
-        names.append(s.relpath)
-    if not arrays:
-        raise DatasetError(f"no readable image in {data_dir}/{split}; run `sightline data audit {data_dir}`.")
-    return stack(arrays), np.asarray(labels, dtype=np.int64), names
+    inputs = load_crops([s.path for s in samples], bundle.preprocessing)
+    if not inputs.index:
+        raise DatasetError(f"no readable image in {dataset.root}/{split}; run `sightline data audit {dataset.root}`.")
+    kept = [samples[i] for i in inputs.index]
+    # files whose header already failed in the scan (paths relative to the dataset root)
+    unreadable = [d for d in dataset.skipped if Path(d["path"]).parts[:1] == (split,)]
+    return SplitArrays(
+        crops_to_batch(inputs.crops, bundle.preprocessing),
+        np.asarray([bundle.classes.index(s.label) for s in kept], dtype=np.int64),
+        [s.relpath for s in kept],
+        unreadable + inputs.failed,
+    )
 
 
 def export(
@@ -184,8 +197,12 @@ def export(
     s = bundle.preprocessing.input_size
     # The parity images are loaded before model.onnx is replaced: a dataset problem must not leave an
     # unchecked model behind.
+    dataset = None
     if data_dir is not None:
-        inputs, _, _ = load_split_arrays(data_dir, "val", bundle, max_images=max_parity_images)
+        from sightline.data.datasets import scan_dataset
+
+        dataset = scan_dataset(data_dir, require_splits=("val",))  # once, for parity, calibration and test
+        inputs = load_split_arrays(dataset, "val", bundle, max_images=max_parity_images).x
         source = f"{Path(data_dir)}/val"
     else:
         inputs = np.random.default_rng(0).standard_normal((8, 3, s, s)).astype(np.float32)
@@ -217,7 +234,7 @@ def export(
     if int8:
         from sightline.optimize.quantize import quantize_bundle
 
-        report["int8"] = quantize_bundle(bundle, data_dir, quant_format=quant_format)
+        report["int8"] = quantize_bundle(bundle, dataset, quant_format=quant_format)
     else:
         bundle.int8_path.unlink(missing_ok=True)  # a stale int8 model would no longer match the weights
     bundle.extra["export"] = report

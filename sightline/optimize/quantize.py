@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sightline.bundle import Bundle
+from sightline.data.datasets import Dataset
 from sightline.errors import DatasetError, UserInputError
 
 __all__ = ["quantize_onnx", "quantize_bundle", "accuracy_and_ece"]
@@ -119,12 +120,13 @@ def _run(path: Path, inputs: np.ndarray) -> tuple[np.ndarray, float]:
 
 def quantize_bundle(
     bundle: Bundle,
-    data_dir: str | Path,
+    data: str | Path | Dataset,
     *,
     quant_format: str = "qdq",
     max_calibration_images: int = 256,
 ) -> dict[str, Any]:
-    """Write `model.int8.onnx` from the bundle's `model.onnx`, calibrated on `data_dir/val`; compare on `test`.
+    """Write `model.int8.onnx` from the bundle's `model.onnx`, calibrated on `data/val`; compare on `test`.
+    `data` is a dataset folder or an already scanned Dataset.
 
     Returns {"format", "per_channel", "calibration": {split, n_images}, "size_bytes": {fp32, int8},
     "test": {split, n_images, fp32: {accuracy, ece}, int8: {accuracy, ece}, accuracy_drop}}."""
@@ -132,17 +134,22 @@ def quantize_bundle(
 
     if not bundle.onnx_path.is_file():
         raise DatasetError(f"{bundle.onnx_path} is missing; export fp32 ONNX first.")
-    calib, _, _ = load_split_arrays(data_dir, "val", bundle, max_images=max_calibration_images)
+    if not isinstance(data, Dataset):
+        from sightline.data.datasets import scan_dataset
+
+        data = scan_dataset(data, require_splits=("val",))
+    calib = load_split_arrays(data, "val", bundle, max_images=max_calibration_images).x
     t0 = time.perf_counter()
     quantize_onnx(bundle.onnx_path, bundle.int8_path, calib, quant_format=quant_format)
     quant_s = time.perf_counter() - t0
 
     try:
-        test_x, test_y, _ = load_split_arrays(data_dir, "test", bundle)
+        test = load_split_arrays(data, "test", bundle)
         split = "test"
     except DatasetError:
-        test_x, test_y, _ = load_split_arrays(data_dir, "val", bundle)
+        test = load_split_arrays(data, "val", bundle)
         split = "val"  # no test split: say so in the record rather than pretend
+    test_x, test_y = test.x, test.y
     fp32_logits, fp32_ms = _run(bundle.onnx_path, test_x)
     int8_logits, int8_ms = _run(bundle.int8_path, test_x)
     fp32 = accuracy_and_ece(fp32_logits, test_y, temperature=bundle.temperature)
@@ -162,6 +169,7 @@ def quantize_bundle(
         "test": {
             "split": split,
             "n_images": int(len(test_y)),
+            "unreadable": len(test.skipped),
             "fp32": fp32,
             "int8": int8,
             "accuracy_drop": fp32["accuracy"] - int8["accuracy"],

@@ -100,7 +100,7 @@ def _accuracy_and_latency(bundle: Bundle, data_dir: Path, split: str, *, time_bu
     from sightline.optimize.export import load_split_arrays
     from sightline.optimize.predictor import TorchPredictor
 
-    x, y, _ = load_split_arrays(data_dir, split, bundle)
+    x, y, _, _ = load_split_arrays(data_dir, split, bundle)
     predictor = TorchPredictor(bundle, device="cpu")
     logits = np.concatenate([predictor.predict_arrays(x[i : i + 32]) for i in range(0, len(x), 32)])
     timings = {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +183,26 @@ def test_export_with_unusable_data_leaves_the_previous_onnx_untouched(exported, 
     with pytest.raises(DatasetError):
         export(copy, data_dir=tmp_path / "empty")
     assert (copy / "model.onnx").read_bytes() == b"previous export"
+
+
+def test_split_arrays_decode_like_the_server_and_report_unreadable_files(exported, tmp_path):
+    # export's parity / int8 figures must come from the same pixels `predict` and `serve` see: a JPEG much larger
+    # than the input decodes in draft mode there, so it must here too. A broken file is reported, not dropped.
+    from sightline.optimize.export import load_split_arrays
+    from sightline.optimize.predictor import Predictor
+    from PIL import Image
+
+    run, _, _ = exported
+    bundle = load_bundle(run)
+    rng = np.random.default_rng(1)
+    for c in CLASSES:
+        (tmp_path / "val" / c).mkdir(parents=True)
+        big = np.clip(rng.normal(128, 60, (300, 400, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(big).save(tmp_path / "val" / c / "big.jpg", quality=90)
+    (tmp_path / "val" / "dark" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    arrays = load_split_arrays(tmp_path, "val", bundle)
+    assert arrays.names == ["val/dark/big.jpg", "val/light/big.jpg"]
+    assert arrays.y.tolist() == [0, 1]
+    assert [Path(s["path"]).name for s in arrays.skipped] == ["broken.jpg"]
+    served = Predictor(bundle).load(tmp_path / "val" / "dark" / "big.jpg")
+    np.testing.assert_array_equal(arrays.x[0], served)
