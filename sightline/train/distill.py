@@ -4,9 +4,9 @@ Loss (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"):
     alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, labels)
 The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones when T changes.
 
-The student trains with the training stage's data module and system (same augmentations, optimiser and
-schedule); each batch is shown to the teacher at the teacher's own input size and normalisation (resized from
-the student's view), so a Lite2 teacher at 260 px can teach a Lite0 student at 160 px.
+The student trains with the training stage's data module, system and Trainer (same augmentations, optimiser,
+schedule, precision and early stopping); each batch is shown to the teacher at the teacher's own input size and
+normalisation (resized from the student's view), so a Lite2 teacher at 260 px can teach a Lite0 student at 160 px.
 
 Example:
     >>> report = distill("runs/lite2", "DATA", "runs/lite0-kd", student="lite0", input_size=160)
@@ -136,14 +136,11 @@ def distill(
     {...}, "run": out_dir} with accuracy on the test split (val when there is none), parameter count and eager
     CPU latency of both. `overrides` are TrainConfig fields (epochs, batch_size, lr, weights, max_time_s, ...)."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     from sightline.bundle import code_version
     from sightline.data.datasets import dataset_version
-    from sightline.models.factory import create_model
     from sightline.train.config import TrainConfig
-    from sightline.train.fit import _resolve, prepare
+    from sightline.train.fit import _build_system, _fit, _resolve, _trainer, prepare
 
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
         raise UserInputError(f"alpha={alpha} must be in [0, 1] and temperature={temperature} positive.")
@@ -154,34 +151,20 @@ def distill(
         raise DatasetError(f"dataset classes {dataset.classes} differ from the teacher's {teacher_bundle.classes}; "
                            "distil on the data the teacher was trained for.")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = create_model(cfg.model, len(dataset.classes), weights=cfg.weights, drop_rate=cfg.drop_rate,
-                         drop_path_rate=cfg.drop_path_rate)
-    system = DistillSystem(
-        model, len(dataset.classes), temperature=temperature, alpha=alpha, lr=cfg.lr,
-        backbone_lr_scale=cfg.backbone_lr_scale if str(cfg.weights) != "none" else 1.0,
-        weight_decay=cfg.weight_decay, schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
-        label_smoothing=cfg.label_smoothing, monitor=cfg.monitor, class_weights=dm.class_weights(),
-    ).set_teacher(teacher_bundle.load_model("cpu"), _TeacherView(pre, teacher_bundle.preprocessing))
+    # The same system and Trainer as `train` (precision, channels-last, freeze epochs, early stopping, devices):
+    # only the training loss differs.
+    system = _build_system(cfg, dataset.classes, dm, system_cls=DistillSystem, temperature=temperature, alpha=alpha)
+    system.set_teacher(teacher_bundle.load_model("cpu"), _TeacherView(pre, teacher_bundle.preprocessing))
     run = Path(out_dir)
     run.mkdir(parents=True, exist_ok=True)
-    checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=cfg.monitor,
-                                 mode="min" if cfg.monitor == "val_loss" else "max", save_top_k=1)
-    from datetime import timedelta
-
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices="auto", max_epochs=cfg.epochs, callbacks=[checkpoint],
-        max_time=timedelta(seconds=cfg.max_time_s) if cfg.max_time_s else None,
-        logger=CSVLogger(run, name="logs", version="csv"), default_root_dir=run, num_sanity_val_steps=0,
-        enable_model_summary=False, enable_progress_bar=progress,
-        log_every_n_steps=max(1, min(10, len(dm.train_set) // cfg.batch_size)),
-    )
-    t0 = time.perf_counter()
-    trainer.fit(system, datamodule=dm)
-    fit_s = time.perf_counter() - t0
+    cfg.save_yaml(run / "config.yaml")
+    trainer, checkpoint = _trainer(cfg, run, dm, progress=progress)
+    fit_s = _fit(trainer, system, dm, dataset)
+    if not trainer.is_global_zero:
+        return {"run": str(run)}  # under DDP, rank 0 writes the bundle and measures
     if checkpoint.best_model_path:
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         system.load_state_dict(state)
-    cfg.save_yaml(run / "config.yaml")
     bundle = Bundle(
         architecture=cfg.model,
         classes=list(dataset.classes),
@@ -189,7 +172,8 @@ def distill(
         name=f"{teacher_bundle.name}-distilled",
         dataset_version=dataset_version(dataset),
         code_version=code_version(),
-        extra={"train": {"config": cfg.to_dict(), "balance": balance, "fit_seconds": round(fit_s, 1)},
+        extra={"train": {"data_dir": str(dataset.root), "config": cfg.to_dict(), "balance": balance,
+                         "fit_seconds": round(fit_s, 1)},
                "distill": {"teacher": str(teacher_bundle.path), "teacher_architecture": teacher_bundle.architecture,
                            "temperature": temperature, "alpha": alpha}},
     )

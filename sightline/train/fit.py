@@ -101,54 +101,29 @@ def _devices(value: str) -> Any:
     return int(value)
 
 
-def _build_system(cfg: TrainConfig, classes: list[str], dm: Any) -> Any:
+def _build_system(cfg: TrainConfig, classes: list[str], dm: Any, *, system_cls: Any = None, **extra: Any) -> Any:
+    """The model of `cfg` inside its LightningModule (`system_cls`, default ClassifierSystem, also gets `extra`)."""
     from sightline.models.factory import create_model
     from sightline.train.system import ClassifierSystem
 
     model = create_model(cfg.model, len(classes), weights=cfg.weights, drop_rate=cfg.drop_rate,
                          drop_path_rate=cfg.drop_path_rate)
     scale = cfg.backbone_lr_scale if str(cfg.weights) != "none" else 1.0  # nothing to preserve from scratch
-    return ClassifierSystem(
+    return (system_cls or ClassifierSystem)(
         model, len(classes), lr=cfg.lr, backbone_lr_scale=scale, weight_decay=cfg.weight_decay,
         schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing,
         freeze_epochs=cfg.freeze_epochs, monitor=cfg.monitor, class_weights=dm.class_weights(),
-        channels_last=_channels_last(cfg),
+        channels_last=_channels_last(cfg), **extra,
     )
 
 
-def train(
-    data_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    config: TrainConfig | None = None,
-    progress: bool = True,
-    **overrides: Any,
-) -> Path:
-    """Fine-tune `config.model` on DATA/train, early-stop and keep the best checkpoint on DATA/val.
-
-    Returns the RUN folder (`out_dir`); `RUN/bundle/` holds the best weights. Bad data (missing val split, one
-    class) raises DatasetError; an unknown model or unfit weights raise ModelError.
-
-    Example:
-        >>> run = train("DATA", "runs/r1", model="test_efficientnet", weights="none", epochs=1, input_size=32)
-        >>> load_bundle(run).metrics["val"]["accuracy"]
-    """
+def _trainer(cfg: TrainConfig, run: Path, dm: Any, *, progress: bool) -> tuple[Any, Any]:
+    """The Lightning Trainer of a run (precision, devices, early stopping, best checkpoint, TensorBoard + CSV
+    logs) and its ModelCheckpoint. A best*.ckpt left in RUN/checkpoints by an earlier run is removed first."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from sightline.bundle import Bundle, code_version
-    from sightline.data.datasets import dataset_version
-
-    cfg = _resolve(config, overrides)
-    run = Path(out_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dataset, pre, dm, balance = prepare(data_dir, cfg)
-    system = _build_system(cfg, dataset.classes, dm)
-    weights_info = getattr(system.model, "sightline_weights", {"source": str(cfg.weights), "notes": []})
-
-    run.mkdir(parents=True, exist_ok=True)
-    cfg.save_yaml(run / "config.yaml")  # first: a run that crashes or is interrupted still says how it was made
     ckpt_dir = run / "checkpoints"
     for old in ckpt_dir.glob("best*.ckpt"):
         old.unlink()  # a re-run into the same folder replaces the old best, never competes with it
@@ -169,13 +144,53 @@ def train(
         log_every_n_steps=max(1, min(10, len(dm.train_set) // cfg.batch_size)),
         num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=progress,
     )
+    return trainer, checkpoint
+
+
+def _fit(trainer: Any, system: Any, dm: Any, dataset: Any) -> float:
+    """trainer.fit, with a one-line answer for an image that fails to decode mid-run; returns its seconds."""
     started = time.perf_counter()
     try:
         trainer.fit(system, datamodule=dm)
     except ImageError as exc:  # a file whose header is fine but whose pixels are not: say what to do
         raise type(exc)(f"{one_line(exc)}. Run `sightline data audit {dataset.root} --quarantine` to move "
                         "unreadable files aside, then train again.") from None
-    fit_s = time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> Path:
+    """Fine-tune `config.model` on DATA/train, early-stop and keep the best checkpoint on DATA/val.
+
+    Returns the RUN folder (`out_dir`); `RUN/bundle/` holds the best weights. Bad data (missing val split, one
+    class) raises DatasetError; an unknown model or unfit weights raise ModelError.
+
+    Example:
+        >>> run = train("DATA", "runs/r1", model="test_efficientnet", weights="none", epochs=1, input_size=32)
+        >>> load_bundle(run).metrics["val"]["accuracy"]
+    """
+    import lightning as L
+
+    from sightline.bundle import Bundle, code_version
+    from sightline.data.datasets import dataset_version
+
+    cfg = _resolve(config, overrides)
+    run = Path(out_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dataset, pre, dm, balance = prepare(data_dir, cfg)
+    system = _build_system(cfg, dataset.classes, dm)
+    weights_info = getattr(system.model, "sightline_weights", {"source": str(cfg.weights), "notes": []})
+
+    run.mkdir(parents=True, exist_ok=True)
+    cfg.save_yaml(run / "config.yaml")  # first: a run that crashes or is interrupted still says how it was made
+    trainer, checkpoint = _trainer(cfg, run, dm, progress=progress)
+    fit_s = _fit(trainer, system, dm, dataset)
 
     best = checkpoint.best_model_path
     results = trainer.validate(system, datamodule=dm, ckpt_path=best if best else None, verbose=False)[0]

@@ -43,3 +43,7 @@ def test_distill_cli_tiny(tmp_path, capsys, make_dataset):
     assert student.architecture == "test_resnet" and student.classes == ["dark", "light"]
     assert student.extra["distill"]["teacher_architecture"] == "test_efficientnet"
     assert "teacher" not in json.dumps(student.extra["train"])  # the teacher stays out of the student's config
+    # the same Trainer set-up as `train`: its logs, its checkpoint, and the data folder export will look for
+    assert (tmp_path / "student" / "logs" / "tensorboard").is_dir()
+    assert (tmp_path / "student" / "checkpoints" / "best.ckpt").is_file()
+    assert student.extra["train"]["data_dir"] == str(data.resolve())
