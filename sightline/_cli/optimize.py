@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="Student RUN folder (default: RUN-distilled-STUDENT)."),
         input_size: int | None = typer.Option(None, "--input-size", help="Student input side in px (default: its own)."),
         epochs: int = typer.Option(12, "--epochs", min=1),
-        temperature: float = typer.Option(4.0, "--temperature", help="Softmax temperature of the soft targets."),
+        temperature: float = typer.Option(2.0, "--temperature", help="Softening of the (calibrated) teacher's soft targets; higher passes on more of its ranking of the other classes."),
         alpha: float = typer.Option(0.7, "--alpha", help="Weight of the soft-target loss (1 - alpha on labels)."),
         weights: str = typer.Option("auto", "--weights", help="Student init: auto (ImageNet), none, or a file."),
         as_json: bool = typer.Option(False, "--json"),

@@ -2,11 +2,14 @@
 
 Loss (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"):
     alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, labels)
-The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones when T changes.
+The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones when T changes. The
+teacher's logits are first calibrated (divided by its temperature fitted on val): a label-smoothed teacher is
+under-confident, and its raw soft targets would be nearly uniform.
 
 The student trains with the training stage's data module, system and Trainer (same augmentations, optimiser,
-schedule, precision and early stopping); each batch is shown to the teacher at the teacher's own input size and
-normalisation (resized from the student's view), so a Lite2 teacher at 260 px can teach a Lite0 student at 160 px.
+schedule, precision and early stopping). Training crops are augmented at the larger of the two input sizes, and
+each model sees that crop at its own size and normalisation (the student's a downscale), so a Lite2 teacher at
+260 px teaches a Lite0 student at 160 px without looking at upscaled images.
 
 Example:
     >>> report = distill("runs/lite2", "DATA", "runs/lite0-kd", student="lite0", input_size=160)
@@ -15,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +28,21 @@ from torch import nn
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle
 from sightline.errors import DatasetError, UserInputError
+from sightline.train.datamodule import train_transform
 from sightline.train.system import ClassifierSystem
 
 __all__ = ["distill", "DistillSystem", "kd_loss"]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
-            temperature: float = 4.0, alpha: float = 0.7, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Distillation loss of (N, K) logits and (N,) labels; see the module docstring."""
+            temperature: float = 2.0, alpha: float = 0.7, label_smoothing: float = 0.0,
+            teacher_calibration: float = 1.0) -> torch.Tensor:
+    """Distillation loss of (N, K) logits and (N,) labels; see the module docstring. `teacher_calibration` is
+    the teacher's fitted temperature: its logits are calibrated (divided by it) before the softening."""
     t = temperature
     soft = nn.functional.kl_div(
         nn.functional.log_softmax(student_logits.float() / t, dim=1),
-        nn.functional.log_softmax(teacher_logits.float() / t, dim=1),
+        nn.functional.log_softmax(teacher_logits.float() / (teacher_calibration * t), dim=1),
         reduction="batchmean",
         log_target=True,
     ) * (t * t)
@@ -43,42 +50,49 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * soft + (1.0 - alpha) * hard
 
 
-class _TeacherView(nn.Module):
-    """Student-normalised (N, 3, s, s) -> teacher-normalised (N, 3, S, S)."""
+class _View(nn.Module):
+    """A normalised (N, 3, H, W) batch -> the same images as `target` expects them: resized (antialiased) to
+    `target.input_size` and re-normalised from `source`'s mean/std to `target`'s. Identity when nothing differs."""
 
-    def __init__(self, student: Preprocessing, teacher: Preprocessing) -> None:
+    def __init__(self, source: Preprocessing, target: Preprocessing) -> None:
         super().__init__()
-        self.size = teacher.input_size
-        self.same = student == teacher
-        self.register_buffer("s_mean", torch.tensor(student.mean).view(1, 3, 1, 1))
-        self.register_buffer("s_std", torch.tensor(student.std).view(1, 3, 1, 1))
-        self.register_buffer("t_mean", torch.tensor(teacher.mean).view(1, 3, 1, 1))
-        self.register_buffer("t_std", torch.tensor(teacher.std).view(1, 3, 1, 1))
+        self.size = target.input_size
+        self.renormalise = (tuple(source.mean), tuple(source.std)) != (tuple(target.mean), tuple(target.std))
+        self.register_buffer("s_mean", torch.tensor(source.mean).view(1, 3, 1, 1))
+        self.register_buffer("s_std", torch.tensor(source.std).view(1, 3, 1, 1))
+        self.register_buffer("t_mean", torch.tensor(target.mean).view(1, 3, 1, 1))
+        self.register_buffer("t_std", torch.tensor(target.std).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.same:
-            return x
-        x = x * self.s_std + self.s_mean
-        if x.shape[-1] != self.size:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
                                           antialias=True)
-        return (x - self.t_mean) / self.t_std
+        if self.renormalise:
+            x = (x * self.s_std + self.s_mean - self.t_mean) / self.t_std
+        return x
 
 
 class DistillSystem(ClassifierSystem):
     """ClassifierSystem whose training loss is `kd_loss` against a frozen teacher; validation is unchanged."""
 
-    def __init__(self, model: nn.Module, num_classes: int, *, temperature: float = 4.0, alpha: float = 0.7,
+    def __init__(self, model: nn.Module, num_classes: int, *, temperature: float = 2.0, alpha: float = 0.7,
                  **kwargs: Any) -> None:
         super().__init__(model, num_classes, **kwargs)
         self.kd_temperature = temperature
         self.kd_alpha = alpha
+        self.teacher_calibration = 1.0
         self._teacher: list[nn.Module] = []
 
-    def set_teacher(self, teacher: nn.Module, view: _TeacherView) -> DistillSystem:
-        """Attach the frozen teacher. Set here rather than in __init__ so that neither Lightning's hyperparameters
-        nor the checkpoint pickle a whole network; a plain list keeps it out of the optimiser and train()."""
-        self._teacher = [teacher.eval().requires_grad_(False), view]
+    def set_teacher(self, teacher: nn.Module, teacher_view: _View, student_view: _View, *,
+                    calibration: float = 1.0) -> DistillSystem:
+        """Attach the frozen teacher. Training batches arrive at the larger of the two input sizes: the teacher
+        sees them through `teacher_view`, the student through `student_view` (a downscale), so neither looks at
+        an upscaled image. `calibration`: the teacher's temperature fitted on val.
+
+        Set here rather than in __init__ so that neither Lightning's hyperparameters nor the checkpoint pickle a
+        whole network; a plain list keeps it out of the optimiser and train()."""
+        self._teacher = [teacher.eval().requires_grad_(False), teacher_view, student_view]
+        self.teacher_calibration = calibration
         return self
 
     def on_fit_start(self) -> None:
@@ -86,13 +100,27 @@ class DistillSystem(ClassifierSystem):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        teacher, view = self._teacher
+        teacher, teacher_view, student_view = self._teacher
         with torch.no_grad():
-            t_logits = teacher(view(x))
-        loss = kd_loss(self(x), t_logits, y, temperature=self.kd_temperature, alpha=self.kd_alpha,
-                       label_smoothing=self.hparams.label_smoothing)
+            t_logits = teacher(teacher_view(x))
+        loss = kd_loss(self(student_view(x)), t_logits, y, temperature=self.kd_temperature, alpha=self.kd_alpha,
+                       label_smoothing=self.hparams.label_smoothing, teacher_calibration=self.teacher_calibration)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
+
+
+def _teacher_calibration(teacher: nn.Module, bundle: Bundle, dataset: Any) -> float:
+    """The teacher's temperature fitted on val (NLL), so its soft targets say how sure it really is: a
+    label-smoothed teacher is under-confident (logit gaps of about 0.4 on hymenoptera, fitted T about 0.25) and
+    its raw soft targets would be close to uniform, teaching the student next to nothing."""
+    from sightline.evaluate.calibration import fit_temperature
+    from sightline.optimize.export import load_split_arrays
+
+    x, y, _, _ = load_split_arrays(dataset, "val", bundle)
+    teacher.eval()
+    with torch.inference_mode():
+        logits = torch.cat([teacher(torch.from_numpy(x[i : i + 32])) for i in range(0, len(x), 32)]).numpy()
+    return round(fit_temperature(logits, y), 4)
 
 
 def _accuracy_and_latency(bundle: Bundle, data_dir: Path, split: str, *, time_budget_s: float = 1.0) -> dict[str, Any]:
@@ -125,7 +153,7 @@ def distill(
     *,
     student: str = "tf_efficientnet_lite0",
     input_size: int | None = None,
-    temperature: float = 4.0,
+    temperature: float = 2.0,
     alpha: float = 0.7,
     progress: bool = True,
     **overrides: Any,
@@ -154,7 +182,13 @@ def distill(
     # The same system and Trainer as `train` (precision, channels-last, freeze epochs, early stopping, devices):
     # only the training loss differs.
     system = _build_system(cfg, dataset.classes, dm, system_cls=DistillSystem, temperature=temperature, alpha=alpha)
-    system.set_teacher(teacher_bundle.load_model("cpu"), _TeacherView(pre, teacher_bundle.preprocessing))
+    teacher = teacher_bundle.load_model("cpu")
+    calibration = _teacher_calibration(teacher, teacher_bundle, dataset)
+    # Training images are augmented at the larger input size; each model gets its own view of the same crop.
+    big = replace(pre, input_size=max(pre.input_size, teacher_bundle.preprocessing.input_size))
+    dm.train_set.transform = train_transform(big, recipe=cfg.augment, vflip=cfg.vflip)
+    dm.train_set.draft = (big.resize_size, big.resize_size)
+    system.set_teacher(teacher, _View(big, teacher_bundle.preprocessing), _View(big, pre), calibration=calibration)
     run = Path(out_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg.save_yaml(run / "config.yaml")
@@ -175,7 +209,7 @@ def distill(
         extra={"train": {"data_dir": str(dataset.root), "config": cfg.to_dict(), "balance": balance,
                          "fit_seconds": round(fit_s, 1)},
                "distill": {"teacher": str(teacher_bundle.path), "teacher_architecture": teacher_bundle.architecture,
-                           "temperature": temperature, "alpha": alpha}},
+                           "temperature": temperature, "alpha": alpha, "teacher_calibration": calibration}},
     )
     bundle.save(run / "bundle", state_dict=system.model.state_dict())
     split = "test" if dataset.split("test") else "val"

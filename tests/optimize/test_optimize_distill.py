@@ -18,6 +18,30 @@ def test_kd_loss_matches_the_formula():
     assert kd_loss(s, t, y, temperature=T, alpha=a).item() == pytest.approx((a * T * T * kl + (1 - a) * ce).item(),
                                                                             rel=1e-5)
     assert kd_loss(t, t, y, temperature=T, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)
+    # a calibrated teacher: its logits are divided by its fitted temperature before the softening
+    c = 0.25
+    assert kd_loss(s, t, y, temperature=T, alpha=a, teacher_calibration=c).item() == pytest.approx(
+        kd_loss(s, t / c, y, temperature=T, alpha=a).item(), rel=1e-5)
+
+
+def test_views_resize_and_renormalise_without_upscaling_the_student():
+    from sightline.bundle import Preprocessing
+    from sightline.train.distill import _View
+
+    big = Preprocessing(64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    teacher = Preprocessing(64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    student = Preprocessing(32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    pixels = torch.rand(2, 3, 64, 64)
+    x = (pixels - 0.5) / 0.5
+    to_teacher = _View(big, teacher)(x)  # same size: re-normalised only
+    mean, std = torch.tensor(teacher.mean).view(1, 3, 1, 1), torch.tensor(teacher.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(to_teacher, (pixels - mean) / std, rtol=1e-5, atol=1e-5)
+    to_student = _View(big, student)(x)  # same normalisation: a 2x downscale
+    assert to_student.shape == (2, 3, 32, 32)
+    assert _View(student, student)(to_student) is to_student
+    # antialiased: a 1-pixel checkerboard averages out instead of aliasing into a pattern
+    checker = ((torch.arange(64).view(1, -1) + torch.arange(64).view(-1, 1)) % 2 * 2.0 - 1).expand(1, 3, 64, 64)
+    assert _View(big, student)(checker)[..., 1:-1, 1:-1].abs().max() < 1e-4
 
 
 @pytest.mark.slow
