@@ -28,7 +28,9 @@ def train_cmd(
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side in px (default: the model's)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate of the head."),
     freeze_epochs: Optional[int] = typer.Option(None, "--freeze-epochs", help="Train only the head first."),
-    augment: Optional[str] = typer.Option(None, help="light | strong | none."),
+    augment: Optional[str] = typer.Option(None, help="light | strong | inspection (whole frame: small defects) | none."),
+    crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Share of the image the center crop keeps "
+                                             "(default: the model's; 1.0 for defects near the edge)."),
     balance: Optional[str] = typer.Option(None, help="auto | none | weights | sampler."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     seeds: int = typer.Option(1, "--seeds", help="Train N seeds and report mean +- std of validation metrics."),
@@ -52,7 +54,7 @@ def train_cmd(
     existing_path(data, "dataset folder")
     cfg = load_config(config) if config else TrainConfig()
     given = {"model": model, "weights": weights, "epochs": epochs, "batch_size": batch_size,
-             "input_size": input_size, "lr": lr, "freeze_epochs": freeze_epochs, "augment": augment,
+             "input_size": input_size, "lr": lr, "freeze_epochs": freeze_epochs, "augment": augment, "crop_pct": crop_pct,
              "balance": balance, "seed": seed, "max_time_s": max_time, "accelerator": accelerator,
              "devices": devices, "num_nodes": num_nodes, "strategy": strategy, "precision": precision,
              "num_workers": workers}

@@ -116,16 +116,17 @@ def _classifier_name(model: torch.nn.Module) -> str:
     return classifier[0] if isinstance(classifier, (list, tuple)) else str(classifier)
 
 
-def default_preprocessing(name: str, *, input_size: int | None = None) -> Preprocessing:
+def default_preprocessing(name: str, *, input_size: int | None = None, crop_pct: float | None = None) -> Preprocessing:
     """Input settings from timm's pretrained config of `name`: size, mean, std, interpolation, crop_pct.
 
-    input_size overrides the side of the square input (pixels), e.g. 64 for quick runs; the rest stays."""
+    input_size overrides the side of the square input (pixels), e.g. 64 for quick runs; crop_pct the share the
+    center crop keeps; the rest stays."""
     from timm.models import get_pretrained_cfg
 
     name = resolve_model_name(name)
     cfg = get_pretrained_cfg(name)
     if cfg is None:  # a registered model without a pretrained config: timm's ImageNet defaults
-        return Preprocessing(input_size=input_size or 224)
+        return Preprocessing(input_size=input_size or 224, **({"crop_pct": crop_pct} if crop_pct else {}))
     size = input_size if input_size is not None else int(cfg.input_size[-1])
     interpolation = cfg.interpolation if cfg.interpolation in ("nearest", "bilinear", "bicubic", "lanczos") \
         else "bicubic"
@@ -134,5 +135,5 @@ def default_preprocessing(name: str, *, input_size: int | None = None) -> Prepro
         mean=tuple(float(v) for v in cfg.mean),  # type: ignore[arg-type]
         std=tuple(float(v) for v in cfg.std),  # type: ignore[arg-type]
         interpolation=interpolation,
-        crop_pct=float(cfg.crop_pct),
+        crop_pct=float(crop_pct if crop_pct is not None else cfg.crop_pct),
     )

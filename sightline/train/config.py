@@ -14,7 +14,7 @@ __all__ = ["TrainConfig", "load_config"]
 _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _CHOICES = {
     "schedule": ("cosine", "plateau"),
-    "augment": ("light", "strong", "none"),
+    "augment": ("light", "strong", "inspection", "none"),
     "balance": ("auto", "none", "weights", "sampler"),
     "monitor": ("val_macro_f1", "val_acc", "val_loss"),
     "precision": ("auto", "32-true", "bf16-mixed", "16-mixed"),
@@ -40,7 +40,10 @@ class TrainConfig:
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     freeze_epochs: int = 0  # train only the head for this many epochs, then unfreeze the backbone
     # --- data ---
-    augment: str = "light"  # "light": resized crop, flips, rotation, colour; "strong": + TrivialAugment, erasing
+    augment: str = "light"  # "light": resized crop, flips, rotation, colour; "strong": + TrivialAugment, erasing;
+    #   "inspection": whole frame (no random crop, which can cut a small defect out), flips, 90-degree turns, colour
+    crop_pct: float | None = None  # share of the resized image the eval center crop keeps; None = the model's
+    #   (0.875 for Lite0); 1.0 keeps the whole frame, right for inspection images with defects near the edge
     vflip: bool = False  # also flip vertically (fine for parts and micrographs, wrong for street scenes)
     balance: str = "auto"  # class imbalance: "auto" picks from the max/min class ratio, or weights/sampler/none
     num_workers: int | None = None  # DataLoader workers; None = half the CPU cores, at most 4
@@ -72,6 +75,8 @@ class TrainConfig:
                 raise UserInputError(f"{name}={getattr(self, name)} must be at least 1.")
         if self.lr <= 0:
             raise UserInputError(f"lr={self.lr} must be positive.")
+        if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
+            raise UserInputError(f"crop_pct={self.crop_pct} must be between 0.1 and 1.0.")
         if self.input_size is not None and self.input_size < 16:
             raise UserInputError(f"input_size={self.input_size} is too small; use at least 16 pixels.")
 

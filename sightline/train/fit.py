@@ -49,7 +49,7 @@ def prepare(data_dir: str | Path, cfg: TrainConfig) -> tuple[Any, Any, Any, str]
     if not val_samples:
         raise DatasetError(f"dataset '{dataset.root}' has an empty val/ split; run `sightline data split`.")
     balance = choose_balance({c: counts.get(c, 0) for c in dataset.classes if counts.get(c, 0) > 0}, cfg.balance)
-    pre = default_preprocessing(cfg.model, input_size=cfg.input_size)
+    pre = default_preprocessing(cfg.model, input_size=cfg.input_size, crop_pct=cfg.crop_pct)
     dm = SightlineDataModule(
         train_samples, val_samples, dataset.classes, pre, test=dataset.split("test"),
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, augment=cfg.augment, vflip=cfg.vflip,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import threading
 import time
 
@@ -74,10 +75,19 @@ def server(tmp_path_factory):
                     thresholds={"review_confidence": 0.99, "class_thresholds": {}})
     bundle.save(root / "bundle", model.state_dict())
     export(root / "bundle")
+    # SIGHTLINE_TEST_DATABASE_URL=postgresql+psycopg://... runs this whole module against that database (emptied
+    # first); by default a SQLite file in the bundle folder.
+    url = os.environ.get("SIGHTLINE_TEST_DATABASE_URL")
     settings = Settings(
         bundle=root / "bundle", max_pixels=MAX_PIXELS, max_body_bytes=MAX_BODY, max_images_per_request=4,
-        rate_limit_per_minute=0, key_cache_s=0, batch_max_wait_ms=20, threads=1,
+        rate_limit_per_minute=0, key_cache_s=0, batch_max_wait_ms=20, threads=1, database_url=url,
     )
+    if url:
+        from sightline.serve.store import Base
+
+        scratch = Store(url)
+        Base.metadata.drop_all(scratch.engine)
+        scratch.close()
     store = Store(settings.resolved_database_url())
     keys = {"alice": store.create_key("alice"), "bob": store.create_key("bob")}
     app = create_app(settings)

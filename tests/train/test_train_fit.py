@@ -148,3 +148,27 @@ def test_yaml_text_values_become_their_types(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("lr: 1e-3\nepochs: '4'\nvflip: 'yes'\ninput_size: null\n")  # 1e-3 is a str to YAML
     cfg = load_config(tmp_path / "c.yaml")
     assert (cfg.lr, cfg.epochs, cfg.vflip, cfg.input_size) == (0.001, 4, True, None)
+
+
+def test_inspection_recipe_keeps_the_whole_frame_and_crop_pct_reaches_the_bundle(data: Path, tmp_path: Path) -> None:
+    from sightline.bundle import Preprocessing
+    from sightline.train.datamodule import train_transform
+
+    # A defect in one corner: every augmented view (flips, quarter turns) must still contain it, where the
+    # light recipe's random crops would cut it out of some views.
+    pixels = np.full((64, 64, 3), 128, dtype=np.uint8)
+    pixels[:6, :6] = 255
+    pre = Preprocessing(32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0)
+    transform = train_transform(pre, recipe="inspection")
+    torch.manual_seed(0)
+    for _ in range(20):
+        x = transform(Image.fromarray(pixels))
+        assert x.shape == (3, 32, 32)
+        corners = [x[:, :2, :2], x[:, :2, -2:], x[:, -2:, :2], x[:, -2:, -2:]]
+        background = float(x[:, 12:20, 12:20].mean())
+        assert max(float(c.mean()) for c in corners) > background + 0.3  # the bright corner is somewhere
+    with pytest.raises(UserInputError, match="crop_pct"):
+        TrainConfig(crop_pct=0.0)
+    run = train(data, tmp_path / "run", model="test_efficientnet", weights="none", epochs=1, input_size=32,
+                batch_size=8, progress=False, num_workers=0, augment="inspection", crop_pct=1.0)
+    assert load_bundle(run).preprocessing.crop_pct == 1.0
