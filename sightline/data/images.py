@@ -97,12 +97,30 @@ def _check_format(im: Image.Image, label: str) -> str:
 
 
 def _orientation(im: Image.Image) -> int:
-    """EXIF orientation tag (1..8) from the header, 1 when absent or unreadable."""
+    """EXIF orientation tag (1..8), 1 when absent or unreadable. Decodes no pixels (see `_png_exif`)."""
     try:
-        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+        exif = _png_exif(im) if im.format == "PNG" else im.getexif()
+        value = exif.get(_EXIF_ORIENTATION, 1)
     except _DECODE_ERRORS:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _png_exif(im: Image.Image) -> Image.Exif:
+    """A PNG's EXIF without decoding it. Pillow's `PngImageFile.getexif` decodes the whole image when the header
+    chunks hold no eXIf, to look for one after the image data; here the chunks after the first IDAT are skipped
+    over instead (length + type, then a seek), and an eXIf found there goes into `im.info` as a decode would put
+    it. (Decoding there also swallowed a decode error, after which `load()` returned the garbage pixels.)"""
+    if "exif" not in im.info and im.fp is not None and im.tile:  # not decoded yet
+        fp = im.fp
+        fp.seek(im.tile[0][2] - 8)  # the first IDAT's length + type (as PngImageFile.verify)
+        while len(head := fp.read(8)) == 8 and head[4:] != b"IEND":
+            length = struct.unpack(">I", head[:4])[0]
+            if head[4:] == b"eXIf":
+                im.info["exif"] = b"Exif\x00\x00" + fp.read(length)  # as PngStream.chunk_eXIf
+                break
+            fp.seek(length + 4, io.SEEK_CUR)  # data + CRC
+    return Image.Image.getexif(im)  # the base method: reads im.info, never decodes
 
 
 def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:

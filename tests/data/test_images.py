@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sightline.data.images import BACKGROUND, load_image, probe_image
+from sightline.data.images import BACKGROUND, image_info, load_image, probe_image
 from sightline.errors import CorruptImageError, ImageError, ImageTooLargeError, NotAnImageError
 
 
@@ -314,3 +314,47 @@ def test_header_only_garbage_after_magic_is_corrupt_or_not_an_image(tmp_path: Pa
     path.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 10)
     with pytest.raises((CorruptImageError, NotAnImageError), match="magic.jpg"):
         load_image(path)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_png_with_valid_checksums_but_corrupt_image_data_is_corrupt(tmp_path: Path) -> None:
+    """The CRC check passes (recomputed after the damage); the decoder's error must still reach the caller, not
+    leave a half-decoded image behind."""
+    rng = np.random.default_rng(0)
+    data = bytearray(_encode(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG"))
+    i = data.index(b"IDAT")
+    n = struct.unpack(">I", data[i - 4 : i])[0]
+    payload = bytearray(data[i + 4 : i + 4 + n])
+    payload[n // 2 : n // 2 + 16] = b"\xff" * 16
+    path = tmp_path / "bad_zlib.png"
+    path.write_bytes(bytes(data[: i - 4]) + _png_chunk(b"IDAT", bytes(payload)) + bytes(data[i + 8 + n :]))
+    with pytest.raises(CorruptImageError, match="bad_zlib.png"):
+        load_image(path)
+
+
+def test_png_orientation_read_without_decoding_even_after_the_image_data(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An eXIf chunk may follow the IDATs; Pillow's own getexif decodes the whole PNG to find it. The header
+    look must find it without decoding, and load_image must still apply it."""
+    from PIL import ImageFile
+
+    src = _pattern(40, 24)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    plain = _encode(src, "PNG")
+    assert plain[-12:] == _png_chunk(b"IEND", b"")
+    path = tmp_path / "late_exif.png"
+    path.write_bytes(plain[:-12] + _png_chunk(b"eXIf", exif.tobytes()[6:]) + plain[-12:])  # tobytes() starts "Exif\0\0"
+    expected = src.transpose(Image.Transpose.ROTATE_270)
+    np.testing.assert_array_equal(np.asarray(load_image(path)), np.asarray(expected))
+
+    def no_decoding(self: ImageFile.ImageFile) -> None:
+        raise AssertionError("a header look decoded the pixels")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    assert image_info(path).width == 24 and image_info(path).height == 40
+    (tmp_path / "plain.png").write_bytes(plain)
+    assert probe_image(tmp_path / "plain.png") == ("PNG", 40, 24)
