@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from sightline.errors import CorruptImageError, ImageError, ImageTooLargeError, NotAnImageError
 
@@ -134,14 +134,26 @@ def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:
         )
 
 
-def _verify_png_checksums(source: ImageSource, label: str) -> None:
+def _verified_png(im: Image.Image, label: str) -> Image.Image:
     """PNG chunks carry CRCs that Pillow's decoder does not check: a flipped bit in smooth image data can decode
-    to wrong pixels without any error. `verify()` checks them (a CRC over the compressed bytes: cheap)."""
-    with _open(source, label) as im:
-        try:
-            im.verify()
-        except _DECODE_ERRORS as exc:
-            raise CorruptImageError(f"{label}: corrupt PNG data ({exc}); re-export or remove the file") from None
+    to wrong pixels without any error. Checks the CRC of every chunk from the first IDAT on (as
+    `PngImageFile.verify`; `Image.open` checked the chunks before it) on the PNG's bytes in memory, and returns
+    the image to decode from those same bytes: a file is read once. `im` is `_open`'s header-only image."""
+    fp = im.fp
+    assert fp is not None and im.tile, "a PNG not decoded yet"
+    in_memory = isinstance(fp, io.BytesIO)  # an upload
+    if in_memory:
+        data = fp.getvalue()  # no copy
+    else:
+        fp.seek(0)
+        data = fp.read()
+    chunks = PngImagePlugin.PngStream(io.BytesIO(data))
+    try:
+        chunks.fp.seek(im.tile[0][2] - 8)  # the first IDAT's length + type
+        chunks.verify()
+        return im if in_memory else Image.open(io.BytesIO(data), formats=("PNG",))
+    except _DECODE_ERRORS as exc:
+        raise CorruptImageError(f"{label}: corrupt PNG data ({exc}); re-export or remove the file") from None
 
 
 @dataclass(frozen=True)
@@ -258,9 +270,9 @@ def load_image(
     with _open(source, label) as im:
         fmt = _check_format(im, label)
         _check_pixels(im, label, max_pixels)
-        orientation = _orientation(im)
         if fmt == "PNG":
-            _verify_png_checksums(source, label)
+            im = _verified_png(im, label)
+        orientation = _orientation(im)
         try:
             if draft is not None and fmt == "JPEG":
                 dw, dh = draft

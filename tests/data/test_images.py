@@ -5,6 +5,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -358,3 +359,21 @@ def test_png_orientation_read_without_decoding_even_after_the_image_data(tmp_pat
     assert image_info(path).width == 24 and image_info(path).height == 40
     (tmp_path / "plain.png").write_bytes(plain)
     assert probe_image(tmp_path / "plain.png") == ("PNG", 40, 24)
+
+
+def test_png_is_opened_once_for_checksums_and_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    import sightline.data.images as images
+
+    path = tmp_path / "once.png"
+    path.write_bytes(_encode(_pattern(), "PNG"))
+    opened: list[str] = []
+
+    def counting_open(file: str | Path, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(images, "open", counting_open, raising=False)  # shadows the builtin inside the module
+    np.testing.assert_array_equal(np.asarray(load_image(path)), np.asarray(_pattern()))
+    assert opened == [str(path)]
