@@ -124,15 +124,15 @@ def _class_dirs(parent: Path, root: Path, skipped: list[dict]) -> list[Path]:
     return dirs
 
 
-def _probe(path: Path, max_pixels: int) -> tuple[Path, object]:
+def _probe(path: Path) -> tuple[Path, object]:
     try:
         info = image_info(path)
     except ImageError as exc:
         return path, str(exc)
     except OSError as exc:  # e.g. a broken symlink or an I/O error
         return path, f"unreadable ({exc.strerror or exc})"
-    if info.width * info.height > max_pixels:
-        return path, f"{info.width}x{info.height} is above the {max_pixels / 1e6:.0f} megapixel cap"
+    if info.width * info.height > DEFAULT_MAX_PIXELS:  # load_image would refuse it
+        return path, f"{info.width}x{info.height} is above the {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixel cap"
     return path, info
 
 
@@ -140,8 +140,6 @@ def scan_dataset(
     root: str | Path,
     *,
     require_splits: tuple[str, ...] = (),
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    workers: int | None = None,
 ) -> Dataset:
     """Read a dataset folder: layout, classes, samples (header-checked images) and skipped files.
 
@@ -184,8 +182,8 @@ def scan_dataset(
     for split, d in groups:
         for p in _walk_files(d, root, skipped):
             files.append((split, d.name, p))
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-        probed = list(pool.map(lambda f: _probe(f[2], max_pixels), files))
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        probed = list(pool.map(lambda f: _probe(f[2]), files))
 
     samples: list[Sample] = []
     for (split, label, p), (_, info) in zip(files, probed):

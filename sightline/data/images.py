@@ -35,7 +35,6 @@ __all__ = [
     "ImageSource",
     "image_info",
     "load_image",
-    "probe_image",
     "to_rgb",
 ]
 
@@ -168,7 +167,10 @@ class ImageInfo:
 
 
 def image_info(source: ImageSource, *, name: str | None = None) -> ImageInfo:
-    """Header-only look at an image (no pixel decoding); raises like `probe_image`."""
+    """Header-only look at an image (no pixel decoding).
+
+    Raises NotAnImageError, ImageTooLargeError (only beyond Pillow's own hard limit; the pixel cap is
+    `load_image`'s job), CorruptImageError or ImageError (unreadable path)."""
     label = _describe(source, name)
     with _open(source, label) as im:
         fmt = _check_format(im, label)
@@ -176,17 +178,6 @@ def image_info(source: ImageSource, *, name: str | None = None) -> ImageInfo:
         if _orientation(im) in (5, 6, 7, 8):
             w, h = h, w
         return ImageInfo(fmt, w, h, im.mode)
-
-
-def probe_image(path: ImageSource, *, name: str | None = None) -> tuple[str, int, int]:
-    """Cheap header check: (format, width, height) without decoding pixels.
-
-    `format` is one of "JPEG", "PNG", "BMP", "TIFF", "WEBP"; width and height are in pixels *after* EXIF
-    orientation (what `load_image` returns). Raises NotAnImageError, ImageTooLargeError (only beyond Pillow's own
-    hard limit; the pixel cap is `load_image`'s job), CorruptImageError or ImageError (unreadable path).
-    """
-    info = image_info(path, name=name)
-    return info.format, info.width, info.height
 
 
 def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
