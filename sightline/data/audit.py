@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sightline.data.datasets import Dataset, scan_dataset
+from sightline.data.datasets import Dataset, region_files, scan_dataset
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.data.split import DEFAULT_MAX_DISTANCE, duplicate_groups
 
@@ -224,9 +224,8 @@ def quarantine(root: str | Path, findings: Sequence[Finding], records: Sequence[
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src), str(dst))
         moves.append({"time": stamp, "path": rel, "kind": kind, "to": dst.relative_to(root).as_posix()})
-        for extra in (src.with_name(src.stem + ".mask.png"), src.with_suffix(".xml")):
-            if extra.is_file():
-                shutil.move(str(extra), str(dst.with_name(extra.name)))
+        for extra in region_files(src).values():
+            shutil.move(str(extra), str(dst.with_name(extra.name)))
     if moves:
         with open(qdir / "log.jsonl", "a", encoding="utf-8") as log:
             for m in moves:

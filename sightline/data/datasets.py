@@ -21,10 +21,13 @@ from PIL import Image
 from sightline.data.images import DEFAULT_MAX_PIXELS, image_info
 from sightline.errors import DatasetError, ImageError
 
-__all__ = ["SPLITS", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version", "region_path"]
+__all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version",
+           "region_path", "region_files"]
 
 SPLITS = ("train", "val", "test")
-MASK_SUFFIX = ".mask.png"
+MASK_SUFFIX = ".mask.png"  # binary mask beside the image: <stem>.mask.png
+VOC_SUFFIX = ".xml"  # Pascal VOC boxes beside the image: <stem>.xml
+REGION_SUFFIXES = (MASK_SUFFIX, VOC_SUFFIX)  # the order region_path prefers
 
 
 @dataclass(frozen=True)
@@ -63,16 +66,19 @@ def _hidden(name: str) -> bool:
 
 
 def _is_annotation(name: str) -> bool:
-    lower = name.lower()
-    return lower.endswith(MASK_SUFFIX) or lower.endswith(".xml")
+    return name.lower().endswith(REGION_SUFFIXES)
+
+
+def region_files(image: Path) -> dict[str, Path]:
+    """{suffix: file} for each region annotation present beside an image (`<stem>.mask.png`, `<stem>.xml`), in
+    REGION_SUFFIXES order. What travels with an image when it is copied or moved."""
+    candidates = ((suffix, image.with_name(image.stem + suffix)) for suffix in REGION_SUFFIXES)
+    return {suffix: path for suffix, path in candidates if path.is_file()}
 
 
 def region_path(image: Path) -> Path | None:
     """The region annotation beside an image (`<stem>.mask.png` first, then `<stem>.xml`), or None."""
-    for candidate in (image.with_name(image.stem + MASK_SUFFIX), image.with_suffix(".xml")):
-        if candidate.is_file():
-            return candidate
-    return None
+    return next(iter(region_files(image).values()), None)
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -240,10 +246,10 @@ def load_regions(sample: Sample, size: tuple[int, int]) -> np.ndarray | None:
     resized with nearest neighbour if its size differs. VOC boxes are rescaled when the XML's <size> differs.
     Returns None when the sample has no region file. Raises DatasetError on an unreadable region file."""
     w, h = int(size[0]), int(size[1])
-    mask_file = sample.path.with_name(sample.path.stem + MASK_SUFFIX)
-    xml_file = sample.path.with_suffix(".xml")
+    files = region_files(sample.path)
+    mask_file, xml_file = files.get(MASK_SUFFIX), files.get(VOC_SUFFIX)
     mask: np.ndarray | None = None
-    if mask_file.is_file():
+    if mask_file is not None:
         try:
             with Image.open(mask_file) as m:
                 m = m.convert("L")
@@ -252,7 +258,7 @@ def load_regions(sample: Sample, size: tuple[int, int]) -> np.ndarray | None:
                 mask = np.asarray(m) > 0
         except (OSError, SyntaxError, ValueError) as exc:
             raise DatasetError(f"region mask '{mask_file}' cannot be read ({exc}); fix or remove it") from None
-    if xml_file.is_file():
+    if xml_file is not None:
         boxes, annotated = _voc_boxes(xml_file)
         sx, sy = (w / annotated[0], h / annotated[1]) if annotated and annotated[0] > 0 and annotated[1] > 0 else (1.0, 1.0)
         box_mask = np.zeros((h, w), dtype=bool)

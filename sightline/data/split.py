@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sightline.data.datasets import SPLITS, Dataset, Sample, scan_dataset
+from sightline.data.datasets import SPLITS, Dataset, Sample, region_files, scan_dataset
 from sightline.data.hashing import near_duplicate_pairs
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.errors import UserInputError
@@ -194,10 +194,8 @@ def split_dataset(
         did_link = _place(sample.path, dst, link=link)
         linked += int(did_link)
         copied += int(not did_link)
-        for extra in (sample.path.with_name(sample.path.stem + ".mask.png"), sample.path.with_suffix(".xml")):
-            if extra.is_file():
-                suffix = ".mask.png" if extra.name.endswith(".mask.png") else ".xml"
-                shutil.copy2(extra, dst.with_name(dst.stem + suffix))
+        for suffix, extra in region_files(sample.path).items():
+            shutil.copy2(extra, dst.with_name(dst.stem + suffix))
         counts[split][sample.label] += 1
         placed.append(ImageRecord(**{**rec.__dict__, "relpath": rel.as_posix(), "split": split}))
     spec = dataset.root / "sightline.yaml"

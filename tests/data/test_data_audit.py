@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from sightline.cli import main
-from sightline.data.audit import aspect_mask, audit_dataset, blurry_mask, imbalance, small_mask
+from sightline.data.audit import Finding, aspect_mask, audit_dataset, blurry_mask, imbalance, quarantine, small_mask
 from sightline.data.synth import synthesize
 
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "conflicting_labels", "split_leakage")
@@ -105,6 +105,18 @@ def test_quarantine_moves_flagged_files_and_deletes_nothing(tmp_path: Path) -> N
     # the quarantine is hidden: a second audit no longer sees corrupt files
     again = audit_dataset(data, out=tmp_path / "report2", html=False)
     assert again.counts["corrupt"] == 0 and again.counts["exact_duplicate"] == 0
+
+
+def test_quarantine_takes_an_images_region_files_along(tmp_path: Path) -> None:
+    folder = tmp_path / "train" / "crack"
+    folder.mkdir(parents=True)
+    for name in ("c1.png", "c1.mask.png", "c1.xml", "c2.png", "c2.xml"):
+        (folder / name).write_bytes(name.encode())
+    moves = quarantine(tmp_path, [Finding("blurry", ["train/crack/c1.png"])], [])
+    assert [m["path"] for m in moves] == ["train/crack/c1.png"]
+    moved = tmp_path / ".quarantine" / "train" / "crack"
+    assert sorted(p.name for p in moved.iterdir()) == ["c1.mask.png", "c1.png", "c1.xml"]
+    assert sorted(p.name for p in folder.iterdir()) == ["c2.png", "c2.xml"]  # another image's region stays
 
 
 # --- command line and bad input -------------------------------------------------------------------------------

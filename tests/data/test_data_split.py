@@ -48,6 +48,8 @@ def raw(tmp_path: Path) -> Path:
     (root / "scratch" / "looks_like_ok_01.jpg").write_bytes(buf.getvalue())
     # a region file travels with its image; a corrupt file is not placed
     Image.new("L", (48, 48), 0).save(root / "crack" / "crack_00.mask.png")
+    (root / "crack" / "crack_01.xml").write_text("<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin>"
+                                                 "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
     cut = io.BytesIO()
     Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(cut, "JPEG")
     (root / "crack" / "broken.jpg").write_bytes(cut.getvalue()[:700])
@@ -78,6 +80,7 @@ def test_split_keeps_duplicates_together_and_is_stratified(raw: Path, tmp_path: 
     assert (out / "test" / "crack").exists() or (out / "val" / "crack").exists()
     mask_owner = next(s for s in ds.samples if s.path.name == "crack_00.png")
     assert mask_owner.region is not None and mask_owner.region.name == "crack_00.mask.png"
+    assert where["crack_00.mask.png"] == where["crack_00.png"] and where["crack_01.xml"] == where["crack_01.png"]
 
     # hard links by default: same inode as the source
     placed = next(out.rglob("ok_05.png"))
