@@ -13,7 +13,7 @@ Finding kinds (each finding is {"kind", "paths", "detail"}; paths relative to th
   blurry              variance of the Laplacian far below the dataset's own (robust z-score of its log)
   too_small           shorter side below max(16, 1/4 of the dataset's median shorter side)
   extreme_aspect      width/height (or height/width) above 3
-  class_imbalance     max/min class count above 1.5, with what training will do about it
+  class_imbalance     max/min class count at or above BALANCE_NONE_BELOW (1.5), with what training will do
   mixed_color_modes   files stored in more than one colour mode (e.g. RGB and greyscale)
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sightline.data.balance import choose_balance, class_ratio
 from sightline.data.datasets import Dataset, region_files, scan_dataset
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.data.split import DEFAULT_MAX_DISTANCE, duplicate_groups
@@ -116,17 +117,14 @@ def aspect_mask(width: np.ndarray, height: np.ndarray, *, max_ratio: float = 3.0
 
 
 def imbalance(counts: dict[str, int]) -> dict:
-    """Class-count ratio and what `sightline train` does about it (mirrors sightline.train.datamodule.choose_balance:
-    none below 1.5, class-weighted loss up to 10, balanced sampling beyond)."""
-    nonzero = {c: n for c, n in counts.items() if n > 0}
-    ratio = max(nonzero.values()) / min(nonzero.values()) if nonzero else 1.0
-    if ratio < 1.5:
-        action = "none needed"
-    elif ratio <= 10:
-        action = "training weights the loss by inverse class frequency (balance=weights)"
-    else:
-        action = "training samples classes evenly (balance=sampler); collect more of the rare classes if you can"
-    return {"counts": counts, "ratio": round(ratio, 2), "training": action,
+    """Class-count ratio (`class_ratio`) and what `sightline train` does about it (`choose_balance`, the function
+    training calls)."""
+    action = {
+        "none": "none needed",
+        "weights": "training weights the loss by inverse class frequency (balance=weights)",
+        "sampler": "training samples classes evenly (balance=sampler); collect more of the rare classes if you can",
+    }[choose_balance(counts)]
+    return {"counts": counts, "ratio": round(class_ratio(counts), 2), "training": action,
             "advice": "judge per-class recall, not accuracy; thresholds are chosen on val"}
 
 
@@ -175,7 +173,7 @@ def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (
     counts = {c: Counter(counted).get(c, 0) for c in labels}
     info = imbalance(counts)
     info["split"] = train_split if has_train else "all"
-    if info["ratio"] >= 1.5:
+    if choose_balance(counts) != "none":
         findings.append(Finding("class_imbalance", [], info))
 
     modes = Counter(r.mode for r in good)

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from sightline.bundle import Preprocessing
+from sightline.data.balance import choose_balance  # re-exported: it lived here before it became torch-free
 from sightline.data.transforms import RESAMPLE, eval_preprocess
 
 if TYPE_CHECKING:
@@ -93,15 +94,6 @@ class ImageFolderSplit(Dataset):
 
         image = load_image(self.paths[i], draft=self.draft)
         return self.transform(image), self.targets[i]
-
-
-def choose_balance(counts: dict[str, int], requested: str = "auto") -> str:
-    """How to handle class imbalance: "none" below a max/min ratio of 1.5, "weights" (class-weighted loss) up to
-    10, "sampler" (balanced sampling, every class seen often enough to learn) beyond. `requested` overrides."""
-    if requested != "auto":
-        return requested
-    ratio = max(counts.values()) / max(1, min(counts.values()))
-    return "none" if ratio < 1.5 else ("weights" if ratio <= 10 else "sampler")
 
 
 def default_workers() -> int:

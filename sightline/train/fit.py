@@ -35,9 +35,10 @@ def _resolve(config: TrainConfig | None, overrides: dict[str, Any]) -> TrainConf
 
 def prepare(data_dir: str | Path, cfg: TrainConfig) -> tuple[Any, Any, Any, str]:
     """Scan the data and build (dataset, preprocessing, datamodule, balance) for `cfg`. Raises DatasetError."""
+    from sightline.data.balance import choose_balance
     from sightline.data.datasets import scan_dataset
     from sightline.models.factory import default_preprocessing
-    from sightline.train.datamodule import SightlineDataModule, choose_balance
+    from sightline.train.datamodule import SightlineDataModule
 
     dataset = scan_dataset(data_dir, require_splits=("train", "val"))
     train_samples, val_samples = dataset.split("train"), dataset.split("val")
