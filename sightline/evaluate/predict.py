@@ -1,12 +1,15 @@
 """PyTorch logits for a list of image files with a bundle: decode (sightline.data.images.load_image), eval
 preprocessing from the bundle (sightline.data.transforms), batched forward passes under torch.inference_mode.
 
-Unreadable files are reported in `failed` ({"path", "reason"}) and skipped, never a crash. JPEGs decode in draft
-mode at no less than the resize size, as the server's predictor does, so the figures describe what it serves.
+Prediction streams (`predict_logits_many`): files are decoded a chunk at a time and only logits and paths are
+kept, so memory does not grow with the number of images; the few crops needed later are decoded again by index
+with `load_crops`, which gives the same pixels. Unreadable files are reported in `failed` ({"path", "reason"})
+and skipped, never a crash. JPEGs decode in draft mode at no less than the resize size, as the server's
+predictor does, so the figures describe what it serves.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,9 +25,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Inputs",
     "load_crops",
+    "iter_crops",
     "crops_to_batch",
     "logits_for_crops",
     "predict_logits",
+    "predict_logits_many",
     "default_device",
     "fast_inference",
 ]
@@ -113,47 +118,103 @@ def logits_for_crops(
     return np.concatenate(out, axis=0)
 
 
+def iter_crops(paths: Sequence[str | Path], pre: Preprocessing, *, chunk_size: int = 256) -> Iterator[Inputs]:
+    """`load_crops` over `paths`, `chunk_size` files at a time: each Inputs holds at most `chunk_size` crops and
+    its `index` counts from the start of `paths`. The caller decides what to keep; nothing is held here."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be at least 1")
+    for start in range(0, len(paths), chunk_size):
+        part = load_crops(paths[start : start + chunk_size], pre)
+        part.index = [start + i for i in part.index]
+        yield part
+        del part  # so the next chunk is not decoded while this one is still referenced from here
+
+
+def predict_logits_many(
+    bundles: Sequence[Bundle],
+    paths: Sequence[str | Path],
+    *,
+    models: Sequence[torch.nn.Module],
+    batch_size: int = 64,
+    chunk_size: int = 256,
+    device: str | None = None,
+    progress: bool = True,
+    description: str = "predicting",
+    keep_crops: bool = False,
+) -> tuple[list[np.ndarray], Inputs]:
+    """Logits of each model ((N_ok, K_m) each, in `paths` order) for the files that decode, each file decoded ONCE
+    for all of them (the seeds of one run), plus the Inputs (paths, failed, index; crops only with `keep_crops`).
+
+    Streams: files are decoded `chunk_size` at a time and scored in forward passes of `batch_size` crops, formed
+    over the decoded crops regardless of chunk boundaries, so the logits equal `logits_for_crops` on all crops at
+    once. Held at once: at most two chunks of crops and one partial batch, never the whole list (unless
+    `keep_crops`, which keeps (N_ok, S, S, 3) uint8 in memory). The bundles must share one preprocessing."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not bundles or len(bundles) != len(models):
+        raise ValueError(f"{len(bundles)} bundles and {len(models)} models: give one model per bundle")
+    pre = bundles[0].preprocessing
+    if any(b.preprocessing != pre for b in bundles):
+        raise ValueError("predict_logits_many needs bundles with one preprocessing; group them by preprocessing")
+    device = device or default_device()
+    s = pre.input_size
+    logits: list[list[np.ndarray]] = [[] for _ in models]
+    meta = Inputs(paths=[], crops=np.zeros((0, s, s, 3), dtype=np.uint8))
+    kept: list[np.ndarray] = []
+    pending = meta.crops  # decoded crops waiting for a full forward batch (fewer than batch_size)
+
+    def score(crops: np.ndarray) -> None:  # as logits_for_crops, each batch normalised once for every model
+        import torch
+
+        with torch.inference_mode():
+            for start in range(0, len(crops), batch_size):
+                x = torch.from_numpy(crops_to_batch(crops[start : start + batch_size], pre)).to(device)
+                for out, model in zip(logits, models):
+                    out.append(model(x).float().cpu().numpy())
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, disable=not progress) as bar:
+        task = bar.add_task(description, total=len(paths))
+        for part in iter_crops(paths, pre, chunk_size=chunk_size):
+            meta.paths += part.paths
+            meta.failed += part.failed
+            meta.index += part.index
+            if keep_crops:
+                kept.append(part.crops)
+            block = np.concatenate([pending, part.crops]) if len(pending) else part.crops
+            full = len(block) // batch_size * batch_size
+            score(block[:full])
+            pending = block[full:].copy()  # a copy: a view would keep the whole block alive
+            del block
+            bar.advance(task, len(part.paths) + len(part.failed))
+        score(pending)
+    if keep_crops and kept:
+        meta.crops = np.concatenate(kept)
+    return [
+        np.concatenate(out) if out else np.zeros((0, len(b.classes)), dtype=np.float32)
+        for out, b in zip(logits, bundles)
+    ], meta
+
+
 def predict_logits(
     bundle: Bundle,
     paths: Sequence[str | Path],
     *,
     model: torch.nn.Module | None = None,
     batch_size: int = 64,
+    chunk_size: int = 256,
     device: str | None = None,
     progress: bool = True,
     description: str = "predicting",
-    keep_crops: bool = True,
+    keep_crops: bool = False,
 ) -> tuple[np.ndarray, Inputs]:
-    """Logits (N_ok, K) for the files that decode, plus the decoded Inputs (paths, crops, failed).
-
-    `keep_crops=False` drops the decoded pixels (N * S * S * 3 bytes) once they are scored. Files are decoded
-    `batch_size` at a time so a progress bar moves with the work; `model` defaults to
+    """Logits (N_ok, K) for the files that decode, plus the Inputs (paths, failed, index; the crops only with
+    `keep_crops=True`, which holds N * S * S * 3 bytes). Streams as `predict_logits_many`; `model` defaults to
     `bundle.load_model(device)`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     device = device or default_device()
     model = model if model is not None else fast_inference(bundle.load_model(device))
-    pre = bundle.preprocessing
-    logits: list[np.ndarray] = []
-    parts: list[Inputs] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=not progress) as bar:
-        task = bar.add_task(description, total=len(paths))
-        for start in range(0, len(paths), batch_size):
-            part = load_crops(paths[start : start + batch_size], pre)
-            part.index = [start + i for i in part.index]
-            parts.append(part)
-            if len(part.crops):
-                logits.append(logits_for_crops(model, part.crops, pre, batch_size=batch_size, device=device))
-            if not keep_crops:
-                part.crops = part.crops[:0]
-            bar.advance(task, min(batch_size, len(paths) - start))
-    k = len(bundle.classes)
-    s = pre.input_size
-    inputs = Inputs(
-        paths=[p for part in parts for p in part.paths],
-        crops=np.concatenate([part.crops for part in parts]) if parts else np.zeros((0, s, s, 3), np.uint8),
-        failed=[f for part in parts for f in part.failed],
-        index=[i for part in parts for i in part.index],
+    logits, inputs = predict_logits_many(
+        [bundle], paths, models=[model], batch_size=batch_size, chunk_size=chunk_size, device=device,
+        progress=progress, description=description, keep_crops=keep_crops,
     )
-    return (np.concatenate(logits) if logits else np.zeros((0, k), dtype=np.float32)), inputs
+    return logits[0], inputs

@@ -9,8 +9,9 @@ What happens, in order (DESIGN.md, "Numbers you can trust"):
 4. a corruption suite on a sample of the split;
 5. report.html (self-contained) and MODEL_CARD.md in the bundle.
 
-A multi-seed folder (OUT/seed-<s>/bundle, from `sightline train --seeds N`) is evaluated seed by seed; the
-headline metrics get mean +- std across seeds.
+A multi-seed folder (OUT/seed-<s>/bundle, from `sightline train --seeds N`) is evaluated seed by seed, from one
+scan of the dataset and one decode of each image shared by all seeds; the headline metrics get mean +- std
+across seeds. Prediction streams: pixels are never held for the whole split, only logits (see predict.py).
 
 Example:
     >>> m = evaluate("runs/demo", "data/parts")               # writes runs/demo/eval/{metrics.json,report.html}
@@ -20,14 +21,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sightline.bundle import Bundle, load_bundle, resolve_bundle_dir
+from sightline.bundle import Bundle, Preprocessing, load_bundle, resolve_bundle_dir
 from sightline.errors import BundleError, DatasetError, UserInputError
 from sightline.spec import ProblemSpec, find_spec, load_spec
+
+if TYPE_CHECKING:
+    from sightline.data.datasets import Sample
 
 __all__ = ["evaluate", "evaluate_seeds", "seed_runs", "check_classes", "HEADLINE_KEYS"]
 
@@ -110,6 +116,9 @@ def evaluate(
     against ground-truth regions, `robustness_images` the images run through the corruption suite (at each of
     `severities`). A folder of seed runs (OUT/seed-<s>/) is evaluated with `evaluate_seeds`.
 
+    Memory does not grow with the split: images are decoded and scored a chunk at a time, only logits are kept,
+    and the few images the gallery, the region scores and the corruption suite need are decoded again.
+
     Raises BundleError / DatasetError / SpecError (one line, says what to do) on bad input."""
     from sightline.explain.cam import method_class
 
@@ -126,20 +135,88 @@ def evaluate(
                 update_bundle=update_bundle, report=report, progress=progress, seed=seed,
             )
         raise
-    from sightline.data.datasets import scan_dataset
-    from sightline.decision import decide, softmax
-    from sightline.evaluate.calibration import expected_calibration_error, fit_temperature, reliability
-    from sightline.evaluate.metrics import bootstrap_ci, classification_metrics, coverage_accuracy_curve
-    from sightline.evaluate.predict import default_device, fast_inference, predict_logits
-    from sightline.evaluate.thresholds import check_targets, choose_thresholds, decision_metrics
+    return _evaluate_runs(
+        [path], data_dir, outs=[out], reports=[report], split=split, spec=spec, batch_size=batch_size,
+        device=device, progress=progress, method=method, n_bootstrap=n_bootstrap,
+        gallery_per_group=gallery_per_group, max_region_images=max_region_images, robustness=robustness,
+        robustness_images=robustness_images, severities=severities, update_bundle=update_bundle, seed=seed,
+    )[0]
 
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    bundle = load_bundle(path)
-    classes = bundle.classes
+
+class _SplitCrops:
+    """Crops of the evaluated split by position in `paths`, decoded again on demand with `load_crops` (the path
+    prediction took, so the same pixels): prediction keeps no pixels, and only the gallery, the region scores and
+    the robustness sample ask for some. With `remember` (several runs share this split: the seeds of one run)
+    each crop is decoded once and kept for the next run; that holds only the images those steps ask for, bounded
+    by their settings, never the whole split."""
+
+    def __init__(self, paths: list[Path], pre: Preprocessing, *, remember: bool) -> None:
+        self.paths = paths
+        self.pre = pre
+        self.remember = remember
+        self._held: dict[int, np.ndarray] = {}
+
+    def __call__(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(len(idx), S, S, 3) uint8 crops of the images at positions `idx`."""
+        from sightline.evaluate.predict import load_crops
+
+        idx = [int(i) for i in idx]
+        todo = sorted(set(idx) - self._held.keys())
+        fresh: dict[int, np.ndarray] = {}
+        if todo:
+            got = load_crops([self.paths[i] for i in todo], self.pre)
+            if got.failed:
+                bad = got.failed[0]
+                raise DatasetError(f"'{bad['path']}' was read for the metrics but not now ({bad['reason']}); was it "
+                                   "changed during the evaluation? Run it again.")
+            fresh = dict(zip(todo, got.crops))
+            if self.remember:
+                self._held.update(fresh)
+        if not idx:
+            return np.zeros((0, self.pre.input_size, self.pre.input_size, 3), dtype=np.uint8)
+        return np.stack([fresh[i] if i in fresh else self._held[i] for i in idx])
+
+
+@dataclass
+class _Scored:
+    """One run's predictions: what the metrics need, shared by the runs whose preprocessing is the same."""
+
+    logits_val: np.ndarray | None  # (N_val_ok, K), None without a val split
+    val_samples: list[Sample]  # the val samples that decoded, in logits_val order
+    logits: np.ndarray  # (N_ok, K) on the evaluated split
+    samples: list[Sample]  # the evaluated split's samples that decoded, in logits order
+    failed: list[dict[str, str]]  # the evaluated split's unreadable files ({"path", "reason"})
+    crops: _SplitCrops  # pixels of `samples` by position, decoded on demand
+    timings: dict[str, float]  # seconds spent on the shared prediction passes
+    shared_s: float  # seconds the shared part took (model loading and prediction passes)
+
+
+def _evaluate_runs(
+    paths: list[Path],
+    data_dir: str | Path,
+    *,
+    outs: list[str | Path | None],
+    reports: list[bool],
+    split: str,
+    spec: str | Path | ProblemSpec | None,
+    batch_size: int,
+    device: str | None,
+    progress: bool,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """Evaluate the runs at `paths` on one dataset (see `evaluate`; `settings` are its remaining keywords).
+
+    The dataset is scanned once, and each val and `split` image is decoded once for all runs that share a
+    preprocessing (the seeds of one run): their models score every decoded chunk together, so they are held in
+    memory together while their pass lasts."""
+    from sightline.data.datasets import scan_dataset
+    from sightline.evaluate.predict import default_device, fast_inference, predict_logits_many
+
+    bundles = [load_bundle(p) for p in paths]
     data_dir = Path(data_dir)
     dataset = scan_dataset(data_dir)
-    check_classes(classes, dataset.classes, data_dir=data_dir)
+    for bundle in bundles:
+        check_classes(bundle.classes, dataset.classes, data_dir=data_dir)
     if dataset.layout != "split":
         raise DatasetError(f"'{data_dir}' is in the flat layout; run `sightline data split {data_dir}` first.")
     samples = dataset.split(split)
@@ -147,27 +224,92 @@ def evaluate(
         raise DatasetError(f"'{data_dir}' has no images in {split}/; pick another --split or add images.")
     problem = _resolve_spec(spec, data_dir)
     if problem is not None:
-        problem.check_classes(classes)
-
+        for bundle in bundles:
+            problem.check_classes(bundle.classes)
     device = device or default_device()
-    model = fast_inference(bundle.load_model(device))
+    val_samples = dataset.split("val")
+
+    groups: dict[Preprocessing, list[int]] = {}
+    for i, bundle in enumerate(bundles):
+        groups.setdefault(bundle.preprocessing, []).append(i)
+    results: list[dict[str, Any]] = [{} for _ in bundles]
+    for pre, members in groups.items():
+        started = time.perf_counter()
+        group = [bundles[i] for i in members]
+        models = [fast_inference(b.load_model(device)) for b in group]
+        common = dict(models=models, batch_size=batch_size, device=device, progress=progress)
+        timings: dict[str, float] = {}
+        val_logits: list[np.ndarray] | list[None] = [None] * len(group)
+        val_kept: list[Sample] = []
+        if val_samples:
+            t0 = time.perf_counter()
+            val_logits, val_inputs = predict_logits_many(
+                group, [s.path for s in val_samples], description="val (calibration, thresholds)", **common)
+            val_kept = [val_samples[i] for i in val_inputs.index]
+            timings["val_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        logits, inputs = predict_logits_many(
+            group, [s.path for s in samples], description=f"{split} (metrics)", **common)
+        timings["predict_s"] = time.perf_counter() - t0
+        kept = [samples[i] for i in inputs.index]
+        if not kept:
+            raise DatasetError(f"no image in '{data_dir}/{split}' could be read; see `sightline data audit {data_dir}`.")
+        crops = _SplitCrops([s.path for s in kept], pre, remember=len(group) > 1)
+        shared_s = time.perf_counter() - started
+        for j, i in enumerate(members):
+            scored = _Scored(logits_val=val_logits[j], val_samples=val_kept, logits=logits[j], samples=kept,
+                             failed=inputs.failed, crops=crops, timings=dict(timings), shared_s=shared_s)
+            results[i] = _evaluate_one(
+                group[j], models[j], scored, data_dir=data_dir, split=split, n_val=len(val_samples),
+                problem=problem, out=outs[i], report=reports[i], batch_size=batch_size, device=device,
+                progress=progress, **settings,
+            )
+    return results
+
+
+def _evaluate_one(
+    bundle: Bundle,
+    model: Any,
+    scored: _Scored,
+    *,
+    data_dir: Path,
+    split: str,
+    n_val: int,
+    problem: ProblemSpec | None,
+    out: str | Path | None,
+    report: bool,
+    method: str,
+    n_bootstrap: int,
+    gallery_per_group: int,
+    max_region_images: int,
+    robustness: bool,
+    robustness_images: int,
+    severities: tuple[int, ...],
+    batch_size: int,
+    device: str,
+    update_bundle: bool,
+    progress: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """Metrics, explanations, robustness and files for one run from its predictions (see `evaluate`)."""
+    from sightline.decision import decide, softmax
+    from sightline.evaluate.calibration import expected_calibration_error, fit_temperature, reliability
+    from sightline.evaluate.metrics import bootstrap_ci, classification_metrics, coverage_accuracy_curve
+    from sightline.evaluate.thresholds import check_targets, choose_thresholds, decision_metrics
+
+    started = time.perf_counter()
+    timings = scored.timings
+    classes = bundle.classes
 
     # 1. Validation: calibration and thresholds (never on the evaluated split unless it *is* val).
-    val_samples = dataset.split("val")
     chosen_on_eval_split = split == "val"
     val_metrics: dict[str, Any] | None = None
-    if val_samples:
-        t0 = time.perf_counter()
-        logits_val, val_inputs = predict_logits(
-            bundle, [s.path for s in val_samples], model=model, batch_size=batch_size, device=device,
-            progress=progress, description="val (calibration, thresholds)", keep_crops=False,
-        )
-        y_val = _labels(val_samples, classes)[val_inputs.index]
+    if scored.logits_val is not None:
+        logits_val, y_val = scored.logits_val, _labels(scored.val_samples, classes)
         temperature = fit_temperature(logits_val, y_val)
         thresholds = choose_thresholds(logits_val, y_val, classes, spec=problem, temperature=temperature)
         val_dec = decide(logits_val, classes, temperature=temperature, thresholds=thresholds)
         val_metrics = decision_metrics(y_val, val_dec.labels, classes, problem)
-        timings["val_s"] = time.perf_counter() - t0
     else:
         temperature = float(bundle.temperature)
         thresholds = dict(bundle.thresholds)
@@ -175,14 +317,9 @@ def evaluate(
 
     # 2. The evaluated split.
     t0 = time.perf_counter()
-    logits, inputs = predict_logits(
-        bundle, [s.path for s in samples], model=model, batch_size=batch_size, device=device, progress=progress,
-        description=f"{split} (metrics)",
-    )
-    kept_samples = [samples[i] for i in inputs.index]
+    logits = scored.logits
+    kept_samples = scored.samples
     y = _labels(kept_samples, classes)
-    if len(y) == 0:
-        raise DatasetError(f"no image in '{data_dir}/{split}' could be read; see `sightline data audit {data_dir}`.")
     dec = decide(logits, classes, temperature=temperature, thresholds=thresholds)
     pred = dec.labels
     metrics: dict[str, Any] = {"split": split, "n_images": int(len(y))}
@@ -190,7 +327,7 @@ def evaluate(
     metrics["argmax_accuracy"] = float((logits.argmax(axis=1) == y).mean())
     metrics["decision_rule"] = (
         "softmax(logits / temperature), per-class thresholds then arg-max, as sightline.decision.decide "
-        f"(temperature and thresholds chosen on {'val' if val_samples else 'an earlier evaluation'})"
+        f"(temperature and thresholds chosen on {'val' if n_val else 'an earlier evaluation'})"
     )
     metrics["ci"] = bootstrap_ci(y, pred, len(classes), n_resamples=n_bootstrap, seed=seed)
     metrics["ece_uncalibrated"] = expected_calibration_error(softmax(logits), y)
@@ -202,7 +339,7 @@ def evaluate(
     accepted = dec.confidences >= r if r is not None else np.ones(len(y), dtype=bool)
     metrics["review"] = {
         "review_confidence": r,
-        "chosen_on": "val" if val_samples else "bundle",
+        "chosen_on": "val" if n_val else "bundle",
         "coverage": float(accepted.mean()),
         "accuracy_accepted": float(correct[accepted].mean()) if accepted.any() else None,
         "n_review": int((~accepted).sum()),
@@ -220,15 +357,15 @@ def evaluate(
     }
     if chosen_on_eval_split:
         metrics["warning"] = "thresholds and temperature were chosen on the split being reported (val): optimistic."
-    metrics["unreadable"] = inputs.failed
+    metrics["unreadable"] = scored.failed
     metrics["struggling_classes"] = _struggling(metrics, classes)
-    timings["predict_s"] = time.perf_counter() - t0
+    timings["predict_s"] = timings["predict_s"] + time.perf_counter() - t0
 
     # 3. Explanations: gallery and regions.
     t0 = time.perf_counter()
     explain = _explain(
-        model, bundle, inputs, kept_samples, y, dec, review_confidence=r, method=method, per_group=gallery_per_group,
-        max_region_images=max_region_images, seed=seed,
+        model, bundle, scored.crops, kept_samples, y, dec, review_confidence=r, method=method,
+        per_group=gallery_per_group, max_region_images=max_region_images, seed=seed,
     )
     if explain["regions"] is not None:
         metrics["pointing_game"] = explain["regions"]
@@ -239,15 +376,15 @@ def evaluate(
     if robustness:
         t0 = time.perf_counter()
         metrics["robustness"] = _robustness(
-            model, bundle, inputs.crops, y, temperature, thresholds, n_images=robustness_images,
+            model, bundle, scored.crops, y, temperature, thresholds, n_images=robustness_images,
             severities=severities, seed=seed, batch_size=batch_size, device=device, progress=progress,
         )
         timings["robustness_s"] = time.perf_counter() - t0
 
     metrics["model"] = {"name": bundle.name, "version": bundle.version, "architecture": bundle.architecture,
                         "path": str(bundle.path), "dataset_version": bundle.dataset_version}
-    metrics["data"] = {"root": str(data_dir), "n_val": len(val_samples), "device": device}
-    timings["total_s"] = time.perf_counter() - started
+    metrics["data"] = {"root": str(data_dir), "n_val": n_val, "device": device}
+    timings["total_s"] = scored.shared_s + time.perf_counter() - started
     metrics["timings"] = {k: round(v, 2) for k, v in timings.items()}
 
     # 5. Bundle, files.
@@ -300,13 +437,27 @@ def _struggling(metrics: dict[str, Any], classes: list[str]) -> list[dict[str, A
     return sorted(out, key=lambda d: d["f1"])
 
 
-def _explain(
-    model: Any, bundle: Bundle, inputs: Any, samples: list[Any], y: np.ndarray, dec: Any, *,
-    review_confidence: float | None, method: str, per_group: int, max_region_images: int, seed: int,
-) -> dict[str, Any]:
-    from sightline.data.datasets import load_regions
+CAM_CHUNK = 32  # images per heatmap call: compute_cams' own batch, so chunking leaves every map unchanged
+
+
+def _cams(model: Any, crops: np.ndarray, targets: list[int], *, pre: Preprocessing, method: str) -> np.ndarray:
+    """(N, S, S) heatmaps for (N, S, S, 3) uint8 crops, normalised CAM_CHUNK at a time (N float inputs of
+    3 * S * S * 4 bytes each are never held at once)."""
     from sightline.evaluate.predict import crops_to_batch
     from sightline.explain.cam import compute_cams
+
+    parts = [compute_cams(model, crops_to_batch(crops[k : k + CAM_CHUNK], pre), method=method,
+                          targets=targets[k : k + CAM_CHUNK], batch_size=CAM_CHUNK)
+             for k in range(0, len(crops), CAM_CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros((0, pre.input_size, pre.input_size), dtype=np.float32)
+
+
+def _explain(
+    model: Any, bundle: Bundle, crops: _SplitCrops, samples: list[Sample], y: np.ndarray, dec: Any, *,
+    review_confidence: float | None, method: str, per_group: int, max_region_images: int, seed: int,
+) -> dict[str, Any]:
+    """Gallery entries and region scores; `crops` gives the pixels of `samples` by position."""
+    from sightline.data.datasets import load_regions
     from sightline.explain.gallery import gallery_entries, select_gallery
     from sightline.explain.regions import mask_to_input, region_scores
 
@@ -317,14 +468,15 @@ def _explain(
     idx = sorted({i for i, _, _ in selection})
     gallery: list[dict[str, Any]] = []
     if idx:
-        cams = compute_cams(model, crops_to_batch(inputs.crops[idx], pre), method=method,
-                            targets=[int(dec.labels[i]) for i in idx])
+        shown = crops(idx)
+        cams = _cams(model, shown, [int(dec.labels[i]) for i in idx], pre=pre, method=method)
         pos = {i: k for k, i in enumerate(idx)}
         local = [(pos[i], g, c) for i, g, c in selection]
         gallery = gallery_entries(
-            local, crops=inputs.crops[idx], cams=cams, paths=[samples[i].relpath for i in idx], classes=classes,
+            local, crops=shown, cams=cams, paths=[samples[i].relpath for i in idx], classes=classes,
             y_pred=dec.labels[idx], confidence=dec.confidences[idx],
         )
+        del shown, cams
     with_region = [i for i, s in enumerate(samples) if s.region is not None]
     regions = None
     if with_region:
@@ -343,18 +495,23 @@ def _explain(
             masks.append(mask)
             keep.append(i)
         if keep:
-            # Heatmap for the TRUE class: does the evidence for what is there sit where it is?
-            cams = compute_cams(model, crops_to_batch(inputs.crops[keep], pre), method=method,
-                                targets=[int(y[i]) for i in keep])
+            # Heatmap for the TRUE class: does the evidence for what is there sit where it is? Decoded CAM_CHUNK
+            # images at a time: only their crops are held, next to the (N, S, S) heatmaps.
+            cams = np.concatenate([
+                _cams(model, crops(keep[k : k + CAM_CHUNK]), [int(y[i]) for i in keep[k : k + CAM_CHUNK]],
+                      pre=pre, method=method)
+                for k in range(0, len(keep), CAM_CHUNK)
+            ])
             regions = region_scores(cams, np.stack(masks), [classes[int(y[i])] for i in keep])
             regions["method"] = method
     return {"gallery": gallery, "regions": regions}
 
 
 def _robustness(
-    model: Any, bundle: Bundle, crops: np.ndarray, y: np.ndarray, temperature: float, thresholds: dict[str, Any],
+    model: Any, bundle: Bundle, crops: _SplitCrops, y: np.ndarray, temperature: float, thresholds: dict[str, Any],
     *, n_images: int, severities: tuple[int, ...], seed: int, batch_size: int, device: str, progress: bool,
 ) -> dict[str, Any]:
+    """The corruption suite on a seeded sample of `n_images` of the split (`crops` gives pixels by position)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from sightline.decision import decide
@@ -373,7 +530,7 @@ def _robustness(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=True,
                   disable=not progress) as bar:
         task = bar.add_task("robustness", total=len(CORRUPTIONS) * len(severities))
-        result = robustness_suite(predict, crops[idx], y[idx], severities=severities, seed=seed,
+        result = robustness_suite(predict, crops(idx), y[idx], severities=severities, seed=seed,
                                   on_step=lambda: bar.advance(task))
     result["failure_modes"] = failure_modes(result)
     return result
@@ -382,13 +539,25 @@ def _robustness(
 def evaluate_seeds(run_dir: str | Path, data_dir: str | Path, *, out: str | Path | None = None,
                    **kwargs: Any) -> dict[str, Any]:
     """Evaluate every seed run of OUT/seed-<s>/ (each into its own RUN/eval/); OUT/eval/metrics.json holds the
-    first seed's full metrics plus `seeds`: per-seed headline metrics and their mean +- std (sample std)."""
+    first seed's full metrics plus `seeds`: per-seed headline metrics and their mean +- std (sample std).
+
+    `kwargs` are `evaluate`'s keywords. The dataset is scanned once and each image decoded once for all seeds
+    (they share preprocessing); every seed's model is held in memory during that shared pass."""
+    import inspect
+
+    from sightline.explain.cam import method_class
+
     runs = seed_runs(run_dir)
     if not runs:
         raise UserInputError(f"'{run_dir}' holds no seed-<s>/bundle folders; pass a RUN or bundle folder.")
-    results = []
-    for i, run in enumerate(runs):  # each seed gets RUN/eval/metrics.json; the first also its full report
-        results.append(evaluate(run, data_dir, **{**kwargs, "report": i == 0 and kwargs.get("report", True)}))
+    defaults = {name: p.default for name, p in inspect.signature(evaluate).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "out"}
+    settings = {**defaults, **kwargs}
+    method_class(settings["method"])
+    report = settings.pop("report")
+    # each seed gets RUN/eval/metrics.json; the first also its full report
+    results = _evaluate_runs(runs, data_dir, outs=[None] * len(runs),
+                             reports=[i == 0 and report for i in range(len(runs))], **settings)
     first = dict(results[0])
     per_seed = [{"seed": run.name.split("-", 1)[1], **{k: r.get(k) for k in HEADLINE_KEYS}} for run, r in
                 zip(runs, results)]
@@ -402,7 +571,7 @@ def evaluate_seeds(run_dir: str | Path, data_dir: str | Path, *, out: str | Path
     out_dir = Path(out) if out is not None else Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     first["files"] = {"metrics": str(out_dir / "metrics.json")}
-    if kwargs.get("report", True):
+    if report:
         from sightline.evaluate.report import write_report
 
         # This report adds the mean +- std table; the first seed's own report holds its gallery.

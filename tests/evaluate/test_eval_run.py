@@ -155,6 +155,39 @@ def test_multi_seed_mean_std(setup, tmp_path):
     assert "seeds" in (seeds / "eval" / "report.html").read_text()
 
 
+def test_multi_seed_scans_once_and_decodes_each_image_once(setup, tmp_path, monkeypatch):
+    """Three seeds cost one scan and no more decodes than a single run, and give that run's figures."""
+    import sightline.data.datasets as datasets
+    import sightline.data.images as images
+
+    root, data, run, m = setup
+    seeds = tmp_path / "seeds"
+    for s in (0, 1, 2):
+        shutil.copytree(run / "bundle", seeds / f"seed-{s}" / "bundle")
+    calls = {"scan": 0, "decode": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(datasets, "scan_dataset", counted("scan", datasets.scan_dataset))
+    monkeypatch.setattr(images, "load_image", counted("decode", images.load_image))
+    settings = {**FAST, "update_bundle": False, "report": False}
+    single = evaluate(run, data, out=tmp_path / "single", **settings)
+    one_run = dict(calls)
+    assert one_run["scan"] == 1 and one_run["decode"] >= 48  # 24 val + 24 test images, then a few reloads
+    calls.update(scan=0, decode=0)
+    out = evaluate(seeds, data, **settings)
+    assert calls["scan"] == 1
+    assert calls["decode"] <= one_run["decode"]  # not once per seed
+    assert [p["accuracy"] for p in out["seeds"]["per_seed"]] == [single["accuracy"]] * 3  # same weights
+    for key in ("confusion_matrix", "ece", "thresholds", "pointing_game", "robustness"):
+        assert out[key] == single[key], key
+
+
 def test_cli_evaluate_json_and_init(setup, tmp_path, capsys):
     root, data, run, m = setup
     rc = main_rc(["evaluate", str(run), "--data", str(data), "--json", "--no-robustness", "--bootstrap", "20",
