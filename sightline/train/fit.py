@@ -194,15 +194,24 @@ def train(
     fit_s = _fit(trainer, system, dm, dataset)
 
     best = checkpoint.best_model_path
-    results = trainer.validate(system, datamodule=dm, ckpt_path=best if best else None, verbose=False)[0]
-    if not trainer.is_global_zero:
-        return run
-    if _precision(cfg) != "32-true" and trainer.world_size == 1:
-        # The bundle's numbers must be what deployment (fp32 PyTorch / ONNX) sees, not the bf16 autocast ones.
+    bf16_one_device = _precision(cfg) != "32-true" and trainer.world_size == 1
+    if trainer.world_size == 1 and (not best or Path(best).is_file()):
+        # One process, a one-file checkpoint: one read gives the best weights and their epoch.
+        best_epoch = _load_best(system, best)
+        results = None if bf16_one_device else trainer.validate(system, datamodule=dm, verbose=False)[0]
+    else:
+        # Several processes (or a strategy's checkpoint folder): the strategy loads its own format.
+        results = trainer.validate(system, datamodule=dm, ckpt_path=best if best else None, verbose=False)[0]
+        if not trainer.is_global_zero:
+            return run
+        best_epoch = _best_epoch(best)
+    if bf16_one_device:
+        # The bundle's numbers must be what deployment (fp32 PyTorch / ONNX) sees, not the bf16 autocast ones:
+        # on one device this is the only validation of the best weights.
         fp32 = L.Trainer(accelerator=cfg.accelerator, devices=1, precision="32-true", logger=False,
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
         results = fp32.validate(system, datamodule=dm, verbose=False)[0]
-    best_epoch = _best_epoch(best)
+    assert results is not None
     val = {
         "split": "val",
         "n_images": len(dm.val_set),
@@ -241,6 +250,7 @@ def train(
 
 
 def _best_epoch(path: str) -> int | None:
+    """The epoch (0-based) a Lightning checkpoint was saved at; None without a checkpoint or when unreadable."""
     if not path:
         return None
     import torch
@@ -249,6 +259,19 @@ def _best_epoch(path: str) -> int | None:
         return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
     except (KeyError, OSError, RuntimeError):
         return None
+
+
+def _load_best(system: Any, path: str) -> int | None:
+    """Load a one-process Lightning checkpoint into `system` (as `validate(ckpt_path=...)` would: the strict
+    state dict) from one read, and return its epoch. No checkpoint (`path` empty): the weights stay, None."""
+    if not path:
+        return None
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # what Lightning's loader does for a local file
+    system.load_state_dict(ckpt["state_dict"])
+    epoch = ckpt.get("epoch")
+    return int(epoch) if epoch is not None else None
 
 
 def sanity_check(data_dir: str | Path, *, config: TrainConfig | None = None, max_steps: int = 40,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,9 +42,43 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_data(tmp_path_factory.mktemp("data"))
 
 
+# bf16 everywhere (emulated where the CPU has no bf16 units): the bundle's val figures must still be fp32 ones.
+BF16 = {**TINY, "precision": "bf16-mixed"}
+
+
 @pytest.fixture(scope="module")
-def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train(data, tmp_path_factory.mktemp("run"), progress=False, **TINY)
+def traced_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list]]:
+    """A bf16 run, with the precision of every explicit Trainer.validate and every torch.load recorded."""
+    import lightning.pytorch as pl
+
+    calls: dict[str, list] = {"validate": [], "load": []}
+    validate, load = pl.Trainer.validate, torch.load
+
+    def traced_validate(self: pl.Trainer, *args: Any, **kwargs: Any) -> Any:
+        calls["validate"].append(self.precision)
+        return validate(self, *args, **kwargs)
+
+    def traced_load(*args: Any, **kwargs: Any) -> Any:
+        calls["load"].append(args[0] if args else kwargs.get("f"))
+        return load(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pl.Trainer, "validate", traced_validate)
+        mp.setattr(torch, "load", traced_load)
+        run = train(data, tmp_path_factory.mktemp("run"), progress=False, **BF16)
+    return run, calls
+
+
+@pytest.fixture(scope="module")
+def run(traced_run: tuple[Path, dict[str, list]]) -> Path:
+    return traced_run[0]
+
+
+def test_bf16_run_validates_the_best_checkpoint_once_in_fp32(traced_run: tuple[Path, dict[str, list]]) -> None:
+    run, calls = traced_run
+    assert calls["validate"] == ["32-true"]  # no bf16 validate before the fp32 one
+    assert [str(f) for f in calls["load"]] == [str(run / "checkpoints" / "best.ckpt")]  # read once
+    assert json.loads((run / "metrics.json").read_text())["precision"] == "bf16-mixed"
 
 
 def test_run_folder_has_config_logs_checkpoint_and_bundle(run: Path, data: Path) -> None:
@@ -51,7 +86,7 @@ def test_run_folder_has_config_logs_checkpoint_and_bundle(run: Path, data: Path)
                 "bundle/model.json", "bundle/weights.safetensors"):
         assert (run / rel).is_file(), rel
     assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
-    assert load_config(run / "config.yaml") == TrainConfig(**TINY)
+    assert load_config(run / "config.yaml") == TrainConfig(**BF16)
     bundle = load_bundle(run)
     assert bundle.architecture == "test_efficientnet" and bundle.classes == ["blue", "red"]
     assert bundle.preprocessing.input_size == 32
@@ -77,7 +112,7 @@ def test_bundle_reproduces_the_reported_val_accuracy(run: Path, data: Path) -> N
 
 
 def test_same_seed_reproduces_val_metrics(run: Path, data: Path, tmp_path: Path) -> None:
-    again = train(data, tmp_path / "again", progress=False, **TINY)
+    again = train(data, tmp_path / "again", progress=False, **BF16)
     first = json.loads((run / "metrics.json").read_text())["val"]
     second = json.loads((again / "metrics.json").read_text())["val"]
     assert second["accuracy"] == pytest.approx(first["accuracy"], abs=1e-6)
