@@ -13,13 +13,15 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files as given, folders searched recursively for image files, glob patterns expanded; in order, unique."""
+    from sightline.data.datasets import MASK_SUFFIX
+
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found += sorted(
                 p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(".mask.png")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(MASK_SUFFIX)
             )
         elif path.exists() or not any(ch in item for ch in "*?["):
             found.append(path)  # a missing plain path becomes an error row, like any unreadable file

@@ -30,6 +30,7 @@ from PIL import Image, ImageFilter
 from scipy.ndimage import uniform_filter
 from threadpoolctl import threadpool_limits
 
+from sightline.data.datasets import MASK_SUFFIX
 from sightline.errors import UserInputError
 
 __all__ = ["CLASSES", "CLASS_SHARES", "TEXTURES", "SynthResult", "synthesize", "render_surface"]
@@ -233,6 +234,11 @@ def _marker(image: np.ndarray, rng: np.random.Generator) -> None:
     image[y : y + side, x : x + side] = np.array([0.95, 0.95, 0.2], dtype=np.float32)
 
 
+def _mask_path(image: Path) -> Path:
+    """Where the region mask of `image` lives (datasets.py defines the name)."""
+    return image.with_name(image.stem + MASK_SUFFIX)
+
+
 def render_sample(seed: int, index: int, label: str, size: int, *, shortcut: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """One image: (size, size, 3) uint8 and, for a defect, its (size, size) bool mask."""
     rng = np.random.default_rng([seed, index])
@@ -338,7 +344,7 @@ def synthesize(
         folder = _folder(out, split, label)
         _save_jpeg(folder / f"{names[i]}.jpg", pixels)
         if mask is not None:
-            Image.fromarray(mask.astype(np.uint8) * 255, "L").save(folder / f"{names[i]}.mask.png", optimize=False)
+            Image.fromarray(mask.astype(np.uint8) * 255, "L").save(folder / f"{names[i]}{MASK_SUFFIX}", optimize=False)
         if progress is not None:
             progress(1)
         return (folder / f"{names[i]}.jpg").relative_to(out).as_posix()
@@ -381,14 +387,14 @@ def _plant(out: Path, paths: list[str], plan: list[tuple[str, str | None]], *, s
         dst = _folder(out, split, label) / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(data if data is not None else (out / rel_src).read_bytes())
-        mask = (out / rel_src).with_suffix(".mask.png") if rel_src else None
+        mask = _mask_path(out / rel_src) if rel_src else None
         if mask is not None and mask.is_file() and dst.parent.name == mask.parent.name:  # same class: same region
-            shutil.copyfile(mask, dst.with_suffix(".mask.png"))
+            shutil.copyfile(mask, _mask_path(dst))
         return dst.relative_to(out).as_posix()
 
     def remove(rel: str) -> None:
         (out / rel).unlink()
-        (out / rel).with_suffix(".mask.png").unlink(missing_ok=True)
+        _mask_path(out / rel).unlink(missing_ok=True)
 
     layout_split = plan[0][1] is not None
     planted: dict = {"exact_duplicates": [], "near_duplicates": [], "conflicting_labels": [], "cross_split_duplicates": [],
