@@ -28,7 +28,7 @@ def train_cmd(
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side in px (default: the model's)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate of the head."),
     freeze_epochs: Optional[int] = typer.Option(None, "--freeze-epochs", help="Train only the head first."),
-    augment: Optional[str] = typer.Option(None, help="light | strong | inspection (whole frame: small defects) | none."),
+    augment: Optional[str] = typer.Option(None, help="light | strong | none."),
     crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Share of the image the center crop keeps "
                                              "(default: the model's; 1.0 for defects near the edge)."),
     balance: Optional[str] = typer.Option(None, help="auto | none | weights | sampler."),

@@ -14,7 +14,7 @@ __all__ = ["TrainConfig", "load_config"]
 _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _CHOICES = {
     "schedule": ("cosine", "plateau"),
-    "augment": ("light", "strong", "inspection", "none"),
+    "augment": ("light", "strong", "none"),
     "balance": ("auto", "none", "weights", "sampler"),
     "monitor": ("val_macro_f1", "val_acc", "val_loss"),
     "precision": ("auto", "32-true", "bf16-mixed", "16-mixed"),
@@ -40,8 +40,7 @@ class TrainConfig:
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     freeze_epochs: int = 0  # train only the head for this many epochs, then unfreeze the backbone
     # --- data ---
-    augment: str = "light"  # "light": resized crop, flips, rotation, colour; "strong": + TrivialAugment, erasing;
-    #   "inspection": whole frame (no random crop, which can cut a small defect out), flips, 90-degree turns, colour
+    augment: str = "light"  # "light": resized crop, flips, rotation, colour; "strong": + TrivialAugment, erasing
     crop_pct: float | None = None  # share of the resized image the eval center crop keeps; None = the model's
     #   (0.875 for Lite0); 1.0 keeps the whole frame, right for inspection images with defects near the edge
     vflip: bool = False  # also flip vertically (fine for parts and micrographs, wrong for street scenes)

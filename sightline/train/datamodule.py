@@ -32,10 +32,7 @@ def train_transform(pre: Preprocessing, *, recipe: str = "light", vflip: bool = 
     """PIL RGB image -> augmented (3, S, S) float32 tensor, normalised with `pre.mean` / `pre.std`.
 
     light: random resized crop (35-100 % of the area), horizontal flip, rotation +-15 deg, brightness / contrast /
-    saturation jitter 0.2. strong: light + TrivialAugmentWide + random erasing. inspection: the eval framing
-    (no random crop: on a part or a micrograph the evidence can be a few pixels anywhere, and a crop that cuts it
-    out trains the model on a wrong label), flips both ways, quarter turns, brightness / contrast jitter 0.2.
-    none: the eval path."""
+    saturation jitter 0.2. strong: light + TrivialAugmentWide + random erasing. none: the eval path."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2
 
@@ -43,16 +40,6 @@ def train_transform(pre: Preprocessing, *, recipe: str = "light", vflip: bool = 
         return eval_transform(pre)
     interp = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR,
               "bicubic": InterpolationMode.BICUBIC, "lanczos": InterpolationMode.LANCZOS}[pre.interpolation]
-    if recipe == "inspection":
-        return v2.Compose([
-            v2.Resize(pre.resize_size, interpolation=interp, antialias=True),
-            v2.CenterCrop(pre.input_size),
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std)),
-        ])
     steps: list[Any] = [
         v2.RandomResizedCrop(pre.input_size, scale=(0.35, 1.0), interpolation=interp, antialias=True),
         v2.RandomHorizontalFlip(),
