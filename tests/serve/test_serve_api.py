@@ -60,8 +60,6 @@ def hostile_corpus() -> dict[str, tuple[bytes, set[int]]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """uvicorn serving a tiny exported bundle on a free loopback port, in a thread."""
-    import uvicorn
-
     from sightline.optimize.export import export
     from sightline.serve.app import create_app
     from sightline.serve.settings import Settings
@@ -91,15 +89,7 @@ def server(tmp_path_factory):
     store = Store(settings.resolved_database_url())
     keys = {"alice": store.create_key("alice"), "bob": store.create_key("bob")}
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
+    srv, thread, port = _start(app)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         yield {"client": client, "keys": keys, "store": store, "app": app, "url": f"http://127.0.0.1:{port}",
                "settings": settings}
