@@ -168,7 +168,7 @@ def distill(
     from sightline.bundle import code_version
     from sightline.data.datasets import dataset_version
     from sightline.train.config import TrainConfig
-    from sightline.train.fit import _build_system, _fit, _resolve, _trainer, prepare
+    from sightline.train.fit import _build_system, _fit, _load_best, _resolve, _trainer, prepare
 
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
         raise UserInputError(f"alpha={alpha} must be in [0, 1] and temperature={temperature} positive.")
@@ -196,9 +196,7 @@ def distill(
     fit_s = _fit(trainer, system, dm, dataset)
     if not trainer.is_global_zero:
         return {"run": str(run)}  # under DDP, rank 0 writes the bundle and measures
-    if checkpoint.best_model_path:
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        system.load_state_dict(state)
+    _load_best(system, checkpoint.best_model_path)
     bundle = Bundle(
         architecture=cfg.model,
         classes=list(dataset.classes),
