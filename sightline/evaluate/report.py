@@ -427,7 +427,8 @@ def write_model_card(m: dict[str, Any], bundle: Bundle) -> Path:
                          "outside the region. Do not deploy before checking these images.")
     lines += ["", "## Limits", "",
               f"- Figures come from {m['n_images']} {m['split']} images; the confidence intervals say how sure they are.",
-              "- Images unlike the training data (other cameras, lighting, objects) are out of scope."]
+              "- Images unlike the training data (other cameras, lighting, objects) are out of scope; "
+              "watch the review queue."]
     path = bundle.path / "MODEL_CARD.md"
     path.write_text("\n".join(lines) + "\n")
     return path
