@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from sightline.bundle import Preprocessing
+from sightline.preprocessing import Preprocessing
 
 __all__ = ["RESAMPLE", "resize_center_crop", "normalize", "eval_preprocess", "stack"]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sightline.bundle import Preprocessing
+from sightline.preprocessing import Preprocessing
 
 __all__ = [
     "SHORTCUT_HIT_RATE",

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sightline.bundle import Preprocessing
+from sightline.preprocessing import Preprocessing
 from sightline.errors import ModelError
 from sightline.models import pretrained
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from sightline.bundle import Preprocessing
+from sightline.preprocessing import Preprocessing
 from sightline.data.balance import choose_balance  # re-exported: it lived here before it became torch-free
 from sightline.data.transforms import RESAMPLE, eval_preprocess
 
