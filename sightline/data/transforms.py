@@ -3,12 +3,14 @@ produce bit-identical inputs from the same bundle (`Preprocessing`). Training au
 sightline.train (they wrap this same normalisation)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
 from sightline.preprocessing import Preprocessing
 
-__all__ = ["RESAMPLE", "resize_center_crop", "normalize", "eval_preprocess", "stack"]
+__all__ = ["RESAMPLE", "resize_center_crop", "normalize", "eval_preprocess", "stack", "load_crop", "to_batch"]
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -69,3 +71,24 @@ def eval_preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
 def stack(arrays: list[np.ndarray]) -> np.ndarray:
     """Stack (3, S, S) inputs into an (N, 3, S, S) float32 batch."""
     return np.ascontiguousarray(np.stack(arrays, axis=0), dtype=np.float32)
+
+
+def load_crop(
+    source: str | Path | bytes, pre: Preprocessing, *, max_pixels: int | None = None, name: str | None = None
+) -> np.ndarray:
+    """Decode a file or upload and resize/center-crop it: (S, S, 3) uint8 RGB, S = pre.input_size.
+
+    The one decode path for inference (sightline.inference calls it for every stage). JPEGs decode in draft mode
+    at no less than the resize size. Raises the ImageError subclasses of `load_image`, naming the file."""
+    from sightline.data.images import DEFAULT_MAX_PIXELS, load_image
+
+    side = pre.resize_size
+    image = load_image(source, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft=(side, side), name=name)
+    return np.asarray(resize_center_crop(image, pre), dtype=np.uint8)
+
+
+def to_batch(crops: np.ndarray | list[np.ndarray], pre: Preprocessing) -> np.ndarray:
+    """(N, S, S, 3) uint8 crops -> (N, 3, S, S) float32 network input (the bundle's mean/std)."""
+    if len(crops) == 0:
+        return np.zeros((0, 3, pre.input_size, pre.input_size), dtype=np.float32)
+    return stack([normalize(c, pre) for c in crops])

@@ -158,7 +158,7 @@ class _SplitCrops:
 
     def __call__(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
         """(len(idx), S, S, 3) uint8 crops of the images at positions `idx`."""
-        from sightline.evaluate.predict import load_crops
+        from sightline.inference import load_crops
 
         idx = [int(i) for i in idx]
         todo = sorted(set(idx) - self._held.keys())
@@ -210,7 +210,8 @@ def _evaluate_runs(
     preprocessing (the seeds of one run): their models score every decoded chunk together, so they are held in
     memory together while their pass lasts."""
     from sightline.data.datasets import scan_dataset
-    from sightline.evaluate.predict import default_device, fast_inference, predict_logits_many
+    from sightline.inference import default_device
+    from sightline.progress import rich_progress
 
     bundles = [load_bundle(p) for p in paths]
     data_dir = Path(data_dir)
@@ -233,43 +234,60 @@ def _evaluate_runs(
     for i, bundle in enumerate(bundles):
         groups.setdefault(bundle.preprocessing, []).append(i)
     results: list[dict[str, Any]] = [{} for _ in bundles]
-    for pre, members in groups.items():
-        started = time.perf_counter()
-        group = [bundles[i] for i in members]
-        models = [fast_inference(b.load_model(device)) for b in group]
-        common = dict(models=models, batch_size=batch_size, device=device, progress=progress)
-        timings: dict[str, float] = {}
-        val_logits: list[np.ndarray] | list[None] = [None] * len(group)
-        val_kept: list[Sample] = []
-        if val_samples:
-            t0 = time.perf_counter()
-            val_logits, val_inputs = predict_logits_many(
-                group, [s.path for s in val_samples], description="val (calibration, thresholds)", **common)
-            val_kept = [val_samples[i] for i in val_inputs.index]
-            timings["val_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        logits, inputs = predict_logits_many(
-            group, [s.path for s in samples], description=f"{split} (metrics)", **common)
-        timings["predict_s"] = time.perf_counter() - t0
-        kept = [samples[i] for i in inputs.index]
-        if not kept:
-            raise DatasetError(f"no image in '{data_dir}/{split}' could be read; see `sightline data audit {data_dir}`.")
-        crops = _SplitCrops([s.path for s in kept], pre, remember=len(group) > 1)
-        shared_s = time.perf_counter() - started
-        for j, i in enumerate(members):
-            scored = _Scored(logits_val=val_logits[j], val_samples=val_kept, logits=logits[j], samples=kept,
-                             failed=inputs.failed, crops=crops, timings=dict(timings), shared_s=shared_s)
-            results[i] = _evaluate_one(
-                group[j], models[j], scored, data_dir=data_dir, split=split, n_val=len(val_samples),
-                problem=problem, out=outs[i], report=reports[i], batch_size=batch_size, device=device,
-                progress=progress, **settings,
+    with rich_progress(enabled=progress) as report_progress:
+        for pre, members in groups.items():
+            _evaluate_group(
+                [bundles[i] for i in members], [outs[i] for i in members], [reports[i] for i in members],
+                results=results, members=members, pre=pre, samples=samples, val_samples=val_samples,
+                data_dir=data_dir, split=split, problem=problem, batch_size=batch_size, device=device,
+                progress=report_progress, settings=settings,
             )
     return results
 
 
+def _evaluate_group(
+    group: list[Bundle], outs: list[str | Path | None], reports: list[bool], *, results: list[dict[str, Any]],
+    members: list[int], pre: Preprocessing, samples: list[Sample], val_samples: list[Sample], data_dir: Path,
+    split: str, problem: ProblemSpec | None, batch_size: int, device: str, progress: Any, settings: dict[str, Any],
+) -> None:
+    """The runs of one preprocessing: each image decoded once for all of them (see `_evaluate_runs`)."""
+    from sightline.inference import Engine, TorchBackend, score_files
+
+    started = time.perf_counter()
+    engines = [Engine(TorchBackend(b.load_model(device), device=device), bundle=b) for b in group]
+    common = dict(batch_size=batch_size, progress=progress)
+    timings: dict[str, float] = {}
+    val_logits: list[np.ndarray] | list[None] = [None] * len(group)
+    val_kept: list[Sample] = []
+    if val_samples:
+        t0 = time.perf_counter()
+        val_out, val_inputs = score_files(
+            engines, [s.path for s in val_samples], task="val (calibration, thresholds)", **common)
+        val_logits = [o.logits for o in val_out]
+        val_kept = [val_samples[i] for i in val_inputs.index]
+        timings["val_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outputs, inputs = score_files(engines, [s.path for s in samples], task=f"{split} (metrics)", **common)
+    logits = [o.logits for o in outputs]
+    timings["predict_s"] = time.perf_counter() - t0
+    kept = [samples[i] for i in inputs.index]
+    if not kept:
+        raise DatasetError(f"no image in '{data_dir}/{split}' could be read; see `sightline data audit {data_dir}`.")
+    crops = _SplitCrops([s.path for s in kept], pre, remember=len(group) > 1)
+    shared_s = time.perf_counter() - started
+    for j, i in enumerate(members):
+        scored = _Scored(logits_val=val_logits[j], val_samples=val_kept, logits=logits[j], samples=kept,
+                         failed=inputs.failed, crops=crops, timings=dict(timings), shared_s=shared_s)
+        results[i] = _evaluate_one(
+            group[j], engines[j], scored, data_dir=data_dir, split=split, n_val=len(val_samples),
+            problem=problem, out=outs[j], report=reports[j], batch_size=batch_size, device=device,
+            progress=progress, **settings,
+        )
+
+
 def _evaluate_one(
     bundle: Bundle,
-    model: Any,
+    engine: Any,
     scored: _Scored,
     *,
     data_dir: Path,
@@ -288,10 +306,11 @@ def _evaluate_one(
     batch_size: int,
     device: str,
     update_bundle: bool,
-    progress: bool,
+    progress: Any,
     seed: int,
 ) -> dict[str, Any]:
     """Metrics, explanations, robustness and files for one run from its predictions (see `evaluate`)."""
+    model = engine.backend.model
     from sightline.decision import decide, softmax
     from sightline.evaluate.calibration import expected_calibration_error, fit_temperature, reliability
     from sightline.evaluate.metrics import bootstrap_ci, classification_metrics, coverage_accuracy_curve
@@ -376,7 +395,7 @@ def _evaluate_one(
     if robustness:
         t0 = time.perf_counter()
         metrics["robustness"] = _robustness(
-            model, bundle, scored.crops, y, temperature, thresholds, n_images=robustness_images,
+            engine, bundle, scored.crops, y, temperature, thresholds, n_images=robustness_images,
             severities=severities, seed=seed, batch_size=batch_size, device=device, progress=progress,
         )
         timings["robustness_s"] = time.perf_counter() - t0
@@ -443,10 +462,10 @@ CAM_CHUNK = 32  # images per heatmap call: compute_cams' own batch, so chunking 
 def _cams(model: Any, crops: np.ndarray, targets: list[int], *, pre: Preprocessing, method: str) -> np.ndarray:
     """(N, S, S) heatmaps for (N, S, S, 3) uint8 crops, normalised CAM_CHUNK at a time (N float inputs of
     3 * S * S * 4 bytes each are never held at once)."""
-    from sightline.evaluate.predict import crops_to_batch
+    from sightline.data.transforms import to_batch
     from sightline.explain.cam import compute_cams
 
-    parts = [compute_cams(model, crops_to_batch(crops[k : k + CAM_CHUNK], pre), method=method,
+    parts = [compute_cams(model, to_batch(crops[k : k + CAM_CHUNK], pre), method=method,
                           targets=targets[k : k + CAM_CHUNK], batch_size=CAM_CHUNK)
              for k in range(0, len(crops), CAM_CHUNK)]
     return np.concatenate(parts) if parts else np.zeros((0, pre.input_size, pre.input_size), dtype=np.float32)
@@ -508,14 +527,11 @@ def _explain(
 
 
 def _robustness(
-    model: Any, bundle: Bundle, crops: _SplitCrops, y: np.ndarray, temperature: float, thresholds: dict[str, Any],
-    *, n_images: int, severities: tuple[int, ...], seed: int, batch_size: int, device: str, progress: bool,
+    engine: Any, bundle: Bundle, crops: _SplitCrops, y: np.ndarray, temperature: float, thresholds: dict[str, Any],
+    *, n_images: int, severities: tuple[int, ...], seed: int, batch_size: int, device: str, progress: Any,
 ) -> dict[str, Any]:
     """The corruption suite on a seeded sample of `n_images` of the split (`crops` gives pixels by position)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from sightline.decision import decide
-    from sightline.evaluate.predict import logits_for_crops
     from sightline.evaluate.robustness import CORRUPTIONS, failure_modes, robustness_suite
 
     rng = np.random.default_rng(seed)
@@ -524,14 +540,14 @@ def _robustness(
         idx = np.sort(rng.choice(idx, n_images, replace=False))
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        logits = logits_for_crops(model, batch, bundle.preprocessing, batch_size=batch_size, device=device)
+        logits = engine.run_crops(batch, batch_size=batch_size).logits
         return decide(logits, bundle.classes, temperature=temperature, thresholds=thresholds).labels
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=True,
-                  disable=not progress) as bar:
-        task = bar.add_task("robustness", total=len(CORRUPTIONS) * len(severities))
+    from sightline.progress import Steps
+
+    with Steps(progress, "robustness", len(CORRUPTIONS) * len(severities)) as steps:
         result = robustness_suite(predict, crops(idx), y[idx], severities=severities, seed=seed,
-                                  on_step=lambda: bar.advance(task))
+                                  on_step=steps.advance)
     result["failure_modes"] = failure_modes(result)
     return result
 

@@ -14,16 +14,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from sightline.bundle import Bundle, load_bundle, resolve_bundle_dir
-from sightline.data.datasets import Dataset
 from sightline.errors import BundleError, DatasetError, UserInputError
 
-__all__ = ["export", "export_onnx", "check_parity", "ParityError", "load_split_arrays", "SplitArrays",
-           "recorded_data_dir"]
+__all__ = ["export", "export_onnx", "check_parity", "ParityError", "recorded_data_dir"]
 
 OPSET = 18
 # fp32 ONNX Runtime vs PyTorch on CPU agree to ~1e-5 on logits; 1e-3 (relative to the logit scale) leaves room
@@ -36,7 +34,9 @@ class ParityError(BundleError):
 
 
 def export_onnx(model, path: Path, input_size: int, *, opset: int = OPSET) -> Path:
-    """Export an eval-mode nn.Module taking (N, 3, S, S) to ONNX with a dynamic batch axis.
+    """Export an eval-mode timm classifier taking (N, 3, S, S) to ONNX with a dynamic batch axis and the inference
+    core's outputs: `logits` (N, K), `features` (N, D) and, for a pool + linear head, `cam` (N, h, w)
+    (sightline.inference.FeatureModel).
 
     Uses the torch.export-based exporter (dynamo=True): it gives a clean, constant-folded graph for timm
     EfficientNets without the TorchScript exporter's deprecation warnings."""
@@ -45,19 +45,24 @@ def export_onnx(model, path: Path, input_size: int, *, opset: int = OPSET) -> Pa
 
     import torch
 
+    from sightline.inference import OUTPUT_NAMES, FeatureModel
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = FeatureModel(model.eval())
     example = (torch.randn(2, 3, input_size, input_size),)
+    with torch.no_grad():
+        n_outputs = len(wrapped(*example))
     batch = torch.export.Dim("batch", min=1, max=4096)
     tmp = path.with_name(path.name + ".tmp")
     # The exporter narrates each step on stdout; keep stdout for the command's own output (--json).
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         program = torch.onnx.export(
-            model.eval(),
+            wrapped,
             example,
             dynamo=True,
             opset_version=opset,
             input_names=["input"],
-            output_names=["logits"],
+            output_names=list(OUTPUT_NAMES[:n_outputs]),
             dynamic_shapes=({0: batch},),
             external_data=False,
             verbose=False,
@@ -68,34 +73,49 @@ def export_onnx(model, path: Path, input_size: int, *, opset: int = OPSET) -> Pa
 
 
 def check_parity(model, onnx_path: Path, inputs: np.ndarray, *, tol: float = PARITY_TOL) -> dict[str, Any]:
-    """Compare PyTorch and ONNX Runtime logits on (N, 3, S, S) inputs.
+    """Compare PyTorch and ONNX Runtime on (N, 3, S, S) inputs through the inference core's two backends.
 
-    Returns {"n_images", "max_abs_diff", "tolerance", "top1_agreement", "ok"}; `ok` requires the max abs
-    difference <= tol * max(1, max |logit|) and identical top-1 classes (ties within tol excepted)."""
-    import onnxruntime as ort
-    import torch
+    Returns {"n_images", "max_abs_diff", "tolerance", "top1_agreement", "features": {max_abs_diff, tolerance},
+    "cam": {max_abs_diff, tolerance} | None, "ok"}. `ok` requires logits within tol * max(1, max |logit|) with
+    identical top-1 classes (ties within tol excepted), and features (and CAMs) within tol of their own scale."""
+    from sightline.inference import OnnxBackend, TorchBackend
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    ref, got = [], []
-    with torch.inference_mode():
-        for start in range(0, len(inputs), 32):
-            chunk = np.ascontiguousarray(inputs[start : start + 32], dtype=np.float32)
-            ref.append(model(torch.from_numpy(chunk)).float().numpy())
-            got.append(session.run(None, {name: chunk})[0])
-    ref_a, got_a = np.concatenate(ref), np.concatenate(got)
+    torch_run = TorchBackend(model, device="cpu")
+    onnx_run = OnnxBackend(onnx_path, input_size=int(inputs.shape[-1]), providers=["CPUExecutionProvider"])
+    try:
+        ref = [torch_run.run(inputs[i : i + 32]) for i in range(0, len(inputs), 32)]
+        got = [onnx_run.run(inputs[i : i + 32]) for i in range(0, len(inputs), 32)]
+    finally:
+        torch_run.close()
+        onnx_run.close()
+    from sightline.inference import Output
+
+    ref_o, got_o = Output.concat(ref), Output.concat(got)
+    ref_a, got_a = ref_o.logits, got_o.logits
     diff = float(np.abs(ref_a - got_a).max())
     scale = max(1.0, float(np.abs(ref_a).max()))
     agree = ref_a.argmax(1) == got_a.argmax(1)
     # a disagreement only counts when PyTorch's top-2 logits are further apart than the tolerance
     top2 = np.sort(ref_a, axis=1)[:, -2:]
     tie = (top2[:, 1] - top2[:, 0]) <= tol * scale
+    ok = diff <= tol * scale and bool(np.all(agree | tie))
+    extra: dict[str, Any] = {}
+    for key, a, b in (("features", ref_o.features, got_o.features), ("cam", ref_o.cams, got_o.cams)):
+        if a is None or b is None:
+            extra[key] = None
+            ok = ok and key == "cam" and a is None  # features are required; a CAM only where the head has one
+            continue
+        d = float(np.abs(a - b).max())
+        t = tol * max(1.0, float(np.abs(a).max()))
+        extra[key] = {"max_abs_diff": d, "tolerance": t}
+        ok = ok and d <= t
     return {
         "n_images": int(len(inputs)),
         "max_abs_diff": diff,
         "tolerance": tol * scale,
         "top1_agreement": float(agree.mean()),
-        "ok": bool(diff <= tol * scale and bool(np.all(agree | tie))),
+        **extra,
+        "ok": bool(ok),
     }
 
 
@@ -126,47 +146,6 @@ def recorded_data_dir(run_or_bundle: str | Path, bundle: Bundle) -> Path | None:
         if isinstance(value, str) and Path(value).is_dir():
             return Path(value)
     return None
-
-
-class SplitArrays(NamedTuple):
-    """One split as the network sees it."""
-
-    x: np.ndarray  # (N, 3, S, S) float32
-    y: np.ndarray  # (N,) int64 class indices of the bundle
-    names: list[str]  # relpaths, aligned with x
-    skipped: list[dict[str, str]]  # {"path", "reason"} of files that could not be decoded
-
-
-def load_split_arrays(
-    data: str | Path | Dataset, split: str, bundle: Bundle, *, max_images: int | None = None, seed: int = 0
-) -> SplitArrays:
-    """Images of one split, decoded exactly as `predict`, `serve` and `evaluate` decode them (JPEG draft decoding,
-    `evaluate.predict.load_crops`). `data` is a dataset folder or an already scanned Dataset (no rescan).
-
-    Uses at most `max_images` (a class-mixed, seeded subset). Unreadable images are returned in `skipped`, so
-    the caller can say how many figures they are missing; none readable raises DatasetError."""
-    from sightline.data.datasets import scan_dataset
-    from sightline.evaluate.predict import crops_to_batch, load_crops
-
-    dataset = data if isinstance(data, Dataset) else scan_dataset(data, require_splits=(split,))
-    samples = [s for s in dataset.split(split) if s.label in bundle.classes]
-    if not samples:
-        raise DatasetError(f"{dataset.root}/{split} has no images of the bundle's classes {bundle.classes}.")
-    if max_images is not None and len(samples) > max_images:
-        rng = np.random.default_rng(seed)
-        samples = [samples[i] for i in sorted(rng.choice(len(samples), size=max_images, replace=False))]
-    inputs = load_crops([s.path for s in samples], bundle.preprocessing)
-    if not inputs.index:
-        raise DatasetError(f"no readable image in {dataset.root}/{split}; run `sightline data audit {dataset.root}`.")
-    kept = [samples[i] for i in inputs.index]
-    # files whose header already failed in the scan (paths relative to the dataset root)
-    unreadable = [d for d in dataset.skipped if Path(d["path"]).parts[:1] == (split,)]
-    return SplitArrays(
-        crops_to_batch(inputs.crops, bundle.preprocessing),
-        np.asarray([bundle.classes.index(s.label) for s in kept], dtype=np.int64),
-        [s.relpath for s in kept],
-        unreadable + inputs.failed,
-    )
 
 
 def export(
@@ -202,7 +181,12 @@ def export(
         from sightline.data.datasets import scan_dataset
 
         dataset = scan_dataset(data_dir, require_splits=("val",))  # once, for parity, calibration and test
-        inputs = load_split_arrays(dataset, "val", bundle, max_images=max_parity_images).x
+        from sightline.data.splits import load_split
+        from sightline.data.transforms import to_batch
+
+        pre = bundle.preprocessing
+        val = load_split(dataset, "val", classes=bundle.classes, preprocessing=pre, max_images=max_parity_images)
+        inputs = to_batch(val.crops, pre)
         source = f"{Path(data_dir)}/val"
     else:
         inputs = np.random.default_rng(0).standard_normal((8, 3, s, s)).astype(np.float32)
@@ -219,7 +203,8 @@ def export(
         raise ParityError(
             f"ONNX export of {bundle.path} breaks parity on {parity['n_images']} images from {source}: max abs "
             f"logit diff {parity['max_abs_diff']:.3g} (tolerance {parity['tolerance']:.3g}), top-1 agreement "
-            f"{parity['top1_agreement']:.3f}; model.onnx was not written. Report this with the architecture name."
+            f"{parity['top1_agreement']:.3f}, features {parity['features']}; model.onnx was not written. Report this "
+            "with the architecture name."
         )
     report: dict[str, Any] = {
         "onnx": bundle.onnx_path.name,

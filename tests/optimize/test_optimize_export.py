@@ -40,10 +40,19 @@ def test_export_parity_recorded_and_dynamic_batch(exported):
     # independent check at a batch size the export never saw (dynamic axis)
     x = np.random.default_rng(1).standard_normal((5, 3, 32, 32)).astype(np.float32)
     session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert [o.name for o in session.get_outputs()] == ["logits", "features", "cam"]
+    logits, features, cam = session.run(None, {session.get_inputs()[0].name: x})
+    model = bundle.load_model()
     with torch.inference_mode():
-        ref = bundle.load_model()(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(got, ref, atol=1e-4)
+        ref = model(torch.from_numpy(x)).numpy()
+        fmap = model.forward_features(torch.from_numpy(x))
+        pooled = fmap.mean(dim=(2, 3)).numpy()  # the penultimate vector: global average pool of the last map
+        top = ref.argmax(1)
+        ref_cam = torch.einsum("nchw,nc->nhw", fmap, model.get_classifier().weight[top]).numpy()
+    np.testing.assert_allclose(logits, ref, atol=1e-4)
+    np.testing.assert_allclose(features, pooled, atol=1e-4)
+    np.testing.assert_allclose(cam, ref_cam, atol=1e-3)
+    assert stored["parity"]["features"]["max_abs_diff"] < 1e-4 and stored["parity"]["cam"]["max_abs_diff"] < 1e-3
 
 
 def test_parity_check_catches_a_wrong_graph(exported):
@@ -85,7 +94,7 @@ def test_int8_model_runs_and_is_recorded(exported):
 
 
 def test_predictors_agree_and_bad_files_become_rows(exported, tmp_path):
-    from sightline.optimize.predictor import OnnxPredictor, TorchPredictor
+    from sightline.inference import open_engine
 
     run, data, _ = exported
     bundle = load_bundle(run)
@@ -94,8 +103,9 @@ def test_predictors_agree_and_bad_files_become_rows(exported, tmp_path):
     good = files[0].read_bytes()
     (tmp_path / "cut.png").write_bytes((files[0] if files[0].suffix == ".png" else files[1]).read_bytes()[:60])
     sources = files + [tmp_path / "notes.jpg", tmp_path / "cut.png", tmp_path / "missing.jpg", good]
-    onnx_rows = OnnxPredictor(bundle).predict_files(sources, batch_size=3)
-    torch_rows = TorchPredictor(bundle).predict_files(sources, batch_size=5)
+    with open_engine(bundle, backend="onnx") as onnx, open_engine(bundle, backend="torch") as eager:
+        onnx_rows = onnx.predict_files(sources, batch_size=3, keep_outputs=True)
+        torch_rows = eager.predict_files(sources, batch_size=5, keep_outputs=True)
     assert [r.filename for r in onnx_rows][: len(files)] == [str(f) for f in files]
     assert [r.error is not None for r in onnx_rows] == [False] * len(files) + [True, True, True, False]
     assert "NotAnImageError" in onnx_rows[len(files)].error
@@ -103,6 +113,11 @@ def test_predictors_agree_and_bad_files_become_rows(exported, tmp_path):
         assert a.label == b.label
         if a.confidence is not None:
             assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
+            # the features and CAM come from the same pass, and agree between the backends
+            np.testing.assert_allclose(a.output.features, b.output.features, atol=1e-4)
+            np.testing.assert_allclose(a.output.cams, b.output.cams, atol=1e-3)
+        else:
+            assert a.output is None
 
 
 def test_predict_cli_csv_and_json(exported, tmp_path, capsys):
@@ -188,9 +203,10 @@ def test_export_with_unusable_data_leaves_the_previous_onnx_untouched(exported, 
 def test_split_arrays_decode_like_the_server_and_report_unreadable_files(exported, tmp_path):
     # export's parity / int8 figures must come from the same pixels `predict` and `serve` see: a JPEG much larger
     # than the input decodes in draft mode there, so it must here too. A broken file is reported, not dropped.
-    from sightline.optimize.export import load_split_arrays
-    from sightline.optimize.predictor import Predictor
     from PIL import Image
+
+    from sightline.data.splits import load_split
+    from sightline.inference import open_engine
 
     run, _, _ = exported
     bundle = load_bundle(run)
@@ -200,9 +216,10 @@ def test_split_arrays_decode_like_the_server_and_report_unreadable_files(exporte
         big = np.clip(rng.normal(128, 60, (300, 400, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(big).save(tmp_path / "val" / c / "big.jpg", quality=90)
     (tmp_path / "val" / "dark" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    arrays = load_split_arrays(tmp_path, "val", bundle)
+    arrays = load_split(tmp_path, "val", classes=bundle.classes, preprocessing=bundle.preprocessing)
     assert arrays.names == ["val/dark/big.jpg", "val/light/big.jpg"]
     assert arrays.y.tolist() == [0, 1]
     assert [Path(s["path"]).name for s in arrays.skipped] == ["broken.jpg"]
-    served = Predictor(bundle).load(tmp_path / "val" / "dark" / "big.jpg")
-    np.testing.assert_array_equal(arrays.x[0], served)
+    with open_engine(bundle, backend="onnx") as engine:
+        served = engine.prepare((tmp_path / "val" / "dark" / "big.jpg").read_bytes())
+    np.testing.assert_array_equal(engine.to_batch(arrays.crops)[0], served)
