@@ -1,57 +1,70 @@
-"""Training configuration: one dataclass, a comment per field, written next to the results as RUN/config.yaml."""
+"""Training configuration: one pydantic model, a comment per field, written next to the results as RUN/config.yaml.
+
+Values from YAML or the command line may arrive as text ('1e-3' is a string to YAML 1.1, 'yes' a bool); each is
+converted to its field's type, and anything that does not fit is a one-line UserInputError naming the field."""
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, fields, replace
+import typing
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from sightline.errors import UserInputError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, ValidationInfo, field_validator
+
+from sightline.errors import UserInputError, validation_error
 
 __all__ = ["TrainConfig", "load_config"]
 
-_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-_CHOICES = {
-    "schedule": ("cosine", "plateau"),
-    "augment": ("light", "strong", "none"),
-    "balance": ("auto", "none", "weights", "sampler"),
-    "monitor": ("val_macro_f1", "val_acc", "val_loss"),
-    "precision": ("auto", "32-true", "bf16-mixed", "16-mixed"),
-}
+# What a validation error names as its source: "training config" for keyword options, the file in load_config.
+_SOURCE: ContextVar[str] = ContextVar("train_config_source", default="training config")
+
+Count = Annotated[int, Field(ge=1)]
+Pixels = Annotated[int, Field(ge=16)]  # smaller inputs leave nothing after the stem's downsampling
+Share = Annotated[float, Field(ge=0.1, le=1.0)]
+Schedule = Literal["cosine", "plateau"]
+Augment = Literal["light", "strong", "none"]
+Balance = Literal["auto", "none", "weights", "sampler"]
+Monitor = Literal["val_macro_f1", "val_acc", "val_loss"]
+Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(BaseModel):
+    """Every setting of a training run. `TrainConfig(**options)` and `load_config(file)` validate; bad values raise
+    a one-line UserInputError naming the field, its value and what it must be."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # `devices: 2` in YAML is the text "2"
+
     # --- model ---
     model: str = "tf_efficientnet_lite0"  # timm architecture; Lite0/1/2 have offline ImageNet weights
     weights: str = "auto"  # "auto" (packaged, else hub), "none" (random init) or a .safetensors/.pth file
-    input_size: int | None = None  # square input side in px; None = the model's pretrained size (224 for Lite0)
+    input_size: Pixels | None = None  # square input side in px; None = the model's pretrained size (224 for Lite0)
     drop_rate: float = 0.2  # dropout before the classifier
     drop_path_rate: float = 0.1  # stochastic depth in the blocks
     # --- optimisation ---
-    epochs: int = 6  # upper bound; hymenoptera (243 photos, Lite0 224 px) is at 0.97 val accuracy after 2
-    batch_size: int = 32
-    lr: float = 1e-3  # peak learning rate of the head; the backbone gets lr * backbone_lr_scale
+    epochs: Count = 6  # upper bound; hymenoptera (243 photos, Lite0 224 px) is at 0.97 val accuracy after 2
+    batch_size: Count = 32
+    lr: PositiveFloat = 1e-3  # peak learning rate of the head; the backbone gets lr * backbone_lr_scale
     backbone_lr_scale: float = 0.1  # pretrained layers move 10x slower than the fresh head (1.0 from scratch)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to norms and biases)
-    schedule: str = "cosine"  # "cosine": linear warm-up then cosine to 0; "plateau": x0.1 when val stalls
+    schedule: Schedule = "cosine"  # "cosine": linear warm-up then cosine to 0; "plateau": x0.1 when val stalls
     warmup_epochs: float = 1.0  # linear warm-up length for "cosine", in epochs
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     freeze_epochs: int = 0  # train only the head for this many epochs, then unfreeze the backbone
     # --- data ---
-    augment: str = "light"  # "light": resized crop, flips, rotation, colour; "strong": + TrivialAugment, erasing
-    crop_pct: float | None = None  # share of the resized image the eval center crop keeps; None = the model's
+    augment: Augment = "light"  # "light": resized crop, flips, rotation, colour; "strong": + TrivialAugment, erasing
+    crop_pct: Share | None = None  # share of the resized image the eval center crop keeps; None = the model's
     #   (0.875 for Lite0); 1.0 keeps the whole frame, right for inspection images with defects near the edge
     vflip: bool = False  # also flip vertically (fine for parts and micrographs, wrong for street scenes)
-    balance: str = "auto"  # class imbalance: "auto" picks from the max/min class ratio, or weights/sampler/none
+    balance: Balance = "auto"  # class imbalance: "auto" picks from the max/min class ratio, or weights/sampler/none
     num_workers: int | None = None  # DataLoader workers; None = half the CPU cores, at most 4
     # --- stopping and checkpoints ---
-    monitor: str = "val_macro_f1"  # validation metric for early stopping and the best checkpoint
+    monitor: Monitor = "val_macro_f1"  # validation metric for early stopping and the best checkpoint
     patience: int = 10  # epochs without improvement before early stopping
     max_time_s: float | None = None  # wall-clock budget for fitting, seconds; stops cleanly at the limit
     # --- hardware ---
-    precision: str = "auto"  # "auto": bf16-mixed where the hardware has bf16 units (CUDA, AMX/AVX512-BF16 CPUs)
+    precision: Precision = "auto"  # "auto": bf16-mixed where the hardware has bf16 units (CUDA, AMX/AVX512-BF16 CPUs)
     channels_last: bool | None = None  # None = on with CUDA or bf16 (what those kernels want)
     accelerator: str = "auto"  # Lightning accelerator: auto, cpu, gpu
     devices: str = "auto"  # Lightning devices: "auto", a count ("2") or a list ("0,1")
@@ -61,66 +74,33 @@ class TrainConfig:
     seed: int = 0  # seeds Python, NumPy, torch and the DataLoader workers
     deterministic: bool = False  # torch deterministic algorithms (slower; same seed gives the same weights)
 
-    def __post_init__(self) -> None:
-        self._coerce_types()
-        if not re.fullmatch(r"auto|\d+|\d+(,\d+)+", str(self.devices).replace(" ", "")):
-            raise UserInputError(f"devices={self.devices!r} must be 'auto', a count such as 2, or a list such as 0,1.")
-        for name, allowed in _CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise UserInputError(f"{name}={value!r} is not one of {', '.join(allowed)}.")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise UserInputError(f"{name}={getattr(self, name)} must be at least 1.")
-        if self.lr <= 0:
-            raise UserInputError(f"lr={self.lr} must be positive.")
-        if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
-            raise UserInputError(f"crop_pct={self.crop_pct} must be between 0.1 and 1.0.")
-        if self.input_size is not None and self.input_size < 16:
-            raise UserInputError(f"input_size={self.input_size} is too small; use at least 16 pixels.")
+    def __init__(self, **options: Any) -> None:
+        try:
+            super().__init__(**options)
+        except ValidationError as exc:
+            raise validation_error(exc, where=_SOURCE.get(), model=TrainConfig) from None
 
-    def _coerce_types(self) -> None:
-        """Values from YAML or the command line arrive as text ('1e-3' is a string to YAML 1.1): convert each to
-        its field's declared type, or say which field is wrong, in one line."""
-        for f in fields(self):
-            kind = str(f.type).replace(" ", "")
-            optional = kind.endswith("|None")
-            kind = kind.removesuffix("|None")
-            value = getattr(self, f.name)
-            if value is None and optional:
-                continue
-            try:
-                if kind == "bool":
-                    if isinstance(value, str) and value.strip().lower() in _BOOLS:
-                        value = _BOOLS[value.strip().lower()]
-                    elif not isinstance(value, bool):
-                        raise ValueError
-                elif kind == "int":
-                    if isinstance(value, bool) or float(value) != int(float(value)):
-                        raise ValueError
-                    value = int(float(value))
-                elif kind == "float":
-                    if isinstance(value, bool):
-                        raise ValueError
-                    value = float(value)
-                elif kind == "str":
-                    value = str(value)
-            except (TypeError, ValueError):
-                what = {"bool": "true or false", "int": "a whole number", "float": "a number"}.get(kind, kind)
-                raise UserInputError(f"{f.name}={value!r} must be {what}"
-                                     f"{' or null' if optional else ''}.") from None
-            setattr(self, f.name, value)
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's `true` is not a count or a rate (pydantic would read it as 1)."""
+        if isinstance(value, bool) and _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true or false")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|\d+|\d+(,\d+)+", value.replace(" ", "")):
+            raise ValueError("must be 'auto', a count such as 2, or a list such as 0,1")
+        return value
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
-        """A copy with some fields changed; an unknown name is a UserInputError listing the known ones."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise UserInputError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-        return replace(self, **overrides)
+        """A copy with some fields changed, validated again; an unknown name or a bad value is a UserInputError."""
+        return TrainConfig(**{**self.to_dict(), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     def save_yaml(self, path: str | Path) -> None:
         import yaml
@@ -131,15 +111,34 @@ class TrainConfig:
         tmp.replace(path)
 
 
+def _is_number(kind: Any) -> bool:
+    """int, float, or one of them inside `Annotated[...]` / `X | None`."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is Annotated:
+        return _is_number(args[0])
+    return any(_is_number(a) for a in args) if args else kind in (int, float)
+
+
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a config.yaml (e.g. RUN/config.yaml of an earlier run) into a TrainConfig."""
+    """Read a config.yaml (e.g. RUN/config.yaml of an earlier run) into a TrainConfig; a bad file is a one-line
+    UserInputError naming the file and the key."""
     import yaml
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserInputError(f"config '{path}' cannot be read ({exc}).") from exc
+        text = path.read_text()
+    except OSError as exc:
+        raise UserInputError(f"config '{path}' cannot be read ({exc.strerror or exc}); check the path.") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserInputError(f"config '{path}' is not valid YAML{line}; fix the syntax.") from exc
     if not isinstance(data, dict):
         raise UserInputError(f"config '{path}' must be a mapping of option: value.")
-    return TrainConfig().with_overrides(**data)
+    token = _SOURCE.set(str(path))
+    try:
+        return TrainConfig(**{str(k): v for k, v in data.items()})
+    finally:
+        _SOURCE.reset(token)

@@ -33,7 +33,7 @@ def test_train_json_and_sanity(tmp_path: Path, capsys: pytest.CaptureFixture[str
     ("extra", "message"),
     [
         (["--model", "efficientnet_lite7"], "unknown model 'efficientnet_lite7'"),
-        (["--augment", "wild"], "augment='wild' is not one of"),
+        (["--augment", "wild"], "augment='wild' must be 'light', 'strong' or 'none'"),
         (["--weights", "missing.pth"], "neither 'auto', 'none' nor an existing file"),
     ],
 )
