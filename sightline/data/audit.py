@@ -23,13 +23,13 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sightline.data.balance import choose_balance, class_ratio
 from sightline.data.datasets import Dataset, region_files, scan_dataset
+from sightline.data.findings import AuditResult, Finding  # re-exported: part of this module's API
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.data.split import DEFAULT_MAX_DISTANCE, duplicate_groups
 
@@ -53,34 +53,6 @@ KINDS = (
 # Kinds whose files `quarantine` moves away (imbalance and colour modes are properties of the set, not of a file).
 QUARANTINE_KINDS = ("unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels",
                     "split_leakage", "blurry", "too_small", "extreme_aspect")
-
-
-@dataclass
-class Finding:
-    kind: str
-    paths: list[str]
-    detail: dict = field(default_factory=dict)
-
-
-@dataclass
-class AuditResult:
-    root: Path
-    n_images: int
-    findings: list[Finding]
-    counts: dict[str, int]  # {kind: number of findings}
-    class_counts: dict[str, int]
-    out: Path | None = None  # folder with audit.json and audit.html
-    quarantined: list[dict] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {
-            "root": str(self.root),
-            "n_images": self.n_images,
-            "counts": self.counts,
-            "class_counts": self.class_counts,
-            "findings": [asdict(f) for f in self.findings],
-            "quarantined": self.quarantined,
-        }
 
 
 # --- pure checks ----------------------------------------------------------------------------------------------

@@ -6,13 +6,10 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from sightline.data.findings import AuditResult
 from sightline.data.images import load_image
 from sightline.errors import ImageError
-
-if TYPE_CHECKING:
-    from sightline.data.audit import AuditResult
 
 __all__ = ["write_html"]
 

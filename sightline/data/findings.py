@@ -1,0 +1,37 @@
+"""What `sightline data audit` finds: one `Finding` per problem and the `AuditResult` around them. Shared by the
+checks (audit.py) and the HTML page (audit_report.py), so neither of those imports the other's module for its
+types; the finding kinds are listed in audit.py."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["Finding", "AuditResult"]
+
+
+@dataclass
+class Finding:
+    kind: str
+    paths: list[str]
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class AuditResult:
+    root: Path
+    n_images: int
+    findings: list[Finding]
+    counts: dict[str, int]  # {kind: number of findings}
+    class_counts: dict[str, int]
+    out: Path | None = None  # folder with audit.json and audit.html
+    quarantined: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "root": str(self.root),
+            "n_images": self.n_images,
+            "counts": self.counts,
+            "class_counts": self.class_counts,
+            "findings": [asdict(f) for f in self.findings],
+            "quarantined": self.quarantined,
+        }
