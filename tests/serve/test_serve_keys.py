@@ -1,0 +1,62 @@
+"""API keys: the store keeps only their hashes and revokes them (sightline/serve/store.py), the server's cache of
+verified keys forgets them after its TTL (sightline/serve/state.py), and the `sightline keys` commands."""
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+from sightline.serve.store import ApiKeyInfo, Store, hash_key
+
+
+def test_store_keys_hashed_and_revocable(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    key = store.create_key("ci")
+    assert key.startswith("sl_") and len(key) > 40
+    raw = b"".join(f.read_bytes() for f in tmp_path.glob("db.sqlite*"))  # WAL mode: rows may sit in -wal
+    assert key.encode() not in raw and hash_key(key).encode() in raw  # only the hash is stored
+    assert store.verify_key(key).name == "ci"
+    assert store.verify_key(key[:-2] + "zz") is None and store.verify_key("nope") is None
+    assert store.revoke_key("ci") == 1 and store.verify_key(key) is None
+    store.close()
+
+
+def test_key_cache_trusts_a_verified_key_for_its_ttl_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sightline.serve import state
+
+    now = [500.0]
+    monkeypatch.setattr(state, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    alice = ApiKeyInfo(id=1, name="alice")
+    cache = state.KeyCache(ttl_s=30.0)
+    cache.put("h-alice", alice)
+    now[0] += 29.9
+    assert cache.get("h-alice") == alice and cache.get("h-bob") is None
+    now[0] += 0.2  # past the TTL: the next request reads the database again, so a revocation takes effect
+    assert cache.get("h-alice") is None
+    off = state.KeyCache(ttl_s=0.0)  # 0: every request is checked in the database
+    off.put("h-alice", alice)
+    assert off.get("h-alice") is None
+
+
+def test_keys_commands(tmp_path, capsys):
+    from sightline.cli import main
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+
+    def run(*args):
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+        return exc.value.code, capsys.readouterr()
+
+    code, out = run("keys", "create", "ops", "--database-url", url, "--json")
+    assert code == 0
+    key = json.loads(out.out)["key"]
+    code, out = run("keys", "list", "--database-url", url, "--json")
+    listed = json.loads(out.out)
+    assert code == 0 and listed[0]["name"] == "ops" and key not in out.out and listed[0]["revoked"] is None
+    assert run("keys", "revoke", "ops", "--database-url", url)[0] == 0
+    code, out = run("keys", "revoke", "ops", "--database-url", url)
+    assert code == 2 and "no active key" in out.err
+    code, out = run("keys", "create", "x")  # no bundle, no URL: one-line error
+    assert code == 2 and "SIGHTLINE_DATABASE_URL" in out.err
