@@ -1,37 +1,21 @@
 """`sightline` commands of the optimize stage: export, predict, bench, distill."""
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import typer
 
 from sightline._cli.common import console, err_console, fail, print_json
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, folders searched recursively for image files, glob patterns expanded; in order, unique."""
-    from sightline.data.datasets import MASK_SUFFIX
+    """sightline.data.inputs.expand_inputs with its error as the command's one-line exit."""
+    from sightline.data.inputs import expand_inputs as expand
+    from sightline.errors import UserInputError
 
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(MASK_SUFFIX)
-            )
-        elif path.exists() or not any(ch in item for ch in "*?["):
-            found.append(path)  # a missing plain path becomes an error row, like any unreadable file
-        else:
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            if not matches:
-                raise fail(f"the pattern '{item}' matches no file; check it (quote it so the shell leaves it).")
-            found += [p for p in matches if p.is_file()]
-    seen: set[Path] = set()
-    return [p for p in found if not (p in seen or seen.add(p))]
+    try:
+        return expand(inputs)
+    except UserInputError as exc:
+        raise fail(str(exc)) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -78,28 +62,42 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option("csv", "--format", help="csv or json."),
         out: Path | None = typer.Option(None, "--out", help="Write here instead of stdout."),
         batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per inference call."),
+        features: Path | None = typer.Option(
+            None, "--features", help="Also save each readable image's pooled features (from the same forward pass) "
+            "to this .npz file: arrays `features` (N, D) and `filenames`."),
     ) -> None:
         """Predict a label for every image; unreadable files get a row with the error, never stop the batch."""
         import csv
         import io
         import json
 
-        from rich.progress import Progress
-
         from sightline.bundle import load_bundle
-        from sightline.optimize.predictor import OnnxPredictor
+        from sightline.inference import open_engine
+        from sightline.progress import rich_progress
 
         if fmt not in ("csv", "json"):
             raise fail(f"--format {fmt!r} is unknown; use csv or json.")
+        if features is not None and features.suffix != ".npz":
+            raise fail(f"--features {features} must name a .npz file, e.g. features.npz.")
         paths = expand_inputs(inputs)
         if not paths:
             raise fail("no input images found; pass files, folders or glob patterns.")
-        predictor = OnnxPredictor(load_bundle(bundle), int8=int8)
-        with Progress(console=err_console, transient=True) as progress:
-            task = progress.add_task("predicting", total=len(paths))
-            rows = predictor.predict_files(
-                paths, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n)
-            )
+        with open_engine(load_bundle(bundle), backend="onnx-int8" if int8 else "onnx") as engine:
+            if features is not None:
+                engine.require_features()
+            with rich_progress(console=err_console) as progress:
+                rows = engine.predict_files(paths, batch_size=batch_size, keep_outputs=features is not None,
+                                            progress=progress)
+        if features is not None:
+            import numpy as np
+
+            kept = [r for r in rows if r.output is not None]
+            dim = kept[0].output.features.shape[1] if kept else 0
+            matrix = np.concatenate([r.output.features for r in kept]) if kept else np.zeros((0, dim), np.float32)
+            features.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(features, features=matrix.astype(np.float32),
+                                filenames=np.array([r.filename for r in kept]))
+            err_console.print(f"features ({len(kept)} x {dim}, float32) of the readable images written to {features}")
         if fmt == "json":
             text = json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
         else:
@@ -144,7 +142,9 @@ def register(app: typer.Typer) -> None:
             if not files:
                 raise fail(f"--images '{images}' holds no image files.")
             blobs = [f.read_bytes() for f in files[:256]]
-        with err_console.status("benchmarking...") as status:
+        from sightline.progress import rich_progress
+
+        with rich_progress(console=err_console, enabled=not as_json) as progress:
             report = bench(
                 bundle,
                 images=blobs,
@@ -152,7 +152,7 @@ def register(app: typer.Typer) -> None:
                 backends=[b.strip() for b in backends.split(",") if b.strip()],
                 time_budget_s=budget,
                 threads=threads,
-                on_step=lambda s: status.update(f"benchmarking {s}..."),
+                progress=progress,
             )
         if as_json:
             print_json(report)
@@ -176,6 +176,9 @@ def register(app: typer.Typer) -> None:
         for backend, entry in report["results"].items():
             if "skipped" in entry:
                 console.print(f"{backend} skipped: {entry['skipped']}")
+        for backend, entry in report["results"].items():
+            if "settings" in entry:
+                console.print(f"{backend}: {entry['settings']}")
         for key, value in report["speedup"].items():
             console.print(f"{key}: {value}x")
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from sightline.preprocessing import Preprocessing
 
-__all__ = ["RESAMPLE", "resize_center_crop", "normalize", "eval_preprocess", "stack", "load_crop", "to_batch"]
+__all__ = ["RESAMPLE", "resize_center_crop", "normalize", "eval_preprocess", "stack", "decode_for", "load_crop", "to_batch"]
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -73,17 +73,24 @@ def stack(arrays: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.stack(arrays, axis=0), dtype=np.float32)
 
 
-def load_crop(
+def decode_for(
     source: str | Path | bytes, pre: Preprocessing, *, max_pixels: int | None = None, name: str | None = None
-) -> np.ndarray:
-    """Decode a file or upload and resize/center-crop it: (S, S, 3) uint8 RGB, S = pre.input_size.
-
-    The one decode path for inference (sightline.inference calls it for every stage). JPEGs decode in draft mode
-    at no less than the resize size. Raises the ImageError subclasses of `load_image`, naming the file."""
+) -> Image.Image:
+    """Decode a file or upload for `pre`: an RGB image, JPEGs in draft mode at no less than the resize size (much
+    faster for photographs; the resize that follows hides the difference). Raises the ImageError subclasses of
+    `load_image`, naming the file."""
     from sightline.data.images import DEFAULT_MAX_PIXELS, load_image
 
     side = pre.resize_size
-    image = load_image(source, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft=(side, side), name=name)
+    return load_image(source, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft=(side, side), name=name)
+
+
+def load_crop(
+    source: str | Path | bytes, pre: Preprocessing, *, max_pixels: int | None = None, name: str | None = None
+) -> np.ndarray:
+    """Decode a file or upload and resize/center-crop it: (S, S, 3) uint8 RGB, S = pre.input_size. The one decode
+    path for inference (sightline.inference calls it for every stage)."""
+    image = decode_for(source, pre, max_pixels=max_pixels, name=name)
     return np.asarray(resize_center_crop(image, pre), dtype=np.uint8)
 
 

@@ -88,18 +88,34 @@ class Engine:
         return self.backend.kind
 
     # --- stages -------------------------------------------------------------------------------------------
+    def decode(self, source: str | Path | bytes, *, name: str | None = None):  # -> PIL.Image.Image
+        """Decode one file or upload (JPEG draft mode). Raises ImageError subclasses (NotAnImageError,
+        ImageTooLargeError, CorruptImageError) naming the file (or `name`)."""
+        from sightline.data.transforms import decode_for
+
+        return decode_for(source, self.preprocessing, max_pixels=self.max_pixels, name=name)
+
+    def crop(self, image) -> np.ndarray:
+        """A decoded RGB image -> (S, S, 3) uint8 after resize + center crop."""
+        from sightline.data.transforms import resize_center_crop
+
+        return np.asarray(resize_center_crop(image, self.preprocessing), dtype=np.uint8)
+
     def load(self, source: str | Path | bytes, *, name: str | None = None) -> np.ndarray:
-        """Decode + resize/center-crop one file or upload: (S, S, 3) uint8. Raises ImageError subclasses
-        (NotAnImageError, ImageTooLargeError, CorruptImageError) naming the file (or `name`)."""
+        """`decode` + `crop`: (S, S, 3) uint8 (sightline.data.transforms.load_crop, the one decode path)."""
         from sightline.data.transforms import load_crop
 
         return load_crop(source, self.preprocessing, max_pixels=self.max_pixels, name=name)
 
     def prepare(self, source: str | Path | bytes, *, name: str | None = None) -> np.ndarray:
         """`load` then normalise: (3, S, S) float32, one network input (the server's decode threads)."""
+        return self.normalize(self.load(source, name=name))
+
+    def normalize(self, crop: np.ndarray) -> np.ndarray:
+        """(S, S, 3) uint8 -> (3, S, S) float32 with the bundle's mean/std."""
         from sightline.data.transforms import normalize
 
-        return normalize(self.load(source, name=name), self.preprocessing)
+        return normalize(crop, self.preprocessing)
 
     def to_batch(self, crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, 3, S, S) float32."""
@@ -219,17 +235,13 @@ class Engine:
                         ok_names.append(name)
                         out.append(None)
                 if crops:
-                    batch = np.stack(self.map(lambda c: self._normalize(c), crops))
+                    batch = np.stack(self.map(self.normalize, crops))
                     decided = iter(self.decide(self.run(batch), ok_names, keep=keep_outputs))
                     out = [row if row is not None else next(decided) for row in out]
                 rows.extend(row for row in out if row is not None)
                 steps.advance(len(chunk))
         return rows
 
-    def _normalize(self, crop: np.ndarray) -> np.ndarray:
-        from sightline.data.transforms import normalize
-
-        return normalize(crop, self.preprocessing)
 
 
 def open_engine(

@@ -1,7 +1,7 @@
 """End-to-end latency and throughput of the prediction path (issue 5, part 4).
 
 For each backend (PyTorch eager fp32, ONNX Runtime fp32, ONNX Runtime int8) and batch size, time the four
-stages a request goes through with the same `Predictor` code `predict` and `serve` use: decode (JPEG bytes ->
+stages a request goes through with the same inference core (`sightline.inference.Engine`) `predict` and `serve` use: decode (JPEG bytes ->
 RGB, draft mode; a batch's images in parallel threads), preprocess (resize, crop, normalise, stack; also
 threaded), inference, postprocess (temperature, thresholds, top-k). Reports p50/p95 batch latency, images/s,
 model file size and peak memory (resident set growth while the backend is loaded and run: native memory that
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,17 @@ import numpy as np
 
 from sightline.bundle import Bundle, load_bundle
 from sightline.errors import SightlineError
+from sightline.progress import ProgressFn, Steps
 
-__all__ = ["bench", "synthetic_jpegs", "BACKENDS"]
+__all__ = ["bench", "synthetic_jpegs", "BACKENDS", "BACKEND_SETTINGS"]
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
+# What each side runs, printed beside its figures (issue 9: a baseline states its settings).
+BACKEND_SETTINGS = {
+    "torch": "PyTorch eager, fp32, channels-last, torch.inference_mode",
+    "onnx": "ONNX Runtime fp32, all graph optimisations, intra-op threads = cores",
+    "onnx-int8": "ONNX Runtime int8 (static, per-channel QDQ), all graph optimisations, intra-op threads = cores",
+}
 
 
 def synthetic_jpegs(n: int, *, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[bytes]:
@@ -78,7 +85,7 @@ def _model_size(bundle: Bundle, backend: str) -> int | None:
     return path.stat().st_size if path.is_file() else None
 
 
-def _bench_batch(predictor, images: list[bytes], batch: int, repeats: int) -> dict[str, Any]:
+def _bench_batch(engine, images: list[bytes], batch: int, repeats: int) -> dict[str, Any]:
     from sightline.data.transforms import stack
 
     stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "inference": [], "postprocess": []}
@@ -87,16 +94,16 @@ def _bench_batch(predictor, images: list[bytes], batch: int, repeats: int) -> di
     for r in range(repeats + 1):  # the first pass warms caches and ORT's kernels and is not counted
         chunk = [images[(r * batch + i) % len(images)] for i in range(batch)]
         t0 = time.perf_counter()
-        decoded = predictor.map(predictor.decode, chunk)
+        decoded = engine.map(engine.decode, chunk)
         bad = next((d for d in decoded if isinstance(d, BaseException)), None)
         if bad is not None:
             raise bad  # benchmark images must all be readable
         t1 = time.perf_counter()
-        x = stack(predictor.map(predictor.preprocess, decoded))
+        x = stack(engine.map(lambda im: engine.normalize(engine.crop(im)), decoded))
         t2 = time.perf_counter()
-        logits = predictor.predict_arrays(x)
+        out = engine.run(x)
         t3 = time.perf_counter()
-        predictor.decide(logits, names)
+        engine.decide(out, names)
         t4 = time.perf_counter()
         if r == 0:
             continue
@@ -124,14 +131,14 @@ def bench(
     max_repeats: int = 20,
     time_budget_s: float = 4.0,
     threads: int | None = None,
-    on_step: Callable[[str], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Benchmark the prediction path; returns {"images", "results": {backend: {batch: figures}}, ...}.
 
     images: encoded images (bytes) to cycle through; default 64 synthetic 640x480 JPEGs.
     Each (backend, batch) runs until `time_budget_s` or `max_repeats` batches (at least 3).
     A backend whose file is missing (no `sightline export`, no `--int8`) is reported as skipped."""
-    from sightline.optimize.predictor import create_predictor
+    from sightline.inference import open_engine
 
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path)
     unknown = [b for b in backends if b not in BACKENDS]
@@ -149,20 +156,20 @@ def bench(
             continue
         rss0 = _rss_bytes("VmRSS")
         peak_ok = _reset_peak_rss()
-        predictor = create_predictor(bundle, backend=backend, threads=threads)
-        entry: dict[str, Any] = {"model_bytes": size}
-        for batch in batch_sizes:
-            if on_step:
-                on_step(f"{backend} batch {batch}")
-            # estimate one batch's time, then choose how many repeats fit the budget
-            probe = _bench_batch(predictor, images, batch, 1)
-            repeats = int(max(3, min(max_repeats, time_budget_s * 1000 / max(probe["p50_ms"], 1e-3))))
-            entry[str(batch)] = _bench_batch(predictor, images, batch, repeats)
-        peak = _rss_bytes("VmHWM") if peak_ok else None
-        entry["peak_rss_delta_mb"] = round((peak - rss0) / 2**20, 1) if peak and rss0 else None
-        entry["providers"] = getattr(predictor, "providers", [str(getattr(predictor, "device", "cpu"))])
+        entry: dict[str, Any] = {"model_bytes": size, "settings": BACKEND_SETTINGS[backend]}
+        with open_engine(bundle, backend=backend, threads=threads) as engine, \
+                Steps(progress, f"{backend}", len(batch_sizes)) as steps:
+            for batch in batch_sizes:
+                # estimate one batch's time, then choose how many repeats fit the budget
+                probe = _bench_batch(engine, images, batch, 1)
+                repeats = int(max(3, min(max_repeats, time_budget_s * 1000 / max(probe["p50_ms"], 1e-3))))
+                entry[str(batch)] = _bench_batch(engine, images, batch, repeats)
+                steps.advance()
+            peak = _rss_bytes("VmHWM") if peak_ok else None
+            entry["peak_rss_delta_mb"] = round((peak - rss0) / 2**20, 1) if peak and rss0 else None
+            runner = engine.backend
+            entry["providers"] = runner.providers if hasattr(runner, "providers") else [str(runner.device)]
         results[backend] = entry
-        del predictor
     speedups = {}
     for batch in batch_sizes:
         ref = results.get("torch", {}).get(str(batch))

@@ -117,7 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
         from sightline.bundle import load_bundle
         import anyio
 
-        from sightline.optimize.predictor import OnnxPredictor, usable_cores
+        from sightline.inference import open_engine, usable_cores
         from sightline.serve.batching import MicroBatcher
         from sightline.serve.ratelimit import RateLimiter
         from sightline.serve.state import KeyCache, ServiceState
@@ -126,9 +126,9 @@ def create_app(settings: Settings) -> FastAPI:
         bundle = load_bundle(settings.bundle)
         if settings.review_confidence is not None:
             bundle.thresholds = {**bundle.thresholds, "review_confidence": settings.review_confidence}
-        predictor = OnnxPredictor(
+        engine = open_engine(
             bundle,
-            int8=settings.int8,
+            backend="onnx-int8" if settings.int8 else "onnx",
             threads=settings.threads,
             spinning=False,  # decoding shares the cores with inference; spinning threads would starve it
             max_pixels=settings.max_pixels,
@@ -136,7 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         store = Store(settings.resolved_database_url())
         batcher = MicroBatcher(
-            predictor.predict_arrays,
+            engine.run,
             max_size=settings.batch_max_size,
             max_wait_ms=settings.batch_max_wait_ms,
             on_batch=metrics.batch_size.observe,
@@ -146,7 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.sightline = ServiceState(
             settings=settings,
             bundle=bundle,
-            predictor=predictor,
+            engine=engine,
             store=store,
             batcher=batcher,
             metrics=metrics,
@@ -158,6 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await batcher.close()  # in-flight requests have finished; anything still queued is answered
+            engine.close()
             store.close()
 
     app = FastAPI(

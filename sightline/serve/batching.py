@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from sightline.inference import Output
+
 __all__ = ["MicroBatcher", "BatcherClosedError"]
 
 
@@ -25,13 +27,14 @@ _STOP = object()
 class MicroBatcher:
     def __init__(
         self,
-        infer: Callable[[np.ndarray], np.ndarray],
+        infer: Callable[[np.ndarray], Output],
         *,
         max_size: int = 32,
         max_wait_ms: float = 4.0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        """infer: (N, 3, S, S) float32 -> (N, K) logits; called from one worker thread, never concurrently."""
+        """infer: (N, 3, S, S) float32 -> Output (logits, features, CAMs) of N rows; called from one worker thread,
+        never concurrently."""
         self._infer = infer
         self.max_size = max_size
         self.max_wait_s = max_wait_ms / 1000
@@ -45,8 +48,8 @@ class MicroBatcher:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sightline-batcher")
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
-        """(3, S, S) input -> (K,) logits."""
+    async def submit(self, x: np.ndarray) -> Output:
+        """(3, S, S) input -> its one-row Output."""
         if self._closing or self._task is None:
             raise BatcherClosedError("the service is shutting down; retry on another replica.")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -57,10 +60,10 @@ class MicroBatcher:
         finally:
             self.pending -= 1
 
-    async def submit_many(self, xs: list[np.ndarray]) -> np.ndarray:
-        """list of (3, S, S) -> (N, K) logits, each image queued on its own so it can join other requests."""
+    async def submit_many(self, xs: list[np.ndarray]) -> Output:
+        """list of (3, S, S) -> Output of N rows, each image queued on its own so it can join other requests."""
         rows = await asyncio.gather(*(self.submit(x) for x in xs))
-        return np.stack(rows)
+        return Output.concat(rows)
 
     async def close(self) -> None:
         """Stop accepting work, finish everything queued, stop the worker."""
@@ -118,7 +121,7 @@ class MicroBatcher:
             return
         x = np.ascontiguousarray(np.stack([x for x, _ in live]), dtype=np.float32)
         try:
-            logits = await loop.run_in_executor(self._executor, self._infer, x)
+            out = await loop.run_in_executor(self._executor, self._infer, x)
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request, which answers 5xx
             for _, f in live:
                 if not f.done():
@@ -128,4 +131,4 @@ class MicroBatcher:
             self._on_batch(len(live))
         for i, (_, f) in enumerate(live):
             if not f.done():
-                f.set_result(logits[i])
+                f.set_result(out.take(slice(i, i + 1)))

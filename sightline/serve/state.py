@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from sightline.bundle import Bundle
-from sightline.optimize.predictor import OnnxPredictor
+from sightline.inference import Engine
 from sightline.serve.batching import MicroBatcher
 from sightline.serve.metrics import ServiceMetrics
 from sightline.serve.ratelimit import RateLimiter
@@ -45,7 +45,7 @@ class KeyCache:
 class ServiceState:
     settings: Settings
     bundle: Bundle
-    predictor: OnnxPredictor
+    engine: Engine  # the inference core on the bundle's ONNX graph
     store: Store
     batcher: MicroBatcher
     metrics: ServiceMetrics

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from sightline.inference import Output
 from sightline.serve.batching import BatcherClosedError, MicroBatcher
 
 
@@ -17,9 +18,10 @@ def _weights() -> np.ndarray:
 def _infer_recorder(calls: list[int]):
     w = _weights()
 
-    def infer(x: np.ndarray) -> np.ndarray:
+    def infer(x: np.ndarray) -> Output:
         calls.append(len(x))
-        return x.reshape(len(x), 3, -1).mean(axis=2) @ w
+        features = x.reshape(len(x), 3, -1).mean(axis=2)
+        return Output(features @ w, features)
 
     return infer
 
@@ -38,7 +40,10 @@ def test_concurrent_submissions_are_coalesced_in_order():
     out = asyncio.run(main())
     assert calls == [4, 4, 2]  # 10 concurrent images, at most 4 per inference call
     expected = np.stack([x.reshape(3, -1).mean(axis=1) for x in xs]) @ _weights()
-    np.testing.assert_allclose(np.stack(out), expected, rtol=1e-6)
+    # each caller gets its own row of every output of the pass
+    np.testing.assert_allclose(np.concatenate([o.logits for o in out]), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.concatenate([o.features for o in out]),
+                               np.stack([x.reshape(3, -1).mean(axis=1) for x in xs]), rtol=1e-6)
 
 
 def test_close_drains_queued_work_then_refuses():

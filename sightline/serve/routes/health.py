@@ -22,7 +22,7 @@ async def healthz() -> Health:
 async def readyz(state: StateDep) -> Response:
     """Ready to answer: the model is loaded and the database is reachable. 503 otherwise."""
     db_ok = await anyio.to_thread.run_sync(state.store.ping)
-    checks = {"model": state.predictor is not None, "database": db_ok}
+    checks = {"model": state.engine is not None, "database": db_ok}
     ready = all(checks.values())
     body = Health(status="ready" if ready else "not ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

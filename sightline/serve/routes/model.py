@@ -27,8 +27,8 @@ async def model_info(state: StateDep) -> ModelInfo:
         code_version=b.code_version,
         created=b.created,
         runtime={
-            "backend": state.predictor.kind,
-            "providers": state.predictor.providers,
+            "backend": state.engine.kind,
+            "providers": state.engine.backend.providers,
             "batch_max_size": s.batch_max_size,
             "batch_max_wait_ms": s.batch_max_wait_ms,
             "max_images_per_request": s.max_images_per_request,

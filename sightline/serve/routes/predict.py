@@ -45,7 +45,7 @@ async def predict(
         arrays = []
         for blob, name in zip(blobs, names):
             try:
-                arrays.append(state.predictor.load(blob, name=name))
+                arrays.append(state.engine.prepare(blob, name=name))
             except SightlineError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile bytes is still the input's fault
@@ -53,8 +53,8 @@ async def predict(
         return arrays
 
     arrays = await anyio.to_thread.run_sync(decode_all, limiter=state.decode_limiter)
-    logits = await state.batcher.submit_many(arrays)
-    preds = state.predictor.decide(logits, names)
+    output = await state.batcher.submit_many(arrays)  # logits, features and CAMs of one forward pass
+    preds = state.engine.decide(output, names)
     latency_ms = (time.perf_counter() - t0) * 1000
     request_id = uuid.uuid4().hex
     rows = [

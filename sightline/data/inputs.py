@@ -1,0 +1,53 @@
+"""What the user pointed at -> the image files to predict: files as given, folders searched, globs expanded.
+
+Whether a file in a folder is an image is decided by its content (the first bytes: JPEG, PNG, BMP, TIFF, WebP),
+not by its extension (DESIGN.md), so `photo.JPG.bak` from a camera and `scan.tif` both count and `notes.jpg`
+that holds text does not. A file named explicitly is always kept: if it is not an image, its prediction row says
+so instead of it vanishing.
+"""
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+from pathlib import Path
+
+from sightline.errors import UserInputError
+
+__all__ = ["looks_like_image", "expand_inputs"]
+
+# Leading bytes of the formats sightline decodes (sightline.data.images.ALLOWED_FORMATS).
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def looks_like_image(path: Path) -> bool:
+    """True when the file starts like a JPEG, PNG, BMP, TIFF or WebP (reads 12 bytes; unreadable -> False)."""
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(12)
+    except OSError:
+        return False
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for images (by content, masks beside images left out), glob
+    patterns expanded; in order, each file once. A pattern that matches nothing raises UserInputError."""
+    from sightline.data.datasets import MASK_SUFFIX
+
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        text = str(item)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(MASK_SUFFIX)
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                            and looks_like_image(p))
+        elif path.exists() or not any(ch in text for ch in "*?["):
+            found.append(path)  # a missing plain path becomes an error row, like any unreadable file
+        else:
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            if not matches:
+                raise UserInputError(f"the pattern '{text}' matches no file; check it (quote it so the shell leaves it).")
+            found += [p for p in matches if p.is_file()]
+    seen: set[Path] = set()
+    return [p for p in found if not (p in seen or seen.add(p))]
