@@ -1,0 +1,164 @@
+"""Cheap statistics of one image, kept per prediction and in the reference profile, for the image-statistics
+drift test (`sightline.monitor.drift.image_stats_test`).
+
+`image_stats(image, source)` measures the decoded image (what the model saw) and reads the file's header (what
+arrived: format, stored colour mode, JPEG quantization tables) without decoding it again. Cost: one greyscale
+conversion and a box downscale to `ANALYSIS_SIDE`, a few milliseconds for a 12-megapixel photo.
+
+Statistics (the same keys for every image; `None` where a statistic does not apply):
+  width, height     pixels of the decoded image
+  aspect            width / height
+  brightness        mean grey level in [0, 1]
+  contrast          standard deviation of the grey level in [0, 1] (RMS contrast)
+  sharpness         variance of the 4-neighbour Laplacian of the grey image at ANALYSIS_SIDE (higher = sharper;
+                    same definition as the data audit's blur measure)
+  bytes_per_pixel   file size / (width * height): compression and noise show here
+  jpeg_quality      IJG quality 1..100 whose standard tables best match the file's (None unless JPEG)
+  mode              stored colour mode ("RGB", "L", "CMYK", "P", ...)
+  channels          number of channels of the stored mode
+  format            "JPEG", "PNG", "BMP", "TIFF", "WEBP"
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from sightline.errors import ImageError
+
+__all__ = ["ANALYSIS_SIDE", "CONTINUOUS", "CATEGORICAL", "image_stats", "jpeg_quality", "laplacian_variance",
+           "stats_columns"]
+
+ANALYSIS_SIDE = 160  # grey statistics are measured with the shorter side brought down to this (as the data audit)
+CONTINUOUS = ("width", "height", "aspect", "brightness", "contrast", "sharpness", "bytes_per_pixel", "jpeg_quality")
+CATEGORICAL = ("mode", "format")  # `channels` follows from `mode`; testing both would count one change twice
+
+Source = Union[str, Path, bytes, bytearray, memoryview]
+
+# The IJG (libjpeg) example tables, Annex K of ITU-T T.81, natural order. Pillow, libjpeg-turbo, ImageMagick
+# and most cameras' "quality" settings scale these.
+_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.int64)
+_CHROMA = np.array([17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5
+                   + [47, 66] + [99] * 6 + [99] * 32, dtype=np.int64)
+
+
+def _scaled_sums(table: np.ndarray) -> np.ndarray:
+    """(100,) sum of `table` scaled to IJG quality 1..100 (jpeg_quality_scaling + baseline clamp to 1..255)."""
+    q = np.arange(1, 101)
+    scale = np.where(q < 50, 5000 // q, 200 - 2 * q)
+    scaled = np.clip((table[None, :] * scale[:, None] + 50) // 100, 1, 255)
+    return scaled.sum(axis=1)
+
+
+_SUMS = (_scaled_sums(_LUMA), _scaled_sums(_CHROMA))
+
+
+def jpeg_quality(quantization: dict[int, Any] | None) -> int | None:
+    """Estimated IJG quality (1..100) from a JPEG's quantization tables (Pillow's `image.quantization`).
+
+    Compares the sum of each table with the sums of the standard tables at every quality (order-free, so it does
+    not matter whether the tables are in zigzag or natural order); the luminance table and, when present, the
+    first chrominance table both count. Files written with non-IJG tables get the nearest IJG quality."""
+    if not quantization:
+        return None
+    tables = [np.asarray(quantization[k], dtype=np.int64) for k in sorted(quantization)[:2]]
+    if any(t.size != 64 for t in tables):
+        return None
+    cost = sum(np.abs(sums - t.sum()) for sums, t in zip(_SUMS, tables))
+    return int(np.argmin(cost)) + 1  # ties go to the lower quality
+
+
+def laplacian_variance(grey: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of an (H, W) grey image in [0, 255]; low means blurry."""
+    a = grey.astype(np.float32)
+    if a.shape[0] < 3 or a.shape[1] < 3:
+        return 0.0
+    lap = a[:-2, 1:-1] + a[2:, 1:-1] + a[1:-1, :-2] + a[1:-1, 2:] - 4.0 * a[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def _header(source: Source) -> tuple[str, str, dict | None, int]:
+    """(format, stored mode, quantization tables or None, size in bytes) of a file or bytes, decoding no pixels."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            with Image.open(path) as im:
+                return _header_of(im, path.stat().st_size)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ImageError(f"{path}: cannot read the image header for its statistics ({exc})") from None
+    data = bytes(source)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return _header_of(im, len(data))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(f"<uploaded bytes>: cannot read the image header for its statistics ({exc})") from None
+
+
+def _header_of(im: Image.Image, size: int) -> tuple[str, str, dict | None, int]:
+    fmt = "JPEG" if im.format == "MPO" else (im.format or "unknown")
+    quant = getattr(im, "quantization", None) if fmt == "JPEG" else None
+    return fmt, im.mode, quant, size
+
+
+def _channels(mode: str | None) -> int | None:
+    try:
+        return int(Image.getmodebands(mode)) if mode else None
+    except (KeyError, ValueError):  # a mode Pillow reads but does not describe
+        return None
+
+
+def image_stats(image: Image.Image, source: Source | None = None) -> dict[str, Any]:
+    """The statistics of one image (see the module docstring), as a JSON-able dict.
+
+    `image` is the decoded image the model saw (any mode; `sightline.data.images.load_image` gives RGB).
+    `source` is the file's bytes or path: format, stored mode, JPEG quality and bytes per pixel come from its
+    header. Without it they come from `image` itself when it still carries them (an `Image.open` result), else
+    they are None. Raises ImageError when `source` is not a readable image."""
+    if source is not None:
+        fmt, mode, quant, size = _header(source)
+    else:
+        fmt = "JPEG" if image.format == "MPO" else image.format
+        mode, size = image.mode, None
+        quant = getattr(image, "quantization", None) if fmt == "JPEG" else None
+    width, height = image.size
+    grey = image.convert("L")
+    short = min(grey.size)
+    if short > ANALYSIS_SIDE:
+        scale = ANALYSIS_SIDE / short
+        grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
+                           Image.Resampling.BOX)
+    g = np.asarray(grey, dtype=np.float32)
+    return {
+        "width": int(width),
+        "height": int(height),
+        "aspect": float(width / height),
+        "brightness": float(g.mean() / 255.0),
+        "contrast": float(g.std() / 255.0),
+        "sharpness": laplacian_variance(g),
+        "bytes_per_pixel": float(size / (width * height)) if size is not None else None,
+        "jpeg_quality": jpeg_quality(quant) if fmt == "JPEG" else None,
+        "mode": mode,
+        "channels": _channels(mode),
+        "format": fmt,
+    }
+
+
+def stats_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per-image dicts (from `image_stats`) -> columns: CONTINUOUS as float64 (None -> NaN), CATEGORICAL as str
+    ("" for None). Keys missing from every row are left out."""
+    if not rows:
+        return {}
+    cols: dict[str, np.ndarray] = {}
+    for key in CONTINUOUS:
+        if any(key in r for r in rows):
+            cols[key] = np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=np.float64)
+    for key in CATEGORICAL:
+        if any(key in r for r in rows):
+            cols[key] = np.array(["" if r.get(key) is None else str(r[key]) for r in rows])
+    return cols
