@@ -114,12 +114,20 @@ def validation_message(exc: Any, *, where: str, model: type | None = None, hint:
     and what is expected, e.g. ``sightline.yaml: targets[0].min=1.5 must be <= 1``.
 
     `where` names the source ("RUN/config.yaml", "sightline.yaml", "training config"). `model` (the pydantic model
-    that was validated) lets an unknown key name the closest known one. `hint` is appended after "; " (what to do
-    when "must be ..." does not say it). Up to three errors are spelled out; the rest are counted."""
-    errors = exc.errors(include_url=False)
-    parts = [_one_error(err, model) for err in errors[:_MAX_SHOWN]]
-    if len(errors) > _MAX_SHOWN:
-        parts.append(f"and {len(errors) - _MAX_SHOWN} more")
+    that was validated) lets an unknown key name the closest known one, an `X | None` field say "or null", and the
+    branches of a union (`int | Literal["auto"]`) read as one field ("must be a whole number or 'auto'"). `hint` is
+    appended after "; " (what to do when "must be ..." does not say it). Up to three errors are spelled out; the
+    rest are counted."""
+    found = [_Found.of(err, model) for err in exc.errors(include_url=False)]
+    merged: list[_Found] = []
+    for item in found:  # pydantic reports each branch of a union on its own; say them as one field
+        if merged and item.branch and merged[-1].branch and merged[-1].path == item.path:
+            merged[-1].problem += " or " + item.problem.removeprefix("must be ")
+        else:
+            merged.append(item)
+    parts = [item.text() for item in merged[:_MAX_SHOWN]]
+    if len(merged) > _MAX_SHOWN:
+        parts.append(f"and {len(merged) - _MAX_SHOWN} more")
     text = f"{where}: {'; '.join(parts)}"
     if hint:
         text += f"; {hint}"
@@ -134,37 +142,80 @@ def validation_error(exc: Any, *, where: str, cls: type[SightlineError] = UserIn
     return cls(validation_message(exc, where=where, model=model, hint=hint))
 
 
-def _one_error(err: Mapping[str, Any], model: type | None) -> str:
-    loc = tuple(err.get("loc", ()))
-    path = _path(loc)
-    kind = err.get("type", "")
-    value = err.get("input")
-    ctx = err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        key = str(loc[-1]) if loc else "?"
-        known = _known_keys(model, loc[:-1])
-        close = _closest(key, known)
-        if close:
-            return f"{path} is an unknown key; did you mean '{close}'?"
-        return f"{path} is an unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
-    if kind in _BOUNDS:
-        name, sign = _BOUNDS[kind]
-        bound = ctx.get(name)
-        problem = f"must be {sign} {bound:g}" if isinstance(bound, float) else f"must be {sign} {bound}"
-    elif kind == "literal_error":
-        problem = f"must be {ctx.get('expected')}"
-    elif kind in ("value_error", "assertion_error") and "error" in ctx:
-        problem = str(ctx["error"])
-    elif kind in _EXPECTED:
-        problem = _EXPECTED[kind]
-    else:  # pydantic's own words, in ours: "Input should be a valid date" -> "must be a valid date"
-        msg = str(err.get("msg", kind))
-        problem = msg.replace("Input should be", "must be", 1).removeprefix("Value error, ")
-    if kind in _TYPE_ERRORS and _nullable(model, loc):
-        problem += " or null"
-    if kind == "missing" or not _is_scalar(value):  # a whole mapping as the "value" says nothing
-        return f"{path} {problem}" if path else problem
-    return f"{path or 'value'}={_show(value)} {problem}"
+class _Found:
+    """One pydantic error, in our words: where (`path`), the value given, and what it must be (`problem`)."""
+
+    def __init__(self, path: str, value: Any, problem: str, kind: str, *, branch: bool, nullable: bool) -> None:
+        self.path, self.value, self.problem, self.kind = path, value, problem, kind
+        self.branch = branch  # one branch of a union field
+        self.nullable = nullable  # the field also takes None
+
+    @classmethod
+    def of(cls, err: Mapping[str, Any], model: type | None) -> _Found:
+        loc, branch = _without_branch_tags(model, tuple(err.get("loc", ())))
+        path = _path(loc)
+        kind = str(err.get("type", ""))
+        value = err.get("input")
+        ctx = err.get("ctx") or {}
+        if kind == "extra_forbidden":
+            key = str(loc[-1]) if loc else "?"
+            known = _known_keys(model, loc[:-1])
+            close = _closest(key, known)
+            if close:
+                problem = f"is an unknown key; did you mean '{close}'?"
+            else:
+                problem = "is an unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
+        elif kind in _BOUNDS:
+            name, sign = _BOUNDS[kind]
+            bound = ctx.get(name)
+            problem = f"must be {sign} {bound:g}" if isinstance(bound, float) else f"must be {sign} {bound}"
+        elif kind == "literal_error":
+            problem = f"must be {ctx.get('expected')}"
+        elif kind in ("value_error", "assertion_error") and "error" in ctx:
+            problem = str(ctx["error"])
+        elif kind in _EXPECTED:
+            problem = _EXPECTED[kind]
+        else:  # pydantic's own words, in ours: "Input should be a valid date" -> "must be a valid date"
+            msg = str(err.get("msg", kind))
+            problem = msg.replace("Input should be", "must be", 1).removeprefix("Value error, ")
+        return cls(path, value, problem, kind, branch=branch, nullable=_nullable(model, loc))
+
+    def text(self) -> str:
+        problem = self.problem
+        if self.nullable and (self.branch or self.kind in _TYPE_ERRORS):
+            problem += " or null"
+        if self.kind == "extra_forbidden":
+            return f"{self.path} {problem}"
+        if self.kind == "missing" or not _is_scalar(self.value):  # a whole mapping as the "value" says nothing
+            if not self.path:
+                return problem
+            said = self.kind in ("value_error", "assertion_error")  # a sentence about the whole part
+            return f"{self.path}: {problem}" if said else f"{self.path} {problem}"
+        return f"{self.path or 'value'}={_show(self.value)} {problem}"
+
+
+def _without_branch_tags(model: type | None, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], bool]:
+    """`loc` without the names pydantic gives the branches of a union ('input_size', 'constrained-int') and
+    whether it had one. Needs `model` to know where a union is."""
+    kind: Any = model
+    out: list[Any] = []
+    branch = False
+    for part in loc:
+        if kind is not None and len(_branches(kind)) > 1:
+            branch, kind = True, None  # this part names the branch; the path goes on inside it, untyped
+            continue
+        out.append(part)
+        kind = _kind_at(kind, (part,)) if kind is not None else None
+    return tuple(out), branch
+
+
+def _branches(kind: Any) -> list[Any]:
+    """The non-None members of a union type (after `Annotated`); [] when `kind` is not a union."""
+    while typing.get_origin(kind) is typing.Annotated:
+        kind = typing.get_args(kind)[0]
+    if typing.get_origin(kind) not in (typing.Union, types.UnionType):
+        return []
+    return [a for a in typing.get_args(kind) if a is not type(None)]
 
 
 def _path(loc: Sequence[Any]) -> str:

@@ -3,10 +3,10 @@ and what is expected, for any model (nested models, dict values, list items, ali
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sightline.errors import SpecError, UserInputError, validation_error, validation_message
 
@@ -20,9 +20,16 @@ class Leaf(_Strict):
     class_name: str | None = Field(None, alias="class")
     share: Annotated[float, Field(ge=0, le=1)] = 0.5
 
+    @model_validator(mode="after")
+    def _named(self) -> Leaf:
+        if self.name == "?":
+            raise ValueError("give the leaf a real name")
+        return self
+
 
 class Root(_Strict):
     count: int | None = None
+    size: Annotated[int, Field(ge=16)] | Literal["auto"] | None = "auto"
     leaves: list[Leaf] = []
     by_name: dict[str, Leaf] = {}
 
@@ -40,9 +47,13 @@ def _message(data: object, **kw: object) -> str:
         ({"leaves": [{"name": "a"}, {"name": "b", "share": 1.5}]}, "f.yaml: leaves[1].share=1.5 must be <= 1."),
         ({"by_name": {"x": {"name": "a", "share": -1}}}, "f.yaml: by_name.x.share=-1 must be >= 0."),
         ({"leaves": [{}]}, "f.yaml: leaves[0].name is missing; add it."),
+        ({"leaves": [{"name": "?"}]}, "f.yaml: leaves[0]: give the leaf a real name."),
         ({"leaves": [{"name": "a", "clas": "c"}]}, "f.yaml: leaves[0].clas is an unknown key; did you mean 'class'?"),
         ({"cont": 1}, "f.yaml: cont is an unknown key; did you mean 'count'?"),
-        ({"zzz": 1}, "f.yaml: zzz is an unknown key; known keys: count, leaves, by_name."),
+        ({"zzz": 1}, "f.yaml: zzz is an unknown key; known keys: count, size, leaves, by_name."),
+        # a union reads as one field, not one error per branch
+        ({"size": "big"}, "f.yaml: size='big' must be a whole number or 'auto' or null."),
+        ({"size": 8}, "f.yaml: size=8 must be >= 16 or 'auto' or null."),
         ({"by_name": {"x": 3}}, "f.yaml: by_name.x=3 must be a mapping of key: value."),
         ({"leaves": {"a": 1}}, "f.yaml: leaves must be a list."),
         ("text", "f.yaml: value='text' must be a mapping of key: value."),
