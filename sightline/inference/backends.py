@@ -94,9 +94,9 @@ def _feature_model_class():
 
         def __init__(self, model: torch.nn.Module) -> None:
             super().__init__()
-            self.model = model
+            self.model = model.eval()
             head = model.get_classifier() if hasattr(model, "get_classifier") else None
-            self.linear = head if isinstance(head, torch.nn.Linear) else None
+            self.linear = head if isinstance(head, torch.nn.Linear) and _pools_by_average(model) else None
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             fmap = self.model.forward_features(x)
@@ -109,6 +109,24 @@ def _feature_model_class():
             return logits, features, cam
 
     return _FeatureModel
+
+
+def _pools_by_average(model: torch.nn.Module, *, side: int = 64) -> bool:
+    """Whether the model's pre-logits features are the plain spatial mean of its last feature map (global average
+    pool, nothing after it): only then is the classic CAM Grad-CAM's map. ConvNeXt, for one, normalises after the
+    pool. Checked on one random input of `side` px; a model that cannot run at that size counts as not."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            fmap = model.forward_features(torch.randn(1, 3, side, side, device=next(model.parameters()).device))
+            features = model.forward_head(fmap, pre_logits=True)
+    except Exception:  # noqa: BLE001 - e.g. a ViT with a fixed input size: no CAM, which is the safe answer
+        return False
+    if fmap.ndim != 4 or features.shape != fmap.shape[:2]:
+        return False
+    mean = fmap.float().mean(dim=(2, 3))
+    return bool(torch.allclose(features.float(), mean, atol=1e-4 * max(1.0, float(mean.abs().max()))))
 
 
 def FeatureModel(model: torch.nn.Module) -> torch.nn.Module:  # noqa: N802 - a class built lazily (no torch import)
