@@ -10,11 +10,14 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from sightline.errors import SpecError
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+
+from sightline.errors import SpecError, validation_error
 
 __all__ = [
     "SPEC_FILE",
@@ -30,28 +33,64 @@ __all__ = [
 SPEC_FILE = "sightline.yaml"
 
 # Metrics a whole-dataset target or the primary metric may name, and those that need a class.
-GLOBAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "expected_cost")
-CLASS_METRICS = ("recall", "precision", "f1", "false_positive_rate")
+GlobalMetric = Literal["accuracy", "balanced_accuracy", "macro_f1", "expected_cost"]
+ClassMetric = Literal["recall", "precision", "f1", "false_positive_rate"]
+GLOBAL_METRICS: tuple[str, ...] = typing.get_args(GlobalMetric)
+CLASS_METRICS: tuple[str, ...] = typing.get_args(ClassMetric)
 
 
-@dataclass(frozen=True)
-class Cost:
+def _not_bool(value: Any) -> Any:
+    """YAML's `true` is not a number (pydantic would read it as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+Amount = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1e12)]  # a cost or an expected cost
+Share = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1)]  # a confidence or a rate
+
+
+class _Part(BaseModel):
+    """A part of the file: immutable, unknown keys rejected (a typo must not silently become a default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, validate_by_name=True,
+                              validate_by_alias=True)
+
+
+class Cost(_Part):
     """Cost of one error about a class, in the user's units (one-vs-rest: a false positive predicts the class
     when it is absent, a false negative misses it)."""
 
-    false_positive: float = 1.0
-    false_negative: float = 1.0
+    false_positive: Amount = 1.0
+    false_negative: Amount = 1.0
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(_Part):
     """One pass/fail requirement, chosen on val and reported on test: `metric` of `class_name` (or overall) must be
-    at least `min` and/or at most `max`."""
+    at least `min` and/or at most `max`. In the file, `class_name` is written `class`."""
 
-    metric: str
-    class_name: str | None = None
-    min: float | None = None
-    max: float | None = None
+    metric: Literal[GlobalMetric, ClassMetric]  # one flat Literal: a union would put its branch names in errors
+    class_name: str | None = Field(None, alias="class")
+    min: Amount | None = None
+    max: Amount | None = None
+
+    @field_validator("min", "max")
+    @classmethod
+    def _share_unless_cost(cls, value: float | None, info: ValidationInfo) -> float | None:
+        metric = info.data.get("metric")
+        if value is not None and metric is not None and metric != "expected_cost" and value > 1:
+            raise ValueError(f"must be <= 1 ({metric} is a share between 0 and 1)")
+        return value
+
+    @model_validator(mode="after")
+    def _class_and_bound(self) -> Target:
+        if self.metric in CLASS_METRICS and self.class_name is None:
+            raise ValueError(f"metric {self.metric!r} needs a 'class'")
+        if self.metric in GLOBAL_METRICS and self.class_name is not None:
+            raise ValueError(f"metric {self.metric!r} is about all classes; remove 'class'")
+        if self.min is None and self.max is None:
+            raise ValueError("give 'min' or 'max'")
+        return self
 
     def describe(self) -> str:
         what = f"{self.metric} of {self.class_name}" if self.class_name else self.metric
@@ -66,14 +105,37 @@ class Target:
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
 
-@dataclass(frozen=True)
-class ProblemSpec:
-    task: str = ""
+class ProblemSpec(_Part):
+    """The whole file. `path` is where it was read from (None when built in code)."""
+
+    task: str = ""  # one sentence: what is decided, and by whom when the model is unsure
     primary_metric: str = "macro_f1"  # accuracy | balanced_accuracy | macro_f1 | recall:<class> | expected_cost
-    review_below_confidence: float | None = None  # None: chosen on val
-    costs: dict[str, Cost] = field(default_factory=dict)  # per class; "default" applies to unlisted classes
+    review_below_confidence: Share | None = None  # None: chosen on val
+    costs: dict[str, Cost] = {}  # per class; "default" applies to unlisted classes
     targets: tuple[Target, ...] = ()
-    path: Path | None = None
+    _path: Path | None = PrivateAttr(None)
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @field_validator("task", "primary_metric", "costs", "targets", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """`costs:` with nothing after it is YAML null: the same as leaving the key out."""
+        return cls.model_fields[str(info.field_name)].get_default(call_default_factory=True) if value is None else value
+
+    @field_validator("task")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in GLOBAL_METRICS and not (value.startswith("recall:") and len(value) > len("recall:")):
+            raise ValueError(f"is unknown; use one of {', '.join(GLOBAL_METRICS)} or recall:<class>")
+        return value
 
     def cost(self, class_name: str) -> Cost:
         return self.costs.get(class_name, self.costs.get("default", Cost()))
@@ -93,96 +155,15 @@ class ProblemSpec:
             raise SpecError(f"{where} names unknown class(es) {unknown}; the classes are {sorted(classes)}.")
 
 
-def _number(value: Any, where: str, *, lo: float | None = None, hi: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{where} must be a number, got {value!r}.")
-    value = float(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise SpecError(f"{where}={value:g} must be between {lo:g} and {hi:g}.")
-    return value
-
-
 def parse_spec(data: Any, path: Path | None = None) -> ProblemSpec:
-    """Validate a parsed YAML mapping; SpecError names the file and the field on bad input."""
-    src = str(path) if path else SPEC_FILE
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SpecError(f"{src} must be a mapping of fields (task, primary_metric, costs, targets).")
-    allowed = {"task", "primary_metric", "review_below_confidence", "costs", "targets"}
-    extra = sorted(set(data) - allowed)
-    if extra:
-        raise SpecError(f"{src}: unknown field(s) {extra}; allowed are {sorted(allowed)}.")
-
-    task = data.get("task") or ""
-    if not isinstance(task, str):
-        raise SpecError(f"{src}: 'task' must be one sentence of text.")
-
-    primary = str(data.get("primary_metric") or "macro_f1")
-    if primary not in GLOBAL_METRICS and not (primary.startswith("recall:") and len(primary) > 7):
-        raise SpecError(
-            f"{src}: primary_metric={primary!r} is unknown; use one of {', '.join(GLOBAL_METRICS)} or recall:<class>."
-        )
-
-    review = data.get("review_below_confidence")
-    if review is not None:
-        review = _number(review, f"{src}: review_below_confidence", lo=0.0, hi=1.0)
-
-    costs: dict[str, Cost] = {}
-    raw_costs = data.get("costs") or {}
-    if not isinstance(raw_costs, dict):
-        raise SpecError(f"{src}: 'costs' must map class names to {{false_positive, false_negative}}.")
-    for name, entry in raw_costs.items():
-        where = f"{src}: costs.{name}"
-        if not isinstance(entry, dict) or set(entry) - {"false_positive", "false_negative"}:
-            raise SpecError(f"{where} must be {{false_positive: N, false_negative: N}}.")
-        costs[str(name)] = Cost(
-            false_positive=_number(entry.get("false_positive", 1), f"{where}.false_positive", lo=0.0, hi=1e12),
-            false_negative=_number(entry.get("false_negative", 1), f"{where}.false_negative", lo=0.0, hi=1e12),
-        )
-
-    targets: list[Target] = []
-    raw_targets = data.get("targets") or []
-    if not isinstance(raw_targets, list):
-        raise SpecError(f"{src}: 'targets' must be a list of {{metric, class, min|max}}.")
-    for i, entry in enumerate(raw_targets):
-        where = f"{src}: targets[{i}]"
-        if not isinstance(entry, dict) or "metric" not in entry:
-            raise SpecError(f"{where} must be a mapping with 'metric' and 'min' or 'max'.")
-        unknown = set(entry) - {"metric", "class", "min", "max"}
-        if unknown:
-            raise SpecError(f"{where}: unknown key(s) {sorted(unknown)}; use metric, class, min, max.")
-        metric = str(entry["metric"])
-        cls = entry.get("class")
-        if metric in CLASS_METRICS and cls is None:
-            raise SpecError(f"{where}: metric {metric!r} needs a 'class'.")
-        if metric in GLOBAL_METRICS and cls is not None:
-            raise SpecError(f"{where}: metric {metric!r} is about all classes; remove 'class'.")
-        if metric not in GLOBAL_METRICS + CLASS_METRICS:
-            raise SpecError(
-                f"{where}: metric {metric!r} is unknown; use one of {', '.join(GLOBAL_METRICS + CLASS_METRICS)}."
-            )
-        lo = entry.get("min")
-        hi = entry.get("max")
-        if lo is None and hi is None:
-            raise SpecError(f"{where}: give 'min' or 'max'.")
-        bound = 1e12 if metric == "expected_cost" else 1.0
-        targets.append(
-            Target(
-                metric=metric,
-                class_name=None if cls is None else str(cls),
-                min=None if lo is None else _number(lo, f"{where}.min", lo=0.0, hi=bound),
-                max=None if hi is None else _number(hi, f"{where}.max", lo=0.0, hi=bound),
-            )
-        )
-    return ProblemSpec(
-        task=task.strip(),
-        primary_metric=primary,
-        review_below_confidence=review,
-        costs=costs,
-        targets=tuple(targets),
-        path=path,
-    )
+    """Validate a parsed YAML mapping (None = an empty file); a SpecError names the file, the field path, the bad
+    value and what it must be, in one line."""
+    try:  # by_name=False: the file spells a target's class `class`, never `class_name`
+        spec = ProblemSpec.model_validate({} if data is None else data, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        raise validation_error(exc, where=str(path) if path else SPEC_FILE, cls=SpecError, model=ProblemSpec) from None
+    spec._path = path
+    return spec
 
 
 def load_spec(path: str | Path) -> ProblemSpec:
