@@ -6,11 +6,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
 
 from sightline._cli.common import run_command
+from sightline.bundle import load_bundle
 from sightline.cli import app
-from sightline.data.datasets import scan_dataset
+from sightline.data.datasets import dataset_version, scan_dataset
+from sightline.data.images import load_image
+from sightline.data.transforms import eval_preprocess, stack
 from sightline.train.compare import recommend, stratified_sample
+from sightline.train.config import load_config
 
 from test_train_fit import make_data
 
@@ -42,11 +48,30 @@ def test_compare_cli_two_tiny_models(tmp_path: Path, capsys: pytest.CaptureFixtu
     result = json.loads(capsys.readouterr().out)
     assert (result["n_train"], result["n_val"]) == (8, 8)
     assert [r["model"] for r in result["rows"]] == ["test_efficientnet", "test_resnet"]
+    val = scan_dataset(data).split("val")
+    sample_version = dataset_version(scan_dataset(tmp_path / "cmp" / "sample"))
     for row in result["rows"]:
-        assert 0.0 <= row["val_accuracy"] <= 1.0 and row["params_m"] > 0 and row["cpu_ms_per_image"] > 0
-        weights = Path(row["run"]) / "bundle" / "weights.safetensors"
-        assert row["size_mb"] == pytest.approx(weights.stat().st_size / 1e6)
-    assert result["recommendation"].split(":")[0] in {"test_efficientnet", "test_resnet"}
+        # each row's figures against its own bundle, recomputed here: fp32 predictions on the whole val split
+        bundle = load_bundle(row["run"])
+        model = bundle.load_model()
+        x = torch.from_numpy(stack([eval_preprocess(load_image(s.path), bundle.preprocessing) for s in val]))
+        with torch.no_grad():
+            pred = model(x).argmax(1).numpy()
+        truth = [bundle.classes.index(s.label) for s in val]
+        assert bundle.architecture == row["model"]
+        assert row["val_accuracy"] == pytest.approx(accuracy_score(truth, pred), abs=1e-6)
+        assert row["val_macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro", zero_division=0), abs=1e-6)
+        assert row["params_m"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
+        assert row["size_mb"] == pytest.approx(bundle.weights_path.stat().st_size / 1e6)
+        assert row["cpu_ms_per_image"] > 0
+        # same sample and budget for every model
+        cfg = load_config(Path(row["run"]) / "config.yaml")
+        assert (cfg.epochs, cfg.seed, bundle.dataset_version) == (1, 0, sample_version)
+        assert json.loads((Path(row["run"]) / "metrics.json").read_text())["train_images"] == 8
+    # the recommendation: the fastest model whose val macro-F1 is within 0.01 of the best
+    best = max(r["val_macro_f1"] for r in result["rows"])
+    fastest = min((r for r in result["rows"] if r["val_macro_f1"] >= best - 0.01), key=lambda r: r["cpu_ms_per_image"])
+    assert result["recommendation"].split(":")[0] == fastest["model"]
     assert len(list((tmp_path / "cmp" / "sample" / "train").rglob("*.png"))) == 8
 
 
