@@ -315,6 +315,7 @@ def _evaluate_one(
     from sightline.evaluate.calibration import expected_calibration_error, fit_temperature, reliability
     from sightline.evaluate.metrics import bootstrap_ci, classification_metrics, coverage_accuracy_curve
     from sightline.evaluate.thresholds import check_targets, choose_thresholds, decision_metrics
+    from sightline.explain.orchestrate import explain_split
 
     started = time.perf_counter()
     timings = scored.timings
@@ -382,12 +383,13 @@ def _evaluate_one(
 
     # 3. Explanations: gallery and regions.
     t0 = time.perf_counter()
-    explain = _explain(
-        model, bundle, scored.crops, kept_samples, y, dec, review_confidence=r, method=method,
-        per_group=gallery_per_group, max_region_images=max_region_images, seed=seed,
+    explain = explain_split(
+        model, crops=scored.crops, samples=kept_samples, y=y, decisions=dec, classes=classes,
+        pre=bundle.preprocessing, method=method, review_confidence=r, per_group=gallery_per_group,
+        max_region_images=max_region_images, seed=seed,
     )
-    if explain["regions"] is not None:
-        metrics["pointing_game"] = explain["regions"]
+    if explain.regions is not None:
+        metrics["pointing_game"] = explain.regions
     metrics["explain_method"] = method
     timings["explain_s"] = time.perf_counter() - t0
 
@@ -421,7 +423,7 @@ def _evaluate_one(
     if report:
         from sightline.evaluate.report import write_model_card, write_report
 
-        metrics["files"]["report"] = str(write_report(metrics, out_dir / "report.html", gallery=explain["gallery"]))
+        metrics["files"]["report"] = str(write_report(metrics, out_dir / "report.html", gallery=explain.gallery))
         if update_bundle:
             metrics["files"]["model_card"] = str(write_model_card(metrics, bundle))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
@@ -454,76 +456,6 @@ def _struggling(metrics: dict[str, Any], classes: list[str]) -> list[dict[str, A
             out.append({"class": c, "recall": pc["recall"], "precision": pc["precision"], "f1": pc["f1"],
                         "confused_with": confused, "n_confused": int(row.max()) if row.sum() else 0})
     return sorted(out, key=lambda d: d["f1"])
-
-
-CAM_CHUNK = 32  # images per heatmap call: compute_cams' own batch, so chunking leaves every map unchanged
-
-
-def _cams(model: Any, crops: np.ndarray, targets: list[int], *, pre: Preprocessing, method: str) -> np.ndarray:
-    """(N, S, S) heatmaps for (N, S, S, 3) uint8 crops, normalised CAM_CHUNK at a time (N float inputs of
-    3 * S * S * 4 bytes each are never held at once)."""
-    from sightline.data.transforms import to_batch
-    from sightline.explain.cam import compute_cams
-
-    parts = [compute_cams(model, to_batch(crops[k : k + CAM_CHUNK], pre), method=method,
-                          targets=targets[k : k + CAM_CHUNK], batch_size=CAM_CHUNK)
-             for k in range(0, len(crops), CAM_CHUNK)]
-    return np.concatenate(parts) if parts else np.zeros((0, pre.input_size, pre.input_size), dtype=np.float32)
-
-
-def _explain(
-    model: Any, bundle: Bundle, crops: _SplitCrops, samples: list[Sample], y: np.ndarray, dec: Any, *,
-    review_confidence: float | None, method: str, per_group: int, max_region_images: int, seed: int,
-) -> dict[str, Any]:
-    """Gallery entries and region scores; `crops` gives the pixels of `samples` by position."""
-    from sightline.data.datasets import load_regions
-    from sightline.explain.gallery import gallery_entries, select_gallery
-    from sightline.explain.regions import mask_to_input, region_scores
-
-    pre = bundle.preprocessing
-    classes = bundle.classes
-    selection = select_gallery(y, dec.labels, dec.confidences, per_group=per_group,
-                               low_confidence=review_confidence or None)  # no review threshold: the lowest ones
-    idx = sorted({i for i, _, _ in selection})
-    gallery: list[dict[str, Any]] = []
-    if idx:
-        shown = crops(idx)
-        cams = _cams(model, shown, [int(dec.labels[i]) for i in idx], pre=pre, method=method)
-        pos = {i: k for k, i in enumerate(idx)}
-        local = [(pos[i], g, c) for i, g, c in selection]
-        gallery = gallery_entries(
-            local, crops=shown, cams=cams, paths=[samples[i].relpath for i in idx], classes=classes,
-            y_pred=dec.labels[idx], confidence=dec.confidences[idx],
-        )
-        del shown, cams
-    with_region = [i for i, s in enumerate(samples) if s.region is not None]
-    regions = None
-    if with_region:
-        rng = np.random.default_rng(seed)
-        if len(with_region) > max_region_images:
-            with_region = sorted(rng.choice(with_region, max_region_images, replace=False).tolist())
-        masks, keep = [], []
-        for i in with_region:
-            s = samples[i]
-            mask = load_regions(s, (s.width, s.height)) if s.width and s.height else None
-            if mask is None:
-                continue
-            mask = mask_to_input(mask, pre)
-            if not mask.any():  # the region lies wholly outside the center crop: the model never saw it
-                continue
-            masks.append(mask)
-            keep.append(i)
-        if keep:
-            # Heatmap for the TRUE class: does the evidence for what is there sit where it is? Decoded CAM_CHUNK
-            # images at a time: only their crops are held, next to the (N, S, S) heatmaps.
-            cams = np.concatenate([
-                _cams(model, crops(keep[k : k + CAM_CHUNK]), [int(y[i]) for i in keep[k : k + CAM_CHUNK]],
-                      pre=pre, method=method)
-                for k in range(0, len(keep), CAM_CHUNK)
-            ])
-            regions = region_scores(cams, np.stack(masks), [classes[int(y[i])] for i in keep])
-            regions["method"] = method
-    return {"gallery": gallery, "regions": regions}
 
 
 def _robustness(

@@ -21,7 +21,10 @@ from sightline.errors import UserInputError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CAM_METHODS", "method_class", "find_target_layer", "compute_cams", "overlay"]
+    from sightline.preprocessing import Preprocessing
+
+__all__ = ["CAM_METHODS", "CAM_CHUNK", "method_key", "method_class", "find_target_layer", "compute_cams", "crop_cams",
+           "overlay"]
 
 # name -> class name in pytorch_grad_cam; resolved lazily so importing this module stays cheap.
 CAM_METHODS: dict[str, str] = {
@@ -32,11 +35,17 @@ CAM_METHODS: dict[str, str] = {
 }
 
 
-def method_class(name: str) -> type:
-    """The pytorch-grad-cam class for a registry name; UserInputError naming the choices otherwise."""
+def method_key(name: str) -> str | None:
+    """The registry name a user's spelling means ("GradCAM++", "grad_cam_pp" -> "gradcam++"); None if none."""
     key = name.lower().replace("_", "").replace("-", "")
     key = {"gradcamplusplus": "gradcam++", "gradcampp": "gradcam++"}.get(key, key)
-    if key not in CAM_METHODS:
+    return key if key in CAM_METHODS else None
+
+
+def method_class(name: str) -> type:
+    """The pytorch-grad-cam class for a registry name; UserInputError naming the choices otherwise."""
+    key = method_key(name)
+    if key is None:
         raise UserInputError(f"unknown explanation method '{name}'; use one of {', '.join(CAM_METHODS)}.")
     import pytorch_grad_cam
 
@@ -118,6 +127,28 @@ def compute_cams(
         s = batch.shape[-1] if batch.ndim == 4 else 0
         return np.zeros((0, s, s), dtype=np.float32)
     return np.nan_to_num(np.concatenate(out, axis=0), nan=0.0)
+
+
+CAM_CHUNK = 32  # images per heatmap call: compute_cams' own batch, so chunking leaves every map unchanged
+
+
+def crop_cams(
+    model: torch.nn.Module,
+    crops: np.ndarray,
+    targets: Sequence[int],
+    *,
+    pre: Preprocessing,
+    method: str = "gradcam",
+) -> np.ndarray:
+    """(N, S, S) heatmaps in [0, 1] for (N, S, S, 3) uint8 crops at network resolution (`load_crops`' pixels),
+    explaining class index `targets[i]` of image i. The crops are normalised with `pre` CAM_CHUNK at a time, so
+    N float inputs (3 * S * S * 4 bytes each) are never held at once."""
+    from sightline.data.transforms import to_batch
+
+    parts = [compute_cams(model, to_batch(crops[k : k + CAM_CHUNK], pre), method=method,
+                          targets=targets[k : k + CAM_CHUNK], batch_size=CAM_CHUNK)
+             for k in range(0, len(crops), CAM_CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros((0, pre.input_size, pre.input_size), dtype=np.float32)
 
 
 def overlay(crop: np.ndarray, cam: np.ndarray, *, image_weight: float = 0.55) -> np.ndarray:

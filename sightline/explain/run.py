@@ -29,29 +29,31 @@ def explain_files(
     out: str | Path = "explain",
     device: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per input: {path, predicted, confidence, explained, overlay} or {path, error} for a file that cannot
-    be read. Confidence is calibrated (bundle temperature and thresholds, as the server decides)."""
+    """One row per input: {path, predicted, confidence, decision, explained, method, overlay}, or {path, error} for
+    a file that cannot be read. Decoding, the forward pass and the decision (bundle temperature and thresholds)
+    are the inference core's, as the server's; the heatmaps are pytorch-grad-cam's on the bundle's PyTorch model
+    (`device`: default CUDA when available)."""
     from PIL import Image
 
     from sightline.bundle import load_bundle
-    from sightline.decision import decide
-    from sightline.evaluate.predict import crops_to_batch, default_device, fast_inference, load_crops, logits_for_crops
-    from sightline.explain.cam import compute_cams, method_class, overlay
+    from sightline.explain.cam import crop_cams, method_class, overlay
+    from sightline.inference import TorchBackend, load_crops, open_engine
 
     method_class(method)  # unknown method -> one-line error before any work
     bundle = load_bundle(run_or_bundle)
     if target is not None and target not in bundle.classes:
         raise UserInputError(f"--class {target!r} is not one of the model's classes {bundle.classes}.")
-    device = device or default_device()
-    model = fast_inference(bundle.load_model(device))
     inputs = load_crops(list(images), bundle.preprocessing)
     rows: list[dict[str, Any]] = [{"path": f["path"], "error": f["reason"]} for f in inputs.failed]
     if not len(inputs.crops):
         return rows
-    logits = logits_for_crops(model, inputs.crops, bundle.preprocessing, device=device)
-    dec = decide(logits, bundle.classes, temperature=bundle.temperature, thresholds=bundle.thresholds)
-    targets = [bundle.classes.index(target)] * len(dec.labels) if target else dec.labels.tolist()
-    cams = compute_cams(model, crops_to_batch(inputs.crops, bundle.preprocessing), method=method, targets=targets)
+    with open_engine(bundle, backend="torch", device=device) as engine:
+        predictions = engine.decide(engine.run_crops(inputs.crops), [str(p) for p in inputs.paths])
+        explained = [target or p.label for p in predictions]
+        backend = engine.backend
+        assert isinstance(backend, TorchBackend)  # pytorch-grad-cam needs the nn.Module
+        cams = crop_cams(backend.model, inputs.crops, [bundle.classes.index(c) for c in explained],
+                         pre=bundle.preprocessing, method=method)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tag = method.lower().replace("+", "p")
@@ -67,10 +69,10 @@ def explain_files(
         Image.fromarray(side_by_side).save(dest)
         rows.append({
             "path": str(path),
-            "predicted": bundle.classes[int(dec.labels[k])],
-            "confidence": float(dec.confidences[k]),
-            "decision": "review" if dec.review[k] else "accept",
-            "explained": bundle.classes[int(targets[k])],
+            "predicted": predictions[k].label,
+            "confidence": predictions[k].confidence,
+            "decision": predictions[k].decision,
+            "explained": explained[k],
             "method": method,
             "overlay": str(dest),
         })

@@ -14,8 +14,9 @@ import torch
 
 from sightline.bundle import Bundle
 from sightline.data.synth import synthesize
-from sightline.evaluate.predict import crops_to_batch, load_crops
+from sightline.data.transforms import to_batch
 from sightline.evaluate.run import evaluate
+from sightline.inference import load_crops
 from sightline.models.factory import create_model, default_preprocessing
 
 CLASSES = ["crack", "ok"]
@@ -40,7 +41,7 @@ def _probe(data: Path, run: Path) -> None:
     model = create_model("tf_efficientnet_lite0", len(CLASSES), weights="auto").eval()
     files = sorted((data / "train").glob("*/*.jpg"))
     inputs = load_crops(files, pre)
-    x = torch.from_numpy(crops_to_batch(inputs.crops, pre))
+    x = torch.from_numpy(to_batch(inputs.crops, pre))
     y = torch.tensor([CLASSES.index(p.parent.name) for p in inputs.paths])
     with torch.no_grad():
         feats = model.forward_head(model.forward_features(x), pre_logits=True)
