@@ -27,8 +27,8 @@ from scipy.stats import rankdata
 from sightline.decision import softmax
 from sightline.errors import UserInputError
 
-__all__ = ["SCORES", "l2_normalize", "top_directions", "msp_score", "energy_score", "default_k", "knn_score", "ledoit_wolf",
-           "Mahalanobis", "fit_mahalanobis", "mahalanobis_score", "auroc", "fpr_at_tpr", "OODChoice",
+__all__ = ["SCORES", "l2_normalize", "top_directions", "msp_score", "energy_score", "default_k", "knn_score",
+           "ledoit_wolf", "Mahalanobis", "fit_mahalanobis", "mahalanobis_score", "auroc", "fpr_at_tpr", "OODChoice",
            "choose_score"]
 
 SCORES = ("msp", "energy", "knn", "mahalanobis")  # also the tie-break order in `choose_score`: simplest first

@@ -24,7 +24,8 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -149,8 +150,9 @@ class ReferenceProfile:
             "bank_size": int(self.bank.shape[0]) if self.bank is not None else 0,
             "image_stats": sorted(self.image_stats),
             "class_mix": self.class_mix,
-            "ood": None if self.ood_choice is None else {"score": self.ood_choice.score, "threshold": self.ood_choice.threshold,
-                                                  "quantile": self.ood_choice.quantile},
+            "ood": None if self.ood_choice is None else {
+                "score": self.ood_choice.score, "threshold": self.ood_choice.threshold,
+                "quantile": self.ood_choice.quantile},
         }
 
     # --- files --------------------------------------------------------------------------------------------

@@ -103,7 +103,8 @@ def test_far_cluster_is_separated_by_feature_scores():
     val_x, _ = _clusters(60, 1)
     far_x, _ = _clusters(60, 2, shift=np.random.default_rng(7).normal(size=D) * 6)
     model = fit_mahalanobis(train_x, train_y, K)
-    for name, fn in {"knn": lambda a: knn_score(a, train_x), "mahalanobis": lambda a: mahalanobis_score(a, model)}.items():
+    scorers = {"knn": lambda a: knn_score(a, train_x), "mahalanobis": lambda a: mahalanobis_score(a, model)}
+    for name, fn in scorers.items():
         val_s, far_s = fn(val_x), fn(far_x)
         a = auroc(val_s, far_s)
         assert a > 0.95, name

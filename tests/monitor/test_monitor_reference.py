@@ -41,7 +41,7 @@ def _profile(**kw):
 def test_fit_pca_keeps_variance_components_with_a_cap():
     rng = np.random.default_rng(0)
     low_rank = rng.normal(size=(200, 3)) @ rng.normal(size=(3, D)) * 10 + rng.normal(size=(200, D)) * 0.01
-    mean, comps = fit_pca(low_rank, max_components=32, variance=0.95)
+    _, comps = fit_pca(low_rank, max_components=32, variance=0.95)
     assert comps.shape[1] <= 3 and comps.dtype == np.float32
     np.testing.assert_allclose(comps.T @ comps, np.eye(comps.shape[1]), atol=1e-5)
     _, capped = fit_pca(rng.normal(size=(200, D)), max_components=8)

@@ -1,0 +1,103 @@
+"""Alert hysteresis: fire after K consecutive significant windows, clear after K consecutive clean ones.
+
+The state is a plain dataclass that round-trips through JSON, so the server can persist it after every window:
+
+    state = AlertState.from_json(saved) if saved else AlertState(name="drift")
+    event = state.update(window_id=last_prediction_id, significant=result.significant)
+    save(state.to_json())              # persist first ...
+    for ev in state.pending: send(ev); state.acknowledge(ev["id"]); save(state.to_json())   # ... then deliver
+
+A restart neither repeats nor loses an alert: a window already counted (window_id not above `last_window`) is
+ignored, and an event stays in `pending` until acknowledged, so one lost in a crash is sent again after the
+restart with the same `id` (use it as the webhook-id: receivers drop duplicates).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sightline.errors import UserInputError
+
+__all__ = ["AlertState"]
+
+
+@dataclass
+class AlertState:
+    name: str  # what is watched, e.g. "drift" or "unknown_rate"
+    fire_after: int = 2  # consecutive significant windows that raise the alert
+    clear_after: int = 2  # consecutive clean windows that clear it
+    active: bool = False
+    significant_streak: int = 0
+    clean_streak: int = 0
+    last_window: int | None = None  # id of the last window counted (ids must increase)
+    fired_at: int | None = None  # window id that raised the current (or last) alert
+    cleared_at: int | None = None
+    sequence: int = 0  # events emitted so far; event ids are f"{name}-{sequence}"
+    pending: list[dict[str, Any]] = field(default_factory=list)  # events not yet acknowledged by a sink
+
+    def __post_init__(self) -> None:
+        if self.fire_after < 1 or self.clear_after < 1:
+            raise UserInputError(f"alert {self.name!r}: fire_after and clear_after must be at least 1")
+
+    def update(self, *, window_id: int, significant: bool | None, detail: Mapping[str, Any] | None = None
+               ) -> dict[str, Any] | None:
+        """Count one window. `significant` None means the window was not tested (too small): it breaks
+        neither streak. Returns the event emitted ({id, name, kind "fired"|"cleared", window_id, detail}) or
+        None. A window_id not above `last_window` was counted already and changes nothing."""
+        if self.last_window is not None and window_id <= self.last_window:
+            return None
+        self.last_window = int(window_id)
+        if significant is None:
+            return None
+        if significant:
+            self.significant_streak += 1
+            self.clean_streak = 0
+            if not self.active and self.significant_streak >= self.fire_after:
+                self.active, self.fired_at = True, int(window_id)
+                return self._emit("fired", window_id, detail)
+        else:
+            self.clean_streak += 1
+            self.significant_streak = 0
+            if self.active and self.clean_streak >= self.clear_after:
+                self.active, self.cleared_at = False, int(window_id)
+                return self._emit("cleared", window_id, detail)
+        return None
+
+    def _emit(self, kind: str, window_id: int, detail: Mapping[str, Any] | None) -> dict[str, Any]:
+        self.sequence += 1
+        event = {"id": f"{self.name}-{self.sequence}", "name": self.name, "kind": kind, "window_id": int(window_id),
+                 "detail": dict(detail or {})}
+        self.pending.append(event)
+        return event
+
+    def acknowledge(self, event_id: str) -> bool:
+        """Drop a delivered event from `pending`; False when it was not pending (already acknowledged)."""
+        before = len(self.pending)
+        self.pending = [e for e in self.pending if e["id"] != event_id]
+        return len(self.pending) < before
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AlertState:
+        """Inverse of `to_json`; a missing or mistyped field raises UserInputError naming it."""
+        known = cls.__dataclass_fields__
+        unknown = set(data) - set(known)
+        if unknown or "name" not in data:
+            raise UserInputError(f"alert state: unexpected fields {sorted(unknown)}" if unknown
+                                 else "alert state: 'name' is missing")
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        for key in ("fire_after", "clear_after", "significant_streak", "clean_streak", "sequence"):
+            if key in data and not whole(data[key]):
+                raise UserInputError(f"alert state {data['name']!r}: {key}={data[key]!r} must be a whole number")
+        for key in ("last_window", "fired_at", "cleared_at"):
+            if data.get(key) is not None and not whole(data[key]):
+                raise UserInputError(
+                    f"alert state {data['name']!r}: {key}={data[key]!r} must be a whole number or null")
+        if not isinstance(data.get("active", False), bool) or not isinstance(data.get("pending", []), list):
+            raise UserInputError(f"alert state {data['name']!r}: 'active' must be true/false and 'pending' a list")
+        return cls(**{k: (list(v) if k == "pending" else v) for k, v in data.items()})

@@ -1,0 +1,181 @@
+"""Drift tests: agreement with scipy and with a slow MMD, known shifts detected, false alarms near alpha."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from sightline.errors import UserInputError
+from sightline.monitor.drift import (
+    adjust,
+    check_window,
+    class_mix_test,
+    feature_mmd,
+    image_stats_test,
+    mmd_permutations,
+    softmax_ks,
+    unknown_rate_test,
+)
+from sightline.monitor.ood import OODChoice
+from sightline.monitor.reference import ReferenceProfile
+
+CLASSES = ["a", "b", "c"]
+C = 8  # projected feature dimensions
+BASE = np.array([2.0, 1.0, 1.0])  # Dirichlet concentration of the reference softmax vectors
+
+
+def _probs(rng, n, alpha=BASE):
+    return rng.dirichlet(alpha, n)
+
+
+def _stats(rng, n, *, brightness=0.45, fmt_png=0.25):
+    return {"width": rng.integers(200, 260, n).astype(float), "brightness": rng.normal(brightness, 0.08, n),
+            "sharpness": rng.lognormal(5.0, 1.0, n),
+            "jpeg_quality": np.where(rng.random(n) < fmt_png, np.nan, rng.integers(70, 96, n)).astype(float),
+            "format": np.where(rng.random(n) < fmt_png, "PNG", "JPEG")}
+
+
+def _profile(m=400, seed=1000) -> ReferenceProfile:
+    rng = np.random.default_rng(seed)
+    probs = _probs(rng, m)
+    choice = OODChoice(score="msp", threshold=0.5, quantile=0.99, chosen_by="test", n_in=m, n_out=0,
+                       table={"msp": {"val_flag_rate": 0.01}})
+    return ReferenceProfile(classes=CLASSES, temperature=1.0, logits=np.log(probs).astype(np.float32),
+                            pca_mean=np.zeros(C, np.float32), pca_components=np.eye(C, dtype=np.float32),
+                            projected=rng.normal(size=(m, C)).astype(np.float16), image_stats=_stats(rng, m),
+                            ood_choice=choice)
+
+
+def _slow_mmd(x, y, permutations, seed):
+    """Textbook MMD^2 (biased) with loops, the median heuristic by loops, the same permutations."""
+    pooled = np.concatenate([x, y]).astype(np.float64)
+    total, n = len(pooled), len(x)
+    dists = [np.sum((pooled[i] - pooled[j]) ** 2) for i in range(total) for j in range(i + 1, total)]
+    sigma2 = float(np.median(dists))
+
+    def k(a, b):
+        return np.exp(-np.sum((a - b) ** 2) / (2 * sigma2))
+
+    def mmd2(xs, ys):
+        kxx = sum(k(a, b) for a in xs for b in xs) / len(xs) ** 2
+        kyy = sum(k(a, b) for a in ys for b in ys) / len(ys) ** 2
+        kxy = sum(k(a, b) for a in xs for b in ys) / (len(xs) * len(ys))
+        return kxx + kyy - 2 * kxy
+
+    observed = mmd2(pooled[:n], pooled[n:])
+    perms = mmd_permutations(np.random.default_rng(seed), total, permutations)
+    null = [mmd2(pooled[p < n], pooled[p >= n]) for p in perms]
+    return observed, (1 + sum(v >= observed for v in null)) / (1 + permutations)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.8])
+def test_mmd_matches_slow_reference(shift):
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(9, 3)) + shift, rng.normal(size=(13, 3))
+    res = feature_mmd(x, y, permutations=60, seed=11, min_window=5)
+    observed, p = _slow_mmd(x, y, 60, 11)
+    assert res.statistic == pytest.approx(observed, rel=1e-4)
+    assert res.p_value == pytest.approx(p)
+
+
+def test_ks_and_chi_square_match_scipy():
+    rng = np.random.default_rng(0)
+    w, r = _probs(rng, 80, np.array([1.0, 1.0, 2.0])), _probs(rng, 300)
+    res = softmax_ks(w, r, classes=CLASSES)
+    raw = [stats.ks_2samp(w[:, c], r[:, c]).pvalue for c in range(3)]
+    assert [p["p_value"] for p in res.parts] == pytest.approx(raw)
+    assert res.p_value == pytest.approx(min(1.0, 3 * min(raw))) and res.correction == "bonferroni"
+    assert len(softmax_ks(w[:, :2] / w[:, :2].sum(1, keepdims=True), r[:, :2]).parts) == 1  # binary: one column
+    wl, rl = rng.integers(0, 3, 100), rng.integers(0, 3, 400)
+    mix = class_mix_test(wl, rl, 3)
+    table = np.stack([np.bincount(wl, minlength=3), np.bincount(rl, minlength=3)])
+    expected = stats.chi2_contingency(table, correction=False)
+    assert mix.statistic == pytest.approx(expected.statistic) and mix.p_value == pytest.approx(expected.pvalue)
+    u = unknown_rate_test(7, 100, 0.02, 500)
+    assert u.p_value == pytest.approx(stats.binomtest(7, 100, 0.02, alternative="greater").pvalue)
+
+
+def test_chi_square_pools_rare_categories():
+    w = np.array([0] * 60 + [1] * 38 + [2, 3])  # classes 2 and 3 expected < 5 times in the window
+    r = np.array([0] * 240 + [1] * 150 + [2] * 5 + [3] * 5)
+    res = class_mix_test(w, r, 4)
+    pooled = np.array([[60, 38, 2], [240, 150, 10]])
+    assert res.p_value == pytest.approx(stats.chi2_contingency(pooled, correction=False).pvalue)
+    assert res.parts[0]["dof"] == 2
+
+
+def test_holm_and_bonferroni_by_hand():
+    p = [0.01, 0.04, 0.03, 0.005]
+    np.testing.assert_allclose(adjust(p, "holm"), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(adjust(p, "bonferroni"), [0.04, 0.16, 0.12, 0.02])
+    with pytest.raises(UserInputError, match="correction"):
+        adjust(p, "fdr")
+
+
+def test_small_windows_are_not_tested():
+    profile = _profile()
+    rng = np.random.default_rng(0)
+    res = check_window(profile, _probs(rng, 30), projected=rng.normal(size=(30, C)), unknown=np.zeros(30, bool),
+                       image_stats={k: v[:30] for k, v in _stats(rng, 30).items()})
+    assert not res.significant and res.p_value is None
+    for t in res.tests.values():
+        assert not t.ran and "at least 50" in t.reason and t.p_value is None
+
+
+def _trial(profile, seed, n, *, alpha=BASE, feature_shift=0.0, brightness=0.45, unknown_rate=0.01):
+    rng = np.random.default_rng(seed)
+    probs = _probs(rng, n, alpha)
+    return check_window(profile, probs, projected=rng.normal(size=(n, C)) + feature_shift,
+                        image_stats=_stats(rng, n, brightness=brightness), unknown=rng.random(n) < unknown_rate,
+                        permutations=100, seed=seed)
+
+
+def test_false_alarm_rate_near_alpha_without_shift():
+    """200 seeded clean windows: every test and the window verdict flag at most ~alpha (<= 8 % allows for the
+    binomial spread of 200 trials around 5 %); the exact permutation test is not dead either."""
+    profile = _profile()
+    results = [_trial(profile, seed, 80) for seed in range(200)]
+    rates = {name: np.mean([r.tests[name].significant for r in results]) for name in results[0].tests}
+    rates["window"] = np.mean([r.significant for r in results])
+    assert all(rate <= 0.08 for rate in rates.values()), rates
+    assert rates["feature_mmd"] >= 0.01, rates
+
+
+@pytest.mark.parametrize("shift, test, part", [
+    ({"alpha": np.array([1.0, 1.0, 3.0])}, "softmax_ks", None),
+    ({"feature_shift": 0.35}, "feature_mmd", None),
+    ({"brightness": 0.52}, "image_stats", "brightness"),
+    ({"alpha": np.array([1.0, 2.0, 1.0])}, "class_mix", None),
+    ({"unknown_rate": 0.06}, "unknown_rate", None),
+])
+def test_known_shifts_are_detected(shift, test, part):
+    profile = _profile()
+    results = [_trial(profile, seed, 200, **shift) for seed in range(30)]
+    power = np.mean([r.tests[test].significant for r in results])
+    assert power >= 0.9, (test, power)
+    if part is not None:  # the part that moved is the one reported
+        hits = [p["name"] for r in results for p in r.tests[test].parts if p["significant"]]
+        assert hits.count(part) >= 0.9 * len(results) and set(hits) == {part}
+    if test in ("softmax_ks", "feature_mmd", "image_stats"):  # driving tests raise the window's verdict
+        assert np.mean([r.significant for r in results]) >= 0.85
+
+
+def test_image_stats_skips_sparse_columns_and_reports_it():
+    rng = np.random.default_rng(0)
+    ref = _stats(rng, 300)
+    window = _stats(rng, 60, fmt_png=0.9)  # almost no JPEG: too few quality values
+    window["jpeg_quality"][:] = np.nan
+    res = image_stats_test(window, ref)
+    assert res.ran and "jpeg_quality" in res.reason and res.correction == "holm"
+    assert {p["name"] for p in res.parts} == {"width", "brightness", "sharpness", "format"}
+    assert next(p for p in res.parts if p["name"] == "format")["significant"]  # 90 % PNG vs 25 %
+    rows = [{k: (None if isinstance(v[i], float) and np.isnan(v[i]) else v[i].item()) for k, v in window.items()}
+            for i in range(60)]
+    assert image_stats_test(rows, ref).p_value == pytest.approx(res.p_value)  # per-image dicts work too
+
+
+def test_shapes_are_checked():
+    with pytest.raises(UserInputError, match="softmax"):
+        softmax_ks(np.ones((60, 3)) / 3, np.ones((60, 4)) / 4)
+    with pytest.raises(UserInputError, match="feature"):
+        feature_mmd(np.ones((60, 3)), np.ones((60, 4)))
