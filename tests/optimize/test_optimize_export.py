@@ -73,7 +73,7 @@ def test_int8_model_runs_and_is_recorded(exported):
 
     from sightline.optimize.quantize import accuracy_and_ece
 
-    run, _, report = exported
+    run, data, report = exported
     bundle = load_bundle(run)
     q = bundle.extra["export"]["int8"]
     assert bundle.int8_path.is_file() and q["format"] == "qdq"
@@ -82,9 +82,25 @@ def test_int8_model_runs_and_is_recorded(exported):
     assert q["size_bytes"]["int8"] < q["size_bytes"]["fp32"]
     ops = {n.op_type for n in __import__("onnx").load(str(bundle.int8_path)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    session = ort.InferenceSession(str(bundle.int8_path), providers=["CPUExecutionProvider"])
-    out = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
-    assert out.shape == (3, 2) and np.isfinite(out).all()
+    # int8 against fp32 on the same real inputs (every image of the dataset, eval preprocessing): the same top-1
+    # class for at least 95 % of them (24 images: one flip allowed), margins that move together, and the agreement
+    # export recorded on the test split is the one found here.
+    from sightline.data.images import load_image
+    from sightline.data.transforms import eval_preprocess, stack
+
+    files = {s: sorted((data / s).rglob("*.*")) for s in ("train", "val", "test")}
+    x = {s: stack([eval_preprocess(load_image(f), bundle.preprocessing) for f in fs]) for s, fs in files.items()}
+    fp32 = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(bundle.int8_path), providers=["CPUExecutionProvider"])
+    ref = {s: fp32.run(["logits"], {fp32.get_inputs()[0].name: v})[0] for s, v in x.items()}
+    got = {s: int8.run(["logits"], {int8.get_inputs()[0].name: v})[0] for s, v in x.items()}
+    ref_all, got_all = np.concatenate(list(ref.values())), np.concatenate(list(got.values()))
+    assert got_all.shape == ref_all.shape == (24, 2)
+    assert set(ref_all.argmax(1)) == {0, 1}  # the fp32 model predicts both classes: agreement is not a given
+    assert (got_all.argmax(1) == ref_all.argmax(1)).mean() >= 0.95
+    margins = np.corrcoef(ref_all[:, 1] - ref_all[:, 0], got_all[:, 1] - got_all[:, 0])[0, 1]
+    assert margins >= 0.98
+    assert q["test"]["top1_agreement"] == pytest.approx((got["test"].argmax(1) == ref["test"].argmax(1)).mean())
     # accuracy/ECE helper vs a hand computation on a case with a known answer
     logits = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
     labels = np.array([0, 1, 1])
@@ -149,20 +165,44 @@ def test_predict_cli_csv_and_json(exported, tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def test_bench_reports_every_backend(exported):
+def test_bench_reports_every_backend(exported, monkeypatch):
+    import time
+
+    import onnxruntime as ort
+
     from sightline.optimize.bench import bench, synthetic_jpegs
 
+    # A known cost: every ONNX Runtime call sleeps `delay_ms` first. Both ONNX backends must then report at least
+    # that much inference time per batch (and not several batches' worth), at most the throughput it allows, and
+    # speed-ups that are the ratios of the reported throughputs.
+    delay_ms = 50.0
+    ort_run = ort.InferenceSession.run
+
+    def slow_run(self, *args, **kwargs):
+        time.sleep(delay_ms / 1000)
+        return ort_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", slow_run)
     run, _, _ = exported
+    bundle = load_bundle(run)
     report = bench(run, images=synthetic_jpegs(4, size=(64, 48)), batch_sizes=(1, 4), time_budget_s=0.05,
                    max_repeats=3)
-    for backend in ("torch", "onnx", "onnx-int8"):
+    files = {"torch": bundle.weights_path, "onnx": bundle.onnx_path, "onnx-int8": bundle.int8_path}
+    for backend, path in files.items():
         entry = report["results"][backend]
-        assert entry["model_bytes"] > 0
-        for b in ("1", "4"):
-            r = entry[b]
-            assert r["p95_ms"] >= r["p50_ms"] > 0 and r["images_per_s"] > 0
-            assert set(r["stages_p50_ms"]) == {"decode", "preprocess", "inference", "postprocess"}
-    assert "onnx-int8_vs_torch_batch4" in report["speedup"]
+        assert entry["model_bytes"] == path.stat().st_size
+        for b in (1, 4):
+            r = entry[str(b)]
+            stages = r["stages_p50_ms"]
+            assert set(stages) == {"decode", "preprocess", "inference", "postprocess"}
+            assert r["p95_ms"] >= r["p50_ms"] >= stages["inference"]
+            if backend == "torch":
+                continue
+            assert delay_ms <= stages["inference"] < 3 * delay_ms
+            assert r["images_per_s"] <= b * 1000 / delay_ms
+            torch_ips = report["results"]["torch"][str(b)]["images_per_s"]
+            assert report["speedup"][f"{backend}_vs_torch_batch{b}"] == pytest.approx(r["images_per_s"] / torch_ips,
+                                                                                      abs=0.01)
 
 
 def test_int8_without_data_is_refused_before_anything_is_written(tmp_path):
