@@ -31,18 +31,20 @@ def evaluate_cmd(
 ) -> None:
     """Metrics, calibration, thresholds from sightline.yaml, heatmaps and robustness -> metrics.json + report.html."""
     from sightline.evaluate.run import evaluate
+    from sightline.progress import rich_progress
 
     existing_path(run, "run")
     existing_path(data, "dataset")
     if split not in ("train", "val", "test"):
         raise fail(f"--split {split!r} is unknown; use test, val or train.")
-    m = evaluate(
-        run, data, split=split, out=out, spec=spec, method=method, robustness=robustness,
-        robustness_images=robustness_images, n_bootstrap=bootstrap, batch_size=batch_size,
-        update_bundle=not no_update, progress=not as_json,
-    )
+    with rich_progress(enabled=not as_json) as progress:
+        m = evaluate(
+            run, data, split=split, out=out, spec=spec, method=method, robustness=robustness,
+            robustness_images=robustness_images, n_bootstrap=bootstrap, batch_size=batch_size,
+            update_bundle=not no_update, progress=progress,
+        )
     if as_json:
-        print_json(m)
+        print_json(m.to_json())
         return
     ci = m["ci"]
     console.print(f"[bold]{m['split']}[/] split, {m['n_images']} images")

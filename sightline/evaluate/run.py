@@ -1,28 +1,30 @@
 """`evaluate`: a trained bundle + a dataset -> metrics.json, report.html (RUN/eval/ or `out`) and an updated bundle.
 
-What happens, in order (DESIGN.md, "Numbers you can trust"):
+What happens, in order (DESIGN.md, "Numbers you can trust"), one small function each in `_evaluate_one`:
 1. logits for the VALIDATION split: temperature scaling and the decision thresholds (per-class and human review,
    from sightline.yaml) are fitted there and stored in the bundle (model.json) for the server to enforce;
 2. logits for the evaluated split (test by default): every metric, with bootstrap confidence intervals, the
    targets' pass/fail, calibration before/after, coverage vs accuracy;
-3. heatmaps (Grad-CAM by default) for a gallery and for every image with a ground-truth region (pointing game);
+3. heatmaps (Grad-CAM by default) for a gallery and for every image with a ground-truth region (pointing game),
+   by sightline.explain.orchestrate;
 4. a corruption suite on a sample of the split;
-5. report.html (self-contained) and MODEL_CARD.md in the bundle.
+5. the bundle, metrics.json, report.html (self-contained) and MODEL_CARD.md.
 
+Images go through the inference core (`score_files`: decode once, stream, (logits, features) per image).
 A multi-seed folder (OUT/seed-<s>/bundle, from `sightline train --seeds N`) is evaluated seed by seed, from one
 scan of the dataset and one decode of each image shared by all seeds; the headline metrics get mean +- std
-across seeds. Prediction streams: pixels are never held for the whole split, only logits (see predict.py).
+across seeds. Pixels are never held for the whole split, only logits.
 
 Example:
-    >>> m = evaluate("runs/demo", "data/parts")               # writes runs/demo/eval/{metrics.json,report.html}
-    >>> m["accuracy"], m["ci"]["accuracy"], m["targets"]
+    >>> r = evaluate("runs/demo", "data/parts", n_bootstrap=200)   # writes runs/demo/eval/{metrics.json,report.html}
+    >>> r.accuracy, r.ci["accuracy"], r.targets                     # typed; r["accuracy"] reads like metrics.json
 """
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,14 +32,86 @@ import numpy as np
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle, resolve_bundle_dir
 from sightline.errors import BundleError, DatasetError, UserInputError
+from sightline.evaluate.options import EvaluateOptions, resolve_options
+from sightline.evaluate.result import HEADLINE_KEYS, EvaluationResult, SeedSummary, write_json
 from sightline.spec import ProblemSpec, find_spec, load_spec
 
 if TYPE_CHECKING:
     from sightline.data.datasets import Sample
+    from sightline.decision import Decisions
+    from sightline.inference import Engine
+    from sightline.progress import ProgressFn
 
-__all__ = ["evaluate", "evaluate_seeds", "seed_runs", "check_classes", "HEADLINE_KEYS"]
+__all__ = ["evaluate", "evaluate_seeds", "seed_runs", "check_classes", "EvaluateOptions", "EvaluationResult",
+           "HEADLINE_KEYS"]
 
-HEADLINE_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_roc_auc", "ece")
+
+def evaluate(
+    run_or_bundle: str | Path,
+    data_dir: str | Path,
+    options: EvaluateOptions | None = None,
+    *,
+    progress: ProgressFn | bool | None = None,
+    **settings: Any,
+) -> EvaluationResult:
+    """Evaluate a RUN or bundle folder on `options.split` of `data_dir`; returns what metrics.json holds.
+
+    `settings` are EvaluateOptions fields (split, out, spec, method, n_bootstrap, gallery_per_group,
+    max_region_images, robustness, robustness_images, severities, batch_size, device, update_bundle, report,
+    seed) laid over `options`; EvaluateOptions documents each one and its default. `progress`: a ProgressFn
+    (the CLI passes rich_progress()'s), True for rich bars drawn here, or None / False for nothing.
+
+    Temperature and thresholds are fitted on the val split (when the dataset has one; otherwise the bundle's are
+    kept) and written into the bundle unless `update_bundle=False`. A folder of seed runs (OUT/seed-<s>/) is
+    evaluated with `evaluate_seeds`.
+
+    Memory does not grow with the split: images are decoded and scored a chunk at a time, only logits are kept,
+    and the few images the gallery, the region scores and the corruption suite need are decoded again.
+
+    Raises UserInputError (a bad setting, before any work) / BundleError / DatasetError / SpecError, one line
+    that says what to do, on bad input."""
+    opts = resolve_options(options, **settings)
+    path = Path(run_or_bundle)
+    try:
+        resolve_bundle_dir(path)
+    except BundleError:
+        if seed_runs(path):
+            return evaluate_seeds(path, data_dir, opts, progress=progress)
+        raise
+    return _evaluate_runs([path], data_dir, opts, outs=[opts.out], reports=[opts.report], progress=progress)[0]
+
+
+def evaluate_seeds(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    options: EvaluateOptions | None = None,
+    *,
+    progress: ProgressFn | bool | None = None,
+    **settings: Any,
+) -> EvaluationResult:
+    """Evaluate every seed run of OUT/seed-<s>/ (each into its own RUN/eval/); OUT/eval/metrics.json (or
+    `out`) holds the first seed's full metrics plus `seeds`: per-seed headline metrics and their mean +- std
+    (sample std). Options and progress as for `evaluate`; only the first seed gets a full report.
+
+    The dataset is scanned once and each image decoded once for all seeds (they share preprocessing); every
+    seed's model is held in memory during that shared pass."""
+    opts = resolve_options(options, **settings)
+    runs = seed_runs(run_dir)
+    if not runs:
+        raise UserInputError(f"'{run_dir}' holds no seed-<s>/bundle folders; pass a RUN or bundle folder.")
+    # each seed gets RUN/eval/metrics.json; the first also its full report
+    results = _evaluate_runs(runs, data_dir, opts, outs=[None] * len(runs),
+                             reports=[i == 0 and opts.report for i in range(len(runs))], progress=progress)
+    out_dir = opts.out if opts.out is not None else Path(run_dir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first = replace(results[0], seeds=_seed_summary(runs, results), files={"metrics": str(out_dir / "metrics.json")})
+    if opts.report:
+        from sightline.evaluate.report import write_report
+
+        # This report adds the mean +- std table; the first seed's own report holds its gallery.
+        first.files["report"] = str(write_report(first, out_dir / "report.html", gallery=[]))
+    write_json(first, out_dir / "metrics.json")
+    return first
 
 
 def check_classes(model_classes: list[str], data_classes: list[str], *, data_dir: Path) -> None:
@@ -88,61 +162,6 @@ def _labels(samples: list[Any], classes: list[str]) -> np.ndarray:
     return np.array([classes.index(s.label) for s in samples], dtype=np.int64)
 
 
-def evaluate(
-    run_or_bundle: str | Path,
-    data_dir: str | Path,
-    *,
-    split: str = "test",
-    out: str | Path | None = None,
-    spec: str | Path | ProblemSpec | None = None,
-    method: str = "gradcam",
-    n_bootstrap: int = 1000,
-    gallery_per_group: int = 3,
-    max_region_images: int = 300,
-    robustness: bool = True,
-    robustness_images: int = 100,
-    severities: tuple[int, ...] = (1, 3, 5),
-    batch_size: int = 64,
-    device: str | None = None,
-    update_bundle: bool = True,
-    report: bool = True,
-    progress: bool = True,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Evaluate a RUN or bundle folder on `split` of `data_dir`; returns the metrics.json dict.
-
-    Temperature and thresholds are fitted on the val split (when the dataset has one; otherwise the bundle's are
-    kept) and written into the bundle unless `update_bundle=False`. `max_region_images` caps the images scored
-    against ground-truth regions, `robustness_images` the images run through the corruption suite (at each of
-    `severities`). A folder of seed runs (OUT/seed-<s>/) is evaluated with `evaluate_seeds`.
-
-    Memory does not grow with the split: images are decoded and scored a chunk at a time, only logits are kept,
-    and the few images the gallery, the region scores and the corruption suite need are decoded again.
-
-    Raises BundleError / DatasetError / SpecError (one line, says what to do) on bad input."""
-    from sightline.explain.cam import method_class
-
-    method_class(method)  # an unknown heatmap method fails now, not after all the inference
-    path = Path(run_or_bundle)
-    try:
-        resolve_bundle_dir(path)
-    except BundleError:
-        if seed_runs(path):
-            return evaluate_seeds(
-                path, data_dir, split=split, out=out, spec=spec, method=method, n_bootstrap=n_bootstrap,
-                gallery_per_group=gallery_per_group, max_region_images=max_region_images, robustness=robustness,
-                robustness_images=robustness_images, severities=severities, batch_size=batch_size, device=device,
-                update_bundle=update_bundle, report=report, progress=progress, seed=seed,
-            )
-        raise
-    return _evaluate_runs(
-        [path], data_dir, outs=[out], reports=[report], split=split, spec=spec, batch_size=batch_size,
-        device=device, progress=progress, method=method, n_bootstrap=n_bootstrap,
-        gallery_per_group=gallery_per_group, max_region_images=max_region_images, robustness=robustness,
-        robustness_images=robustness_images, severities=severities, update_bundle=update_bundle, seed=seed,
-    )[0]
-
-
 class _SplitCrops:
     """Crops of the evaluated split by position in `paths`, decoded again on demand with `load_crops` (the path
     prediction took, so the same pixels): prediction keeps no pixels, and only the gallery, the region scores and
@@ -191,27 +210,58 @@ class _Scored:
     shared_s: float  # seconds the shared part took (model loading and prediction passes)
 
 
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every run of one `evaluate` call shares."""
+
+    options: EvaluateOptions
+    data_dir: Path
+    problem: ProblemSpec | None
+    n_val: int  # val images listed (0: no val split)
+    device: str
+    progress: ProgressFn | None
+
+
+@dataclass
+class _Fitted:
+    """What the val split decided (or, without one, what the bundle already held)."""
+
+    temperature: float
+    thresholds: dict[str, Any]  # bundle.thresholds as choose_thresholds makes them
+    val_metrics: dict[str, Any] | None  # decision_metrics on val; None without a val split
+    review_val_curve: dict[str, Any] | None  # coverage vs accuracy on val, from the threshold search
+
+
+@contextmanager
+def _progress_fn(progress: ProgressFn | bool | None) -> Iterator[ProgressFn | None]:
+    """A ProgressFn as given; True: rich bars drawn for the length of the `with` (the former default)."""
+    if progress is True:
+        from sightline.progress import rich_progress
+
+        with rich_progress() as fn:
+            yield fn
+    else:
+        yield progress or None
+
+
 def _evaluate_runs(
     paths: list[Path],
     data_dir: str | Path,
+    options: EvaluateOptions,
     *,
-    outs: list[str | Path | None],
+    outs: list[Path | None],
     reports: list[bool],
-    split: str,
-    spec: str | Path | ProblemSpec | None,
-    batch_size: int,
-    device: str | None,
-    progress: bool,
-    **settings: Any,
-) -> list[dict[str, Any]]:
-    """Evaluate the runs at `paths` on one dataset (see `evaluate`; `settings` are its remaining keywords).
+    progress: ProgressFn | bool | None,
+) -> list[EvaluationResult]:
+    """Evaluate the runs at `paths` on one dataset (see `evaluate`); `outs` and `reports` per run.
 
-    The dataset is scanned once, and each val and `split` image is decoded once for all runs that share a
+    The dataset is scanned once, and each val and split image is decoded once for all runs that share a
     preprocessing (the seeds of one run): their models score every decoded chunk together, so they are held in
     memory together while their pass lasts."""
     from sightline.data.datasets import scan_dataset
     from sightline.inference import default_device
-    from sightline.progress import rich_progress
 
     bundles = [load_bundle(p) for p in paths]
     data_dir = Path(data_dir)
@@ -220,232 +270,199 @@ def _evaluate_runs(
         check_classes(bundle.classes, dataset.classes, data_dir=data_dir)
     if dataset.layout != "split":
         raise DatasetError(f"'{data_dir}' is in the flat layout; run `sightline data split {data_dir}` first.")
-    samples = dataset.split(split)
+    samples = dataset.split(options.split)
     if not samples:
-        raise DatasetError(f"'{data_dir}' has no images in {split}/; pick another --split or add images.")
-    problem = _resolve_spec(spec, data_dir)
+        raise DatasetError(f"'{data_dir}' has no images in {options.split}/; pick another --split or add images.")
+    problem = _resolve_spec(options.spec, data_dir)
     if problem is not None:
         for bundle in bundles:
             problem.check_classes(bundle.classes)
-    device = device or default_device()
     val_samples = dataset.split("val")
 
     groups: dict[Preprocessing, list[int]] = {}
     for i, bundle in enumerate(bundles):
         groups.setdefault(bundle.preprocessing, []).append(i)
-    results: list[dict[str, Any]] = [{} for _ in bundles]
-    with rich_progress(enabled=progress) as report_progress:
+    results: list[EvaluationResult | None] = [None] * len(bundles)
+    with _progress_fn(progress) as report_progress:
+        job = _Job(options=options, data_dir=data_dir, problem=problem, n_val=len(val_samples),
+                   device=options.device or default_device(), progress=report_progress)
         for pre, members in groups.items():
-            _evaluate_group(
-                [bundles[i] for i in members], [outs[i] for i in members], [reports[i] for i in members],
-                results=results, members=members, pre=pre, samples=samples, val_samples=val_samples,
-                data_dir=data_dir, split=split, problem=problem, batch_size=batch_size, device=device,
-                progress=report_progress, settings=settings,
-            )
-    return results
+            done = _evaluate_group([bundles[i] for i in members], job, pre=pre, samples=samples,
+                                   val_samples=val_samples, outs=[outs[i] for i in members],
+                                   reports=[reports[i] for i in members])
+            for i, result in zip(members, done):
+                results[i] = result
+    return [r for r in results if r is not None]
 
 
 def _evaluate_group(
-    group: list[Bundle], outs: list[str | Path | None], reports: list[bool], *, results: list[dict[str, Any]],
-    members: list[int], pre: Preprocessing, samples: list[Sample], val_samples: list[Sample], data_dir: Path,
-    split: str, problem: ProblemSpec | None, batch_size: int, device: str, progress: Any, settings: dict[str, Any],
-) -> None:
+    group: list[Bundle], job: _Job, *, pre: Preprocessing, samples: list[Sample], val_samples: list[Sample],
+    outs: list[Path | None], reports: list[bool],
+) -> list[EvaluationResult]:
     """The runs of one preprocessing: each image decoded once for all of them (see `_evaluate_runs`)."""
-    from sightline.inference import Engine, TorchBackend, score_files
+    from sightline.inference import open_engine, score_files
 
     started = time.perf_counter()
-    engines = [Engine(TorchBackend(b.load_model(device), device=device), bundle=b) for b in group]
-    common = dict(batch_size=batch_size, progress=progress)
-    timings: dict[str, float] = {}
-    val_logits: list[np.ndarray] | list[None] = [None] * len(group)
-    val_kept: list[Sample] = []
-    if val_samples:
+    split = job.options.split
+    with ExitStack() as stack:
+        engines = [stack.enter_context(open_engine(b, backend="torch", device=job.device)) for b in group]
+        common = {"batch_size": job.options.batch_size, "progress": job.progress}
+        timings: dict[str, float] = {}
+        val_logits: list[np.ndarray | None] = [None] * len(group)
+        val_kept: list[Sample] = []
+        if val_samples:
+            t0 = time.perf_counter()
+            val_out, val_inputs = score_files(
+                engines, [s.path for s in val_samples], task="val (calibration, thresholds)", **common)
+            val_logits = [o.logits for o in val_out]
+            val_kept = [val_samples[i] for i in val_inputs.index]
+            timings["val_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        val_out, val_inputs = score_files(
-            engines, [s.path for s in val_samples], task="val (calibration, thresholds)", **common)
-        val_logits = [o.logits for o in val_out]
-        val_kept = [val_samples[i] for i in val_inputs.index]
-        timings["val_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    outputs, inputs = score_files(engines, [s.path for s in samples], task=f"{split} (metrics)", **common)
-    logits = [o.logits for o in outputs]
-    timings["predict_s"] = time.perf_counter() - t0
-    kept = [samples[i] for i in inputs.index]
-    if not kept:
-        raise DatasetError(f"no image in '{data_dir}/{split}' could be read; see `sightline data audit {data_dir}`.")
-    crops = _SplitCrops([s.path for s in kept], pre, remember=len(group) > 1)
-    shared_s = time.perf_counter() - started
-    for j, i in enumerate(members):
-        scored = _Scored(logits_val=val_logits[j], val_samples=val_kept, logits=logits[j], samples=kept,
-                         failed=inputs.failed, crops=crops, timings=dict(timings), shared_s=shared_s)
-        results[i] = _evaluate_one(
-            group[j], engines[j], scored, data_dir=data_dir, split=split, n_val=len(val_samples),
-            problem=problem, out=outs[j], report=reports[j], batch_size=batch_size, device=device,
-            progress=progress, **settings,
-        )
+        outputs, inputs = score_files(engines, [s.path for s in samples], task=f"{split} (metrics)", **common)
+        timings["predict_s"] = time.perf_counter() - t0
+        kept = [samples[i] for i in inputs.index]
+        if not kept:
+            raise DatasetError(f"no image in '{job.data_dir}/{split}' could be read; see `sightline data audit "
+                               f"{job.data_dir}`.")
+        crops = _SplitCrops([s.path for s in kept], pre, remember=len(group) > 1)
+        shared_s = time.perf_counter() - started
+        return [
+            _evaluate_one(bundle, engine, _Scored(
+                logits_val=val_logits[j], val_samples=val_kept, logits=outputs[j].logits, samples=kept,
+                failed=inputs.failed, crops=crops, timings=dict(timings), shared_s=shared_s,
+            ), job, out=outs[j], report=reports[j])
+            for j, (bundle, engine) in enumerate(zip(group, engines))
+        ]
 
 
 def _evaluate_one(
-    bundle: Bundle,
-    engine: Any,
-    scored: _Scored,
-    *,
-    data_dir: Path,
-    split: str,
-    n_val: int,
-    problem: ProblemSpec | None,
-    out: str | Path | None,
-    report: bool,
-    method: str,
-    n_bootstrap: int,
-    gallery_per_group: int,
-    max_region_images: int,
-    robustness: bool,
-    robustness_images: int,
-    severities: tuple[int, ...],
-    batch_size: int,
-    device: str,
-    update_bundle: bool,
-    progress: Any,
-    seed: int,
-) -> dict[str, Any]:
-    """Metrics, explanations, robustness and files for one run from its predictions (see `evaluate`)."""
-    model = engine.backend.model
-    from sightline.decision import decide, softmax
-    from sightline.evaluate.calibration import expected_calibration_error, fit_temperature, reliability
-    from sightline.evaluate.metrics import bootstrap_ci, classification_metrics, coverage_accuracy_curve
-    from sightline.evaluate.thresholds import check_targets, choose_thresholds, decision_metrics
-    from sightline.explain.orchestrate import explain_split
+    bundle: Bundle, engine: Engine, scored: _Scored, job: _Job, *, out: Path | None, report: bool
+) -> EvaluationResult:
+    """Metrics, explanations, robustness and files for one run from its predictions (the steps of the module
+    docstring)."""
+    from sightline.decision import decide
 
     started = time.perf_counter()
     timings = scored.timings
-    classes = bundle.classes
+    fitted = _fit_on_val(bundle, scored, job.problem)  # 1
+    t0 = time.perf_counter()
+    y = _labels(scored.samples, bundle.classes)
+    dec = decide(scored.logits, bundle.classes, temperature=fitted.temperature, thresholds=fitted.thresholds)
+    result = _split_figures(bundle, scored, fitted, y, dec, job)  # 2
+    timings["predict_s"] = timings["predict_s"] + time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gallery = _explain(engine, bundle, scored, y, dec, result, job)  # 3
+    timings["explain_s"] = time.perf_counter() - t0
+    if job.options.robustness:  # 4
+        t0 = time.perf_counter()
+        result.robustness = _robustness(engine, bundle, scored.crops, y, fitted, job)
+        timings["robustness_s"] = time.perf_counter() - t0
+    timings["total_s"] = scored.shared_s + time.perf_counter() - started
+    result.timings = {k: round(v, 2) for k, v in timings.items()}
+    if job.options.update_bundle:  # 5
+        _store_in_bundle(bundle, result, fitted)
+    _write_files(result, bundle, out, report=report, gallery=gallery, update_bundle=job.options.update_bundle)
+    return result
 
-    # 1. Validation: calibration and thresholds (never on the evaluated split unless it *is* val).
-    chosen_on_eval_split = split == "val"
-    val_metrics: dict[str, Any] | None = None
+
+def _fit_on_val(bundle: Bundle, scored: _Scored, problem: ProblemSpec | None) -> _Fitted:
+    """Step 1: temperature and thresholds fitted on val (never on the evaluated split unless it *is* val); the
+    bundle's own when the dataset has no val split."""
+    from sightline.decision import decide
+    from sightline.evaluate.calibration import fit_temperature
+    from sightline.evaluate.thresholds import choose_thresholds, decision_metrics
+
+    classes = bundle.classes
+    val_metrics = None
     if scored.logits_val is not None:
-        logits_val, y_val = scored.logits_val, _labels(scored.val_samples, classes)
-        temperature = fit_temperature(logits_val, y_val)
-        thresholds = choose_thresholds(logits_val, y_val, classes, spec=problem, temperature=temperature)
-        val_dec = decide(logits_val, classes, temperature=temperature, thresholds=thresholds)
+        y_val = _labels(scored.val_samples, classes)
+        temperature = fit_temperature(scored.logits_val, y_val)
+        thresholds = choose_thresholds(scored.logits_val, y_val, classes, spec=problem, temperature=temperature)
+        val_dec = decide(scored.logits_val, classes, temperature=temperature, thresholds=thresholds)
         val_metrics = decision_metrics(y_val, val_dec.labels, classes, problem)
     else:
         temperature = float(bundle.temperature)
         thresholds = dict(bundle.thresholds)
-    review_curve_val = (thresholds.get("review") or {}).pop("val_curve", None)
+    val_curve = (thresholds.get("review") or {}).pop("val_curve", None)
+    return _Fitted(float(temperature), thresholds, val_metrics, val_curve)
 
-    # 2. The evaluated split.
-    t0 = time.perf_counter()
-    logits = scored.logits
-    kept_samples = scored.samples
-    y = _labels(kept_samples, classes)
-    dec = decide(logits, classes, temperature=temperature, thresholds=thresholds)
-    pred = dec.labels
-    metrics: dict[str, Any] = {"split": split, "n_images": int(len(y))}
-    metrics.update(classification_metrics(y, pred, dec.probabilities, classes))
-    metrics["argmax_accuracy"] = float((logits.argmax(axis=1) == y).mean())
-    metrics["decision_rule"] = (
-        "softmax(logits / temperature), per-class thresholds then arg-max, as sightline.decision.decide "
-        f"(temperature and thresholds chosen on {'val' if n_val else 'an earlier evaluation'})"
+
+def _split_figures(
+    bundle: Bundle, scored: _Scored, fitted: _Fitted, y: np.ndarray, dec: Decisions, job: _Job
+) -> EvaluationResult:
+    """Step 2: every figure of the evaluated split from its decisions `dec` and true labels `y` (N,)."""
+    from sightline.decision import softmax
+    from sightline.evaluate.calibration import expected_calibration_error, reliability
+    from sightline.evaluate.metrics import bootstrap_ci, classification_metrics
+    from sightline.evaluate.thresholds import check_targets, decision_metrics
+
+    classes = bundle.classes
+    split, problem, options = job.options.split, job.problem, job.options
+    figures = classification_metrics(y, dec.labels, dec.probabilities, classes)
+    figures["n_images"] = int(len(y))
+    raw = softmax(scored.logits)
+    test_dm = decision_metrics(y, dec.labels, classes, problem)
+    result = EvaluationResult(
+        split=split,
+        **figures,
+        argmax_accuracy=float((scored.logits.argmax(axis=1) == y).mean()),
+        decision_rule=(
+            "softmax(logits / temperature), per-class thresholds then arg-max, as sightline.decision.decide "
+            f"(temperature and thresholds chosen on {'val' if job.n_val else 'an earlier evaluation'})"
+        ),
+        ci=bootstrap_ci(y, dec.labels, len(classes), n_resamples=options.n_bootstrap, seed=options.seed),
+        ece_uncalibrated=expected_calibration_error(raw, y),
+        ece=expected_calibration_error(dec.probabilities, y),
+        temperature=fitted.temperature,
+        reliability={"before": reliability(raw, y), "after": reliability(dec.probabilities, y)},
+        review=_review(y, dec, fitted, chosen_on="val" if job.n_val else "bundle"),
+        thresholds=dict(fitted.thresholds),
+        expected_cost=test_dm["expected_cost"],
+        targets=check_targets(problem, classes, test=test_dm, val=fitted.val_metrics),
+        spec=None if problem is None else {
+            "path": str(problem.path) if problem.path else None,
+            "task": problem.task,
+            "primary_metric": problem.primary_metric,
+        },
+        warning=("thresholds and temperature were chosen on the split being reported (val): optimistic."
+                 if split == "val" else None),
+        unreadable=scored.failed,
+        struggling_classes=[],
+        explain_method=options.method,
+        model={"name": bundle.name, "version": bundle.version, "architecture": bundle.architecture,
+               "path": str(bundle.path), "dataset_version": bundle.dataset_version},
+        data={"root": str(job.data_dir), "n_val": job.n_val, "device": job.device},
     )
-    metrics["ci"] = bootstrap_ci(y, pred, len(classes), n_resamples=n_bootstrap, seed=seed)
-    metrics["ece_uncalibrated"] = expected_calibration_error(softmax(logits), y)
-    metrics["ece"] = expected_calibration_error(dec.probabilities, y)
-    metrics["temperature"] = float(temperature)
-    metrics["reliability"] = {"before": reliability(softmax(logits), y), "after": reliability(dec.probabilities, y)}
-    correct = pred == y
-    r = thresholds.get("review_confidence")
+    result.struggling_classes = _struggling(result, classes)
+    return result
+
+
+def _review(y: np.ndarray, dec: Decisions, fitted: _Fitted, *, chosen_on: str) -> dict[str, Any]:
+    """The human-review block: who goes to a person under the review rule, and coverage vs accuracy."""
+    from sightline.evaluate.metrics import coverage_accuracy_curve
+
+    correct = dec.labels == y
+    r = fitted.thresholds.get("review_confidence")
     accepted = dec.confidences >= r if r is not None else np.ones(len(y), dtype=bool)
-    metrics["review"] = {
+    return {
         "review_confidence": r,
-        "chosen_on": "val" if n_val else "bundle",
+        "chosen_on": chosen_on,
         "coverage": float(accepted.mean()),
         "accuracy_accepted": float(correct[accepted].mean()) if accepted.any() else None,
         "n_review": int((~accepted).sum()),
         "curve": coverage_accuracy_curve(correct, dec.confidences),
-        "val_curve": review_curve_val,
+        "val_curve": fitted.review_val_curve,
     }
-    metrics["thresholds"] = dict(thresholds)
-    test_dm = decision_metrics(y, pred, classes, problem)
-    metrics["expected_cost"] = test_dm["expected_cost"]
-    metrics["targets"] = check_targets(problem, classes, test=test_dm, val=val_metrics)
-    metrics["spec"] = None if problem is None else {
-        "path": str(problem.path) if problem.path else None,
-        "task": problem.task,
-        "primary_metric": problem.primary_metric,
-    }
-    if chosen_on_eval_split:
-        metrics["warning"] = "thresholds and temperature were chosen on the split being reported (val): optimistic."
-    metrics["unreadable"] = scored.failed
-    metrics["struggling_classes"] = _struggling(metrics, classes)
-    timings["predict_s"] = timings["predict_s"] + time.perf_counter() - t0
-
-    # 3. Explanations: gallery and regions.
-    t0 = time.perf_counter()
-    explain = explain_split(
-        model, crops=scored.crops, samples=kept_samples, y=y, decisions=dec, classes=classes,
-        pre=bundle.preprocessing, method=method, review_confidence=r, per_group=gallery_per_group,
-        max_region_images=max_region_images, seed=seed,
-    )
-    if explain.regions is not None:
-        metrics["pointing_game"] = explain.regions
-    metrics["explain_method"] = method
-    timings["explain_s"] = time.perf_counter() - t0
-
-    # 4. Robustness.
-    if robustness:
-        t0 = time.perf_counter()
-        metrics["robustness"] = _robustness(
-            engine, bundle, scored.crops, y, temperature, thresholds, n_images=robustness_images,
-            severities=severities, seed=seed, batch_size=batch_size, device=device, progress=progress,
-        )
-        timings["robustness_s"] = time.perf_counter() - t0
-
-    metrics["model"] = {"name": bundle.name, "version": bundle.version, "architecture": bundle.architecture,
-                        "path": str(bundle.path), "dataset_version": bundle.dataset_version}
-    metrics["data"] = {"root": str(data_dir), "n_val": n_val, "device": device}
-    timings["total_s"] = scored.shared_s + time.perf_counter() - started
-    metrics["timings"] = {k: round(v, 2) for k, v in timings.items()}
-
-    # 5. Bundle, files.
-    if update_bundle:
-        bundle.temperature = float(temperature)
-        bundle.thresholds = {k: v for k, v in thresholds.items()}
-        bundle.metrics[split] = {k: metrics[k] for k in ("split", "n_images", *HEADLINE_KEYS)} | {
-            "ci": metrics["ci"], "targets": metrics["targets"]}
-        if "pointing_game" in metrics:
-            bundle.metrics[split]["pointing_game"] = metrics["pointing_game"]["overall"]
-        bundle.write_json()
-    out_dir = Path(out) if out is not None else _default_out(bundle)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics["files"] = {"metrics": str(out_dir / "metrics.json")}
-    if report:
-        from sightline.evaluate.report import write_model_card, write_report
-
-        metrics["files"]["report"] = str(write_report(metrics, out_dir / "report.html", gallery=explain.gallery))
-        if update_bundle:
-            metrics["files"]["model_card"] = str(write_model_card(metrics, bundle))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
-    return metrics
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to metrics.json")
-
-
-def _struggling(metrics: dict[str, Any], classes: list[str]) -> list[dict[str, Any]]:
+def _struggling(result: EvaluationResult, classes: list[str]) -> list[dict[str, Any]]:
     """Classes whose recall or precision is clearly worse than the rest (below 0.8 or 10 points under macro),
     worst first, each with the class it is most confused with."""
-    cm = np.asarray(metrics["confusion_matrix"]["matrix"])
-    macro_r = metrics["macro_recall"]
+    cm = np.asarray(result.confusion_matrix["matrix"])
+    macro_r = result.macro_recall
     out = []
     for i, c in enumerate(classes):
-        pc = metrics["per_class"][c]
+        pc = result.per_class[c]
         if pc["support"] == 0:
             continue
         weak = min(pc["recall"], pc["precision"])
@@ -458,71 +475,88 @@ def _struggling(metrics: dict[str, Any], classes: list[str]) -> list[dict[str, A
     return sorted(out, key=lambda d: d["f1"])
 
 
+def _explain(
+    engine: Engine, bundle: Bundle, scored: _Scored, y: np.ndarray, dec: Decisions, result: EvaluationResult,
+    job: _Job,
+) -> list[dict[str, Any]]:
+    """Step 3: the gallery (returned, for the report) and the region scores (into `result.pointing_game`)."""
+    from sightline.explain.orchestrate import explain_split
+    from sightline.inference import TorchBackend
+
+    backend = engine.backend
+    assert isinstance(backend, TorchBackend)  # pytorch-grad-cam needs the nn.Module
+    options = job.options
+    found = explain_split(
+        backend.model, crops=scored.crops, samples=scored.samples, y=y, decisions=dec, classes=bundle.classes,
+        pre=bundle.preprocessing, method=options.method, review_confidence=result.review["review_confidence"],
+        per_group=options.gallery_per_group, max_region_images=options.max_region_images, seed=options.seed,
+    )
+    result.pointing_game = found.regions
+    return found.gallery
+
+
 def _robustness(
-    engine: Any, bundle: Bundle, crops: _SplitCrops, y: np.ndarray, temperature: float, thresholds: dict[str, Any],
-    *, n_images: int, severities: tuple[int, ...], seed: int, batch_size: int, device: str, progress: Any,
+    engine: Engine, bundle: Bundle, crops: _SplitCrops, y: np.ndarray, fitted: _Fitted, job: _Job
 ) -> dict[str, Any]:
-    """The corruption suite on a seeded sample of `n_images` of the split (`crops` gives pixels by position)."""
+    """Step 4: the corruption suite on a seeded sample of the split (`crops` gives pixels by position)."""
     from sightline.decision import decide
     from sightline.evaluate.robustness import CORRUPTIONS, failure_modes, robustness_suite
-
-    rng = np.random.default_rng(seed)
-    idx = np.arange(len(y))
-    if len(idx) > n_images:
-        idx = np.sort(rng.choice(idx, n_images, replace=False))
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        logits = engine.run_crops(batch, batch_size=batch_size).logits
-        return decide(logits, bundle.classes, temperature=temperature, thresholds=thresholds).labels
-
     from sightline.progress import Steps
 
-    with Steps(progress, "robustness", len(CORRUPTIONS) * len(severities)) as steps:
-        result = robustness_suite(predict, crops(idx), y[idx], severities=severities, seed=seed,
+    options = job.options
+    rng = np.random.default_rng(options.seed)
+    idx = np.arange(len(y))
+    if len(idx) > options.robustness_images:
+        idx = np.sort(rng.choice(idx, options.robustness_images, replace=False))
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        logits = engine.run_crops(batch, batch_size=options.batch_size).logits
+        return decide(logits, bundle.classes, temperature=fitted.temperature, thresholds=fitted.thresholds).labels
+
+    with Steps(job.progress, "robustness", len(CORRUPTIONS) * len(options.severities)) as steps:
+        result = robustness_suite(predict, crops(idx), y[idx], severities=options.severities, seed=options.seed,
                                   on_step=steps.advance)
     result["failure_modes"] = failure_modes(result)
     return result
 
 
-def evaluate_seeds(run_dir: str | Path, data_dir: str | Path, *, out: str | Path | None = None,
-                   **kwargs: Any) -> dict[str, Any]:
-    """Evaluate every seed run of OUT/seed-<s>/ (each into its own RUN/eval/); OUT/eval/metrics.json holds the
-    first seed's full metrics plus `seeds`: per-seed headline metrics and their mean +- std (sample std).
+def _store_in_bundle(bundle: Bundle, result: EvaluationResult, fitted: _Fitted) -> None:
+    """Step 5a: the val-fitted temperature and thresholds (what the server enforces) and the headline figures."""
+    bundle.temperature = fitted.temperature
+    bundle.thresholds = dict(fitted.thresholds)
+    figures = {k: result[k] for k in ("split", "n_images", *HEADLINE_KEYS)} | {"ci": result.ci,
+                                                                              "targets": result.targets}
+    if result.pointing_game is not None:
+        figures["pointing_game"] = result.pointing_game["overall"]
+    bundle.metrics[result.split] = figures
+    bundle.write_json()
 
-    `kwargs` are `evaluate`'s keywords. The dataset is scanned once and each image decoded once for all seeds
-    (they share preprocessing); every seed's model is held in memory during that shared pass."""
-    import inspect
 
-    from sightline.explain.cam import method_class
+def _write_files(
+    result: EvaluationResult, bundle: Bundle, out: Path | None, *, report: bool, gallery: list[dict[str, Any]],
+    update_bundle: bool,
+) -> None:
+    """Step 5b: metrics.json, report.html and (with update_bundle) MODEL_CARD.md; `result.files` lists them."""
+    out_dir = out if out is not None else _default_out(bundle)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.files = {"metrics": str(out_dir / "metrics.json")}
+    if report:
+        from sightline.evaluate.report import write_model_card, write_report
 
-    runs = seed_runs(run_dir)
-    if not runs:
-        raise UserInputError(f"'{run_dir}' holds no seed-<s>/bundle folders; pass a RUN or bundle folder.")
-    defaults = {name: p.default for name, p in inspect.signature(evaluate).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "out"}
-    settings = {**defaults, **kwargs}
-    method_class(settings["method"])
-    report = settings.pop("report")
-    # each seed gets RUN/eval/metrics.json; the first also its full report
-    results = _evaluate_runs(runs, data_dir, outs=[None] * len(runs),
-                             reports=[i == 0 and report for i in range(len(runs))], **settings)
-    first = dict(results[0])
-    per_seed = [{"seed": run.name.split("-", 1)[1], **{k: r.get(k) for k in HEADLINE_KEYS}} for run, r in
-                zip(runs, results)]
-    summary: dict[str, Any] = {"n_seeds": len(runs), "per_seed": per_seed, "mean": {}, "std": {}}
+        result.files["report"] = str(write_report(result, out_dir / "report.html", gallery=gallery))
+        if update_bundle:
+            result.files["model_card"] = str(write_model_card(result, bundle))
+    write_json(result, out_dir / "metrics.json")
+
+
+def _seed_summary(runs: list[Path], results: list[EvaluationResult]) -> SeedSummary:
+    """Per-seed headline metrics and their mean and sample std (0 for one seed)."""
+    per_seed = [{"seed": run.name.split("-", 1)[1], **{k: r.get(k) for k in HEADLINE_KEYS}}
+                for run, r in zip(runs, results)]
+    summary: SeedSummary = {"n_seeds": len(runs), "per_seed": per_seed, "mean": {}, "std": {}}
     for k in HEADLINE_KEYS:
         values = np.array([r[k] for r in results if r.get(k) is not None], dtype=np.float64)
         if len(values):
             summary["mean"][k] = float(values.mean())
             summary["std"][k] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    first["seeds"] = summary
-    out_dir = Path(out) if out is not None else Path(run_dir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    first["files"] = {"metrics": str(out_dir / "metrics.json")}
-    if report:
-        from sightline.evaluate.report import write_report
-
-        # This report adds the mean +- std table; the first seed's own report holds its gallery.
-        first["files"]["report"] = str(write_report(first, out_dir / "report.html", gallery=[]))
-    (out_dir / "metrics.json").write_text(json.dumps(first, indent=2, default=_json_default) + "\n")
-    return first
+    return summary
