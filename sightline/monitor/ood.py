@@ -77,13 +77,15 @@ def default_k(bank_size: int, k: int = 50) -> int:
     return int(max(1, min(k, bank_size // 100)))
 
 
-def knn_score(features: np.ndarray, bank: np.ndarray, *, k: int = 50, chunk: int = 1024) -> np.ndarray:
+def knn_score(features: np.ndarray, bank: np.ndarray, *, k: int = 50, chunk: int = 1024,
+              bank_normalized: bool = False) -> np.ndarray:
     """(N,) distance from each of (N, D) features to its k-th nearest neighbour among (M, D) `bank` rows.
 
-    Both are L2-normalised here (normalising an already normalised bank is harmless); k is capped by
-    `default_k(M, k)`. Memory: `chunk` x M floats at a time."""
+    Both are L2-normalised here; pass `bank_normalized=True` for a float32 bank already normalised (a
+    `ReferenceProfile`'s), which saves normalising M x D floats per call. k is capped by `default_k(M, k)`.
+    Memory: `chunk` x M floats at a time."""
     feats = l2_normalize(features)
-    bank = l2_normalize(bank)
+    bank = bank if bank_normalized else l2_normalize(bank)
     if feats.shape[1] != bank.shape[1]:
         raise UserInputError(f"features have {feats.shape[1]} dimensions but the k-NN bank has {bank.shape[1]}; "
                              "rebuild the reference profile with this model")

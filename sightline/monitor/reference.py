@@ -100,15 +100,20 @@ class ReferenceProfile:
                                  f"{self.pca_mean.shape[0]}; rebuild the profile with this model")
         return (z - self.pca_mean) @ self.pca_components
 
-    def ood_scores(self, logits: np.ndarray, features: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Every open-set score this profile can compute, {name: (N,)}, higher = more out-of-distribution."""
-        scores = {"msp": ood.msp_score(logits, self.temperature),
-                  "energy": ood.energy_score(logits, self.energy_temperature)}
-        if features is not None and self.bank is not None:
-            if self._bank32 is None:
+    def ood_scores(self, logits: np.ndarray, features: np.ndarray | None = None,
+                   names: Sequence[str] = ood.SCORES) -> dict[str, np.ndarray]:
+        """The open-set scores in `names` this profile can compute from (N, K) logits and (N, D) features,
+        {name: (N,)}, higher = more out-of-distribution."""
+        scores = {}
+        if "msp" in names:
+            scores["msp"] = ood.msp_score(logits, self.temperature)
+        if "energy" in names:
+            scores["energy"] = ood.energy_score(logits, self.energy_temperature)
+        if "knn" in names and features is not None and self.bank is not None:
+            if self._bank32 is None:  # stored normalised in float16; widened once
                 self._bank32 = self.bank.astype(np.float32)
-            scores["knn"] = ood.knn_score(features, self._bank32)
-        if features is not None and self.mahalanobis is not None:
+            scores["knn"] = ood.knn_score(features, self._bank32, bank_normalized=True)
+        if "mahalanobis" in names and features is not None and self.mahalanobis is not None:
             scores["mahalanobis"] = ood.mahalanobis_score(features, self.mahalanobis)
         return scores
 
@@ -117,7 +122,7 @@ class ReferenceProfile:
         n = np.asarray(logits).shape[0]
         if self.ood_choice is None:
             return np.full(n, np.nan), np.zeros(n, dtype=bool)
-        scores = self.ood_scores(logits, features)
+        scores = self.ood_scores(logits, features, names=(self.ood_choice.score,))
         if self.ood_choice.score not in scores:
             raise UserInputError(f"the profile's open-set score {self.ood_choice.score!r} needs the image features; "
                                  "pass them")
