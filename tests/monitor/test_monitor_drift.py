@@ -1,6 +1,8 @@
 """Drift tests: agreement with scipy and with a slow MMD, known shifts detected, false alarms near alpha."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -137,6 +139,7 @@ def test_false_alarm_rate_near_alpha_without_shift():
     results = [_trial(profile, seed, 80) for seed in range(200)]
     rates = {name: np.mean([r.tests[name].significant for r in results]) for name in results[0].tests}
     rates["window"] = np.mean([r.significant for r in results])
+    assert json.loads(json.dumps(results[0].to_json()))["tests"].keys() == results[0].tests.keys()  # plain data
     assert all(rate <= 0.08 for rate in rates.values()), rates
     assert rates["feature_mmd"] >= 0.01, rates
 
