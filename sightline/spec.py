@@ -23,6 +23,7 @@ __all__ = [
     "SPEC_FILE",
     "Cost",
     "Target",
+    "Promotion",
     "ProblemSpec",
     "load_spec",
     "find_spec",
@@ -105,6 +106,15 @@ class Target(_Part):
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
 
+class Promotion(_Part):
+    """When a challenger may replace the champion (`sightline challenge`; sightline.loop.verdict). Differences are
+    challenger minus champion, as shares (0.01 = 1 point)."""
+
+    max_test_drop: Share = 0.01  # accuracy on the frozen test split may fall by at most this much
+    production_p: Share = 0.05  # with a production split: better there, McNemar's exact two-sided p below this
+    max_class_recall_drop: Share = 0.02  # no class's recall on the frozen test split may fall by more than this
+
+
 class ProblemSpec(_Part):
     """The whole file. `path` is where it was read from (None when built in code)."""
 
@@ -113,13 +123,14 @@ class ProblemSpec(_Part):
     review_below_confidence: Share | None = None  # None: chosen on val
     costs: dict[str, Cost] = {}  # per class; "default" applies to unlisted classes
     targets: tuple[Target, ...] = ()
+    promotion: Promotion = Promotion()  # the rule `sightline challenge` applies
     _path: Path | None = PrivateAttr(None)
 
     @property
     def path(self) -> Path | None:
         return self._path
 
-    @field_validator("task", "primary_metric", "costs", "targets", mode="before")
+    @field_validator("task", "primary_metric", "costs", "targets", "promotion", mode="before")
     @classmethod
     def _null_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         """`costs:` with nothing after it is YAML null: the same as leaving the key out."""
@@ -216,7 +227,11 @@ costs:
 #    macro_f1, expected_cost (overall) or recall, precision, f1, false_positive_rate (with `class`).
 targets:
   - {{metric: accuracy, min: 0.90}}
-{target_lines}"""
+{target_lines}
+# 6. When a retrained model (challenger) may replace the one in service (champion): `sightline challenge`.
+#    Shares: 0.01 = 1 point. production_p applies when DATA/production/ holds labelled production images.
+# promotion: {{max_test_drop: 0.01, production_p: 0.05, max_class_recall_drop: 0.02}}
+"""
 
 
 def write_spec_template(data_dir: str | Path, classes: list[str], *, overwrite: bool = False) -> Path:
