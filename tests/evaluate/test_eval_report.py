@@ -1,0 +1,122 @@
+"""The typed result and what is built from it: metrics.json (a Mapping of exactly its keys), report.html (Jinja2,
+section by section, escaped, self-contained) and MODEL_CARD.md (Markdown, not escaped). Results are made here
+from the stage's own pure functions on small arrays; no model runs."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from sightline.bundle import Bundle, Preprocessing
+from sightline.decision import decide, softmax
+from sightline.evaluate.calibration import expected_calibration_error, reliability
+from sightline.evaluate.metrics import bootstrap_ci, classification_metrics, coverage_accuracy_curve
+from sightline.evaluate.report import SECTIONS, render_report, render_section, write_model_card, write_report
+from sightline.evaluate.result import EvaluationResult, write_json
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _result(classes: list[str], **changes) -> EvaluationResult:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(len(classes)), 6)
+    logits = rng.normal(size=(len(y), len(classes))) + 1.5 * np.eye(len(classes))[y]
+    dec = decide(logits, classes)
+    correct = dec.labels == y
+    figures = classification_metrics(y, dec.labels, dec.probabilities, classes)
+    result = EvaluationResult(
+        split="test", **figures, argmax_accuracy=float(correct.mean()), decision_rule="arg-max",
+        ci=bootstrap_ci(y, dec.labels, len(classes), n_resamples=20), ece_uncalibrated=0.2,
+        ece=expected_calibration_error(dec.probabilities, y), temperature=1.0,
+        reliability={"before": reliability(softmax(logits), y), "after": reliability(dec.probabilities, y)},
+        review={"review_confidence": 0.6, "chosen_on": "val", "coverage": 0.75, "accuracy_accepted": 0.9,
+                "n_review": 4, "curve": coverage_accuracy_curve(correct, dec.confidences), "val_curve": None},
+        thresholds={}, expected_cost=None,
+        targets=[{"target": f"recall of {classes[-1]} >= 0.9", "metric": "recall", "class": classes[-1], "min": 0.9,
+                  "max": None, "value": 0.5, "val_value": 0.95, "passed": False}],
+        spec={"path": None, "task": f"Find {HOSTILE}.", "primary_metric": "macro_f1"},
+        unreadable=[], struggling_classes=[], explain_method="gradcam",
+        model={"name": "parts", "version": "3", "architecture": "test_efficientnet", "path": "/r/bundle",
+               "dataset_version": "abc"},
+        data={"root": "/data", "n_val": 12, "device": "cpu"}, timings={"predict_s": 0.5},
+    )
+    return replace(result, **changes)
+
+
+def _gallery(classes: list[str]) -> list[dict]:
+    return [{"class": c, "group": "wrong", "path": f"test/{c}/{HOSTILE}.png", "true": c, "predicted": classes[0],
+             "confidence": 0.4, "image": "iVBORw0KGgo=", "heatmap": "iVBORw0KGgo="} for c in classes]
+
+
+def test_result_reads_like_metrics_json_and_round_trips(tmp_path):
+    r = _result(["a", "b"])
+    keys = list(r)
+    assert keys[:3] == ["split", "n_images", "accuracy"] and keys[-2:] == ["timings", "files"]
+    for absent in ("warning", "pointing_game", "robustness", "seeds"):  # None: not in the file, not in the mapping
+        assert absent not in keys and absent not in r
+        with pytest.raises(KeyError):
+            r[absent]
+    assert r["accuracy"] == r.accuracy and r.get("nope") is None and len(r) == len(keys)
+    on_disk = json.loads(write_json(r, tmp_path / "metrics.json").read_text())
+    assert list(on_disk) == keys
+    back = EvaluationResult.from_json(on_disk)
+    assert back == r and render_report(back, gallery=[]) == render_report(r, gallery=[])
+    with_regions = replace(r, pointing_game={"overall": 0.5}, warning="w")
+    assert "pointing_game" in with_regions and list(with_regions).index("warning") == keys.index("spec") + 1
+
+
+def test_report_escapes_every_name_a_user_chose_and_stays_self_contained(tmp_path):
+    classes = ["ok", HOSTILE]
+    r = _result(classes)
+    html = write_report(r, tmp_path / "report.html", gallery=_gallery(classes)).read_text()
+    assert "<script" not in html and html.count("&lt;script&gt;") >= 5  # task, per-class row, target, gallery
+    assert not re.search(r"https?://", html)
+    sources = re.findall(r'src="([^"]*)"', html)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<style>" in html and "<link" not in html  # CSS inline, nothing fetched
+
+
+def test_sections_show_only_what_the_result_has():
+    r = _result(["a", "b"])
+    for name in ("seeds", "robustness", "regions", "gallery"):
+        assert render_section(name, r) == "", name
+    assert render_section("precision_recall", r, figs={}) == ""  # no curve to show (e.g. one class only)
+    seeds = {"n_seeds": 2, "per_seed": [{"seed": "0", "accuracy": 0.5}, {"seed": "1", "accuracy": None}],
+             "mean": {"accuracy": 0.5}, "std": {"accuracy": 0.0}}
+    table = render_section("seeds", replace(r, seeds=seeds))
+    assert "Variance across 2 seeds" in table and "0.5000 ± 0.0000" in table and "<td></td>" in table
+    gallery = render_section("gallery", r, gallery=_gallery(["b"]))
+    assert "<h3>b</h3>" in gallery and "<h3>a</h3>" not in gallery  # per class, only classes with images
+    html = render_report(r, gallery=[])
+    starts = [html.index(marker) for marker in ("<h1>", "<h2>Summary", "<h2>Per class", "<h2>Calibration",
+                                                "Generated by")]
+    assert starts == sorted(starts) and len(SECTIONS) == 10
+
+
+def test_summary_warns_about_what_needs_a_person():
+    r = _result(["a", "b"], struggling_classes=[
+        {"class": "b", "recall": 0.5, "precision": 0.6, "f1": 0.55, "confused_with": "a", "n_confused": 3}],
+        thresholds={"details": {"b": {"reachable": False}}, "review": {"reachable": False, "target_accuracy": 0.99}},
+        unreadable=[{"path": "x.png", "reason": "truncated"}],
+        review={**_result(["a", "b"]).review, "chosen_on": "bundle"})
+    text = " ".join(re.sub(r"<[^>]+>", " ", render_section("summary", r)).split())
+    assert "Targets: 0 of 1 met on test" in text and "FAIL" in text
+    assert "b : recall 50.0 %, precision 60.0 %; most often mistaken for a (3 images)" in text
+    assert "No threshold meets the targets for b" in text and "do not reach 99.0 % accuracy" in text
+    assert "1 image(s) could not be read" in text
+    assert "thresholds and temperature kept from the bundle" in render_section("header", r)
+
+
+def test_model_card_is_markdown_not_html(tmp_path):
+    r = _result(["a", "b"], robustness={"n_images": 6, "failure_modes": ["Accuracy falls under blur."]})
+    bundle = Bundle("test_efficientnet", ["a", "b"], preprocessing=Preprocessing(input_size=32))
+    bundle.path = tmp_path
+    card = write_model_card(r, bundle).read_text()
+    assert card.startswith("# Model card: ") and card.endswith("watch the review queue.\n")
+    assert "- FAIL: recall of b >= 0.9 (got 0.500)" in card and "&gt;" not in card
+    assert f"**Task**: Find {HOSTILE}." in card  # Markdown keeps the text as written
+    assert "## Failure modes (corruption suite on 6 test images)\n\n- Accuracy falls under blur.\n" in card
+    assert "\n\n\n" not in card  # no stray blank lines from the template's blocks
