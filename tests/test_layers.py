@@ -28,7 +28,8 @@ LAYERS: dict[str, list[str]] = {
     "monitor": ["sightline.monitor.*"],
     # The stages may import each other (evaluate -> explain, distill -> fit, ...) but never in a circle: the cycle
     # test covers that. Being below serve and cli, none of them may import sightline.serve or sightline._cli.
-    "stages": ["sightline.train.*", "sightline.evaluate.*", "sightline.explain.*", "sightline.optimize.*"],
+    "stages": ["sightline.train.*", "sightline.evaluate.*", "sightline.explain.*", "sightline.optimize.*",
+               "sightline.loop.*"],
     "serve": ["sightline.serve.*"],
     "cli": ["sightline.cli", "sightline._cli.*"],
 }
