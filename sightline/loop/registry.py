@@ -1,0 +1,531 @@
+"""The model registry (DESIGN.md, "The loop"): immutable model versions, the aliases `champion` and `challenger`,
+an append-only log of every alias move, and the challenge verdicts that gate a promotion.
+
+Stored in the service database (SQLAlchemy Core; SQLite by default, PostgreSQL at scale) in tables of its own,
+created when missing. A version is a bundle's content hash (sightline.loop.content) with its dataset version and
+its metrics on the frozen test split (model.json's `metrics.test`, written by `sightline evaluate`); its files are
+copied into the registry folder and made read-only, so a version cannot change after it is added. The version and
+log tables refuse UPDATE and DELETE in the database itself (triggers), not only in this code.
+
+`promote` moves an alias to a version; moving `champion` to a version whose last challenge failed its rule is
+refused unless `force` (then logged as forced). `rollback` moves an alias back to the version it pointed to before
+its last promotion (promotions stack; a rollback pops one). Bad input (unknown version, unknown alias, nothing to
+roll back to) is a one-line UserInputError and changes nothing.
+
+Example:
+    >>> reg = Registry("sqlite:///state/sightline.db")            # copies go to state/registry/
+    >>> v = reg.add("runs/r2/bundle").version
+    >>> reg.promote(v.ref, reason="wins on production, p=0.003")
+    >>> reg.resolve("champion").path                                # the read-only copy to serve
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (DDL, JSON, Boolean, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text,
+                        create_engine, event, insert, select, text, update)
+from sqlalchemy.engine import Connection, Engine, Row, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+
+from sightline.errors import UserInputError, one_line
+
+__all__ = ["ALIASES", "DATABASE_ENV", "Registry", "Version", "Move", "Added", "database_url", "default_root",
+           "current_user"]
+
+ALIASES = ("champion", "challenger")
+DATABASE_ENV = "SIGHTLINE_DATABASE_URL"  # the service's database, as `sightline serve` reads it
+_DB_FILES = (".db", ".db-wal", ".db-shm", ".db-journal", ".sqlite", ".sqlite3")  # never copied with a bundle
+
+
+def database_url(url: str | None) -> str:
+    """The database to use: `url` (a SQLAlchemy URL, or a path to a SQLite file), else $SIGHTLINE_DATABASE_URL.
+    `sightline serve` keeps its database at <bundle>/sightline.db unless that variable is set; the registry has no
+    bundle to default to, so one of the two must be given."""
+    url = url or os.environ.get(DATABASE_ENV)
+    if not url:
+        raise UserInputError(f"no database: pass --database URL (e.g. sqlite:///state/sightline.db, the service's "
+                             f"database) or set {DATABASE_ENV}.")
+    if "://" not in url:  # a plain path: a SQLite file
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
+    return url
+
+
+def default_root(url: str) -> Path | None:
+    """Where the registry keeps its copies by default: a `registry/` folder beside a SQLite file; None for a
+    server database (PostgreSQL), which has no folder beside it."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser().resolve().parent / "registry"
+
+
+def current_user() -> str:
+    """Who is acting, for the log: the OS user name."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no USER variable and no passwd entry (some containers)
+        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Version:
+    """One registered model version; `ref` ("v3") is how commands name it."""
+
+    id: int
+    bundle_hash: str  # sightline.loop.content.bundle_hash of the bundle
+    name: str
+    model_version: str  # the bundle's own version string (what the server reports)
+    architecture: str
+    classes: list[str]
+    dataset_version: str | None
+    test_metrics: dict[str, Any] | None  # model.json metrics["test"]; None when never evaluated on test
+    path: str  # the registry's read-only copy
+    source: str  # the folder it was added from
+    added_at: str
+    added_by: str
+    reason: str | None
+
+    @property
+    def ref(self) -> str:
+        return f"v{self.id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+
+@dataclass(frozen=True)
+class Move:
+    """One entry of the alias log: `alias` moved from `from_ref` (None: it was unset) to `to_ref`."""
+
+    id: int
+    alias: str
+    action: str  # "promote" | "rollback"
+    from_ref: str | None
+    to_ref: str
+    by: str
+    at: str
+    reason: str | None
+    forced: bool  # a promotion past a failed challenge
+    challenge: dict[str, Any] | None  # the challenge consulted: {"id", "promote", "at", "reasons"}; None: none on record
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Added:
+    version: Version
+    created: bool  # False: this content was registered before; nothing was copied
+
+
+def _tables(prefix: str) -> tuple[MetaData, dict[str, Table]]:
+    md = MetaData()
+    versions = Table(
+        f"{prefix}versions", md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("bundle_hash", String(64), nullable=False, unique=True),
+        Column("name", String(200), nullable=False),
+        Column("model_version", String(100), nullable=False),
+        Column("architecture", String(200), nullable=False),
+        Column("classes", JSON, nullable=False),
+        Column("dataset_version", String(64), nullable=True),
+        Column("test_metrics", JSON, nullable=True),
+        Column("path", String(2000), nullable=False),
+        Column("source", String(2000), nullable=False),
+        Column("added_at", DateTime(timezone=True), nullable=False),
+        Column("added_by", String(200), nullable=False),
+        Column("reason", Text, nullable=True),
+    )
+    challenges = Table(
+        f"{prefix}challenges", md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("challenger_hash", String(64), nullable=False, index=True),
+        Column("champion_hash", String(64), nullable=False),
+        Column("promote", Boolean, nullable=False),
+        Column("reasons", JSON, nullable=False),
+        Column("summary", JSON, nullable=False),  # rule, per-split accuracy difference and McNemar p, files
+        Column("at", DateTime(timezone=True), nullable=False),
+        Column("by", String(200), nullable=False),
+    )
+    aliases = Table(
+        f"{prefix}aliases", md,  # the current state; every change is also a row of the log
+        Column("alias", String(50), primary_key=True),
+        Column("version_id", Integer, ForeignKey(versions.c.id), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+    log = Table(
+        f"{prefix}alias_log", md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("alias", String(50), nullable=False, index=True),
+        Column("action", String(16), nullable=False),
+        Column("from_version_id", Integer, ForeignKey(versions.c.id), nullable=True),
+        Column("to_version_id", Integer, ForeignKey(versions.c.id), nullable=False),
+        Column("by", String(200), nullable=False),
+        Column("at", DateTime(timezone=True), nullable=False),
+        Column("reason", Text, nullable=True),
+        Column("forced", Boolean, nullable=False, default=False),
+        Column("challenge_id", Integer, ForeignKey(challenges.c.id), nullable=True),
+    )
+    function = f"{prefix}append_only"
+    for table in (versions, challenges, log):  # immutable rows, enforced by the database
+        name = table.name
+        event.listen(table, "after_create", DDL(
+            f"CREATE TRIGGER {name}_no_update BEFORE UPDATE ON {name} "
+            f"BEGIN SELECT RAISE(ABORT, '{name} is append-only'); END").execute_if(dialect="sqlite"))
+        event.listen(table, "after_create", DDL(
+            f"CREATE TRIGGER {name}_no_delete BEFORE DELETE ON {name} "
+            f"BEGIN SELECT RAISE(ABORT, '{name} is append-only'); END").execute_if(dialect="sqlite"))
+        event.listen(table, "after_create", DDL(
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '%% is append-only', TG_TABLE_NAME; END $$").execute_if(dialect="postgresql"))
+        event.listen(table, "after_create", DDL(
+            f"CREATE TRIGGER {name}_append_only BEFORE UPDATE OR DELETE ON {name} "
+            f"FOR EACH ROW EXECUTE FUNCTION {function}()").execute_if(dialect="postgresql"))
+    return md, {"versions": versions, "challenges": challenges, "aliases": aliases, "log": log}
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(malformed URL)"
+
+
+class Registry:
+    """Model versions, aliases and their log in the database at `url`; copies of the bundles under `root` (default:
+    `registry/` beside a SQLite file; required for a server database when adding). `prefix` names the tables
+    (`<prefix>versions`, `<prefix>aliases`, `<prefix>alias_log`, `<prefix>challenges`)."""
+
+    def __init__(self, url: str, *, root: str | Path | None = None, prefix: str = "registry_") -> None:
+        if not prefix.replace("_", "").isalnum():
+            raise ValueError(f"table prefix {prefix!r} must be letters, digits and underscores")
+        self.url = url
+        self.root = Path(root).expanduser().resolve() if root is not None else default_root(url)
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+        except (ArgumentError, ImportError) as exc:  # malformed URL, or a driver that is not installed
+            raise UserInputError(f"database URL {_safe(url)} cannot be used ({one_line(exc)}); check --database or "
+                                 f"{DATABASE_ENV} (PostgreSQL needs `pip install 'sightline[postgres]'`).") from None
+        if url.startswith("sqlite"):
+            @event.listens_for(self.engine, "connect")
+            def _foreign_keys(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+
+        self.metadata, self.tables = _tables(prefix)
+        self._lock_key = f"sightline {prefix}aliases"
+        try:
+            self.metadata.create_all(self.engine)
+        except OperationalError as exc:  # unreachable server, or a SQLite path in a missing folder
+            raise UserInputError(f"database {_safe(url)} cannot be opened ({one_line(exc.orig or exc)}).") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading ----------------------------------------------------------------------------------------------
+    def versions(self) -> list[Version]:
+        """Every version, oldest first."""
+        t = self.tables["versions"]
+        with self.engine.connect() as conn:
+            return [self._version(r) for r in conn.execute(select(t).order_by(t.c.id))]
+
+    def aliases(self) -> dict[str, Version]:
+        """alias -> the version it points to now (only aliases that are set)."""
+        a, v = self.tables["aliases"], self.tables["versions"]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(a.c.alias, v).join(v, a.c.version_id == v.c.id).order_by(a.c.alias))
+            return {r.alias: self._version(r) for r in rows}
+
+    def resolve(self, ref: str) -> Version:
+        """A version by "v3" (or "3"), by alias ("champion"), or by a unique prefix (>= 6 hex characters) of its
+        bundle hash. UserInputError naming what exists when nothing matches."""
+        with self.engine.connect() as conn:
+            return self._resolve(conn, ref)
+
+    def history(self, alias: str | None = None) -> list[Move]:
+        """The alias log, oldest first (one alias, or all)."""
+        if alias is not None:
+            _check_alias(alias)
+        log = self.tables["log"]
+        query = select(log).order_by(log.c.id)
+        if alias is not None:
+            query = query.where(log.c.alias == alias)
+        with self.engine.connect() as conn:
+            return [self._move(conn, r) for r in conn.execute(query).all()]
+
+    def last_challenge(self, bundle_hash: str) -> dict[str, Any] | None:
+        """The latest recorded challenge of a bundle (as challenger): {"id", "promote", "at", "reasons",
+        "champion_hash", "summary"}; None when it was never challenged."""
+        with self.engine.connect() as conn:
+            return self._last_challenge(conn, bundle_hash)
+
+    def intact(self, version: Version) -> bool:
+        """Whether the registry's copy of `version` still has its hash (nobody changed the files)."""
+        return _hash_or_none(Path(version.path)) == version.bundle_hash
+
+    # --- writing ----------------------------------------------------------------------------------------------
+    def add(self, bundle: str | Path, *, by: str | None = None, reason: str | None = None) -> Added:
+        """Register a bundle (RUN or bundle folder): copy its files into ROOT/<bundle hash>/ (read-only), check
+        the copy's hash, insert the version. The same content added again returns the existing version."""
+        from sightline.bundle import load_bundle
+        from sightline.loop.content import bundle_hash
+
+        b = load_bundle(bundle)
+        assert b.path is not None
+        digest = bundle_hash(b.path)
+        v = self.tables["versions"]
+        with self.engine.connect() as conn:
+            found = conn.execute(select(v).where(v.c.bundle_hash == digest)).first()
+        if found is not None:
+            return Added(self._version(found), created=False)
+        if self.root is None:
+            raise UserInputError(f"pass --root DIR: the folder where the registry keeps its copies of bundles (the "
+                                 f"database {_safe(self.url)} has no folder beside it).")
+        copy = self._copy(b.path, digest)
+        test = b.metrics.get("test") if isinstance(b.metrics, dict) else None
+        row = {"bundle_hash": digest, "name": b.name, "model_version": str(b.version), "architecture": b.architecture,
+               "classes": list(b.classes), "dataset_version": b.dataset_version,
+               "test_metrics": test if isinstance(test, dict) else None, "path": str(copy),
+               "source": str(b.path.resolve()), "added_at": _now(), "added_by": by or current_user(),
+               "reason": reason}
+        try:
+            with self.engine.begin() as conn:
+                new_id = conn.execute(insert(v).values(**row)).inserted_primary_key[0]
+        except IntegrityError:  # added by someone else between our check and our insert: theirs stands
+            with self.engine.connect() as conn:
+                return Added(self._version(conn.execute(select(v).where(v.c.bundle_hash == digest)).one()), False)
+        return Added(self.resolve(f"v{new_id}"), created=True)
+
+    def record_challenge(self, result: dict[str, Any], *, by: str | None = None) -> int:
+        """Keep a challenge's verdict (what sightline.loop.challenge.challenge returns) against the challenger's
+        bundle hash; the latest one gates `promote`. Returns its id."""
+        summary = {"rule": result["rule"], "data": result["data"], "files": result.get("files", {}),
+                   "splits": {name: {"n_images": s["n_images"], "accuracy": s["accuracy"],
+                                     "mcnemar_p": s["mcnemar"]["p_value"]} for name, s in result["splits"].items()}}
+        row = {"challenger_hash": result["challenger"]["bundle_hash"],
+               "champion_hash": result["champion"]["bundle_hash"], "promote": bool(result["verdict"]["promote"]),
+               "reasons": list(result["verdict"]["reasons"]), "summary": summary, "at": _now(),
+               "by": by or current_user()}
+        with self.engine.begin() as conn:
+            return int(conn.execute(insert(self.tables["challenges"]).values(**row)).inserted_primary_key[0])
+
+    def promote(self, ref: str, *, alias: str = "champion", by: str | None = None, reason: str | None = None,
+                force: bool = False) -> Move:
+        """Point `alias` at version `ref` and log it. For `champion`, a version whose last challenge failed its rule
+        is refused (UserInputError naming why) unless `force`, which is logged as forced."""
+        _check_alias(alias)
+        with self._transaction() as conn:
+            version = self._resolve(conn, ref)
+            current = self._alias_version(conn, alias)
+            if current == version.id:
+                raise UserInputError(f"{version.ref} is already the {alias}; nothing changed.")
+            last = self._last_challenge(conn, version.bundle_hash) if alias == "champion" else None
+            if last is not None and not last["promote"] and not force:
+                raise UserInputError(
+                    f"{version.ref} failed its last challenge ({last['at']}: {'; '.join(last['reasons'])}); nothing "
+                    "changed. Pass --force to promote it anyway (the log records it as forced).")
+            forced = bool(force and last is not None and not last["promote"])
+            return self._move_alias(conn, alias, "promote", current, version.id, by=by, reason=reason, forced=forced,
+                                    challenge_id=last["id"] if last else None)
+
+    def rollback(self, *, alias: str = "champion", by: str | None = None, reason: str | None = None) -> Move:
+        """Move `alias` back to the version it pointed to before its last promotion (promotions stack: a second
+        rollback goes one further back). UserInputError when there is nothing to go back to."""
+        _check_alias(alias)
+        with self._transaction() as conn:
+            chain = self._chain(conn, alias)
+            if len(chain) < 2:
+                state = f"points to v{chain[-1]} and was never promoted from another version" if chain else "is not set"
+                raise UserInputError(f"cannot roll back {alias}: it {state}; nothing changed.")
+            return self._move_alias(conn, alias, "rollback", chain[-1], chain[-2], by=by, reason=reason, forced=False,
+                                    challenge_id=None)
+
+    # --- internals --------------------------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One write transaction in which alias moves run one at a time (SQLite: BEGIN IMMEDIATE; PostgreSQL: a
+        transaction-level advisory lock), so two promotions cannot both start from the same state."""
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+            else:
+                with conn.begin():
+                    if self.engine.dialect.name == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": self._lock_key})
+                    yield conn
+
+    def _copy(self, source: Path, digest: str) -> Path:
+        """ROOT/<digest>/ holding the bundle's files (not databases, not sub-folders), read-only, its hash checked."""
+        from sightline.loop.content import bundle_hash
+
+        assert self.root is not None
+        dest = self.root / digest
+        if dest.is_dir() and _hash_or_none(dest) == digest:
+            return dest  # left by an earlier add whose insert did not happen; the same content
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            for path in sorted(source.iterdir()):
+                if path.is_file() and not path.name.startswith(".") and not path.name.endswith(_DB_FILES):
+                    shutil.copy2(path, tmp / path.name)
+            got = bundle_hash(tmp)
+            if got != digest:
+                raise UserInputError(f"{source} changed while it was being added (hash {digest[:12]} -> {got[:12]}); "
+                                     "add it again when nothing writes to it.")
+            for path in tmp.iterdir():
+                path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            if dest.exists():  # a damaged leftover copy: replace it
+                _make_writable(dest)
+                shutil.rmtree(dest)
+            tmp.rename(dest)
+        except BaseException:
+            if tmp.exists():
+                _make_writable(tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+    def _resolve(self, conn: Connection, ref: str) -> Version:
+        v = self.tables["versions"]
+        text = ref.strip()
+        row: Row | None = None
+        if text in ALIASES:
+            vid = self._alias_version(conn, text)
+            if vid is None:
+                raise UserInputError(f"alias '{text}' points to no version yet; `sightline registry promote VERSION "
+                                     f"--alias {text}` sets it.")
+            row = conn.execute(select(v).where(v.c.id == vid)).first()
+        elif text.lower().lstrip("v").isdigit():
+            row = conn.execute(select(v).where(v.c.id == int(text.lower().lstrip("v")))).first()
+        elif len(text) >= 6 and all(ch in "0123456789abcdef" for ch in text.lower()):
+            rows = conn.execute(select(v).where(v.c.bundle_hash.startswith(text.lower()))).all()
+            if len(rows) > 1:
+                raise UserInputError(f"hash prefix '{text}' matches {len(rows)} versions; give more characters.")
+            row = rows[0] if rows else None
+        if row is None:
+            ids = [r.id for r in conn.execute(select(v.c.id).order_by(v.c.id))]
+            known = f"v{ids[0]}..v{ids[-1]}" if len(ids) > 1 else (f"v{ids[0]}" if ids else "none yet")
+            raise UserInputError(f"unknown version '{ref}' (registered: {known}); `sightline registry list` shows "
+                                 f"them, or name an alias: {', '.join(ALIASES)}.")
+        return self._version(row)
+
+    def _alias_version(self, conn: Connection, alias: str) -> int | None:
+        a = self.tables["aliases"]
+        return conn.execute(select(a.c.version_id).where(a.c.alias == alias)).scalar()
+
+    def _chain(self, conn: Connection, alias: str) -> list[int]:
+        """The alias's promotion stack replayed from the log: each promote pushes, each rollback pops."""
+        log = self.tables["log"]
+        stack: list[int] = []
+        for action, to in conn.execute(select(log.c.action, log.c.to_version_id).where(log.c.alias == alias)
+                                       .order_by(log.c.id)):
+            if action == "rollback":
+                stack.pop()
+                assert stack and stack[-1] == to, "the alias log is inconsistent"
+            else:
+                stack.append(to)
+        return stack
+
+    def _move_alias(self, conn: Connection, alias: str, action: str, current: int | None, target: int, *,
+                    by: str | None, reason: str | None, forced: bool, challenge_id: int | None) -> Move:
+        a, log = self.tables["aliases"], self.tables["log"]
+        now = _now()
+        if current is None:
+            conn.execute(insert(a).values(alias=alias, version_id=target, updated_at=now))
+        else:
+            conn.execute(update(a).where(a.c.alias == alias).values(version_id=target, updated_at=now))
+        new_id = conn.execute(insert(log).values(
+            alias=alias, action=action, from_version_id=current, to_version_id=target, by=by or current_user(), at=now,
+            reason=reason, forced=forced, challenge_id=challenge_id)).inserted_primary_key[0]
+        return self._move(conn, conn.execute(select(log).where(log.c.id == new_id)).one())
+
+    def _last_challenge(self, conn: Connection, bundle_hash: str) -> dict[str, Any] | None:
+        c = self.tables["challenges"]
+        row = conn.execute(select(c).where(c.c.challenger_hash == bundle_hash).order_by(c.c.id.desc()).limit(1)).first()
+        if row is None:
+            return None
+        return {"id": row.id, "promote": bool(row.promote), "at": _iso(row.at), "reasons": list(row.reasons),
+                "champion_hash": row.champion_hash, "summary": row.summary}
+
+    def _move(self, conn: Connection, row: Row) -> Move:
+        challenge = None
+        if row.challenge_id is not None:
+            c = self.tables["challenges"]
+            found = conn.execute(select(c).where(c.c.id == row.challenge_id)).one()
+            challenge = {"id": found.id, "promote": bool(found.promote), "at": _iso(found.at),
+                         "reasons": list(found.reasons)}
+        return Move(id=row.id, alias=row.alias, action=row.action,
+                    from_ref=f"v{row.from_version_id}" if row.from_version_id is not None else None,
+                    to_ref=f"v{row.to_version_id}", by=row.by, at=_iso(row.at) or "", reason=row.reason,
+                    forced=bool(row.forced), challenge=challenge)
+
+    @staticmethod
+    def _version(row: Row) -> Version:
+        return Version(id=row.id, bundle_hash=row.bundle_hash, name=row.name, model_version=row.model_version,
+                       architecture=row.architecture, classes=list(row.classes), dataset_version=row.dataset_version,
+                       test_metrics=row.test_metrics, path=row.path, source=row.source, added_at=_iso(row.added_at) or "",
+                       added_by=row.added_by, reason=row.reason)
+
+
+def _check_alias(alias: str) -> None:
+    if alias not in ALIASES:
+        raise UserInputError(f"unknown alias '{alias}'; use {' or '.join(ALIASES)}.")
+
+
+def _hash_or_none(folder: Path) -> str | None:
+    from sightline.errors import SightlineError
+    from sightline.loop.content import bundle_hash
+
+    try:
+        return bundle_hash(folder)
+    except (SightlineError, OSError):
+        return None
+
+
+def _make_writable(folder: Path) -> None:
+    for path in folder.iterdir():
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
