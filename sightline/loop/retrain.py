@@ -1,0 +1,109 @@
+"""`retrain`: a challenger bundle trained on a new dataset version with the champion's settings (DESIGN.md, "The
+loop": feedback export -> retrain -> challenge).
+
+The settings are the training config recorded in the champion's bundle (model.json `extra.train.config`, the
+resolved values it was trained with), else its RUN/config.yaml; options given here override them. Training is
+sightline.train.fit.train, unchanged. The new bundle keeps the champion's name, gets the next version string and
+records where it came from (`extra.retrain`).
+
+Example:
+    >>> result = retrain("runs/champion", "data-v2")            # -> runs/champion-retrain-<version>/
+    >>> result["bundle"], result["dataset_version"]
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from sightline.bundle import Bundle, load_bundle
+from sightline.errors import BundleError, DatasetError, UserInputError
+
+__all__ = ["champion_config", "next_version", "retrain"]
+
+
+def _run_dir(bundle: Bundle) -> Path:
+    assert bundle.path is not None
+    return bundle.path.parent if bundle.path.name == "bundle" else bundle.path
+
+
+def champion_config(bundle: Bundle) -> tuple[Any, str]:
+    """(TrainConfig, where it was read) for the bundle's own training run. BundleError when neither model.json nor
+    RUN/config.yaml records one."""
+    from sightline.train.config import TrainConfig, load_config
+
+    recorded = (bundle.extra.get("train") or {}).get("config") if isinstance(bundle.extra, dict) else None
+    if isinstance(recorded, dict):
+        return TrainConfig(**recorded), f"{bundle.path}/model.json (extra.train.config)"
+    path = _run_dir(bundle) / "config.yaml"
+    if path.is_file():
+        return load_config(path), str(path)
+    raise BundleError(f"{bundle.path} records no training config (model.json extra.train.config) and "
+                      f"{path} does not exist; train the challenger with `sightline train NEWDATA --config FILE`.")
+
+
+def next_version(version: str) -> str:
+    """The challenger's version string: trailing digits counted up ("1" -> "2", "1.4" -> "1.5"), else ".1" added."""
+    found = re.search(r"(\d+)$", version)
+    if found is None:
+        return f"{version}.1"
+    return version[: found.start()] + str(int(found.group(1)) + 1)
+
+
+def retrain(
+    run: str | Path,
+    data: str | Path,
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train a challenger on DATA (split layout; its test split should be the champion's frozen one) with the
+    champion's settings plus `overrides` (TrainConfig fields), into OUT (default: RUN-retrain-<dataset version>
+    beside the champion's RUN folder).
+
+    Refused with a one-line error, before any training and with nothing written: DATA's dataset version equals
+    the champion's (no new labels), DATA's classes differ from the champion's, OUT already holds a bundle.
+
+    Returns {"run", "bundle", "version", "champion", "champion_version", "champion_dataset_version",
+    "dataset_version", "config_from", "overrides", "val"}.
+
+    Example:
+        >>> retrain("runs/champion", "data-v2", epochs=4)["bundle"]
+    """
+    from sightline.data.datasets import dataset_version, scan_dataset
+    from sightline.train.fit import train
+
+    champion = load_bundle(run)
+    config, config_from = champion_config(champion)
+    config = config.with_overrides(**overrides)
+    data = Path(data)
+    dataset = scan_dataset(data, require_splits=("train", "val"))
+    if set(dataset.classes) != set(champion.classes):
+        raise DatasetError(f"'{data}' has classes {dataset.classes} but the champion {champion.path} has "
+                           f"{champion.classes}; a challenger needs the champion's classes to be challenged (train a "
+                           "new model with `sightline train` for a new set of classes).")
+    version = dataset_version(dataset)
+    if version == champion.dataset_version:
+        raise UserInputError(f"'{data}' is dataset version {version}, the one the champion {champion.path} was "
+                             "trained on: no new labels; export reviewed labels with `sightline feedback export` "
+                             "first. Nothing was trained.")
+    out_dir = Path(out) if out is not None else _run_dir(champion).with_name(f"{_run_dir(champion).name}-retrain-"
+                                                                             f"{version[:8]}")
+    if (out_dir / "bundle" / "model.json").exists():
+        raise UserInputError(f"'{out_dir}' already holds a bundle; pass --out to a new folder. Nothing was trained.")
+
+    run_dir = train(data, out_dir, config=config, progress=progress)
+    if not (run_dir / "bundle" / "model.json").is_file():  # a non-zero DDP rank: rank 0 writes the bundle
+        return {"run": str(run_dir)}
+    bundle = load_bundle(run_dir)
+    bundle.name = champion.name
+    bundle.version = next_version(str(champion.version))
+    bundle.extra["retrain"] = {"champion": str(champion.path), "champion_version": champion.version,
+                               "champion_dataset_version": champion.dataset_version, "config_from": config_from,
+                               "overrides": overrides}
+    bundle.write_json()
+    return {"run": str(run_dir), "bundle": str(bundle.path), "version": bundle.version, "champion": str(champion.path),
+            "champion_version": champion.version, "champion_dataset_version": champion.dataset_version,
+            "dataset_version": bundle.dataset_version, "config_from": config_from, "overrides": overrides,
+            "val": bundle.metrics.get("val")}
