@@ -27,6 +27,11 @@ def evaluate_cmd(
     bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the intervals."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     no_update: bool = typer.Option(False, "--no-update", help="Do not write temperature/thresholds into the bundle."),
+    ood: Path | None = typer.Option(None, "--ood", help="Folder of images unlike the classes: AUROC, FPR at 95 % TPR "
+                                    "and rejection rate of every open-set score on them."),
+    no_reference: bool = typer.Option(False, "--no-reference", help="Do not refresh the monitor's reference profile "
+                                      "(bundle/reference.npz; it scores val, up to 5,000 train images and ~300 "
+                                      "stand-in outliers again)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout instead of a summary."),
 ) -> None:
     """Metrics, calibration, thresholds from sightline.yaml, heatmaps and robustness -> metrics.json + report.html."""
@@ -35,13 +40,15 @@ def evaluate_cmd(
 
     existing_path(run, "run")
     existing_path(data, "dataset")
+    if ood is not None:
+        existing_path(ood, "--ood folder")
     if split not in ("train", "val", "test"):
         raise fail(f"--split {split!r} is unknown; use test, val or train.")
     with rich_progress(enabled=not as_json) as progress:
         m = evaluate(
             run, data, split=split, out=out, spec=spec, method=method, robustness=robustness,
             robustness_images=robustness_images, n_bootstrap=bootstrap, batch_size=batch_size,
-            update_bundle=not no_update, progress=progress,
+            update_bundle=not no_update, reference=not no_reference, ood=ood, progress=progress,
         )
     if as_json:
         print_json(m.to_json())
@@ -68,6 +75,19 @@ def evaluate_cmd(
                       highlight=False)
     for s in m.get("robustness", {}).get("failure_modes", [])[:3]:
         console.print(f"  {s}", highlight=False)
+    if m.get("reference"):
+        from sightline.evaluate.reference import describe_reference
+
+        for line in describe_reference(m["reference"]):
+            console.print(f"  {line}", highlight=False)
+    if m.get("ood"):
+        o = m["ood"]
+        console.print(f"  --ood {o['folder']}: {o['n_images']} images vs {o['in_distribution']['n_images']} "
+                      f"{o['in_distribution']['split']} images", highlight=False)
+        for name, row in o["scores"].items():
+            rejected = "n/a" if row["rejection_rate"] is None else f"{row['rejection_rate']:.1%}"
+            console.print(f"    {name:<12} AUROC {row['auroc']:.3f}  FPR@95%TPR {row['fpr_at_95_tpr']:.1%}  "
+                          f"rejected {rejected}{'  (chosen)' if row['chosen'] else ''}", highlight=False)
     for key, path in m["files"].items():
         console.print(f"  {key}: {path}", highlight=False)
 

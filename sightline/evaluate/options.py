@@ -44,6 +44,9 @@ class EvaluateOptions(BaseModel):
     update_bundle: bool = True  # write the val-fitted temperature and thresholds (and the metrics) into the bundle
     report: bool = True  # write report.html (and MODEL_CARD.md into the bundle when update_bundle)
     seed: int = 0  # bootstrap, region sample, robustness sample and corruptions
+    reference: bool = True  # refresh the monitor's reference profile (bundle/reference.npz) from val, with
+    # update_bundle; it scores val again (with image statistics), up to 5,000 train images and ~300 stand-in outliers
+    ood: Path | None = None  # a folder of images unlike the classes: every open-set score's figures on them
 
     def __init__(self, **settings: Any) -> None:
         try:
@@ -57,6 +60,13 @@ class EvaluateOptions(BaseModel):
         if value is None or isinstance(value, (str, Path, ProblemSpec)):
             return value
         raise ValueError("must be the path of a sightline.yaml or a ProblemSpec")
+
+    @field_validator("ood")
+    @classmethod
+    def _ood_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError("must be an existing folder of images unlike the model's classes")
+        return value
 
     @field_validator("severities")
     @classmethod

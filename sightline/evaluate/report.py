@@ -29,8 +29,8 @@ __all__ = ["SECTIONS", "plots", "render_report", "render_section", "write_report
 
 # The report's sections, top to bottom; each is templates/report/<name>.html.j2 and shows nothing when the result
 # has nothing for it (no seeds, no regions, no robustness run, no gallery).
-SECTIONS = ("header", "summary", "seeds", "per_class", "precision_recall", "calibration", "robustness", "regions",
-            "gallery", "footer")
+SECTIONS = ("header", "summary", "seeds", "per_class", "precision_recall", "calibration", "robustness", "openset",
+            "regions", "gallery", "footer")
 _PLOTTED = frozenset({"per_class", "precision_recall", "calibration", "robustness", "regions"})  # sections with plots
 
 
@@ -181,12 +181,15 @@ def _context(r: EvaluationResult, *, gallery: list[dict[str, Any]], figs: dict[s
              ) -> dict[str, Any]:
     """What the section templates read: the result `r`, its plots, the gallery, and a few facts worked out here so
     the templates stay markup."""
+    from sightline.evaluate.openset import section_context
+
     th = r.thresholds or {}
     details = th.get("details") or {}
     return {
         "r": r,
         "figs": plots(r) if figs is None else figs,
         "gallery": gallery,
+        "openset": section_context(r.ood),  # --ood: histogram and example thumbnails
         # classes whose targets no threshold meets even on val
         "unreachable_classes": [c for c, d in details.items() if not d.get("reachable", True)],
         "review_target_unreachable": bool(th.get("review")) and not th["review"].get("reachable", True),

@@ -2,9 +2,9 @@
 MODEL_CARD.md are built from it.
 
 The fields are metrics.json's keys, in its order (DESIGN.md, "Runs and bundles", lists the required ones).
-`warning`, `pointing_game`, `robustness` and `seeds` are left out of the file when None. The result also reads like
-the file: it is a read-only Mapping of those keys (`result["accuracy"]`, `dict(result)`), so scripts written
-against metrics.json read the returned value the same way.
+`warning`, `pointing_game`, `robustness`, `reference`, `ood` and `seeds` are left out of the file when None. The
+result also reads like the file: it is a read-only Mapping of those keys (`result["accuracy"]`, `dict(result)`), so
+scripts written against metrics.json read the returned value the same way.
 
 Blocks computed by the pure functions of this stage stay the plain data those functions return, and each field
 names its producer. The blocks `evaluate` builds itself have a TypedDict here.
@@ -70,7 +70,8 @@ class SeedSummary(TypedDict):
     std: dict[str, float]
 
 
-_OPTIONAL = frozenset({"warning", "pointing_game", "robustness", "seeds"})  # left out of metrics.json when None
+# left out of metrics.json when None
+_OPTIONAL = frozenset({"warning", "pointing_game", "robustness", "reference", "ood", "seeds"})
 
 
 @dataclass(kw_only=True, eq=False)
@@ -113,6 +114,10 @@ class EvaluationResult(Mapping[str, Any]):
     pointing_game: dict[str, Any] | None = None  # explain_split's region scores, when regions exist
     explain_method: str
     robustness: dict[str, Any] | None = None  # robustness_suite + failure_modes, unless turned off
+    reference: dict[str, Any] | None = None  # the monitor's reference profile refreshed from val
+    # (sightline.evaluate.reference.reference_summary: open-set choice on stand-in outliers), unless turned off
+    ood: dict[str, Any] | None = None  # --ood DIR: every open-set score on the user's outliers vs this split
+    # (sightline.evaluate.openset.ood_folder_report)
     model: ModelInfo
     data: DataInfo
     timings: dict[str, float] = field(default_factory=dict)  # seconds: val_s, predict_s, explain_s, ..., total_s

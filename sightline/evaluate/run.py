@@ -8,7 +8,9 @@ What happens, in order (DESIGN.md, "Numbers you can trust"), one small function 
 3. heatmaps (Grad-CAM by default) for a gallery and for every image with a ground-truth region (pointing game),
    by sightline.explain.orchestrate;
 4. a corruption suite on a sample of the split;
-5. the bundle, metrics.json, report.html (self-contained) and MODEL_CARD.md.
+5. the bundle, metrics.json, report.html (self-contained) and MODEL_CARD.md; with the bundle, the monitor's
+   reference profile is refreshed from val at the new temperature (sightline.evaluate.reference), and with
+   `ood=DIR` every open-set score is measured on the user's outliers (sightline.evaluate.openset).
 
 Images go through the inference core (`score_files`: decode once, stream, (logits, features) per image).
 A multi-seed folder (OUT/seed-<s>/bundle, from `sightline train --seeds N`) is evaluated seed by seed, from one
@@ -37,7 +39,7 @@ from sightline.evaluate.result import HEADLINE_KEYS, EvaluationResult, SeedSumma
 from sightline.spec import ProblemSpec, find_spec, load_spec
 
 if TYPE_CHECKING:
-    from sightline.data.datasets import Sample
+    from sightline.data.datasets import Dataset, Sample
     from sightline.decision import Decisions
     from sightline.inference import Engine
     from sightline.progress import ProgressFn
@@ -203,6 +205,7 @@ class _Scored:
     logits_val: np.ndarray | None  # (N_val_ok, K), None without a val split
     val_samples: list[Sample]  # the val samples that decoded, in logits_val order
     logits: np.ndarray  # (N_ok, K) on the evaluated split
+    features: np.ndarray | None  # (N_ok, D) pooled features on the evaluated split (for --ood)
     samples: list[Sample]  # the evaluated split's samples that decoded, in logits order
     failed: list[dict[str, str]]  # the evaluated split's unreadable files ({"path", "reason"})
     crops: _SplitCrops  # pixels of `samples` by position, decoded on demand
@@ -218,6 +221,7 @@ class _Job:
 
     options: EvaluateOptions
     data_dir: Path
+    dataset: Dataset  # the scan of data_dir, shared by every run (the reference profile reads val and train)
     problem: ProblemSpec | None
     n_val: int  # val images listed (0: no val split)
     device: str
@@ -278,13 +282,20 @@ def _evaluate_runs(
         for bundle in bundles:
             problem.check_classes(bundle.classes)
     val_samples = dataset.split("val")
+    if options.ood is not None and not val_samples:
+        from sightline.monitor.reference import REFERENCE_FILE
+
+        for bundle in bundles:
+            if bundle.path is None or not (bundle.path / REFERENCE_FILE).is_file():
+                raise DatasetError(f"--ood needs a reference profile: '{data_dir}' has no val/ split to build one "
+                                   f"from and {bundle.path} has no {REFERENCE_FILE}; evaluate on data with a val split.")
 
     groups: dict[Preprocessing, list[int]] = {}
     for i, bundle in enumerate(bundles):
         groups.setdefault(bundle.preprocessing, []).append(i)
     results: list[EvaluationResult | None] = [None] * len(bundles)
     with _progress_fn(progress) as report_progress:
-        job = _Job(options=options, data_dir=data_dir, problem=problem, n_val=len(val_samples),
+        job = _Job(options=options, data_dir=data_dir, dataset=dataset, problem=problem, n_val=len(val_samples),
                    device=options.device or default_device(), progress=report_progress)
         for pre, members in groups.items():
             done = _evaluate_group([bundles[i] for i in members], job, pre=pre, samples=samples,
@@ -328,7 +339,8 @@ def _evaluate_group(
         shared_s = time.perf_counter() - started
         return [
             _evaluate_one(bundle, engine, _Scored(
-                logits_val=val_logits[j], val_samples=val_kept, logits=outputs[j].logits, samples=kept,
+                logits_val=val_logits[j], val_samples=val_kept, logits=outputs[j].logits,
+                features=outputs[j].features, samples=kept,
                 failed=inputs.failed, crops=crops, timings=dict(timings), shared_s=shared_s,
             ), job, out=outs[j], report=reports[j])
             for j, (bundle, engine) in enumerate(zip(group, engines))
@@ -357,10 +369,11 @@ def _evaluate_one(
         t0 = time.perf_counter()
         result.robustness = _robustness(engine, bundle, scored.crops, y, fitted, job)
         timings["robustness_s"] = time.perf_counter() - t0
-    timings["total_s"] = scored.shared_s + time.perf_counter() - started
-    result.timings = {k: round(v, 2) for k, v in timings.items()}
     if job.options.update_bundle:  # 5
         _store_in_bundle(bundle, result, fitted)
+    _open_set(engine, bundle, scored, fitted, result, job)
+    timings["total_s"] = scored.shared_s + time.perf_counter() - started
+    result.timings = {k: round(v, 2) for k, v in timings.items()}
     _write_files(result, bundle, out, report=report, gallery=gallery, update_bundle=job.options.update_bundle)
     return result
 
@@ -530,6 +543,47 @@ def _store_in_bundle(bundle: Bundle, result: EvaluationResult, fitted: _Fitted) 
         figures["pointing_game"] = result.pointing_game["overall"]
     bundle.metrics[result.split] = figures
     bundle.write_json()
+
+
+def _open_set(engine: Engine, bundle: Bundle, scored: _Scored, fitted: _Fitted, result: EvaluationResult,
+              job: _Job) -> None:
+    """Step 5a': the monitor's reference profile refreshed from val at the val-fitted temperature (written into the
+    bundle with update_bundle; built in memory only when --ood needs it), and with --ood the open-set figures of
+    every score on the user's outliers against the evaluated split."""
+    from sightline.evaluate.openset import ood_folder_report
+    from sightline.evaluate.reference import build_bundle_reference, reference_summary
+    from sightline.monitor.reference import ReferenceProfile, load_reference
+
+    options = job.options
+    timings = scored.timings
+
+    def build(save: bool) -> ReferenceProfile:
+        t0 = time.perf_counter()
+        profile = build_bundle_reference(bundle, job.dataset, engine=engine, temperature=fitted.temperature,
+                                         batch_size=options.batch_size, seed=options.seed, save=save,
+                                         progress=job.progress)
+        result.reference = reference_summary(profile)
+        timings["reference_s"] = time.perf_counter() - t0
+        return profile
+
+    if options.reference and options.update_bundle and job.n_val > 0:
+        profile = build(save=True)
+    elif options.ood is None:
+        return
+    else:  # --ood with the profile the bundle holds; one built from val (not saved) for a bundle without one
+        assert bundle.path is not None
+        profile = load_reference(bundle.path)
+        if profile is None and job.n_val > 0:
+            profile = build(save=False)
+    if options.ood is None:
+        return
+    if profile is None:  # checked before any work: no val split and none in the bundle
+        raise DatasetError(f"--ood needs a reference profile and {bundle.path} has none; evaluate on data with a "
+                           "val split.")
+    t0 = time.perf_counter()
+    result.ood = ood_folder_report(engine, profile, options.ood, in_logits=scored.logits, in_features=scored.features,
+                                   split=result.split, batch_size=options.batch_size, progress=job.progress)
+    timings["ood_s"] = time.perf_counter() - t0
 
 
 def _write_files(
