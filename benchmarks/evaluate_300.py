@@ -34,8 +34,8 @@ def main() -> None:
 
     from sightline.bundle import Bundle
     from sightline.data.synth import synthesize
-    from sightline.evaluate.predict import crops_to_batch, load_crops
     from sightline.evaluate.run import evaluate
+    from sightline.inference import Engine, TorchBackend, load_crops
     from sightline.models.factory import create_model, default_preprocessing
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="sightline-bench-eval-"))
@@ -52,9 +52,8 @@ def main() -> None:
     files = [p for c in classes for p in sorted((data / "train" / c).glob("*.jpg"))[:25]]
     inputs = load_crops(files, pre)
     y = torch.tensor([classes.index(p.parent.name) for p in inputs.paths])
-    with torch.no_grad():
-        feats = model.forward_head(model.forward_features(torch.from_numpy(crops_to_batch(inputs.crops, pre))),
-                                   pre_logits=True)
+    with Engine(TorchBackend(model, device="cpu"), preprocessing=pre, classes=classes) as engine:
+        feats = torch.from_numpy(engine.run_crops(inputs.crops).features)  # pooled penultimate features
     head = model.get_classifier()
     opt = torch.optim.Adam(head.parameters(), lr=1e-2)
     for _ in range(200):
@@ -65,7 +64,7 @@ def main() -> None:
     t_model = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    m = evaluate(root / "run", data, progress=False)
+    m = evaluate(root / "run", data)
     wall = time.perf_counter() - t0
     rob = m["robustness"]
     figures = {

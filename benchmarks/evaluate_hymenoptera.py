@@ -19,21 +19,11 @@ import torch
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 
 
-class _Pooled(torch.nn.Module):
-    """The backbone's pooled features (pre-logits) of a timm classifier."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
-
-
 def probe(data: Path, out: Path, size: int) -> Path:
     from sightline.bundle import Bundle
-    from sightline.evaluate.predict import predict_logits
+    from sightline.inference import Engine, TorchBackend, score_files
     from sightline.models.factory import create_model, default_preprocessing
+    from sightline.progress import rich_progress
 
     classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir())
     pre = default_preprocessing("tf_efficientnet_lite0", input_size=size)
@@ -41,19 +31,19 @@ def probe(data: Path, out: Path, size: int) -> Path:
     model = create_model("tf_efficientnet_lite0", len(classes), weights="auto").eval()
     files = sorted(p for c in classes for p in (data / "train" / c).iterdir() if p.is_file())
     head = model.get_classifier()
-    body = _Pooled(model)  # pooled features through the same decode/preprocess path as evaluation
-    tmp = Bundle("tf_efficientnet_lite0", classes, preprocessing=pre)
-    feats, inputs = predict_logits(tmp, files, model=body, progress=True, description="train features",
-                                   keep_crops=False, device="cpu")
+    bundle = Bundle("tf_efficientnet_lite0", classes, preprocessing=pre)
+    # pooled penultimate features through the inference core: the decode/preprocess path evaluation takes
+    with Engine(TorchBackend(model, device="cpu"), bundle=bundle) as engine, rich_progress() as progress:
+        (pooled,), inputs = score_files([engine], files, progress=progress, task="train features")
     y = torch.tensor([classes.index(Path(p).parent.name) for p in inputs.paths])
-    x = torch.from_numpy(feats)
+    x = torch.from_numpy(pooled.features)
     opt = torch.optim.Adam(head.parameters(), lr=3e-3, weight_decay=1e-3)
     for _ in range(300):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(head(x), y).backward()
         opt.step()
     run = out / "run"
-    tmp.save(run / "bundle", model.state_dict())
+    bundle.save(run / "bundle", model.state_dict())
     return run
 
 
@@ -66,12 +56,15 @@ def main() -> None:
     ap.add_argument("--robustness-images", type=int, default=100)
     args = ap.parse_args()
     from sightline.evaluate.run import evaluate
+    from sightline.progress import rich_progress
 
     t0 = time.perf_counter()
     run = args.run or probe(args.data, args.out, args.size)
     t_model = time.perf_counter() - t0
     t0 = time.perf_counter()
-    m = evaluate(run, args.data, out=args.out / "eval", robustness_images=args.robustness_images)
+    with rich_progress() as progress:
+        m = evaluate(run, args.data, out=args.out / "eval", robustness_images=args.robustness_images,
+                     progress=progress)
     wall = time.perf_counter() - t0
     print(json.dumps({
         "n_images": m["n_images"],
