@@ -1,8 +1,9 @@
 """The FastAPI application: `create_app(settings)`.
 
-The lifespan loads the bundle and its ONNX model, opens the database and starts the micro-batcher; on
-shutdown (uvicorn handles SIGTERM by finishing in-flight requests first) the batcher finishes its queue and
-the database is closed. Bad input never becomes a 500: image errors carry their status (415 / 413 / 422),
+The lifespan loads the bundle and its ONNX model, opens the database, starts the micro-batcher and, when the
+bundle has a reference profile, the background monitor (`serve.monitoring`); on shutdown (uvicorn handles SIGTERM
+by finishing in-flight requests first) the monitor finishes its run, the batcher finishes its queue and the
+database is closed. Bad input never becomes a 500: image errors carry their status (415 / 413 / 422),
 oversized bodies are cut off by `BodyLimitMiddleware` before they are read.
 
 Example:
@@ -11,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +27,8 @@ from sightline.errors import SightlineError
 from sightline.serve.settings import Settings
 
 __all__ = ["create_app", "BodyLimitMiddleware"]
+
+log = logging.getLogger("sightline.serve")
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -108,7 +112,7 @@ async def _send_json(send: Any, status: int, detail: str) -> None:
 def create_app(settings: Settings) -> FastAPI:
     """Build the service for `settings.bundle`. Nothing is loaded until the app starts (lifespan)."""
     from sightline.serve.metrics import ServiceMetrics
-    from sightline.serve.routes import health, model, predict, review
+    from sightline.serve.routes import health, model, monitor, predict, review
 
     metrics = ServiceMetrics()
 
@@ -119,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         from sightline.inference import open_engine, usable_cores
         from sightline.serve.batching import MicroBatcher
+        from sightline.serve.monitoring import Monitor, open_observer
         from sightline.serve.ratelimit import RateLimiter
         from sightline.serve.state import KeyCache, ServiceState
         from sightline.serve.store import Store
@@ -135,6 +140,13 @@ def create_app(settings: Settings) -> FastAPI:
             top_k=settings.top_k,
         )
         store = Store(settings.resolved_database_url())
+        observer, monitor_message = open_observer(settings, bundle, engine)
+        monitor_task = None
+        if observer is None:
+            log.warning("%s", monitor_message)
+        else:
+            monitor_task = Monitor(store=store, observer=observer, settings=settings, metrics=metrics,
+                                   model={"name": bundle.name, "version": bundle.version})
         batcher = MicroBatcher(
             engine.run,
             max_size=settings.batch_max_size,
@@ -153,10 +165,17 @@ def create_app(settings: Settings) -> FastAPI:
             limiter=RateLimiter(settings.rate_limit_per_minute),
             keys=KeyCache(settings.key_cache_s),
             decode_limiter=anyio.CapacityLimiter(settings.decode_threads or usable_cores()),
+            observer=observer,
+            monitor=monitor_task,
+            monitor_message=monitor_message,
         )
+        if monitor_task is not None:
+            await monitor_task.start()  # first run now: delivers what a previous process left in the outbox
         try:
             yield
         finally:
+            if monitor_task is not None:
+                await monitor_task.close()
             await batcher.close()  # in-flight requests have finished; anything still queued is answered
             engine.close()
             store.close()
@@ -179,7 +198,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def _closing(request: Request, exc: BatcherClosedError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
-    for router in (health.router, model.router, predict.router, review.router):
+    for router in (health.router, model.router, predict.router, review.router, monitor.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     return app

@@ -32,3 +32,53 @@ class ServiceMetrics:
             "sightline_rejected_inputs_total", "Requests refused for bad input, by status.", ["status"],
             registry=self.registry,
         )
+        # Monitoring: one series per window kind ("recent", "block", "hour", "day") of its latest tested window.
+        self.monitor_p_value = Gauge(
+            "sightline_monitor_p_value",
+            'Latest window\'s p-value per drift test (test="window": Bonferroni over the driving tests).',
+            ["window", "test"], registry=self.registry,
+        )
+        self.monitor_significant = Gauge(
+            "sightline_monitor_window_significant", "1 when the latest window of this kind drifted, else 0.",
+            ["window"], registry=self.registry,
+        )
+        self.monitor_window_size = Gauge(
+            "sightline_monitor_window_predictions", "Predictions in the latest window of this kind.", ["window"],
+            registry=self.registry,
+        )
+        self.monitor_unknown_rate = Gauge(
+            "sightline_monitor_unknown_rate", "Share of the latest window's predictions flagged unknown.",
+            ["window"], registry=self.registry,
+        )
+        self.monitor_confidence = Gauge(
+            "sightline_monitor_mean_confidence", "Mean calibrated top-1 probability in the latest window.",
+            ["window"], registry=self.registry,
+        )
+        self.monitor_accuracy = Gauge(
+            "sightline_monitor_estimated_accuracy",
+            "Label-free expected accuracy (mean calibrated top-1 probability) of the latest window.", ["window"],
+            registry=self.registry,
+        )
+        self.alert_active = Gauge(
+            "sightline_monitor_alert_active", "1 while the alert is raised, else 0.", ["alert"],
+            registry=self.registry,
+        )
+        self.alert_events = Counter(
+            "sightline_monitor_alert_events_total", "Alert events emitted, by alert and kind (fired, cleared).",
+            ["alert", "kind"], registry=self.registry,
+        )
+        self.alert_outbox = Gauge(
+            "sightline_monitor_alert_outbox", "Alert events not yet delivered to every sink.", registry=self.registry
+        )
+        self.webhook_deliveries = Counter(
+            "sightline_monitor_webhook_deliveries_total", "Webhook deliveries by outcome (delivered, failed).",
+            ["outcome"], registry=self.registry,
+        )
+        self.monitor_runs = Counter(
+            "sightline_monitor_runs_total", "Background monitor runs by outcome (ok, error).", ["outcome"],
+            registry=self.registry,
+        )
+        self.monitor_last_run = Gauge(
+            "sightline_monitor_last_run_timestamp_seconds", "When the monitor last finished a run (Unix time).",
+            registry=self.registry,
+        )

@@ -16,6 +16,7 @@ __all__ = [
     "ReviewItem",
     "ReviewLabel",
     "Health",
+    "MonitorStatus",
 ]
 
 
@@ -34,8 +35,15 @@ class PredictionOut(BaseModel):
     label: str
     confidence: float = Field(description="Calibrated probability of `label`, 0..1.")
     top_k: list[TopK]
-    decision: Literal["accept", "review"] = Field(description='"review": below the bundle\'s review confidence.')
+    decision: Literal["accept", "review", "unknown"] = Field(
+        description='"review": below the bundle\'s review confidence; "unknown": the open-set score says the image '
+        "is unlike the training data (wins over review; needs the bundle's reference profile)."
+    )
     id: int | None = Field(None, description="Row id in the prediction store (for review).")
+    ood_score: float | None = Field(
+        None, description="Open-set score of the profile's chosen method (higher = less like the training data); "
+        "null when the bundle has no reference profile or monitoring is off."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -85,3 +93,16 @@ class ReviewLabel(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, bool] = Field(default_factory=dict)
+
+
+class MonitorStatus(BaseModel):
+    enabled: bool = Field(description="False without a reference profile or with SIGHTLINE_MONITOR=false.")
+    message: str | None = Field(None, description="Why monitoring is off, and how to turn it on.")
+    profile: dict[str, Any] | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    windows: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Latest window of each kind (recent, block, hour, day): drift tests with "
+        "p-values, unknown rate, mean confidence, expected accuracy."
+    )
+    alerts: list[dict[str, Any]] = Field(default_factory=list)
+    open_alerts: list[str] = Field(default_factory=list, description="Names of the alerts raised now.")

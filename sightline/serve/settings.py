@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sightline.errors import UserInputError
@@ -41,6 +41,68 @@ class Settings(BaseSettings):
     )
     require_api_key: bool = Field(True, description="Turn off only for local experiments.")
     key_cache_s: float = Field(5.0, ge=0, description="How long a verified key is trusted before re-checking.")
+    # Monitoring (needs the bundle's reference profile, reference.npz; without one serving is unchanged).
+    monitor: bool = Field(True, description="Open-set 'unknown' decisions, per-prediction signals, drift windows.")
+    monitor_window: int = Field(500, ge=2, description="N: predictions per window (the last N, and blocks of N).")
+    monitor_min_window: int = Field(
+        50, ge=2, description="Windows with fewer predictions are not tested (the report says so)."
+    )
+    monitor_every: int = Field(500, ge=1, description="Run the monitor after this many new predictions ...")
+    monitor_interval_minutes: float = Field(5.0, gt=0, description="... or after this many minutes, whichever first.")
+    monitor_alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate per window (Bonferroni inside).")
+    monitor_consecutive: int = Field(
+        2, ge=1, description="K: an alert fires after K consecutive significant windows and clears after K clean."
+    )
+    monitor_calendar: str = Field("hour,day", description="Calendar windows (UTC) besides blocks: 'hour', 'day', both "
+                                                          "comma-separated, or '' for none.")
+    monitor_permutations: int = Field(200, ge=20, description="Permutations of the MMD feature test.")
+    alert_webhook_url: str | None = Field(None, description="POST alert events here (Standard Webhooks, signed).")
+    alert_webhook_secret: SecretStr | None = Field(None, description="Signing secret, whsec_<base64>.")
+    alert_webhook_attempts: int = Field(5, ge=1, description="Tries per event and monitor run.")
+    alert_webhook_backoff_s: float = Field(1.0, ge=0, description="Wait before the 2nd try; doubles each time.")
+    alert_webhook_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("monitor_calendar")
+    @classmethod
+    def _calendar(cls, value: str) -> str:
+        units = [u.strip() for u in value.split(",") if u.strip()]
+        bad = [u for u in units if u not in ("hour", "day")]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a calendar window; use 'hour', 'day' or 'hour,day'")
+        return ",".join(units)
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value or None
+
+    @field_validator("alert_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from sightline.serve.webhooks import parse_secret
+
+            try:
+                parse_secret(value.get_secret_value())
+            except UserInputError as exc:
+                raise ValueError(str(exc).split(" ", 1)[1] if " " in str(exc) else str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_pair(self) -> Settings:
+        if self.alert_webhook_url and self.alert_webhook_secret is None:
+            raise ValueError("SIGHTLINE_ALERT_WEBHOOK_URL needs SIGHTLINE_ALERT_WEBHOOK_SECRET (whsec_<base64>) "
+                             "to sign the events")
+        if self.monitor_min_window > self.monitor_window:
+            raise ValueError(f"SIGHTLINE_MONITOR_MIN_WINDOW ({self.monitor_min_window}) is above "
+                             f"SIGHTLINE_MONITOR_WINDOW ({self.monitor_window}): no window would ever be tested")
+        return self
+
+    @property
+    def calendar_units(self) -> list[str]:
+        return [u for u in self.monitor_calendar.split(",") if u]
 
     def resolved_database_url(self) -> str:
         return database_url(self.database_url, self.bundle)
@@ -69,6 +131,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))} (SIGHTLINE_{'_'.join(map(str, e['loc'])).upper()}): {e['msg']}"
+            if e["loc"] else e["msg"].removeprefix("Value error, ")  # a check across settings names them itself
             for e in exc.errors()
         )
         raise UserInputError(f"invalid setting: {problems}.") from None

@@ -11,6 +11,7 @@ from sightline.bundle import Bundle
 from sightline.inference import Engine
 from sightline.serve.batching import MicroBatcher
 from sightline.serve.metrics import ServiceMetrics
+from sightline.serve.monitoring import Monitor, Observer
 from sightline.serve.ratelimit import RateLimiter
 from sightline.serve.settings import Settings
 from sightline.serve.store import ApiKeyInfo, Store
@@ -52,4 +53,7 @@ class ServiceState:
     limiter: RateLimiter
     keys: KeyCache
     decode_limiter: anyio.CapacityLimiter  # how many requests decode at once (CPU-bound: about the core count)
+    observer: Observer | None = None  # open-set decision + signals; None without a reference profile
+    monitor: Monitor | None = None  # windows and alerts in the background
+    monitor_message: str | None = None  # why monitoring is off (one line), when it is
     started: float = field(default_factory=time.time)

@@ -1,9 +1,16 @@
-"""What the service keeps: every answered prediction, API keys (hashed), reviewers' labels.
+"""What the service keeps: every answered prediction, API keys (hashed), reviewers' labels, and for the monitor
+each prediction's signals, the windows it tested and its alert states.
 
 SQLAlchemy 2.0; SQLite by default (one file, WAL mode), PostgreSQL through `SIGHTLINE_DATABASE_URL`
-(`postgresql+psycopg://...`, extra `sightline[postgres]`). Low-confidence predictions (decision "review")
-form the review queue; a reviewer's label is stored beside the prediction as ground truth for monitoring
-and retraining.
+(`postgresql+psycopg://...`, extra `sightline[postgres]`). Low-confidence and open-set predictions (decision
+"review" or "unknown") form the review queue; a reviewer's label is stored beside the prediction as ground truth
+for monitoring and retraining.
+
+Monitoring lives in tables of its own, so a database written before it needs no ALTER (`create_all` adds them):
+  prediction_signals  one row per monitored prediction, keyed by its id: projected features (float16 bytes),
+                      calibrated softmax (float32 bytes), open-set score, unknown flag, image statistics (JSON)
+  monitor_windows     each tested window's result (JSON), so /v1/monitor answers after a restart
+  monitor_alerts      each alert's `AlertState` (JSON), its outbox included
 """
 from __future__ import annotations
 
@@ -11,21 +18,38 @@ import hashlib
 import hmac
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, create_engine, event, func, insert, select, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from sightline.errors import UserInputError, one_line
 
-__all__ = ["Store", "PredictionRecord", "ApiKey", "ApiKeyInfo", "hash_key", "KEY_PREFIX"]
+__all__ = ["Store", "PredictionRecord", "PredictionSignal", "MonitorWindow", "MonitorAlert", "ApiKey", "ApiKeyInfo",
+           "hash_key", "safe_url", "KEY_PREFIX", "QUEUED_DECISIONS"]
 
 KEY_PREFIX = "sl_"
 _LOOKUP_CHARS = 8  # characters after KEY_PREFIX stored in clear to find the row; the rest is only hashed
+QUEUED_DECISIONS = ("review", "unknown")  # decisions that put a prediction in the review queue
 
 
 def _now() -> datetime:
@@ -65,7 +89,7 @@ class PredictionRecord(Base):
     label: Mapped[str] = mapped_column(String(200))
     confidence: Mapped[float] = mapped_column(Float)
     top_k: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    decision: Mapped[str] = mapped_column(String(16), index=True)  # "accept" | "review"
+    decision: Mapped[str] = mapped_column(String(16), index=True)  # "accept" | "review" | "unknown"
     latency_ms: Mapped[float] = mapped_column(Float)  # whole request, receive to answer
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
     reviewed_label: Mapped[str | None] = mapped_column(String(200), nullable=True)  # ground truth
@@ -74,6 +98,47 @@ class PredictionRecord(Base):
 
     def to_dict(self) -> dict[str, Any]:
         return {c.name: getattr(self, c.name) for c in self.__table__.columns}
+
+
+class PredictionSignal(Base):
+    """What the monitor needs of one prediction (only written when the bundle has a reference profile)."""
+
+    __tablename__ = "prediction_signals"
+
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)  # = the prediction's
+    profile: Mapped[str] = mapped_column(String(16), index=True)  # fingerprint of the reference profile used
+    projected: Mapped[bytes] = mapped_column(LargeBinary)  # (C,) float16, the profile's PCA projection
+    probabilities: Mapped[bytes] = mapped_column(LargeBinary)  # (K,) float32, softmax at the profile's temperature
+    ood_score: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: the profile chose no score
+    unknown: Mapped[bool] = mapped_column(Boolean)
+    image_stats: Mapped[dict[str, Any]] = mapped_column(JSON)  # sightline.monitor.stats.image_stats
+
+
+class MonitorWindow(Base):
+    """One tested window: kind "recent" (the last N predictions), "block" (consecutive blocks of N, which drive
+    the alert), "hour" or "day"; `key` orders windows of one kind (last prediction id, or the period's number)."""
+
+    __tablename__ = "monitor_windows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    key: Mapped[int] = mapped_column(Integer)
+    profile: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(Integer)
+    significant: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # None: not tested (too small)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class MonitorAlert(Base):
+    """The persisted `sightline.monitor.alerts.AlertState` of one alert, outbox (`pending`) included."""
+
+    __tablename__ = "monitor_alerts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 @dataclass(frozen=True)
@@ -96,7 +161,7 @@ class Store:
             self.engine = create_engine(url, **kwargs)
         except (ArgumentError, ImportError) as exc:  # malformed URL, or a driver that is not installed
             raise UserInputError(
-                f"database URL {_safe(url)} cannot be used ({one_line(exc)}); check SIGHTLINE_DATABASE_URL or "
+                f"database URL {safe_url(url)} cannot be used ({one_line(exc)}); check SIGHTLINE_DATABASE_URL or "
                 "--database-url (PostgreSQL needs `pip install 'sightline[postgres]'`)."
             ) from None
         if self.is_sqlite:
@@ -114,7 +179,7 @@ class Store:
         try:
             Base.metadata.create_all(self.engine)
         except OperationalError as exc:  # unreachable server, or a SQLite path in a missing folder
-            raise UserInputError(f"database {_safe(url)} cannot be opened ({one_line(exc.orig or exc)}).") from None
+            raise UserInputError(f"database {safe_url(url)} cannot be opened ({one_line(exc.orig or exc)}).") from None
 
     def _write(self) -> Any:
         return self._write_lock if self._write_lock is not None else _NullLock()
@@ -175,18 +240,29 @@ class Store:
         return len(rows)
 
     # --- predictions -----------------------------------------------------------------------------------
-    def add_predictions(self, rows: Iterable[dict[str, Any]]) -> list[int]:
-        """Insert prediction rows (PredictionRecord columns as dict keys); returns their ids, in order.
+    def add_predictions(
+        self, rows: Iterable[dict[str, Any]], signals: Sequence[dict[str, Any] | None] | None = None
+    ) -> list[int]:
+        """Insert prediction rows (PredictionRecord columns as dict keys) and, when given, their monitoring
+        signals (PredictionSignal columns without `prediction_id` / `created`; one per row, None to skip) in the
+        same transaction; returns the prediction ids, in order.
 
         One Core INSERT ... RETURNING for all rows (no ORM objects): this runs once per request on the hot path."""
         rows = list(rows)
         if not rows:
             return []
+        if signals is not None and len(signals) != len(rows):
+            raise ValueError(f"{len(signals)} signal rows for {len(rows)} predictions")
         created = _now()
         params = [{"created": created, **row} for row in rows]
         stmt = insert(PredictionRecord).returning(PredictionRecord.id, sort_by_parameter_order=True)
         with self._write(), self.engine.begin() as conn:
-            return list(conn.scalars(stmt, params))
+            ids = list(conn.scalars(stmt, params))
+            extra = [{"prediction_id": i, "created": created, **sig}
+                     for i, sig in zip(ids, signals or []) if sig is not None]
+            if extra:
+                conn.execute(insert(PredictionSignal), extra)
+            return ids
 
     def count_predictions(self) -> int:
         with self._sessions() as session:
@@ -198,11 +274,11 @@ class Store:
             return row.to_dict() if row is not None else None
 
     def review_queue(self, *, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        """Predictions with decision "review" that no reviewer has labelled yet, oldest first."""
+        """Predictions with decision "review" or "unknown" that no reviewer has labelled yet, oldest first."""
         with self._sessions() as session:
             rows = session.scalars(
                 select(PredictionRecord)
-                .where(PredictionRecord.decision == "review", PredictionRecord.reviewed_label.is_(None))
+                .where(PredictionRecord.decision.in_(QUEUED_DECISIONS), PredictionRecord.reviewed_label.is_(None))
                 .order_by(PredictionRecord.id)
                 .limit(limit)
                 .offset(offset)
@@ -220,8 +296,103 @@ class Store:
             row.reviewed = _now()
             return row.to_dict()
 
+    # --- monitoring ------------------------------------------------------------------------------------
+    _SIGNAL_COLUMNS = (
+        PredictionSignal.prediction_id, PredictionSignal.created, PredictionSignal.projected,
+        PredictionSignal.probabilities, PredictionSignal.ood_score, PredictionSignal.unknown,
+        PredictionSignal.image_stats, PredictionRecord.label, PredictionRecord.confidence, PredictionRecord.decision,
+        PredictionRecord.reviewed_label,
+    )
 
-def _safe(url: str) -> str:
+    def signal_rows(
+        self,
+        profile: str,
+        *,
+        after_id: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        newest: int | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Monitored predictions recorded against reference profile `profile`, oldest first: the signal columns
+        plus the prediction's label, confidence, decision and reviewed_label. `after_id` / `since` / `until`
+        (created < until) narrow them; `newest` keeps only the last N; `limit` the first N."""
+        q = (select(*self._SIGNAL_COLUMNS)
+             .join(PredictionRecord, PredictionRecord.id == PredictionSignal.prediction_id)
+             .where(PredictionSignal.profile == profile))
+        if after_id is not None:
+            q = q.where(PredictionSignal.prediction_id > after_id)
+        if since is not None:
+            q = q.where(PredictionSignal.created >= since)
+        if until is not None:
+            q = q.where(PredictionSignal.created < until)
+        if newest is not None:
+            q = q.order_by(PredictionSignal.prediction_id.desc()).limit(newest)
+        else:
+            q = q.order_by(PredictionSignal.prediction_id)
+            if limit is not None:
+                q = q.limit(limit)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        return rows[::-1] if newest is not None else rows
+
+    def signal_summary(self, since: datetime | None = None) -> dict[str, dict[str, Any]]:
+        """{profile fingerprint: {n, first, last, first_id, last_id}} of the monitored predictions (since)."""
+        q = select(PredictionSignal.profile, func.count(), func.min(PredictionSignal.created),
+                   func.max(PredictionSignal.created), func.min(PredictionSignal.prediction_id),
+                   func.max(PredictionSignal.prediction_id)).group_by(PredictionSignal.profile)
+        if since is not None:
+            q = q.where(PredictionSignal.created >= since)
+        with self.engine.connect() as conn:
+            return {r[0]: {"n": int(r[1]), "first": _aware(r[2]), "last": _aware(r[3]), "first_id": r[4],
+                           "last_id": r[5]} for r in conn.execute(q)}
+
+    def add_window(self, *, kind: str, key: int, profile: str, n: int, significant: bool | None,
+                   result: dict[str, Any]) -> None:
+        """Keep one tested window's result (JSON-able, no NaN)."""
+        with self._write(), self.engine.begin() as conn:
+            conn.execute(insert(MonitorWindow), [{"created": _now(), "kind": kind, "key": int(key),
+                                                  "profile": profile, "n": int(n), "significant": significant,
+                                                  "result": result}])
+
+    def latest_windows(self, profile: str) -> dict[str, dict[str, Any]]:
+        """{kind: result} of the newest window of each kind tested against `profile`."""
+        newest = (select(MonitorWindow.kind, func.max(MonitorWindow.id).label("id"))
+                  .where(MonitorWindow.profile == profile).group_by(MonitorWindow.kind).subquery())
+        q = select(MonitorWindow.kind, MonitorWindow.result).join(newest, newest.c.id == MonitorWindow.id)
+        with self.engine.connect() as conn:
+            return {r[0]: r[1] for r in conn.execute(q)}
+
+    def alert_states(self) -> dict[str, dict[str, Any]]:
+        """{alert name: persisted AlertState JSON}."""
+        with self.engine.connect() as conn:
+            return {r[0]: r[1] for r in conn.execute(select(MonitorAlert.name, MonitorAlert.state))}
+
+    def update_alert(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
+        """Read alert `name`'s state (None when new), apply `change`, write the result back, in one transaction
+        that locks the row (PostgreSQL: SELECT ... FOR UPDATE, so replicas take turns); returns the new state."""
+        from sqlalchemy.exc import IntegrityError
+
+        for attempt in range(2):  # a replica may insert the same new alert at the same moment: read it again
+            try:
+                with self._write(), self.engine.begin() as conn:
+                    current = conn.execute(
+                        select(MonitorAlert.state).where(MonitorAlert.name == name).with_for_update()
+                    ).scalar_one_or_none()
+                    new = change(current)
+                    if current is None:
+                        conn.execute(insert(MonitorAlert), [{"name": name, "state": new, "updated": _now()}])
+                    else:
+                        conn.execute(MonitorAlert.__table__.update().where(MonitorAlert.name == name)
+                                     .values(state=new, updated=_now()))
+                    return new
+            except IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def safe_url(url: str) -> str:
     """The URL with any password hidden, for error messages."""
     from sqlalchemy.engine import make_url
 
@@ -229,6 +400,13 @@ def _safe(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "'<unparseable>'"
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes for timezone-aware columns; they were written in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
 
 
 class _NullLock:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
 
@@ -9,6 +10,7 @@ import anyio
 from fastapi import APIRouter, File, HTTPException, UploadFile
 
 from sightline.errors import CorruptImageError, SightlineError
+from sightline.monitor.observe import load_observed
 from sightline.serve.deps import ApiKeyDep, StateDep
 from sightline.serve.schemas import ErrorResponse, ModelRef, PredictionOut, PredictResponse
 
@@ -30,7 +32,9 @@ async def predict(
     file: list[UploadFile] = File(..., description="One or more images (repeat the `file` field)."),
 ) -> PredictResponse:
     """Classify one or more images. Each answer applies the bundle's calibration, class thresholds and review
-    rule, and is stored (input hash, model version, label, confidence, latency, decision) before the reply."""
+    rule, and is stored (input hash, model version, label, confidence, latency, decision) before the reply. With a
+    reference profile in the bundle the open-set score can make the decision "unknown", and the monitor's signals
+    (projected features, calibrated softmax, open-set score, image statistics) are stored beside it."""
     t0 = time.perf_counter()
     s = state.settings
     if len(file) > s.max_images_per_request:
@@ -40,49 +44,69 @@ async def predict(
         )
     names = [f.filename or f"file{i}" for i, f in enumerate(file)]
     blobs = [await f.read() for f in file]
+    observer = state.observer
 
     def decode_all():  # CPU work, off the event loop; raises ImageError subclasses (415 / 413 / 422)
-        arrays = []
+        arrays, stats = [], []
         for blob, name in zip(blobs, names):
             try:
-                arrays.append(state.engine.prepare(blob, name=name))
+                if observer is None:
+                    arrays.append(state.engine.prepare(blob, name=name))
+                else:  # the same single decode, plus the image statistics of what was decoded
+                    crop, stat = load_observed(state.engine, blob, name=name)
+                    arrays.append(state.engine.normalize(crop))
+                    stats.append(stat)
             except SightlineError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile bytes is still the input's fault
                 raise CorruptImageError(f"{name}: cannot be decoded ({type(exc).__name__})") from exc
-        return arrays
+        return arrays, stats
 
-    arrays = await anyio.to_thread.run_sync(decode_all, limiter=state.decode_limiter)
+    arrays, stats = await anyio.to_thread.run_sync(decode_all, limiter=state.decode_limiter)
     output = await state.batcher.submit_many(arrays)  # logits, features and CAMs of one forward pass
-    preds = state.engine.decide(output, names)
     latency_ms = (time.perf_counter() - t0) * 1000
     request_id = uuid.uuid4().hex
-    rows = [
-        {
-            "request_id": request_id,
-            "filename": p.filename[:500],
-            "input_sha256": hashlib.sha256(b).hexdigest(),
-            "model_name": state.bundle.name,
-            "model_version": state.bundle.version,
-            "label": p.label,
-            "confidence": p.confidence,
-            "top_k": p.top_k,
-            "decision": p.decision,
-            "latency_ms": latency_ms,
-            "api_key_id": key.id or None,
-        }
-        for p, b in zip(preds, blobs)
-    ]
-    ids = await anyio.to_thread.run_sync(state.store.add_predictions, rows)
+
+    def decide_and_store():  # decisions, open-set scores and the database write: one worker-thread hop
+        preds = state.engine.decide(output, names)
+        scores, signals = [None] * len(preds), None
+        if observer is not None:
+            raw, unknown, signals = observer.observe(output, stats)
+            for p, flag in zip(preds, unknown):
+                if flag:
+                    p.decision = "unknown"  # unknown wins over review
+            scores = [float(v) if math.isfinite(v) else None for v in raw]
+        rows = [
+            {
+                "request_id": request_id,
+                "filename": p.filename[:500],
+                "input_sha256": hashlib.sha256(b).hexdigest(),
+                "model_name": state.bundle.name,
+                "model_version": state.bundle.version,
+                "label": p.label,
+                "confidence": p.confidence,
+                "top_k": p.top_k,
+                "decision": p.decision,
+                "latency_ms": latency_ms,
+                "api_key_id": key.id or None,
+            }
+            for p, b in zip(preds, blobs)
+        ]
+        return preds, scores, state.store.add_predictions(rows, signals)
+
+    preds, scores, ids = await anyio.to_thread.run_sync(decide_and_store)
     for p in preds:
         state.metrics.predictions.labels(p.label, p.decision).inc()
+    if state.monitor is not None:
+        state.monitor.notify(len(preds))
     return PredictResponse(
         model=ModelRef(name=state.bundle.name, version=state.bundle.version),
         predictions=[
             PredictionOut(
-                filename=p.filename, label=p.label, confidence=p.confidence, top_k=p.top_k, decision=p.decision, id=i
+                filename=p.filename, label=p.label, confidence=p.confidence, top_k=p.top_k, decision=p.decision, id=i,
+                ood_score=score,
             )
-            for p, i in zip(preds, ids)
+            for p, i, score in zip(preds, ids, scores)
         ],
         inference_ms=round((time.perf_counter() - t0) * 1000, 3),
     )

@@ -1,4 +1,4 @@
-"""The review queue: low-confidence predictions waiting for a person, and their labels as ground truth."""
+"""The review queue: low-confidence and unknown predictions waiting for a person, and their labels as ground truth."""
 from __future__ import annotations
 
 import anyio
@@ -17,7 +17,7 @@ async def review_queue(
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
 ) -> list[ReviewItem]:
-    """Predictions with decision "review" and no reviewer label yet, oldest first."""
+    """Predictions with decision "review" or "unknown" and no reviewer label yet, oldest first."""
     rows = await anyio.to_thread.run_sync(lambda: state.store.review_queue(limit=limit, offset=offset))
     return [ReviewItem(**r) for r in rows]
 

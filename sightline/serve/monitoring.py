@@ -1,0 +1,507 @@
+"""Monitoring inside the service: the open-set decision on the request path, windows and alerts in the background,
+and the same windows read back by `sightline monitor`.
+
+On the request path (`Observer`, only when the bundle has a reference profile):
+  - the chosen open-set score of each image (`monitor.ood`, computed for that score only) and its flag: the
+    decision becomes "unknown" when the score is above the profile's threshold (unknown wins over review);
+  - one `prediction_signals` row per prediction (projected features, calibrated softmax, score, flag, image
+    statistics measured in the decode thread), written in the same transaction as the prediction.
+
+In the background (`Monitor`, an asyncio task of the app, the tests in a worker thread): every
+`SIGHTLINE_MONITOR_EVERY` predictions or `SIGHTLINE_MONITOR_INTERVAL_MINUTES`, whichever comes first,
+  - "recent": the last N predictions (shown; overlapping, so no alert counts them);
+  - "block": each new full block of N predictions -> alert "drift";
+  - "hour" / "day": each closed calendar period (UTC) -> alerts "drift_hour" / "drift_day";
+each window is tested against the profile (`monitor.windows.summarize`), kept in `monitor_windows`, set on the
+Prometheus gauges and counted by its alert (`monitor.alerts.AlertState`, persisted in `monitor_alerts` in the
+same transaction as the count, so a restart neither repeats nor loses an alert). Events then leave the alert's
+outbox through the sinks: the log (WARNING `sightline.alerts`), Prometheus and, when configured, a signed webhook
+(`serve.webhooks`); an event stays in the outbox until delivered, and is retried on the next run.
+
+Example:
+    >>> observer, why_not = open_observer(settings, bundle, engine)    # None + a one-line reason without profile
+    >>> report = build_report("runs/demo", "sqlite:///runs/demo/bundle/sightline.db", window="block")
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sightline.decision import softmax
+from sightline.errors import BundleError, SightlineError, UserInputError
+from sightline.monitor.alerts import AlertState
+from sightline.monitor.reference import REFERENCE_FILE, ReferenceProfile, load_reference
+from sightline.monitor.windows import PERIOD_SECONDS, Batch, blocks, jsonable, periods, summarize
+
+if TYPE_CHECKING:
+    from sightline.bundle import Bundle
+    from sightline.inference import Engine, Output
+    from sightline.serve.metrics import ServiceMetrics
+    from sightline.serve.settings import Settings
+    from sightline.serve.store import Store
+
+__all__ = ["ADD_PROFILE", "ALERT_NAMES", "Observer", "Monitor", "open_observer", "profile_fingerprint",
+           "no_profile_message", "batch_from_rows", "build_report"]
+
+log = logging.getLogger("sightline.monitor")
+alert_log = logging.getLogger("sightline.alerts")
+
+ADD_PROFILE = "run `sightline evaluate RUN --data DATA` to add or refresh it"
+ALERT_NAMES = {"block": "drift", "hour": "drift_hour", "day": "drift_day"}
+MAX_BLOCKS_PER_RUN = 10  # a long backlog (a first run on an old database) is caught up over several runs
+MAX_PERIODS_BACK = 48  # calendar periods looked at when an alert has none counted yet
+
+
+def profile_fingerprint(folder: str | Path) -> str:
+    """16 hex digits of the sha256 of `folder/reference.npz`: signals are compared only with the profile they
+    were projected with."""
+    h = hashlib.sha256()
+    with open(Path(folder) / REFERENCE_FILE, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def no_profile_message(bundle_dir: str | Path) -> str:
+    return (f"{bundle_dir} has no reference profile ({REFERENCE_FILE}), so there is no 'unknown' decision and no "
+            f"drift monitoring; {ADD_PROFILE}.")
+
+
+# --- the request path -----------------------------------------------------------------------------------------
+class Observer:
+    """Open-set score, "unknown" flag and the signals row of each prediction, from the forward pass's outputs."""
+
+    def __init__(self, profile: ReferenceProfile, fingerprint: str) -> None:
+        self.profile = profile
+        self.fingerprint = fingerprint
+
+    def observe(self, output: Output, stats: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray,
+                                                                                 list[dict[str, Any]]]:
+        """N rows of one forward pass and their N image statistics -> (scores, unknown flags, signal rows
+        for `Store.add_predictions`)."""
+        assert output.features is not None, "open_observer checks the backend gives features"
+        scores, flags = self.profile.unknown(output.logits, output.features)  # the chosen score only
+        probs = softmax(output.logits, self.profile.temperature).astype(np.float32)
+        projected = self.profile.project(output.features).astype(np.float16)
+        rows = [{"profile": self.fingerprint, "projected": projected[i].tobytes(),
+                 "probabilities": probs[i].tobytes(),
+                 "ood_score": float(scores[i]) if math.isfinite(scores[i]) else None,
+                 "unknown": bool(flags[i]), "image_stats": jsonable(stats[i])} for i in range(len(probs))]
+        return scores, flags, rows
+
+
+def open_observer(settings: Settings, bundle: Bundle, engine: Engine) -> tuple[Observer | None, str | None]:
+    """The request-path monitor for `bundle`, or (None, the one-line reason there is none). Serving works either
+    way: a missing, damaged or mismatched profile only turns monitoring off."""
+    if not settings.monitor:
+        return None, "monitoring is off (SIGHTLINE_MONITOR=false)."
+    try:
+        profile = load_reference(bundle.path)
+    except BundleError as exc:
+        return None, f"monitoring is off: {exc}."
+    if profile is None:
+        return None, no_profile_message(bundle.path)
+    if profile.classes != list(bundle.classes):
+        return None, (f"monitoring is off: {bundle.path / REFERENCE_FILE} was built for classes {profile.classes}, "
+                      f"the bundle has {list(bundle.classes)}; {ADD_PROFILE}.")
+    try:
+        engine.require_features()
+    except BundleError as exc:
+        return None, f"monitoring is off: {exc}"
+    s = bundle.preprocessing.input_size
+    probe = engine.run(np.zeros((1, 3, s, s), dtype=np.float32))  # also warms the session up
+    d = None if probe.features is None else probe.features.shape[1]
+    if d != profile.pca_mean.shape[0]:
+        return None, (f"monitoring is off: the model gives {d}-dimensional features, {bundle.path / REFERENCE_FILE} "
+                      f"has {profile.pca_mean.shape[0]}; {ADD_PROFILE}.")
+    return Observer(profile, profile_fingerprint(bundle.path)), None
+
+
+# --- reading signals back -----------------------------------------------------------------------------------------
+def _seconds(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def batch_from_rows(rows: Sequence[dict[str, Any]], profile: ReferenceProfile) -> Batch:
+    """`Store.signal_rows` -> a `monitor.windows.Batch` (bytes decoded, reviewer labels as class indices)."""
+    n, k, c = len(rows), len(profile.classes), profile.pca_components.shape[1]
+    index = {name: i for i, name in enumerate(profile.classes)}
+    return Batch(
+        ids=np.array([r["prediction_id"] for r in rows], dtype=np.int64),
+        times=np.array([_seconds(r["created"]) for r in rows], dtype=np.float64),
+        probabilities=np.frombuffer(b"".join(r["probabilities"] for r in rows), dtype=np.float32).reshape(n, k),
+        projected=np.frombuffer(b"".join(r["projected"] for r in rows), dtype=np.float16).reshape(n, c)
+        .astype(np.float32),
+        unknown=np.array([bool(r["unknown"]) for r in rows], dtype=bool),
+        ood=np.array([np.nan if r["ood_score"] is None else r["ood_score"] for r in rows], dtype=np.float64),
+        image_stats=[dict(r["image_stats"] or {}) for r in rows],
+        reviewed=np.array([index.get(r["reviewed_label"], -1) if r["reviewed_label"] else -1 for r in rows],
+                          dtype=np.int64),
+    )
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def _detail(summary: dict[str, Any]) -> dict[str, Any]:
+    """What an alert event says about the window that raised or cleared it."""
+    return {k: summary.get(k) for k in ("kind", "key", "start", "end", "n", "p_value", "unknown_rate",
+                                        "mean_confidence")} | {
+        "expected_accuracy": (summary.get("expected_accuracy") or {}).get("expected_accuracy"),
+        "significant_tests": sorted(name for name, t in summary.get("tests", {}).items() if t.get("significant")),
+    }
+
+
+# --- the background monitor ---------------------------------------------------------------------------------------
+class Monitor:
+    """Windows, alerts and sinks of one service (see the module docstring). `run_once` is blocking and
+    thread-safe (call it from a worker thread); `start` / `close` run it as an asyncio task."""
+
+    def __init__(self, *, store: Store, observer: Observer, settings: Settings, metrics: ServiceMetrics,
+                 model: dict[str, str]) -> None:
+        self.store = store
+        self.observer = observer
+        self.profile = observer.profile
+        self.settings = settings
+        self.metrics = metrics
+        self.model = model
+        self._lock = threading.Lock()
+        self._last_recent: int | None = None
+        self._restored = False
+        self._logged: set[str] = set()
+        self._since_run = 0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._key = None
+        if settings.alert_webhook_url and settings.alert_webhook_secret is not None:
+            from sightline.serve.webhooks import parse_secret
+
+            self._key = parse_secret(settings.alert_webhook_secret.get_secret_value())
+
+    # --- windows ----------------------------------------------------------------------------------------------
+    def _summarize(self, batch: Batch, **kw: Any) -> dict[str, Any]:
+        s = self.settings
+        return summarize(self.profile, batch, alpha=s.monitor_alpha, min_window=s.monitor_min_window,
+                         permutations=s.monitor_permutations, **kw)
+
+    def _keep(self, summary: dict[str, Any]) -> None:
+        self.store.add_window(kind=summary["kind"], key=summary["key"], profile=self.observer.fingerprint,
+                              n=summary["n"], significant=summary["significant"], result=summary)
+        self._gauges(summary)
+
+    def _gauges(self, summary: dict[str, Any]) -> None:
+        m, kind = self.metrics, summary["kind"]
+        m.monitor_window_size.labels(kind).set(summary["n"])
+        for gauge, value in ((m.monitor_unknown_rate, summary.get("unknown_rate")),
+                             (m.monitor_confidence, summary.get("mean_confidence")),
+                             (m.monitor_accuracy, (summary.get("expected_accuracy") or {}).get("expected_accuracy"))):
+            gauge.labels(kind).set(float("nan") if value is None else value)
+        if summary.get("tested"):
+            m.monitor_significant.labels(kind).set(1 if summary["significant"] else 0)
+            m.monitor_p_value.labels(kind, "window").set(summary["p_value"])
+            for name, test in summary["tests"].items():
+                if test.get("ran") and test.get("p_value") is not None:
+                    m.monitor_p_value.labels(kind, name).set(test["p_value"])
+
+    def _count(self, name: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        """Count one window in alert `name` (persisted in the same transaction); the events it emitted."""
+        k = self.settings.monitor_consecutive
+        emitted: list[dict[str, Any]] = []
+
+        def change(current: dict[str, Any] | None) -> dict[str, Any]:
+            state = AlertState.from_json(current) if current else AlertState(name=name)
+            state.fire_after = state.clear_after = k  # the setting in force now
+            event = state.update(window_id=summary["key"], significant=summary["significant"],
+                                 detail={**_detail(summary), "model": self.model})
+            emitted[:] = [event] if event else []
+            return jsonable(state.to_json())
+
+        new = self.store.update_alert(name, change)
+        self.metrics.alert_active.labels(name).set(1 if new["active"] else 0)
+        for event in emitted:
+            self.metrics.alert_events.labels(name, event["kind"]).inc()
+        return emitted
+
+    def _restore(self) -> None:
+        """Gauges from what the database holds, so a restarted service shows the last windows and alerts."""
+        latest = self.store.latest_windows(self.observer.fingerprint)
+        for summary in latest.values():
+            self._gauges(summary)
+        self._last_recent = latest.get("recent", {}).get("key")
+        for name, state in self.store.alert_states().items():
+            self.metrics.alert_active.labels(name).set(1 if state.get("active") else 0)
+        self._restored = True
+
+    def run_once(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Test every window that is due (see the module docstring); returns the alert events emitted."""
+        with self._lock:
+            if not self._restored:
+                self._restore()
+            now = time.time() if now is None else now
+            fp, size = self.observer.fingerprint, self.settings.monitor_window
+            events: list[dict[str, Any]] = []
+            recent = self.store.signal_rows(fp, newest=size)
+            if recent and recent[-1]["prediction_id"] != self._last_recent:
+                batch = batch_from_rows(recent, self.profile)
+                self._keep(self._summarize(batch, kind="recent", key=int(batch.ids[-1])))
+                self._last_recent = int(batch.ids[-1])
+
+            states = self.store.alert_states()
+            after = (states.get(ALERT_NAMES["block"]) or {}).get("last_window")
+            rows = self.store.signal_rows(fp, after_id=after, limit=size * MAX_BLOCKS_PER_RUN)
+            if len(rows) >= size:
+                batch = batch_from_rows(rows, self.profile)
+                for part in blocks(len(batch), size):
+                    window = batch.take(part)
+                    summary = self._summarize(window, kind="block", key=int(window.ids[-1]))
+                    self._keep(summary)
+                    events += self._count(ALERT_NAMES["block"], summary)
+
+            for unit in self.settings.calendar_units:
+                seconds = PERIOD_SECONDS[unit]
+                current = math.floor(now / seconds)  # the open period: not tested until it closes
+                last = (states.get(ALERT_NAMES[unit]) or {}).get("last_window")
+                first = current - MAX_PERIODS_BACK if last is None else max(last + 1, current - MAX_PERIODS_BACK)
+                if first >= current:
+                    continue
+                rows = self.store.signal_rows(fp, since=_at(first * seconds), until=_at(current * seconds))
+                if not rows:
+                    continue
+                batch = batch_from_rows(rows, self.profile)
+                batch = batch.take(np.argsort(batch.times, kind="stable"))  # periods need time order
+                for number, part in periods(batch.times, unit):
+                    summary = self._summarize(batch.take(part), kind=unit, key=number, start=number * seconds,
+                                              end=(number + 1) * seconds)
+                    self._keep(summary)
+                    events += self._count(ALERT_NAMES[unit], summary)
+            self.metrics.monitor_last_run.set(time.time())
+            return events
+
+    # --- sinks ------------------------------------------------------------------------------------------------
+    def _payload(self, event: dict[str, Any]) -> dict[str, Any]:
+        return {"type": f"sightline.alert.{event['kind']}",
+                "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "data": {**event, "model": self.model}}
+
+    async def deliver_pending(self) -> int:
+        """Send every event in the alerts' outboxes through the sinks, oldest first per alert; an event is
+        acknowledged (dropped from the outbox) once the log line is written and, when configured, the webhook
+        answered 2xx. Returns how many events are still pending."""
+        import anyio
+
+        from sightline.serve.webhooks import deliver
+
+        s = self.settings
+        states = await anyio.to_thread.run_sync(self.store.alert_states)
+        left = 0
+        for name, state in sorted(states.items()):
+            blocked = False
+            for event in state.get("pending", []):
+                if blocked or self._stopping:
+                    left += 1
+                    continue
+                if event["id"] not in self._logged:
+                    alert_log.warning("alert %s %s (event %s, window %s %s): %s", name, event["kind"], event["id"],
+                                      event["detail"].get("kind"), event["window_id"], event["detail"])
+                    self._logged.add(event["id"])
+                if self._key is not None and s.alert_webhook_url:
+                    ok = await deliver(s.alert_webhook_url, self._key, event["id"], self._payload(event),
+                                       attempts=s.alert_webhook_attempts, backoff_s=s.alert_webhook_backoff_s,
+                                       timeout_s=s.alert_webhook_timeout_s, stop=lambda: self._stopping)
+                    self.metrics.webhook_deliveries.labels("delivered" if ok else "failed").inc()
+                    if not ok:
+                        blocked, left = True, left + 1  # later events of this alert wait: order matters
+                        continue
+                await anyio.to_thread.run_sync(self.store.update_alert, name, _acknowledge(event["id"]))
+        self.metrics.alert_outbox.set(left)
+        return left
+
+    # --- the background task ------------------------------------------------------------------------------------
+    def notify(self, n: int) -> None:
+        """`n` predictions were stored (call from the event loop); wakes the task every `monitor_every`."""
+        self._since_run += n
+        if self._wake is not None and self._since_run >= self.settings.monitor_every:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        import anyio
+
+        self._since_run = 0
+        try:
+            await anyio.to_thread.run_sync(self.run_once)
+            self.metrics.monitor_runs.labels("ok").inc()
+        except (SightlineError, OSError, ValueError) as exc:  # a bad row or an unreachable database: next run
+            self.metrics.monitor_runs.labels("error").inc()
+            log.error("monitor run failed (%s: %s); serving continues, next run in %.0f min", type(exc).__name__,
+                      exc, self.settings.monitor_interval_minutes, exc_info=exc)
+        try:
+            await self.deliver_pending()
+        except (SightlineError, OSError) as exc:
+            log.error("alert delivery failed (%s: %s); the events stay in the outbox", type(exc).__name__, exc,
+                      exc_info=exc)
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        while not self._stopping:
+            await self._run()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.monitor_interval_minutes * 60)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="sightline-monitor")
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Stop after the current run (webhook retries end early); cancel it after `timeout_s`."""
+        if self._task is None:
+            return
+        self._stopping = True
+        assert self._wake is not None
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
+            self._task.cancel()
+        self._task = None
+
+    # --- what /v1/monitor shows -------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Latest window of each kind and every alert's state (blocking: call from a worker thread)."""
+        s = self.settings
+        states = self.store.alert_states()
+        alerts = [{"name": name, "active": bool(st.get("active")), "fired_at": st.get("fired_at"),
+                   "cleared_at": st.get("cleared_at"), "significant_streak": st.get("significant_streak", 0),
+                   "clean_streak": st.get("clean_streak", 0), "fire_after": st.get("fire_after"),
+                   "last_window": st.get("last_window"), "pending": [e["id"] for e in st.get("pending", [])]}
+                  for name, st in sorted(states.items())]
+        return {
+            "enabled": True,
+            "message": None,
+            "profile": {"fingerprint": self.observer.fingerprint, **jsonable(self.profile.summary())},
+            "settings": {"window": s.monitor_window, "min_window": s.monitor_min_window, "every": s.monitor_every,
+                         "interval_minutes": s.monitor_interval_minutes, "alpha": s.monitor_alpha,
+                         "consecutive": s.monitor_consecutive, "calendar": s.calendar_units,
+                         "webhook": bool(s.alert_webhook_url)},
+            "windows": self.store.latest_windows(self.observer.fingerprint),
+            "alerts": alerts,
+            "open_alerts": [a["name"] for a in alerts if a["active"]],
+        }
+
+
+def _acknowledge(event_id: str):
+    def change(current: dict[str, Any] | None) -> dict[str, Any]:
+        state = AlertState.from_json(current or {})
+        state.acknowledge(event_id)
+        return jsonable(state.to_json())
+
+    return change
+
+
+# --- `sightline monitor` ------------------------------------------------------------------------------------------
+def build_report(
+    bundle_dir: str | Path,
+    database_url: str,
+    *,
+    since: datetime | None = None,
+    window: str = "block",
+    size: int = 500,
+    min_window: int = 50,
+    alpha: float = 0.05,
+    consecutive: int = 2,
+    permutations: int = 200,
+) -> dict[str, Any]:
+    """Every window of the predictions monitored against `bundle_dir`'s reference profile (JSON-able): `window`
+    "block" (consecutive blocks of `size`; a trailing partial block is shown, marked partial), "hour" or "day"
+    (UTC; the current period is included, marked open). Raises UserInputError when the bundle has no profile."""
+    from sightline.bundle import load_bundle
+    from sightline.serve.store import Store, safe_url
+
+    if window not in ("block", "hour", "day"):
+        raise UserInputError(f"--window {window!r}: use 'block', 'hour' or 'day'")
+    if not 2 <= min_window <= size and window == "block":
+        raise UserInputError(f"--min-window {min_window} must lie between 2 and --size {size}")
+    bundle = load_bundle(bundle_dir)
+    profile = load_reference(bundle.path)
+    if profile is None:
+        raise UserInputError(no_profile_message(bundle.path))
+    fp = profile_fingerprint(bundle.path)
+    since = since.astimezone(timezone.utc) if since is not None else None
+    store = Store(database_url)
+    try:
+        total = store.count_predictions()
+        groups = store.signal_summary(since)
+        rows = store.signal_rows(fp, since=since)
+        alerts = store.alert_states()
+    finally:
+        store.close()
+    report: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle": {"path": str(bundle.path), "name": bundle.name, "version": bundle.version,
+                   "classes": list(bundle.classes)},
+        "profile": {"fingerprint": fp, **jsonable(profile.summary())},
+        "database": safe_url(database_url),
+        "since": since.isoformat(timespec="seconds") if since else None,
+        "window": {"kind": window, "size": size if window == "block" else None, "min_window": min_window,
+                   "alpha": alpha, "consecutive": consecutive, "permutations": permutations},
+        "n_predictions": total,
+        "n_monitored": len(rows),
+        "other_profiles": {k: v["n"] for k, v in groups.items() if k != fp},
+        "alerts": {name: {k: st.get(k) for k in ("active", "fired_at", "cleared_at", "significant_streak",
+                                                  "last_window", "sequence")} | {"pending": len(st.get("pending", []))}
+                   for name, st in sorted(alerts.items())},
+        "windows": [],
+        "messages": [],
+    }
+    if total == 0:
+        report["messages"].append("the database holds no predictions yet: serve the bundle and send images, then "
+                                  "run this again.")
+    elif not rows:
+        others = sum(report["other_profiles"].values())
+        report["messages"].append(
+            f"none of the {total} predictions{' since ' + report['since'] if since else ''} was monitored with this "
+            f"bundle's reference profile ({fp})"
+            + (f"; {others} were recorded against another profile (another bundle version)" if others else
+               "; they were served without a profile or with SIGHTLINE_MONITOR=false") + ".")
+    if not rows:
+        return report
+    batch = batch_from_rows(rows, profile)
+    if window == "block":
+        parts = [(int(batch.ids[p][-1]), p, None, None) for p in blocks(len(batch), size)]
+        tail = len(batch) % size
+        if tail:
+            parts.append((int(batch.ids[-1]), slice(len(batch) - tail, len(batch)), None, None))
+    else:
+        seconds = PERIOD_SECONDS[window]
+        batch = batch.take(np.argsort(batch.times, kind="stable"))  # periods need time order
+        parts = [(number, p, number * seconds, (number + 1) * seconds) for number, p in periods(batch.times, window)]
+    state = AlertState(name="replay", fire_after=consecutive, clear_after=consecutive)
+    now = time.time()
+    for key, part, start, end in parts:
+        summary = summarize(profile, batch.take(part), kind=window, key=key, start=start, end=end, alpha=alpha,
+                            min_window=min_window, permutations=permutations)
+        summary["partial"] = (window == "block" and summary["n"] < size) or (end is not None and end > now)
+        event = state.update(window_id=key, significant=summary["significant"])
+        summary["alert_active"] = state.active
+        summary["alert_event"] = event["kind"] if event else None
+        report["windows"].append(summary)
+    untested = [w for w in report["windows"] if not w["tested"]]
+    if untested:
+        report["messages"].append(
+            f"{len(untested)} of {len(report['windows'])} windows have fewer than {min_window} predictions and were "
+            "not tested.")
+    return report

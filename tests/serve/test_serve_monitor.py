@@ -1,0 +1,450 @@
+"""Monitoring in the service, through a real client against uvicorn on 127.0.0.1: the "unknown" decision and its
+score on far-off images, a signals row for every answered prediction (SQLite and PostgreSQL), /v1/monitor behind
+an API key, windows and alerts that survive a restart without repeating, and signed webhooks retried from the
+outbox. The bundle is a tiny untrained model whose reference profile is built here from smooth "calm" images;
+uniform noise stands for out-of-distribution input."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sightline.bundle import Bundle, Preprocessing, load_bundle
+from sightline.models.factory import create_model
+
+CLASSES = ["cat", "dog", "fox"]
+SECRET = "whsec_" + base64.b64encode(b"sightline-test-webhook-key-32by").decode()
+WINDOW = 30
+
+
+def calm(seed: int) -> bytes:
+    """A smooth image (a colour, a gentle gradient, a little noise) as JPEG: the in-distribution kind."""
+    rng = np.random.default_rng(seed)
+    h, w = 48, 64
+    base = rng.uniform(60, 200, 3)
+    ramp = np.linspace(-1, 1, w)[None, :, None] * rng.uniform(-30, 30, 3)
+    pixels = np.clip(base + ramp + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def noise(seed: int) -> bytes:
+    """Uniform RGB noise as JPEG: nothing like the calm images."""
+    rng = np.random.default_rng(10_000 + seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def build_profiled_bundle(folder):
+    """A tiny exported bundle plus a reference profile: 60 calm validation images, a k-NN bank of 60 more, the
+    open-set score chosen against 30 noise images. Returns the profile."""
+    from sightline.inference import open_engine
+    from sightline.monitor.observe import load_observed
+    from sightline.monitor.reference import build_reference
+    from sightline.optimize.export import export
+
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", len(CLASSES), weights="none")
+    # review_confidence 0.99: an untrained 3-class model is never that sure, so every in-distribution answer is
+    # "review", and an "unknown" one shows that unknown wins over review
+    bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version="7",
+                    thresholds={"review_confidence": 0.99, "class_thresholds": {}})
+    bundle.save(folder, model.state_dict())
+    export(folder)
+    bundle = load_bundle(folder)
+    with open_engine(bundle, backend="onnx", threads=1) as engine:
+        def run(blobs):
+            loaded = [load_observed(engine, b) for b in blobs]
+            out = engine.run(engine.to_batch(np.stack([c for c, _ in loaded])))
+            return out, [s for _, s in loaded]
+
+        val, val_stats = run([calm(1000 + i) for i in range(60)])
+        bank, _ = run([calm(2000 + i) for i in range(60)])
+        outliers, _ = run([noise(5000 + i) for i in range(30)])
+    profile = build_reference(val.logits, val.features, classes=CLASSES, temperature=bundle.temperature,
+                              image_stats=val_stats, bank_features=bank.features,
+                              bank_labels=bank.logits.argmax(axis=1))
+    profile.fit_ood(val.logits, val.features, outliers.logits, outliers.features)
+    profile.save(folder)
+    return profile
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("monitor") / "bundle"
+    profile = build_profiled_bundle(folder)
+    return folder, profile
+
+
+def _postgres_url() -> str:
+    url = os.environ.get("SIGHTLINE_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("PostgreSQL: set SIGHTLINE_TEST_DATABASE_URL=postgresql+psycopg://... (see DEVELOPERS.md)")
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not available here"
+        pytest.skip(f"PostgreSQL at SIGHTLINE_TEST_DATABASE_URL is unreachable ({type(exc).__name__})")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh database: a SQLite file, or a schema of its own in SIGHTLINE_TEST_DATABASE_URL's database (dropped
+    afterwards), so tests running at the same time on the same server never see each other's tables."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'sightline.db'}"
+        return
+    import sqlalchemy as sa
+
+    base = _postgres_url()
+    schema = f"sl_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def _settings(bundle, url, **kw):
+    from sightline.serve.settings import Settings
+
+    base = dict(bundle=bundle, database_url=url, rate_limit_per_minute=0, key_cache_s=0, threads=1,
+                batch_max_wait_ms=5, max_images_per_request=16, monitor_window=WINDOW, monitor_min_window=WINDOW,
+                monitor_every=10**6, monitor_interval_minutes=600, monitor_calendar="", monitor_permutations=100)
+    return Settings(**{**base, **kw})
+
+
+@contextmanager
+def serving(settings):
+    """uvicorn with create_app(settings) on a free loopback port; yields (client, app, key)."""
+    import uvicorn
+
+    from sightline.serve.app import create_app
+    from sightline.serve.store import Store
+
+    store = Store(settings.resolved_database_url())
+    key = store.create_key("tester")
+    store.close()
+    app = create_app(settings)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not srv.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"X-API-Key": key}) as client:
+            yield client, app, key
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "server did not stop"
+
+
+def _predict(client, blobs, prefix="img"):
+    answers = []
+    for start in range(0, len(blobs), 16):
+        chunk = blobs[start:start + 16]
+        r = client.post("/v1/predict", files=[("file", (f"{prefix}{start + i}.jpg", b)) for i, b in enumerate(chunk)])
+        assert r.status_code == 200, r.text
+        answers += r.json()["predictions"]
+    return answers
+
+
+def _independent_outputs(bundle_dir, blobs):
+    """Logits and features of `blobs` through the PyTorch backend (not the server's ONNX session)."""
+    from sightline.inference import open_engine
+
+    with open_engine(load_bundle(bundle_dir), backend="torch") as engine:
+        crops = np.stack([engine.load(b) for b in blobs])
+        return engine.run(engine.to_batch(crops))
+
+
+# --- the request path -------------------------------------------------------------------------------------------
+def test_unknown_decision_score_and_a_signals_row_for_every_answer(profiled, database_url):
+    from sightline.monitor.stats import image_stats
+    from sightline.serve.monitoring import profile_fingerprint
+    from sightline.serve.store import Store
+
+    folder, profile = profiled
+    assert profile.ood_choice is not None
+    inside = [calm(i) for i in range(24)]
+    outside = [noise(i) for i in range(12)]
+    with serving(_settings(folder, database_url)) as (client, app, key):
+        answers = _predict(client, inside, "calm") + _predict(client, outside, "noise")
+        assert client.post("/v1/predict", files=[("file", ("t.jpg", b"not an image"))]).status_code == 415
+        queue = client.get("/v1/review", params={"limit": 500}).json()
+        metrics = client.get("/metrics").text
+    decisions = [a["decision"] for a in answers]
+    # every noise image is unknown (over review); the calm ones stay "review" (the 99 % validation quantile
+    # lets about 1 % of in-distribution images through as unknown)
+    assert decisions[24:] == ["unknown"] * 12
+    assert decisions[:24].count("unknown") <= 1 and set(decisions[:24]) <= {"review", "unknown"}
+    # the score is the profile's own chosen score, recomputed independently (PyTorch backend, all four scores)
+    out = _independent_outputs(folder, inside + outside)
+    expected, flags = profile.unknown(out.logits, out.features)
+    got = np.array([a["ood_score"] for a in answers])
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+    assert [a["decision"] == "unknown" for a in answers] == flags.tolist()
+    assert {a["id"] for a in answers if a["decision"] == "unknown"} <= {q["id"] for q in queue}
+    assert 'decision="unknown"' in metrics
+
+    store = Store(database_url)
+    try:
+        rows = store.signal_rows(profile_fingerprint(folder))
+        assert store.count_predictions() == len(answers)  # the 415 stored nothing
+        by_id = {r["prediction_id"]: r for r in rows}
+        assert sorted(by_id) == sorted(a["id"] for a in answers)
+        k, c = len(CLASSES), profile.pca_components.shape[1]
+        projected = profile.project(out.features)
+        probs = torch.softmax(torch.from_numpy(out.logits).double() / profile.temperature, 1).numpy()
+        for i, (a, blob) in enumerate(zip(answers, inside + outside)):
+            row = by_id[a["id"]]
+            assert len(row["projected"]) == 2 * c <= 512 and len(row["probabilities"]) == 4 * k
+            np.testing.assert_allclose(np.frombuffer(row["projected"], np.float16), projected[i], atol=2e-3)
+            np.testing.assert_allclose(np.frombuffer(row["probabilities"], np.float32), probs[i], atol=1e-4)
+            assert row["unknown"] == (a["decision"] == "unknown") and row["label"] == a["label"]
+            assert row["ood_score"] == pytest.approx(a["ood_score"])
+            with Image.open(io.BytesIO(blob)) as im:  # statistics of the decoded upload, header from its bytes
+                want = image_stats(im.convert("RGB"), blob)
+            assert row["image_stats"] == pytest.approx(want)
+    finally:
+        store.close()
+
+
+def test_without_a_profile_or_with_monitoring_off_serving_is_unchanged(profiled, tmp_path):
+    from sightline.serve.store import PredictionSignal, Store
+
+    folder, _ = profiled
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare, ignore=shutil.ignore_patterns("reference.npz", "sightline.db*"))
+    for bundle, extra, says in ((bare, {}, "sightline evaluate RUN --data DATA"),
+                                (folder, {"monitor": False}, "SIGHTLINE_MONITOR=false")):
+        url = f"sqlite:///{tmp_path / (bundle.name + str(len(extra)) + '.db')}"
+        with serving(_settings(bundle, url, **extra)) as (client, app, key):
+            answers = _predict(client, [noise(1), calm(1)])
+            status = client.get("/v1/monitor")
+        assert [a["decision"] for a in answers] == ["review", "review"]  # no "unknown" without a profile
+        assert all(a["ood_score"] is None for a in answers)
+        body = status.json()
+        assert status.status_code == 200 and body["enabled"] is False and says in body["message"]
+        store = Store(url)
+        with store.engine.connect() as conn:
+            import sqlalchemy as sa
+
+            assert conn.execute(sa.select(sa.func.count()).select_from(PredictionSignal)).scalar() == 0
+        assert store.count_predictions() == 2
+        store.close()
+
+
+# --- windows, alerts, webhooks ------------------------------------------------------------------------------
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 that verifies each delivery's Standard Webhooks signature with its own
+    code (hmac + base64 from the standard library) and answers the statuses queued in `plan` (then 204)."""
+
+    def __init__(self, secret: str) -> None:
+        self.key = base64.b64decode(secret.removeprefix("whsec_"))
+        self.plan: list[int] = []
+        self.seen: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers["content-length"]))
+                msg_id, ts = self.headers["webhook-id"], self.headers["webhook-timestamp"]
+                mac = hmac.new(receiver.key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()
+                valid = ("v1," + base64.b64encode(mac).decode()) in self.headers["webhook-signature"].split(" ")
+                status = receiver.plan.pop(0) if receiver.plan else 204
+                receiver.seen.append({"id": msg_id, "timestamp": int(ts), "valid": valid, "status": status,
+                                      "body": json.loads(body)})
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _wait(predicate, timeout=60.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_alert_fires_after_two_drifted_windows_survives_a_restart_and_is_delivered_signed(profiled, database_url):
+    from sightline.serve.store import MonitorWindow, Store
+
+    folder, _ = profiled
+    receiver = Receiver(SECRET)
+    # the monitor runs in the background after every WINDOW predictions; 2 webhook attempts per run
+    settings = _settings(folder, database_url, monitor_every=WINDOW, alert_webhook_url=receiver.url,
+                         alert_webhook_secret=SECRET, alert_webhook_attempts=2, alert_webhook_backoff_s=0.05)
+    try:
+        with serving(settings) as (client, app, key):
+            assert client.get("/v1/monitor", headers={"X-API-Key": ""}).status_code == 401
+            assert client.get("/v1/monitor", headers={"X-API-Key": key[:-2] + "xx"}).status_code == 401
+
+            def blocks():
+                return client.get("/v1/monitor").json()["alerts"]
+
+            _predict(client, [calm(100 + i) for i in range(WINDOW)], "calm")
+            _wait(lambda: any(a["name"] == "drift" and a["last_window"] for a in blocks()))
+            first = client.get("/v1/monitor").json()
+            assert first["windows"]["block"]["significant"] is False and first["open_alerts"] == []
+            receiver.plan = [500, 500]  # this process's two attempts both fail: the event must wait in the outbox
+            _predict(client, [noise(100 + i) for i in range(WINDOW)], "noise")
+            _wait(lambda: next(a for a in blocks() if a["name"] == "drift")["significant_streak"] == 1)
+            assert client.get("/v1/monitor").json()["open_alerts"] == []  # one drifted window is not enough
+            _predict(client, [noise(200 + i) for i in range(WINDOW)], "noise")
+            _wait(lambda: len(receiver.seen) >= 2)
+            status = client.get("/v1/monitor").json()
+            block = status["windows"]["block"]
+            assert status["open_alerts"] == ["drift"] and block["significant"] is True
+            assert block["n"] == WINDOW and block["tests"]["feature_mmd"]["p_value"] < 0.05
+            assert block["unknown_rate"] == 1.0
+            drift = next(a for a in status["alerts"] if a["name"] == "drift")
+            assert drift["pending"] == ["drift-1"]  # not delivered yet, not lost
+            text = client.get("/metrics").text
+            assert 'sightline_monitor_alert_active{alert="drift"} 1.0' in text
+            assert 'sightline_monitor_p_value{test="feature_mmd",window="block"}' in text
+            assert 'sightline_monitor_unknown_rate{window="block"} 1.0' in text
+        store = Store(database_url)
+        with store.engine.connect() as conn:
+            import sqlalchemy as sa
+
+            n_windows = conn.execute(sa.select(sa.func.count()).select_from(MonitorWindow)
+                                     .where(MonitorWindow.kind == "block")).scalar()
+        store.close()
+        assert n_windows == 3
+
+        receiver.plan = [503]  # the new process: its first attempt fails, the retry (after backoff) succeeds
+        with serving(settings) as (client, app, key):
+            _wait(lambda: any(s["status"] == 204 for s in receiver.seen))
+            _wait(lambda: client.get("/v1/monitor").json()["alerts"][0]["pending"] == [])
+            monitor = app.state.sightline.monitor
+            assert monitor.run_once() == []  # the same windows again: nothing counted twice, no new event
+            status = client.get("/v1/monitor").json()
+            assert status["open_alerts"] == ["drift"]
+            text = client.get("/metrics").text
+            assert 'sightline_monitor_alert_active{alert="drift"} 1.0' in text  # restored from the database
+            assert "sightline_monitor_alert_events_total{" not in text  # this process emitted nothing
+        assert [s["status"] for s in receiver.seen] == [500, 500, 503, 204]
+        assert {s["id"] for s in receiver.seen} == {"drift-1"} and all(s["valid"] for s in receiver.seen)
+        assert all(abs(s["timestamp"] - time.time()) < 300 for s in receiver.seen)
+        body = receiver.seen[-1]["body"]
+        assert body["type"] == "sightline.alert.fired" and body["data"]["name"] == "drift"
+        assert body["data"]["detail"]["significant_tests"] and body["data"]["model"] == {"name": "pets", "version": "7"}
+    finally:
+        receiver.close()
+
+
+def test_calendar_windows_are_tested_once_when_closed(profiled, tmp_path):
+    """Predictions moved into the previous hour form one closed hour window: tested once, then never again; the
+    current hour is left open."""
+    import sqlalchemy as sa
+
+    from sightline.serve.store import PredictionSignal, Store
+
+    folder, _ = profiled
+    url = f"sqlite:///{tmp_path / 'cal.db'}"
+    with serving(_settings(folder, url, monitor_calendar="hour")) as (client, app, key):
+        ids = [a["id"] for a in _predict(client, [calm(300 + i) for i in range(WINDOW + 5)])]
+        few = [a["id"] for a in _predict(client, [calm(400 + i) for i in range(4)])]
+        now = time.time()
+        hour = int(now // 3600)
+        store = Store(url)
+        with store.engine.begin() as conn:  # the first batch happened an hour ago, the 4 others two hours ago
+            for moved, back in ((ids, 1), (few, 2)):
+                when = datetime.fromtimestamp((hour - back) * 3600 + 60, tz=timezone.utc)
+                conn.execute(sa.update(PredictionSignal).where(PredictionSignal.prediction_id.in_(moved))
+                             .values(created=when))
+        store.close()
+        monitor = app.state.sightline.monitor
+        assert monitor.run_once(now=now) == []
+        status = client.get("/v1/monitor").json()
+        window = status["windows"]["hour"]
+        assert window["key"] == hour - 1 and window["n"] == WINDOW + 5 and window["tested"] is True
+        assert window["start"].endswith("+00:00") and window["significant"] is False
+        alert = next(a for a in status["alerts"] if a["name"] == "drift_hour")
+        assert alert["last_window"] == hour - 1
+        monitor.run_once(now=now)
+        store = Store(url)
+        rows = store.latest_windows(status["profile"]["fingerprint"])
+        with store.engine.connect() as conn:
+            from sightline.serve.store import MonitorWindow
+
+            hours = conn.execute(sa.select(MonitorWindow.key, MonitorWindow.n, MonitorWindow.significant)
+                                 .where(MonitorWindow.kind == "hour").order_by(MonitorWindow.key)).all()
+        store.close()
+        # two hours ago: 4 predictions, below the minimum, kept but not tested; an hour ago: tested; once each
+        assert [tuple(h) for h in hours] == [(hour - 2, 4, None), (hour - 1, WINDOW + 5, False)]
+        assert rows["hour"]["key"] == hour - 1
+
+
+def test_webhook_signing_follows_the_standard_webhooks_test_vector():
+    from sightline.errors import UserInputError
+    from sightline.serve.webhooks import parse_secret, sign
+
+    key = parse_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")  # the specification's own example
+    assert sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}') == \
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    for bad in ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_not base64!", "whsec_c2hvcnQ="):
+        with pytest.raises(UserInputError, match="SIGHTLINE_ALERT_WEBHOOK_SECRET"):
+            parse_secret(bad)
+
+
+def test_webhook_delivery_gives_up_after_its_attempts_and_never_raises():
+    from sightline.serve.webhooks import deliver, parse_secret
+
+    receiver = Receiver(SECRET)
+    try:
+        receiver.plan = [500, 502, 200]
+        ok = asyncio.run(deliver(receiver.url, parse_secret(SECRET), "e-1", {"a": 1}, attempts=2, backoff_s=0.01))
+        assert ok is False and [s["status"] for s in receiver.seen] == [500, 502]
+        ok = asyncio.run(deliver(receiver.url, parse_secret(SECRET), "e-1", {"a": 1}, attempts=2, backoff_s=0.01))
+        assert ok is True and all(s["valid"] for s in receiver.seen)
+    finally:
+        receiver.close()
+    # nothing listens there any more: a connection error is a failed attempt, not an exception
+    assert asyncio.run(deliver(receiver.url, parse_secret(SECRET), "e-2", {}, attempts=2, backoff_s=0.01)) is False
