@@ -141,6 +141,7 @@ class Move:
 class Added:
     version: Version
     created: bool  # False: this content was registered before; nothing was copied
+    move: Move | None = None  # the alias move `add(alias=...)` made
 
 
 def _tables(prefix: str) -> tuple[MetaData, dict[str, Table]]:
@@ -300,37 +301,34 @@ class Registry:
         return _hash_or_none(Path(version.path)) == version.bundle_hash
 
     # --- writing ----------------------------------------------------------------------------------------------
-    def add(self, bundle: str | Path, *, by: str | None = None, reason: str | None = None) -> Added:
+    def add(self, bundle: str | Path, *, by: str | None = None, reason: str | None = None, alias: str | None = None,
+            force: bool = False) -> Added:
         """Register a bundle (RUN or bundle folder): copy its files into ROOT/<bundle hash>/ (read-only), check
-        the copy's hash, insert the version. The same content added again returns the existing version."""
+        the copy's hash, insert the version. The same content added again returns the existing version. With
+        `alias`, also `promote` it there (unless the alias already points to it); a promotion `promote` would refuse
+        is refused before anything is copied."""
         from sightline.bundle import load_bundle
         from sightline.loop.content import bundle_hash
 
+        if alias is not None:
+            _check_alias(alias)
         b = load_bundle(bundle)
         assert b.path is not None
         digest = bundle_hash(b.path)
+        if alias == "champion" and not force:
+            _refuse_failed(self.last_challenge(digest), f"{b.path}")
         v = self.tables["versions"]
         with self.engine.connect() as conn:
             found = conn.execute(select(v).where(v.c.bundle_hash == digest)).first()
         if found is not None:
-            return Added(self._version(found), created=False)
-        if self.root is None:
-            raise UserInputError(f"pass --root DIR: the folder where the registry keeps its copies of bundles (the "
-                                 f"database {_safe(self.url)} has no folder beside it).")
-        copy = self._copy(b.path, digest)
-        test = b.metrics.get("test") if isinstance(b.metrics, dict) else None
-        row = {"bundle_hash": digest, "name": b.name, "model_version": str(b.version), "architecture": b.architecture,
-               "classes": list(b.classes), "dataset_version": b.dataset_version,
-               "test_metrics": test if isinstance(test, dict) else None, "path": str(copy),
-               "source": str(b.path.resolve()), "added_at": _now(), "added_by": by or current_user(),
-               "reason": reason}
-        try:
-            with self.engine.begin() as conn:
-                new_id = conn.execute(insert(v).values(**row)).inserted_primary_key[0]
-        except IntegrityError:  # added by someone else between our check and our insert: theirs stands
-            with self.engine.connect() as conn:
-                return Added(self._version(conn.execute(select(v).where(v.c.bundle_hash == digest)).one()), False)
-        return Added(self.resolve(f"v{new_id}"), created=True)
+            added = Added(self._version(found), created=False)
+        else:
+            added = self._insert(b, digest, by=by, reason=reason)
+        current = self.aliases().get(alias) if alias is not None else None
+        if alias is None or (current is not None and current.id == added.version.id):
+            return added
+        move = self.promote(added.version.ref, alias=alias, by=by, reason=reason, force=force)
+        return Added(added.version, added.created, move)
 
     def record_challenge(self, result: dict[str, Any], *, by: str | None = None) -> int:
         """Keep a challenge's verdict (what sightline.loop.challenge.challenge returns) against the challenger's
@@ -356,10 +354,8 @@ class Registry:
             if current == version.id:
                 raise UserInputError(f"{version.ref} is already the {alias}; nothing changed.")
             last = self._last_challenge(conn, version.bundle_hash) if alias == "champion" else None
-            if last is not None and not last["promote"] and not force:
-                raise UserInputError(
-                    f"{version.ref} failed its last challenge ({last['at']}: {'; '.join(last['reasons'])}); nothing "
-                    "changed. Pass --force to promote it anyway (the log records it as forced).")
+            if not force:
+                _refuse_failed(last, version.ref)
             forced = bool(force and last is not None and not last["promote"])
             return self._move_alias(conn, alias, "promote", current, version.id, by=by, reason=reason, forced=forced,
                                     challenge_id=last["id"] if last else None)
@@ -377,6 +373,26 @@ class Registry:
                                     challenge_id=None)
 
     # --- internals --------------------------------------------------------------------------------------------
+    def _insert(self, b: Any, digest: str, *, by: str | None, reason: str | None) -> Added:
+        v = self.tables["versions"]
+        if self.root is None:
+            raise UserInputError(f"pass --root DIR: the folder where the registry keeps its copies of bundles (the "
+                                 f"database {_safe(self.url)} has no folder beside it).")
+        copy = self._copy(b.path, digest)
+        test = b.metrics.get("test") if isinstance(b.metrics, dict) else None
+        row = {"bundle_hash": digest, "name": b.name, "model_version": str(b.version), "architecture": b.architecture,
+               "classes": list(b.classes), "dataset_version": b.dataset_version,
+               "test_metrics": test if isinstance(test, dict) else None, "path": str(copy),
+               "source": str(b.path.resolve()), "added_at": _now(), "added_by": by or current_user(),
+               "reason": reason}
+        try:
+            with self.engine.begin() as conn:
+                new_id = conn.execute(insert(v).values(**row)).inserted_primary_key[0]
+        except IntegrityError:  # added by someone else between our check and our insert: theirs stands
+            with self.engine.connect() as conn:
+                return Added(self._version(conn.execute(select(v).where(v.c.bundle_hash == digest)).one()), False)
+        return Added(self.resolve(f"v{new_id}"), created=True)
+
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         """One write transaction in which alias moves run one at a time (SQLite: BEGIN IMMEDIATE; PostgreSQL: a
@@ -508,6 +524,16 @@ class Registry:
                        architecture=row.architecture, classes=list(row.classes), dataset_version=row.dataset_version,
                        test_metrics=row.test_metrics, path=row.path, source=row.source, added_at=_iso(row.added_at) or "",
                        added_by=row.added_by, reason=row.reason)
+
+
+def _refuse_failed(last: dict[str, Any] | None, what: str) -> None:
+    """UserInputError when `last` (a challenge record) is a failed verdict: the champion gate."""
+    if last is not None and not last["promote"]:
+        reasons = last["reasons"]
+        more = f" (+{len(reasons) - 1} more reasons: `sightline registry show`)" if len(reasons) > 1 else ""
+        raise UserInputError(
+            f"{what} failed its last challenge on {last['at']} ({reasons[0] if reasons else 'no reason recorded'}"
+            f"{more}); nothing changed. Pass --force to promote it anyway (the log records it as forced).")
 
 
 def _check_alias(alias: str) -> None:

@@ -1,0 +1,279 @@
+"""`sightline retrain`, `sightline challenge`, `sightline registry ...`: thin commands over sightline.loop."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from sightline._cli.common import console, existing_path, print_json
+
+DATABASE_HELP = ("The service database (SQLAlchemy URL such as sqlite:///state/sightline.db or "
+                 "postgresql+psycopg://..., or a SQLite file path).")
+
+registry_app = typer.Typer(help="Model versions, the champion/challenger aliases and their history.",
+                           no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the root app."""
+    app.command("retrain")(retrain_cmd)
+    app.command("challenge")(challenge_cmd)
+    app.add_typer(registry_app, name="registry")
+
+
+def retrain_cmd(
+    run: Path = typer.Argument(..., help="The champion: a RUN folder or its bundle/ folder."),
+    data: Path = typer.Option(..., "--data", "-d", help="The new dataset version (split layout, e.g. from "
+                              "`sightline feedback export`)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="RUN folder for the challenger "
+                                       "[default: RUN-retrain-<dataset version> beside RUN]."),
+    epochs: Optional[int] = typer.Option(None, help="Override the champion's maximum epochs."),
+    seed: Optional[int] = typer.Option(None, help="Override the champion's seed."),
+    accelerator: Optional[str] = typer.Option(None, help="Override: auto | cpu | gpu."),
+    workers: Optional[int] = typer.Option(None, help="Override: DataLoader worker processes."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train a challenger on a new dataset version with the champion's settings (refused without new labels)."""
+    from sightline.loop.retrain import retrain
+
+    existing_path(run, "champion")
+    existing_path(data, "dataset")
+    given = {"epochs": epochs, "seed": seed, "accelerator": accelerator, "num_workers": workers}
+    result = retrain(run, data, out=out, progress=not as_json, **{k: v for k, v in given.items() if v is not None})
+    if as_json:
+        print_json(result)
+        return
+    if "bundle" not in result:
+        return
+    val = result["val"] or {}
+    console.print(f"challenger {result['bundle']} (version {result['version']}, dataset {result['dataset_version']}; "
+                  f"champion {result['champion_version']} was on {result['champion_dataset_version']})",
+                  highlight=False)
+    if val:
+        console.print(f"  val ({val['n_images']} images): accuracy {val['accuracy']:.4f}, macro-F1 "
+                      f"{val['macro_f1']:.4f}; settings from {result['config_from']}", highlight=False)
+    console.print(f"next: sightline challenge {result['champion']} {result['bundle']} --data {data}", highlight=False)
+
+
+def challenge_cmd(
+    champion: Path = typer.Argument(..., help="The champion: RUN or bundle folder."),
+    challenger: Path = typer.Argument(..., help="The challenger: RUN or bundle folder."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset with the frozen test/ split (and production/)."),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="Problem definition with the promotion: rule "
+                                        "[default: DATA/sightline.yaml, else the default rule]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for challenge.json and challenge.html "
+                                       "[default: the challenger's RUN/challenge]."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples of the image set."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    database: Optional[str] = typer.Option(None, "--database", envvar="SIGHTLINE_DATABASE_URL",
+                                           help=DATABASE_HELP + " When given, the verdict is recorded in the "
+                                           "registry, where it gates `registry promote`."),
+    as_json: bool = typer.Option(False, "--json", help="Print challenge.json to stdout instead of a summary."),
+) -> None:
+    """Champion vs challenger on the frozen test (+ production) split; the promotion rule's verdict. Exit 0 promote, 1 not, 2 bad input.
+
+    Accuracy difference with a paired bootstrap interval, McNemar's exact test, per-class recall changes and
+    calibration -> challenge.json + challenge.html."""
+    from sightline.loop.challenge import challenge
+    from sightline.progress import rich_progress
+
+    existing_path(champion, "champion")
+    existing_path(challenger, "challenger")
+    existing_path(data, "dataset")
+    with rich_progress(enabled=not as_json) as progress:
+        result = challenge(champion, challenger, data, spec=spec, out=out, n_resamples=bootstrap, seed=seed,
+                           batch_size=batch_size, progress=progress)
+    recorded = None
+    if database:
+        from sightline.loop.registry import Registry, database_url
+
+        with Registry(database_url(database)) as registry:
+            recorded = registry.record_challenge(result)
+    verdict = result["verdict"]
+    if as_json:
+        print_json(result)
+    else:
+        for name, s in result["splits"].items():
+            acc, m = s["accuracy"], s["mcnemar"]
+            console.print(f"[bold]{name}[/] ({s['n_images']} images): accuracy {acc['champion']:.3f} -> "
+                          f"{acc['challenger']:.3f} ({acc['difference'] * 100:+.1f} points, 95% CI "
+                          f"{acc['low'] * 100:+.1f} to {acc['high'] * 100:+.1f}); McNemar p={m['p_value']:.3g} "
+                          f"(alone right: challenger {m['challenger_only']}, champion {m['champion_only']}); ECE "
+                          f"{s['calibration']['champion_ece']:.3f} -> {s['calibration']['challenger_ece']:.3f}",
+                          highlight=False)
+        word = "[green]PROMOTE[/]" if verdict["promote"] else "[red]DO NOT PROMOTE[/]"
+        console.print(f"verdict: {word}")
+        for reason in verdict["reasons"]:
+            console.print(f"  - {reason}", highlight=False)
+        console.print(f"  {result['files']['html']}", highlight=False)
+        if recorded is not None:
+            console.print(f"  recorded in the registry as challenge {recorded}", highlight=False)
+    if not verdict["promote"]:
+        raise typer.Exit(1)
+
+
+# --- registry ---------------------------------------------------------------------------------------------------
+DatabaseOpt = typer.Option(None, "--database", envvar="SIGHTLINE_DATABASE_URL", help=DATABASE_HELP)
+RootOpt = typer.Option(None, "--root", help="Folder for the registry's copies of bundles "
+                       "[default: registry/ beside a SQLite database].")
+ByOpt = typer.Option(None, "--by", help="Who does it, for the log [default: the OS user].")
+ReasonOpt = typer.Option(None, "--reason", help="Why, for the log.")
+AliasOpt = typer.Option("champion", "--alias", help="champion or challenger.")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _open(database: str | None, root: Path | None = None) -> Any:
+    from sightline.loop.registry import Registry, database_url
+
+    return Registry(database_url(database), root=root)
+
+
+def _metrics(version: Any) -> str:
+    m = version.test_metrics
+    if not m:
+        return "test: not evaluated"
+    return f"test accuracy {m.get('accuracy', float('nan')):.3f} ({m.get('n_images', '?')} images)"
+
+
+@registry_app.command("add")
+def registry_add(
+    bundle: Path = typer.Argument(..., help="RUN or bundle folder to register."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Also point this alias (champion or challenger) at it."),
+    database: Optional[str] = DatabaseOpt,
+    root: Optional[Path] = RootOpt,
+    by: Optional[str] = ByOpt,
+    reason: Optional[str] = ReasonOpt,
+    force: bool = typer.Option(False, "--force", help="With --alias champion: past a failed challenge."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register a bundle as an immutable version (its files copied, read-only)."""
+    existing_path(bundle, "bundle")
+    with _open(database, root) as registry:
+        added = registry.add(bundle, by=by, reason=reason, alias=alias, force=force)
+    v, move = added.version, added.move
+    if as_json:
+        print_json({"version": v.to_dict(), "created": added.created, "move": move.to_dict() if move else None})
+        return
+    what = "registered" if added.created else "already registered"
+    console.print(f"{what}: {v.ref} {v.name} {v.model_version} ({v.architecture}), hash {v.bundle_hash[:12]}, "
+                  f"dataset {v.dataset_version or 'unknown'}, {_metrics(v)}", highlight=False)
+    console.print(f"  files: {v.path}", highlight=False)
+    if move is not None:
+        console.print(f"  {move.alias}: {move.from_ref or '(unset)'} -> {move.to_ref}", highlight=False)
+
+
+@registry_app.command("list")
+def registry_list(database: Optional[str] = DatabaseOpt, as_json: bool = JsonOpt) -> None:
+    """Every version, with the aliases that point to it."""
+    from rich.table import Table
+
+    with _open(database) as registry:
+        versions, aliases = registry.versions(), registry.aliases()
+    by_id: dict[int, list[str]] = {}
+    for alias, v in aliases.items():
+        by_id.setdefault(v.id, []).append(alias)
+    if as_json:
+        print_json([{**v.to_dict(), "aliases": by_id.get(v.id, [])} for v in versions])
+        return
+    if not versions:
+        console.print("no versions yet; `sightline registry add BUNDLE` registers one.")
+        return
+    table = Table()
+    for col in ("version", "aliases", "model", "hash", "dataset", "test acc", "added"):
+        table.add_column(col, no_wrap=col in ("version", "hash", "test acc"))
+    for v in versions:
+        acc = (v.test_metrics or {}).get("accuracy")
+        table.add_row(v.ref, ", ".join(by_id.get(v.id, [])), f"{v.name} {v.model_version}", v.bundle_hash[:10],
+                      v.dataset_version or "-", f"{acc:.3f}" if acc is not None else "-",
+                      f"{v.added_at[:10]} {v.added_by}")
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(
+    version: str = typer.Argument(..., help="A version (v3), an alias (champion) or a hash prefix."),
+    database: Optional[str] = DatabaseOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """One version: provenance, test metrics, aliases, its last challenge, and whether its files are intact."""
+    with _open(database) as registry:
+        v = registry.resolve(version)
+        aliases = [a for a, got in registry.aliases().items() if got.id == v.id]
+        last = registry.last_challenge(v.bundle_hash)
+        intact = registry.intact(v)
+    if as_json:
+        print_json({**v.to_dict(), "aliases": aliases, "last_challenge": last, "intact": intact})
+        return
+    console.print(f"{v.ref}: {v.name} {v.model_version} ({v.architecture}); aliases: {', '.join(aliases) or 'none'}",
+                  highlight=False)
+    console.print(f"  hash {v.bundle_hash}; files {v.path} ({'intact' if intact else 'CHANGED OR MISSING'})",
+                  highlight=False)
+    console.print(f"  dataset {v.dataset_version or 'unknown'}; {_metrics(v)}; classes {', '.join(v.classes)}", highlight=False)
+    console.print(f"  added {v.added_at} by {v.added_by} from {v.source}" + (f": {v.reason}" if v.reason else ""),
+                  highlight=False)
+    if last is None:
+        console.print("  never challenged", highlight=False)
+    else:
+        console.print(f"  last challenge {last['at']}: {'passed' if last['promote'] else 'FAILED'}: "
+                      f"{'; '.join(last['reasons'])}", highlight=False)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: str = typer.Argument(..., help="A version (v3) or a hash prefix."),
+    alias: str = AliasOpt,
+    database: Optional[str] = DatabaseOpt,
+    by: Optional[str] = ByOpt,
+    reason: Optional[str] = ReasonOpt,
+    force: bool = typer.Option(False, "--force", help="Promote a version whose last challenge failed (logged as "
+                               "forced)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Point an alias (default champion) at a version; refused when its last challenge failed, unless --force."""
+    with _open(database) as registry:
+        move = registry.promote(version, alias=alias, by=by, reason=reason, force=force)
+    _print_move(move, as_json)
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    alias: str = AliasOpt,
+    database: Optional[str] = DatabaseOpt,
+    by: Optional[str] = ByOpt,
+    reason: Optional[str] = ReasonOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Move an alias (default champion) back to the version it pointed to before its last promotion."""
+    with _open(database) as registry:
+        move = registry.rollback(alias=alias, by=by, reason=reason)
+    _print_move(move, as_json)
+
+
+@registry_app.command("history")
+def registry_history(
+    alias: Optional[str] = typer.Option(None, "--alias", help="Only this alias [default: all]."),
+    database: Optional[str] = DatabaseOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Every alias move, oldest first: what moved, from and to which version, who, when, why."""
+    with _open(database) as registry:
+        moves = registry.history(alias)
+    if as_json:
+        print_json([m.to_dict() for m in moves])
+        return
+    if not moves:
+        console.print("no alias has moved yet.")
+    for m in moves:
+        _print_move(m, False)
+
+
+def _print_move(move: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(move.to_dict())
+        return
+    forced = " [red](forced past a failed challenge)[/]" if move.forced else ""
+    why = f": {move.reason}" if move.reason else ""
+    console.print(f"{move.at} {move.alias} {move.action} {move.from_ref or '(unset)'} -> {move.to_ref} by "
+                  f"{move.by}{why}{forced}", highlight=False)

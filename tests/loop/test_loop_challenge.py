@@ -1,0 +1,153 @@
+"""`challenge` end to end on tiny bundles: both models scored on the same images (checked against predictions made
+outside the inference core, each bundle at its own input size), a verdict that promotes and one that does not, the
+rule read from sightline.yaml, a self-contained HTML page, and one-line refusals that write nothing."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sightline.bundle import load_bundle
+from sightline._cli.common import run_command
+from sightline.cli import app
+from sightline.errors import BundleError, DatasetError
+from sightline.loop.challenge import challenge
+from sightline.loop.content import bundle_hash
+
+from sightline.decision import softmax
+
+from loop_tiny import CLASSES, make_bundle, oracle_logits, oracle_predictions, write_images
+
+ALWAYS_LIGHT = {"class_thresholds": {"light": 0.0}}  # the served decision is "light" for every image
+
+
+def _split(data: Path, name: str) -> tuple[list[Path], np.ndarray]:
+    paths = sorted((data / name).rglob("*.png"))
+    return paths, np.array([CLASSES.index(p.parent.name) for p in paths])
+
+
+@pytest.fixture(scope="module")
+def good(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An accurate bundle at 40 px (every test and production image right: checked here, outside sightline)."""
+    folder = tmp_path_factory.mktemp("good") / "bundle"
+    bundle = make_bundle(folder, data / "train", seed=0, input_size=40, version="2")
+    for split in ("test", "production"):
+        paths, y = _split(data, split)
+        assert (oracle_predictions(bundle, paths) == y).all()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lazy(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle at 32 px whose thresholds make it answer "light" for everything."""
+    folder = tmp_path_factory.mktemp("lazy") / "bundle"
+    make_bundle(folder, data / "train", seed=1, input_size=32, thresholds=ALWAYS_LIGHT, temperature=1.7)
+    return folder
+
+
+def _check_against_oracle(result: dict, data: Path, champion: Path, challenger: Path) -> None:
+    a, b = load_bundle(champion), load_bundle(challenger)
+    for split in ("test", "production"):
+        paths, y = _split(data, split)
+        pa, pb = oracle_predictions(a, paths), oracle_predictions(b, paths)
+        s = result["splits"][split]
+        assert s["n_images"] == len(paths)
+        assert s["accuracy"]["champion"] == pytest.approx((pa == y).mean())
+        assert s["accuracy"]["challenger"] == pytest.approx((pb == y).mean())
+        assert s["mcnemar"]["champion_only"] == int(((pa == y) & (pb != y)).sum())
+        assert s["mcnemar"]["challenger_only"] == int(((pb == y) & (pa != y)).sum())
+        for k, c in enumerate(CLASSES):
+            assert s["per_class_recall"][c]["challenger"] == pytest.approx((pb[y == k] == k).mean())
+        assert s["accuracy"]["low"] <= s["accuracy"]["difference"] <= s["accuracy"]["high"]
+
+
+def test_a_better_challenger_is_promoted(data: Path, good: Path, lazy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = challenge(lazy, good, data, out=out, n_resamples=500)
+    _check_against_oracle(result, data, lazy, good)
+    test, prod = result["splits"]["test"], result["splits"]["production"]
+    # The lazy champion is right on the 10 light images of each split; the challenger on all 20.
+    assert (test["accuracy"]["champion"], test["accuracy"]["challenger"]) == (0.5, 1.0)
+    assert (prod["mcnemar"]["challenger_only"], prod["mcnemar"]["champion_only"]) == (10, 0)
+    assert prod["mcnemar"]["p_value"] == pytest.approx(2 * 0.5 ** 10)  # exact binomial, two-sided
+    assert result["verdict"]["promote"] is True
+    assert [c["passed"] for c in result["verdict"]["checks"]] == [True, True, True]
+    # Each bundle at its own size and with its own temperature.
+    assert (result["champion"]["input_size"], result["challenger"]["input_size"]) == (32, 40)
+    assert result["champion"]["temperature"] == 1.7
+    assert result["challenger"]["bundle_hash"] == bundle_hash(good)
+
+    on_disk = json.loads((out / "challenge.json").read_text())
+    assert on_disk["verdict"] == result["verdict"] and on_disk["splits"]["test"]["accuracy"] == test["accuracy"]
+    html = (out / "challenge.html").read_text()
+    assert "Promote the challenger" in html and html.count("data:image/png;base64,") == 2
+    assert not re.search(r"""(src|href)=["'](?!data:)""", html)  # self-contained: no external asset
+
+
+def test_a_worse_challenger_is_refused_with_reasons(data: Path, good: Path, lazy: Path, tmp_path: Path) -> None:
+    result = challenge(good, lazy, data, out=tmp_path / "out", n_resamples=500)
+    _check_against_oracle(result, data, good, lazy)
+    v = result["verdict"]
+    assert v["promote"] is False
+    assert [c["passed"] for c in v["checks"]] == [False, False, False]
+    assert any("dark 1.000 -> 0.000" in r for r in v["reasons"])  # the class that lost its recall, by name
+    assert "Do not promote the challenger" in (tmp_path / "out" / "challenge.html").read_text()
+
+
+def test_the_rule_comes_from_sightline_yaml(data: Path, good: Path, tmp_path: Path) -> None:
+    """The same pair passes or fails as the yaml's `promotion:` says; no production split: that check is skipped."""
+    copy = tmp_path / "data"
+    for p in (data / "test").rglob("*.png"):
+        (copy / p.relative_to(data)).parent.mkdir(parents=True, exist_ok=True)
+        (copy / p.relative_to(data)).write_bytes(p.read_bytes())
+    # The good model with a "dark" threshold between the 3rd and 4th highest p(dark) of the light test images:
+    # exactly 3 of the 10 light images become "dark" (test accuracy -15 points, light recall -30 points).
+    paths, y = _split(copy, "test")
+    p_dark = np.sort(softmax(oracle_logits(load_bundle(good), paths))[y == 1, 0])[::-1]
+    t = float((p_dark[2] + p_dark[3]) / 2)
+    worse = make_bundle(tmp_path / "worse", data / "train", seed=0, input_size=40,
+                        thresholds={"class_thresholds": {"dark": t}})
+    strict = challenge(good, worse.path, copy, out=tmp_path / "o1", n_resamples=300)
+    assert strict["splits"]["test"]["accuracy"]["difference"] == pytest.approx(-0.15)
+    assert strict["splits"]["test"]["per_class_recall"]["light"]["change"] == pytest.approx(-0.3)
+    assert strict["verdict"]["promote"] is False and strict["rule"]["max_test_drop"] == 0.01
+    assert [c["passed"] for c in strict["verdict"]["checks"]] == [False, False, None]
+    (copy / "sightline.yaml").write_text("promotion:\n  max_test_drop: 0.16\n  max_class_recall_drop: 0.31\n")
+    loose = challenge(good, worse.path, copy, out=tmp_path / "o2", n_resamples=300)
+    assert loose["verdict"]["promote"] is True and loose["rule"]["from"] == str(copy / "sightline.yaml")
+    (copy / "sightline.yaml").write_text("promotion:\n  max_test_drop: 0.14\n  max_class_recall_drop: 0.31\n")
+    assert challenge(good, worse.path, copy, out=tmp_path / "o3", n_resamples=300)["verdict"]["promote"] is False
+
+
+def test_bad_input_is_one_line_and_writes_nothing(data: Path, good: Path, tmp_path: Path, capsys) -> None:
+    grey = write_images(tmp_path / "grey", {"train": 4}, classes=("dark", "grey"))
+    other = make_bundle(tmp_path / "other", grey / "train", classes=["dark", "grey"])
+    out = tmp_path / "out"
+    with pytest.raises(BundleError, match=r"different classes \(only the challenger has \['grey'\]; only the "
+                                          r"champion has \['light'\]\)"):
+        challenge(good, other.path, data, out=out)
+    assert run_command(app, ["challenge", str(good), str(other.path), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different classes" in err
+    assert not out.exists()
+
+    no_test = tmp_path / "no_test"
+    (no_test / "train" / "dark").mkdir(parents=True)
+    (no_test / "train" / "dark" / "a.png").write_bytes(next((data / "train" / "dark").glob("*.png")).read_bytes())
+    (no_test / "train" / "light").mkdir(parents=True)
+    (no_test / "train" / "light" / "a.png").write_bytes(next((data / "train" / "light").glob("*.png")).read_bytes())
+    with pytest.raises(DatasetError, match="no test split"):
+        challenge(good, good, no_test, out=out)
+    assert not out.exists()
+
+
+def test_cli_exit_codes_follow_the_verdict(data: Path, good: Path, lazy: Path, tmp_path: Path, capsys) -> None:
+    assert run_command(app, ["challenge", str(lazy), str(good), "--data", str(data), "--out", str(tmp_path / "a"),
+                 "--bootstrap", "200"]) == 0
+    assert "PROMOTE" in capsys.readouterr().out
+    assert run_command(app, ["challenge", str(good), str(lazy), "--data", str(data), "--out", str(tmp_path / "b"),
+                 "--bootstrap", "200", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["verdict"]["promote"] is False
