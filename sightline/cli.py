@@ -7,7 +7,7 @@ import sys
 import typer
 
 from sightline import __version__
-from sightline._cli import data, evaluate, loop, optimize, serve, train
+from sightline._cli import data, evaluate, loop, monitor, optimize, serve, train
 from sightline._cli.common import console, run_command
 
 app = typer.Typer(
@@ -19,7 +19,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (data, train, evaluate, optimize, serve, loop):
+for module in (data, train, evaluate, optimize, serve, loop, monitor):
     module.register(app)
 
 

@@ -1,0 +1,77 @@
+"""`sightline monitor`: drift, unknown rate and accuracy of a served bundle, from the service's database."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import typer
+
+from sightline._cli.common import console, fail, print_json
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """'24h', '7d', '90m', '2w' (before now) or an ISO date / date-time (UTC unless it names a zone)."""
+    now = now or datetime.now(timezone.utc)
+    match = _RELATIVE.match(text.strip())
+    if match:
+        return now - timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise fail(f"--since {text!r} is neither a duration (24h, 7d, 90m, 2w) nor an ISO date "
+                   "(2026-11-29 or 2026-11-29T08:00).") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the root app."""
+
+    @app.command("monitor")
+    def monitor_cmd(
+        bundle: Path = typer.Argument(..., help="RUN or bundle folder (with its reference profile, reference.npz)."),
+        database: str | None = typer.Option(
+            None, "--database", "--database-url",
+            help="SQLAlchemy URL of the service's database (default SIGHTLINE_DATABASE_URL, else the bundle's "
+                 "sightline.db).",
+        ),
+        since: str | None = typer.Option(None, "--since", help="Only predictions after this: 24h, 7d or an ISO date."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default RUN/monitor)."),
+        window: str = typer.Option("block", "--window", help="block (N predictions each), hour or day (UTC)."),
+        size: int = typer.Option(500, "--size", min=2, help="Predictions per block window."),
+        min_window: int = typer.Option(50, "--min-window", min=2, help="Smaller windows are shown but not tested."),
+        alpha: float = typer.Option(0.05, "--alpha", min=1e-6, max=0.5, help="False-alarm rate per window."),
+        consecutive: int = typer.Option(2, "--consecutive", min=1, help="K significant windows in a row raise an alert."),
+        as_json: bool = typer.Option(False, "--json", help="Print monitor.json to stdout instead of a summary."),
+    ) -> None:
+        """Compare the predictions the service stored with the bundle's reference profile, window by window:
+        drift tests (p-values), unknown rate, confidence, class mix, image statistics, label-free and measured
+        accuracy. Writes monitor.json and a self-contained monitor.html."""
+        import os
+
+        from sightline.bundle import resolve_bundle_dir
+        from sightline.monitor.report import write_report
+        from sightline.serve.monitoring import build_report
+        from sightline.serve.settings import database_url
+
+        folder = resolve_bundle_dir(bundle)
+        url = database_url(database or os.environ.get("SIGHTLINE_DATABASE_URL"), folder)
+        report = build_report(folder, url, since=parse_since(since) if since else None, window=window, size=size,
+                              min_window=min_window, alpha=alpha, consecutive=consecutive)
+        json_path, html_path = write_report(report, out or folder.parent / "monitor")
+        if as_json:
+            print_json(report)
+            return
+        for message in report["messages"]:
+            console.print(f"[yellow]note:[/] {message}", highlight=False)
+        tested = [w for w in report["windows"] if w["tested"]]
+        drifted = [w for w in tested if w["significant"]]
+        console.print(f"{report['n_monitored']} monitored predictions, {len(report['windows'])} windows, "
+                      f"{len(tested)} tested, {len(drifted)} significant", highlight=False)
+        for name, alert in report["alerts"].items():
+            if alert["active"]:
+                console.print(f"[bold red]alert raised:[/] {name} (since window {alert['fired_at']})", highlight=False)
+        console.print(f"wrote {json_path} and {html_path}", highlight=False)
