@@ -1,0 +1,250 @@
+"""The registry on SQLite and PostgreSQL: immutable versions (read-only copies whose hash is checked), promote /
+rollback as a stack, an append-only log that the database itself defends, the challenge gate with --force, and
+bad input that is one line and changes nothing. PostgreSQL: $SIGHTLINE_TEST_POSTGRES_URL or 127.0.0.1:5432/test
+(trust auth), tables under a unique prefix dropped afterwards; skipped with the reason when unreachable."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import torch
+
+from sightline._cli.common import run_command
+from sightline.bundle import Bundle, load_bundle
+from sightline.cli import app
+from sightline.errors import UserInputError
+from sightline.loop.content import bundle_hash
+from sightline.loop.registry import Registry, current_user
+from sightline.models.factory import create_model
+from sightline.preprocessing import Preprocessing
+
+POSTGRES = os.environ.get("SIGHTLINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TEST_METRICS = {"split": "test", "n_images": 20, "accuracy": 0.9, "macro_f1": 0.88}
+
+
+def _bundle(folder: Path, seed: int, **fields) -> Path:
+    torch.manual_seed(seed)
+    model = create_model("test_efficientnet", 2, weights="none")
+    fields.setdefault("metrics", {"val": {"split": "val", "n_images": 8, "accuracy": 0.8}, "test": TEST_METRICS})
+    Bundle("test_efficientnet", ["dark", "light"], Preprocessing(32), dataset_version=f"data{seed}",
+           **fields).save(folder, model.state_dict())
+    return folder
+
+
+def _postgres_or_skip() -> str:
+    try:
+        engine = sa.create_engine(POSTGRES, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is a reason to skip
+        pytest.skip(f"PostgreSQL at {POSTGRES} is unreachable ({type(exc).__name__}); set SIGHTLINE_TEST_POSTGRES_URL")
+    return POSTGRES
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path):
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    if request.param == "sqlite":
+        (tmp_path / "state").mkdir()
+        reg = Registry(f"sqlite:///{tmp_path / 'state' / 'sightline.db'}", prefix=prefix)
+        assert reg.root == tmp_path / "state" / "registry"  # beside the database by default
+        yield reg
+        reg.close()
+        return
+    reg = Registry(_postgres_or_skip(), root=tmp_path / "registry", prefix=prefix)
+    try:
+        yield reg
+    finally:
+        with reg.engine.begin() as conn:
+            for name in ("alias_log", "aliases", "challenges", "versions"):
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {prefix}{name} CASCADE"))
+            conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {prefix}append_only()"))
+        reg.close()
+
+
+@pytest.fixture
+def bundles(tmp_path: Path) -> list[Path]:
+    return [_bundle(tmp_path / f"b{i}" / "bundle", seed=i) for i in range(3)]
+
+
+def _state(reg: Registry) -> tuple:
+    """Everything a refused command must leave as it was."""
+    return ([v.to_dict() for v in reg.versions()], {a: v.ref for a, v in reg.aliases().items()},
+            [m.to_dict() for m in reg.history()])
+
+
+def test_add_keeps_an_immutable_copy(registry: Registry, bundles: list[Path]) -> None:
+    added = registry.add(bundles[0], by="ana", reason="first model")
+    v = added.version
+    assert added.created and v.ref == "v1" and (v.added_by, v.reason) == ("ana", "first model")
+    assert v.bundle_hash == bundle_hash(bundles[0]) == bundle_hash(v.path)
+    assert (v.dataset_version, v.test_metrics, v.classes) == ("data0", TEST_METRICS, ["dark", "light"])
+    copy = Path(v.path)
+    assert copy.parent == registry.root and sorted(p.name for p in copy.iterdir()) == ["model.json",
+                                                                                        "weights.safetensors"]
+    assert all(not p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) for p in copy.iterdir())
+    assert load_bundle(copy).load_model() is not None
+
+    # The same content again: the same version, nothing copied.
+    again = registry.add(bundles[0].parent)
+    assert not again.created and again.version == v and len(registry.versions()) == 1
+
+    # The source changes afterwards (evaluate rewrites the temperature): v1 does not; the new content is v2.
+    b = load_bundle(bundles[0])
+    b.temperature = 1.5
+    b.write_json()
+    assert registry.intact(registry.resolve("v1")) and registry.resolve("v1").bundle_hash == v.bundle_hash
+    v2 = registry.add(bundles[0]).version
+    assert v2.ref == "v2" and v2.bundle_hash == bundle_hash(bundles[0]) != v.bundle_hash
+    assert registry.resolve(v2.bundle_hash[:8]) == v2 and registry.resolve("2") == v2
+
+    # Someone forces a write into the copy: the registry notices.
+    target = copy / "model.json"
+    target.chmod(0o644)
+    target.write_text(target.read_text().replace('"temperature": 1.0', '"temperature": 9.0'))
+    assert not registry.intact(registry.resolve("v1"))
+
+
+def test_promote_rollback_and_the_append_only_log(registry: Registry, bundles: list[Path]) -> None:
+    refs = [registry.add(b).version.ref for b in bundles]
+    assert refs == ["v1", "v2", "v3"]
+    registry.promote("v1", by="ana", reason="first")
+    registry.promote("v2", reason="better on production")
+    registry.promote("v3", alias="challenger", by="bo")
+    registry.promote("v3", reason="even better")
+    assert {a: v.ref for a, v in registry.aliases().items()} == {"champion": "v3", "challenger": "v3"}
+
+    assert registry.rollback(by="cy", reason="alert").to_ref == "v2"
+    assert registry.rollback().to_ref == "v1"
+    before = _state(registry)
+    with pytest.raises(UserInputError, match="cannot roll back champion: it points to v1 and was never promoted"):
+        registry.rollback()
+    assert _state(registry) == before
+
+    moves = [(m.alias, m.action, m.from_ref, m.to_ref, m.by, m.reason) for m in registry.history()]
+    me = current_user()
+    assert moves == [
+        ("champion", "promote", None, "v1", "ana", "first"),
+        ("champion", "promote", "v1", "v2", me, "better on production"),
+        ("challenger", "promote", None, "v3", "bo", None),
+        ("champion", "promote", "v2", "v3", me, "even better"),
+        ("champion", "rollback", "v3", "v2", "cy", "alert"),
+        ("champion", "rollback", "v2", "v1", me, None),
+    ]
+    assert [m.to_ref for m in registry.history("challenger")] == ["v3"]
+    assert all(not m.forced and m.challenge is None for m in registry.history())
+
+    # Promoting again after rollbacks pushes onto the stack: a rollback then returns to v1.
+    registry.promote("v3")
+    assert registry.rollback().to_ref == "v1"
+
+    # The database itself refuses to rewrite history or versions.
+    log, versions = f"{registry.tables['log'].name}", f"{registry.tables['versions'].name}"
+    before = _state(registry)
+    for statement in (f"UPDATE {log} SET reason = 'nothing happened'", f"DELETE FROM {log}",
+                      f"UPDATE {versions} SET bundle_hash = 'x'", f"DELETE FROM {versions} WHERE id = 3"):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+            with registry.engine.begin() as conn:
+                conn.execute(sa.text(statement))
+    assert _state(registry) == before
+
+
+def _challenge(champion: str, challenger: str, promote: bool, reason: str) -> dict:
+    """What sightline.loop.challenge.challenge returns, the parts the registry keeps."""
+    accuracy = {"champion": 0.9, "challenger": 0.8, "difference": -0.1, "low": -0.2, "high": 0.0, "level": 0.95,
+                "n_resamples": 100, "n_images": 20}
+    return {"champion": {"bundle_hash": champion}, "challenger": {"bundle_hash": challenger},
+            "verdict": {"promote": promote, "reasons": [reason]}, "rule": {"max_test_drop": 0.01}, "data": "/d",
+            "splits": {"test": {"n_images": 20, "accuracy": accuracy, "mcnemar": {"p_value": 0.03}}}}
+
+
+def test_a_failed_challenge_blocks_promotion_unless_forced(registry: Registry, bundles: list[Path]) -> None:
+    v1, v2 = (registry.add(b).version for b in bundles[:2])
+    registry.promote(v1.ref)
+    failed = registry.record_challenge(_challenge(v1.bundle_hash, v2.bundle_hash, False, "test accuracy fell"))
+    before = _state(registry)
+    with pytest.raises(UserInputError, match=r"v2 failed its last challenge .*\(test accuracy fell\); nothing "
+                                             r"changed\. Pass --force"):
+        registry.promote(v2.ref, reason="try")
+    with pytest.raises(UserInputError, match="failed its last challenge"):
+        registry.add(bundles[1], alias="champion")  # the same gate when adding with an alias
+    assert _state(registry) == before
+    # The gate is for the champion; the challenger alias takes any version.
+    assert registry.promote(v2.ref, alias="challenger").to_ref == "v2"
+
+    forced = registry.promote(v2.ref, force=True, by="ana", reason="hotfix, accepted risk")
+    assert forced.forced and forced.challenge is not None
+    assert (forced.challenge["id"], forced.challenge["promote"], forced.challenge["reasons"]) == (
+        failed, False, ["test accuracy fell"])
+    assert registry.history()[-1] == forced
+
+    # A later passing challenge is the one that counts: no --force needed, and the log is not "forced".
+    registry.rollback()
+    passed = registry.record_challenge(_challenge(v1.bundle_hash, v2.bundle_hash, True, "better on production"))
+    move = registry.promote(v2.ref)
+    assert not move.forced and move.challenge is not None and move.challenge["id"] == passed
+    assert registry.last_challenge(v2.bundle_hash)["summary"]["splits"]["test"]["mcnemar_p"] == 0.03
+
+
+def test_bad_input_is_one_line_and_changes_nothing(registry: Registry, bundles: list[Path]) -> None:
+    registry.add(bundles[0])
+    registry.promote("v1")
+    before = _state(registry)
+    cases = [
+        (lambda: registry.promote("v42"), r"unknown version 'v42' \(registered: v1\)"),
+        (lambda: registry.promote("nonsense"), "unknown version 'nonsense'"),
+        (lambda: registry.resolve("challenger"), "alias 'challenger' points to no version yet"),
+        (lambda: registry.promote("v1", alias="production"), "unknown alias 'production'; use champion or challenger"),
+        (lambda: registry.rollback(alias="prod"), "unknown alias 'prod'"),
+        (lambda: registry.history("prod"), "unknown alias 'prod'"),
+        (lambda: registry.promote("v1"), "v1 is already the champion; nothing changed"),
+        (lambda: registry.rollback(alias="challenger"), "cannot roll back challenger: it is not set"),
+        (lambda: registry.add(bundles[1], alias="prod"), "unknown alias 'prod'"),
+    ]
+    for call, message in cases:
+        with pytest.raises(UserInputError, match=message) as info:
+            call()
+        assert "\n" not in str(info.value)
+    assert _state(registry) == before
+    assert sorted(p.name for p in registry.root.iterdir()) == [registry.resolve("v1").bundle_hash]
+
+
+def test_cli_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                       bundles: list[Path]) -> None:
+    db = f"sqlite:///{tmp_path / 'sightline.db'}"
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = run_command(app, ["registry", *args, "--database", db])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = cli("add", str(bundles[0]), "--alias", "champion", "--by", "ana", "--reason", "first")
+    assert code == 0 and "registered: v1" in out and "champion: (unset) -> v1" in out
+    assert cli("add", str(bundles[1]))[0] == 0
+    code, out, _ = cli("promote", "v2", "--reason", "wins on production", "--json")
+    assert code == 0 and json.loads(out)["to_ref"] == "v2"
+    code, out, _ = cli("list", "--json")
+    assert [(v["ref"], v["aliases"]) for v in json.loads(out)] == [("v1", []), ("v2", ["champion"])]
+    code, out, _ = cli("show", "champion", "--json")
+    assert json.loads(out)["ref"] == "v2" and json.loads(out)["intact"] is True
+    assert cli("rollback", "--reason", "drift alert")[0] == 0
+    code, out, _ = cli("history", "--json")
+    assert [(m["action"], m["to_ref"], m["reason"]) for m in json.loads(out)] == [
+        ("promote", "v1", "first"), ("promote", "v2", "wins on production"), ("rollback", "v1", "drift alert")]
+
+    for args, message in ((("promote", "v9"), "unknown version 'v9'"), (("rollback",), "cannot roll back"),
+                          (("promote", "v1", "--alias", "prod"), "unknown alias 'prod'"),
+                          (("show", "v0"), "unknown version 'v0'")):
+        code, out, err = cli(*args)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err
+    assert len(json.loads(cli("history", "--json")[1])) == 3
+
+    monkeypatch.delenv("SIGHTLINE_DATABASE_URL", raising=False)
+    assert run_command(app, ["registry", "list"]) == 2
+    assert "no database: pass --database URL" in capsys.readouterr().err
