@@ -4,6 +4,12 @@ fp32 and ONNX Runtime int8 on the same images, in the same process.
 Targets: ORT int8 end-to-end images/s at batch 32 >= 3x PyTorch eager fp32; int8 test accuracy within 1 point of
 fp32. Also compares the two int8 graph formats (QDQ, QOperator) on inference alone.
 
+Every side runs through the inference core (`sightline.optimize.bench`, the path `predict` and `serve` use) and
+the output states its settings. The eager baseline is what PyTorch's own Performance Tuning Guide recommends for
+inference of a convolutional network: fp32, channels-last memory format, torch.inference_mode, PyTorch's default
+intra-op threads. ONNX Runtime: all graph optimisations, intra-op threads = usable cores. Decode and preprocess
+(the same functions and threads for every side) are part of each end-to-end figure.
+
 Full run (a trained bundle; the lead's numbers):
     python benchmarks/export_bench.py --run runs/hymenoptera --data /work/shared/data/hymenoptera
 Trial without a trained run (Lite0 ImageNet backbone + an untrained 2-class head: speed only, accuracy is
@@ -30,31 +36,58 @@ def trial_bundle(folder: Path, classes: list[str], model: str = "tf_efficientnet
     return folder
 
 
-def compare_formats(bundle, data: Path, batch: int = 32, repeats: int = 5) -> dict:
-    """Inference-only images/s of QDQ vs QOperator int8 graphs, same calibration."""
+FORMATS_SETTINGS = ("inference only (no decode) on batches of {batch} validation images; both formats calibrated on "
+                    "the same {n} validation images (percentile, per-channel); ONNX Runtime as `sightline bench` runs "
+                    "it (see qdq_settings / qoperator_settings)")
+
+
+def compare_formats(bundle, dataset, batch: int = 32, repeats: int = 5) -> dict:
+    """Inference-only images/s of QDQ vs QOperator int8 graphs, same calibration, through the inference core.
+    The bundle's own model.int8.onnx is put back afterwards."""
     import numpy as np
 
-    from sightline.optimize.export import load_split_arrays
-    from sightline.optimize.predictor import OnnxPredictor
+    from sightline.data.splits import load_split
+    from sightline.data.transforms import to_batch
+    from sightline.inference import open_engine, time_calls
+    from sightline.optimize.bench import backend_settings
     from sightline.optimize.quantize import quantize_onnx
 
-    calib = load_split_arrays(data, "val", bundle, max_images=64).x
+    pre = bundle.preprocessing
+    calib = to_batch(load_split(dataset, "val", classes=bundle.classes, preprocessing=pre, max_images=64).crops, pre)
     x = np.ascontiguousarray(np.resize(calib, (batch, *calib.shape[1:])))
-    out = {}
+    out: dict = {}
     keep = bundle.int8_path.read_bytes() if bundle.int8_path.is_file() else None
     try:
         for fmt in ("qdq", "qoperator"):
             quantize_onnx(bundle.onnx_path, bundle.int8_path, calib, quant_format=fmt)
-            p = OnnxPredictor(bundle, int8=True)
-            p.predict_arrays(x)
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                p.predict_arrays(x)
-            out[fmt] = round(batch * repeats / (time.perf_counter() - t0), 1)
+            with open_engine(bundle, backend="onnx-int8") as engine:
+                t = time_calls(lambda: engine.run(x), items=batch, warmup=1, min_repeats=repeats,
+                               max_repeats=repeats)
+                out[fmt] = round(t.items_per_s, 1)
+                out[f"{fmt}_settings"] = backend_settings(bundle, engine, int8_format=fmt)
+        out["settings"] = FORMATS_SETTINGS.format(batch=batch, n=len(calib))
     finally:
         if keep is not None:
             bundle.int8_path.write_bytes(keep)
     return out
+
+
+def table(figures: dict) -> str:
+    """The end-to-end figures as a text table: images/s and p50 ms per batch for each backend and batch size,
+    then what each side ran."""
+    sizes = figures["batch_sizes"]
+    head = f"{'backend':<10}" + "".join(f"{f'bs {b} img/s':>13}{'p50 ms':>9}" for b in sizes)
+    lines = [head]
+    for backend, entry in figures["results"].items():
+        if "skipped" in entry:
+            lines.append(f"{backend:<10} skipped: {entry['skipped']}")
+            continue
+        lines.append(f"{backend:<10}" + "".join(
+            f"{entry[str(b)]['images_per_s']:>13.1f}{entry[str(b)]['p50_ms']:>9.1f}" for b in sizes))
+    lines += [f"{k}: {v}x" for k, v in figures["speedup"].items()]
+    lines += [f"{backend}: {entry['settings']}" for backend, entry in figures["results"].items() if "settings" in entry]
+    lines.append(f"every backend: {figures['pipeline']}")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -89,7 +122,7 @@ def main() -> int:
         sizes = (1, 8, 32)
         figures = bench(bundle, images=test_images, batch_sizes=sizes, time_budget_s=1.0 if args.quick else 10.0,
                         max_repeats=3 if args.quick else 50)
-        formats = compare_formats(bundle, args.data, repeats=2 if args.quick else 10)
+        formats = compare_formats(bundle, dataset, repeats=2 if args.quick else 10)
         q = record["int8"]["test"]
         speedup = figures["speedup"].get("onnx-int8_vs_torch_batch32")
         drop_points = 100 * q["accuracy_drop"]
@@ -110,6 +143,9 @@ def main() -> int:
         print(text)
         if args.json:
             args.json.write_text(text + "\n")
+        print(table(figures), file=sys.stderr)
+        print(f"int8 formats, images/s: QDQ {formats['qdq']}, QOperator {formats['qoperator']} "
+              f"({formats['settings']})", file=sys.stderr)
         for name, t in summary["targets"].items():
             print(f"{'PASS' if t['pass'] else 'FAIL'} {name}: {t['value']} (target {t['target']})", file=sys.stderr)
         return 0

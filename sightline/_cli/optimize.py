@@ -179,6 +179,8 @@ def register(app: typer.Typer) -> None:
         for backend, entry in report["results"].items():
             if "settings" in entry:
                 console.print(f"{backend}: {entry['settings']}")
+        if report.get("pipeline"):
+            console.print(f"every backend: {report['pipeline']}")
         for key, value in report["speedup"].items():
             console.print(f"{key}: {value}x")
 

@@ -25,15 +25,21 @@ from sightline.bundle import Bundle, load_bundle
 from sightline.errors import SightlineError
 from sightline.progress import ProgressFn, Steps
 
-__all__ = ["bench", "synthetic_jpegs", "BACKENDS", "BACKEND_SETTINGS"]
+__all__ = ["BACKENDS", "BACKEND_SETTINGS", "backend_settings", "bench", "synthetic_jpegs"]
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-# What each side runs, printed beside its figures (issue 9: a baseline states its settings).
+# What each side runs, printed beside its figures (issue 9: a baseline states its settings). The eager side follows
+# PyTorch's own Performance Tuning Guide for inference (channels-last memory format for convolutional networks,
+# gradients off through torch.inference_mode); `bench` adds the thread counts and the int8 format it found.
 BACKEND_SETTINGS = {
-    "torch": "PyTorch eager, fp32, channels-last, torch.inference_mode",
-    "onnx": "ONNX Runtime fp32, all graph optimisations, intra-op threads = cores",
-    "onnx-int8": "ONNX Runtime int8 (static, per-channel QDQ), all graph optimisations, intra-op threads = cores",
+    "torch": "PyTorch eager fp32, channels-last, torch.inference_mode (PyTorch Performance Tuning Guide)",
+    "onnx": "ONNX Runtime fp32, all graph optimisations, idle threads spin",
+    "onnx-int8": "ONNX Runtime int8 (static, per-channel int8 weights, uint8 activations), all graph optimisations, "
+                 "idle threads spin",
 }
+# Shared by every backend, so it is stated once.
+PIPELINE = ("decode (JPEG draft mode) and resize/crop/normalise of a batch's images on {workers} threads, then one "
+            "forward pass per batch, then temperature/thresholds/top-k")
 
 
 def synthetic_jpegs(n: int, *, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[bytes]:
@@ -83,6 +89,23 @@ def _percentile(values: list[float], q: float) -> float:
 def _model_size(bundle: Bundle, backend: str) -> int | None:
     path = {"torch": bundle.weights_path, "onnx": bundle.onnx_path, "onnx-int8": bundle.int8_path}[backend]
     return path.stat().st_size if path.is_file() else None
+
+
+def backend_settings(bundle: Bundle, engine, *, int8_format: str | None = None) -> str:
+    """BACKEND_SETTINGS of the engine's backend plus what it really runs with: threads, device, int8 format (from
+    the bundle's export record unless `int8_format` says)."""
+    kind = engine.kind
+    text = BACKEND_SETTINGS[kind]
+    runner = engine.backend
+    if kind == "torch":
+        import torch
+
+        return f"{text}, {torch.get_num_threads()} intra-op threads, {runner.device}"
+    threads = runner.session.get_session_options().intra_op_num_threads
+    if kind == "onnx-int8":
+        fmt = int8_format or bundle.extra.get("export", {}).get("int8", {}).get("format")
+        text += f", {str(fmt).upper() if fmt else 'format not recorded'}"
+    return f"{text}, {threads} intra-op threads, {', '.join(runner.providers)}"
 
 
 def _bench_batch(engine, images: list[bytes], batch: int, repeats: int) -> dict[str, Any]:
@@ -149,6 +172,7 @@ def bench(
     source = "given" if images is not None else "synthetic 640x480 JPEG"
     images = list(images) if images is not None else synthetic_jpegs(min_images)
     results: dict[str, Any] = {}
+    workers = 0
     for backend in backends:
         size = _model_size(bundle, backend)
         if size is None:
@@ -156,9 +180,11 @@ def bench(
             continue
         rss0 = _rss_bytes("VmRSS")
         peak_ok = _reset_peak_rss()
-        entry: dict[str, Any] = {"model_bytes": size, "settings": BACKEND_SETTINGS[backend]}
+        entry: dict[str, Any] = {"model_bytes": size}
         with open_engine(bundle, backend=backend, threads=threads) as engine, \
-                Steps(progress, f"{backend}", len(batch_sizes)) as steps:
+                Steps(progress, backend, len(batch_sizes)) as steps:
+            entry["settings"] = backend_settings(bundle, engine)
+            workers = engine.workers
             for batch in batch_sizes:
                 # estimate one batch's time, then choose how many repeats fit the budget
                 probe = _bench_batch(engine, images, batch, 1)
@@ -183,6 +209,7 @@ def bench(
         "input_size": bundle.preprocessing.input_size,
         "images": {"n": len(images), "source": source},
         "batch_sizes": list(batch_sizes),
+        "pipeline": PIPELINE.format(workers=workers) if workers else None,
         "results": results,
         "speedup": speedups,
     }

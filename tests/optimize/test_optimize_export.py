@@ -203,6 +203,12 @@ def test_bench_reports_every_backend(exported, monkeypatch):
             torch_ips = report["results"]["torch"][str(b)]["images_per_s"]
             assert report["speedup"][f"{backend}_vs_torch_batch{b}"] == pytest.approx(r["images_per_s"] / torch_ips,
                                                                                       abs=0.01)
+    # each side states what it ran: the eager baseline as PyTorch's tuning guide has it, threads, the int8 format
+    assert "channels-last" in report["results"]["torch"]["settings"]
+    assert "inference_mode" in report["results"]["torch"]["settings"]
+    assert "QDQ" in report["results"]["onnx-int8"]["settings"]
+    assert all("intra-op threads" in report["results"][b]["settings"] for b in ("torch", "onnx", "onnx-int8"))
+    assert "threads" in report["pipeline"]
 
 
 def test_int8_without_data_is_refused_before_anything_is_written(tmp_path):
