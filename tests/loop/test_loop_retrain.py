@@ -1,0 +1,82 @@
+"""`retrain`: a challenger trained with the champion's recorded settings on the new dataset version (one tiny real
+training run), and the refusals that train nothing: no new labels, other classes, an occupied --out, a champion
+without a recorded config."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from loop_tiny import make_bundle, write_images
+
+from sightline._cli.common import run_command
+from sightline.bundle import load_bundle
+from sightline.cli import app
+from sightline.data.datasets import dataset_version, scan_dataset
+from sightline.errors import BundleError, DatasetError, UserInputError
+from sightline.loop.retrain import next_version, retrain
+from sightline.train.config import TrainConfig
+
+SETTINGS = {"model": "test_efficientnet", "weights": "none", "epochs": 1, "input_size": 32, "batch_size": 8,
+            "num_workers": 0, "lr": 0.002, "seed": 3, "precision": "32-true"}
+
+
+@pytest.fixture(scope="module")
+def champion(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A champion bundle that records its training settings and the dataset version it was trained on (as
+    `sightline train` writes them; made by hand here so that the module trains only once)."""
+    run = tmp_path_factory.mktemp("champion")
+    make_bundle(run / "bundle", data / "train", name="pets", version="4",
+                dataset_version=dataset_version(scan_dataset(data)),
+                extra={"train": {"config": TrainConfig(**SETTINGS).to_dict()}})
+    return run
+
+
+def test_retrain_uses_the_champions_settings_on_the_new_data(data: Path, champion: Path, tmp_path: Path) -> None:
+    new = tmp_path / "data-v2"
+    shutil.copytree(data, new)
+    write_images(new, {"train": 1}, seed=7)  # two reviewed images: one per class
+    result = retrain(champion, new, out=tmp_path / "challenger", progress=False, seed=5)
+
+    bundle = load_bundle(result["bundle"])
+    old = load_bundle(champion)
+    assert bundle.extra["train"]["config"] == {**old.extra["train"]["config"], "seed": 5}  # only the override differs
+    assert (bundle.architecture, bundle.classes, bundle.preprocessing.input_size) == ("test_efficientnet",
+                                                                                      old.classes, 32)
+    assert (bundle.name, bundle.version) == ("pets", "5")
+    assert bundle.dataset_version == dataset_version(scan_dataset(new)) != old.dataset_version
+    assert result["dataset_version"] == bundle.dataset_version and result["champion_dataset_version"] == \
+        old.dataset_version
+    assert bundle.extra["retrain"]["champion"] == str(old.path) and bundle.extra["retrain"]["overrides"] == {"seed": 5}
+    assert bundle.metrics["val"]["n_images"] == 8 and result["val"] == bundle.metrics["val"]
+    assert bundle.extra["train"]["data_dir"] == str(new.resolve())
+    assert json.loads((Path(result["run"]) / "metrics.json").read_text())["train_images"] == 18  # 16 + 2 new
+
+    with pytest.raises(UserInputError, match="already holds a bundle; pass --out to a new folder"):
+        retrain(champion, new, out=tmp_path / "challenger", progress=False)
+
+
+def test_refusals_train_nothing(data: Path, champion: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(UserInputError, match=r"is dataset version [0-9a-f]{16}, the one the champion .* was trained "
+                                             r"on: no new labels"):
+        retrain(champion, data, out=out, progress=False)
+    assert run_command(app, ["retrain", str(champion), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no new labels" in err
+
+    other = write_images(tmp_path / "other", {"train": 2, "val": 1}, classes=("dark", "grey", "light"))
+    with pytest.raises(DatasetError, match=r"has classes \['dark', 'grey', 'light'\] but the champion"):
+        retrain(champion, other, out=out, progress=False)
+
+    bare = tmp_path / "bare"
+    make_bundle(bare / "bundle", data / "train")
+    with pytest.raises(BundleError, match="records no training config"):
+        retrain(bare, data, out=out, progress=False)
+    assert not out.exists()
+
+
+def test_next_version() -> None:
+    assert [next_version(v) for v in ("1", "9", "1.4", "2024.10", "beta")] == ["2", "10", "1.5", "2024.11", "beta.1"]
