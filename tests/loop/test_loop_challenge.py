@@ -151,3 +151,28 @@ def test_cli_exit_codes_follow_the_verdict(data: Path, good: Path, lazy: Path, t
     assert run_command(app, ["challenge", str(good), str(lazy), "--data", str(data), "--out", str(tmp_path / "b"),
                  "--bootstrap", "200", "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["verdict"]["promote"] is False
+
+
+def test_a_recorded_verdict_gates_the_registry(data: Path, good: Path, lazy: Path, tmp_path: Path, capsys) -> None:
+    """`challenge --database` keeps the verdict against the challenger's content hash; `registry` then refuses to
+    make that bundle the champion unless --force, and logs the forced move."""
+    db = f"sqlite:///{tmp_path / 'sightline.db'}"
+    assert run_command(app, ["challenge", str(good), str(lazy), "--data", str(data), "--out", str(tmp_path / "c"),
+                             "--bootstrap", "200", "--database", db]) == 1
+    assert "recorded in the registry as challenge 1" in capsys.readouterr().out
+
+    assert run_command(app, ["registry", "add", str(lazy), "--alias", "champion", "--database", db]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "failed its last challenge" in err and "(+2 more reasons" in err
+    assert not (tmp_path / "registry").exists()  # refused before anything was copied
+
+    assert run_command(app, ["registry", "add", str(good), "--alias", "champion", "--database", db]) == 0
+    assert run_command(app, ["registry", "add", str(lazy), "--database", db]) == 0
+    capsys.readouterr()
+    assert run_command(app, ["registry", "promote", "v2", "--database", db]) == 2
+    assert run_command(app, ["registry", "promote", "v2", "--force", "--reason", "demo", "--database", db]) == 0
+    assert "forced past a failed challenge" in capsys.readouterr().out
+    assert run_command(app, ["registry", "history", "--json", "--database", db]) == 0
+    moves = json.loads(capsys.readouterr().out)
+    assert [(m["to_ref"], m["forced"], (m["challenge"] or {}).get("promote")) for m in moves] == [
+        ("v1", False, None), ("v2", True, False)]
