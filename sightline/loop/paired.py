@@ -119,7 +119,7 @@ def compare_split(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, pred_
 
     Returns {"n_images", "accuracy": paired_bootstrap, "mcnemar", "per_class_recall", "calibration"}."""
     return {
-        "n_images": int(len(np.asarray(y))),
+        "n_images": len(np.asarray(y)),
         "accuracy": paired_bootstrap(y, pred_a, pred_b, n_resamples=n_resamples, level=level, seed=seed,
                                      keep_samples=keep_samples),
         "mcnemar": mcnemar_exact(y, pred_a, pred_b),

@@ -9,17 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loop_tiny import CLASSES, make_bundle, oracle_logits, oracle_predictions, write_images
 
-from sightline.bundle import load_bundle
 from sightline._cli.common import run_command
+from sightline.bundle import load_bundle
 from sightline.cli import app
+from sightline.decision import softmax
 from sightline.errors import BundleError, DatasetError
 from sightline.loop.challenge import challenge
 from sightline.loop.content import bundle_hash
-
-from sightline.decision import softmax
-
-from loop_tiny import CLASSES, make_bundle, oracle_logits, oracle_predictions, write_images
 
 ALWAYS_LIGHT = {"class_thresholds": {"light": 0.0}}  # the served decision is "light" for every image
 
