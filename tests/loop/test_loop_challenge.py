@@ -174,3 +174,15 @@ def test_a_recorded_verdict_gates_the_registry(data: Path, good: Path, lazy: Pat
     moves = json.loads(capsys.readouterr().out)
     assert [(m["to_ref"], m["forced"], (m["challenge"] or {}).get("promote")) for m in moves] == [
         ("v1", False, None), ("v2", True, False)]
+
+
+def test_class_order_may_differ(data: Path, good: Path, tmp_path: Path) -> None:
+    """A challenger whose model.json lists the classes in another order is compared class by class, by name."""
+    flipped = make_bundle(tmp_path / "flipped", data / "train", seed=0, input_size=40, classes=["light", "dark"])
+    result = challenge(good, flipped.path, data, out=tmp_path / "out", n_resamples=200)
+    for split in ("test", "production"):
+        s = result["splits"][split]
+        assert s["accuracy"]["challenger"] == 1.0 and s["mcnemar"]["discordant"] == 0
+        assert {c: r["challenger"] for c, r in s["per_class_recall"].items()} == {"dark": 1.0, "light": 1.0}
+    # Equal on production is not "better": the production check fails, and says why.
+    assert result["verdict"]["checks"][2]["passed"] is False and "no different" in result["verdict"]["reasons"][0]
