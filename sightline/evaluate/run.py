@@ -34,6 +34,7 @@ import numpy as np
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle, resolve_bundle_dir
 from sightline.errors import BundleError, DatasetError, UserInputError
+from sightline.evaluate.figures import Fitted, fit_on_val, split_figures
 from sightline.evaluate.options import EvaluateOptions, resolve_options
 from sightline.evaluate.result import HEADLINE_KEYS, EvaluationResult, SeedSummary, write_json
 from sightline.spec import ProblemSpec, find_spec, load_spec
@@ -228,16 +229,6 @@ class _Job:
     progress: ProgressFn | None
 
 
-@dataclass
-class _Fitted:
-    """What the val split decided (or, without one, what the bundle already held)."""
-
-    temperature: float
-    thresholds: dict[str, Any]  # bundle.thresholds as choose_thresholds makes them
-    val_metrics: dict[str, Any] | None  # decision_metrics on val; None without a val split
-    review_val_curve: dict[str, Any] | None  # coverage vs accuracy on val, from the threshold search
-
-
 @contextmanager
 def _progress_fn(progress: ProgressFn | bool | None) -> Iterator[ProgressFn | None]:
     """A ProgressFn as given; True: rich bars drawn for the length of the `with` (the former default)."""
@@ -356,11 +347,20 @@ def _evaluate_one(
 
     started = time.perf_counter()
     timings = scored.timings
-    fitted = _fit_on_val(bundle, scored, job.problem)  # 1
+    classes = bundle.classes
+    y_val = _labels(scored.val_samples, classes) if scored.logits_val is not None else None
+    fitted = fit_on_val(scored.logits_val, y_val, classes, problem=job.problem,  # 1
+                        bundle_temperature=bundle.temperature, bundle_thresholds=bundle.thresholds)
     t0 = time.perf_counter()
-    y = _labels(scored.samples, bundle.classes)
-    dec = decide(scored.logits, bundle.classes, temperature=fitted.temperature, thresholds=fitted.thresholds)
-    result = _split_figures(bundle, scored, fitted, y, dec, job)  # 2
+    y = _labels(scored.samples, classes)
+    dec = decide(scored.logits, classes, temperature=fitted.temperature, thresholds=fitted.thresholds)
+    result = split_figures(  # 2
+        scored.logits, y, dec, classes, fitted=fitted, problem=job.problem, options=job.options, n_val=job.n_val,
+        unreadable=scored.failed,
+        model={"name": bundle.name, "version": bundle.version, "architecture": bundle.architecture,
+               "path": str(bundle.path), "dataset_version": bundle.dataset_version},
+        data={"root": str(job.data_dir), "n_val": job.n_val, "device": job.device},
+    )
     timings["predict_s"] = timings["predict_s"] + time.perf_counter() - t0
     t0 = time.perf_counter()
     gallery = _explain(engine, bundle, scored, y, dec, result, job)  # 3
@@ -376,116 +376,6 @@ def _evaluate_one(
     result.timings = {k: round(v, 2) for k, v in timings.items()}
     _write_files(result, bundle, out, report=report, gallery=gallery, update_bundle=job.options.update_bundle)
     return result
-
-
-def _fit_on_val(bundle: Bundle, scored: _Scored, problem: ProblemSpec | None) -> _Fitted:
-    """Step 1: temperature and thresholds fitted on val (never on the evaluated split unless it *is* val); the
-    bundle's own when the dataset has no val split."""
-    from sightline.decision import decide
-    from sightline.evaluate.calibration import fit_temperature
-    from sightline.evaluate.thresholds import choose_thresholds, decision_metrics
-
-    classes = bundle.classes
-    val_metrics = None
-    if scored.logits_val is not None:
-        y_val = _labels(scored.val_samples, classes)
-        temperature = fit_temperature(scored.logits_val, y_val)
-        thresholds = choose_thresholds(scored.logits_val, y_val, classes, spec=problem, temperature=temperature)
-        val_dec = decide(scored.logits_val, classes, temperature=temperature, thresholds=thresholds)
-        val_metrics = decision_metrics(y_val, val_dec.labels, classes, problem)
-    else:
-        temperature = float(bundle.temperature)
-        thresholds = dict(bundle.thresholds)
-    val_curve = (thresholds.get("review") or {}).pop("val_curve", None)
-    return _Fitted(float(temperature), thresholds, val_metrics, val_curve)
-
-
-def _split_figures(
-    bundle: Bundle, scored: _Scored, fitted: _Fitted, y: np.ndarray, dec: Decisions, job: _Job
-) -> EvaluationResult:
-    """Step 2: every figure of the evaluated split from its decisions `dec` and true labels `y` (N,)."""
-    from sightline.decision import softmax
-    from sightline.evaluate.calibration import expected_calibration_error, reliability
-    from sightline.evaluate.metrics import bootstrap_ci, classification_metrics
-    from sightline.evaluate.thresholds import check_targets, decision_metrics
-
-    classes = bundle.classes
-    split, problem, options = job.options.split, job.problem, job.options
-    figures = classification_metrics(y, dec.labels, dec.probabilities, classes)
-    figures["n_images"] = int(len(y))
-    raw = softmax(scored.logits)
-    test_dm = decision_metrics(y, dec.labels, classes, problem)
-    result = EvaluationResult(
-        split=split,
-        **figures,
-        argmax_accuracy=float((scored.logits.argmax(axis=1) == y).mean()),
-        decision_rule=(
-            "softmax(logits / temperature), per-class thresholds then arg-max, as sightline.decision.decide "
-            f"(temperature and thresholds chosen on {'val' if job.n_val else 'an earlier evaluation'})"
-        ),
-        ci=bootstrap_ci(y, dec.labels, len(classes), n_resamples=options.n_bootstrap, seed=options.seed),
-        ece_uncalibrated=expected_calibration_error(raw, y),
-        ece=expected_calibration_error(dec.probabilities, y),
-        temperature=fitted.temperature,
-        reliability={"before": reliability(raw, y), "after": reliability(dec.probabilities, y)},
-        review=_review(y, dec, fitted, chosen_on="val" if job.n_val else "bundle"),
-        thresholds=dict(fitted.thresholds),
-        expected_cost=test_dm["expected_cost"],
-        targets=check_targets(problem, classes, test=test_dm, val=fitted.val_metrics),
-        spec=None if problem is None else {
-            "path": str(problem.path) if problem.path else None,
-            "task": problem.task,
-            "primary_metric": problem.primary_metric,
-        },
-        warning=("thresholds and temperature were chosen on the split being reported (val): optimistic."
-                 if split == "val" else None),
-        unreadable=scored.failed,
-        struggling_classes=[],
-        explain_method=options.method,
-        model={"name": bundle.name, "version": bundle.version, "architecture": bundle.architecture,
-               "path": str(bundle.path), "dataset_version": bundle.dataset_version},
-        data={"root": str(job.data_dir), "n_val": job.n_val, "device": job.device},
-    )
-    result.struggling_classes = _struggling(result, classes)
-    return result
-
-
-def _review(y: np.ndarray, dec: Decisions, fitted: _Fitted, *, chosen_on: str) -> dict[str, Any]:
-    """The human-review block: who goes to a person under the review rule, and coverage vs accuracy."""
-    from sightline.evaluate.metrics import coverage_accuracy_curve
-
-    correct = dec.labels == y
-    r = fitted.thresholds.get("review_confidence")
-    accepted = dec.confidences >= r if r is not None else np.ones(len(y), dtype=bool)
-    return {
-        "review_confidence": r,
-        "chosen_on": chosen_on,
-        "coverage": float(accepted.mean()),
-        "accuracy_accepted": float(correct[accepted].mean()) if accepted.any() else None,
-        "n_review": int((~accepted).sum()),
-        "curve": coverage_accuracy_curve(correct, dec.confidences),
-        "val_curve": fitted.review_val_curve,
-    }
-
-
-def _struggling(result: EvaluationResult, classes: list[str]) -> list[dict[str, Any]]:
-    """Classes whose recall or precision is clearly worse than the rest (below 0.8 or 10 points under macro),
-    worst first, each with the class it is most confused with."""
-    cm = np.asarray(result.confusion_matrix["matrix"])
-    macro_r = result.macro_recall
-    out = []
-    for i, c in enumerate(classes):
-        pc = result.per_class[c]
-        if pc["support"] == 0:
-            continue
-        weak = min(pc["recall"], pc["precision"])
-        if weak < 0.8 or pc["recall"] < macro_r - 0.1:
-            row = cm[i].copy()
-            row[i] = 0
-            confused = classes[int(row.argmax())] if row.sum() else None
-            out.append({"class": c, "recall": pc["recall"], "precision": pc["precision"], "f1": pc["f1"],
-                        "confused_with": confused, "n_confused": int(row.max()) if row.sum() else 0})
-    return sorted(out, key=lambda d: d["f1"])
 
 
 def _explain(
@@ -509,7 +399,7 @@ def _explain(
 
 
 def _robustness(
-    engine: Engine, bundle: Bundle, crops: _SplitCrops, y: np.ndarray, fitted: _Fitted, job: _Job
+    engine: Engine, bundle: Bundle, crops: _SplitCrops, y: np.ndarray, fitted: Fitted, job: _Job
 ) -> dict[str, Any]:
     """Step 4: the corruption suite on a seeded sample of the split (`crops` gives pixels by position)."""
     from sightline.decision import decide
@@ -533,7 +423,7 @@ def _robustness(
     return result
 
 
-def _store_in_bundle(bundle: Bundle, result: EvaluationResult, fitted: _Fitted) -> None:
+def _store_in_bundle(bundle: Bundle, result: EvaluationResult, fitted: Fitted) -> None:
     """Step 5a: the val-fitted temperature and thresholds (what the server enforces) and the headline figures."""
     bundle.temperature = fitted.temperature
     bundle.thresholds = dict(fitted.thresholds)
@@ -545,7 +435,7 @@ def _store_in_bundle(bundle: Bundle, result: EvaluationResult, fitted: _Fitted) 
     bundle.write_json()
 
 
-def _open_set(engine: Engine, bundle: Bundle, scored: _Scored, fitted: _Fitted, result: EvaluationResult,
+def _open_set(engine: Engine, bundle: Bundle, scored: _Scored, fitted: Fitted, result: EvaluationResult,
               job: _Job) -> None:
     """Step 5a': the monitor's reference profile refreshed from val at the val-fitted temperature (written into the
     bundle with update_bundle; built in memory only when --ood needs it), and with --ood the open-set figures of
