@@ -27,7 +27,7 @@ def retrain_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="The new dataset version (split layout, e.g. from "
                               "`sightline feedback export`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="RUN folder for the challenger "
-                                       "[default: RUN-retrain-<dataset version> beside RUN]."),
+                                       "(default: RUN-retrain-<dataset version> beside RUN)."),
     epochs: Optional[int] = typer.Option(None, help="Override the champion's maximum epochs."),
     seed: Optional[int] = typer.Option(None, help="Override the champion's seed."),
     accelerator: Optional[str] = typer.Option(None, help="Override: auto | cpu | gpu."),
@@ -61,9 +61,9 @@ def challenge_cmd(
     challenger: Path = typer.Argument(..., help="The challenger: RUN or bundle folder."),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset with the frozen test/ split (and production/)."),
     spec: Optional[Path] = typer.Option(None, "--spec", help="Problem definition with the promotion: rule "
-                                        "[default: DATA/sightline.yaml, else the default rule]."),
+                                        "(default: DATA/sightline.yaml, else the default rule)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for challenge.json and challenge.html "
-                                       "[default: the challenger's RUN/challenge]."),
+                                       "(default: the challenger's RUN/challenge)."),
     bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples of the image set."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
@@ -72,10 +72,9 @@ def challenge_cmd(
                                            "registry, where it gates `registry promote`."),
     as_json: bool = typer.Option(False, "--json", help="Print challenge.json to stdout instead of a summary."),
 ) -> None:
-    """Champion vs challenger on the frozen test (+ production) split; the promotion rule's verdict. Exit 0 promote, 1 not, 2 bad input.
+    """Champion vs challenger on the frozen test (+ production) images -> verdict, challenge.json, challenge.html.
 
-    Accuracy difference with a paired bootstrap interval, McNemar's exact test, per-class recall changes and
-    calibration -> challenge.json + challenge.html."""
+    Paired bootstrap, McNemar's exact test, per-class recall, ECE. Exit code 0 promote, 1 do not, 2 bad input."""
     from sightline.loop.challenge import challenge
     from sightline.progress import rich_progress
 
@@ -117,8 +116,8 @@ def challenge_cmd(
 # --- registry ---------------------------------------------------------------------------------------------------
 DatabaseOpt = typer.Option(None, "--database", envvar="SIGHTLINE_DATABASE_URL", help=DATABASE_HELP)
 RootOpt = typer.Option(None, "--root", help="Folder for the registry's copies of bundles "
-                       "[default: registry/ beside a SQLite database].")
-ByOpt = typer.Option(None, "--by", help="Who does it, for the log [default: the OS user].")
+                       "(default: registry/ beside a SQLite database).")
+ByOpt = typer.Option(None, "--by", help="Who does it, for the log (default: the OS user).")
 ReasonOpt = typer.Option(None, "--reason", help="Why, for the log.")
 AliasOpt = typer.Option("champion", "--alias", help="champion or challenger.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -210,7 +209,8 @@ def registry_show(
                   highlight=False)
     console.print(f"  hash {v.bundle_hash}; files {v.path} ({'intact' if intact else 'CHANGED OR MISSING'})",
                   highlight=False)
-    console.print(f"  dataset {v.dataset_version or 'unknown'}; {_metrics(v)}; classes {', '.join(v.classes)}", highlight=False)
+    console.print(f"  dataset {v.dataset_version or 'unknown'}; {_metrics(v)}; classes {', '.join(v.classes)}",
+                  highlight=False)
     console.print(f"  added {v.added_at} by {v.added_by} from {v.source}" + (f": {v.reason}" if v.reason else ""),
                   highlight=False)
     if last is None:
@@ -253,7 +253,7 @@ def registry_rollback(
 
 @registry_app.command("history")
 def registry_history(
-    alias: Optional[str] = typer.Option(None, "--alias", help="Only this alias [default: all]."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Only this alias (default: all)."),
     database: Optional[str] = DatabaseOpt,
     as_json: bool = JsonOpt,
 ) -> None:

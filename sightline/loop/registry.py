@@ -131,7 +131,7 @@ class Move:
     at: str
     reason: str | None
     forced: bool  # a promotion past a failed challenge
-    challenge: dict[str, Any] | None  # the challenge consulted: {"id", "promote", "at", "reasons"}; None: none on record
+    challenge: dict[str, Any] | None  # the challenge consulted {"id", "promote", "at", "reasons"}; None: none
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -456,7 +456,8 @@ class Registry:
     def _version(row: Row) -> Version:
         return Version(id=row.id, bundle_hash=row.bundle_hash, name=row.name, model_version=row.model_version,
                        architecture=row.architecture, classes=list(row.classes), dataset_version=row.dataset_version,
-                       test_metrics=row.test_metrics, path=row.path, source=row.source, added_at=_iso(row.added_at) or "",
+                       test_metrics=row.test_metrics, path=row.path, source=row.source,
+                       added_at=_iso(row.added_at) or "",
                        added_by=row.added_by, reason=row.reason)
 
 

@@ -59,7 +59,8 @@ def plots(result: dict[str, Any], bootstrap_samples: dict[str, np.ndarray]) -> d
             ax.set_ylabel("bootstrap resamples")
             ax.legend(fontsize=8)
         out["difference"] = _png(fig)
-    rows = [(c, r["change"]) for c, r in result["splits"]["test"]["per_class_recall"].items() if r["change"] is not None]
+    recall = result["splits"]["test"]["per_class_recall"]
+    rows = [(c, r["change"]) for c, r in recall.items() if r["change"] is not None]
     if rows:
         fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(rows) + 2), 3.2))
         limit = -rule["max_class_recall_drop"] * 100

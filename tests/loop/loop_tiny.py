@@ -1,6 +1,6 @@
-"""Tiny data and bundles for the loop tests (imported as `from loop_tiny import ...`), made here: 32 px images whose class is their brightness, and
-`test_efficientnet` bundles whose head is a nearest-centroid probe on the network's pooled features (closed form,
-no training run), so the tests have a real, accurate classifier in well under a second."""
+"""Tiny data and bundles for the loop tests (`from loop_tiny import ...`), made here: 32 px images whose class is
+their brightness, and `test_efficientnet` bundles whose head is a nearest-centroid probe on the network's pooled
+features (closed form, no training run), so the tests have a real, accurate classifier in well under a second."""
 from __future__ import annotations
 
 from pathlib import Path
