@@ -148,7 +148,7 @@ def create_app(settings: Settings) -> FastAPI:
             monitor_task = Monitor(store=store, observer=observer, settings=settings, metrics=metrics,
                                    model={"name": bundle.name, "version": bundle.version})
         batcher = MicroBatcher(
-            engine.run,
+            engine.run if observer is None else observer.infer(engine.run),  # + open-set scores, per batch
             max_size=settings.batch_max_size,
             max_wait_ms=settings.batch_max_wait_ms,
             on_batch=metrics.batch_size.observe,

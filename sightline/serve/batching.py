@@ -3,12 +3,17 @@
 Each request awaits `submit(x)` per image; a single worker task collects up to `max_size` queued images (waiting
 at most `max_wait_ms` after the first one), runs the model once in a dedicated thread (so the event loop keeps
 accepting requests) and hands each caller its row of logits. `close()` finishes what is queued, then stops.
+
+`infer` returns an `Output`, or any batch result with the same two methods (`take(index)` -> rows,
+`concat(parts)` -> one result): the service's `monitoring.Scored` adds the open-set scores, computed once per
+batch in the same thread (the k-NN bank is read once per batch instead of once per request).
 """
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -27,14 +32,14 @@ _STOP = object()
 class MicroBatcher:
     def __init__(
         self,
-        infer: Callable[[np.ndarray], Output],
+        infer: Callable[[np.ndarray], Any],
         *,
         max_size: int = 32,
         max_wait_ms: float = 4.0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        """infer: (N, 3, S, S) float32 -> Output (logits, features, CAMs) of N rows; called from one worker thread,
-        never concurrently."""
+        """infer: (N, 3, S, S) float32 -> Output (logits, features, CAMs) of N rows, or a result with the same
+        `take` / `concat`; called from one worker thread, never concurrently."""
         self._infer = infer
         self.max_size = max_size
         self.max_wait_s = max_wait_ms / 1000
@@ -48,8 +53,8 @@ class MicroBatcher:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sightline-batcher")
 
-    async def submit(self, x: np.ndarray) -> Output:
-        """(3, S, S) input -> its one-row Output."""
+    async def submit(self, x: np.ndarray) -> Any:
+        """(3, S, S) input -> its one-row Output (or `infer`'s result type)."""
         if self._closing or self._task is None:
             raise BatcherClosedError("the service is shutting down; retry on another replica.")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -60,10 +65,10 @@ class MicroBatcher:
         finally:
             self.pending -= 1
 
-    async def submit_many(self, xs: list[np.ndarray]) -> Output:
+    async def submit_many(self, xs: list[np.ndarray]) -> Any:
         """list of (3, S, S) -> Output of N rows, each image queued on its own so it can join other requests."""
         rows = await asyncio.gather(*(self.submit(x) for x in xs))
-        return Output.concat(rows)
+        return type(rows[0]).concat(rows) if rows else Output.concat([])
 
     async def close(self) -> None:
         """Stop accepting work, finish everything queued, stop the worker."""

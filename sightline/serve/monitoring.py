@@ -11,7 +11,7 @@ In the background (`Monitor`, an asyncio task of the app, the tests in a worker 
 `SIGHTLINE_MONITOR_EVERY` predictions or `SIGHTLINE_MONITOR_INTERVAL_MINUTES`, whichever comes first,
   - "recent": the last N predictions (shown; overlapping, so no alert counts them);
   - "block": each new full block of N predictions -> alert "drift";
-  - "hour" / "day": each closed calendar period (UTC) -> alerts "drift_hour" / "drift_day";
+  - "hour" / "day": each closed calendar period (UTC), a minute after it ends -> alerts "drift_hour" / "drift_day";
 each window is tested against the profile (`monitor.windows.summarize`), kept in `monitor_windows`, set on the
 Prometheus gauges and counted by its alert (`monitor.alerts.AlertState`, persisted in `monitor_alerts` in the
 same transaction as the count, so a restart neither repeats nor loses an alert). Events then leave the alert's
@@ -30,7 +30,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from sightline.serve.settings import Settings
     from sightline.serve.store import Store
 
-__all__ = ["ADD_PROFILE", "ALERT_NAMES", "Observer", "Monitor", "open_observer", "profile_fingerprint",
+__all__ = ["ADD_PROFILE", "ALERT_NAMES", "Scored", "Observer", "Monitor", "open_observer", "profile_fingerprint",
            "no_profile_message", "batch_from_rows", "build_report"]
 
 log = logging.getLogger("sightline.monitor")
@@ -60,6 +61,7 @@ ADD_PROFILE = "run `sightline evaluate RUN --data DATA` to add or refresh it"
 ALERT_NAMES = {"block": "drift", "hour": "drift_hour", "day": "drift_day"}
 MAX_BLOCKS_PER_RUN = 10  # a long backlog (a first run on an old database) is caught up over several runs
 MAX_PERIODS_BACK = 48  # calendar periods looked at when an alert has none counted yet
+CLOSE_GRACE_S = 60.0  # a period is tested this long after it ends: predictions still being written have landed
 
 
 def profile_fingerprint(folder: str | Path) -> str:
@@ -78,6 +80,29 @@ def no_profile_message(bundle_dir: str | Path) -> str:
 
 
 # --- the request path -----------------------------------------------------------------------------------------
+@dataclass
+class Scored:
+    """A forward pass with each row's open-set score: what the micro-batcher hands a request when monitoring is on
+    (the batch-result interface of `serve.batching`: `take`, `concat`)."""
+
+    output: Output
+    scores: np.ndarray  # (N,) the profile's chosen open-set score; NaN without one
+    unknown: np.ndarray  # (N,) bool, score above the profile's threshold
+
+    def __len__(self) -> int:
+        return len(self.output)
+
+    def take(self, index: Any) -> Scored:
+        return Scored(self.output.take(index), self.scores[index], self.unknown[index])
+
+    @staticmethod
+    def concat(parts: Sequence[Scored]) -> Scored:
+        from sightline.inference import Output
+
+        return Scored(Output.concat([p.output for p in parts]), np.concatenate([p.scores for p in parts]),
+                      np.concatenate([p.unknown for p in parts]))
+
+
 class Observer:
     """Open-set score, "unknown" flag and the signals row of each prediction, from the forward pass's outputs."""
 
@@ -85,19 +110,31 @@ class Observer:
         self.profile = profile
         self.fingerprint = fingerprint
 
-    def observe(self, output: Output, stats: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray,
-                                                                                 list[dict[str, Any]]]:
-        """N rows of one forward pass and their N image statistics -> (scores, unknown flags, signal rows
-        for `Store.add_predictions`)."""
+    def score(self, output: Output) -> Scored:
+        """The chosen open-set score of every row of a forward pass. The server calls it once per micro-batch in
+        the inference thread: a k-NN score reads its whole bank (25 MB for 5,000 x 1,280) per call, so one call
+        for 16 images costs a third of 16 calls of one (measured 0.44 vs 1.4 ms an image)."""
         assert output.features is not None, "open_observer checks the backend gives features"
         scores, flags = self.profile.unknown(output.logits, output.features)  # the chosen score only
+        return Scored(output, np.asarray(scores, dtype=np.float64), np.asarray(flags, dtype=bool))
+
+    def infer(self, run: Callable[[np.ndarray], Output]) -> Callable[[np.ndarray], Scored]:
+        """`run` (network inputs -> Output) followed by `score`: the micro-batcher's `infer` when monitoring."""
+        return lambda x: self.score(run(x))
+
+    def observe(self, scored: Scored | Output, stats: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray,
+                                                                                         list[dict[str, Any]]]:
+        """N scored rows and their N image statistics -> (scores, unknown flags, signal rows for
+        `Store.add_predictions`). An unscored Output is scored here."""
+        scored = scored if isinstance(scored, Scored) else self.score(scored)
+        output = scored.output
         probs = softmax(output.logits, self.profile.temperature).astype(np.float32)
         projected = self.profile.project(output.features).astype(np.float16)
         rows = [{"profile": self.fingerprint, "projected": projected[i].tobytes(),
                  "probabilities": probs[i].tobytes(),
-                 "ood_score": float(scores[i]) if math.isfinite(scores[i]) else None,
-                 "unknown": bool(flags[i]), "image_stats": jsonable(stats[i])} for i in range(len(probs))]
-        return scores, flags, rows
+                 "ood_score": float(scored.scores[i]) if math.isfinite(scored.scores[i]) else None,
+                 "unknown": bool(scored.unknown[i]), "image_stats": jsonable(stats[i])} for i in range(len(probs))]
+        return scored.scores, scored.unknown, rows
 
 
 def open_observer(settings: Settings, bundle: Bundle, engine: Engine) -> tuple[Observer | None, str | None]:
@@ -271,7 +308,7 @@ class Monitor:
 
             for unit in self.settings.calendar_units:
                 seconds = PERIOD_SECONDS[unit]
-                current = math.floor(now / seconds)  # the open period: not tested until it closes
+                current = math.floor((now - CLOSE_GRACE_S) / seconds)  # open (or just closed): not yet
                 last = (states.get(ALERT_NAMES[unit]) or {}).get("last_window")
                 first = current - MAX_PERIODS_BACK if last is None else max(last + 1, current - MAX_PERIODS_BACK)
                 if first >= current:

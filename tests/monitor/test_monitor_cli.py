@@ -223,3 +223,58 @@ def test_bad_input_is_one_line_and_exit_2(served, capsys, tmp_path):
     assert code == 2 and "--since 'last tuesday'" in cap.err
     code, cap = _run(["monitor", str(served["bundle"]), "--database", served["url"], "--window", "week"], capsys)
     assert code == 2 and "--window 'week'" in cap.err
+
+
+def test_the_report_reads_postgresql_as_it_reads_sqlite(served, capsys, tmp_path):
+    """The same predictions and signals copied into PostgreSQL (a schema of its own in
+    SIGHTLINE_TEST_DATABASE_URL's database) give the same windows, p-values and measured accuracy."""
+    import os
+    import uuid
+
+    from sightline.serve.store import Store
+
+    base = os.environ.get("SIGHTLINE_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("PostgreSQL: set SIGHTLINE_TEST_DATABASE_URL=postgresql+psycopg://... (see DEVELOPERS.md)")
+    try:
+        admin = sa.create_engine(base)
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not available here"
+        pytest.skip(f"PostgreSQL at SIGHTLINE_TEST_DATABASE_URL is unreachable ({type(exc).__name__})")
+    schema = f"sl_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    from sightline.serve.monitoring import profile_fingerprint
+
+    fingerprint = profile_fingerprint(served["bundle"])
+    keep = ("request_id", "filename", "input_sha256", "model_name", "model_version", "label", "confidence",
+            "top_k", "decision", "latency_ms")
+    try:
+        source, target = Store(served["url"]), Store(url)
+        try:
+            for sig in source.signal_rows(fingerprint):
+                row = source.get_prediction(sig["prediction_id"])
+                extra = {k: sig[k] for k in ("projected", "probabilities", "ood_score", "unknown", "image_stats")}
+                (pid,) = target.add_predictions([{k: row[k] for k in keep}], [{**extra, "profile": fingerprint}])
+                assert pid == sig["prediction_id"]
+                if row["reviewed_label"]:
+                    target.record_label(pid, row["reviewed_label"], reviewer=row["reviewer"])
+        finally:
+            source.close()
+            target.close()
+        reports = []
+        for db in (served["url"], url):
+            code, cap = _run(["monitor", str(served["bundle"]), "--database", db, "--out", str(tmp_path / "r"),
+                              "--size", str(BLOCK), "--min-window", str(BLOCK), "--json"], capsys)
+            assert code == 0, cap.err
+            reports.append(json.loads(cap.out))
+        keys = ("n", "first_id", "last_id", "significant", "p_value", "unknown_rate", "measured_accuracy")
+        assert [{k: w[k] for k in keys} for w in reports[1]["windows"]] == \
+            [{k: w[k] for k in keys} for w in reports[0]["windows"]]
+        assert reports[1]["database"].startswith("postgresql")
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()

@@ -391,8 +391,8 @@ def test_calendar_windows_are_tested_once_when_closed(profiled, tmp_path):
     with serving(_settings(folder, url, monitor_calendar="hour")) as (client, app, key):
         ids = [a["id"] for a in _predict(client, [calm(300 + i) for i in range(WINDOW + 5)])]
         few = [a["id"] for a in _predict(client, [calm(400 + i) for i in range(4)])]
-        now = time.time()
-        hour = int(now // 3600)
+        hour = int(time.time() // 3600)
+        now = hour * 3600 + 1800.0  # the monitor's clock: half past (a period is tested a minute after it ends)
         store = Store(url)
         with store.engine.begin() as conn:  # the first batch happened an hour ago, the 4 others two hours ago
             for moved, back in ((ids, 1), (few, 2)):

@@ -63,12 +63,13 @@ async def predict(
         return arrays, stats
 
     arrays, stats = await anyio.to_thread.run_sync(decode_all, limiter=state.decode_limiter)
-    output = await state.batcher.submit_many(arrays)  # logits, features and CAMs of one forward pass
+    # logits, features and CAMs of one forward pass (with a profile: and each row's open-set score)
+    output = await state.batcher.submit_many(arrays)
     latency_ms = (time.perf_counter() - t0) * 1000
     request_id = uuid.uuid4().hex
 
     def decide_and_store():  # decisions, open-set scores and the database write: one worker-thread hop
-        preds = state.engine.decide(output, names)
+        preds = state.engine.decide(output if observer is None else output.output, names)
         scores, signals = [None] * len(preds), None
         if observer is not None:
             raw, unknown, signals = observer.observe(output, stats)
