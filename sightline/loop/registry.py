@@ -465,7 +465,8 @@ def _refuse_failed(last: dict[str, Any] | None, what: str) -> None:
     """UserInputError when `last` (a challenge record) is a failed verdict: the champion gate."""
     if last is not None and not last["promote"]:
         reasons = last["reasons"]
-        more = f" (+{len(reasons) - 1} more reasons: `sightline registry show`)" if len(reasons) > 1 else ""
+        extra = len(reasons) - 1
+        more = f" (+{extra} more reason{'s' if extra > 1 else ''}: `sightline registry show`)" if extra else ""
         raise UserInputError(
             f"{what} failed its last challenge on {last['at']} ({reasons[0] if reasons else 'no reason recorded'}"
             f"{more}); nothing changed. Pass --force to promote it anyway (the log records it as forced).")

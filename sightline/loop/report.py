@@ -46,8 +46,13 @@ def plots(result: dict[str, Any], bootstrap_samples: dict[str, np.ndarray]) -> d
         fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.2), squeeze=False)
         for ax, name in zip(axes[0], names):
             acc = result["splits"][name]["accuracy"]
-            d = bootstrap_samples[name] * 100
-            ax.hist(d, bins=min(40, max(10, len(np.unique(d)))), color="#7a8bb0")
+            n = acc["n_images"]
+            # A resampled difference is a whole number of images over n: bins on that grid (a few grid steps wide
+            # when the range is long), so no bin collects two values and its neighbour none.
+            k = np.round(bootstrap_samples[name] * n).astype(np.int64)
+            step = max(1, int(np.ceil((k.max() - k.min() + 1) / 60)))
+            edges = (np.arange(k.min(), k.max() + step + 1, step) - 0.5) * 100 / n
+            ax.hist(k * 100 / n, bins=edges, color="#7a8bb0")
             ax.axvline(0, color="#1d2330", lw=1)
             ax.axvline(acc["difference"] * 100, color="#2563eb", lw=2, label="observed")
             ax.axvspan(acc["low"] * 100, acc["high"] * 100, color="#2563eb", alpha=0.12,
