@@ -166,7 +166,8 @@ def main() -> int:
     try:
         folder = args.keep / "bundle" if args.keep else work / "bundle"
         if args.keep and (folder / "model.json").is_file():
-            notes = describe_prepared(folder, "reused from --keep")
+            notes = {"bundle": f"prepared earlier in {folder} (--keep)",
+                     **describe_prepared(folder, "the prepared bundle's")}
         else:
             notes = prepare_bundle(args, folder)
         runs = []
