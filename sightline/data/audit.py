@@ -15,6 +15,9 @@ Finding kinds (each finding is {"kind", "paths", "detail"}; paths relative to th
   extreme_aspect      width/height (or height/width) above 3
   class_imbalance     max/min class count at or above BALANCE_NONE_BELOW (1.5), with what training will do
   mixed_color_modes   files stored in more than one colour mode (e.g. RGB and greyscale)
+  label_issue         likely mislabeled: the given label contradicted by out-of-fold probabilities (confident
+                      learning, sightline.data.label_issues); ranked, with the suggested label. Only when the
+                      caller ran the label check and passed it in (`label_check=`); never moved, never relabelled
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import numpy as np
 from sightline.data.balance import choose_balance, class_ratio
 from sightline.data.datasets import Dataset, region_files, scan_dataset
 from sightline.data.findings import AuditResult, Finding  # re-exported: part of this module's API
+from sightline.data.label_issues import LabelCheck, write_suggestions
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.data.split import DEFAULT_MAX_DISTANCE, duplicate_groups
 
@@ -48,7 +52,7 @@ __all__ = [
 
 KINDS = (
     "unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels", "split_leakage",
-    "blurry", "too_small", "extreme_aspect", "class_imbalance", "mixed_color_modes",
+    "blurry", "too_small", "extreme_aspect", "class_imbalance", "mixed_color_modes", "label_issue",
 )
 # Kinds whose files `quarantine` moves away (imbalance and colour modes are properties of the set, not of a file).
 QUARANTINE_KINDS = ("unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels",
@@ -213,11 +217,15 @@ def audit_dataset(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     dataset: Dataset | None = None,
+    label_check: LabelCheck | None = None,
 ) -> AuditResult:
     """Audit a dataset folder (split or flat layout): write `audit.json`, `audit.html` and `manifest.csv` into
     `out` (default DATA/.audit, which scans ignore) and return the findings.
 
     With `move_to_quarantine`, flagged files move to DATA/.quarantine/ (see `quarantine`); audit.json lists them.
+    `label_check` (the label check's result, made a layer up: sightline.train.label_audit.audit_labels) adds its
+    ranked `label_issue` findings, its summary under "label_check" in audit.json, and `label_issues.csv` (review
+    suggestions, `write_suggestions`); label issues are never quarantined.
 
     Example:
         >>> result = audit_dataset("DATA")
@@ -227,12 +235,20 @@ def audit_dataset(
     ds = dataset or scan_dataset(data)
     records = describe_images(ds, workers=workers, progress=progress)
     findings = audit_records(records, skipped=ds.skipped, max_distance=max_distance)
+    if label_check is not None:
+        findings += label_check.findings()
     counts = {k: sum(f.kind == k for f in findings) for k in KINDS}
     result = AuditResult(root=ds.root, n_images=len(records), findings=findings, counts=counts,
-                         class_counts=ds.class_counts("train" if ds.layout == "split" else None))
+                         class_counts=ds.class_counts("train" if ds.layout == "split" else None),
+                         label_check=label_check.summary() if label_check is not None else None)
     out_dir = Path(out) if out is not None else ds.root / ".audit"
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(records, out_dir / "manifest.csv")
+    if label_check is not None and label_check.skipped is None:
+        csv_path = write_suggestions(label_check, out_dir / "label_issues.csv",
+                                     splits={r.relpath: r.split for r in records},
+                                     sha256={r.relpath: r.sha256 for r in records if r.sha256})
+        result.label_check["suggestions"] = csv_path.name  # type: ignore[index]
     if html:  # before any quarantine move, while the thumbnails' files are where the findings say
         from sightline.data.audit_report import write_html
 

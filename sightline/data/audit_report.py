@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from sightline.data.findings import AuditResult
+from sightline.data.findings import AuditResult, Finding
 from sightline.data.images import load_image
 from sightline.errors import ImageError
 
@@ -38,6 +38,16 @@ def _thumb(path: Path) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _headline(finding: Finding) -> str:
+    """A line above the thumbnails where the detail has one worth reading first (a label issue's suggestion)."""
+    if finding.kind != "label_issue":
+        return ""
+    d = finding.detail
+    return (f"<p>#{d['rank']}: labelled <b>{html.escape(d['given'])}</b> &rarr; looks like "
+            f"<b>{html.escape(d['suggested'])}</b> (out-of-fold probability {d['p_suggested']:.2f}; "
+            f"of the given label {d['p_given']:.2f})</p>")
+
+
 def write_html(result: AuditResult, path: str | Path) -> Path:
     """Write the page for `result` (thumbnails read from `result.root`) and return its path."""
     esc = html.escape
@@ -47,6 +57,12 @@ def write_html(result: AuditResult, path: str | Path) -> Path:
              "<table><tr><th>finding</th><th>count</th></tr>"]
     parts += [f"<tr><td><a href='#{k}'>{k}</a></td><td>{n}</td></tr>" for k, n in result.counts.items()]
     parts.append("</table>")
+    check = result.label_check
+    if check is not None:  # what the label check did, so an empty label_issue row is not read as "all labels right"
+        said = check["skipped"] or (f"{check['n_checked']} images checked in {check['folds']} folds with "
+                                    f"{check['model'].get('arch', '?')} features; out-of-fold accuracy "
+                                    f"{check['oof_accuracy']}; suggestions in {check.get('suggestions', '-')}")
+        parts.append(f"<p>Label check: {esc(said)}</p>" + "".join(f"<p class='none'>{esc(n)}</p>" for n in check["notes"]))
     for kind, n in result.counts.items():
         if not n:
             continue
@@ -59,7 +75,7 @@ def write_html(result: AuditResult, path: str | Path) -> Path:
                 img = f"<img src='{uri}' alt=''>" if uri else "<div class='none'>(no preview)</div>"
                 figures.append(f"<figure>{img}<figcaption>{esc(p)}</figcaption></figure>")
             more = f"<p>and {len(f.paths) - MAX_THUMBS_PER_FINDING} more</p>" if len(f.paths) > MAX_THUMBS_PER_FINDING else ""
-            parts.append(f"<div class='finding'><div class='thumbs'>{''.join(figures)}</div>{more}"
+            parts.append(f"<div class='finding'>{_headline(f)}<div class='thumbs'>{''.join(figures)}</div>{more}"
                          f"<pre>{esc(json.dumps(f.detail, indent=1, default=str))}</pre></div>")
         if n > len(shown):
             parts.append(f"<p>{n - len(shown)} more in audit.json</p>")

@@ -25,6 +25,7 @@ class AuditResult:
     class_counts: dict[str, int]
     out: Path | None = None  # folder with audit.json and audit.html
     quarantined: list[dict] = field(default_factory=list)
+    label_check: dict | None = None  # LabelCheck.summary() when the label check was asked for, else None
 
     def to_json(self) -> dict:
         return {
@@ -34,4 +35,5 @@ class AuditResult:
             "class_counts": self.class_counts,
             "findings": [asdict(f) for f in self.findings],
             "quarantined": self.quarantined,
+            "label_check": self.label_check,
         }
