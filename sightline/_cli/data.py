@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from sightline._cli.common import console, existing_path, fail, print_json
 
@@ -121,18 +122,34 @@ def audit_cmd(
     out: Optional[Path] = typer.Option(None, help="Folder for audit.json, audit.html and manifest.csv [default: DATA/.audit]."),
     quarantine: bool = typer.Option(False, "--quarantine", help="Move flagged files into DATA/.quarantine/ (logged, never deleted)."),
     max_distance: int = typer.Option(8, help="Perceptual-hash bits within which images count as near duplicates."),
+    labels: bool = typer.Option(True, "--labels/--no-labels", help="Look for likely-mislabeled images (confident "
+                                "learning on a pretrained backbone's features; runs when classes have at least 10 "
+                                "images each). Suggestions only: nothing is relabelled."),
+    label_model: str = typer.Option("tf_efficientnet_lite0", "--label-model", help="timm architecture whose "
+                                    "pooled features the label check uses."),
+    label_weights: str = typer.Option("auto", "--label-weights", help="Its weights: 'auto' (packaged, else hub), "
+                                      "'none' (random: for tests only) or a .safetensors/.pth file."),
+    seed: int = typer.Option(0, help="Random seed of the label check's folds."),
     json_out: bool = typer.Option(False, "--json", help="Print audit.json to stdout."),
 ) -> None:
-    """Find corrupt files, duplicates, label conflicts, split leakage, blur, odd sizes, imbalance, mixed modes."""
+    """Find corrupt files, duplicates, label conflicts, split leakage, blur, odd sizes, imbalance, mixed modes, and
+    likely-mislabeled images (ranked, with a suggested label, in label_issues.csv for review)."""
     from sightline.data.audit import KINDS, audit_dataset
     from sightline.data.datasets import scan_dataset
 
     existing_path(data, "dataset folder")
     dataset = scan_dataset(data)
+    check = None
+    if labels:  # composed here: the feature extraction is a layer above sightline.data
+        from sightline.progress import rich_progress
+        from sightline.train.label_audit import audit_labels
+
+        with rich_progress(enabled=not json_out) as progress:
+            check = audit_labels(dataset, arch=label_model, weights=label_weights, seed=seed, progress=progress)
     bar, advance = _progress(len(dataset.samples), "auditing images", enabled=not json_out)
     with bar:
         result = audit_dataset(data, out=out, max_distance=max_distance, move_to_quarantine=quarantine,
-                               progress=advance, dataset=dataset)
+                               progress=advance, dataset=dataset, label_check=check)
     if json_out:
         print_json(result.to_json())
         return
@@ -150,9 +167,24 @@ def audit_cmd(
             example = ", ".join(first.paths[:2]) if first.paths else str(first.detail.get("ratio", ""))
             if kind == "class_imbalance":
                 example = f"max/min {first.detail['ratio']}: {first.detail['training']}"
-        style = "" if not found else ("yellow" if kind in ("class_imbalance", "mixed_color_modes") else "red")
-        table.add_row(kind, f"[{style}]{len(found)}[/]" if style else "0", example)
+            if kind == "label_issue":
+                d = first.detail
+                example = f"{first.paths[0]}: {d['given']} -> {d['suggested']} (p {d['p_suggested']:.2f})"
+        style = "" if not found else ("yellow" if kind in ("class_imbalance", "mixed_color_modes", "label_issue")
+                                      else "red")
+        count = f"[{style}]{len(found)}[/]" if style else "0"
+        if kind == "label_issue" and (check is None or check.skipped):
+            count, example = "-", "not checked" + (" (--no-labels)" if check is None else "")
+        table.add_row(kind, count, example)
     console.print(table)
+    if check is not None:
+        for line in check.notes:
+            console.print(f"[yellow]label check:[/] {escape(line)}", highlight=False)
+        if check.skipped:
+            console.print(f"[yellow]{escape(check.skipped)}[/]", highlight=False)
+        if check.issues:
+            console.print(f"{len(check.issues)} likely-mislabeled images ranked in audit.html; review suggestions: "
+                          f"{result.out / 'label_issues.csv'} (nothing was relabelled)", highlight=False)
     console.print(f"report: {result.out / 'audit.html'}, findings: {result.out / 'audit.json'}", highlight=False)
     if result.quarantined:
         console.print(f"moved {len(result.quarantined)} files to {result.root / '.quarantine'} (log.jsonl lists them)", highlight=False)

@@ -1,0 +1,91 @@
+"""The audit's label check, end to end: a pretrained backbone's pooled features for every image of a dataset,
+through the inference core, then confident learning over them (`sightline.data.label_issues.check_labels`).
+
+The backbone is ImageNet-pretrained, not trained on this dataset's labels, so a wrong label cannot have been
+learned into the features; the out-of-fold logistic regression over them is the only thing that sees labels.
+
+Example:
+    >>> check = audit_labels(scan_dataset("DATA"), progress=progress)
+    >>> [(i.path, i.given, i.suggested) for i in check.issues[:5]]
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sightline.data.datasets import Dataset, Sample
+from sightline.data.label_issues import (
+    DEFAULT_FOLDS,
+    MIN_IMAGES_PER_CLASS,
+    LabelCheck,
+    check_labels,
+    plan_label_check,
+)
+from sightline.progress import ProgressFn
+
+__all__ = ["audit_labels", "image_features", "DEFAULT_ARCH"]
+
+DEFAULT_ARCH = "tf_efficientnet_lite0"  # ImageNet weights ship in a package: works offline
+
+
+def image_features(
+    paths: Sequence[str | Path],
+    classes: Sequence[str],
+    *,
+    arch: str = DEFAULT_ARCH,
+    weights: str | Path = "auto",
+    device: str | None = None,
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, list[int], list[dict[str, str]], dict]:
+    """(N_ok, D) pooled features of the files that decode, their positions in `paths`, the files that did not
+    ({"path", "reason"}), and what made the features ({"arch", "weights", "input_size"}).
+
+    One decode -> preprocess -> run path (sightline.inference.score_files) with the architecture's own
+    preprocessing (`default_preprocessing`); the classifier head (sized for `classes`) is not used."""
+    from sightline.inference import Engine, TorchBackend, score_files
+    from sightline.models.factory import create_model, default_preprocessing
+
+    model = create_model(arch, num_classes=len(classes), weights=weights)
+    pre = default_preprocessing(arch)
+    with Engine(TorchBackend(model, device=device), preprocessing=pre, classes=classes) as engine:
+        (out,), inputs = score_files([engine], list(paths), batch_size=batch_size, progress=progress,
+                                     task="label check: features")
+    info = {"arch": arch, "weights": model.sightline_weights["source"], "input_size": pre.input_size}
+    assert out.features is not None  # a TorchBackend always returns features
+    return out.features, inputs.index, inputs.failed, info
+
+
+def audit_labels(
+    dataset: Dataset,
+    *,
+    arch: str = DEFAULT_ARCH,
+    weights: str | Path = "auto",
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    min_per_class: int = MIN_IMAGES_PER_CLASS,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+) -> LabelCheck:
+    """Likely-mislabeled images among all of `dataset`'s images (every split: a wrong test label corrupts the
+    figures as surely as a wrong training label corrupts the model), ranked; paths relative to the dataset root.
+
+    Classes with fewer than `min_per_class` images are left out, and with fewer than two such classes the check is
+    skipped before any model is built (LabelCheck.notes / .skipped say so). Files that do not decode are left out
+    of the check (the audit reports them as corrupt)."""
+    check = plan_label_check([s.label for s in dataset.samples], folds=folds, min_per_class=min_per_class)
+    if check.skipped:
+        return check
+    samples: list[Sample] = [s for s in dataset.samples if s.label in check.classes]
+    features, index, _, info = image_features([s.path for s in samples], dataset.classes, arch=arch,
+                                              weights=weights, device=device, progress=progress)
+    used = [samples[i] for i in index]
+    result = check_labels(features, [s.label for s in used], [s.relpath for s in used], folds=folds, seed=seed,
+                          min_per_class=min_per_class)
+    # Classes left out before extraction stay listed, with their notes, beside any a failed decode pushed out.
+    result.left_out = {**check.left_out, **result.left_out}
+    result.notes = list(dict.fromkeys(check.notes + result.notes))
+    result.model = info
+    return result
