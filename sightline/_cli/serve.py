@@ -73,16 +73,22 @@ def register(app: typer.Typer) -> None:
     @keys.command("create")
     def keys_create(
         name: str = typer.Argument(..., help="Who the key is for."),
+        role: list[str] | None = typer.Option(
+            None, "--role", help="predict, review or admin; repeat or comma-separate for several (default predict)."
+        ),
         bundle: Path | None = bundle_opt,
         database_url: str | None = url_opt,
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Create an API key. It is printed once and stored only as a hash."""
-        key = _store(bundle, database_url).create_key(name)
+        from sightline.serve.store import parse_roles
+
+        roles = parse_roles(role)
+        key = _store(bundle, database_url).create_key(name, roles)
         if as_json:
-            print_json({"name": name, "key": key})
+            print_json({"name": name, "roles": list(roles), "key": key})
         else:
-            err_console.print(f"API key for {name} (shown once; send it as X-API-Key):")
+            err_console.print(f"API key for {name}, roles {', '.join(roles)} (shown once; send it as X-API-Key):")
             typer.echo(key)
 
     @keys.command("list")
@@ -98,7 +104,8 @@ def register(app: typer.Typer) -> None:
             return
         for r in rows:
             state = f"revoked {r['revoked']:%Y-%m-%d %H:%M}" if r["revoked"] else "active"
-            console.print(f"{r['id']:>4}  {r['name']:<24} {r['prefix']}...  created {r['created']:%Y-%m-%d %H:%M}  {state}")
+            console.print(f"{r['id']:>4}  {r['name']:<24} {r['prefix']}...  {','.join(r['roles']):<22} "
+                          f"created {r['created']:%Y-%m-%d %H:%M}  {state}")
 
     @keys.command("revoke")
     def keys_revoke(

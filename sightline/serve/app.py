@@ -123,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         from sightline.inference import open_engine, usable_cores
         from sightline.serve.batching import MicroBatcher
+        from sightline.serve.images import ImageKeeper, LocalImageStore
         from sightline.serve.monitoring import Monitor, open_observer
         from sightline.serve.ratelimit import RateLimiter
         from sightline.serve.state import KeyCache, ServiceState
@@ -174,6 +175,9 @@ def create_app(settings: Settings) -> FastAPI:
             observer=observer,
             monitor=monitor_task,
             monitor_message=monitor_message,
+            images=ImageKeeper(LocalImageStore(settings.resolved_image_store()), keep_accepted=settings.keep_accepted,
+                               max_bytes=settings.image_store_max_bytes,
+                               max_age_days=settings.image_store_max_age_days) if settings.keep_images else None,
         )
         if monitor_task is not None:
             await monitor_task.start()  # first run now: delivers what a previous process left in the outbox
@@ -207,5 +211,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     for router in (health.router, model.router, predict.router, review.router, monitor.router):
         app.include_router(router)
+    from sightline.serve.deps import KeyGate
+
+    app.add_middleware(KeyGate)  # key, role, rate limit from the headers, before the body (inside the size cap)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     return app

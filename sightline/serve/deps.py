@@ -1,18 +1,37 @@
-"""Typed dependencies: the shared state and the caller's API key (401 / 429 are raised here, at the edge)."""
+"""Typed dependencies: the shared state and the caller's API key and role (401 / 403 / 429 at the edge).
+
+FastAPI reads a request's body (a multipart upload, a JSON label) before it solves the route's dependencies, so
+`KeyGate`, a pure ASGI middleware, checks key, role and rate limit from the headers first: a request without the
+right key is answered before one byte of its body is received. The route dependencies (`require_role`) read the
+gate's verdict from the request scope, or check themselves where the gate has no rule for the path.
+
+Roles per path (`ROUTE_ROLES`, longest prefix first): /v1/predict needs `predict`; /v1/review... and /v1/monitor
+need `review`; /v1/keys and /v1/registry (none over HTTP yet) need `admin`.
+"""
 from __future__ import annotations
 
+import json
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, HTTPException, Request, status
 
 from sightline.serve.state import ServiceState
-from sightline.serve.store import ApiKeyInfo, hash_key
+from sightline.serve.store import ROLES, ApiKeyInfo, hash_key
 
-__all__ = ["get_state", "StateDep", "require_key", "ApiKeyDep"]
+__all__ = ["get_state", "StateDep", "require_key", "require_role", "ApiKeyDep", "PredictKeyDep", "ReviewKeyDep",
+           "AdminKeyDep", "KeyGate", "ROUTE_ROLES"]
 
-ANONYMOUS = ApiKeyInfo(id=0, name="anonymous")
+ANONYMOUS = ApiKeyInfo(id=0, name="anonymous", roles=frozenset(ROLES))  # SIGHTLINE_REQUIRE_API_KEY=false
+ROUTE_ROLES: tuple[tuple[str, str], ...] = (
+    ("/v1/predict", "predict"),
+    ("/v1/review", "review"),
+    ("/v1/monitor", "review"),
+    ("/v1/keys", "admin"),
+    ("/v1/registry", "admin"),
+)
+_SCOPE_KEY = "sightline_key"  # request.state attribute holding (role checked, ApiKeyInfo)
 
 
 def get_state(request: Request) -> ServiceState:
@@ -22,25 +41,32 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def _presented_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
+def _presented_key(headers: Any) -> str | None:
+    key = headers.get("x-api-key")
     if key:
         return key.strip()
-    auth = request.headers.get("authorization", "")
+    auth = headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
 
 
-async def require_key(request: Request, state: StateDep) -> ApiKeyInfo:
-    """The caller's key (X-API-Key or Authorization: Bearer); 401 when missing/unknown/revoked, 429 over the
-    per-key rate limit. A recently verified key is answered from memory; otherwise the database is read in a
-    worker thread so the event loop never blocks."""
+def role_for_path(path: str) -> str | None:
+    for prefix, role in ROUTE_ROLES:
+        if path == prefix or path.startswith(prefix + "/"):
+            return role
+    return None
+
+
+async def authorize(state: ServiceState, headers: Any, role: str) -> ApiKeyInfo:
+    """The caller's key (X-API-Key or Authorization: Bearer) when it has `role`: 401 when missing/unknown/
+    revoked, 403 without the role, 429 over the per-key rate limit. A recently verified key is answered from
+    memory; otherwise the database is read in a worker thread so the event loop never blocks."""
     if not state.settings.require_api_key:
         info = ANONYMOUS
     else:
-        key = _presented_key(request)
+        key = _presented_key(headers)
         if key is None:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
@@ -58,6 +84,12 @@ async def require_key(request: Request, state: StateDep) -> ApiKeyInfo:
                     headers={"WWW-Authenticate": "Bearer"},
                 )
             state.keys.put(digest, info)
+    if role not in info.roles:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"the API key {info.name!r} lacks the {role!r} role (it has {', '.join(sorted(info.roles))}); "
+            f"an admin can create one with `sightline keys create NAME --role {role}`.",
+        )
     retry = state.limiter.check(info.id)
     if retry is not None:
         raise HTTPException(
@@ -68,4 +100,51 @@ async def require_key(request: Request, state: StateDep) -> ApiKeyInfo:
     return info
 
 
-ApiKeyDep = Annotated[ApiKeyInfo, Depends(require_key)]
+def require_role(role: str) -> Any:
+    """A dependency: the caller's ApiKeyInfo when the key has `role` (the gate's verdict when it ran)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+
+    async def dependency(request: Request, state: StateDep) -> ApiKeyInfo:
+        checked = getattr(request.state, _SCOPE_KEY, None)
+        if checked is not None and checked[0] == role:
+            return checked[1]
+        return await authorize(state, request.headers, role)
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+require_key = require_role("predict")
+ApiKeyDep = Annotated[ApiKeyInfo, Depends(require_key)]  # kept for routes written before roles: predict
+PredictKeyDep = ApiKeyDep
+ReviewKeyDep = Annotated[ApiKeyInfo, Depends(require_role("review"))]
+AdminKeyDep = Annotated[ApiKeyInfo, Depends(require_role("admin"))]
+
+
+class KeyGate:
+    """Pure ASGI middleware: key, role and rate limit from the headers before the body is read (see above)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        role = role_for_path(scope.get("path", "")) if scope["type"] == "http" else None
+        state = getattr(scope["app"].state, "sightline", None) if role is not None and "app" in scope else None
+        if state is None:  # not a guarded path (or the lifespan has not run): the route decides
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import Headers
+
+        try:
+            info = await authorize(state, Headers(scope=scope), role)
+        except HTTPException as exc:
+            body = json.dumps({"detail": exc.detail}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]  # any body the client still sends is never read
+            headers += [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+            await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        scope.setdefault("state", {})[_SCOPE_KEY] = (role, info)
+        await self.app(scope, receive, send)

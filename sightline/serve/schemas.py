@@ -86,8 +86,8 @@ class ReviewItem(BaseModel):
 
 
 class ReviewLabel(BaseModel):
-    label: str = Field(description="The true class, one of the model's classes.")
-    reviewer: str | None = Field(None, description="Who labelled it; default: the API key's name.")
+    label: str = Field(description="The true class, one of the model's classes, or 'unknown' (not a valid item).")
+    override: bool = Field(False, description="Replace an existing label (kept in the label history); else 409.")
 
 
 class Health(BaseModel):

@@ -41,6 +41,18 @@ class Settings(BaseSettings):
     )
     require_api_key: bool = Field(True, description="Turn off only for local experiments.")
     key_cache_s: float = Field(5.0, ge=0, description="How long a verified key is trusted before re-checking.")
+    # Kept images (content-addressed, sightline/serve/images.py)
+    keep_images: bool = Field(True, description="Keep review/unknown images and a sample of accepted ones.")
+    image_store: Path | None = Field(None, description="Image folder; default <bundle>/images, beside sightline.db.")
+    keep_accepted: float = Field(
+        0.03, ge=0, le=1, description="Share of 'accept' images kept at random (the unbiased production slice)."
+    )
+    image_store_max_bytes: int | None = Field(
+        None, ge=0, description="Evict unlabelled sampled images, oldest first, above this many bytes."
+    )
+    image_store_max_age_days: float | None = Field(
+        None, gt=0, description="Evict unlabelled sampled images older than this; review/unknown/labelled stay."
+    )
     # Monitoring (needs the bundle's reference profile, reference.npz; without one serving is unchanged).
     monitor: bool = Field(True, description="Open-set 'unknown' decisions, per-prediction signals, drift windows.")
     monitor_window: int = Field(500, ge=2, description="N: predictions per window (the last N, and blocks of N).")
@@ -106,6 +118,13 @@ class Settings(BaseSettings):
 
     def resolved_database_url(self) -> str:
         return database_url(self.database_url, self.bundle)
+
+    def resolved_image_store(self) -> Path:
+        if self.image_store is not None:
+            return self.image_store
+        from sightline.bundle import resolve_bundle_dir
+
+        return resolve_bundle_dir(self.bundle) / "images"
 
 
 def database_url(url: str | None, bundle: Path | None) -> str:

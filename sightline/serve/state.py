@@ -10,6 +10,7 @@ import anyio
 from sightline.bundle import Bundle
 from sightline.inference import Engine
 from sightline.serve.batching import MicroBatcher
+from sightline.serve.images import ImageKeeper
 from sightline.serve.metrics import ServiceMetrics
 from sightline.serve.monitoring import Monitor, Observer
 from sightline.serve.ratelimit import RateLimiter
@@ -56,4 +57,5 @@ class ServiceState:
     observer: Observer | None = None  # open-set decision + signals; None without a reference profile
     monitor: Monitor | None = None  # windows and alerts in the background
     monitor_message: str | None = None  # why monitoring is off (one line), when it is
+    images: ImageKeeper | None = None  # kept images (None: SIGHTLINE_KEEP_IMAGES=false)
     started: float = field(default_factory=time.time)

@@ -11,6 +11,13 @@ Monitoring lives in tables of its own, so a database written before it needs no 
                       calibrated softmax (float32 bytes), open-set score, unknown flag, image statistics (JSON)
   monitor_windows     each tested window's result (JSON), so /v1/monitor answers after a restart
   monitor_alerts      each alert's `AlertState` (JSON), its outbox included
+
+Roles, label history and kept images are side tables too (no ALTER of api_keys / predictions):
+  api_key_roles       (key id, role) rows; a key without any row was made before roles existed and keeps what
+                      every key could do then: predict and review (LEGACY_ROLES). `create_key` always writes >= 1.
+  label_history       every change of a prediction's reviewed label: who (the key's name), when, old -> new
+  kept_images         the image of a prediction kept in the image store (sha256, content type, size) and why:
+                      "review" / "unknown", or "sample" (a random slice of accepted ones, for unbiased accuracy)
 """
 from __future__ import annotations
 
@@ -42,14 +49,24 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from sightline.errors import UserInputError, one_line
+from sightline.errors import SightlineError, UserInputError, one_line
 
-__all__ = ["Store", "PredictionRecord", "PredictionSignal", "MonitorWindow", "MonitorAlert", "ApiKey", "ApiKeyInfo",
+__all__ = ["Store", "PredictionRecord", "ApiKeyRole", "LabelHistory", "KeptImage", "LabelConflictError", "ROLES",
+           "LEGACY_ROLES", "PredictionSignal", "MonitorWindow", "MonitorAlert", "ApiKey", "ApiKeyInfo",
            "hash_key", "safe_url", "KEY_PREFIX", "QUEUED_DECISIONS"]
 
 KEY_PREFIX = "sl_"
 _LOOKUP_CHARS = 8  # characters after KEY_PREFIX stored in clear to find the row; the rest is only hashed
 QUEUED_DECISIONS = ("review", "unknown")  # decisions that put a prediction in the review queue
+ROLES = ("predict", "review", "admin")
+LEGACY_ROLES = frozenset({"predict", "review"})  # keys made before roles: any key could predict and work the queue
+UNKNOWN_LABEL = "unknown"  # a reviewer's label for "not a valid item" (no class fits)
+
+
+class LabelConflictError(SightlineError):
+    """A label for a prediction that already has one, without `override`."""
+
+    status_code = 409
 
 
 def _now() -> datetime:
@@ -100,6 +117,42 @@ class PredictionRecord(Base):
         return {c.name: getattr(self, c.name) for c in self.__table__.columns}
 
 
+class ApiKeyRole(Base):
+    __tablename__ = "api_key_roles"
+
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
+class LabelHistory(Base):
+    """Append-only: one row per change of a prediction's reviewed label (old None for the first label)."""
+
+    __tablename__ = "label_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    changed: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    reviewer: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    old_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    new_label: Mapped[str] = mapped_column(String(200))
+    old_reviewer: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class KeptImage(Base):
+    """A prediction whose image is in the image store. `evicted` is set (the row stays, so the sample flag and
+    the sampling rate stay known) when retention removed the bytes."""
+
+    __tablename__ = "kept_images"
+
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(String(16), index=True)  # "review" | "unknown" | "sample"
+    content_type: Mapped[str] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(Integer)
+    evicted: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class PredictionSignal(Base):
     """What the monitor needs of one prediction (only written when the bundle has a reference profile)."""
 
@@ -145,6 +198,22 @@ class MonitorAlert(Base):
 class ApiKeyInfo:
     id: int
     name: str
+    roles: frozenset[str] = LEGACY_ROLES
+
+
+def parse_roles(values: Iterable[str] | None) -> tuple[str, ...]:
+    """Roles from repeated and/or comma-separated values ("review,admin"); default ("predict",)."""
+    roles: list[str] = []
+    for value in values or ():
+        for part in value.split(","):
+            part = part.strip().lower()
+            if part and part not in roles:
+                roles.append(part)
+    bad = [r for r in roles if r not in ROLES]
+    if bad:
+        raise UserInputError(f"role {bad[0]!r} does not exist; use {', '.join(ROLES)} (several: repeat --role or "
+                             "separate them with commas).")
+    return tuple(roles) or ("predict",)
 
 
 class Store:
@@ -196,14 +265,28 @@ class Store:
             return False
 
     # --- API keys ---------------------------------------------------------------------------------------
-    def create_key(self, name: str) -> str:
-        """Create a key for `name`; returns the key, which is stored only as a hash (show it once)."""
+    def create_key(self, name: str, roles: Iterable[str] | None = None) -> str:
+        """Create a key for `name` with `roles` (default predict only); returns the key, which is stored only as
+        a hash (show it once)."""
         if not name.strip():
             raise UserInputError("the key name is empty; give it the name of the client or person.")
+        granted = parse_roles(roles)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self._write(), Session(self.engine) as session, session.begin():
-            session.add(ApiKey(name=name, lookup=key[: len(KEY_PREFIX) + _LOOKUP_CHARS], key_hash=hash_key(key)))
+            row = ApiKey(name=name, lookup=key[: len(KEY_PREFIX) + _LOOKUP_CHARS], key_hash=hash_key(key))
+            session.add(row)
+            session.flush()
+            session.add_all([ApiKeyRole(key_id=row.id, role=r) for r in granted])
         return key
+
+    def _roles(self, session: Session, key_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+        found: dict[int, set[str]] = {}
+        if key_ids:
+            for key_id, role in session.execute(
+                select(ApiKeyRole.key_id, ApiKeyRole.role).where(ApiKeyRole.key_id.in_(key_ids))
+            ):
+                found.setdefault(key_id, set()).add(role)
+        return {i: frozenset(found[i]) if i in found else LEGACY_ROLES for i in key_ids}
 
     def verify_key(self, key: str) -> ApiKeyInfo | None:
         """The key's owner when the key exists and is not revoked, else None (constant-time hash compare)."""
@@ -213,17 +296,19 @@ class Store:
             row = session.scalars(
                 select(ApiKey).where(ApiKey.lookup == key[: len(KEY_PREFIX) + _LOOKUP_CHARS])
             ).first()
-        if row is None or row.revoked is not None:
-            return None
-        if not hmac.compare_digest(row.key_hash, hash_key(key)):
-            return None
-        return ApiKeyInfo(id=row.id, name=row.name)
+            if row is None or row.revoked is not None:
+                return None
+            if not hmac.compare_digest(row.key_hash, hash_key(key)):
+                return None
+            return ApiKeyInfo(id=row.id, name=row.name, roles=self._roles(session, [row.id])[row.id])
 
     def list_keys(self) -> list[dict[str, Any]]:
         with self._sessions() as session:
             rows = session.scalars(select(ApiKey).order_by(ApiKey.id)).all()
+            roles = self._roles(session, [r.id for r in rows])
         return [
-            {"id": r.id, "name": r.name, "prefix": r.lookup, "created": r.created, "revoked": r.revoked}
+            {"id": r.id, "name": r.name, "prefix": r.lookup, "roles": sorted(roles[r.id]), "created": r.created,
+             "revoked": r.revoked}
             for r in rows
         ]
 
@@ -285,16 +370,66 @@ class Store:
             ).all()
         return [r.to_dict() for r in rows]
 
-    def record_label(self, prediction_id: int, label: str, *, reviewer: str | None = None) -> dict[str, Any] | None:
-        """Store a reviewer's label as ground truth; None when the prediction does not exist."""
+    def record_label(
+        self, prediction_id: int, label: str, *, reviewer: str | None = None, override: bool = False
+    ) -> dict[str, Any] | None:
+        """Store a reviewer's label as ground truth; None when the prediction does not exist. A prediction that
+        already has a label keeps it (LabelConflictError) unless `override`; every change is appended to
+        label_history in the same transaction (the row is locked on PostgreSQL, so two reviewers take turns)."""
         with self._write(), Session(self.engine, expire_on_commit=False) as session, session.begin():
-            row = session.get(PredictionRecord, prediction_id)
+            row = session.get(PredictionRecord, prediction_id, with_for_update=True)
             if row is None:
                 return None
+            if row.reviewed_label is not None and not override:
+                raise LabelConflictError(
+                    f"prediction {prediction_id} is already labelled {row.reviewed_label!r} by {row.reviewer}; "
+                    'send "override": true to change it (the change is kept in the label history).'
+                )
+            now = _now()
+            session.add(LabelHistory(prediction_id=prediction_id, changed=now, reviewer=reviewer,
+                                     old_label=row.reviewed_label, new_label=label, old_reviewer=row.reviewer))
             row.reviewed_label = label
             row.reviewer = reviewer
-            row.reviewed = _now()
+            row.reviewed = now
             return row.to_dict()
+
+    def label_history(self, prediction_id: int | None = None) -> list[dict[str, Any]]:
+        """Label changes, oldest first (of one prediction, or all)."""
+        q = select(LabelHistory).order_by(LabelHistory.id)
+        if prediction_id is not None:
+            q = q.where(LabelHistory.prediction_id == prediction_id)
+        with self._sessions() as session:
+            return [{c.name: getattr(r, c.name) for c in LabelHistory.__table__.columns}
+                    for r in session.scalars(q).all()]
+
+    # --- kept images -----------------------------------------------------------------------------------
+    def add_kept_images(self, rows: Sequence[dict[str, Any]]) -> None:
+        """KeptImage rows (prediction_id, sha256, reason, content_type, size)."""
+        if rows:
+            created = _now()
+            with self._write(), self.engine.begin() as conn:
+                conn.execute(insert(KeptImage), [{"created": created, **r} for r in rows])
+
+    def kept_image(self, prediction_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(KeptImage.__table__).where(KeptImage.prediction_id == prediction_id)).first()
+        return dict(row._mapping) if row is not None else None
+
+    def kept_images(self) -> list[dict[str, Any]]:
+        """Every kept-image row with its prediction's decision, label and reviewer label, oldest first."""
+        q = (select(KeptImage.__table__, PredictionRecord.decision, PredictionRecord.label,
+                    PredictionRecord.reviewed_label, PredictionRecord.reviewer, PredictionRecord.reviewed,
+                    PredictionRecord.filename, PredictionRecord.model_version)
+             .join(PredictionRecord, PredictionRecord.id == KeptImage.prediction_id)
+             .order_by(KeptImage.prediction_id))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def mark_evicted(self, prediction_ids: Sequence[int]) -> None:
+        if prediction_ids:
+            with self._write(), self.engine.begin() as conn:
+                conn.execute(KeptImage.__table__.update().where(KeptImage.prediction_id.in_(list(prediction_ids)))
+                             .values(evicted=_now()))
 
     # --- monitoring ------------------------------------------------------------------------------------
     _SIGNAL_COLUMNS = (

@@ -87,7 +87,7 @@ def server(tmp_path_factory):
         Base.metadata.drop_all(scratch.engine)
         scratch.close()
     store = Store(settings.resolved_database_url())
-    keys = {"alice": store.create_key("alice"), "bob": store.create_key("bob")}
+    keys = {name: store.create_key(name, ["predict", "review"]) for name in ("alice", "bob")}
     app = create_app(settings)
     srv, thread, port = _start(app)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:

@@ -152,7 +152,7 @@ def serving(settings):
     from sightline.serve.store import Store
 
     store = Store(settings.resolved_database_url())
-    key = store.create_key("tester")
+    key = store.create_key("tester", ["predict", "review"])
     store.close()
     app = create_app(settings)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))

@@ -93,7 +93,10 @@ async def predict(
             }
             for p, b in zip(preds, blobs)
         ]
-        return preds, scores, state.store.add_predictions(rows, signals)
+        ids = state.store.add_predictions(rows, signals)
+        if state.images is not None:  # review/unknown images and a random sample of accepted ones
+            state.images.keep(state.store, ids, [p.decision for p in preds], blobs)
+        return preds, scores, ids
 
     preds, scores, ids = await anyio.to_thread.run_sync(decide_and_store)
     for p in preds:

@@ -1,19 +1,24 @@
-"""The review queue: low-confidence and unknown predictions waiting for a person, and their labels as ground truth."""
+"""The review queue: low-confidence and unknown predictions waiting for a person, their kept images, and their
+labels as ground truth. Every route needs a key with the `review` role; the reviewer recorded with a label is the
+key's name (a `reviewer` field in the body is ignored), and a label is only replaced with `"override": true`."""
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Response
 
-from sightline.serve.deps import ApiKeyDep, StateDep
+from sightline.serve.deps import ReviewKeyDep, StateDep
 from sightline.serve.schemas import ErrorResponse, ReviewItem, ReviewLabel
+from sightline.serve.store import UNKNOWN_LABEL
 
 router = APIRouter(tags=["review"])
 
+_AUTH = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse, "description": "The key lacks the review role."}}
 
-@router.get("/v1/review", response_model=list[ReviewItem], responses={401: {"model": ErrorResponse}})
+
+@router.get("/v1/review", response_model=list[ReviewItem], responses=_AUTH)
 async def review_queue(
     state: StateDep,
-    key: ApiKeyDep,
+    key: ReviewKeyDep,
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
 ) -> list[ReviewItem]:
@@ -25,18 +30,37 @@ async def review_queue(
 @router.post(
     "/v1/review/{prediction_id}",
     response_model=ReviewItem,
-    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={**_AUTH, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
 )
-async def record_label(prediction_id: int, body: ReviewLabel, state: StateDep, key: ApiKeyDep) -> ReviewItem:
-    """Store a reviewer's label for a prediction; it becomes ground truth for monitoring and retraining."""
-    if body.label not in state.bundle.classes:
-        raise HTTPException(
-            422,
-            f"label {body.label!r} is not one of the model's classes {state.bundle.classes}.",
-        )
+async def record_label(prediction_id: int, body: ReviewLabel, state: StateDep, key: ReviewKeyDep) -> ReviewItem:
+    """Store a reviewer's label for a prediction; it becomes ground truth for monitoring and retraining. An
+    already labelled prediction answers 409 unless `override` is true; every change is kept in the label history."""
+    allowed = [*state.bundle.classes, UNKNOWN_LABEL]
+    if body.label not in allowed:
+        raise HTTPException(422, f"label {body.label!r} is not one of the model's classes or {UNKNOWN_LABEL!r}: "
+                                 f"{allowed}.")
     row = await anyio.to_thread.run_sync(
-        lambda: state.store.record_label(prediction_id, body.label, reviewer=body.reviewer or key.name)
+        lambda: state.store.record_label(prediction_id, body.label, reviewer=key.name, override=body.override)
     )
     if row is None:
         raise HTTPException(404, f"no prediction with id {prediction_id}.")
     return ReviewItem(**row)
+
+
+@router.get(
+    "/v1/review/{prediction_id}/image",
+    response_class=Response,
+    responses={**_AUTH, 200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}},
+)
+async def review_image(prediction_id: int, state: StateDep, key: ReviewKeyDep) -> Response:
+    """The prediction's image, exactly as it was uploaded (kept for review/unknown decisions and a random sample
+    of accepted ones), with its content type; never sniffed by the browser."""
+    if state.images is None:
+        raise HTTPException(404, "the image store is off (SIGHTLINE_KEEP_IMAGES=false).")
+    found = await anyio.to_thread.run_sync(state.images.read, state.store, prediction_id)
+    if found is None:
+        raise HTTPException(404, f"no kept image for prediction {prediction_id} (not kept, or evicted).")
+    data, content_type = found
+    return Response(data, media_type=content_type, headers={
+        "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600",
+        "Content-Security-Policy": "default-src 'none'; sandbox"})

@@ -1,0 +1,200 @@
+"""The images the service keeps: a content-addressed store and the rule for what goes into it.
+
+`LocalImageStore` keeps bytes exactly as uploaded (no re-encoding) at `<root>/ab/cd/<sha256>`; writing the same
+image twice stores it once; every write goes to a temporary file in the same folder and is renamed into place,
+so a reader never sees half a file. The store is the small interface put/get/exists/delete/size, so an fsspec
+URL (`s3://...`) can back it later: that needs an `FsspecImageStore` with the same five methods (put via a temp
+key + rename, or a conditional write where the object store has one) and `SIGHTLINE_IMAGE_STORE` accepting URLs.
+
+`ImageKeeper` decides per prediction: every "review" and "unknown" image is kept; an "accept" one with
+probability `keep_accepted` (the "sample" slice, flagged in kept_images so accuracy measured on it is unbiased).
+Retention (`max_bytes`, `max_age_days`) evicts only unlabelled samples, oldest first; review/unknown images and
+every labelled image stay. A file shared by several predictions (same bytes) is deleted only when none of them
+still needs it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = ["ImageStore", "LocalImageStore", "ImageKeeper", "content_type"]
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def content_type(data: bytes) -> str:
+    """The image's media type from its first bytes (the decoder already accepted it); octet-stream otherwise."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    return "application/octet-stream"
+
+
+class ImageStore(Protocol):
+    def put(self, data: bytes) -> str: ...
+    def get(self, sha256: str) -> bytes | None: ...
+    def exists(self, sha256: str) -> bool: ...
+    def delete(self, sha256: str) -> bool: ...
+    def size(self, sha256: str) -> int | None: ...
+
+
+class LocalImageStore:
+    """Content-addressed files under `root`: `<root>/<sha[:2]>/<sha[2:4]>/<sha>`."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def put(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        target = self.path(sha)
+        if target.exists():  # same bytes, same name: stored once
+            return sha
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return sha
+
+    def get(self, sha256: str) -> bytes | None:
+        try:
+            return self.path(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def delete(self, sha256: str) -> bool:
+        try:
+            self.path(sha256).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def size(self, sha256: str) -> int | None:
+        try:
+            return self.path(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
+
+
+class ImageKeeper:
+    """What to keep of each answered prediction, and retention. Thread-safe; blocking (call from a worker)."""
+
+    def __init__(self, images: ImageStore, *, keep_accepted: float = 0.03, max_bytes: int | None = None,
+                 max_age_days: float | None = None, retention_every_s: float = 60.0,
+                 rng: random.Random | None = None) -> None:
+        self.images = images
+        self.keep_accepted = keep_accepted
+        self.max_bytes = max_bytes
+        self.max_age_days = max_age_days
+        self.retention_every_s = retention_every_s
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._last_retention = 0.0
+
+    def keep(self, store: Any, ids: Sequence[int], decisions: Sequence[str], blobs: Sequence[bytes]) -> int:
+        """Store the images that matter of these predictions and record them; returns how many were kept."""
+        rows = []
+        for pid, decision, blob in zip(ids, decisions, blobs):
+            if decision in ("review", "unknown"):
+                reason = decision
+            else:
+                with self._lock:
+                    sampled = self._rng.random() < self.keep_accepted
+                if not sampled:
+                    continue
+                reason = "sample"
+            sha = self.images.put(blob)
+            rows.append({"prediction_id": pid, "sha256": sha, "reason": reason, "content_type": content_type(blob),
+                         "size": len(blob)})
+        store.add_kept_images(rows)
+        if (self.max_bytes is not None or self.max_age_days is not None) and rows:
+            now = time.monotonic()
+            with self._lock:
+                due = now - self._last_retention >= self.retention_every_s
+                if due:
+                    self._last_retention = now
+            if due:
+                self.enforce_retention(store)
+        return len(rows)
+
+    def read(self, store: Any, prediction_id: int) -> tuple[bytes, str] | None:
+        row = store.kept_image(prediction_id)
+        if row is None or row["evicted"] is not None:
+            return None
+        data = self.images.get(row["sha256"])
+        return (data, row["content_type"]) if data is not None else None
+
+    def enforce_retention(self, store: Any, now: datetime | None = None) -> list[int]:
+        """Evict unlabelled "sample" images older than max_age_days, then the oldest of them until the store's
+        bytes (each distinct file once) fit max_bytes. Returns the evicted prediction ids."""
+        now = now or datetime.now(timezone.utc)
+        rows = [r for r in store.kept_images() if r["evicted"] is None]
+        needed: dict[str, int] = {}  # sha -> live rows that need the file
+        sizes: dict[str, int] = {}
+        for r in rows:
+            needed[r["sha256"]] = needed.get(r["sha256"], 0) + 1
+            sizes[r["sha256"]] = r["size"]
+        total = sum(sizes.values())
+        evictable = [r for r in rows if r["reason"] == "sample" and r["reviewed_label"] is None]
+        evicted: list[int] = []
+        done: set[int] = set()
+
+        def evict(r: dict[str, Any]) -> None:
+            nonlocal total
+            evicted.append(r["prediction_id"])
+            done.add(r["prediction_id"])
+            needed[r["sha256"]] -= 1
+            if needed[r["sha256"]] == 0:
+                total -= sizes[r["sha256"]]
+
+        if self.max_age_days is not None:
+            cutoff = now - timedelta(days=self.max_age_days)
+            for r in evictable:
+                created = r["created"] if r["created"].tzinfo else r["created"].replace(tzinfo=timezone.utc)
+                if created < cutoff:
+                    evict(r)
+        if self.max_bytes is not None:
+            for r in evictable:
+                if total <= self.max_bytes:
+                    break
+                if r["prediction_id"] not in done:
+                    evict(r)
+        if evicted:
+            store.mark_evicted(evicted)  # first the rows (a reader then stops asking for the file), then the files
+            gone = {r["sha256"] for r in rows if r["prediction_id"] in done}
+            for sha in gone:
+                if needed[sha] == 0:
+                    self.images.delete(sha)
+        return evicted

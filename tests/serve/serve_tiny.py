@@ -1,0 +1,76 @@
+"""A tiny exported bundle served by uvicorn on a free loopback port, for the role and image tests
+(`from serve_tiny import ...`)."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from sightline.bundle import Bundle, Preprocessing
+from sightline.models.factory import create_model
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+def encode(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(seed: int = 0, w: int = 40, h: int = 32) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def make_bundle(root: Path) -> Path:
+    """test_efficientnet with random weights (never confident), exported to ONNX."""
+    from sightline.optimize.export import export
+
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", len(CLASSES), weights="none")
+    bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version="1",
+                    thresholds={"review_confidence": 0.99, "class_thresholds": {}})
+    bundle.save(root / "bundle", model.state_dict())
+    export(root / "bundle")
+    return root / "bundle"
+
+
+@contextmanager
+def serving(bundle: Path, **overrides) -> Iterator[httpx.Client]:
+    """An httpx client on uvicorn serving `bundle` with Settings(**overrides)."""
+    import uvicorn
+
+    from sightline.serve.app import create_app
+    from sightline.serve.settings import Settings
+
+    settings = Settings(bundle=bundle, **{"rate_limit_per_minute": 0, "key_cache_s": 0, "batch_max_wait_ms": 5,
+                                          "threads": 1, "monitor": False, **overrides})
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning",
+                                        lifespan="on"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not srv.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+
+
+def predict(client: httpx.Client, key: str, blobs: list[bytes]) -> httpx.Response:
+    return client.post("/v1/predict", files=[("file", (f"{i}.jpg", b)) for i, b in enumerate(blobs)],
+                       headers={"X-API-Key": key})
