@@ -20,6 +20,45 @@ def register(app: typer.Typer) -> None:
     app.command("retrain")(retrain_cmd)
     app.command("challenge")(challenge_cmd)
     app.add_typer(registry_app, name="registry")
+    app.add_typer(feedback_app, name="feedback")
+
+
+feedback_app = typer.Typer(help="Reviewers' labels from the service -> a new dataset version.", no_args_is_help=True)
+
+
+@feedback_app.command("export")
+def feedback_export_cmd(
+    database: Optional[str] = typer.Option(None, "--database", envvar="SIGHTLINE_DATABASE_URL", help=DATABASE_HELP),
+    data: Path = typer.Option(..., "--data", "-d", help="The parent dataset (split layout; its test split is kept "
+                              "as is)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The new dataset version (a new or empty folder)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="The service's image store (default: images/ "
+                                          "beside a SQLite database, as `sightline serve` keeps it)."),
+    val_ratio: float = typer.Option(0.15, "--val-ratio", help="Share of each class's reviewed images put in val."),
+    audit: bool = typer.Option(True, "--audit/--no-audit", help="Run the data audit on the new version."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write a new dataset version: the parent + reviewed images (train/val by a stratified hash, the random
+    accepted slice in production/), lineage in manifest.csv, the audit in NEWDATA/.audit."""
+    from sightline.loop.feedback import export_feedback
+    from sightline.loop.registry import database_url
+
+    existing_path(data, "dataset")
+    summary = export_feedback(database_url(database), data, out, images=images, val_ratio=val_ratio, audit=audit)
+    if as_json:
+        print_json(summary)
+        return
+    added = summary["added"]
+    parts = [f"{split} +{sum(c.values())}" for split, c in added.items()]
+    console.print(f"{out}: dataset {summary['dataset_version']} from {summary['parent_version']} "
+                  f"({summary['parent_files_linked']} parent files linked; {', '.join(parts)})", highlight=False)
+    skipped = summary["skipped"]
+    console.print(f"  not placed: {len(skipped['unknown_label'])} labelled unknown, {len(skipped['image_missing'])} "
+                  f"without their image, {len(skipped['duplicates_of_parent'])} copies of parent images, "
+                  f"{len(summary['conflicts'])} conflicting labels (feedback.json lists them)", highlight=False)
+    if "audit" in summary:
+        counts = ", ".join(f"{k} {v}" for k, v in summary["audit"]["counts"].items()) or "no findings"
+        console.print(f"  audit: {counts} ({summary['audit']['out']})", highlight=False)
 
 
 def retrain_cmd(
