@@ -15,6 +15,7 @@ still needs it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 import tempfile
@@ -24,6 +25,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
+
+log = logging.getLogger("sightline.serve")
 
 __all__ = ["ImageStore", "LocalImageStore", "ImageKeeper", "content_type"]
 
@@ -135,7 +138,11 @@ class ImageKeeper:
                 if not sampled:
                     continue
                 reason = "sample"
-            sha = self.images.put(blob)
+            try:
+                sha = self.images.put(blob)
+            except OSError as exc:  # a full or unwritable disk must not fail the prediction: it was answered
+                log.warning("image of prediction %s not kept: %s", pid, exc)
+                continue
             rows.append({"prediction_id": pid, "sha256": sha, "reason": reason, "content_type": content_type(blob),
                          "size": len(blob)})
         store.add_kept_images(rows)
@@ -193,8 +200,8 @@ class ImageKeeper:
                     evict(r)
         if evicted:
             store.mark_evicted(evicted)  # first the rows (a reader then stops asking for the file), then the files
-            gone = {r["sha256"] for r in rows if r["prediction_id"] in done}
-            for sha in gone:
-                if needed[sha] == 0:
-                    self.images.delete(sha)
+            gone = {r["sha256"] for r in rows if r["prediction_id"] in done and needed[r["sha256"]] == 0}
+            # a request may have kept the same bytes again since the rows were read: those files stay
+            for sha in gone - store.live_image_shas(gone):
+                self.images.delete(sha)
         return evicted

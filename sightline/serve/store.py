@@ -425,6 +425,15 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
+    def live_image_shas(self, shas: Iterable[str]) -> set[str]:
+        """Those of `shas` that a kept_images row not evicted still points to."""
+        shas = list(shas)
+        if not shas:
+            return set()
+        q = select(KeptImage.sha256).where(KeptImage.sha256.in_(shas), KeptImage.evicted.is_(None)).distinct()
+        with self.engine.connect() as conn:
+            return set(conn.scalars(q))
+
     def mark_evicted(self, prediction_ids: Sequence[int]) -> None:
         if prediction_ids:
             with self._write(), self.engine.begin() as conn:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
+import uuid
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,41 @@ from sightline.bundle import Bundle, Preprocessing
 from sightline.models.factory import create_model
 
 CLASSES = ["cat", "dog", "fox"]
+POSTGRES = os.environ.get("SIGHTLINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@contextmanager
+def open_store(kind: str, tmp_path: Path) -> Iterator:
+    """A Store on a SQLite file in tmp_path, or on PostgreSQL in a schema of its own (dropped afterwards;
+    pytest.skip with the reason when the server is unreachable)."""
+    import pytest
+    import sqlalchemy as sa
+
+    from sightline.serve.store import Store
+
+    if kind == "sqlite":
+        store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        try:
+            yield store
+        finally:
+            store.close()
+        return
+    schema = f"sl_test_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = sa.create_engine(POSTGRES, connect_args={"connect_timeout": 3})
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is a reason to skip
+        pytest.skip(f"PostgreSQL at {POSTGRES} is unreachable ({type(exc).__name__}); set SIGHTLINE_TEST_POSTGRES_URL")
+    sep = "&" if "?" in POSTGRES else "?"
+    store = Store(f"{POSTGRES}{sep}options=-csearch_path%3D{schema}")
+    try:
+        yield store
+    finally:
+        store.close()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 def encode(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:

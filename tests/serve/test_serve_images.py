@@ -8,7 +8,7 @@ import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from serve_tiny import encode, make_bundle, photo, predict, serving
+from serve_tiny import encode, make_bundle, open_store, photo, predict, serving
 
 from sightline.serve.images import ImageKeeper, LocalImageStore, content_type
 from sightline.serve.store import Store
@@ -58,8 +58,13 @@ def test_keeps_review_unknown_and_a_flagged_sample_of_accepts(tmp_path):
     store.close()
 
 
-def test_retention_evicts_only_unlabelled_samples(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    with open_store(request.param, tmp_path) as s:
+        yield s
+
+
+def test_retention_evicts_only_unlabelled_samples(store, tmp_path):
     images = LocalImageStore(tmp_path / "img")
     keeper = ImageKeeper(images, keep_accepted=1.0, retention_every_s=float("inf"))  # retention when asked
     decisions = ["review", "unknown", "accept", "accept", "accept", "accept"]
@@ -94,7 +99,28 @@ def test_retention_evicts_only_unlabelled_samples(tmp_path):
     last = _predictions(store, ["accept"])
     keeper.keep(store, last, ["accept"], [b"w" * 10])
     assert store.kept_image(newer[1])["evicted"] is not None and store.kept_image(last[0])["evicted"] is None
-    store.close()
+
+
+def test_retention_keeps_a_file_kept_again_meanwhile_and_a_failed_write_never_fails(store, tmp_path):
+    images = LocalImageStore(tmp_path / "img")
+    keeper = ImageKeeper(images, keep_accepted=1.0, max_bytes=0, retention_every_s=float("inf"))
+    first = _predictions(store, ["accept"])
+    keeper.keep(store, first, ["accept"], [b"same bytes"])
+
+    class Racing:  # a request keeps the same bytes again between retention's read and its delete
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def mark_evicted(self, ids):
+            store.mark_evicted(ids)
+            store.add_kept_images([{"prediction_id": _predictions(store, ["review"])[0], "sha256": sha,
+                                    "reason": "review", "content_type": "application/octet-stream", "size": 10}])
+
+    sha = hashlib.sha256(b"same bytes").hexdigest()
+    assert keeper.enforce_retention(Racing()) == first and images.exists(sha)
+    blocked = ImageKeeper(LocalImageStore(tmp_path / "a-file"), keep_accepted=1.0)
+    (tmp_path / "a-file").write_text("not a folder")
+    assert blocked.keep(store, _predictions(store, ["review"]), ["review"], [b"x"]) == 0  # logged, not raised
 
 
 @pytest.fixture(scope="module")

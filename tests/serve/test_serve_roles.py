@@ -6,13 +6,10 @@ unreachable); the HTTP checks against uvicorn on SQLite."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import uuid
 
 import pytest
-import sqlalchemy as sa
-from serve_tiny import CLASSES, encode, make_bundle, photo, predict, serving
+from serve_tiny import CLASSES, encode, make_bundle, open_store, photo, predict, serving
 
 from sightline.serve.store import (
     LEGACY_ROLES,
@@ -22,32 +19,10 @@ from sightline.serve.store import (
     parse_roles,
 )
 
-POSTGRES = os.environ.get("SIGHTLINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with open_store(request.param, tmp_path) as s:
         yield s
-        s.close()
-        return
-    schema = f"sl_roles_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = sa.create_engine(POSTGRES, connect_args={"connect_timeout": 3})
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is a reason to skip
-        pytest.skip(f"PostgreSQL at {POSTGRES} is unreachable ({type(exc).__name__}); set SIGHTLINE_TEST_POSTGRES_URL")
-    sep = "&" if "?" in POSTGRES else "?"
-    s = Store(f"{POSTGRES}{sep}options=-csearch_path%3D{schema}")
-    try:
-        yield s
-    finally:
-        s.close()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def _prediction(store: Store) -> int:
