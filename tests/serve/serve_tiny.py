@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import os
 import threading
-import uuid
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path

@@ -19,6 +19,7 @@ from sightline.serve.store import (
     parse_roles,
 )
 
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path):
     with open_store(request.param, tmp_path) as s:
