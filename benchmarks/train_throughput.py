@@ -76,7 +76,7 @@ def sightline_step(args: argparse.Namespace, device: str) -> tuple[float, str, b
     import lightning as L
 
     from sightline.train.config import TrainConfig
-    from sightline.train.fit import _channels_last, _precision
+    from sightline.train.blocks import training_precision, use_channels_last
     from sightline.train.system import ClassifierSystem
 
     cfg = TrainConfig()
@@ -84,7 +84,7 @@ def sightline_step(args: argparse.Namespace, device: str) -> tuple[float, str, b
         cfg = cfg.with_overrides(precision=args.precision)
     if args.channels_last:
         cfg = cfg.with_overrides(channels_last=True)
-    precision, channels_last = _precision(cfg), _channels_last(cfg)
+    precision, channels_last = training_precision(cfg), use_channels_last(cfg)
 
     class Timer(L.Callback):
         start = end = 0.0

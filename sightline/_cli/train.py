@@ -12,6 +12,7 @@ from sightline._cli.common import console, existing_path, fail, print_json
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
     app.command("train")(train_cmd)
+    app.command("lr-find")(lr_find_cmd)
     app.command("compare")(compare_cmd)
     app.command("demo")(demo_cmd)
 
@@ -23,10 +24,12 @@ def train_cmd(
                                         "lite0/lite1/lite2 work offline."),
     weights: Optional[str] = typer.Option(None, help="'auto' (packaged, else hub) [default], 'none', or a "
                                           ".safetensors/.pth file."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping may end sooner)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (stops sooner when validation saturates)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side in px (default: the model's)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate of the head."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="Input side in px, or 'auto' (default): "
+                                             "the model's size, or a short probe when the images are smaller."),
+    lr: Optional[str] = typer.Option(None, help="Peak learning rate of the head (default "
+                                     "1e-3), or 'auto': a range test picks it (RUN/lr_find.png)."),
     freeze_epochs: Optional[int] = typer.Option(None, "--freeze-epochs", help="Train only the head first."),
     augment: Optional[str] = typer.Option(None, help="light | strong | none."),
     crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Share of the image the center crop keeps "
@@ -34,7 +37,13 @@ def train_cmd(
     balance: Optional[str] = typer.Option(None, help="auto | none | weights | sampler."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     seeds: int = typer.Option(1, "--seeds", help="Train N seeds and report mean +- std of validation metrics."),
-    max_time: Optional[float] = typer.Option(None, "--max-time", help="Wall-clock budget for fitting, seconds."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget of the run (300, 90s, "
+                                              "5m, 1h30m): epochs are planned from the first one to fit."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation score."),
+    cache_ram: Optional[str] = typer.Option(None, "--cache-ram", help="Memory for images decoded once: auto (a "
+                                            "quarter of what is free; default), 25%, 2GB, 0 (disk only) or off."),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Hard wall-clock limit for fitting, seconds "
+                                             "(stops mid-epoch; --time-budget plans instead)."),
     accelerator: Optional[str] = typer.Option(None, help="auto | cpu | gpu."),
     devices: Optional[str] = typer.Option(None, help="'auto', a count ('2') or ids ('0,1')."),
     num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Machines for multi-node DDP."),
@@ -55,7 +64,8 @@ def train_cmd(
     cfg = load_config(config) if config else TrainConfig()
     given = {"model": model, "weights": weights, "epochs": epochs, "batch_size": batch_size,
              "input_size": input_size, "lr": lr, "freeze_epochs": freeze_epochs, "augment": augment, "crop_pct": crop_pct,
-             "balance": balance, "seed": seed, "max_time_s": max_time, "accelerator": accelerator,
+             "balance": balance, "seed": seed, "max_time_s": max_time, "time_budget": time_budget,
+             "patience": patience, "cache_ram": cache_ram, "accelerator": accelerator,
              "devices": devices, "num_nodes": num_nodes, "strategy": strategy, "precision": precision,
              "num_workers": workers}
     cfg = cfg.with_overrides(**{k: v for k, v in given.items() if v is not None})
@@ -93,8 +103,39 @@ def train_cmd(
         return
     val = metrics["val"]
     console.print(f"val ({val['n_images']} images): accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f} "
-                  f"(best epoch {metrics['best_epoch']}, {metrics['fit_seconds']} s)")
+                  f"(best epoch {metrics['best_epoch']}, {metrics['epochs_run']} epochs run, "
+                  f"{metrics['fit_seconds']} s fitting, {metrics['run_seconds']} s in all)")
     console.print(f"bundle: {run / 'bundle'}   logs: tensorboard --logdir {run / 'logs'}")
+
+
+def lr_find_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder in the split layout (DATA/train, DATA/val)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for lr_find.png and lr_find.json."),
+    model: Optional[str] = typer.Option(None, help="timm architecture (default tf_efficientnet_lite0)."),
+    weights: Optional[str] = typer.Option(None, help="'auto' (default), 'none', or a .safetensors/.pth file."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (as you will train)."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="Input side in px, or 'auto' (default)."),
+    steps: int = typer.Option(100, help="Training batches in the sweep at most (it stops when the loss diverges)."),
+    min_lr: float = typer.Option(1e-6, "--min-lr", help="First learning rate of the sweep."),
+    max_lr: float = typer.Option(1.0, "--max-lr", help="Last learning rate of the sweep."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A config.yaml to start from."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Learning-rate range test: the loss while the rate grows from --min-lr to --max-lr; a suggested --lr."""
+    from sightline.train.config import TrainConfig, load_config
+    from sightline.train.lr_find import find_lr
+
+    existing_path(data, "dataset folder")
+    cfg = load_config(config) if config else TrainConfig()
+    given = {"model": model, "weights": weights, "batch_size": batch_size, "input_size": input_size}
+    cfg = cfg.with_overrides(**{k: v for k, v in given.items() if v is not None})
+    finding = find_lr(data, out, config=cfg, steps=steps, min_lr=min_lr, max_lr=max_lr, progress=not json_out)
+    if json_out:
+        print_json(finding.to_dict())
+        return
+    console.print(f"suggested learning rate: {finding.suggestion:.2e} ({finding.rule}; {finding.steps} steps"
+                  f"{', stopped when the loss diverged' if finding.diverged else ''})")
+    console.print(f"plot: {finding.plot}   train with: sightline train {data} --lr {finding.suggestion:.2e} ...")
 
 
 def compare_cmd(

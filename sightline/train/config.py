@@ -4,9 +4,11 @@ Values from YAML or the command line may arrive as text ('1e-3' is a string to Y
 converted to its field's type, and anything that does not fit is a one-line UserInputError naming the field."""
 from __future__ import annotations
 
+import math
 import os
 import re
 import typing
+from collections.abc import Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,13 +41,17 @@ class TrainConfig(BaseModel):
     # --- model ---
     model: str = "tf_efficientnet_lite0"  # timm architecture; Lite0/1/2 have offline ImageNet weights
     weights: str = "auto"  # "auto" (packaged, else hub), "none" (random init) or a .safetensors/.pth file
-    input_size: Pixels | None = None  # square input side in px; None = the model's pretrained size (224 for Lite0)
+    input_size: Pixels | Literal["auto"] | None = "auto"  # square input side in px; "auto": the model's pretrained
+    #   size (224 for Lite0), or for smaller images the smallest size a short probe finds as accurate (from the
+    #   native size up; sightline.train.input_size); None = the model's pretrained size
     drop_rate: float = 0.2  # dropout before the classifier
     drop_path_rate: float = 0.1  # stochastic depth in the blocks
     # --- optimisation ---
     epochs: Count = 6  # upper bound; hymenoptera (243 photos, Lite0 224 px) is at 0.97 val accuracy after 2
     batch_size: Count = 32
-    lr: PositiveFloat = 1e-3  # peak learning rate of the head; the backbone gets lr * backbone_lr_scale
+    lr: PositiveFloat | Literal["auto"] = 1e-3  # peak learning rate of the head; the backbone gets
+    #   lr * backbone_lr_scale. "auto": a learning-rate range test picks it (sightline.train.lr_find; RUN/lr_find.png)
+    lr_find_steps: Count = 100  # batches in that range test at most (fastai's 100); it restores the weights after
     backbone_lr_scale: float = 0.1  # pretrained layers move 10x slower than the fresh head (1.0 from scratch)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to norms and biases)
     schedule: Schedule = "cosine"  # "cosine": linear warm-up then cosine to 0; "plateau": x0.1 when val stalls
@@ -59,10 +65,15 @@ class TrainConfig(BaseModel):
     vflip: bool = False  # also flip vertically (fine for parts and micrographs, wrong for street scenes)
     balance: Balance = "auto"  # class imbalance: "auto" picks from the max/min class ratio, or weights/sampler/none
     num_workers: int | None = None  # DataLoader workers; None = half the CPU cores, at most 4
+    cache_ram: str = "auto"  # memory for decoded train/val images, decoded once: "auto" (a quarter of the available
+    #   memory), a share ("40%"), a size ("2GB"); past it a temporary disk cache; "0": disk only; "off": decode
+    #   every image every epoch
     # --- stopping and checkpoints ---
     monitor: Monitor = "val_macro_f1"  # validation metric for early stopping and the best checkpoint
     patience: int = 10  # epochs without improvement before early stopping
-    max_time_s: float | None = None  # wall-clock budget for fitting, seconds; stops cleanly at the limit
+    max_time_s: float | None = None  # hard wall-clock limit for fitting, seconds; stops mid-epoch at the limit
+    time_budget: str | None = None  # wall-clock budget of the whole run ("300", "90s", "5m", "1h30m"): the first
+    #   epoch is measured, then the epochs that fit are planned and the schedule ends with them
     # --- hardware ---
     precision: Precision = "auto"  # "auto": bf16-mixed where the hardware has bf16 units (CUDA, AMX/AVX512-BF16 CPUs)
     channels_last: bool | None = None  # None = on with CUDA or bf16 (what those kernels want)
@@ -88,6 +99,51 @@ class TrainConfig(BaseModel):
             raise ValueError("must be a number, not true or false")
         return value
 
+    @field_validator("lr", "input_size", mode="before")
+    @classmethod
+    def _auto_or_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """'auto', or a number checked here, so a bad value gets one message instead of one per union member."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if value is None or isinstance(value, bool):
+            return value  # None: input_size's own meaning (lr rejects it below); bools: _no_bool_numbers
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if info.field_name == "lr":
+            if not number > 0:
+                raise ValueError("must be a positive number or 'auto'")
+            return number
+        if not (number == int(number) if math.isfinite(number) else False) or number < 16:
+            raise ValueError("must be a whole number of pixels >= 16, 'auto' or null")
+        return int(number)
+
+    @field_validator("time_budget")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        from sightline.train.stopping import parse_duration
+
+        if value is not None:
+            try:
+                parse_duration(value)
+            except UserInputError:
+                raise ValueError("must be a positive duration such as 300, 90s, 5m or 1h30m") from None
+        return value
+
+    @field_validator("cache_ram")
+    @classmethod
+    def _ram(cls, value: str) -> str:
+        from sightline.train.cache import ram_budget
+
+        value = value.strip().lower()
+        if value != "off":
+            try:
+                ram_budget(value)
+            except UserInputError:
+                raise ValueError("must be auto, off, a size such as 2GB or 0, or a share such as 25%") from None
+        return value
+
     @field_validator("devices")
     @classmethod
     def _devices(cls, value: str) -> str:
@@ -102,12 +158,14 @@ class TrainConfig(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
-    def save_yaml(self, path: str | Path) -> None:
+    def save_yaml(self, path: str | Path, *, comments: Sequence[str] = ()) -> None:
+        """Write the config as YAML; `comments` (e.g. why each automatic choice was made) go first as # lines."""
         import yaml
 
         path = Path(path)  # atomic: every DDP rank may write the same file
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        header = "".join(f"# {' '.join(line.split())}\n" for line in comments)
+        tmp.write_text(header + yaml.safe_dump(self.to_dict(), sort_keys=False))
         tmp.replace(path)
 
 

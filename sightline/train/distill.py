@@ -28,7 +28,6 @@ from torch import nn
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle
 from sightline.errors import DatasetError, UserInputError
-from sightline.train.datamodule import train_transform
 from sightline.train.system import ClassifierSystem
 
 __all__ = ["distill", "DistillSystem", "kd_loss"]
@@ -168,35 +167,39 @@ def distill(
     from sightline.bundle import code_version
     from sightline.data.datasets import dataset_version
     from sightline.train.config import TrainConfig
-    from sightline.train.fit import _build_system, _fit, _load_best, _resolve, _trainer, prepare
+    from sightline.train.blocks import build_system, build_trainer, fit_system, load_best, resolve_config
+    from sightline.train.prepare import prepare
 
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
         raise UserInputError(f"alpha={alpha} must be in [0, 1] and temperature={temperature} positive.")
     teacher_bundle = load_bundle(teacher_run)
-    cfg = _resolve(TrainConfig(), {"model": student, "input_size": input_size, **overrides})
-    dataset, pre, dm, balance = prepare(data_dir, cfg)
+    cfg = resolve_config(TrainConfig(), {"model": student, "input_size": input_size, **overrides})
+    prepared = prepare(data_dir, cfg)
+    dataset, pre, dm, balance = prepared.dataset, prepared.pre, prepared.dm, prepared.balance
     if list(dataset.classes) != list(teacher_bundle.classes):
         raise DatasetError(f"dataset classes {dataset.classes} differ from the teacher's {teacher_bundle.classes}; "
                            "distil on the data the teacher was trained for.")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # The same system and Trainer as `train` (precision, channels-last, freeze epochs, early stopping, devices):
     # only the training loss differs.
-    system = _build_system(cfg, dataset.classes, dm, system_cls=DistillSystem, temperature=temperature, alpha=alpha)
+    system = build_system(cfg, dataset.classes, dm, system_cls=DistillSystem, temperature=temperature, alpha=alpha)
     teacher = teacher_bundle.load_model("cpu")
     calibration = _teacher_calibration(teacher, teacher_bundle, dataset)
     # Training images are augmented at the larger input size; each model gets its own view of the same crop.
     big = replace(pre, input_size=max(pre.input_size, teacher_bundle.preprocessing.input_size))
-    dm.train_set.transform = train_transform(big, recipe=cfg.augment, vflip=cfg.vflip)
-    dm.train_set.draft = (big.resize_size, big.resize_size)
+    dm.augment_at(big)
     system.set_teacher(teacher, _View(big, teacher_bundle.preprocessing), _View(big, pre), calibration=calibration)
     run = Path(out_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg.save_yaml(run / "config.yaml")
-    trainer, checkpoint = _trainer(cfg, run, dm, progress=progress)
-    fit_s = _fit(trainer, system, dm, dataset)
-    if not trainer.is_global_zero:
+    parts = build_trainer(cfg, run, dm, progress=progress)
+    try:
+        fit_s = fit_system(parts.trainer, system, dm, dataset)
+    finally:
+        dm.close()  # the decoded-image cache
+    if not parts.trainer.is_global_zero:
         return {"run": str(run)}  # under DDP, rank 0 writes the bundle and measures
-    _load_best(system, checkpoint.best_model_path)
+    load_best(system, parts.checkpoint.best_model_path)
     bundle = Bundle(
         architecture=cfg.model,
         classes=list(dataset.classes),

@@ -121,14 +121,21 @@ class ClassifierSystem(L.LightningModule):
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": scheduler, "monitor": hp.monitor, "interval": "epoch"}}
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = min(total - 1, int(round(hp.warmup_epochs * per_epoch)))
+        self._steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        self._total_steps = total
+        warmup = min(total - 1, int(round(hp.warmup_epochs * self._steps_per_epoch)))
 
         def factor(step: int) -> float:
+            # Reads the horizon at every step: a time budget may re-plan the number of epochs mid-run.
             if step < warmup:
                 return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
+            progress = (step - warmup) / max(1, self._total_steps - warmup)
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def set_planned_epochs(self, epochs: int) -> None:
+        """End the cosine schedule with epoch `epochs` instead of the Trainer's max_epochs (a time budget's plan)."""
+        if hasattr(self, "_steps_per_epoch"):
+            self._total_steps = max(1, self._steps_per_epoch * int(epochs))

@@ -1,0 +1,98 @@
+"""Which input size to train at, from the data's native resolution and the model's range.
+
+- Images at least about as large as the model's pretrained size (median shorter side, read from the headers): the
+  pretrained size; there is nothing to gain from more pixels than the weights were trained on by default.
+- Smaller images: a short probe measures the trade. The candidates are the native size (at least `MIN_SIZE`),
+  doubled while below the pretrained size, and the pretrained size (64 px images: 64, 128, 224). From the same
+  pretrained weights, one pass over a sample of the training images (at most `PROBE_IMAGES`) at each size,
+  smallest first, then accuracy on the validation images; the climb stops when a size is not more accurate than
+  the one before by more than `tolerance`. The smallest size within `tolerance` of the best wins: its epochs cost
+  (larger / smaller)^2 times less. Every figure is printed and stored with the run.
+The answer is an `InputSizeChoice` (size, why, the probe's figures); `--input-size` skips all of it.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["MIN_SIZE", "PROBE_IMAGES", "InputSizeChoice", "candidate_sizes", "choose_input_size", "native_side"]
+
+MIN_SIZE = 32  # smaller leaves the last stage of a stride-32 network (EfficientNet, ResNet) under one pixel
+PROBE_IMAGES = 256  # training images per probe pass (and at most this many validation images)
+NEAR_DEFAULT = 0.8  # sizes above this share of the pretrained size are trained at the pretrained size
+
+
+@dataclass
+class InputSizeChoice:
+    size: int
+    why: str
+    native: int | None = None  # median shorter side of the training images, px
+    probe: dict[int, dict[str, float]] = field(default_factory=dict)  # size -> val_acc, val_loss, seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["probe"] = {str(k): v for k, v in self.probe.items()}
+        return out
+
+
+def native_side(samples: Sequence[Any]) -> int | None:
+    """Median shorter side (px, after EXIF orientation, from the headers) of `samples`; None when unknown."""
+    sides = [min(s.width, s.height) for s in samples if getattr(s, "width", 0) and getattr(s, "height", 0)]
+    return int(statistics.median(sides)) if sides else None
+
+
+def candidate_sizes(native: int, default: int) -> list[int]:
+    """The sizes a probe tries for images of `native` px: native (at least MIN_SIZE), doubled while clearly
+    below `default`, then `default` (64, 224 -> [64, 128, 224]; 8, 224 -> [32, 64, 128, 224])."""
+    sizes = [max(MIN_SIZE, native)]
+    while sizes[-1] * 2 < NEAR_DEFAULT * default:
+        sizes.append(sizes[-1] * 2)
+    return [*sizes, default]
+
+
+def choose_input_size(
+    requested: int | str | None,
+    default: int,
+    samples: Sequence[Any],
+    *,
+    probe: Callable[[int], dict[str, float]] | None = None,
+    tolerance: float | None = None,
+    n_val: int = 0,
+) -> InputSizeChoice:
+    """The input size for `requested` ("auto", None = the model's `default`, or a size) and the training
+    `samples`. `probe(size)` -> {"val_acc", "val_loss"} runs the short fine-tune; without it (several processes,
+    or a caller that cannot afford it) small images train at their native size. `tolerance`: how much more
+    accurate a larger size must be to be worth its cost (default: two images of `n_val`, at least 0.01)."""
+    if isinstance(requested, int):
+        return InputSizeChoice(requested, f"{requested} px as requested (--input-size)")
+    if requested is None:
+        return InputSizeChoice(default, f"{default} px, the model's pretrained size (input_size: null)")
+    native = native_side(samples)
+    if native is None:
+        return InputSizeChoice(default, f"{default} px, the model's pretrained size (image sizes unknown)")
+    if native >= NEAR_DEFAULT * default:
+        relation = "at least" if native >= default else "close to"
+        return InputSizeChoice(default, f"{default} px: the training images' median shorter side ({native} px) is "
+                                        f"{relation} the model's pretrained size ({default} px)", native)
+    sizes = candidate_sizes(native, default)
+    if probe is None:
+        return InputSizeChoice(sizes[0], f"{sizes[0]} px: the training images' median shorter side is {native} px "
+                                         f"(below the model's {default} px; no probe run)", native)
+    tol = tolerance if tolerance is not None else max(0.01, 2.0 / max(1, n_val))
+    results: dict[int, dict[str, float]] = {}
+    previous: float | None = None
+    for size in sizes:
+        started = time.perf_counter()
+        results[size] = {**probe(size), "seconds": round(time.perf_counter() - started, 1)}
+        if previous is not None and results[size]["val_acc"] <= previous + tol:
+            break  # no longer paying off: larger sizes are not tried
+        previous = results[size]["val_acc"]
+    best = max(r["val_acc"] for r in results.values())
+    size = min(s for s, r in results.items() if r["val_acc"] >= best - tol)
+    figures = "; ".join(f"{s} px val acc {r['val_acc']:.3f} ({r['seconds']:.0f} s)" for s, r in results.items())
+    why = (f"{size} px for {native} px images: the smallest size within {tol:.3f} of the best validation accuracy "
+           f"after one short pass from the pretrained weights (probe: {figures})")
+    return InputSizeChoice(size, why, native, results)
