@@ -358,16 +358,18 @@ class Store:
             row = session.get(PredictionRecord, prediction_id)
             return row.to_dict() if row is not None else None
 
-    def review_queue(self, *, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        """Predictions with decision "review" or "unknown" that no reviewer has labelled yet, oldest first."""
+    def review_queue(self, *, limit: int = 50, offset: int = 0, sample: bool = False) -> list[dict[str, Any]]:
+        """Predictions with decision "review" or "unknown" that no reviewer has labelled yet, oldest first; with
+        `sample`, instead the unlabelled random slice of accepted predictions whose image is kept (labelled, it
+        measures production accuracy without the queue's bias towards hard cases)."""
+        q = select(PredictionRecord).where(PredictionRecord.reviewed_label.is_(None))
+        if sample:
+            q = q.join(KeptImage, KeptImage.prediction_id == PredictionRecord.id).where(
+                KeptImage.reason == "sample", KeptImage.evicted.is_(None))
+        else:
+            q = q.where(PredictionRecord.decision.in_(QUEUED_DECISIONS))
         with self._sessions() as session:
-            rows = session.scalars(
-                select(PredictionRecord)
-                .where(PredictionRecord.decision.in_(QUEUED_DECISIONS), PredictionRecord.reviewed_label.is_(None))
-                .order_by(PredictionRecord.id)
-                .limit(limit)
-                .offset(offset)
-            ).all()
+            rows = session.scalars(q.order_by(PredictionRecord.id).limit(limit).offset(offset)).all()
         return [r.to_dict() for r in rows]
 
     def record_label(

@@ -150,9 +150,18 @@ def test_accepted_images_sampled_into_the_store(bundle, tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     key = store.create_key("client")
     blobs = [encode(photo(10 + i)) for i in range(4)]
+    reviewer = store.create_key("ann", ["review"])
     with serving(bundle, review_confidence=0.0, keep_accepted=1.0, database_url=store.url,
                  image_store=tmp_path / "kept") as c:
         preds = predict(c, key, blobs).json()["predictions"]
+        h = {"X-API-Key": reviewer}
+        assert c.get("/v1/review", headers=h).json() == []  # accepted: not in the queue ...
+        sampled = c.get("/v1/review", params={"slice": "random"}, headers=h).json()
+        assert [x["id"] for x in sampled] == [p["id"] for p in preds]  # ... but in the random slice
+        assert c.post(f"/v1/review/{preds[0]['id']}", json={"label": "dog"}, headers=h).status_code == 200
+        sampled = c.get("/v1/review", params={"slice": "random"}, headers=h).json()
+        assert [x["id"] for x in sampled] == [p["id"] for p in preds[1:]]
+        assert c.get("/v1/review", params={"slice": "all"}, headers=h).status_code == 422
     assert [p["decision"] for p in preds] == ["accept"] * 4
     rows = store.kept_images()
     assert [(r["prediction_id"], r["reason"]) for r in rows] == [(p["id"], "sample") for p in preds]

@@ -3,6 +3,8 @@ labels as ground truth. Every route needs a key with the `review` role; the revi
 key's name (a `reviewer` field in the body is ignored), and a label is only replaced with `"override": true`."""
 from __future__ import annotations
 
+from typing import Literal
+
 import anyio
 from fastapi import APIRouter, HTTPException, Query, Response
 
@@ -21,9 +23,14 @@ async def review_queue(
     key: ReviewKeyDep,
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
+    which: Literal["queue", "random"] = Query(
+        "queue", alias="slice", description="queue: low-confidence and unknown predictions; random: the kept random sample of "
+                             "accepted ones (their labels measure production accuracy without bias)."),
 ) -> list[ReviewItem]:
-    """Predictions with decision "review" or "unknown" and no reviewer label yet, oldest first."""
-    rows = await anyio.to_thread.run_sync(lambda: state.store.review_queue(limit=limit, offset=offset))
+    """Predictions with decision "review" or "unknown" and no reviewer label yet, oldest first (`slice=random`:
+    the unlabelled random slice of accepted predictions instead)."""
+    rows = await anyio.to_thread.run_sync(
+        lambda: state.store.review_queue(limit=limit, offset=offset, sample=which == "random"))
     return [ReviewItem(**r) for r in rows]
 
 
