@@ -65,6 +65,16 @@ def test_clean_labels_give_no_issues() -> None:
     assert check.issues == [] and check.oof_accuracy == 1.0
 
 
+def test_a_class_the_features_cannot_see_gets_a_note() -> None:
+    features, given, _, _ = _clusters(7, per_class=40, flip_share=0.0)
+    blind = np.asarray(given) == "class2"
+    features[blind] = features[np.asarray(given) == "class0"][: blind.sum()]  # class2 looks exactly like class0
+    features[blind] += np.random.default_rng(0).normal(size=features[blind].shape)
+    check = check_labels(features, given, [str(i) for i in range(len(given))])
+    assert check.class_recall["class1"] == 1.0 and min(check.class_recall["class0"], check.class_recall["class2"]) < 0.5
+    assert any("apart poorly" in n and "less reliable" in n for n in check.notes), check.notes
+
+
 def test_out_of_fold_probabilities_match_sklearns_cross_val_predict() -> None:
     """Independent computation: scikit-learn's own out-of-fold predictions with the same folds and model."""
     from sklearn.linear_model import LogisticRegression
