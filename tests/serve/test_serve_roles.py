@@ -159,3 +159,21 @@ def test_keys_create_with_roles(tmp_path, capsys):
     code, out = run("keys", "list", "--database-url", url, "--json")
     assert [(k["name"], k["roles"]) for k in json.loads(out.out)] == [
         ("ops", ["admin", "review"]), ("app", ["predict", "review"]), ("plain", ["predict"])]
+
+
+def test_a_database_from_before_roles_gets_the_new_tables_and_its_keys_keep_their_rights(tmp_path):
+    from sqlalchemy import create_engine, insert, inspect
+
+    from sightline.serve.store import Base, PredictionRecord, hash_key
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine, tables=[ApiKey.__table__, PredictionRecord.__table__])  # the old schema
+    key = "sl_" + "k" * 43
+    with engine.begin() as conn:
+        conn.execute(insert(ApiKey), [{"name": "old-client", "lookup": key[:11], "key_hash": hash_key(key)}])
+    engine.dispose()
+    store = Store(url)  # create_all adds the side tables; nothing is altered
+    assert {"api_key_roles", "label_history", "kept_images"} <= set(inspect(store.engine).get_table_names())
+    assert store.verify_key(key).roles == {"predict", "review"}
+    store.close()
