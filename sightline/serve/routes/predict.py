@@ -18,6 +18,7 @@ router = APIRouter(tags=["predict"])
 
 _ERRORS = {
     401: {"model": ErrorResponse, "description": "No API key, or an unknown or revoked one."},
+    403: {"model": ErrorResponse, "description": "The API key lacks the predict role."},
     413: {"model": ErrorResponse, "description": "Body, image count or image pixels above the caps."},
     415: {"model": ErrorResponse, "description": "A file is not a JPEG, PNG, BMP, TIFF or WebP image."},
     422: {"model": ErrorResponse, "description": "A file is a truncated or corrupt image, or no file was sent."},
