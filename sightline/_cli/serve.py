@@ -23,39 +23,62 @@ def register(app: typer.Typer) -> None:
 
     @app.command("serve")
     def serve_cmd(
-        bundle: Path = typer.Argument(..., help="RUN or bundle folder."),
+        bundle: Path | None = typer.Argument(None, help="RUN or bundle folder (or --registry)."),
         host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1 or SIGHTLINE_HOST)."),
         port: int | None = typer.Option(None, "--port", help="Port (default 8000 or SIGHTLINE_PORT)."),
         int8: bool = typer.Option(False, "--int8", help="Serve model.int8.onnx."),
+        registry: Path | None = typer.Option(
+            None, "--registry", help="Serve the registry version --alias points to, from this registry folder, and "
+            "follow its promotions and rollbacks (or SIGHTLINE_REGISTRY)."),
+        alias: str | None = typer.Option(None, "--alias", help="champion (default) or challenger (SIGHTLINE_ALIAS)."),
+        database: str | None = typer.Option(
+            None, "--database", help="SQLAlchemy URL of the service (and registry) database (SIGHTLINE_DATABASE_URL)."),
     ) -> None:
-        """Serve the bundle over HTTP (FastAPI + uvicorn). Other settings come from SIGHTLINE_* variables."""
+        """Serve a bundle, or a registry alias, over HTTP (FastAPI + uvicorn). Other settings come from SIGHTLINE_*
+        variables."""
         import uvicorn
 
         from sightline.bundle import load_bundle
         from sightline.serve.app import create_app
         from sightline.serve.settings import load_settings
 
-        overrides: dict = {"bundle": bundle}
-        if host is not None:
-            overrides["host"] = host
-        if port is not None:
-            overrides["port"] = port
+        overrides: dict = {}
+        for name, value in (("bundle", bundle), ("host", host), ("port", port), ("registry", registry),
+                            ("alias", alias), ("database_url", database)):
+            if value is not None:
+                overrides[name] = value
         if int8:
             overrides["int8"] = True
+        if database is not None and "://" not in database:  # a plain path: a SQLite file
+            overrides["database_url"] = f"sqlite:///{Path(database).expanduser().resolve()}"
         settings = load_settings(**overrides)
-        b = load_bundle(bundle)
-        if settings.int8 and not b.int8_path.is_file():
-            raise fail(f"{b.int8_path} is missing; run `sightline export {bundle} --int8 --data DATA` first.")
-        if not b.onnx_path.is_file():
-            from sightline.optimize.export import export
+        if settings.registry is not None:
+            from sightline.loop.registry import Registry
+            from sightline.serve.swap import onnx_file, registry_version
 
-            err_console.print(f"{b.onnx_path} is missing: exporting it now (parity checked) ...")
-            export(bundle)
-        store = _store(bundle, settings.database_url)
+            with Registry(settings.resolved_database_url(), root=settings.registry) as reg:
+                version = registry_version(reg, settings.alias)
+            b = load_bundle(version.path)
+            if not onnx_file(settings, b).is_file():
+                raise fail(f"{settings.alias} is {version.ref}, whose {onnx_file(settings, b)} is missing; export the "
+                           f"bundle (`sightline export`) and add it to the registry again.")
+            what = f"{b.name} v{b.version} ({settings.alias} = {version.ref}, following the registry)"
+        else:
+            b = load_bundle(settings.bundle)
+            if settings.int8 and not b.int8_path.is_file():
+                raise fail(f"{b.int8_path} is missing; run `sightline export {settings.bundle} --int8 --data DATA` "
+                           f"first.")
+            if not b.onnx_path.is_file():
+                from sightline.optimize.export import export
+
+                err_console.print(f"{b.onnx_path} is missing: exporting it now (parity checked) ...")
+                export(settings.bundle)
+            what = f"{b.name} v{b.version}"
+        store = _store(settings.bundle, settings.resolved_database_url())
         if settings.require_api_key and not store.list_keys():
             err_console.print("no API key yet: create one with `sightline keys create NAME --bundle BUNDLE`.")
         store.close()
-        err_console.print(f"serving {b.name} v{b.version} on http://{settings.host}:{settings.port} (docs at /docs)")
+        err_console.print(f"serving {what} on http://{settings.host}:{settings.port} (docs at /docs)")
         uvicorn.run(
             create_app(settings),
             host=settings.host,

@@ -121,10 +121,10 @@ def create_app(settings: Settings) -> FastAPI:
         from sightline.bundle import load_bundle
         import anyio
 
-        from sightline.inference import open_engine, usable_cores
-        from sightline.serve.batching import MicroBatcher
+        from sightline.errors import UserInputError
+        from sightline.inference import usable_cores
         from sightline.serve.images import ImageKeeper, LocalImageStore
-        from sightline.serve.monitoring import Monitor, open_observer
+        from sightline.serve.swap import RegistryWatcher, onnx_file, open_served, registry_version, retire
         from sightline.serve.ratelimit import RateLimiter
         from sightline.serve.state import KeyCache, ServiceState
         from sightline.serve.store import Store
@@ -135,60 +135,49 @@ def create_app(settings: Settings) -> FastAPI:
         # pool, spinning beside ONNX Runtime's threads, cost 60x the work itself on a busy 2-core machine (22 vs
         # 0.33 ms CPU for 16 x 1,280 features against a 243-row bank). One thread; ONNX Runtime is not affected.
         blas = threadpool_limits(limits=1, user_api="blas")
-        bundle = load_bundle(settings.bundle)
-        if settings.review_confidence is not None:
-            bundle.thresholds = {**bundle.thresholds, "review_confidence": settings.review_confidence}
-        engine = open_engine(
-            bundle,
-            backend="onnx-int8" if settings.int8 else "onnx",
-            threads=settings.threads,
-            spinning=False,  # decoding shares the cores with inference; spinning threads would starve it
-            max_pixels=settings.max_pixels,
-            top_k=settings.top_k,
-        )
         store = Store(settings.resolved_database_url())
-        observer, monitor_message = open_observer(settings, bundle, engine)
-        monitor_task = None
-        if observer is None:
-            log.warning("%s", monitor_message)
+        registry = version = None
+        if settings.registry is not None:  # serve what the alias points to; the watcher follows its moves
+            from sightline.loop.registry import Registry
+
+            registry = Registry(settings.resolved_database_url(), root=settings.registry)
+            version = registry_version(registry, settings.alias)
+            bundle = load_bundle(version.path)
+            if not onnx_file(settings, bundle).is_file():
+                raise UserInputError(f"{settings.alias} is {version.ref}, whose {onnx_file(settings, bundle)} is "
+                                     f"missing; export the bundle and add it to the registry again.")
         else:
-            monitor_task = Monitor(store=store, observer=observer, settings=settings, metrics=metrics,
-                                   model={"name": bundle.name, "version": bundle.version})
-        batcher = MicroBatcher(
-            engine.run if observer is None else observer.infer(engine.run),  # + open-set scores, per batch
-            max_size=settings.batch_max_size,
-            max_wait_ms=settings.batch_max_wait_ms,
-            on_batch=metrics.batch_size.observe,
-        )
-        await batcher.start()
-        metrics.pending.set_function(lambda: batcher.pending)
-        app.state.sightline = ServiceState(
+            bundle = load_bundle(settings.bundle)
+        served = await open_served(settings, bundle, store=store, metrics=metrics, version=version)
+        state = ServiceState(
             settings=settings,
-            bundle=bundle,
-            engine=engine,
+            served=served,
             store=store,
-            batcher=batcher,
             metrics=metrics,
             limiter=RateLimiter(settings.rate_limit_per_minute),
             keys=KeyCache(settings.key_cache_s),
             decode_limiter=anyio.CapacityLimiter(settings.decode_threads or usable_cores()),
-            observer=observer,
-            monitor=monitor_task,
-            monitor_message=monitor_message,
             images=ImageKeeper(LocalImageStore(settings.resolved_image_store()), keep_accepted=settings.keep_accepted,
                                max_bytes=settings.image_store_max_bytes,
                                max_age_days=settings.image_store_max_age_days) if settings.keep_images else None,
         )
-        if monitor_task is not None:
-            await monitor_task.start()  # first run now: delivers what a previous process left in the outbox
+        metrics.pending.set_function(lambda: state.served.batcher.pending)
+        app.state.sightline = state
+        if served.monitor is not None:
+            await served.monitor.start()  # first run now: delivers what a previous process left in the outbox
+        if registry is not None:
+            state.watcher = RegistryWatcher(state, registry)
+            await state.watcher.start()
         try:
             yield
         finally:
-            if monitor_task is not None:
-                await monitor_task.close()
-            await batcher.close()  # in-flight requests have finished; anything still queued is answered
-            engine.close()
+            if state.watcher is not None:
+                await state.watcher.close()  # no more swaps; replaced models finish retiring
+            # in-flight requests have finished; anything still queued is answered, then the monitor's last run
+            await retire(state.served)
             store.close()
+            if registry is not None:
+                registry.close()
             blas.restore_original_limits()
 
     app = FastAPI(

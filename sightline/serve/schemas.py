@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
 __all__ = [
     "ModelRef",
@@ -23,6 +23,19 @@ __all__ = [
 class ModelRef(BaseModel):
     name: str
     version: str
+    registry_version: str | None = Field(
+        None, description='Registry version that produced the answer ("v3"); absent when serving a bundle folder.'
+    )
+    bundle_hash: str | None = Field(None, description="Content hash of that registry version; absent without one.")
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_registry(self, handler: Any):  # no return type: the JSON schema stays the fields
+        """Serving a bundle folder answers exactly {name, version}, as before the registry existed."""
+        data = handler(self)
+        for name in ("registry_version", "bundle_hash"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class TopK(BaseModel):
@@ -65,6 +78,10 @@ class ModelInfo(BaseModel):
     code_version: str | None
     created: str
     runtime: dict[str, Any] = Field(description="onnx or onnx-int8, execution providers, batching settings.")
+    registry: dict[str, Any] | None = Field(
+        None, description="With `serve --registry`: alias, registry version, bundle hash, stored_as (the model_version "
+        "written with each prediction) and swaps (model switches since start)."
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -93,6 +110,7 @@ class ReviewLabel(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, bool] = Field(default_factory=dict)
+    model: ModelRef | None = Field(None, description="The model serving now (readiness only).")
 
 
 class MonitorStatus(BaseModel):

@@ -18,7 +18,15 @@ __all__ = ["Settings", "database_url"]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIGHTLINE_", extra="ignore")
 
-    bundle: Path = Field(description="RUN or bundle folder to serve (exported with `sightline export`).")
+    bundle: Path | None = Field(
+        None, description="RUN or bundle folder to serve (exported with `sightline export`); or use `registry`."
+    )
+    registry: Path | None = Field(
+        None, description="Serve what `alias` points to in the model registry whose copies are in this folder "
+        "(needs database_url, the registry's database); switches within seconds of a promote or rollback."
+    )
+    alias: str = Field("champion", description="Registry alias to serve: champion or challenger.")
+    registry_poll_s: float = Field(1.0, gt=0, description="How often the registry alias is checked, seconds.")
     int8: bool = Field(False, description="Serve model.int8.onnx instead of model.onnx.")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<bundle>/sightline.db. postgresql+psycopg://... scales."
@@ -102,6 +110,23 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc).split(" ", 1)[1] if " " in str(exc) else str(exc)) from None
         return value
 
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if value not in ("champion", "challenger"):
+            raise ValueError(f"{value!r} is not a registry alias; use 'champion' or 'challenger'")
+        return value
+
+    @model_validator(mode="after")
+    def _model_source(self) -> Settings:
+        if self.bundle is None and self.registry is None:
+            raise ValueError("nothing to serve: give a bundle (SIGHTLINE_BUNDLE) or a registry (SIGHTLINE_REGISTRY)")
+        if self.bundle is not None and self.registry is not None:
+            raise ValueError("give a bundle (SIGHTLINE_BUNDLE) or a registry (SIGHTLINE_REGISTRY), not both")
+        if self.registry is not None and not self.database_url:
+            raise ValueError("SIGHTLINE_REGISTRY needs SIGHTLINE_DATABASE_URL (--database), the registry's database")
+        return self
+
     @model_validator(mode="after")
     def _webhook_pair(self) -> Settings:
         if self.alert_webhook_url and self.alert_webhook_secret is None:
@@ -122,6 +147,8 @@ class Settings(BaseSettings):
     def resolved_image_store(self) -> Path:
         if self.image_store is not None:
             return self.image_store
+        if self.bundle is None and self.registry is not None:  # beside the registry's copies, never inside them
+            return self.registry.expanduser().resolve().parent / "images"
         from sightline.bundle import resolve_bundle_dir
 
         return resolve_bundle_dir(self.bundle) / "images"

@@ -16,6 +16,7 @@ from sightline.serve.monitoring import Monitor, Observer
 from sightline.serve.ratelimit import RateLimiter
 from sightline.serve.settings import Settings
 from sightline.serve.store import ApiKeyInfo, Store
+from sightline.serve.swap import RegistryWatcher, Served
 
 __all__ = ["ServiceState", "KeyCache"]
 
@@ -46,16 +47,38 @@ class KeyCache:
 @dataclass
 class ServiceState:
     settings: Settings
-    bundle: Bundle
-    engine: Engine  # the inference core on the bundle's ONNX graph
+    served: Served  # the model answering new requests (replaced whole on a registry swap; see serve/swap.py)
     store: Store
-    batcher: MicroBatcher
     metrics: ServiceMetrics
     limiter: RateLimiter
     keys: KeyCache
     decode_limiter: anyio.CapacityLimiter  # how many requests decode at once (CPU-bound: about the core count)
-    observer: Observer | None = None  # open-set decision + signals; None without a reference profile
-    monitor: Monitor | None = None  # windows and alerts in the background
-    monitor_message: str | None = None  # why monitoring is off (one line), when it is
     images: ImageKeeper | None = None  # kept images (None: SIGHTLINE_KEEP_IMAGES=false)
     started: float = field(default_factory=time.time)
+    watcher: RegistryWatcher | None = None  # polls the registry alias (serve --registry)
+
+    # The current model's parts. A request that awaits should bind `state.served` once instead, so that it
+    # finishes on the model it started with.
+    @property
+    def bundle(self) -> Bundle:
+        return self.served.bundle
+
+    @property
+    def engine(self) -> Engine:  # the inference core on the bundle's ONNX graph
+        return self.served.engine
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self.served.batcher
+
+    @property
+    def observer(self) -> Observer | None:  # open-set decision + signals; None without a reference profile
+        return self.served.observer
+
+    @property
+    def monitor(self) -> Monitor | None:  # windows and alerts in the background
+        return self.served.monitor
+
+    @property
+    def monitor_message(self) -> str | None:  # why monitoring is off (one line), when it is
+        return self.served.monitor_message

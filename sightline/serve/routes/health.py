@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sightline.serve.deps import StateDep
-from sightline.serve.schemas import Health
+from sightline.serve.schemas import Health, ModelRef
 
 router = APIRouter(tags=["health"])
 
@@ -20,11 +20,13 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(state: StateDep) -> Response:
-    """Ready to answer: the model is loaded and the database is reachable. 503 otherwise."""
+    """Ready to answer: the model is loaded and the database is reachable. 503 otherwise. Names the model
+    serving now."""
+    served = state.served
     db_ok = await anyio.to_thread.run_sync(state.store.ping)
-    checks = {"model": state.engine is not None, "database": db_ok}
+    checks = {"model": served.engine is not None, "database": db_ok}
     ready = all(checks.values())
-    body = Health(status="ready" if ready else "not ready", checks=checks)
+    body = Health(status="ready" if ready else "not ready", checks=checks, model=ModelRef(**served.model_ref()))
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 

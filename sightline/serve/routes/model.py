@@ -11,9 +11,15 @@ router = APIRouter(tags=["model"])
 
 @router.get("/v1/model", response_model=ModelInfo)
 async def model_info(state: StateDep) -> ModelInfo:
-    """Name, version, classes, preprocessing, calibration, thresholds and metrics of the served model."""
-    b = state.bundle
+    """The model serving now: name, version, classes, preprocessing, calibration, thresholds and metrics; with
+    `serve --registry` also the registry version and content hash."""
+    served = state.served
+    b = served.bundle
     s = state.settings
+    registry = None
+    if served.registry_version is not None:
+        registry = {"alias": s.alias, "version": served.registry_version, "bundle_hash": served.bundle_hash,
+                    "stored_as": served.stored_version, "swaps": state.watcher.swaps if state.watcher else 0}
     return ModelInfo(
         name=b.name,
         version=b.version,
@@ -27,12 +33,13 @@ async def model_info(state: StateDep) -> ModelInfo:
         code_version=b.code_version,
         created=b.created,
         runtime={
-            "backend": state.engine.kind,
-            "providers": state.engine.backend.providers,
+            "backend": served.engine.kind,
+            "providers": served.engine.backend.providers,
             "batch_max_size": s.batch_max_size,
             "batch_max_wait_ms": s.batch_max_wait_ms,
             "max_images_per_request": s.max_images_per_request,
             "max_body_bytes": s.max_body_bytes,
             "max_pixels": s.max_pixels,
         },
+        registry=registry,
     )

@@ -45,17 +45,23 @@ async def predict(
         )
     names = [f.filename or f"file{i}" for i, f in enumerate(file)]
     blobs = [await f.read() for f in file]
-    observer = state.observer
+    served = state.served  # this request finishes on the model it started with, even across a registry swap
+    with served.use():
+        return await _predict(state, served, key, names, blobs, t0)
+
+
+async def _predict(state, served, key, names: list[str], blobs: list[bytes], t0: float) -> PredictResponse:
+    observer, engine = served.observer, served.engine
 
     def decode_all():  # CPU work, off the event loop; raises ImageError subclasses (415 / 413 / 422)
         arrays, stats = [], []
         for blob, name in zip(blobs, names):
             try:
                 if observer is None:
-                    arrays.append(state.engine.prepare(blob, name=name))
+                    arrays.append(engine.prepare(blob, name=name))
                 else:  # the same single decode, plus the image statistics of what was decoded
-                    crop, stat = load_observed(state.engine, blob, name=name)
-                    arrays.append(state.engine.normalize(crop))
+                    crop, stat = load_observed(engine, blob, name=name)
+                    arrays.append(engine.normalize(crop))
                     stats.append(stat)
             except SightlineError:
                 raise
@@ -65,12 +71,12 @@ async def predict(
 
     arrays, stats = await anyio.to_thread.run_sync(decode_all, limiter=state.decode_limiter)
     # logits, features and CAMs of one forward pass (with a profile: and each row's open-set score)
-    output = await state.batcher.submit_many(arrays)
+    output = await served.batcher.submit_many(arrays)
     latency_ms = (time.perf_counter() - t0) * 1000
     request_id = uuid.uuid4().hex
 
     def decide_and_store():  # decisions, open-set scores and the database write: one worker-thread hop
-        preds = state.engine.decide(output if observer is None else output.output, names)
+        preds = engine.decide(output if observer is None else output.output, names)
         scores, signals = [None] * len(preds), None
         if observer is not None:
             raw, unknown, signals = observer.observe(output, stats)
@@ -83,8 +89,8 @@ async def predict(
                 "request_id": request_id,
                 "filename": p.filename[:500],
                 "input_sha256": hashlib.sha256(b).hexdigest(),
-                "model_name": state.bundle.name,
-                "model_version": state.bundle.version,
+                "model_name": served.bundle.name,
+                "model_version": served.stored_version,
                 "label": p.label,
                 "confidence": p.confidence,
                 "top_k": p.top_k,
@@ -102,10 +108,10 @@ async def predict(
     preds, scores, ids = await anyio.to_thread.run_sync(decide_and_store)
     for p in preds:
         state.metrics.predictions.labels(p.label, p.decision).inc()
-    if state.monitor is not None:
-        state.monitor.notify(len(preds))
+    if served.monitor is not None:
+        served.monitor.notify(len(preds))
     return PredictResponse(
-        model=ModelRef(name=state.bundle.name, version=state.bundle.version),
+        model=ModelRef(**served.model_ref()),
         predictions=[
             PredictionOut(
                 filename=p.filename, label=p.label, confidence=p.confidence, top_k=p.top_k, decision=p.decision, id=i,

@@ -1,0 +1,157 @@
+"""Hot swap (`serve --registry`): uvicorn on 127.0.0.1 serving the registry's champion while a stream of concurrent
+requests runs; a promote and a rollback switch the model with no failed request, every answer names its version,
+and a promoted version without an ONNX file is logged once while the old model keeps serving."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from serve_tiny import CLASSES, encode, photo
+
+from sightline.bundle import Bundle, Preprocessing
+from sightline.models.factory import create_model
+
+
+def _bundle(root: Path, seed: int, version: str, *, onnx: bool = True) -> Path:
+    from sightline.optimize.export import export
+
+    torch.manual_seed(seed)
+    model = create_model("test_efficientnet", len(CLASSES), weights="none")
+    bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version=version,
+                    thresholds={"review_confidence": 0.99, "class_thresholds": {}})
+    bundle.save(root / f"b{version}", model.state_dict())
+    if onnx:
+        export(root / f"b{version}")
+    return root / f"b{version}"
+
+
+@pytest.fixture(scope="module")
+def registry_server(tmp_path_factory):
+    """Three registry versions (v1 champion, v2 other weights, v3 without model.onnx) and uvicorn serving the
+    champion, polling the alias every 0.3 s."""
+    import uvicorn
+
+    from sightline.loop.registry import Registry
+    from sightline.serve.app import create_app
+    from sightline.serve.settings import Settings
+    from sightline.serve.store import Store
+
+    root = tmp_path_factory.mktemp("swap")
+    url = f"sqlite:///{root / 'sightline.db'}"
+    registry = Registry(url, root=root / "registry")
+    registry.add(_bundle(root, 0, "1"), alias="champion")
+    registry.add(_bundle(root, 1, "2"))
+    registry.add(_bundle(root, 2, "3", onnx=False))
+    store = Store(url)
+    key = store.create_key("client")
+    store.close()
+    settings = Settings(registry=root / "registry", database_url=url, registry_poll_s=0.3, rate_limit_per_minute=0,
+                        key_cache_s=0, batch_max_wait_ms=5, threads=1, monitor=False)
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning",
+                                        lifespan="on"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not srv.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", key, registry, url
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+        registry.close()
+
+
+@contextmanager
+def _stream(base: str, key: str, clients: int = 6):
+    """`clients` threads posting one image each in a loop; yields the list of (sent, answered, status, version)."""
+    results: list[tuple[float, float, int, str | None]] = []
+    stop = threading.Event()
+    blob = encode(photo(3, 40, 32))
+
+    def client() -> None:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    r = c.post("/v1/predict", files=[("file", ("a.jpg", blob))], headers={"X-API-Key": key})
+                    ref = r.json()["model"].get("registry_version") if r.status_code == 200 else None
+                    results.append((sent, time.monotonic(), r.status_code, ref))
+                except httpx.HTTPError as exc:
+                    results.append((sent, time.monotonic(), -1, type(exc).__name__))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+
+
+def _switch_under_load(base: str, key: str, move, target: str) -> list:
+    with _stream(base, key) as results:
+        time.sleep(1.0)
+        move()
+        t_move = time.monotonic()
+        deadline = t_move + 15
+        while httpx.get(f"{base}/v1/model").json()["registry"]["version"] != target:
+            assert time.monotonic() < deadline, f"the service did not switch to {target} within 15 s"
+            time.sleep(0.1)
+        assert time.monotonic() - t_move < 10
+        time.sleep(max(0.0, t_move + 6.5 - time.monotonic()))
+    assert results and all(status == 200 for _, _, status, _ in results), \
+        {(s, v) for _, _, s, v in results if s != 200}
+    assert all(v in ("v1", "v2") for *_, v in results)  # every answer names the version that produced it
+    late = [v for sent, _, _, v in results if sent > t_move + 5]
+    assert late and set(late) == {target}
+    assert any(v != target for sent, _, _, v in results if sent < t_move)
+    return results
+
+
+def test_promote_and_rollback_under_load_fail_no_request(registry_server) -> None:
+    base, key, registry, url = registry_server
+    ready = httpx.get(f"{base}/readyz").json()
+    assert ready["model"]["registry_version"] == "v1" and ready["model"]["version"] == "1"
+    _switch_under_load(base, key, lambda: registry.promote("v2", reason="test"), "v2")
+    info = httpx.get(f"{base}/v1/model").json()
+    assert info["version"] == "2" and info["registry"]["bundle_hash"] == registry.resolve("v2").bundle_hash
+    assert httpx.get(f"{base}/readyz").json()["model"]["registry_version"] == "v2"
+    _switch_under_load(base, key, lambda: registry.rollback(reason="test"), "v1")
+    # the stored rows name the version too
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        stored = {r[0] for r in conn.execute(sa.text("SELECT DISTINCT model_version FROM predictions"))}
+    engine.dispose()
+    h1, h2 = registry.resolve("v1").bundle_hash[:12], registry.resolve("v2").bundle_hash[:12]
+    assert stored == {f"1+v1.{h1}", f"2+v2.{h2}"}
+
+
+def test_version_without_onnx_keeps_the_old_model_with_one_log_line(registry_server, caplog) -> None:
+    base, key, registry, _ = registry_server
+    before = httpx.get(f"{base}/v1/model").json()["registry"]["version"]
+    with caplog.at_level(logging.INFO, logger="sightline.serve"):
+        registry.promote("v3", reason="no onnx")
+        time.sleep(2.0)  # several polls
+        r = httpx.post(f"{base}/v1/predict", files=[("file", ("a.jpg", encode(photo(1))))],
+                       headers={"X-API-Key": key})
+    assert r.status_code == 200 and r.json()["model"]["registry_version"] == before
+    assert httpx.get(f"{base}/v1/model").json()["registry"]["version"] == before
+    lines = [rec.getMessage() for rec in caplog.records if "cannot be served" in rec.getMessage()]
+    assert len(lines) == 1 and "v3" in lines[0] and "model.onnx" in lines[0], lines
+    registry.rollback(reason="back")  # the alias returns to what is served: no swap, no new line
+    time.sleep(1.0)
+    assert httpx.get(f"{base}/v1/model").json()["registry"]["version"] == before
