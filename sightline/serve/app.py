@@ -200,8 +200,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     for router in (health.router, model.router, predict.router, review.router, monitor.router):
         app.include_router(router)
+    from sightline.serve.web.routes import UiHeaders, router as web_router
+
+    app.include_router(web_router)  # the web app at /ui (session cookies; the API gate has no rule for it)
     from sightline.serve.deps import KeyGate
 
+    app.add_middleware(UiHeaders)  # strict Content-Security-Policy and friends on /ui answers only
     app.add_middleware(KeyGate)  # key, role, rate limit from the headers, before the body (inside the size cap)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     return app

@@ -395,6 +395,19 @@ class Store:
             row.reviewed = now
             return row.to_dict()
 
+    def clear_label(self, prediction_id: int, *, reviewer: str | None = None) -> dict[str, Any] | None:
+        """Undo a first label: the prediction goes back to unlabelled, kept in label_history as a change to the
+        empty label (`new_label == ""` means "label removed"). None when the prediction does not exist."""
+        with self._write(), Session(self.engine, expire_on_commit=False) as session, session.begin():
+            row = session.get(PredictionRecord, prediction_id, with_for_update=True)
+            if row is None:
+                return None
+            if row.reviewed_label is not None:
+                session.add(LabelHistory(prediction_id=prediction_id, changed=_now(), reviewer=reviewer,
+                                         old_label=row.reviewed_label, new_label="", old_reviewer=row.reviewer))
+                row.reviewed_label = row.reviewer = row.reviewed = None
+            return row.to_dict()
+
     def label_history(self, prediction_id: int | None = None) -> list[dict[str, Any]]:
         """Label changes, oldest first (of one prediction, or all)."""
         q = select(LabelHistory).order_by(LabelHistory.id)

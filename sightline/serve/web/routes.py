@@ -1,0 +1,296 @@
+"""The web app at /ui: sign-in with a `review` key, the review queue with keyboard labelling, kept images and
+class activation maps under the session.
+
+Sessions are signed cookies (web/session.py), HttpOnly, SameSite=Strict, Path=/ui; every POST carries the
+session's CSRF token (a form field, or the X-CSRF-Token header from the page's script); the sign-in form, before
+any session exists, uses a double-submit token cookie. A page without a valid session redirects to sign-in; the
+JSON and image routes answer 401. `UiHeaders` puts a strict Content-Security-Policy on every /ui answer.
+
+CAMs are recomputed when the page asks for one (`/ui/cam/{id}.png`, the focused item only) through the served
+engine on the kept image: no schema change and no cost on the prediction path; one small forward pass per view.
+"""
+from __future__ import annotations
+
+import hmac
+import io
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel
+
+from sightline.errors import SightlineError
+from sightline.serve.state import ServiceState
+from sightline.serve.store import UNKNOWN_LABEL
+from sightline.serve.web.session import COOKIE, CSRF_COOKIE, SessionSigner, load_secret
+
+__all__ = ["router", "UiHeaders", "CSP"]
+
+CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; frame-ancestors 'none'; "
+       "form-action 'self'; base-uri 'none'; object-src 'none'")
+HERE = Path(__file__).parent
+STATIC = {"review.js": "text/javascript", "app.css": "text/css"}
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+class UiHeaders:
+    """Pure ASGI middleware: security headers on every answer under /ui (the API keeps its own)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == "/ui" or path.startswith("/ui/")):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.lower() not in (b"content-security-policy", b"x-frame-options")]
+                headers += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                            (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+@lru_cache(maxsize=1)
+def _templates() -> Any:
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def _render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = _templates().get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _state(request: Request) -> ServiceState:
+    return request.app.state.sightline
+
+
+def _signer(request: Request) -> SessionSigner:
+    signer = getattr(request.app.state, "sightline_web_signer", None)
+    if signer is None:
+        from sightline.bundle import resolve_bundle_dir
+
+        settings = _state(request).settings
+        folder = (Path(settings.resolved_database_url().removeprefix("sqlite:///")).parent
+                  if settings.resolved_database_url().startswith("sqlite:///") else resolve_bundle_dir(settings.bundle))
+        signer = SessionSigner(load_secret(folder))
+        request.app.state.sightline_web_signer = signer
+    return signer
+
+
+def _session(request: Request) -> dict[str, Any] | None:
+    return _signer(request).verify(request.cookies.get(COOKIE))
+
+
+def _csrf_ok(session: dict[str, Any], token: str | None) -> bool:
+    return bool(token) and hmac.compare_digest(str(session.get("csrf", "")), str(token))
+
+
+def _to_signin() -> RedirectResponse:
+    return RedirectResponse("/ui/signin", status_code=303)
+
+
+# --- sign-in / sign-out --------------------------------------------------------------------------------------
+@router.get("")
+async def home(request: Request) -> RedirectResponse:
+    return RedirectResponse("/ui/review" if _session(request) else "/ui/signin", status_code=303)
+
+
+def _signin_page(error: str | None = None, status: int = 200) -> HTMLResponse:
+    token = secrets.token_urlsafe(24)
+    response = _render("signin.html", status, csrf=token, error=error)
+    response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict", path="/ui/signin", max_age=3600)
+    return response
+
+
+@router.get("/signin")
+async def signin_form(request: Request) -> Response:
+    if _session(request):
+        return RedirectResponse("/ui/review", status_code=303)
+    return _signin_page()
+
+
+@router.post("/signin")
+async def signin(request: Request, key: str = Form(""), csrf: str = Form("")) -> Response:
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    if not cookie or not hmac.compare_digest(cookie, csrf):
+        return _signin_page("The form expired; sign in again.", 400)
+    state = _state(request)
+    info = await anyio.to_thread.run_sync(state.store.verify_key, key.strip()) if key.strip() else None
+    if info is None:
+        return _signin_page("Unknown or revoked API key.", 401)
+    if "review" not in info.roles:
+        return _signin_page(f"The key {info.name!r} lacks the 'review' role; create one with "
+                            f"`sightline keys create NAME --role review`.", 403)
+    signer = _signer(request)
+    value = signer.sign({"key_id": info.id, "name": info.name, "csrf": secrets.token_urlsafe(24)})
+    response = RedirectResponse("/ui/review", status_code=303)
+    response.set_cookie(COOKIE, value, httponly=True, samesite="strict", path="/ui", max_age=int(signer.max_age_s),
+                        secure=request.url.scheme == "https")
+    response.delete_cookie(CSRF_COOKIE, path="/ui/signin")
+    return response
+
+
+@router.post("/signout")
+async def signout(request: Request, csrf: str = Form("")) -> Response:
+    session = _session(request)
+    if session is not None and not _csrf_ok(session, csrf):
+        return JSONResponse({"detail": "bad CSRF token; reload the page."}, status_code=403)
+    response = _to_signin()
+    response.delete_cookie(COOKIE, path="/ui")
+    return response
+
+
+# --- the review queue ----------------------------------------------------------------------------------------
+@router.get("/review")
+async def review_page(request: Request, slice: str = "queue") -> Response:  # noqa: A002 - the query name
+    session = _session(request)
+    if session is None:
+        return _to_signin()
+    from sightline.serve.web.queue import ordered_queue
+
+    state = _state(request)
+    sample = slice == "random"
+    items = await anyio.to_thread.run_sync(lambda: ordered_queue(state.store, limit=50, sample=sample))
+    classes = list(state.bundle.classes)
+    return _render("review.html", session=session, items=items, classes=classes, keyed=classes[:9],
+                   unknown=UNKNOWN_LABEL, slice="random" if sample else "queue",
+                   model=f"{state.bundle.name} {state.bundle.version}")
+
+
+def _api_session(request: Request) -> dict[str, Any] | JSONResponse:
+    session = _session(request)
+    if session is None:
+        return JSONResponse({"detail": "not signed in; sign in at /ui/signin."}, status_code=401)
+    if request.method == "POST" and not _csrf_ok(session, request.headers.get("x-csrf-token")):
+        return JSONResponse({"detail": "bad CSRF token; reload the page."}, status_code=403)
+    return session
+
+
+class LabelBody(BaseModel):
+    id: int
+    label: str
+
+
+class UndoBody(BaseModel):
+    id: int
+
+
+@router.post("/label")
+async def label(request: Request, body: LabelBody) -> JSONResponse:
+    session = _api_session(request)
+    if isinstance(session, JSONResponse):
+        return session
+    state = _state(request)
+    allowed = [*state.bundle.classes, UNKNOWN_LABEL]
+    if body.label not in allowed:
+        return JSONResponse({"detail": f"label {body.label!r} is not one of {allowed}."}, status_code=422)
+    try:
+        row = await anyio.to_thread.run_sync(
+            lambda: state.store.record_label(body.id, body.label, reviewer=session["name"]))
+    except SightlineError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+    if row is None:
+        return JSONResponse({"detail": f"no prediction with id {body.id}."}, status_code=404)
+    return JSONResponse({"id": body.id, "label": row["reviewed_label"]})
+
+
+@router.post("/undo")
+async def undo(request: Request, body: UndoBody) -> JSONResponse:
+    """Undo this reviewer's last change of an item: back to the label before it (an override) or to unlabelled;
+    both are kept in the label history."""
+    session = _api_session(request)
+    if isinstance(session, JSONResponse):
+        return session
+    store = _state(request).store
+
+    def work() -> dict[str, Any] | JSONResponse:
+        history = store.label_history(body.id)
+        if not history or history[-1]["reviewer"] != session["name"] or history[-1]["new_label"] == "":
+            return JSONResponse({"detail": f"nothing of yours to undo on prediction {body.id}."}, status_code=409)
+        previous = history[-1]["old_label"]
+        if previous is None:
+            row = store.clear_label(body.id, reviewer=session["name"])
+        else:
+            row = store.record_label(body.id, previous, reviewer=session["name"], override=True)
+        return {"id": body.id, "label": row["reviewed_label"] if row else None}
+
+    result = await anyio.to_thread.run_sync(work)
+    return result if isinstance(result, JSONResponse) else JSONResponse(result)
+
+
+async def _kept(request: Request, prediction_id: int) -> tuple[bytes, str] | Response:
+    if _session(request) is None:
+        return Response("not signed in", status_code=401, media_type="text/plain")
+    state = _state(request)
+    found = None
+    if state.images is not None:
+        found = await anyio.to_thread.run_sync(state.images.read, state.store, prediction_id)
+    if found is None:
+        return Response(f"no kept image for prediction {prediction_id}", status_code=404, media_type="text/plain")
+    return found
+
+
+@router.get("/image/{prediction_id}")
+async def image(request: Request, prediction_id: int) -> Response:
+    found = await _kept(request, prediction_id)
+    if isinstance(found, Response):
+        return found
+    data, content_type = found
+    return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/cam/{prediction_id}.png")
+async def cam(request: Request, prediction_id: int) -> Response:
+    """The model's input crop with the top class's activation map blended over it, as PNG."""
+    found = await _kept(request, prediction_id)
+    if isinstance(found, Response):
+        return found
+    engine = _state(request).engine
+
+    def work() -> bytes | None:
+        import numpy as np
+        from PIL import Image
+
+        from sightline.inference import scale_cams
+
+        crop = engine.load(found[0])
+        out = engine.run(engine.to_batch([crop]))
+        if out.cams is None:
+            return None
+        heat = scale_cams(out.cams[:1], crop.shape[0])[0]
+        color = np.stack([heat, 0.25 * heat, 1.0 - heat], axis=-1) * 255.0  # red = where the model looked
+        blended = (0.55 * crop.astype(np.float32) + 0.45 * color).clip(0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(blended).save(buf, format="PNG")
+        return buf.getvalue()
+
+    try:
+        png = await anyio.to_thread.run_sync(work)
+    except SightlineError as exc:
+        return Response(str(exc), status_code=exc.status_code, media_type="text/plain")
+    if png is None:
+        return Response("this model gives no class activation map", status_code=404, media_type="text/plain")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> Response:
+    if name not in STATIC:
+        return Response("not found", status_code=404, media_type="text/plain")
+    return Response((HERE / "static" / name).read_bytes(), media_type=STATIC[name],
+                    headers={"Cache-Control": "public, max-age=300"})
