@@ -63,7 +63,7 @@ class UiHeaders:
 
 
 @lru_cache(maxsize=1)
-def _templates() -> Any:
+def templates() -> Any:
     import jinja2
 
     return jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
@@ -71,7 +71,7 @@ def _templates() -> Any:
 
 
 def _render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates().get_template(name).render(**context)
+    html = templates().get_template(name).render(**context)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
