@@ -219,7 +219,7 @@ class RegistryWatcher:
             await new.monitor.start()
         self.state.served = new  # one assignment: new requests take the new model from here on
         self.swaps += 1
-        log.info("registry %s moved: now serving %s %s (was %s)", self.settings.alias, version.ref,
+        log.warning("registry %s moved: now serving %s %s (was %s)", self.settings.alias, version.ref,
                  new.stored_version, current.stored_version)
         task = asyncio.create_task(retire(current), name="sightline-retire")
         self._retiring.add(task)
