@@ -67,6 +67,29 @@ def test_signin_csrf_csp_and_redirects(bundle, tmp_path):
         assert (secret := (tmp_path / "session_secret")).is_file() and secret.stat().st_mode & 0o077 == 0
         c.post("/ui/signout", data={"csrf": csrf})
         assert c.get("/ui/review", follow_redirects=False).status_code == 303
+        assert c.get("/ui/dashboard", follow_redirects=False).headers["location"] == "/ui/signin"
+    store.close()
+
+
+def test_dashboard_data_histogram_filters_and_measured_accuracy(tmp_path):
+    from sightline.serve.web.routes import dashboard_data
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    confs = [0.05, 0.15, 0.55, 0.95, 1.0]
+    ids = store.add_predictions([{
+        "request_id": "r", "filename": f"{i}.jpg", "input_sha256": "0" * 64, "model_name": "m", "model_version": "1",
+        "label": "cat", "confidence": c, "top_k": [], "decision": "accept" if c > 0.5 else "review",
+        "latency_ms": 1.0} for i, c in enumerate(confs)])
+    store.add_kept_images([{"prediction_id": i, "sha256": f"{i:064x}", "reason": "sample",
+                            "content_type": "image/jpeg", "size": 1} for i in ids[2:]])
+    store.record_label(ids[2], "cat", reviewer="ann")
+    store.record_label(ids[3], "dog", reviewer="ann")
+    store.record_label(ids[4], "unknown", reviewer="ann")  # not a class: left out of accuracy
+    data = dashboard_data(store)
+    assert [b["count"] for b in data["histogram"]] == [1, 1, 0, 0, 0, 1, 0, 0, 0, 2]
+    assert data["measured"] == {"n": 2, "accuracy": 0.5}
+    assert [r["id"] for r in dashboard_data(store, decision="review")["recent"]] == ids[:2][::-1]
+    assert [r["id"] for r in dashboard_data(store, low=0.8, high=1.0)["recent"]] == ids[3:][::-1]
     store.close()
 
 
@@ -137,6 +160,16 @@ def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path):
             page.wait_for_selector(f"li.item.current[data-id='{last}']:not(.done)")
             page.keyboard.press("s")  # skip: the focus moves on, nothing stored
             page.wait_for_selector(f"li.item.current:not([data-id='{last}'])")
+            page.goto(f"{base}/ui/dashboard?decision=review")  # the dashboard renders with this data
+            assert page.locator("#histogram rect").count() == 10
+            assert page.locator("ol.recent li.item").count() == 24
+            assert page.locator("ol.recent img.thumb").count() == 24
+            page.goto(f"{base}/ui/dashboard?decision=accept")
+            assert page.locator("ol.recent li.item").count() == 0
+            page.click("button:has-text('Sign out')")
+            page.wait_for_url(f"{base}/ui/signin")
+            page.goto(f"{base}/ui/dashboard")
+            assert page.url.endswith("/ui/signin")
             browser.close()
         assert errors == []
     del expected[last]

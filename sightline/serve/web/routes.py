@@ -294,3 +294,74 @@ async def static(name: str) -> Response:
         return Response("not found", status_code=404, media_type="text/plain")
     return Response((HERE / "static" / name).read_bytes(), media_type=STATIC[name],
                     headers={"Cache-Control": "public, max-age=300"})
+
+
+# --- the monitoring dashboard --------------------------------------------------------------------------------
+def _numbers(value: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, float]]:
+    """(dotted name, number) leaves of a window's stored result, two levels deep, for the table."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [(prefix, float(value))]
+    if isinstance(value, dict) and depth < 2:
+        return [pair for k, v in value.items() for pair in _numbers(v, f"{prefix}.{k}" if prefix else str(k),
+                                                                       depth + 1)]
+    return []
+
+
+def dashboard_data(store: Any, *, decision: str | None = None, label: str | None = None, low: float = 0.0,
+                   high: float = 1.0, limit: int = 50, bins: int = 10) -> dict[str, Any]:
+    """Recent predictions (filtered), the confidence histogram of the last 1,000, and accuracy measured on the
+    labelled random slice (reviewer label vs prediction; 'unknown' labels left out)."""
+    from sqlalchemy import func, select
+
+    from sightline.serve.store import KeptImage, PredictionRecord as P
+
+    q = select(P.id, P.created, P.filename, P.label, P.confidence, P.decision, P.reviewed_label, KeptImage.evicted,
+               KeptImage.sha256).outerjoin(KeptImage, KeptImage.prediction_id == P.id)
+    q = q.where(P.confidence >= low, P.confidence <= high)
+    if decision:
+        q = q.where(P.decision == decision)
+    if label:
+        q = q.where(P.label == label)
+    with store.engine.connect() as conn:
+        recent = [dict(r._mapping) for r in conn.execute(q.order_by(P.id.desc()).limit(limit))]
+        confs = [c for (c,) in conn.execute(select(P.confidence).order_by(P.id.desc()).limit(1000))]
+        slice_rows = conn.execute(
+            select(P.label, P.reviewed_label).join(KeptImage, KeptImage.prediction_id == P.id)
+            .where(KeptImage.reason == "sample", P.reviewed_label.is_not(None), P.reviewed_label != UNKNOWN_LABEL)
+        ).all()
+        total = conn.execute(select(func.count()).select_from(P)).scalar_one()
+    counts = [0] * bins
+    for c in confs:
+        counts[min(bins - 1, max(0, int(c * bins)))] += 1
+    top = max(counts) or 1
+    histogram = [{"low": i / bins, "high": (i + 1) / bins, "count": n, "height": round(100 * n / top)}
+                 for i, n in enumerate(counts)]
+    correct = sum(a == b for a, b in slice_rows)
+    return {"recent": [{**r, "has_image": r["sha256"] is not None and r["evicted"] is None} for r in recent],
+            "histogram": histogram, "histogram_n": len(confs), "total": total,
+            "measured": {"n": len(slice_rows), "accuracy": correct / len(slice_rows) if slice_rows else None}}
+
+
+@router.get("/dashboard")
+async def dashboard(request: Request, decision: str = "", label: str = "", band: str = "") -> Response:
+    session = _session(request)
+    if session is None:
+        return _to_signin()
+    state = _state(request)
+    bands = {"": (0.0, 1.0), "low": (0.0, 0.5), "mid": (0.5, 0.8), "high": (0.8, 1.0)}
+    low, high = bands.get(band, (0.0, 1.0))
+    decision = decision if decision in ("accept", "review", "unknown") else ""
+    label = label if label in state.bundle.classes else ""
+    data = await anyio.to_thread.run_sync(lambda: dashboard_data(state.store, decision=decision or None,
+                                                                 label=label or None, low=low, high=high))
+    monitor = state.monitor
+    status = await anyio.to_thread.run_sync(monitor.status) if monitor is not None else None
+    windows = [{"kind": kind, "n": w.get("n"), "significant": w.get("significant"),
+                "numbers": _numbers(w)} for kind, w in ((status or {}).get("windows") or {}).items()]
+    return _render("dashboard.html", session=session, data=data, monitor=status, windows=windows,
+                   message=state.monitor_message, classes=list(state.bundle.classes),
+                   filters={"decision": decision, "label": label, "band": band},
+                   model=f"{state.bundle.name} {state.bundle.version}",
+                   alpha=state.settings.monitor_alpha)
