@@ -14,7 +14,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ def fill(path: Path, rows: int, dim: int, classes: int) -> None:
 
     Store(f"sqlite:///{path}").close()  # the schema
     rng = np.random.default_rng(0)
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     logits = rng.normal(size=(rows, classes)) * 2
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     feats = rng.normal(size=(rows, dim)).astype(np.float16)

@@ -200,7 +200,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     for router in (health.router, model.router, predict.router, review.router, monitor.router):
         app.include_router(router)
-    from sightline.serve.web.routes import UiHeaders, router as web_router
+    from sightline.serve.web.routes import UiHeaders
+    from sightline.serve.web.routes import router as web_router
 
     app.include_router(web_router)  # the web app at /ui (session cookies; the API gate has no rule for it)
     from sightline.serve.deps import KeyGate

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_tiny import CLASSES, encode, make_bundle, photo, predict, serving  # noqa: E402
+from serve_tiny import CLASSES, encode, make_bundle, photo, predict, serving
 
-from sightline.serve.store import Store  # noqa: E402
-from sightline.serve.web.queue import k_center_greedy, ordered_queue  # noqa: E402
-from sightline.serve.web.session import SessionSigner  # noqa: E402
+from sightline.serve.store import Store
+from sightline.serve.web.queue import k_center_greedy, ordered_queue
+from sightline.serve.web.session import SessionSigner
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -13,9 +13,15 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from sightline.serve.store import QUEUED_DECISIONS, KeptImage, PredictionRecord, PredictionSignal, Store
+from sightline.serve.store import (
+    QUEUED_DECISIONS,
+    KeptImage,
+    PredictionRecord,
+    PredictionSignal,
+    Store,
+)
 
-__all__ = ["ordered_queue", "k_center_greedy", "margin"]
+__all__ = ["k_center_greedy", "margin", "ordered_queue"]
 
 
 def margin(probabilities: np.ndarray | None, top_k: list[dict[str, Any]]) -> float:

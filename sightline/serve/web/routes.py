@@ -28,7 +28,7 @@ from sightline.serve.state import ServiceState
 from sightline.serve.store import UNKNOWN_LABEL
 from sightline.serve.web.session import COOKIE, CSRF_COOKIE, SessionSigner, load_secret
 
-__all__ = ["router", "UiHeaders", "CSP"]
+__all__ = ["CSP", "UiHeaders", "router"]
 
 CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; frame-ancestors 'none'; "
        "form-action 'self'; base-uri 'none'; object-src 'none'")
@@ -157,7 +157,7 @@ async def signout(request: Request, csrf: str = Form("")) -> Response:
 
 # --- the review queue ----------------------------------------------------------------------------------------
 @router.get("/review")
-async def review_page(request: Request, slice: str = "queue") -> Response:  # noqa: A002 - the query name
+async def review_page(request: Request, slice: str = "queue") -> Response:
     session = _session(request)
     if session is None:
         return _to_signin()
@@ -315,7 +315,8 @@ def dashboard_data(store: Any, *, decision: str | None = None, label: str | None
     labelled random slice (reviewer label vs prediction; 'unknown' labels left out)."""
     from sqlalchemy import func, select
 
-    from sightline.serve.store import KeptImage, PredictionRecord as P
+    from sightline.serve.store import KeptImage
+    from sightline.serve.store import PredictionRecord as P
 
     q = select(P.id, P.created, P.filename, P.label, P.confidence, P.decision, P.reviewed_label, KeptImage.evicted,
                KeptImage.sha256).outerjoin(KeptImage, KeptImage.prediction_id == P.id)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SessionSigner", "load_secret", "COOKIE", "CSRF_COOKIE"]
+__all__ = ["COOKIE", "CSRF_COOKIE", "SessionSigner", "load_secret"]
 
 COOKIE = "sl_session"
 CSRF_COOKIE = "sl_csrf"  # before sign-in: double-submit token for the sign-in form
