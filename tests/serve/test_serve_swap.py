@@ -32,15 +32,37 @@ def _bundle(root: Path, seed: int, version: str, *, onnx: bool = True) -> Path:
     return root / f"b{version}"
 
 
-@pytest.fixture(scope="module")
-def registry_server(tmp_path_factory):
-    """Three registry versions (v1 champion, v2 other weights, v3 without model.onnx) and uvicorn serving the
-    champion, polling the alias every 0.3 s."""
+@contextmanager
+def _registry_serving(registry_root: Path, url: str, **overrides):
+    """uvicorn on a free loopback port serving the registry's champion (alias polled every 0.3 s); yields the URL."""
     import uvicorn
 
-    from sightline.loop.registry import Registry
     from sightline.serve.app import create_app
     from sightline.serve.settings import Settings
+
+    settings = Settings(registry=registry_root, database_url=url, **{
+        "registry_poll_s": 0.3, "rate_limit_per_minute": 0, "key_cache_s": 0, "batch_max_wait_ms": 5, "threads": 1,
+        "monitor": False, **overrides})
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning",
+                                        lifespan="on"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not srv.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def registry_server(tmp_path_factory):
+    """Three registry versions (v1 champion, v2 other weights, v3 without model.onnx) and the service."""
+    from sightline.loop.registry import Registry
     from sightline.serve.store import Store
 
     root = tmp_path_factory.mktemp("swap")
@@ -52,22 +74,10 @@ def registry_server(tmp_path_factory):
     store = Store(url)
     key = store.create_key("client")
     store.close()
-    settings = Settings(registry=root / "registry", database_url=url, registry_poll_s=0.3, rate_limit_per_minute=0,
-                        key_cache_s=0, batch_max_wait_ms=5, threads=1, monitor=False)
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning",
-                                        lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", key, registry, url
+        with _registry_serving(root / "registry", url) as base:
+            yield base, key, registry, url
     finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
         registry.close()
 
 
@@ -155,3 +165,34 @@ def test_version_without_onnx_keeps_the_old_model_with_one_log_line(registry_ser
     registry.rollback(reason="back")  # the alias returns to what is served: no swap, no new line
     time.sleep(1.0)
     assert httpx.get(f"{base}/v1/model").json()["registry"]["version"] == before
+
+
+def test_monitoring_follows_the_new_versions_reference_profile(tmp_path) -> None:
+    from test_serve_monitor import build_profiled_bundle
+
+    from sightline.loop.registry import Registry
+    from sightline.serve.monitoring import profile_fingerprint
+    from sightline.serve.store import Store
+
+    url = f"sqlite:///{tmp_path / 'sightline.db'}"
+    build_profiled_bundle(tmp_path / "profiled")
+    with Registry(url, root=tmp_path / "registry") as registry:
+        registry.add(_bundle(tmp_path, 0, "1"), alias="champion")  # no reference profile: monitoring off
+        v2 = registry.add(tmp_path / "profiled").version
+        store = Store(url)
+        key = store.create_key("ops", ["predict", "review"])
+        store.close()
+        with _registry_serving(tmp_path / "registry", url, monitor=True) as base:
+            headers = {"X-API-Key": key}
+            assert httpx.get(f"{base}/v1/monitor", headers=headers).json()["enabled"] is False
+            registry.promote(v2.ref)
+            deadline = time.time() + 15
+            while httpx.get(f"{base}/v1/model").json()["registry"]["version"] != v2.ref:
+                assert time.time() < deadline, "no switch within 15 s"
+                time.sleep(0.1)
+            status = httpx.get(f"{base}/v1/monitor", headers=headers).json()
+            assert status["enabled"] is True
+            assert status["profile"]["fingerprint"] == profile_fingerprint(Path(v2.path))
+            r = httpx.post(f"{base}/v1/predict", files=[("file", ("a.jpg", encode(photo(5))))], headers=headers)
+            assert r.status_code == 200 and r.json()["model"]["registry_version"] == v2.ref
+            assert r.json()["predictions"][0]["ood_score"] is not None  # the new profile scores the answers
