@@ -65,6 +65,9 @@ def test_signin_csrf_csp_and_redirects(bundle, tmp_path):
         csrf = review.text.split('name="csrf-token" content="')[1].split('"')[0]
         assert c.post("/ui/label", json={"id": 999, "label": "cat"}, headers={"X-CSRF-Token": csrf}).status_code == 404
         assert (secret := (tmp_path / "session_secret")).is_file() and secret.stat().st_mode & 0o077 == 0
+        store.revoke_key("ann")  # revoking the key ends its browser sessions (key_cache_s=0 here)
+        assert c.get("/ui/review", follow_redirects=False).status_code == 303
+        assert c.post("/ui/label", json={"id": 1, "label": "cat"}, headers={"X-CSRF-Token": csrf}).status_code == 401
         c.post("/ui/signout", data={"csrf": csrf})
         assert c.get("/ui/review", follow_redirects=False).status_code == 303
         assert c.get("/ui/dashboard", follow_redirects=False).headers["location"] == "/ui/signin"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import io
 import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,38 @@ def _signer(request: Request) -> SessionSigner:
 
 
 def _session(request: Request) -> dict[str, Any] | None:
+    """The signed session's payload (not checked against revocation: see `_live_session`)."""
     return _signer(request).verify(request.cookies.get(COOKIE))
+
+
+def _key_revoked(store: Any, key_id: int) -> bool:
+    from sqlalchemy import select
+
+    from sightline.serve.store import ApiKey
+
+    with store.engine.connect() as conn:
+        row = conn.execute(select(ApiKey.revoked).where(ApiKey.id == key_id)).first()
+    return row is None or row[0] is not None
+
+
+async def _live_session(request: Request) -> dict[str, Any] | None:
+    """The session, when its key still exists and is not revoked (re-read at most every key_cache_s seconds,
+    like API keys), so revoking a key ends its browser sessions too."""
+    session = _session(request)
+    if session is None:
+        return None
+    state = _state(request)
+    if not state.settings.require_api_key:
+        return session
+    checked = request.app.state.__dict__.setdefault("sightline_web_live", {})
+    key_id = int(session.get("key_id", 0))
+    if checked.get(key_id, 0.0) > time.monotonic():
+        return session
+    if await anyio.to_thread.run_sync(_key_revoked, state.store, key_id):
+        checked.pop(key_id, None)
+        return None
+    checked[key_id] = time.monotonic() + state.settings.key_cache_s
+    return session
 
 
 def _csrf_ok(session: dict[str, Any], token: str | None) -> bool:
@@ -158,7 +190,7 @@ async def signout(request: Request, csrf: str = Form("")) -> Response:
 # --- the review queue ----------------------------------------------------------------------------------------
 @router.get("/review")
 async def review_page(request: Request, slice: str = "queue") -> Response:
-    session = _session(request)
+    session = await _live_session(request)
     if session is None:
         return _to_signin()
     from sightline.serve.web.queue import ordered_queue
@@ -172,8 +204,8 @@ async def review_page(request: Request, slice: str = "queue") -> Response:
                    model=f"{state.bundle.name} {state.bundle.version}")
 
 
-def _api_session(request: Request) -> dict[str, Any] | JSONResponse:
-    session = _session(request)
+async def _api_session(request: Request) -> dict[str, Any] | JSONResponse:
+    session = await _live_session(request)
     if session is None:
         return JSONResponse({"detail": "not signed in; sign in at /ui/signin."}, status_code=401)
     if request.method == "POST" and not _csrf_ok(session, request.headers.get("x-csrf-token")):
@@ -192,7 +224,7 @@ class UndoBody(BaseModel):
 
 @router.post("/label")
 async def label(request: Request, body: LabelBody) -> JSONResponse:
-    session = _api_session(request)
+    session = await _api_session(request)
     if isinstance(session, JSONResponse):
         return session
     state = _state(request)
@@ -213,7 +245,7 @@ async def label(request: Request, body: LabelBody) -> JSONResponse:
 async def undo(request: Request, body: UndoBody) -> JSONResponse:
     """Undo this reviewer's last change of an item: back to the label before it (an override) or to unlabelled;
     both are kept in the label history."""
-    session = _api_session(request)
+    session = await _api_session(request)
     if isinstance(session, JSONResponse):
         return session
     store = _state(request).store
@@ -234,7 +266,7 @@ async def undo(request: Request, body: UndoBody) -> JSONResponse:
 
 
 async def _kept(request: Request, prediction_id: int) -> tuple[bytes, str] | Response:
-    if _session(request) is None:
+    if await _live_session(request) is None:
         return Response("not signed in", status_code=401, media_type="text/plain")
     state = _state(request)
     found = None
@@ -347,7 +379,7 @@ def dashboard_data(store: Any, *, decision: str | None = None, label: str | None
 
 @router.get("/dashboard")
 async def dashboard(request: Request, decision: str = "", label: str = "", band: str = "") -> Response:
-    session = _session(request)
+    session = await _live_session(request)
     if session is None:
         return _to_signin()
     state = _state(request)
