@@ -329,16 +329,14 @@ async def static(name: str) -> Response:
 
 
 # --- the monitoring dashboard --------------------------------------------------------------------------------
-def _numbers(value: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, float]]:
-    """(dotted name, number) leaves of a window's stored result, two levels deep, for the table."""
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, (int, float)):
-        return [(prefix, float(value))]
-    if isinstance(value, dict) and depth < 2:
-        return [pair for k, v in value.items() for pair in _numbers(v, f"{prefix}.{k}" if prefix else str(k),
-                                                                       depth + 1)]
-    return []
+def window_view(kind: str, w: dict[str, Any]) -> dict[str, Any]:
+    """What the dashboard shows of a stored window result (sightline.monitor's summary): its tests' p-values, the
+    combined one, the unknown rate and the label-free accuracy estimate with its interval."""
+    tests = {name: t.get("p_value") for name, t in (w.get("tests") or {}).items() if isinstance(t, dict)}
+    est = w.get("expected_accuracy") or {}
+    return {"kind": kind, "n": w.get("n"), "significant": w.get("significant"), "p_value": w.get("p_value"),
+            "tests": tests, "unknown_rate": w.get("unknown_rate"), "mean_confidence": w.get("mean_confidence"),
+            "estimate": est.get("expected_accuracy"), "low": est.get("low"), "high": est.get("high")}
 
 
 def dashboard_data(store: Any, *, decision: str | None = None, label: str | None = None, low: float = 0.0,
@@ -391,8 +389,7 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
                                                                  label=label or None, low=low, high=high))
     monitor = state.monitor
     status = await anyio.to_thread.run_sync(monitor.status) if monitor is not None else None
-    windows = [{"kind": kind, "n": w.get("n"), "significant": w.get("significant"),
-                "numbers": _numbers(w)} for kind, w in ((status or {}).get("windows") or {}).items()]
+    windows = [window_view(kind, w) for kind, w in sorted(((status or {}).get("windows") or {}).items())]
     return _render("dashboard.html", session=session, data=data, monitor=status, windows=windows,
                    message=state.monitor_message, classes=list(state.bundle.classes),
                    filters={"decision": decision, "label": label, "band": band},
