@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from test_serve_monitor import WINDOW, _predict, _settings, build_profiled_bundle, calm, serving  # noqa: E402
+from test_serve_monitor import (
+    WINDOW,
+    _predict,
+    _settings,
+    build_profiled_bundle,
+    calm,
+    serving,
+)
 
 
 @pytest.fixture(scope="module")
