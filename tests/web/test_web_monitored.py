@@ -50,3 +50,5 @@ def test_queue_and_dashboard_with_monitoring(profiled, tmp_path):
         est = recent["expected_accuracy"]
         assert f"{100 * est['expected_accuracy']:.1f} % [{100 * est['low']:.1f}, {100 * est['high']:.1f}]" in dash.text
         assert "Open alerts: none" in dash.text
+        block = status["windows"]["block"]
+        assert dash.text.count("<circle ") == 1 and f"p = {block['p_value']:.3g}" in dash.text  # one block so far

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import io
+import math
 import secrets
 import time
 from functools import lru_cache
@@ -375,6 +376,28 @@ def dashboard_data(store: Any, *, decision: str | None = None, label: str | None
             "measured": {"n": len(slice_rows), "accuracy": correct / len(slice_rows) if slice_rows else None}}
 
 
+def p_value_history(store: Any, profile: str, *, kind: str = "block", limit: int = 40) -> list[dict[str, Any]]:
+    """The combined drift p-value of the last `limit` windows of `kind`, oldest first, with SVG coordinates
+    (x over the windows, y = -log10 p on 0..4 over a 100-unit-high plot)."""
+    from sqlalchemy import select
+
+    from sightline.serve.store import MonitorWindow as W
+
+    q = (select(W.key, W.created, W.significant, W.result).where(W.profile == profile, W.kind == kind)
+         .order_by(W.id.desc()).limit(limit))
+    with store.engine.connect() as conn:
+        rows = list(conn.execute(q))[::-1]
+    points = []
+    for i, r in enumerate(rows):
+        p = (r.result or {}).get("p_value")
+        if p is None:
+            continue
+        y = 100 - 25 * min(4.0, -math.log10(max(p, 1e-4)))
+        points.append({"key": r.key, "created": r.created, "p": p, "significant": r.significant,
+                       "x": 5 + 190 * i / max(1, len(rows) - 1), "y": round(y, 2)})
+    return points
+
+
 @router.get("/dashboard")
 async def dashboard(request: Request, decision: str = "", label: str = "", band: str = "") -> Response:
     session = await _live_session(request)
@@ -390,8 +413,13 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
     monitor = state.monitor
     status = await anyio.to_thread.run_sync(monitor.status) if monitor is not None else None
     windows = [window_view(kind, w) for kind, w in sorted(((status or {}).get("windows") or {}).items())]
+    history = []
+    if status is not None:
+        history = await anyio.to_thread.run_sync(p_value_history, state.store, status["profile"]["fingerprint"])
+    alpha = state.settings.monitor_alpha
+    alpha_y = round(100 - 25 * min(4.0, -math.log10(alpha)), 2)
     return _render("dashboard.html", session=session, data=data, monitor=status, windows=windows,
                    message=state.monitor_message, classes=list(state.bundle.classes),
                    filters={"decision": decision, "label": label, "band": band},
                    model=f"{state.bundle.name} {state.bundle.version}",
-                   alpha=state.settings.monitor_alpha)
+                   alpha=alpha, alpha_y=alpha_y, history=history)
