@@ -107,7 +107,7 @@ def main() -> None:
     import httpx
 
     from sightline.loop.registry import Registry
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="sightline-hotswap-"))
     proc = None

@@ -85,7 +85,7 @@ def _cpu_seconds(pid: int) -> float:
 def _signal_count(store) -> int:
     import sqlalchemy as sa
 
-    from sightline.serve.store import PredictionSignal
+    from sightline.storage.store import PredictionSignal
 
     with store.engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(PredictionSignal)).scalar() or 0)
@@ -94,7 +94,7 @@ def _signal_count(store) -> int:
 def run_server(folder: Path, work: Path, images: list[tuple[str, bytes]], args: argparse.Namespace, *,
                monitor: bool, tag: str) -> dict:
     """Start `sightline serve` (monitoring on or off), warm it up, load it, stop it; its figures."""
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     db_url = f"sqlite:///{work / f'{tag}.db'}"
     store = Store(db_url)

@@ -259,7 +259,7 @@ def main() -> int:
 
     from sightline.bundle import load_bundle, resolve_bundle_dir
     from sightline.data.inputs import expand_inputs
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="sightline-serve-load-"))
     procs: list[subprocess.Popen] = []

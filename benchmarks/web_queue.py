@@ -21,7 +21,7 @@ import numpy as np
 
 
 def fill(path: Path, rows: int, dim: int, classes: int) -> None:
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     Store(f"sqlite:///{path}").close()  # the schema
     rng = np.random.default_rng(0)
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     args = ap.parse_args()
 
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
     from sightline.serve.web.queue import ordered_queue
     from sightline.serve.web.routes import templates
 

@@ -23,6 +23,7 @@ LAYERS: dict[str, list[str]] = {
              "sightline.spec"],
     "data": ["sightline.data.*"],
     "models": ["sightline.models.*"],
+    "storage": ["sightline.storage.*"],  # the service's database and kept images: read by serve, the loop, the CLI
     "bundle": ["sightline.bundle"],
     "inference": ["sightline.inference.*"],  # a module or a package
     "monitor": ["sightline.monitor.*"],

@@ -12,7 +12,7 @@ def _store(bundle: Path | None, database_url: str | None):
     import os
 
     from sightline.serve.settings import database_url as resolve_url
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     bundle = bundle or (Path(os.environ["SIGHTLINE_BUNDLE"]) if os.environ.get("SIGHTLINE_BUNDLE") else None)
     return Store(resolve_url(database_url or os.environ.get("SIGHTLINE_DATABASE_URL"), bundle))
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Create an API key. It is printed once and stored only as a hash."""
-        from sightline.serve.store import parse_roles
+        from sightline.storage.store import parse_roles
 
         roles = parse_roles(role)
         key = _store(bundle, database_url).create_key(name, roles)

@@ -21,7 +21,7 @@ from sightline.data.hashing import near_duplicate_pairs
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.errors import UserInputError
 
-__all__ = ["SplitResult", "split_dataset", "duplicate_groups", "assign_groups"]
+__all__ = ["SplitResult", "split_dataset", "duplicate_groups", "assign_groups", "place_file"]
 
 DEFAULT_RATIOS = (0.7, 0.15, 0.15)
 DEFAULT_MAX_DISTANCE = 8  # pHash bits; distinct photos differ in >= 12 of 64, re-encoded/resized copies in <= 6
@@ -108,7 +108,7 @@ def assign_groups(
     return out
 
 
-def _place(src: Path, dst: Path, *, link: bool) -> bool:
+def place_file(src: Path, dst: Path, *, link: bool = True) -> bool:
     """Hard-link src to dst (when `link`), or copy when linking is impossible or not wanted. True when linked."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
@@ -191,7 +191,7 @@ def split_dataset(
         if dst.exists():  # the same file name under one class in two source splits
             dst = dst.with_name(f"{dst.stem}__{sample.split}{dst.suffix}")
             rel = dst.relative_to(out)
-        did_link = _place(sample.path, dst, link=link)
+        did_link = place_file(sample.path, dst, link=link)
         linked += int(did_link)
         copied += int(not did_link)
         for suffix, extra in region_files(sample.path).items():

@@ -87,8 +87,8 @@ def export_feedback(
         {'train': {'ants': 41, 'bees': 38}, 'val': {...}, 'production': {...}}
     """
     from sightline.data.datasets import dataset_version, scan_dataset
-    from sightline.serve.images import LocalImageStore
-    from sightline.serve.store import Store
+    from sightline.storage.images import LocalImageStore
+    from sightline.storage.store import Store
 
     if not 0 <= val_ratio < 1:
         raise UserInputError(f"--val-ratio must be in [0, 1), got {val_ratio}.")
@@ -225,7 +225,7 @@ def export_feedback(
 
 
 def _safe(url: str) -> str:
-    from sightline.serve.store import safe_url
+    from sightline.storage.store import safe_url
 
     return safe_url(url)
 
@@ -233,7 +233,7 @@ def _safe(url: str) -> str:
 def _link_parent(root: Path, dst_root: Path) -> int:
     """Hard-link (copy where impossible) every file of the parent's train/val/test/production folders and its
     sightline.yaml; hidden folders (.audit, .quarantine) and the old manifest are left out."""
-    from sightline.data.split import _place
+    from sightline.data.split import place_file
 
     n = 0
     for top in ("train", "val", "test", PRODUCTION):
@@ -243,7 +243,7 @@ def _link_parent(root: Path, dst_root: Path) -> int:
                 if name.startswith("."):
                     continue
                 src = Path(dirpath) / name
-                _place(src, dst_root / src.relative_to(root), link=True)
+                place_file(src, dst_root / src.relative_to(root), link=True)
                 n += 1
     if (root / "sightline.yaml").is_file():
         shutil.copy2(root / "sightline.yaml", dst_root / "sightline.yaml")

@@ -123,11 +123,11 @@ def create_app(settings: Settings) -> FastAPI:
 
         from sightline.errors import UserInputError
         from sightline.inference import usable_cores
-        from sightline.serve.images import ImageKeeper, LocalImageStore
+        from sightline.storage.images import ImageKeeper, LocalImageStore
         from sightline.serve.swap import RegistryWatcher, onnx_file, open_served, registry_version, retire
         from sightline.serve.ratelimit import RateLimiter
         from sightline.serve.state import KeyCache, ServiceState
-        from sightline.serve.store import Store
+        from sightline.storage.store import Store
 
         from threadpoolctl import threadpool_limits
 

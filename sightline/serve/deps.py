@@ -18,7 +18,7 @@ import anyio
 from fastapi import Depends, HTTPException, Request, status
 
 from sightline.serve.state import ServiceState
-from sightline.serve.store import ROLES, ApiKeyInfo, hash_key
+from sightline.storage.store import ROLES, ApiKeyInfo, hash_key
 
 __all__ = ["get_state", "StateDep", "require_key", "require_role", "ApiKeyDep", "PredictKeyDep", "ReviewKeyDep",
            "AdminKeyDep", "KeyGate", "ROUTE_ROLES"]

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from sightline.inference import Engine, Output
     from sightline.serve.metrics import ServiceMetrics
     from sightline.serve.settings import Settings
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
 __all__ = ["ADD_PROFILE", "ALERT_NAMES", "Scored", "Observer", "Monitor", "open_observer", "profile_fingerprint",
            "no_profile_message", "batch_from_rows", "build_report"]
@@ -466,7 +466,7 @@ def build_report(
     "block" (consecutive blocks of `size`; a trailing partial block is shown, marked partial), "hour" or "day"
     (UTC; the current period is included, marked open). Raises UserInputError when the bundle has no profile."""
     from sightline.bundle import load_bundle
-    from sightline.serve.store import Store, safe_url
+    from sightline.storage.store import Store, safe_url
 
     if window not in ("block", "hour", "day"):
         raise UserInputError(f"--window {window!r}: use 'block', 'hour' or 'day'")

@@ -10,12 +10,12 @@ import anyio
 from sightline.bundle import Bundle
 from sightline.inference import Engine
 from sightline.serve.batching import MicroBatcher
-from sightline.serve.images import ImageKeeper
+from sightline.storage.images import ImageKeeper
 from sightline.serve.metrics import ServiceMetrics
 from sightline.serve.monitoring import Monitor, Observer
 from sightline.serve.ratelimit import RateLimiter
 from sightline.serve.settings import Settings
-from sightline.serve.store import ApiKeyInfo, Store
+from sightline.storage.store import ApiKeyInfo, Store
 from sightline.serve.swap import RegistryWatcher, Served
 
 __all__ = ["ServiceState", "KeyCache"]

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from sightline.serve.metrics import ServiceMetrics
     from sightline.serve.monitoring import Monitor, Observer
     from sightline.serve.settings import Settings
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
 __all__ = ["Served", "open_served", "retire", "RegistryWatcher", "onnx_file", "registry_version"]
 

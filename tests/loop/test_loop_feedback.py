@@ -16,8 +16,8 @@ import pytest
 from loop_tiny import LEVELS, write_images
 from PIL import Image
 
-from sightline.serve.images import ImageKeeper, LocalImageStore
-from sightline.serve.store import Store
+from sightline.storage.images import ImageKeeper, LocalImageStore
+from sightline.storage.store import Store
 
 
 def _png(level: int, seed: int) -> bytes:

@@ -61,7 +61,7 @@ def served(tmp_path_factory):
     from sightline.monitor.reference import build_reference
     from sightline.optimize.export import export
     from sightline.serve.monitoring import Observer, profile_fingerprint
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     root = tmp_path_factory.mktemp("monitor-cli")
     folder = root / "run" / "bundle"
@@ -156,7 +156,7 @@ def test_report_on_a_filled_database(served, capsys, tmp_path):
 def test_calendar_windows_and_windows_below_the_minimum(served, capsys, tmp_path):
     """40 predictions moved to yesterday: two day windows; with a minimum of 50 yesterday's is shown, not tested,
     and the report says so."""
-    from sightline.serve.store import PredictionSignal
+    from sightline.storage.store import PredictionSignal
 
     url = f"sqlite:///{tmp_path / 'copy.db'}"
     shutil.copy(served["url"].removeprefix("sqlite:///"), tmp_path / "copy.db")
@@ -185,7 +185,7 @@ def test_calendar_windows_and_windows_below_the_minimum(served, capsys, tmp_path
 
 
 def test_empty_database_says_so(served, capsys, tmp_path):
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     Store(url).close()
@@ -199,7 +199,7 @@ def test_empty_database_says_so(served, capsys, tmp_path):
 
 
 def test_predictions_served_without_a_profile_are_named(served, capsys, tmp_path):
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     url = f"sqlite:///{tmp_path / 'plain.db'}"
     store = Store(url)
@@ -231,7 +231,7 @@ def test_the_report_reads_postgresql_as_it_reads_sqlite(served, capsys, tmp_path
     import os
     import uuid
 
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     base = os.environ.get("SIGHTLINE_TEST_DATABASE_URL")
     if not base:

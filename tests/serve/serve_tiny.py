@@ -30,7 +30,7 @@ def open_store(kind: str, tmp_path: Path) -> Iterator:
     import pytest
     import sqlalchemy as sa
 
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     if kind == "sqlite":
         store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")

@@ -63,7 +63,7 @@ def server(tmp_path_factory):
     from sightline.optimize.export import export
     from sightline.serve.app import create_app
     from sightline.serve.settings import Settings
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
@@ -81,7 +81,7 @@ def server(tmp_path_factory):
         rate_limit_per_minute=0, key_cache_s=0, batch_max_wait_ms=20, threads=1, database_url=url,
     )
     if url:
-        from sightline.serve.store import Base
+        from sightline.storage.store import Base
 
         scratch = Store(url)
         Base.metadata.drop_all(scratch.engine)

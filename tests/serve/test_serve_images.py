@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from serve_tiny import encode, make_bundle, open_store, photo, predict, serving
 
-from sightline.serve.images import ImageKeeper, LocalImageStore, content_type
-from sightline.serve.store import Store
+from sightline.storage.images import ImageKeeper, LocalImageStore, content_type
+from sightline.storage.store import Store
 
 
 def test_local_store_content_addressed_atomic_and_deduplicated(tmp_path):

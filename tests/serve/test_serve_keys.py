@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from sightline.serve.store import ApiKeyInfo, Store, hash_key
+from sightline.storage.store import ApiKeyInfo, Store, hash_key
 
 
 def test_store_keys_hashed_and_revocable(tmp_path):

@@ -149,7 +149,7 @@ def serving(settings):
     import uvicorn
 
     from sightline.serve.app import create_app
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     store = Store(settings.resolved_database_url())
     key = store.create_key("tester", ["predict", "review"])
@@ -195,7 +195,7 @@ def _independent_outputs(bundle_dir, blobs):
 def test_unknown_decision_score_and_a_signals_row_for_every_answer(profiled, database_url):
     from sightline.monitor.stats import image_stats
     from sightline.serve.monitoring import profile_fingerprint
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     folder, profile = profiled
     assert profile.ood_choice is not None
@@ -244,7 +244,7 @@ def test_unknown_decision_score_and_a_signals_row_for_every_answer(profiled, dat
 
 
 def test_without_a_profile_or_with_monitoring_off_serving_is_unchanged(profiled, tmp_path):
-    from sightline.serve.store import PredictionSignal, Store
+    from sightline.storage.store import PredictionSignal, Store
 
     folder, _ = profiled
     bare = tmp_path / "bare"
@@ -313,7 +313,7 @@ def _wait(predicate, timeout=60.0):
 
 
 def test_alert_fires_after_two_drifted_windows_survives_a_restart_and_is_delivered_signed(profiled, database_url):
-    from sightline.serve.store import MonitorWindow, Store
+    from sightline.storage.store import MonitorWindow, Store
 
     folder, _ = profiled
     receiver = Receiver(SECRET)
@@ -384,7 +384,7 @@ def test_calendar_windows_are_tested_once_when_closed(profiled, tmp_path):
     current hour is left open."""
     import sqlalchemy as sa
 
-    from sightline.serve.store import PredictionSignal, Store
+    from sightline.storage.store import PredictionSignal, Store
 
     folder, _ = profiled
     url = f"sqlite:///{tmp_path / 'cal.db'}"
@@ -412,7 +412,7 @@ def test_calendar_windows_are_tested_once_when_closed(profiled, tmp_path):
         store = Store(url)
         rows = store.latest_windows(status["profile"]["fingerprint"])
         with store.engine.connect() as conn:
-            from sightline.serve.store import MonitorWindow
+            from sightline.storage.store import MonitorWindow
 
             hours = conn.execute(sa.select(MonitorWindow.key, MonitorWindow.n, MonitorWindow.significant)
                                  .where(MonitorWindow.kind == "hour").order_by(MonitorWindow.key)).all()

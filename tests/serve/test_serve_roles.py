@@ -11,7 +11,7 @@ import socket
 import pytest
 from serve_tiny import CLASSES, encode, make_bundle, open_store, photo, predict, serving
 
-from sightline.serve.store import (
+from sightline.storage.store import (
     LEGACY_ROLES,
     ApiKey,
     LabelConflictError,
@@ -164,7 +164,7 @@ def test_keys_create_with_roles(tmp_path, capsys):
 def test_a_database_from_before_roles_gets_the_new_tables_and_its_keys_keep_their_rights(tmp_path):
     from sqlalchemy import create_engine, insert, inspect
 
-    from sightline.serve.store import Base, PredictionRecord, hash_key
+    from sightline.storage.store import Base, PredictionRecord, hash_key
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)

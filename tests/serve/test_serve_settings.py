@@ -6,7 +6,7 @@ import pytest
 from sightline.cli import main
 from sightline.errors import UserInputError
 from sightline.serve.settings import load_settings
-from sightline.serve.store import Store
+from sightline.storage.store import Store
 
 
 def test_bad_settings_and_database_urls_are_one_line_errors(tmp_path, capsys) -> None:

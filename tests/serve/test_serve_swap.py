@@ -63,7 +63,7 @@ def _registry_serving(registry_root: Path, url: str, **overrides):
 def registry_server(tmp_path_factory):
     """Three registry versions (v1 champion, v2 other weights, v3 without model.onnx) and the service."""
     from sightline.loop.registry import Registry
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     root = tmp_path_factory.mktemp("swap")
     url = f"sqlite:///{root / 'sightline.db'}"
@@ -172,7 +172,7 @@ def test_monitoring_follows_the_new_versions_reference_profile(tmp_path) -> None
 
     from sightline.loop.registry import Registry
     from sightline.serve.monitoring import profile_fingerprint
-    from sightline.serve.store import Store
+    from sightline.storage.store import Store
 
     url = f"sqlite:///{tmp_path / 'sightline.db'}"
     build_profiled_bundle(tmp_path / "profiled")

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from serve_tiny import CLASSES, encode, make_bundle, photo, predict, serving
 
-from sightline.serve.store import Store
+from sightline.storage.store import Store
 from sightline.serve.web.queue import k_center_greedy, ordered_queue
 from sightline.serve.web.session import SessionSigner
 

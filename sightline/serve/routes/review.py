@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 
 from sightline.serve.deps import ReviewKeyDep, StateDep
 from sightline.serve.schemas import ErrorResponse, ReviewItem, ReviewLabel
-from sightline.serve.store import UNKNOWN_LABEL
+from sightline.storage.store import UNKNOWN_LABEL
 
 router = APIRouter(tags=["review"])
 

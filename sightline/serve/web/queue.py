@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from sightline.serve.store import (
+from sightline.storage.store import (
     QUEUED_DECISIONS,
     KeptImage,
     PredictionRecord,

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from sightline.errors import SightlineError
 from sightline.serve.state import ServiceState
-from sightline.serve.store import UNKNOWN_LABEL
+from sightline.storage.store import UNKNOWN_LABEL
 from sightline.serve.web.session import COOKIE, CSRF_COOKIE, SessionSigner, load_secret
 
 __all__ = ["CSP", "UiHeaders", "router"]
@@ -102,7 +102,7 @@ def _session(request: Request) -> dict[str, Any] | None:
 def _key_revoked(store: Any, key_id: int) -> bool:
     from sqlalchemy import select
 
-    from sightline.serve.store import ApiKey
+    from sightline.storage.store import ApiKey
 
     with store.engine.connect() as conn:
         row = conn.execute(select(ApiKey.revoked).where(ApiKey.id == key_id)).first()
@@ -346,8 +346,8 @@ def dashboard_data(store: Any, *, decision: str | None = None, label: str | None
     labelled random slice (reviewer label vs prediction; 'unknown' labels left out)."""
     from sqlalchemy import func, select
 
-    from sightline.serve.store import KeptImage
-    from sightline.serve.store import PredictionRecord as P
+    from sightline.storage.store import KeptImage
+    from sightline.storage.store import PredictionRecord as P
 
     q = select(P.id, P.created, P.filename, P.label, P.confidence, P.decision, P.reviewed_label, KeptImage.evicted,
                KeptImage.sha256).outerjoin(KeptImage, KeptImage.prediction_id == P.id)
@@ -381,7 +381,7 @@ def p_value_history(store: Any, profile: str, *, kind: str = "block", limit: int
     (x over the windows, y = -log10 p on 0..4 over a 100-unit-high plot)."""
     from sqlalchemy import select
 
-    from sightline.serve.store import MonitorWindow as W
+    from sightline.storage.store import MonitorWindow as W
 
     q = (select(W.key, W.created, W.significant, W.result).where(W.profile == profile, W.kind == kind)
          .order_by(W.id.desc()).limit(limit))
