@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   creates the virtual environment if needed, installs, runs `sightline demo`
+#   make demo   creates the virtual environment if needed, installs, runs `sightline demo` (SEED=0 by default)
 #   make test   creates the virtual environment if needed, installs, runs the test suite
 # The environment lives outside the clone, keyed by a hash of the dependency files, so a fresh
 # clone reuses it and a change of dependencies builds a new one.
@@ -8,8 +8,12 @@ DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
 VENV ?= $(HOME)/.cache/sightline/venv-$(DEPS_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SEED ?= 0
 
-.PHONY: demo test install clean-venv
+# PostgreSQL for the tests that use a real server (they skip, with the reason, where none answers).
+TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+.PHONY: demo test install browser clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,12 +26,25 @@ install: $(STAMP)
 	@$(BIN)/python -m pip install --quiet --no-deps -e . >/dev/null
 
 demo: install
-	@# demo-run/ is the demo's own output (git-ignored): a new demo replaces the previous one
+	@# demo-run/ is the demo's own output (git-ignored): a new demo replaces the previous one.
+	@# The command is not echoed: what the demo prints is its own lines. `make demo SEED=1` for another seed.
 	@if [ -d demo-run ]; then echo "replacing the previous demo-run/"; rm -rf demo-run; fi
-	$(BIN)/sightline demo --out demo-run
+	@$(BIN)/sightline demo --out demo-run --seed $(SEED)
 
-test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+browser:
+	@# The web app's tests drive Debian's Chromium through Playwright (Playwright's own browser download cannot
+	@# work offline). Installed here when missing and this is root with apt; otherwise those tests skip, saying why.
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "chromium could not be installed: the browser tests will be skipped"; \
+	  else echo "no /usr/bin/chromium: the browser tests will be skipped (apt-get install chromium)"; fi; \
+	fi
+
+test: install browser
+	SIGHTLINE_TEST_DATABASE_URL=$${SIGHTLINE_TEST_DATABASE_URL:-$(TEST_DATABASE_URL)} \
+	  $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean-venv:
 	rm -rf $(VENV)
