@@ -81,31 +81,42 @@ def make_bundle(root: Path) -> Path:
     return root / "bundle"
 
 
-@contextmanager
-def serving(bundle: Path, **overrides) -> Iterator[httpx.Client]:
-    """An httpx client on uvicorn serving `bundle` with Settings(**overrides)."""
+def start_server(app):
+    """uvicorn serving `app` on a free loopback port in a daemon thread, once it accepts connections; returns
+    (server, thread, port). Stop it with `server.should_exit = True` and `thread.join(...)`."""
     import uvicorn
 
-    from sightline.serve.app import create_app
-    from sightline.serve.settings import Settings
-
-    settings = Settings(bundle=bundle, **{"rate_limit_per_minute": 0, "key_cache_s": 0, "batch_max_wait_ms": 5,
-                                          "threads": 1, "monitor": False, **overrides})
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning",
-                                        lifespan="on"))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
     while not srv.started:
         assert thread.is_alive() and time.time() < deadline, "server did not start"
         time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
+    return srv, thread, srv.servers[0].sockets[0].getsockname()[1]
+
+
+@contextmanager
+def started(app) -> Iterator[int]:
+    """start_server(app) for the length of the block; yields the port, stops the server after."""
+    srv, thread, port = start_server(app)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
+        yield port
     finally:
         srv.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def serving(bundle: Path, **overrides) -> Iterator[httpx.Client]:
+    """An httpx client on uvicorn serving `bundle` with Settings(**overrides)."""
+    from sightline.serve.app import create_app
+    from sightline.serve.settings import Settings
+
+    settings = Settings(bundle=bundle, **{"rate_limit_per_minute": 0, "key_cache_s": 0, "batch_max_wait_ms": 5,
+                                          "threads": 1, "monitor": False, **overrides})
+    with started(create_app(settings)) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client
 
 
 def predict(client: httpx.Client, key: str, blobs: list[bytes]) -> httpx.Response:

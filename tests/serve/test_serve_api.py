@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import os
 import threading
 import time
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serve_tiny import encode, photo, start_server
 
 from sightline.bundle import Bundle, Preprocessing
 from sightline.models.factory import create_model
@@ -23,20 +23,13 @@ MAX_PIXELS = 1_000_000
 MAX_BODY = 300_000
 
 
-def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
 def _photo(w: int = 64, h: int = 48, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    return photo(seed, w, h)
 
 
 def hostile_corpus() -> dict[str, tuple[bytes, set[int]]]:
     """name -> (bytes, accepted statuses). Valid-but-unusual images must be answered (200)."""
-    jpeg = _encode(_photo(), "JPEG")
+    jpeg = encode(_photo(), "JPEG")
     exif_img = _photo(64, 32)
     exif = exif_img.getexif()
     exif[0x0112] = 6  # rotate 90 degrees on display
@@ -47,13 +40,13 @@ def hostile_corpus() -> dict[str, tuple[bytes, set[int]]]:
     return {
         "zero.jpg": (b"", {415, 422}),
         "truncated.jpg": (jpeg[: len(jpeg) // 2], {422}),
-        "bomb.png": (_encode(bomb, "PNG"), {413}),
+        "bomb.png": (encode(bomb, "PNG"), {413}),
         "text.jpg": (b"this is a text file, not a picture\n" * 20, {415}),
         "doc.jpg": (b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer\n%%EOF\n", {415}),
-        "cmyk.jpg": (_encode(Image.new("CMYK", (40, 30), (0, 128, 255, 0)), "JPEG"), {200}),
-        "gray16.png": (_encode(Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50), "PNG"), {200}),
-        "palette_alpha.png": (_encode(pal, "PNG", transparency=0), {200}),
-        "exif_rotated.jpg": (_encode(exif_img, "JPEG", exif=exif.tobytes()), {200}),
+        "cmyk.jpg": (encode(Image.new("CMYK", (40, 30), (0, 128, 255, 0)), "JPEG"), {200}),
+        "gray16.png": (encode(Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50), "PNG"), {200}),
+        "palette_alpha.png": (encode(pal, "PNG", transparency=0), {200}),
+        "exif_rotated.jpg": (encode(exif_img, "JPEG", exif=exif.tobytes()), {200}),
     }
 
 
@@ -89,26 +82,13 @@ def server(tmp_path_factory):
     store = Store(settings.resolved_database_url())
     keys = {name: store.create_key(name, ["predict", "review"]) for name in ("alice", "bob")}
     app = create_app(settings)
-    srv, thread, port = _start(app)
+    srv, thread, port = start_server(app)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         yield {"client": client, "keys": keys, "store": store, "app": app, "url": f"http://127.0.0.1:{port}",
                "settings": settings}
     srv.should_exit = True
     thread.join(timeout=30)
     store.close()
-
-
-def _start(app):
-    import uvicorn
-
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    return srv, thread, srv.servers[0].sockets[0].getsockname()[1]
 
 
 def _post(client, key, files, **kw):
@@ -132,7 +112,7 @@ def test_health_model_docs_and_metrics(server):
 
 def test_auth(server):
     c, keys, store = server["client"], server["keys"], server["store"]
-    image = ("a.jpg", _encode(_photo(), "JPEG"))
+    image = ("a.jpg", encode(_photo(), "JPEG"))
     r = _post(c, None, [image])
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert _post(c, "sl_" + "x" * 43, [image]).status_code == 401
@@ -152,7 +132,7 @@ def test_predict_answer_matches_the_contract_and_the_database(server):
     from sightline.data.transforms import eval_preprocess, stack
 
     c, key, store = server["client"], server["keys"]["alice"], server["store"]
-    blobs = [_encode(_photo(seed=i), "JPEG") for i in range(3)]
+    blobs = [encode(_photo(seed=i), "JPEG") for i in range(3)]
     r = _post(c, key, [(f"p{i}.jpg", b) for i, b in enumerate(blobs)])
     assert r.status_code == 200
     body = r.json()
@@ -200,11 +180,11 @@ def test_hostile_corpus_gets_documented_4xx_and_server_keeps_answering(server):
     r = c.post("/v1/predict", content=chunks(),
                headers={"X-API-Key": key, "Content-Type": "multipart/form-data; boundary=x"})
     assert r.status_code == 413
-    too_many = [(f"{i}.jpg", _encode(_photo(16, 16), "JPEG")) for i in range(5)]
+    too_many = [(f"{i}.jpg", encode(_photo(16, 16), "JPEG")) for i in range(5)]
     assert _post(c, key, too_many).status_code == 413
     assert _post(c, key, []).status_code == 422  # no file field
     # one bad file refuses the whole request: nothing half-stored
-    mixed = [("ok.jpg", _encode(_photo(), "JPEG")), ("text.jpg", b"hello")]
+    mixed = [("ok.jpg", encode(_photo(), "JPEG")), ("text.jpg", b"hello")]
     assert _post(c, key, mixed).status_code == 415
     assert c.get("/readyz").status_code == 200
     assert store.count_predictions() == before + answered
@@ -218,7 +198,7 @@ def test_rate_limit_429(server):
     original = state.limiter
     state.limiter = RateLimiter(2)
     try:
-        image = [("a.jpg", _encode(_photo(), "JPEG"))]
+        image = [("a.jpg", encode(_photo(), "JPEG"))]
         codes = [_post(c, key, image).status_code for _ in range(3)]
         assert codes[:2] == [200, 200] and codes[2] == 429
         assert int(_post(c, key, image).headers["retry-after"]) >= 1
@@ -228,7 +208,7 @@ def test_rate_limit_429(server):
 
 def test_concurrent_requests_are_batched_and_all_stored(server):
     c, key, store = server["client"], server["keys"]["alice"], server["store"]
-    blobs = [_encode(_photo(seed=100 + i), "PNG") for i in range(8)]
+    blobs = [encode(_photo(seed=100 + i), "PNG") for i in range(8)]
     before = store.count_predictions()
 
     async def fire():
@@ -249,7 +229,7 @@ def test_concurrent_requests_are_batched_and_all_stored(server):
 
 def test_review_queue_and_ground_truth(server):
     c, key = server["client"], server["keys"]["alice"]
-    pid = _post(c, key, [("r.jpg", _encode(_photo(seed=9), "JPEG"))]).json()["predictions"][0]["id"]
+    pid = _post(c, key, [("r.jpg", encode(_photo(seed=9), "JPEG"))]).json()["predictions"][0]["id"]
     queue = c.get("/v1/review", params={"limit": 500}, headers={"X-API-Key": key}).json()
     assert pid in [item["id"] for item in queue]
     assert c.post(f"/v1/review/{pid}", json={"label": "wolf"}, headers={"X-API-Key": key}).status_code == 422
@@ -268,12 +248,12 @@ def test_graceful_shutdown_answers_and_stores_in_flight_requests(server):
     # a long batching window (max 8 images, 4 sent) keeps the requests in flight when the shutdown starts
     settings = server["settings"].model_copy(update={"batch_max_wait_ms": 3000.0, "batch_max_size": 8})
     app = create_app(settings)
-    srv, thread, port = _start(app)
+    srv, thread, port = start_server(app)
     before = store.count_predictions()
     results: list[int] = []
 
     def client(i: int) -> None:
-        blob = _encode(_photo(seed=200 + i), "JPEG")
+        blob = encode(_photo(seed=200 + i), "JPEG")
         with httpx.Client(timeout=30) as c:
             r = c.post(f"http://127.0.0.1:{port}/v1/predict", files=[("file", (f"s{i}.jpg", blob))],
                        headers={"X-API-Key": key})

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serve_tiny import start_server
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle
 from sightline.models.factory import create_model
@@ -146,8 +147,6 @@ def _settings(bundle, url, **kw):
 @contextmanager
 def serving(settings):
     """uvicorn with create_app(settings) on a free loopback port; yields (client, app, key)."""
-    import uvicorn
-
     from sightline.serve.app import create_app
     from sightline.storage.store import Store
 
@@ -155,14 +154,7 @@ def serving(settings):
     key = store.create_key("tester", ["predict", "review"])
     store.close()
     app = create_app(settings)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
+    srv, thread, port = start_server(app)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"X-API-Key": key}) as client:
             yield client, app, key

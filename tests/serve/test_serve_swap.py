@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-
-from serve_tiny import CLASSES, encode, photo
+from serve_tiny import CLASSES, encode, photo, started
 
 from sightline.bundle import Bundle, Preprocessing
 from sightline.models.factory import create_model
@@ -35,28 +34,14 @@ def _bundle(root: Path, seed: int, version: str, *, onnx: bool = True) -> Path:
 @contextmanager
 def _registry_serving(registry_root: Path, url: str, **overrides):
     """uvicorn on a free loopback port serving the registry's champion (alias polled every 0.3 s); yields the URL."""
-    import uvicorn
-
     from sightline.serve.app import create_app
     from sightline.serve.settings import Settings
 
     settings = Settings(registry=registry_root, database_url=url, **{
         "registry_poll_s": 0.3, "rate_limit_per_minute": 0, "key_cache_s": 0, "batch_max_wait_ms": 5, "threads": 1,
         "monitor": False, **overrides})
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning",
-                                        lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    try:
+    with started(create_app(settings)) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
