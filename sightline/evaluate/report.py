@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     from sightline.evaluate.result import EvaluationResult
 
-__all__ = ["SECTIONS", "plots", "render_report", "render_section", "write_report", "write_model_card"]
+__all__ = ["SECTIONS", "figure_png", "plots", "render_report", "render_section", "template_environment", "write_model_card",
+           "write_report"]
 
 # The report's sections, top to bottom; each is templates/report/<name>.html.j2 and shows nothing when the result
 # has nothing for it (no seeds, no regions, no robustness run, no gallery).
@@ -34,11 +35,12 @@ SECTIONS = ("header", "summary", "seeds", "per_class", "precision_recall", "cali
 _PLOTTED = frozenset({"per_class", "precision_recall", "calibration", "robustness", "regions"})  # sections with plots
 
 
-def _fig_png(fig: Any) -> str:
+def figure_png(fig: Any, *, dpi: int = 110) -> str:
+    """A matplotlib figure as base64 PNG text (for an inline `data:` image); the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -70,7 +72,7 @@ def plots(r: EvaluationResult) -> dict[str, str]:
             for j in range(k):
                 ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=8,
                         color="white" if norm[i, j] > 0.5 else "black")
-    out["confusion"] = _fig_png(fig)
+    out["confusion"] = figure_png(fig)
 
     if r.pr_curves:
         fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -84,7 +86,7 @@ def plots(r: EvaluationResult) -> dict[str, str]:
         ax.set_title("Precision-recall, one class vs the rest")
         ax.legend(fontsize=8, loc="lower left")
         ax.grid(alpha=0.3)
-        out["pr"] = _fig_png(fig)
+        out["pr"] = figure_png(fig)
 
     rel = r.reliability
     if rel:
@@ -100,7 +102,7 @@ def plots(r: EvaluationResult) -> dict[str, str]:
         ax.set_title("Reliability diagram")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        out["reliability"] = _fig_png(fig)
+        out["reliability"] = figure_png(fig)
 
     review = r.review
     if review and review.get("curve"):
@@ -117,7 +119,7 @@ def plots(r: EvaluationResult) -> dict[str, str]:
         ax.set_title("Coverage vs accuracy")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        out["coverage"] = _fig_png(fig)
+        out["coverage"] = figure_png(fig)
 
     rob = r.robustness
     if rob and rob.get("results"):
@@ -130,7 +132,7 @@ def plots(r: EvaluationResult) -> dict[str, str]:
         ax.set_title(f"Robustness ({rob['n_images']} images)")
         ax.legend(fontsize=8, ncol=2)
         ax.grid(alpha=0.3)
-        out["robustness"] = _fig_png(fig)
+        out["robustness"] = figure_png(fig)
 
     pg = r.pointing_game
     if pg and pg.get("per_class"):
@@ -147,7 +149,7 @@ def plots(r: EvaluationResult) -> dict[str, str]:
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylim(0, 1)
         ax.set_title("Does the model look at the region? (red: likely shortcut)")
-        out["regions"] = _fig_png(fig)
+        out["regions"] = figure_png(fig)
     return out
 
 
@@ -159,20 +161,25 @@ def _f3(v: Any) -> str:
     return "" if v is None else f"{float(v):.3f}"
 
 
-@cache
-def _environment() -> jinja2.Environment:
-    """The templates of sightline/evaluate/templates/: HTML ones (*.html.j2) autoescaped, Markdown not; a name
-    the template does not know is an error, not an empty string."""
+def template_environment(package: str, *, keep_trailing_newline: bool = True) -> jinja2.Environment:
+    """The Jinja2 templates of `package`'s templates/ folder: HTML ones (*.html.j2) autoescaped, Markdown not; a
+    name the template does not know is an error, not an empty string; block tags leave no blank lines."""
     import jinja2
 
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("sightline.evaluate", "templates"),
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader(package, "templates"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
-        keep_trailing_newline=True,
+        keep_trailing_newline=keep_trailing_newline,
     )
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    """The templates of sightline/evaluate/templates/ (see `template_environment`)."""
+    env = template_environment("sightline.evaluate")
     env.filters.update(pct=_pct, f3=_f3, fmt=format)  # fmt: Python's format spec, `x|fmt(".3f")`
     return env
 

@@ -7,8 +7,6 @@ the per-class recall change on the frozen test split (with the allowed drop mark
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 from functools import cache
 from pathlib import Path
@@ -16,19 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sightline.evaluate.report import figure_png, template_environment
+
 if TYPE_CHECKING:
     import jinja2
 
 __all__ = ["plots", "render_report", "write_report"]
-
-
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def plots(result: dict[str, Any], bootstrap_samples: dict[str, np.ndarray]) -> dict[str, str]:
@@ -63,7 +54,7 @@ def plots(result: dict[str, Any], bootstrap_samples: dict[str, np.ndarray]) -> d
             ax.set_xlabel("challenger - champion accuracy (points)")
             ax.set_ylabel("bootstrap resamples")
             ax.legend(fontsize=8)
-        out["difference"] = _png(fig)
+        out["difference"] = figure_png(fig, dpi=100)
     recall = result["splits"]["test"]["per_class_recall"]
     rows = [(c, r["change"]) for c, r in recall.items() if r["change"] is not None]
     if rows:
@@ -76,7 +67,7 @@ def plots(result: dict[str, Any], bootstrap_samples: dict[str, np.ndarray]) -> d
         ax.set_ylabel("recall change on test (points)")
         ax.tick_params(axis="x", rotation=45 if len(rows) > 6 else 0)
         ax.legend(fontsize=8)
-        out["recall"] = _png(fig)
+        out["recall"] = figure_png(fig, dpi=100)
     return out
 
 
@@ -90,15 +81,7 @@ def _pts(value: Any) -> str:
 
 @cache
 def _environment() -> jinja2.Environment:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("sightline.loop", "templates"),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = template_environment("sightline.loop", keep_trailing_newline=False)
     env.filters.update(pct=_pct, pts=_pts, fmt=format)
     return env
 
