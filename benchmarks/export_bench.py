@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import print_targets
+
 
 def trial_bundle(folder: Path, classes: list[str], model: str = "tf_efficientnet_lite0") -> Path:
     from sightline.bundle import Bundle
@@ -146,8 +149,7 @@ def main() -> int:
         print(table(figures), file=sys.stderr)
         print(f"int8 formats, images/s: QDQ {formats['qdq']}, QOperator {formats['qoperator']} "
               f"({formats['settings']})", file=sys.stderr)
-        for name, t in summary["targets"].items():
-            print(f"{'PASS' if t['pass'] else 'FAIL'} {name}: {t['value']} (target {t['target']})", file=sys.stderr)
+        print_targets(summary["targets"])
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -30,6 +30,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -216,12 +219,7 @@ def main() -> None:
                                                                     for m in report["moves"])
         print("PASS" if ok else "FAIL", "(0 errors, every answer named, new version only after move + 5 s)")
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc, timeout=40)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -33,24 +33,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import copy_bundle, print_targets
 from serve_load import free_port, load, wait_ready  # noqa: E402 - the load generator of the serving benchmark
 
 
 def prepare_bundle(args: argparse.Namespace, folder: Path) -> dict:
     """Copy (or make) the bundle, export it, make sure it has a reference profile; what was done."""
-    from sightline.bundle import load_bundle, resolve_bundle_dir
     from sightline.monitor.reference import load_reference
-    from sightline.optimize.export import export
 
-    if args.trial:
-        from export_bench import trial_bundle
-
-        trial_bundle(folder, ["ants", "bees"])
-    else:
-        shutil.copytree(resolve_bundle_dir(args.bundle), folder, ignore=shutil.ignore_patterns("sightline.db*"))
-    bundle = load_bundle(folder)
-    if not bundle.onnx_path.is_file():
-        export(folder)
+    copy_bundle(args.bundle, folder, trial=args.trial)
     notes = {"bundle": str(args.bundle) if args.bundle else "trial: tf_efficientnet_lite0 ImageNet + untrained head"}
     if load_reference(folder) is None:
         if args.data is None:
@@ -208,8 +199,7 @@ def main() -> int:
                                    "SIGHTLINE_MONITOR=true|false, monitor every 500 predictions"},
         }
         print(json.dumps(result, indent=2))
-        for name, t in result["targets"].items():
-            print(f"{'PASS' if t['pass'] else 'FAIL'} {name}: {t['value']} (target {t['target']})", file=sys.stderr)
+        print_targets(result["targets"])
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -36,6 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import copy_bundle, print_targets, stop_process
+
 
 # ---- baseline 1: a naive endpoint, PyTorch eager, one image per request ---------------------------------
 def eager_app(bundle_path: str, *, channels_last: bool = False):
@@ -257,7 +260,6 @@ def main() -> int:
     if args.quick:
         args.clients, args.duration = 4, 5.0
 
-    from sightline.bundle import load_bundle, resolve_bundle_dir
     from sightline.data.inputs import expand_inputs
     from sightline.storage.store import Store
 
@@ -265,18 +267,7 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     try:
         folder = work / "bundle"
-        if args.trial:
-            sys.path.insert(0, str(Path(__file__).parent))
-            from export_bench import trial_bundle
-
-            trial_bundle(folder, ["ants", "bees"])
-        else:
-            shutil.copytree(resolve_bundle_dir(args.bundle), folder, ignore=shutil.ignore_patterns("sightline.db*"))
-        bundle = load_bundle(folder)
-        if not bundle.onnx_path.is_file():
-            from sightline.optimize.export import export
-
-            export(folder)
+        bundle = copy_bundle(args.bundle, folder, trial=args.trial)
         if args.int8 and not bundle.int8_path.is_file():
             ap.error(f"{args.bundle} has no model.int8.onnx; run `sightline export {args.bundle} --int8 --data DATA`")
         files = expand_inputs([str(args.images)])[:200]
@@ -337,17 +328,11 @@ def main() -> int:
                   f"{r['p99_ms'] or float('nan'):>9.1f}{r['errors']:>8}", file=sys.stderr)
         for name in ("sightline", "eager", "onnx"):
             print(f"{name}: {results[name]['settings']}", file=sys.stderr)
-        for name, t in results["targets"].items():
-            print(f"{'PASS' if t['pass'] else 'FAIL'} {name}: {t['value']} (target {t['target']})", file=sys.stderr)
+        print_targets(results["targets"])
         return 0
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_process(p, timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
 
