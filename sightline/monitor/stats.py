@@ -27,6 +27,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from sightline.data.manifest import laplacian_variance
 from sightline.errors import ImageError
 
 __all__ = ["ANALYSIS_SIDE", "CONTINUOUS", "CATEGORICAL", "image_stats", "jpeg_quality", "laplacian_variance",
@@ -72,15 +73,6 @@ def jpeg_quality(quantization: dict[int, Any] | None) -> int | None:
         return None
     cost = sum(np.abs(sums - t.sum()) for sums, t in zip(_SUMS, tables))
     return int(np.argmin(cost)) + 1  # ties go to the lower quality
-
-
-def laplacian_variance(grey: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian of an (H, W) grey image in [0, 255]; low means blurry."""
-    a = grey.astype(np.float32)
-    if a.shape[0] < 3 or a.shape[1] < 3:
-        return 0.0
-    lap = a[:-2, 1:-1] + a[2:, 1:-1] + a[1:-1, :-2] + a[1:-1, 2:] - 4.0 * a[1:-1, 1:-1]
-    return float(lap.var())
 
 
 def _header(source: Source) -> tuple[str, str, dict | None, int]:
