@@ -83,8 +83,8 @@ def stop_reason(stopping: Any, *, epochs_run: int, max_epochs: int, budget: Time
         return (f"saturated: {stopping.monitor} reached its ceiling ({ceiling}) after {epochs_run} "
                 f"epoch{'s' if epochs_run != 1 else ''}; the validation set cannot show a better model")
     if reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
-        return (f"saturated: {stopping.monitor} did not improve for {stopping.patience} epochs (best {best:.4g}); "
-                f"{epochs_run} epochs run")
+        epochs = f"{stopping.patience} epoch{'s' if stopping.patience != 1 else ''}"
+        return f"saturated: {stopping.monitor} did not improve for {epochs} (best {best:.4g}); {epochs_run} epochs run"
     if reason != EarlyStoppingReason.NOT_STOPPED:
         return str(stopping.stopping_reason_message)
     if budget is not None and budget.planned is not None and epochs_run < max_epochs:

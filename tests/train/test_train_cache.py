@@ -1,6 +1,7 @@
 """Decode once: the image cache gives the tensors decoding gives, holds to its RAM budget, spills to disk."""
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -102,3 +103,22 @@ def test_ram_budget_values() -> None:
     for bad, words in (("-1GB", "negative"), ("lots", "not a size"), ("150%", "between 0% and 100%")):
         with pytest.raises(UserInputError, match=words):
             ram_budget(bad)
+
+
+def test_cli_ram_budget_of_zero_and_a_bad_one_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sightline._cli.common import run_command
+    from sightline.cli import app
+
+    data = make_data(tmp_path / "data")
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--model", "test_efficientnet", "--weights", "none",
+            "--input-size", "32", "--batch-size", "8", "--workers", "0", "--epochs", "1"]
+    assert run_command(app, [*args, "--cache-ram", "-1GB"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cache_ram='-1GB' must be auto, off, a size such as 2GB or 0" in err[0]
+    assert run_command(app, [*args, "--cache-ram", "0"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "cache_ram=0" in line]
+    assert len(lines) == 1 and "temporary disk cache instead" in lines[0] and "--cache-ram 2GB" in lines[0]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    filled = metrics["choices"]["cache"]["filled"]
+    assert filled["train"]["in_ram"] == 0 and filled["train"]["on_disk"] == 24 and filled["val"]["on_disk"] == 12
