@@ -2,16 +2,17 @@
 validation accuracy / macro-F1 (full val split), parameters, size on disk and CPU latency per image."""
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import statistics
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from sightline.data.split import place_file
 from sightline.errors import UserInputError
 
 __all__ = ["compare", "stratified_sample", "cpu_latency_ms"]
@@ -33,28 +34,14 @@ def stratified_sample(samples: list[Any], n: int | None, *, seed: int = 0) -> li
     return chosen
 
 
-def _place(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)  # hard link: no copy, and not a symlink that the scanner would refuse
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def cpu_latency_ms(model: Any, input_size: int, *, repeats: int = 10) -> float:
-    """Median wall time of one (1, 3, S, S) forward pass on CPU, milliseconds, after 3 warm-up runs."""
-    import torch
+    """Median wall time of one (1, 3, S, S) forward pass on CPU through the inference core's PyTorch backend,
+    milliseconds (sightline.inference.time_calls: 3 warm-up runs, `repeats` timed)."""
+    from sightline.inference import TorchBackend, time_calls
 
-    model = model.cpu().eval()
-    x = torch.randn(1, 3, input_size, input_size)
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 3):
-            start = time.perf_counter()
-            model(x)
-            if i >= 3:
-                times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    backend = TorchBackend(model, device="cpu")
+    x = np.random.default_rng(0).standard_normal((1, 3, input_size, input_size)).astype(np.float32)
+    return time_calls(lambda: backend.run(x), warmup=3, min_repeats=repeats, max_repeats=repeats).p50_ms
 
 
 def compare(
@@ -91,7 +78,7 @@ def compare(
         if sample_dir.exists():
             shutil.rmtree(sample_dir)
         for s in chosen:
-            _place(s.path, sample_dir / s.relpath)
+            place_file(s.path, sample_dir / s.relpath)  # hard link (a copy across file systems)
         rows = []
         for name in names:
             started = time.perf_counter()

@@ -17,7 +17,6 @@ Example:
 """
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -112,37 +111,35 @@ def _teacher_calibration(teacher: nn.Module, bundle: Bundle, dataset: Any) -> fl
     """The teacher's temperature fitted on val (NLL), so its soft targets say how sure it really is: a
     label-smoothed teacher is under-confident (logit gaps of about 0.4 on hymenoptera, fitted T about 0.25) and
     its raw soft targets would be close to uniform, teaching the student next to nothing."""
+    from sightline.data.splits import load_split
     from sightline.evaluate.calibration import fit_temperature
-    from sightline.optimize.export import load_split_arrays
+    from sightline.inference import Engine, TorchBackend
 
-    x, y, _, _ = load_split_arrays(dataset, "val", bundle)
-    teacher.eval()
-    with torch.inference_mode():
-        logits = torch.cat([teacher(torch.from_numpy(x[i : i + 32])) for i in range(0, len(x), 32)]).numpy()
-    return round(fit_temperature(logits, y), 4)
+    val = load_split(dataset, "val", classes=bundle.classes, preprocessing=bundle.preprocessing)
+    device = next(teacher.parameters()).device
+    engine = Engine(TorchBackend(teacher, device=device), bundle=bundle)
+    logits = engine.run_crops(val.crops, batch_size=32).logits
+    return round(fit_temperature(logits, val.y), 4)
 
 
 def _accuracy_and_latency(bundle: Bundle, data_dir: Path, split: str, *, time_budget_s: float = 1.0) -> dict[str, Any]:
-    """Eager PyTorch fp32 on CPU: top-1 accuracy on `split`, and ms per image at batch 1 and 32."""
-    from sightline.optimize.export import load_split_arrays
-    from sightline.optimize.predictor import TorchPredictor
+    """Eager PyTorch fp32 on CPU through the inference core: top-1 accuracy on `split`, and ms per image at batch 1
+    and 32 (sightline.inference.time_calls)."""
+    from sightline.data.splits import load_split
+    from sightline.inference import open_engine, time_calls
 
-    x, y, _, _ = load_split_arrays(data_dir, split, bundle)
-    predictor = TorchPredictor(bundle, device="cpu")
-    logits = np.concatenate([predictor.predict_arrays(x[i : i + 32]) for i in range(0, len(x), 32)])
-    timings = {}
-    for b in (1, 32):
-        batch = np.repeat(x[:1], b, axis=0)
-        predictor.predict_arrays(batch)  # warm-up
-        runs, t0 = 0, time.perf_counter()
-        while runs < 3 or (runs < 20 and time.perf_counter() - t0 < time_budget_s):
-            predictor.predict_arrays(batch)
-            runs += 1
-        timings[f"ms_per_image_batch{b}"] = round((time.perf_counter() - t0) * 1000 / (runs * b), 3)
-    n_params = sum(p.numel() for p in predictor.model.parameters())
+    data = load_split(data_dir, split, classes=bundle.classes, preprocessing=bundle.preprocessing)
+    with open_engine(bundle, backend="torch", device="cpu") as engine:
+        logits = engine.run_crops(data.crops, batch_size=32).logits
+        timings = {}
+        for b in (1, 32):
+            batch = engine.to_batch(np.repeat(data.crops[:1], b, axis=0))
+            t = time_calls(lambda: engine.run(batch), items=b, budget_s=time_budget_s)
+            timings[f"ms_per_image_batch{b}"] = round(t.ms_per_item, 3)
+        n_params = sum(p.numel() for p in engine.backend.model.parameters())
     return {"architecture": bundle.architecture, "input_size": bundle.preprocessing.input_size, "split": split,
-            "n_images": int(len(y)), "accuracy": float((logits.argmax(1) == y).mean()), "params": int(n_params),
-            **timings}
+            "n_images": int(len(data.y)), "accuracy": float((logits.argmax(1) == data.y).mean()),
+            "params": int(n_params), **timings}
 
 
 def distill(
