@@ -3,6 +3,23 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Two CPU cores on CI, two pytest workers: one intra-op thread each avoids oversubscription.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("SIGHTLINE_TEST", "1")
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """`run_cli(args)`: sightline's main(args) as the command line runs it; (exit code, captured out/err)."""
+    from sightline.cli import main
+
+    def run(args: list[str]):
+        try:
+            main(args)
+        except SystemExit as exc:
+            return exc.code, capsys.readouterr()
+        raise AssertionError("main() must exit")
+
+    return run

@@ -3,26 +3,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from sightline.cli import main
 
-
-def _run(args, capsys):
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code, capsys.readouterr()
-    raise AssertionError("main() must exit")
-
-
-def test_help_and_version(capsys):
-    code, out = _run(["--help"], capsys)
+def test_help_and_version(run_cli):
+    code, out = run_cli(["--help"])
     assert code == 0 and "sightline" in out.out.lower()
-    code, out = _run(["--version"], capsys)
+    code, out = run_cli(["--version"])
     assert code == 0 and "sightline" in out.out
 
 
-def test_unknown_command_exits_2(capsys):
-    code, _ = _run(["no-such-command"], capsys)
+def test_unknown_command_exits_2(run_cli):
+    code, _ = run_cli(["no-such-command"])
     assert code == 2
 
 

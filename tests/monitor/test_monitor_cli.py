@@ -9,7 +9,9 @@ import io
 import json
 import re
 import shutil
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +20,10 @@ import torch
 from PIL import Image
 from scipy import stats
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from serve_tiny import noise
+
 from sightline.bundle import Bundle, Preprocessing, load_bundle
-from sightline.cli import main
 from sightline.models.factory import create_model
 
 CLASSES = ["cat", "dog", "fox"]
@@ -27,6 +31,8 @@ BLOCK = 30
 
 
 def calm(seed: int) -> bytes:
+    """serve_tiny.calm's kind of image, but drawing the gradient before the colour: the figures asserted below
+    (e.g. how many windows are significant) were fixed on these very images."""
     rng = np.random.default_rng(seed)
     h, w = 48, 64
     ramp = np.linspace(-1, 1, w)[None, :, None] * rng.uniform(-30, 30, 3)
@@ -34,21 +40,6 @@ def calm(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
-
-
-def noise(seed: int) -> bytes:
-    rng = np.random.default_rng(10_000 + seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _run(args, capsys):
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code, capsys.readouterr()
-    raise AssertionError("main() must exit")
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +106,10 @@ def served(tmp_path_factory):
             "root": root}
 
 
-def test_report_on_a_filled_database(served, capsys, tmp_path):
+def test_report_on_a_filled_database(served, run_cli, tmp_path):
     out = tmp_path / "report"
-    code, cap = _run(["monitor", str(served["run"]), "--database", served["url"], "--out", str(out),
-                      "--size", str(BLOCK), "--min-window", str(BLOCK)], capsys)
+    code, cap = run_cli(["monitor", str(served["run"]), "--database", served["url"], "--out", str(out),
+                      "--size", str(BLOCK), "--min-window", str(BLOCK)])
     assert code == 0, cap.err
     assert "120 monitored predictions, 4 windows, 4 tested, 2 significant" in cap.out
     report = json.loads((out / "monitor.json").read_text())
@@ -153,7 +144,7 @@ def test_report_on_a_filled_database(served, capsys, tmp_path):
         assert title in page
 
 
-def test_calendar_windows_and_windows_below_the_minimum(served, capsys, tmp_path):
+def test_calendar_windows_and_windows_below_the_minimum(served, run_cli, tmp_path):
     """40 predictions moved to yesterday: two day windows; with a minimum of 50 yesterday's is shown, not tested,
     and the report says so."""
     from sightline.storage.store import PredictionSignal
@@ -166,8 +157,8 @@ def test_calendar_windows_and_windows_below_the_minimum(served, capsys, tmp_path
         conn.execute(sa.update(PredictionSignal).where(PredictionSignal.prediction_id.in_(served["ids"][:40]))
                      .values(created=yesterday))
     engine.dispose()
-    code, cap = _run(["monitor", str(served["bundle"]), "--database", url, "--out", str(tmp_path / "r"),
-                      "--window", "day", "--min-window", "50", "--json"], capsys)
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", url, "--out", str(tmp_path / "r"),
+                      "--window", "day", "--min-window", "50", "--json"])
     assert code == 0, cap.err
     report = json.loads(cap.out)
     days = report["windows"]
@@ -179,17 +170,17 @@ def test_calendar_windows_and_windows_below_the_minimum(served, capsys, tmp_path
     page = (tmp_path / "r" / "monitor.html").read_text()
     assert "not tested: window has 40 predictions" in page
     # --since keeps today's predictions only
-    code, cap = _run(["monitor", str(served["bundle"]), "--database", url, "--out", str(tmp_path / "s"),
-                      "--window", "day", "--since", "12h", "--json"], capsys)
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", url, "--out", str(tmp_path / "s"),
+                      "--window", "day", "--since", "12h", "--json"])
     assert code == 0 and [w["n"] for w in json.loads(cap.out)["windows"]] == [80]
 
 
-def test_empty_database_says_so(served, capsys, tmp_path):
+def test_empty_database_says_so(served, run_cli, tmp_path):
     from sightline.storage.store import Store
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     Store(url).close()
-    code, cap = _run(["monitor", str(served["bundle"]), "--database", url, "--out", str(tmp_path / "r")], capsys)
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", url, "--out", str(tmp_path / "r")])
     assert code == 0, cap.err
     assert "the database holds no predictions yet" in cap.out
     report = json.loads((tmp_path / "r" / "monitor.json").read_text())
@@ -198,7 +189,7 @@ def test_empty_database_says_so(served, capsys, tmp_path):
     assert "the database holds no predictions yet" in page and "base64" not in page
 
 
-def test_predictions_served_without_a_profile_are_named(served, capsys, tmp_path):
+def test_predictions_served_without_a_profile_are_named(served, run_cli, tmp_path):
     from sightline.storage.store import Store
 
     url = f"sqlite:///{tmp_path / 'plain.db'}"
@@ -207,25 +198,24 @@ def test_predictions_served_without_a_profile_are_named(served, capsys, tmp_path
                             "model_version": "7", "label": "cat", "confidence": 0.5, "top_k": [],
                             "decision": "review", "latency_ms": 1.0}])
     store.close()
-    code, cap = _run(["monitor", str(served["bundle"]), "--database", url, "--out", str(tmp_path / "r")], capsys)
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", url, "--out", str(tmp_path / "r")])
     assert code == 0 and "none of the 1 predictions was monitored" in cap.out
     assert "SIGHTLINE_MONITOR=false" in cap.out
 
 
-def test_bad_input_is_one_line_and_exit_2(served, capsys, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(served, run_cli, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(served["bundle"], bare, ignore=shutil.ignore_patterns("reference.npz"))
-    code, cap = _run(["monitor", str(bare), "--database", served["url"], "--out", str(tmp_path / "r")], capsys)
+    code, cap = run_cli(["monitor", str(bare), "--database", served["url"], "--out", str(tmp_path / "r")])
     assert code == 2 and "sightline evaluate RUN --data DATA" in cap.err and "reference.npz" in cap.err
     assert len(cap.err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
-    code, cap = _run(["monitor", str(served["bundle"]), "--database", served["url"], "--since", "last tuesday"],
-                     capsys)
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", served["url"], "--since", "last tuesday"])
     assert code == 2 and "--since 'last tuesday'" in cap.err
-    code, cap = _run(["monitor", str(served["bundle"]), "--database", served["url"], "--window", "week"], capsys)
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", served["url"], "--window", "week"])
     assert code == 2 and "--window 'week'" in cap.err
 
 
-def test_the_report_reads_postgresql_as_it_reads_sqlite(served, capsys, tmp_path):
+def test_the_report_reads_postgresql_as_it_reads_sqlite(served, run_cli, tmp_path):
     """The same predictions and signals copied into PostgreSQL (a schema of its own in
     SIGHTLINE_TEST_DATABASE_URL's database) give the same windows, p-values and measured accuracy."""
     import os
@@ -266,8 +256,8 @@ def test_the_report_reads_postgresql_as_it_reads_sqlite(served, capsys, tmp_path
             target.close()
         reports = []
         for db in (served["url"], url):
-            code, cap = _run(["monitor", str(served["bundle"]), "--database", db, "--out", str(tmp_path / "r"),
-                              "--size", str(BLOCK), "--min-window", str(BLOCK), "--json"], capsys)
+            code, cap = run_cli(["monitor", str(served["bundle"]), "--database", db, "--out", str(tmp_path / "r"),
+                              "--size", str(BLOCK), "--min-window", str(BLOCK), "--json"])
             assert code == 0, cap.err
             reports.append(json.loads(cap.out))
         keys = ("n", "first_id", "last_id", "significant", "p_value", "unknown_rate", "measured_accuracy")

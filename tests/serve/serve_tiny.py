@@ -68,6 +68,26 @@ def photo(seed: int = 0, w: int = 40, h: int = 32) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
 
 
+def calm(seed: int) -> bytes:
+    """A smooth image (a colour, a gentle gradient, a little noise) as JPEG: the in-distribution kind."""
+    rng = np.random.default_rng(seed)
+    h, w = 48, 64
+    base = rng.uniform(60, 200, 3)
+    ramp = np.linspace(-1, 1, w)[None, :, None] * rng.uniform(-30, 30, 3)
+    pixels = np.clip(base + ramp + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def noise(seed: int) -> bytes:
+    """Uniform RGB noise as JPEG: nothing like the calm images."""
+    rng = np.random.default_rng(10_000 + seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
 def make_bundle(root: Path) -> Path:
     """test_efficientnet with random weights (never confident), exported to ONNX."""
     from sightline.optimize.export import export

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_tiny import start_server
+from serve_tiny import calm, noise, start_server
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle
 from sightline.models.factory import create_model
@@ -33,26 +33,6 @@ from sightline.models.factory import create_model
 CLASSES = ["cat", "dog", "fox"]
 SECRET = "whsec_" + base64.b64encode(b"sightline-test-webhook-key-32by").decode()
 WINDOW = 30
-
-
-def calm(seed: int) -> bytes:
-    """A smooth image (a colour, a gentle gradient, a little noise) as JPEG: the in-distribution kind."""
-    rng = np.random.default_rng(seed)
-    h, w = 48, 64
-    base = rng.uniform(60, 200, 3)
-    ramp = np.linspace(-1, 1, w)[None, :, None] * rng.uniform(-30, 30, 3)
-    pixels = np.clip(base + ramp + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def noise(seed: int) -> bytes:
-    """Uniform RGB noise as JPEG: nothing like the calm images."""
-    rng = np.random.default_rng(10_000 + seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def build_profiled_bundle(folder):
