@@ -39,24 +39,17 @@ def test_key_cache_trusts_a_verified_key_for_its_ttl_only(monkeypatch: pytest.Mo
     assert off.get("h-alice") is None
 
 
-def test_keys_commands(tmp_path, capsys):
-    from sightline.cli import main
-
+def test_keys_commands(tmp_path, run_cli):
     url = f"sqlite:///{tmp_path / 'k.db'}"
 
-    def run(*args):
-        with pytest.raises(SystemExit) as exc:
-            main(list(args))
-        return exc.value.code, capsys.readouterr()
-
-    code, out = run("keys", "create", "ops", "--database-url", url, "--json")
+    code, out = run_cli(["keys", "create", "ops", "--database-url", url, "--json"])
     assert code == 0
     key = json.loads(out.out)["key"]
-    code, out = run("keys", "list", "--database-url", url, "--json")
+    code, out = run_cli(["keys", "list", "--database-url", url, "--json"])
     listed = json.loads(out.out)
     assert code == 0 and listed[0]["name"] == "ops" and key not in out.out and listed[0]["revoked"] is None
-    assert run("keys", "revoke", "ops", "--database-url", url)[0] == 0
-    code, out = run("keys", "revoke", "ops", "--database-url", url)
+    assert run_cli(["keys", "revoke", "ops", "--database-url", url])[0] == 0
+    code, out = run_cli(["keys", "revoke", "ops", "--database-url", url])
     assert code == 2 and "no active key" in out.err
-    code, out = run("keys", "create", "x")  # no bundle, no URL: one-line error
+    code, out = run_cli(["keys", "create", "x"])  # no bundle, no URL: one-line error
     assert code == 2 and "SIGHTLINE_DATABASE_URL" in out.err

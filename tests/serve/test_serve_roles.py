@@ -138,25 +138,18 @@ def test_reviewer_is_the_key_name_and_labels_need_override(server):
     assert len(store.label_history(pid)) == 2
 
 
-def test_keys_create_with_roles(tmp_path, capsys):
-    from sightline.cli import main
-
+def test_keys_create_with_roles(tmp_path, run_cli):
     url = f"sqlite:///{tmp_path / 'k.db'}"
 
-    def run(*args):
-        with pytest.raises(SystemExit) as exc:
-            main(list(args))
-        return exc.value.code, capsys.readouterr()
-
-    code, out = run("keys", "create", "ops", "--role", "review", "--role", "admin", "--database-url", url, "--json")
+    code, out = run_cli(["keys", "create", "ops", "--role", "review", "--role", "admin", "--database-url", url, "--json"])
     assert code == 0 and json.loads(out.out)["roles"] == ["review", "admin"]
-    code, out = run("keys", "create", "app", "--role", "predict,review", "--database-url", url, "--json")
+    code, out = run_cli(["keys", "create", "app", "--role", "predict,review", "--database-url", url, "--json"])
     assert code == 0 and json.loads(out.out)["roles"] == ["predict", "review"]
-    code, out = run("keys", "create", "plain", "--database-url", url, "--json")
+    code, out = run_cli(["keys", "create", "plain", "--database-url", url, "--json"])
     assert code == 0 and json.loads(out.out)["roles"] == ["predict"]
-    code, out = run("keys", "create", "bad", "--role", "superuser", "--database-url", url)
+    code, out = run_cli(["keys", "create", "bad", "--role", "superuser", "--database-url", url])
     assert code == 2 and "role 'superuser' does not exist" in out.err and len(out.err.strip().splitlines()) == 1
-    code, out = run("keys", "list", "--database-url", url, "--json")
+    code, out = run_cli(["keys", "list", "--database-url", url, "--json"])
     assert [(k["name"], k["roles"]) for k in json.loads(out.out)] == [
         ("ops", ["admin", "review"]), ("app", ["predict", "review"]), ("plain", ["predict"])]
 
