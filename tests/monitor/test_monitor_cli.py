@@ -21,7 +21,7 @@ from PIL import Image
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_tiny import noise
+from serve_tiny import noise, postgres_url
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle
 from sightline.models.factory import create_model
@@ -218,20 +218,12 @@ def test_bad_input_is_one_line_and_exit_2(served, run_cli, tmp_path):
 def test_the_report_reads_postgresql_as_it_reads_sqlite(served, run_cli, tmp_path):
     """The same predictions and signals copied into PostgreSQL (a schema of its own in
     SIGHTLINE_TEST_DATABASE_URL's database) give the same windows, p-values and measured accuracy."""
-    import os
     import uuid
 
     from sightline.storage.store import Store
 
-    base = os.environ.get("SIGHTLINE_TEST_DATABASE_URL")
-    if not base:
-        pytest.skip("PostgreSQL: set SIGHTLINE_TEST_DATABASE_URL=postgresql+psycopg://... (see DEVELOPERS.md)")
-    try:
-        admin = sa.create_engine(base)
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not available here"
-        pytest.skip(f"PostgreSQL at SIGHTLINE_TEST_DATABASE_URL is unreachable ({type(exc).__name__})")
+    base = postgres_url()
+    admin = sa.create_engine(base)
     schema = f"sl_{uuid.uuid4().hex[:12]}"
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))

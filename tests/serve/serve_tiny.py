@@ -57,6 +57,25 @@ def open_store(kind: str, tmp_path: Path) -> Iterator:
         admin.dispose()
 
 
+def postgres_url() -> str:
+    """SIGHTLINE_TEST_DATABASE_URL once a connection to it works; pytest.skip with the reason otherwise."""
+    import pytest
+
+    url = os.environ.get("SIGHTLINE_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("PostgreSQL: set SIGHTLINE_TEST_DATABASE_URL=postgresql+psycopg://... (see DEVELOPERS.md)")
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not available here"
+        pytest.skip(f"PostgreSQL at SIGHTLINE_TEST_DATABASE_URL is unreachable ({type(exc).__name__})")
+    return url
+
+
 def encode(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kw)

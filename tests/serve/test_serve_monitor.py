@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import io
 import json
-import os
 import shutil
 import threading
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_tiny import calm, noise, start_server
+from serve_tiny import calm, noise, postgres_url, start_server
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle
 from sightline.models.factory import create_model
@@ -76,22 +75,6 @@ def profiled(tmp_path_factory):
     return folder, profile
 
 
-def _postgres_url() -> str:
-    url = os.environ.get("SIGHTLINE_TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("PostgreSQL: set SIGHTLINE_TEST_DATABASE_URL=postgresql+psycopg://... (see DEVELOPERS.md)")
-    try:
-        import sqlalchemy as sa
-
-        engine = sa.create_engine(url)
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        engine.dispose()
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not available here"
-        pytest.skip(f"PostgreSQL at SIGHTLINE_TEST_DATABASE_URL is unreachable ({type(exc).__name__})")
-    return url
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     """A fresh database: a SQLite file, or a schema of its own in SIGHTLINE_TEST_DATABASE_URL's database (dropped
@@ -101,7 +84,7 @@ def database_url(request, tmp_path):
         return
     import sqlalchemy as sa
 
-    base = _postgres_url()
+    base = postgres_url()
     schema = f"sl_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(base)
     with admin.begin() as conn:
