@@ -107,17 +107,19 @@ def noise(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def make_bundle(root: Path) -> Path:
-    """test_efficientnet with random weights (never confident), exported to ONNX."""
+def make_bundle(root: Path, *, seed: int = 0, version: str = "1", folder: str = "bundle", onnx: bool = True) -> Path:
+    """root/folder: test_efficientnet with random weights (torch seed `seed`; never confident: review_confidence
+    0.99, so every answer is queued), "pets" `version`, exported to ONNX unless `onnx` is False."""
     from sightline.optimize.export import export
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model("test_efficientnet", len(CLASSES), weights="none")
-    bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version="1",
+    bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version=version,
                     thresholds={"review_confidence": 0.99, "class_thresholds": {}})
-    bundle.save(root / "bundle", model.state_dict())
-    export(root / "bundle")
-    return root / "bundle"
+    bundle.save(root / folder, model.state_dict())
+    if onnx:
+        export(root / folder)
+    return root / folder
 
 
 def start_server(app):

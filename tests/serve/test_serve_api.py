@@ -13,10 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_tiny import encode, photo, start_server
-
-from sightline.bundle import Bundle, Preprocessing
-from sightline.models.factory import create_model
+from serve_tiny import encode, make_bundle, photo, start_server
 
 CLASSES = ["cat", "dog", "fox"]
 MAX_PIXELS = 1_000_000
@@ -53,19 +50,13 @@ def hostile_corpus() -> dict[str, tuple[bytes, set[int]]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """uvicorn serving a tiny exported bundle on a free loopback port, in a thread."""
-    from sightline.optimize.export import export
     from sightline.serve.app import create_app
     from sightline.serve.settings import Settings
     from sightline.storage.store import Store
 
     root = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    model = create_model("test_efficientnet", len(CLASSES), weights="none")
     # review_confidence 0.99: an untrained 3-class model is never that sure, so every answer is queued
-    bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version="7",
-                    thresholds={"review_confidence": 0.99, "class_thresholds": {}})
-    bundle.save(root / "bundle", model.state_dict())
-    export(root / "bundle")
+    make_bundle(root, version="7")
     # SIGHTLINE_TEST_DATABASE_URL=postgresql+psycopg://... runs this whole module against that database (emptied
     # first); by default a SQLite file in the bundle folder.
     url = os.environ.get("SIGHTLINE_TEST_DATABASE_URL")

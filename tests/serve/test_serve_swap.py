@@ -11,24 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
-from serve_tiny import CLASSES, encode, photo, started
-
-from sightline.bundle import Bundle, Preprocessing
-from sightline.models.factory import create_model
+from serve_tiny import encode, make_bundle, photo, started
 
 
 def _bundle(root: Path, seed: int, version: str, *, onnx: bool = True) -> Path:
-    from sightline.optimize.export import export
-
-    torch.manual_seed(seed)
-    model = create_model("test_efficientnet", len(CLASSES), weights="none")
-    bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version=version,
-                    thresholds={"review_confidence": 0.99, "class_thresholds": {}})
-    bundle.save(root / f"b{version}", model.state_dict())
-    if onnx:
-        export(root / f"b{version}")
-    return root / f"b{version}"
+    return make_bundle(root, seed=seed, version=version, folder=f"b{version}", onnx=onnx)
 
 
 @contextmanager
