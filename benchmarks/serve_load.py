@@ -43,12 +43,10 @@ from common import copy_bundle, print_targets, stop_process
 # ---- baseline 1: a naive endpoint, PyTorch eager, one image per request ---------------------------------
 def eager_app(bundle_path: str, *, channels_last: bool = False):
     import torch
-    from fastapi import FastAPI, File, HTTPException, UploadFile
 
     from sightline.bundle import load_bundle
     from sightline.data.images import load_image
     from sightline.data.transforms import eval_preprocess
-    from sightline.errors import SightlineError
 
     bundle = load_bundle(bundle_path)
     model = bundle.load_model().eval()
@@ -58,38 +56,24 @@ def eager_app(bundle_path: str, *, channels_last: bool = False):
                 f"fp32, {'channels-last' if channels_last else 'NCHW (contiguous, no channels-last)'}, "
                 f"torch.inference_mode, {torch.get_num_threads()} intra-op threads; Pillow full-resolution decode "
                 "(no JPEG draft) + sightline eval_preprocess; no API key, no database")
-    app = FastAPI()
 
-    @app.post("/predict")
-    def predict(file: UploadFile = File(...)) -> dict:  # sync: FastAPI runs it in its thread pool
-        try:
-            x = eval_preprocess(load_image(file.file.read()), bundle.preprocessing)
-        except SightlineError as exc:
-            raise HTTPException(exc.status_code, str(exc)) from None
-        x = torch.from_numpy(x)[None]
+    def probabilities(data: bytes, filename: str | None):
+        x = torch.from_numpy(eval_preprocess(load_image(data), bundle.preprocessing))[None]
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
         with torch.inference_mode():
-            probs = torch.softmax(model(x), 1)[0]
-        i = int(probs.argmax())
-        return {"label": bundle.classes[i], "confidence": float(probs[i])}
+            return torch.softmax(model(x), 1)[0]
 
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok", "settings": settings}
-
-    return app
+    return plain_app(bundle.classes, probabilities, settings)
 
 
 # ---- baseline 2: the same ONNX file behind a plain endpoint, one image per request ----------------------
 def onnx_app(bundle_path: str, *, int8: bool):
     import onnxruntime as ort
-    from fastapi import FastAPI, File, HTTPException, UploadFile
 
     from sightline.bundle import load_bundle
     from sightline.data.transforms import load_crop, normalize
     from sightline.decision import softmax
-    from sightline.errors import SightlineError
 
     bundle = load_bundle(bundle_path)
     path = bundle.int8_path if int8 else bundle.onnx_path
@@ -104,18 +88,32 @@ def onnx_app(bundle_path: str, *, int8: bool):
                 f"{options.intra_op_num_threads} = ORT's default, one per physical core; spinning on), only the "
                 "logits fetched; sightline.data.transforms.load_crop + normalize (JPEG draft decode); no API key, "
                 "no database")
+
+    def probabilities(data: bytes, filename: str | None):
+        x = normalize(load_crop(data, bundle.preprocessing, name=filename), bundle.preprocessing)[None]
+        return softmax(session.run([output_name], {input_name: x})[0], bundle.temperature)[0]
+
+    return plain_app(bundle.classes, probabilities, settings)
+
+
+def plain_app(classes: list[str], probabilities, settings: str):
+    """The baselines' FastAPI app: a sync POST /predict (FastAPI runs it in its thread pool), one image per request,
+    answered with the top class of `probabilities(bytes, filename)` (a SightlineError -> its HTTP status), and
+    GET /healthz with `settings`."""
+    from fastapi import FastAPI, File, HTTPException, UploadFile
+
+    from sightline.errors import SightlineError
+
     app = FastAPI()
 
     @app.post("/predict")
     def predict(file: UploadFile = File(...)) -> dict:
         try:
-            crop = load_crop(file.file.read(), bundle.preprocessing, name=file.filename)
+            probs = probabilities(file.file.read(), file.filename)
         except SightlineError as exc:
             raise HTTPException(exc.status_code, str(exc)) from None
-        x = normalize(crop, bundle.preprocessing)[None]
-        probs = softmax(session.run([output_name], {input_name: x})[0], bundle.temperature)[0]
         i = int(probs.argmax())
-        return {"label": bundle.classes[i], "confidence": float(probs[i])}
+        return {"label": classes[i], "confidence": float(probs[i])}
 
     @app.get("/healthz")
     def healthz() -> dict:
