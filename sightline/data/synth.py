@@ -8,10 +8,14 @@ specular hot spot, exposure) with sensor noise, in one of four classes:
 - `spot`: a soft stain or pit with a ragged edge;
 - `crack`: a dark, jagged, branching path.
 
-Defects have low-to-moderate contrast, random size, place and orientation: a small CNN learns them well above
-chance, not perfectly at once. Each defect image has a binary ground-truth mask `<stem>.mask.png`.
+Defects are drawn in units of the image side (the same part seen at another resolution keeps its defect, one
+pixel wide or more), and their contrast is relative to the surface under them (a dark crack stays visible on dark
+paint, a bright scratch on bright metal): the eye sees every defect at 128 px, while texture, lighting and size
+still vary enough that a small CNN needs a few epochs to tell them apart. Each defect image has a binary
+ground-truth mask `<stem>.mask.png`.
 `plant_issues=True` adds known data problems and lists them in `planted_issues.json`; `shortcut=CLASS` adds a
-small corner marker to that class only (a spurious cue that explainability should expose).
+small corner marker to that class only and draws its defects faint (a spurious cue easier to see than the defect,
+which explainability should expose).
 Image i is generated from the seed sequence (seed, i): the output does not depend on thread scheduling.
 """
 from __future__ import annotations
@@ -132,14 +136,18 @@ def _lighting(rng: np.random.Generator, size: int) -> np.ndarray:
     cx, cy = rng.uniform(-0.2, 1.2, 2)
     radius = rng.uniform(0.15, 0.6)
     spot = rng.uniform(0.0, 0.5) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))
-    return rng.uniform(0.6, 1.05) * gradient + spot
+    return rng.uniform(0.75, 1.05) * gradient + spot  # controlled lighting: no part is shot underexposed
+
+
+MIN_LUMINANCE = 0.4  # mean of the surface colour: a dark coating is lit so that a dark defect still shows on it
 
 
 def render_surface(rng: np.random.Generator, size: int, *, texture: str | None = None) -> tuple[np.ndarray, str]:
     """An (size, size, 3) float32 surface in [0, 1] (before defects and sensor noise) and its texture name."""
     kind = texture or TEXTURES[int(rng.integers(len(TEXTURES)))]
     tint, jitter = _TINTS[kind]
-    colour = np.clip(np.asarray(tint) + rng.uniform(-jitter, jitter, 3), 0.1, 0.95).astype(np.float32)
+    colour = np.clip(np.asarray(tint) + rng.uniform(-jitter, jitter, 3), 0.1, 0.95)
+    colour = np.clip(colour * max(1.0, MIN_LUMINANCE / colour.mean()), 0, 0.95).astype(np.float32)
     relief = _texture(kind, rng, size)
     light = _lighting(rng, size)
     grey = (0.55 + 0.12 * relief) * light
@@ -147,6 +155,14 @@ def render_surface(rng: np.random.Generator, size: int, *, texture: str | None =
 
 
 # --- defects --------------------------------------------------------------------------------------------------
+# Each defect returns (cover, tone, strength): cover (size, size) in [0, 1] is where it is; tone "dark" darkens the
+# surface by `strength` of its own brightness (a shadowed gap, a stain), "bright" lifts it `strength` of the way
+# to white (residue that catches the light), "contrast" is bright on a dark surface and dark on a bright one.
+# Lengths are shares of the image side; widths are in pixels at REFERENCE_SIZE and scale with the side, never
+# below one pixel.
+
+REFERENCE_SIZE = 128
+
 
 def _segment_distance(px: np.ndarray, py: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d = b - a
@@ -170,60 +186,73 @@ def _polyline_mask(points: np.ndarray, width: float, size: int) -> np.ndarray:
     return cover
 
 
-def _scratch(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
-    length = rng.uniform(0.25, 0.7) * size
+def _width(rng: np.random.Generator, size: int, low: float, high: float) -> float:
+    """A line width drawn in pixels at REFERENCE_SIZE, scaled to `size`, at least one pixel."""
+    return max(1.0, rng.uniform(low, high) * size / REFERENCE_SIZE)
+
+
+def _scratch(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, float]:
+    length = rng.uniform(0.3, 0.7) * size
     angle = rng.uniform(0, np.pi)
-    centre = rng.uniform(0.2, 0.8, 2) * size
+    centre = rng.uniform(0.25, 0.75, 2) * size
     direction = np.array([np.cos(angle), np.sin(angle)])
     normal = np.array([-direction[1], direction[0]])
     t = np.linspace(-0.5, 0.5, 12)[:, None]
     bend = rng.uniform(-0.08, 0.08) * length * (1 - (2 * t) ** 2)
     points = centre + t * length * direction + bend * normal
-    cover = _polyline_mask(points, rng.uniform(1.0, 2.2), size)
-    sign = 1.0 if rng.random() < 0.6 else -1.0  # scratches catch the light more often than not
-    return cover, sign * rng.uniform(0.10, 0.28)
+    cover = _polyline_mask(points, _width(rng, size, 1.0, 1.8), size)
+    return cover, "contrast", rng.uniform(0.35, 0.6)  # bare metal through a dark coating, a groove in bright metal
 
 
-def _spot(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+def _spot(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, float]:
     cx, cy = rng.uniform(0.15, 0.85, 2) * size
-    r = rng.uniform(0.025, 0.07) * size
-    reach = int(np.ceil(r * 2.2)) + 2  # the ragged edge stays within 1.6 r; compute only near the spot
+    r = rng.uniform(0.04, 0.08) * size
+    reach = int(np.ceil(r * 1.6)) + 2  # the ragged edge stays within 1.4 r; compute only near the spot
     x0, x1 = max(0, int(cx) - reach), min(size, int(cx) + reach)
     y0, y1 = max(0, int(cy) - reach), min(size, int(cy) + reach)
     y, x = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     angle = np.arctan2(y - cy, x - cx)
-    wobble = 1 + 0.25 * np.sin(3 * angle + rng.uniform(0, 6)) + 0.15 * np.sin(5 * angle + rng.uniform(0, 6))
+    wobble = 1 + 0.18 * np.sin(3 * angle + rng.uniform(0, 6)) + 0.12 * np.sin(5 * angle + rng.uniform(0, 6))
     ratio = rng.uniform(0.6, 1.0)
     dist = np.hypot((x - cx) * ratio, y - cy) / (r * wobble)
     cover = np.zeros((size, size), dtype=np.float32)
-    cover[y0:y1, x0:x1] = np.clip(1.5 - dist * 1.2, 0, 1)
-    return cover, -rng.uniform(0.10, 0.30) if rng.random() < 0.75 else rng.uniform(0.08, 0.2)
+    cover[y0:y1, x0:x1] = np.clip((1.1 - dist) * 4, 0, 1)  # a rim a quarter of the radius wide: a stain, not shade
+    if rng.random() < 0.75:  # a stain or a pit
+        return cover, "dark", rng.uniform(0.45, 0.7)
+    return cover, "bright", rng.uniform(0.4, 0.6)  # dried residue
 
 
-def _crack(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+def _crack(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, float]:
+    scale = size / REFERENCE_SIZE
+
     def walk(start: np.ndarray, heading: float, steps: int) -> np.ndarray:
         pts = [start]
         for _ in range(steps):
             heading += rng.normal(0, 0.5)
-            pts.append(pts[-1] + rng.uniform(3, 7) * np.array([np.cos(heading), np.sin(heading)]))
+            pts.append(pts[-1] + rng.uniform(3, 7) * scale * np.array([np.cos(heading), np.sin(heading)]))
         return np.asarray(pts)
 
-    start = rng.uniform(0.2, 0.8, 2) * size
+    start = rng.uniform(0.25, 0.75, 2) * size
     heading = rng.uniform(0, 2 * np.pi)
-    main = walk(start, heading, int(rng.integers(8, 20)))
-    cover = _polyline_mask(main, rng.uniform(1.0, 2.0), size)
+    main = walk(start, heading, int(rng.integers(8, 18)))
+    cover = _polyline_mask(main, _width(rng, size, 1.2, 2.2), size)
     for _ in range(int(rng.integers(0, 3))):  # branches
         j = int(rng.integers(1, len(main)))
         branch = walk(main[j], heading + rng.choice([-1, 1]) * rng.uniform(0.6, 1.2), int(rng.integers(3, 8)))
-        cover = np.maximum(cover, _polyline_mask(branch, 1.0, size))
-    return cover, -rng.uniform(0.18, 0.40)
+        cover = np.maximum(cover, _polyline_mask(branch, _width(rng, size, 1.0, 1.2), size))
+    return cover, "dark", rng.uniform(0.55, 0.8)  # a gap in the surface: in its own shadow
 
 
-_DEFECTS: dict[str, Callable[[np.random.Generator, int], tuple[np.ndarray, float]]] = {
+_DEFECTS: dict[str, Callable[[np.random.Generator, int], tuple[np.ndarray, str, float]]] = {
     "scratch": _scratch,
     "spot": _spot,
     "crack": _crack,
 }
+
+
+# `--shortcut`: a spurious cue wins where it is easier to see than the real one, so that class's defects are drawn
+# at this share of their contrast (faint, as from another station with flatter light) beside a corner marker.
+SHORTCUT_FAINT = 0.3
 
 
 def _marker(image: np.ndarray, rng: np.random.Generator) -> None:
@@ -245,9 +274,14 @@ def render_sample(seed: int, index: int, label: str, size: int, *, shortcut: boo
     surface, _ = render_surface(rng, size)
     mask = None
     if label != "ok":
-        cover, contrast = _DEFECTS[label](rng, size)
-        shade = 0.5 + 0.5 * rng.random()  # the defect is not uniform along its length
-        surface = np.clip(surface + (cover * contrast * shade)[..., None], 0, 1)
+        cover, tone, strength = _DEFECTS[label](rng, size)
+        if tone == "contrast":
+            under = surface[cover > 0.5] if (cover > 0.5).any() else surface[cover > 0]
+            tone = "bright" if float(under.mean()) < 0.5 else "dark"
+        if shortcut:  # the marker's class was shot on another station, in flat light: its defects barely show
+            strength *= SHORTCUT_FAINT
+        amount = (cover * strength * rng.uniform(0.8, 1.0))[..., None]  # some defects are fainter than others
+        surface = surface * (1 - amount) if tone == "dark" else surface + (1 - surface) * amount
         mask = cover > 0.5
         if not mask.any():  # a defect hugging the border: keep its strongest pixels as the region
             mask = cover >= cover.max() * 0.5
@@ -310,7 +344,8 @@ def synthesize(
         plant_issues: add duplicates (within a class, across classes, across splits), near duplicates, corrupt
             files, blurry, tiny, extreme-aspect and greyscale images and wrong labels; list them in
             `planted_issues.json` (paths relative to `out`).
-        shortcut: a class that also gets a small corner marker in every image (a spurious cue).
+        shortcut: a class that also gets a small corner marker in every image, its defects drawn faint (a spurious
+            cue easier to see than the defect).
         layout: "split" (out/{train,val,test}/<class>/, ready for `sightline train out`) or "flat".
         progress: called with 1 per image written.
 
