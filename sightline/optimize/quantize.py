@@ -61,6 +61,9 @@ def quantize_onnx(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._batches, None)
 
+    import contextlib
+    import io
+
     import onnx
 
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
@@ -74,17 +77,20 @@ def quantize_onnx(
             graph = onnx.load(str(prepared), load_external_data=False).graph
             convs = [n.name for n in graph.node if n.op_type == "Conv"]
             exclude = convs[:1] + _head_nodes(graph)
-        quantize_static(
-            str(prepared),
-            str(tmp),
-            _Reader(np.ascontiguousarray(calibration, dtype=np.float32), input_name),
-            quant_format=formats[quant_format],
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[calibration_method],
-            nodes_to_exclude=exclude,
-        )
+        # ORT's calibrators print progress ("Collecting tensor data and making histogram ...") to stdout; the
+        # caller reports what matters. Failures still raise, and its warnings go through logging as before.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(prepared),
+                str(tmp),
+                _Reader(np.ascontiguousarray(calibration, dtype=np.float32), input_name),
+                quant_format=formats[quant_format],
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[calibration_method],
+                nodes_to_exclude=exclude,
+            )
         tmp.replace(int8_path)
     finally:
         prepared.unlink(missing_ok=True)
