@@ -189,9 +189,12 @@ def _score_bank(engine: Engine, dataset: Dataset, classes: list[str], cap: int, 
     rows = np.arange(len(train))
     if len(train) > cap:
         rng = np.random.default_rng(seed)
-        rows = np.sort(np.concatenate([
+        rows = np.concatenate([
             rng.choice(idx, min(idx.size, max(1, round(cap * idx.size / len(train)))), replace=False)
-            for idx in (np.flatnonzero(labels == c) for c in np.unique(labels))]))[:cap]
+            for idx in (np.flatnonzero(labels == c) for c in np.unique(labels))])
+        if rows.size > cap:  # rounding small classes up can overshoot by a few rows
+            rows = rng.choice(rows, cap, replace=False)
+        rows = np.sort(rows)
     (out,), inputs = score_files([engine], [train[i].path for i in rows], batch_size=batch_size, progress=progress,
                                  task="reference: train sample (k-NN bank)")
     if out.features is None or len(out) < 2:
