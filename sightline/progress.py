@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,18 +35,20 @@ ProgressFn = Callable[[ProgressEvent], None]
 
 class Steps:
     """Reports one task's progress to `progress` (nothing happens without one). Use as a context manager so the
-    task is marked finished even when the work stops early."""
+    task is marked finished even when the work stops early. `advance` may be called from several threads."""
 
     def __init__(self, progress: ProgressFn | None, task: str, total: int | None) -> None:
         self.progress = progress
         self.task = task
         self.total = total
         self.done = 0
+        self._lock = threading.Lock()
         self._emit(False)
 
     def advance(self, n: int = 1) -> None:
-        self.done += n
-        self._emit(False)
+        with self._lock:
+            self.done += n
+            self._emit(False)
 
     def close(self) -> None:
         self._emit(True)

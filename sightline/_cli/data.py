@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from sightline._cli.common import console, existing_path, fail, print_json
+from sightline.progress import rich_progress
 
 data_app = typer.Typer(help="Make, split and audit image datasets.", no_args_is_help=True)
 
@@ -53,10 +54,9 @@ def split_cmd(
     if len(shares) != 3:
         raise fail(f"--ratios '{ratios}' must be three numbers like 0.7,0.15,0.15")
     dataset = scan_dataset(src)  # scanned once: sizes the progress bar and feeds the split
-    bar, advance = _progress(len(dataset.samples), "hashing images", enabled=not json_out)
-    with bar:
+    with rich_progress(enabled=not json_out) as progress:
         result = split_dataset(src, out, ratios=shares, seed=seed, max_distance=max_distance, link=not copy,
-                               progress=advance, dataset=dataset)
+                               progress=progress, dataset=dataset)
     summary = {
         "out": str(result.out),
         "n_images": result.n_images,
@@ -140,16 +140,13 @@ def audit_cmd(
     existing_path(data, "dataset folder")
     dataset = scan_dataset(data)
     check = None
-    if labels:  # composed here: the feature extraction is a layer above sightline.data
-        from sightline.progress import rich_progress
-        from sightline.train.label_audit import audit_labels
+    with rich_progress(enabled=not json_out) as progress:
+        if labels:  # composed here: the feature extraction is a layer above sightline.data
+            from sightline.train.label_audit import audit_labels
 
-        with rich_progress(enabled=not json_out) as progress:
             check = audit_labels(dataset, arch=label_model, weights=label_weights, seed=seed, progress=progress)
-    bar, advance = _progress(len(dataset.samples), "auditing images", enabled=not json_out)
-    with bar:
         result = audit_dataset(data, out=out, max_distance=max_distance, move_to_quarantine=quarantine,
-                               progress=advance, dataset=dataset, label_check=check)
+                               progress=progress, dataset=dataset, label_check=check)
     if json_out:
         print_json(result.to_json())
         return

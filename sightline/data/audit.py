@@ -25,7 +25,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from sightline.data.findings import AuditResult, Finding  # re-exported: part of
 from sightline.data.label_issues import LabelCheck, write_suggestions
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.data.split import DEFAULT_MAX_DISTANCE, duplicate_groups
+from sightline.progress import ProgressFn
 
 __all__ = [
     "Finding",
@@ -215,7 +216,7 @@ def audit_dataset(
     move_to_quarantine: bool = False,
     html: bool = True,
     workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressFn | None = None,
     dataset: Dataset | None = None,
     label_check: LabelCheck | None = None,
 ) -> AuditResult:
@@ -233,7 +234,7 @@ def audit_dataset(
         3
     """
     ds = dataset or scan_dataset(data)
-    records = describe_images(ds, workers=workers, progress=progress)
+    records = describe_images(ds, workers=workers, progress=progress, task="auditing images")
     findings = audit_records(records, skipped=ds.skipped, max_distance=max_distance)
     if label_check is not None:
         findings += label_check.findings()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -20,6 +20,7 @@ from sightline.data.datasets import Dataset, Sample
 from sightline.data.hashing import phash, phash_hex, sha256_bytes
 from sightline.data.images import load_image
 from sightline.errors import ImageError
+from sightline.progress import ProgressFn, Steps
 
 __all__ = ["ImageRecord", "MANIFEST_COLUMNS", "describe_images", "describe_one", "laplacian_variance",
            "write_manifest", "read_manifest"]
@@ -87,22 +88,23 @@ def describe_images(
     samples: Dataset | Sequence[Sample],
     *,
     workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressFn | None = None,
+    task: str = "reading images",
 ) -> list[ImageRecord]:
-    """One ImageRecord per sample, in the same order. `progress(n)` is called as items finish (n = 1 each)."""
+    """One ImageRecord per sample, in the same order; `progress` hears `task` advance by one per image."""
     items = samples.samples if isinstance(samples, Dataset) else list(samples)
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    with Steps(progress, task, len(items)) as steps:
 
-    def run(sample: Sample) -> ImageRecord:
-        rec = describe_one(sample)
-        if progress is not None:
-            progress(1)
-        return rec
+        def run(sample: Sample) -> ImageRecord:
+            rec = describe_one(sample)
+            steps.advance()
+            return rec
 
-    if workers <= 1:
-        return [run(s) for s in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(run, items))
+        if workers <= 1:
+            return [run(s) for s in items]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(run, items))
 
 
 def write_manifest(records: Sequence[ImageRecord], path: str | Path) -> Path:

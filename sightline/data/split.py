@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from sightline.data.datasets import SPLITS, Dataset, Sample, region_files, scan_
 from sightline.data.hashing import near_duplicate_pairs
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.errors import UserInputError
+from sightline.progress import ProgressFn
 
 __all__ = ["SplitResult", "split_dataset", "duplicate_groups", "assign_groups", "place_file"]
 
@@ -130,7 +130,7 @@ def split_dataset(
     max_distance: int = DEFAULT_MAX_DISTANCE,
     link: bool = True,
     workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressFn | None = None,
     dataset: Dataset | None = None,
 ) -> SplitResult:
     """Write `out/{train,val,test}/<class>/...` from the images of `src` and a `manifest.csv`; src is only read.
@@ -142,7 +142,7 @@ def split_dataset(
         seed: the same seed and data give the same split.
         max_distance: pHash bits within which two images count as near duplicates (-1: exact duplicates only).
         link: hard-link files (copies where not possible); False always copies.
-        progress: called with 1 per image hashed.
+        progress: hears the task 'hashing images' advance by one per image.
         dataset: `scan_dataset(src)` when the caller has it already (saves a second scan).
 
     Files that cannot be decoded are not placed; they are listed in `excluded` with the reason (see
@@ -164,7 +164,8 @@ def split_dataset(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserInputError(f"output '{out}' already exists and is not empty; choose a new folder")
 
-    records: list[ImageRecord] = describe_images(dataset, workers=workers, progress=progress)
+    records: list[ImageRecord] = describe_images(dataset, workers=workers, progress=progress,
+                                                     task="hashing images")
     excluded = list(dataset.skipped)
     usable: list[tuple[Sample, ImageRecord]] = []
     for sample, rec in zip(dataset.samples, records):

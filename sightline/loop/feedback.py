@@ -23,12 +23,12 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sightline.errors import DatasetError, UserInputError
+from sightline.progress import ProgressFn
 
 __all__ = ["export_feedback", "LINEAGE_COLUMNS", "PRODUCTION"]
 
@@ -74,7 +74,7 @@ def export_feedback(
     images: str | Path | None = None,
     val_ratio: float = 0.15,
     audit: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Write NEWDATA from DATA (split layout with train/val/test) and the reviewed labels in `database` (see the
     module docstring); returns the summary also written to NEWDATA/feedback.json.
@@ -260,7 +260,7 @@ def _parent_lineage(root: Path) -> dict[str, dict[str, str]]:
                 if row.get("origin") == "feedback"}
 
 
-def _describe(root: Path, progress: Callable[[int], None] | None) -> list[Any]:
+def _describe(root: Path, progress: ProgressFn | None) -> list[Any]:
     """Manifest records of the dataset's splits plus its production/ folder (which dataset scans ignore)."""
     from PIL import Image
 

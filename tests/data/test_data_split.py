@@ -101,6 +101,17 @@ def test_split_is_deterministic_per_seed(raw: Path, tmp_path: Path) -> None:
     assert copied.stat().st_ino != (raw / "ok" / "ok_05.png").stat().st_ino
 
 
+def test_split_reports_progress_through_the_one_interface(raw: Path, tmp_path: Path) -> None:
+    from sightline.progress import ProgressEvent
+
+    events: list[ProgressEvent] = []
+    result = split_dataset(raw, tmp_path / "p", seed=0, progress=events.append, workers=3)
+    n = len(scan_dataset(raw).samples)
+    assert {e.task for e in events} == {"hashing images"} and all(e.total == n for e in events)
+    assert [e.done for e in events] == list(range(n + 1)) + [n]  # opened at 0, one per image, then finished
+    assert events[-1].finished and not any(e.finished for e in events[:-1]) and result.n_images <= n
+
+
 def test_duplicate_groups_union_find_is_transitive() -> None:
     sha = ["a", "b", "a", "c", "d", ""]
     hashes = np.array([0b0, 0xFFFF, 0b0, 0b111, 0xFFFF_0000_0000, 0b0], dtype=np.uint64)
