@@ -85,6 +85,11 @@ class TrainConfig(BaseModel):
     devices: str = "auto"  # Lightning devices: "auto", a count ("2") or a list ("0,1")
     num_nodes: int = 1  # machines for multi-node DDP (torchrun / SLURM set the rest)
     strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, ...
+    # --- what the bundle holds ---
+    reference: bool = True  # write the monitor's reference profile into the bundle (val softmax and features, a
+    #   k-NN bank of train features, image statistics, the open-set score chosen against stand-in outliers;
+    #   sightline.evaluate.reference), so a bundle served straight after training can be monitored; `evaluate`
+    #   refreshes it at the fitted temperature
     # --- reproducibility ---
     seed: int = 0  # seeds Python, NumPy, torch and the DataLoader workers
     deterministic: bool = False  # torch deterministic algorithms (slower; same seed gives the same weights)

@@ -173,7 +173,27 @@ def train(
                          "choices": prepared.choices}},
     )
     bundle.save(run / "bundle", state_dict=system.model.state_dict())
+    if cfg.reference:
+        _write_reference(bundle, dataset, cfg, say)
     return run
+
+
+def _write_reference(bundle: Any, dataset: Any, cfg: TrainConfig, say: Any) -> None:
+    """The monitor's reference profile of the new bundle (at temperature 1: `evaluate` refreshes it at the fitted
+    one). A dataset the profile cannot be built from is said in one line; the bundle stays usable without it."""
+    from sightline.errors import DatasetError
+    from sightline.evaluate.reference import build_bundle_reference
+
+    try:
+        profile = build_bundle_reference(bundle, dataset, seed=cfg.seed,
+                                         device="cpu" if cfg.accelerator == "cpu" else None)
+    except DatasetError as exc:
+        say(f"no reference profile ({exc}); `sightline evaluate` writes one")
+        return
+    choice = profile.ood_choice
+    if choice is not None:
+        say(f"reference profile written: open-set score: {choice.score} (chosen by {choice.chosen_by}); "
+            f"{profile.meta.get('seconds', 0):.0f} s")
 
 
 def sanity_check(data_dir: str | Path, *, config: TrainConfig | None = None, max_steps: int = 40,

@@ -222,3 +222,20 @@ def test_bad_ood_folder_is_one_line(tiny, capsys):
     empty.mkdir()
     with pytest.raises(Exception, match="holds no image"):
         evaluate(_copy_run(tiny, "empty"), data, ood=empty, reference=False, **FAST)
+
+
+def test_train_writes_the_profile_for_every_new_bundle(tmp_path, capsys):
+    from sightline.train.fit import train
+
+    data = _write_dataset(tmp_path / "data")
+    run = train(data, tmp_path / "run", model="test_efficientnet", weights="none", epochs=1, input_size=32,
+                batch_size=8, num_workers=0, progress=True)
+    bundle = load_bundle(run)
+    profile = load_reference(bundle.path)
+    assert profile is not None and profile.logits.shape == (12, 2) and profile.bank.shape[0] == 12
+    assert profile.temperature == bundle.temperature == 1.0  # not calibrated yet: evaluate refreshes it
+    assert bundle.extra["reference"]["ood"]["score"] == profile.ood_choice.score
+    assert "open-set score:" in capsys.readouterr().err  # the choice and the stand-ins' rejection, said
+    quiet = train(data, tmp_path / "quiet", model="test_efficientnet", weights="none", epochs=1, input_size=32,
+                  batch_size=8, num_workers=0, progress=False, reference=False)
+    assert not (quiet / "bundle" / REFERENCE_FILE).exists() and "reference" not in load_bundle(quiet).extra
