@@ -25,3 +25,18 @@ def test_help_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_train_help_states_the_defaults_a_run_gets(run_cli, monkeypatch):
+    """rich reads '[...]' in help text as markup and used to drop '[default: tf_efficientnet_lite0]' entirely."""
+    from sightline.train.config import TrainConfig
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out = run_cli(["train", "--help"])
+    text = " ".join(out.out.split())
+    assert code == 0
+    defaults = TrainConfig()
+    for shown in (f"(default {defaults.model})", f"(default {defaults.epochs})", f"(default {defaults.patience})",
+                  f"(default {defaults.batch_size})", f"(default {defaults.seed})"):
+        assert shown in text, shown
+    assert "architecture ;" not in text

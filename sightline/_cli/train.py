@@ -7,6 +7,13 @@ from typing import Any, Optional
 import typer
 
 from sightline._cli.common import console, existing_path, fail, print_json
+from sightline.train.config import TrainConfig
+
+
+def _default(field: str) -> str:
+    """' (default X)' from TrainConfig, so --help states the value a run really gets. Parentheses, not brackets:
+    rich reads '[...]' in help text as markup and drops it."""
+    return f" (default {TrainConfig.model_fields[field].default})"
 
 
 def register(app: typer.Typer) -> None:
@@ -20,26 +27,29 @@ def register(app: typer.Typer) -> None:
 def train_cmd(
     data: Path = typer.Argument(..., help="Dataset folder in the split layout (DATA/train, DATA/val[, DATA/test])."),
     out: Path = typer.Option(..., "--out", "-o", help="RUN folder to write (config, logs, checkpoint, bundle/)."),
-    model: Optional[str] = typer.Option(None, help="timm architecture [default: tf_efficientnet_lite0]; "
-                                        "lite0/lite1/lite2 work offline."),
-    weights: Optional[str] = typer.Option(None, help="'auto' (packaged, else hub) [default], 'none', or a "
-                                          ".safetensors/.pth file."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (stops sooner when validation saturates)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
+    model: Optional[str] = typer.Option(None, help="timm architecture" + _default("model") +
+                                        "; lite0/lite1/lite2 work offline."),
+    weights: Optional[str] = typer.Option(None, help="'auto' (packaged ImageNet weights, else the "
+                                          "hub; the default), 'none', or a .safetensors/.pth file."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs; stops sooner when validation "
+                                        "saturates" + _default("epochs") + "."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch" + _default("batch_size") + "."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="Input side in px, or 'auto' (default): "
                                              "the model's size, or a short probe when the images are smaller."),
     lr: Optional[str] = typer.Option(None, help="Peak learning rate of the head (default "
                                      "1e-3), or 'auto': a range test picks it (RUN/lr_find.png)."),
-    freeze_epochs: Optional[int] = typer.Option(None, "--freeze-epochs", help="Train only the head first."),
-    augment: Optional[str] = typer.Option(None, help="light | strong | none."),
+    freeze_epochs: Optional[int] = typer.Option(None, "--freeze-epochs", help="Train only the head first" +
+                                                 _default("freeze_epochs") + "."),
+    augment: Optional[str] = typer.Option(None, help="light | strong | none" + _default("augment") + "."),
     crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Share of the image the center crop keeps "
                                              "(default: the model's; 1.0 for defects near the edge)."),
-    balance: Optional[str] = typer.Option(None, help="auto | none | weights | sampler."),
-    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    balance: Optional[str] = typer.Option(None, help="auto | none | weights | sampler" + _default("balance") + "."),
+    seed: Optional[int] = typer.Option(None, help="Random seed" + _default("seed") + "."),
     seeds: int = typer.Option(1, "--seeds", help="Train N seeds and report mean +- std of validation metrics."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget of the run (300, 90s, "
                                               "5m, 1h30m): epochs are planned from the first one to fit."),
-    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation score."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better "
+                                         "validation score" + _default("patience") + "."),
     cache_ram: Optional[str] = typer.Option(None, "--cache-ram", help="Memory for images decoded once: auto (a "
                                             "quarter of what is free; default), 25%, 2GB, 0 (disk only) or off."),
     max_time: Optional[float] = typer.Option(None, "--max-time", help="Hard wall-clock limit for fitting, seconds "
@@ -182,12 +192,38 @@ def demo_cmd(
     out: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the data, the run and the reports."),
     quick: bool = typer.Option(False, "--quick", help="Even smaller and faster (for tests)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated data, the split and the training."),
+    serve: bool = typer.Option(False, "--serve", help="Then put the model in production: start the service and "
+                               "web app, replay a stream that drifts and holds unknown images, print where the "
+                               "review queue, the alert and the dashboard wait. On a finished demo folder it only "
+                               "does this part."),
+    host: str = typer.Option("127.0.0.1", "--host", help="With --serve: bind address."),
+    port: int = typer.Option(8000, "--port", help="With --serve: port."),
 ) -> None:
     """The whole path on generated data: synth -> audit -> split -> train -> evaluate -> explain -> export,
     then where to look and how to serve it. Under 5 minutes on 2 CPU cores; nothing is downloaded."""
     from sightline.train.demo import run_demo
 
-    artifacts: dict[str, Any] = run_demo(out, quick=quick, seed=seed)
-    console.print("\n[bold]demo finished[/]; open these:")
-    for what, where in artifacts.items():
-        console.print(f"  {what:<14} {where}")
+    finished = (out / "run" / "bundle" / "model.int8.onnx").is_file() and (out / "data" / "test").is_dir()
+    if not (serve and finished):
+        artifacts: dict[str, Any] = run_demo(out, quick=quick, seed=seed)
+        console.print("\n[bold]demo finished[/]; open these:")
+        for what, where in artifacts.items():
+            console.print(f"  {what:<14} {where}")
+        if not serve:
+            console.print(f"\nnext, the model in production (drift, unknown images, review, retraining): "
+                          f"[bold]sightline demo --serve --out {out}[/]", highlight=False)
+            return
+    from sightline.progress import rich_progress
+    from sightline.serve.demo import DemoService, print_summary
+    from sightline.train.demo import say
+
+    say(f"starting the service on http://{host}:{port} (registry and database in {out / 'service'}) ...")
+    with DemoService(out, host=host, port=port, seed=seed, say=say) as service:
+        with rich_progress() as progress:
+            summary = service.replay_stream(progress=progress)
+        print_summary(summary, say)
+        say("serving until Ctrl-C ...")
+        try:
+            service.wait()
+        except KeyboardInterrupt:
+            say("stopping the service ...")
