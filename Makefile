@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   creates the virtual environment if needed, installs, runs `sightline demo` (SEED=0 by default)
+#               (then `make demo-serve`: the model in production, drift, review queue, the loop's commands)
 #   make test   creates the virtual environment if needed, installs, runs the test suite
 # The environment lives outside the clone, keyed by a hash of the dependency files, so a fresh
 # clone reuses it and a change of dependencies builds a new one.
@@ -13,7 +14,7 @@ SEED ?= 0
 # PostgreSQL for the tests that use a real server (they skip, with the reason, where none answers).
 TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test install browser clean-venv
+.PHONY: demo demo-serve test install browser clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,12 @@ demo: install
 	@# The command is not echoed: what the demo prints is its own lines. `make demo SEED=1` for another seed.
 	@if [ -d demo-run ]; then echo "replacing the previous demo-run/"; rm -rf demo-run; fi
 	@$(BIN)/sightline demo --out demo-run --seed $(SEED)
+	@echo "(with make: make demo-serve)"
+
+demo-serve: install
+	@# The demo's model in production: service + web app, a drifting stream with unknown images replayed through
+	@# the API, then the review queue, the drift alert and the loop's commands; serves until Ctrl-C.
+	@$(BIN)/sightline demo --serve --out demo-run --seed $(SEED)
 
 browser:
 	@# The web app's tests drive Debian's Chromium through Playwright (Playwright's own browser download cannot

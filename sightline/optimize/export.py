@@ -157,12 +157,15 @@ def export(
     max_parity_images: int = 64,
     quant_format: str = "qdq",
     tol: float = PARITY_TOL,
+    max_calibration_images: int = 256,
 ) -> dict[str, Any]:
     """Export a trained bundle to ONNX (and int8), check parity, record everything in model.json.
 
     data_dir: dataset in the split layout; its `val` split feeds the parity check and int8 calibration, its
     `test` split the before/after accuracy, ECE and size. Default: the dataset recorded by training. Without
     data, parity is checked on random inputs and int8 export is refused (calibration needs real images).
+    max_calibration_images: val images the int8 calibration sees (the first ones, in file order; ORT's histogram
+    calibrators take one image per step, so this is most of the int8 export's time).
     Raises ParityError (and removes the bad file) when ONNX and PyTorch disagree.
     Returns the dict stored as `model.json["extra"]["export"]`."""
     bundle = load_bundle(run_or_bundle)
@@ -219,7 +222,8 @@ def export(
     if int8:
         from sightline.optimize.quantize import quantize_bundle
 
-        report["int8"] = quantize_bundle(bundle, dataset, quant_format=quant_format)
+        report["int8"] = quantize_bundle(bundle, dataset, quant_format=quant_format,
+                                         max_calibration_images=max_calibration_images)
     else:
         bundle.int8_path.unlink(missing_ok=True)  # a stale int8 model would no longer match the weights
     bundle.extra["export"] = report
