@@ -15,7 +15,9 @@ still vary enough that a small CNN needs a few epochs to tell them apart. Each d
 ground-truth mask `<stem>.mask.png`.
 `plant_issues=True` adds known data problems and lists them in `planted_issues.json`; `shortcut=CLASS` adds a
 small corner marker to that class only and draws its defects faint (a spurious cue easier to see than the defect,
-which explainability should expose).
+which explainability should expose). `textures=(...)` draws every surface from those textures only: one set for
+the training data and another for a production stream make a texture shift (a new supplier's material), with the
+same classes and defects.
 Image i is generated from the seed sequence (seed, i): the output does not depend on thread scheduling.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,9 +144,11 @@ def _lighting(rng: np.random.Generator, size: int) -> np.ndarray:
 MIN_LUMINANCE = 0.4  # mean of the surface colour: a dark coating is lit so that a dark defect still shows on it
 
 
-def render_surface(rng: np.random.Generator, size: int, *, texture: str | None = None) -> tuple[np.ndarray, str]:
-    """An (size, size, 3) float32 surface in [0, 1] (before defects and sensor noise) and its texture name."""
-    kind = texture or TEXTURES[int(rng.integers(len(TEXTURES)))]
+def render_surface(rng: np.random.Generator, size: int, *, texture: str | None = None,
+                   textures: Sequence[str] = TEXTURES) -> tuple[np.ndarray, str]:
+    """An (size, size, 3) float32 surface in [0, 1] (before defects and sensor noise) and its texture name:
+    `texture`, else one drawn uniformly from `textures`."""
+    kind = texture or textures[int(rng.integers(len(textures)))]
     tint, jitter = _TINTS[kind]
     colour = np.clip(np.asarray(tint) + rng.uniform(-jitter, jitter, 3), 0.1, 0.95)
     colour = np.clip(colour * max(1.0, MIN_LUMINANCE / colour.mean()), 0, 0.95).astype(np.float32)
@@ -268,10 +272,12 @@ def _mask_path(image: Path) -> Path:
     return image.with_name(image.stem + MASK_SUFFIX)
 
 
-def render_sample(seed: int, index: int, label: str, size: int, *, shortcut: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """One image: (size, size, 3) uint8 and, for a defect, its (size, size) bool mask."""
+def render_sample(seed: int, index: int, label: str, size: int, *, shortcut: bool = False,
+                  textures: Sequence[str] = TEXTURES) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image: (size, size, 3) uint8 and, for a defect, its (size, size) bool mask; its surface is one of
+    `textures`."""
     rng = np.random.default_rng([seed, index])
-    surface, _ = render_surface(rng, size)
+    surface, _ = render_surface(rng, size, textures=textures)
     mask = None
     if label != "ok":
         cover, tone, strength = _DEFECTS[label](rng, size)
@@ -331,6 +337,7 @@ def synthesize(
     seed: int = 0,
     plant_issues: bool = False,
     shortcut: str | None = None,
+    textures: Sequence[str] | None = None,
     layout: str = "split",
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -346,6 +353,9 @@ def synthesize(
             `planted_issues.json` (paths relative to `out`).
         shortcut: a class that also gets a small corner marker in every image, its defects drawn faint (a spurious
             cue easier to see than the defect).
+        textures: draw every surface from these (names from TEXTURES; default all four). The full set in
+            TEXTURES order gives the default images byte for byte; two disjoint sets (e.g. brushed,cast for
+            training and woven,painted for production) make a texture shift.
         layout: "split" (out/{train,val,test}/<class>/, ready for `sightline train out`) or "flat".
         progress: called with 1 per image written.
 
@@ -357,6 +367,7 @@ def synthesize(
         raise UserInputError(f"layout must be 'split' or 'flat', not '{layout}'")
     if shortcut is not None and shortcut not in CLASSES:
         raise UserInputError(f"--shortcut '{shortcut}' is not a class; choose one of {', '.join(CLASSES)}")
+    texture_pool = _texture_pool(textures)
     if n < 20 or size < 32:
         raise UserInputError(f"need n >= 20 images of size >= 32 pixels (got n={n}, size={size})")
     if plant_issues and n < MIN_N_PLANTED:
@@ -375,7 +386,7 @@ def synthesize(
 
     def write(i: int) -> str:
         label, split = plan[i]
-        pixels, mask = render_sample(seed, i, label, size, shortcut=(label == shortcut))
+        pixels, mask = render_sample(seed, i, label, size, shortcut=(label == shortcut), textures=texture_pool)
         folder = _folder(out, split, label)
         _save_jpeg(folder / f"{names[i]}.jpg", pixels)
         if mask is not None:
@@ -388,7 +399,7 @@ def synthesize(
     with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 1) + 1)) as pool:
         paths = list(pool.map(write, range(n)))
 
-    planted = _plant(out, paths, plan, seed=seed, size=size) if plant_issues else None
+    planted = _plant(out, paths, plan, seed=seed, size=size, textures=texture_pool) if plant_issues else None
     (out / "sightline.yaml").write_text(SPEC_YAML)
     counts: dict[str, dict[str, int]] = {}
     for p in out.rglob("*.jpg"):
@@ -399,7 +410,24 @@ def synthesize(
     return SynthResult(out=out, layout=layout, counts=counts, n_images=total, planted=planted)
 
 
-def _plant(out: Path, paths: list[str], plan: list[tuple[str, str | None]], *, seed: int, size: int) -> dict:
+def _texture_pool(textures: Sequence[str] | None) -> tuple[str, ...]:
+    """The textures to draw surfaces from: all of TEXTURES by default; UserInputError for an unknown, repeated or
+    empty set."""
+    if textures is None:
+        return TEXTURES
+    pool = tuple(textures)
+    unknown = [t for t in pool if t not in TEXTURES]
+    if unknown:
+        raise UserInputError(f"--textures: unknown texture(s) {', '.join(map(repr, unknown))}; choose from "
+                             f"{', '.join(TEXTURES)}")
+    if not pool or len(set(pool)) != len(pool):
+        raise UserInputError(f"--textures needs one or more distinct textures of {', '.join(TEXTURES)} "
+                             f"(got {', '.join(pool) or 'none'})")
+    return pool
+
+
+def _plant(out: Path, paths: list[str], plan: list[tuple[str, str | None]], *, seed: int, size: int,
+           textures: Sequence[str] = TEXTURES) -> dict:
     """Add known problems next to the clean images; returns what was planted (paths relative to `out`)."""
     rng = np.random.default_rng([seed, 7_000_000])
     by_label: dict[str, list[int]] = {}
@@ -470,7 +498,7 @@ def _plant(out: Path, paths: list[str], plan: list[tuple[str, str | None]], *, s
         planted["blurry"].append(place(paths[i], label, split, f"{label}_blur{j}.jpg", buf.getvalue()))
         remove(paths[i])  # the blurred shot replaces the sharp one (else it is also a near duplicate)
     for kind, shape in (("too_small", (20, 20)), ("extreme_aspect", (size // 6, size))):
-        pixels, _ = render_sample(seed, 10**6 + len(kind), "ok", size)
+        pixels, _ = render_sample(seed, 10**6 + len(kind), "ok", size, textures=textures)
         img = Image.fromarray(pixels).resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=JPEG_QUALITY)
