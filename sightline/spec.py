@@ -2,7 +2,9 @@
 matters, what each kind of error costs, the targets it must meet and when a person should look instead.
 
 Evaluation reads it to choose thresholds on validation and to report pass/fail on test
-(sightline.evaluate.thresholds). `sightline init DATA` writes a commented template with the classes filled in.
+(sightline.evaluate.thresholds); `sightline challenge` its `promotion:` rule; the service its `monitor:` section
+(windows, alpha, the alert rule and webhook) when SIGHTLINE_SPEC names the file. `sightline init DATA` writes a
+commented template with the classes filled in.
 
 Example:
     >>> spec = load_spec("data/sightline.yaml")
@@ -24,6 +26,7 @@ __all__ = [
     "Cost",
     "Target",
     "Promotion",
+    "MonitorSpec",
     "ProblemSpec",
     "load_spec",
     "find_spec",
@@ -49,6 +52,8 @@ def _not_bool(value: Any) -> Any:
 
 Amount = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1e12)]  # a cost or an expected cost
 Share = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1)]  # a confidence or a rate
+Count = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=10**9)]  # a number of windows
+Size = Annotated[int, BeforeValidator(_not_bool), Field(ge=2, le=10**9)]  # a number of predictions
 
 
 class _Part(BaseModel):
@@ -115,6 +120,51 @@ class Promotion(_Part):
     max_class_recall_drop: Share = 0.02  # no class's recall on the frozen test split may fall by more than this
 
 
+class MonitorSpec(_Part):
+    """How the service watches the deployed model (sightline.serve.monitoring): read when the service is given this
+    file (SIGHTLINE_SPEC); a SIGHTLINE_* variable set in the environment wins over it. Alerts always go to the log
+    and Prometheus; `webhook_url` adds a signed webhook, whose secret stays out of this file (it is usually
+    committed): set SIGHTLINE_ALERT_WEBHOOK_SECRET."""
+
+    window: Size = 500  # N: predictions per window (the last N, and blocks of N)
+    min_window: Size = 50  # windows with fewer predictions are shown, not tested
+    alpha: Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=0.5)] = 0.05  # false alarms per window
+    consecutive: Count = 2  # K: an alert fires after K significant windows in a row and clears after K clean ones
+    webhook_url: str | None = None  # POST alert events here, signed per the Standard Webhooks spec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any("secret" in str(k) for k in data):
+            raise ValueError("the webhook's signing secret does not belong in this file; remove it and set "
+                             "SIGHTLINE_ALERT_WEBHOOK_SECRET (whsec_<base64>) where the service runs")
+        return data
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value or None
+
+    @model_validator(mode="after")
+    def _window_holds_minimum(self) -> MonitorSpec:
+        if self.min_window > self.window:
+            raise ValueError(f"min_window ({self.min_window}) is above window ({self.window}): no window would ever "
+                             "be tested")
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """The service settings (`sightline.serve.settings.Settings` names) that the file sets: only the keys it
+        writes, so an absent key leaves the service's default (or its SIGHTLINE_* variable) in force."""
+        return {SERVICE_SETTINGS[name]: getattr(self, name) for name in sorted(self.model_fields_set)}
+
+
+# MonitorSpec key -> the service setting it sets (and so SIGHTLINE_<SETTING>, which wins over the file).
+SERVICE_SETTINGS = {"window": "monitor_window", "min_window": "monitor_min_window", "alpha": "monitor_alpha",
+                    "consecutive": "monitor_consecutive", "webhook_url": "alert_webhook_url"}
+
+
 class ProblemSpec(_Part):
     """The whole file. `path` is where it was read from (None when built in code)."""
 
@@ -124,13 +174,14 @@ class ProblemSpec(_Part):
     costs: dict[str, Cost] = {}  # per class; "default" applies to unlisted classes
     targets: tuple[Target, ...] = ()
     promotion: Promotion = Promotion()  # the rule `sightline challenge` applies
+    monitor: MonitorSpec = MonitorSpec()  # drift windows and alerts of the service (SIGHTLINE_SPEC=this file)
     _path: Path | None = PrivateAttr(None)
 
     @property
     def path(self) -> Path | None:
         return self._path
 
-    @field_validator("task", "primary_metric", "costs", "targets", "promotion", mode="before")
+    @field_validator("task", "primary_metric", "costs", "targets", "promotion", "monitor", mode="before")
     @classmethod
     def _null_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         """`costs:` with nothing after it is YAML null: the same as leaving the key out."""
@@ -231,6 +282,12 @@ targets:
 # 6. When a retrained model (challenger) may replace the one in service (champion): `sightline challenge`.
 #    Shares: 0.01 = 1 point. production_p applies when DATA/production/ holds labelled production images.
 # promotion: {{max_test_drop: 0.01, production_p: 0.05, max_class_recall_drop: 0.02}}
+
+# 7. Watching the deployed model (`sightline serve` with SIGHTLINE_SPEC=<this file>): drift tests on windows of
+#    `window` predictions at false-alarm rate `alpha`; an alert after `consecutive` significant windows, sent to the
+#    log, Prometheus and, with webhook_url, a signed webhook (its secret: SIGHTLINE_ALERT_WEBHOOK_SECRET, not here).
+#    A SIGHTLINE_MONITOR_* / SIGHTLINE_ALERT_* variable wins over these.
+# monitor: {{window: 500, min_window: 50, alpha: 0.05, consecutive: 2, webhook_url: "https://example.com/hook"}}
 """
 
 

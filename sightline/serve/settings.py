@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     )
     # Monitoring (needs the bundle's reference profile, reference.npz; without one serving is unchanged).
     monitor: bool = Field(True, description="Open-set 'unknown' decisions, per-prediction signals, drift windows.")
+    spec: Path | None = Field(
+        None, description="A sightline.yaml whose `monitor:` section sets the monitor and alert settings below "
+        "(window, min_window, alpha, consecutive, webhook_url); a SIGHTLINE_* variable set too wins."
+    )
     monitor_window: int = Field(500, ge=2, description="N: predictions per window (the last N, and blocks of N).")
     monitor_min_window: int = Field(
         50, ge=2, description="Windows with fewer predictions are not tested (the report says so)."
@@ -81,6 +85,18 @@ class Settings(BaseSettings):
     alert_webhook_attempts: int = Field(5, ge=1, description="Tries per event and monitor run.")
     alert_webhook_backoff_s: float = Field(1.0, ge=0, description="Wait before the 2nd try; doubles each time.")
     alert_webhook_timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_spec(cls, data: object) -> object:
+        """The `monitor:` section of the `spec` file fills the settings that the environment and the command line
+        leave unset; a bad file is one SpecError naming the file and the field."""
+        if isinstance(data, dict) and data.get("spec"):
+            from sightline.spec import load_spec
+
+            for name, value in load_spec(data["spec"]).monitor.settings().items():
+                data.setdefault(name, value)
+        return data
 
     @field_validator("monitor_calendar")
     @classmethod

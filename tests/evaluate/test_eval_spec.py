@@ -41,7 +41,7 @@ def test_design_example_parses(tmp_path):
         ("primary_metric: 'recall:'\n", "primary_metric='recall:' is unknown"),
         ("primry_metric: accuracy\n", "primry_metric is an unknown key; did you mean 'primary_metric'?"),
         ("colour: blue\n", "colour is an unknown key; known keys: task, primary_metric, review_below_confidence, "
-                           "costs, targets, promotion."),
+                           "costs, targets, promotion, monitor."),
         ("task: [a, b]\n", "task must be text."),
         ("- task\n", "sightline.yaml: must be a mapping of key: value."),
         # an Optional[float]: null is fine, anything but a share is not
