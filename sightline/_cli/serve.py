@@ -27,12 +27,19 @@ def register(app: typer.Typer) -> None:
         host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1 or SIGHTLINE_HOST)."),
         port: int | None = typer.Option(None, "--port", help="Port (default 8000 or SIGHTLINE_PORT)."),
         int8: bool = typer.Option(False, "--int8", help="Serve model.int8.onnx."),
-        registry: Path | None = typer.Option(
-            None, "--registry", help="Serve the registry version --alias points to, from this registry folder, and "
-            "follow its promotions and rollbacks (or SIGHTLINE_REGISTRY)."),
+        registry: str | None = typer.Option(
+            None, "--registry", help="Serve the registry version --alias points to, from this registry folder (or "
+            "fsspec URL, s3://...), and follow its promotions and rollbacks (or SIGHTLINE_REGISTRY)."),
         alias: str | None = typer.Option(None, "--alias", help="champion (default) or challenger (SIGHTLINE_ALIAS)."),
         database: str | None = typer.Option(
             None, "--database", help="SQLAlchemy URL of the service (and registry) database (SIGHTLINE_DATABASE_URL)."),
+        shadow: str | None = typer.Option(
+            None, "--shadow", help="Challenger scored in the background on a sample of traffic, never answered: a RUN "
+            "or bundle folder, or with --registry an alias or version (challenger, v3); compare at GET /v1/shadow "
+            "(SIGHTLINE_SHADOW)."),
+        shadow_sample: float | None = typer.Option(
+            None, "--shadow-sample", help="Share of predict requests the challenger scores (default 0.1; "
+            "SIGHTLINE_SHADOW_SAMPLE)."),
     ) -> None:
         """Serve a bundle, or a registry alias, over HTTP (FastAPI + uvicorn). Other settings come from SIGHTLINE_*
         variables."""
@@ -44,7 +51,8 @@ def register(app: typer.Typer) -> None:
 
         overrides: dict = {}
         for name, value in (("bundle", bundle), ("host", host), ("port", port), ("registry", registry),
-                            ("alias", alias), ("database_url", database)):
+                            ("alias", alias), ("database_url", database), ("shadow", shadow),
+                            ("shadow_sample", shadow_sample)):
             if value is not None:
                 overrides[name] = value
         if int8:
@@ -74,6 +82,13 @@ def register(app: typer.Typer) -> None:
                 err_console.print(f"{b.onnx_path} is missing: exporting it now (parity checked) ...")
                 export(settings.bundle)
             what = f"{b.name} v{b.version}"
+        if settings.shadow is not None:  # a bad challenger is a one-line error here, before the server starts
+            from sightline.serve.shadow import check_classes, resolve_challenger
+
+            challenger = resolve_challenger(settings)
+            check_classes(challenger, b)
+            what += (f", shadowed by {challenger.bundle.name} {challenger.version} on "
+                     f"{100 * settings.shadow_sample:g}% of requests")
         store = _store(settings.bundle, settings.resolved_database_url())
         if settings.require_api_key and not store.list_keys():
             err_console.print("no API key yet: create one with `sightline keys create NAME --bundle BUNDLE`.")

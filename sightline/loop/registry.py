@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 import shutil
 import stat
@@ -36,14 +37,16 @@ from sqlalchemy import create_engine, event, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine, Row, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
-from sightline.errors import UserInputError, one_line
+from sightline.errors import SightlineError, UserInputError, one_line
 from sightline.loop.schema import registry_tables
+from sightline.storage.images import is_url
 
-__all__ = ["ALIASES", "DATABASE_ENV", "Registry", "Version", "Move", "Added", "database_url", "default_root",
-           "current_user"]
+__all__ = ["ALIASES", "DATABASE_ENV", "CACHE_ENV", "Registry", "Version", "Move", "Added", "database_url",
+           "default_root", "cache_root", "current_user"]
 
 ALIASES = ("champion", "challenger")
 DATABASE_ENV = "SIGHTLINE_DATABASE_URL"  # the service's database, as `sightline serve` reads it
+CACHE_ENV = "SIGHTLINE_REGISTRY_CACHE"  # local copies of a registry kept at an fsspec URL (default ~/.cache/...)
 _DB_FILES = (".db", ".db-wal", ".db-shm", ".db-journal", ".sqlite", ".sqlite3")  # never copied with a bundle
 
 
@@ -70,6 +73,14 @@ def default_root(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database).expanduser().resolve().parent / "registry"
+
+
+def cache_root(url: str) -> Path:
+    """Where the local copies of a registry kept at the fsspec URL `url` go: $SIGHTLINE_REGISTRY_CACHE (default
+    ~/.cache/sightline/registry) / <16 hex characters of the URL's sha256>. ONNX Runtime and `load_bundle` read
+    local files, so a version is fetched there (hash checked) before it is served."""
+    base = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sightline" / "registry"
+    return Path(base).expanduser().resolve() / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
 
 def current_user() -> str:
@@ -109,13 +120,17 @@ class Version:
     added_at: str
     added_by: str
     reason: str | None
+    # The registry's copy at an fsspec URL (s3://...) when the registry lives there; `path` is then the local copy,
+    # present once `Registry.fetch` (called by `aliases` and `resolve`) has run. None for a registry folder.
+    artifact: str | None = None
 
     @property
     def ref(self) -> str:
         return f"v{self.id}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.ref, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+        fields = [k for k in self.__dataclass_fields__ if k != "artifact" or self.artifact is not None]
+        return {"ref": self.ref, **{k: getattr(self, k) for k in fields}}
 
 
 @dataclass(frozen=True)
@@ -154,14 +169,25 @@ def _safe(url: str) -> str:
 
 class Registry:
     """Model versions, aliases and their log in the database at `url`; copies of the bundles under `root` (default:
-    `registry/` beside a SQLite file; required for a server database when adding). `prefix` names the tables
-    (`<prefix>versions`, `<prefix>aliases`, `<prefix>alias_log`, `<prefix>challenges`)."""
+    `registry/` beside a SQLite file; required for a server database when adding). `root` may be an fsspec URL
+    (`s3://bucket/registry`): a bundle is then uploaded there when added, and fetched into a local cache
+    (`cache_root`, hash checked) when `aliases` or `resolve` hands out its version, since models load from local
+    files; `self.root` is that cache and `self.remote` the URL. `prefix` names the tables (`<prefix>versions`,
+    `<prefix>aliases`, `<prefix>alias_log`, `<prefix>challenges`)."""
 
     def __init__(self, url: str, *, root: str | Path | None = None, prefix: str = "registry_") -> None:
         if not prefix.replace("_", "").isalnum():
             raise ValueError(f"table prefix {prefix!r} must be letters, digits and underscores")
         self.url = url
-        self.root = Path(root).expanduser().resolve() if root is not None else default_root(url)
+        self.remote: str | None = None
+        if root is not None and is_url(root):
+            from sightline.storage.images import check_url
+
+            self.remote = os.fspath(root).rstrip("/")
+            check_url(self.remote, what="registry")
+            self.root: Path | None = cache_root(self.remote)
+        else:
+            self.root = Path(root).expanduser().resolve() if root is not None else default_root(url)
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
@@ -201,17 +227,60 @@ class Registry:
             return [self._version(r) for r in conn.execute(select(t).order_by(t.c.id))]
 
     def aliases(self) -> dict[str, Version]:
-        """alias -> the version it points to now (only aliases that are set)."""
+        """alias -> the version it points to now (only aliases that are set), each one's local copy fetched."""
         a, v = self.tables["aliases"], self.tables["versions"]
         with self.engine.connect() as conn:
             rows = conn.execute(select(a.c.alias, v).join(v, a.c.version_id == v.c.id).order_by(a.c.alias))
-            return {r.alias: self._version(r) for r in rows}
+            found = {r.alias: self._version(r) for r in rows}
+        for version in found.values():
+            self.fetch(version)
+        return found
 
     def resolve(self, ref: str) -> Version:
         """A version by "v3" (or "3"), by alias ("champion"), or by a unique prefix (>= 6 hex characters) of its
         bundle hash. UserInputError naming what exists when nothing matches."""
         with self.engine.connect() as conn:
-            return self._resolve(conn, ref)
+            version = self._resolve(conn, ref)
+        self.fetch(version)
+        return version
+
+    def fetch(self, version: Version) -> Path:
+        """The local folder of `version`: its `path`; for a registry at an fsspec URL, first copied from
+        `version.artifact` into the cache (once; its hash checked, then made read-only). UserInputError when the
+        remote copy is missing or does not match its hash."""
+        local = Path(version.path)
+        if version.artifact is None or local.is_dir():
+            return local
+        from fsspec.core import url_to_fs
+
+        from sightline.loop.content import bundle_hash
+
+        fs, base = url_to_fs(version.artifact)
+        names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)]
+        if not names:
+            raise UserInputError(f"{version.ref}'s copy {version.artifact} is missing or empty; add the bundle again.")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.parent / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            for name in names:
+                fs.get_file(f"{base.rstrip('/')}/{name}", str(tmp / name))
+            got = bundle_hash(tmp)
+            if got != version.bundle_hash:
+                raise UserInputError(f"{version.ref}'s copy {version.artifact} does not match its hash (registered "
+                                     f"{version.bundle_hash[:12]}, found {got[:12]}); add the bundle again.")
+            for path in tmp.iterdir():
+                path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            try:
+                tmp.rename(local)
+            except OSError:  # another process fetched it meanwhile: theirs stands
+                if not local.is_dir():
+                    raise
+        finally:
+            if tmp.exists():
+                _make_writable(tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
+        return local
 
     def history(self, alias: str | None = None) -> list[Move]:
         """The alias log, oldest first (one alias, or all)."""
@@ -231,7 +300,13 @@ class Registry:
             return self._last_challenge(conn, bundle_hash)
 
     def intact(self, version: Version) -> bool:
-        """Whether the registry's copy of `version` still has its hash (nobody changed the files)."""
+        """Whether the registry's copy of `version` still has its hash (nobody changed the files); for a registry at
+        an fsspec URL, the local copy (fetched first when missing)."""
+        if version.artifact is not None:
+            try:
+                self.fetch(version)
+            except (SightlineError, OSError):
+                return False
         return _hash_or_none(Path(version.path)) == version.bundle_hash
 
     # --- writing ----------------------------------------------------------------------------------------------
@@ -313,10 +388,11 @@ class Registry:
             raise UserInputError(f"pass --root DIR: the folder where the registry keeps its copies of bundles (the "
                                  f"database {_safe(self.url)} has no folder beside it).")
         copy = self._copy(b.path, digest)
+        stored = self._upload(copy, digest) if self.remote is not None else str(copy)
         test = b.metrics.get("test") if isinstance(b.metrics, dict) else None
         row = {"bundle_hash": digest, "name": b.name, "model_version": str(b.version), "architecture": b.architecture,
                "classes": list(b.classes), "dataset_version": b.dataset_version,
-               "test_metrics": test if isinstance(test, dict) else None, "path": str(copy),
+               "test_metrics": test if isinstance(test, dict) else None, "path": stored,
                "source": str(b.path.resolve()), "added_at": _now(), "added_by": by or current_user(),
                "reason": reason}
         try:
@@ -452,13 +528,30 @@ class Registry:
                     to_ref=f"v{row.to_version_id}", by=row.by, at=_iso(row.at) or "", reason=row.reason,
                     forced=bool(row.forced), challenge=challenge)
 
+    def _upload(self, copy: Path, digest: str) -> str:
+        """Put the files of the local copy at <remote>/<digest>/ (before the version row exists, so no reader can
+        look for them earlier); returns that URL."""
+        from fsspec.core import url_to_fs
+
+        assert self.remote is not None
+        fs, base = url_to_fs(self.remote)
+        target = f"{base.rstrip('/')}/{digest}"
+        fs.makedirs(target, exist_ok=True)
+        for path in sorted(copy.iterdir()):
+            fs.put_file(str(path), f"{target}/{path.name}")
+        return f"{self.remote}/{digest}"
+
     @staticmethod
     def _version(row: Row) -> Version:
+        path, artifact = row.path, None
+        if is_url(path):  # the registry lives at an fsspec URL: `path` is where the local copy goes
+            artifact = path
+            path = str(cache_root(path.rstrip("/").rsplit("/", 1)[0]) / row.bundle_hash)
         return Version(id=row.id, bundle_hash=row.bundle_hash, name=row.name, model_version=row.model_version,
                        architecture=row.architecture, classes=list(row.classes), dataset_version=row.dataset_version,
-                       test_metrics=row.test_metrics, path=row.path, source=row.source,
+                       test_metrics=row.test_metrics, path=path, source=row.source,
                        added_at=_iso(row.added_at) or "",
-                       added_by=row.added_by, reason=row.reason)
+                       added_by=row.added_by, reason=row.reason, artifact=artifact)
 
 
 def _refuse_failed(last: dict[str, Any] | None, what: str) -> None:
@@ -478,7 +571,6 @@ def _check_alias(alias: str) -> None:
 
 
 def _hash_or_none(folder: Path) -> str | None:
-    from sightline.errors import SightlineError
     from sightline.loop.content import bundle_hash
 
     try:

@@ -1,7 +1,8 @@
 """The FastAPI application: `create_app(settings)`.
 
 The lifespan loads the bundle and its ONNX model, opens the database, starts the micro-batcher and, when the
-bundle has a reference profile, the background monitor (`serve.monitoring`); on shutdown (uvicorn handles SIGTERM
+bundle has a reference profile, the background monitor (`serve.monitoring`), and with `shadow` the challenger that
+scores a sample of answered requests in the background (`serve.shadow`); on shutdown (uvicorn handles SIGTERM
 by finishing in-flight requests first) the monitor finishes its run, the batcher finishes its queue and the
 database is closed. Bad input never becomes a 500: image errors carry their status (415 / 413 / 422),
 oversized bodies are cut off by `BodyLimitMiddleware` before they are read.
@@ -113,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the service for `settings.bundle`. Nothing is loaded until the app starts (lifespan)."""
     from sightline.serve.metrics import ServiceMetrics
     from sightline.serve.routes import health, model, monitor, predict, review
+    from sightline.serve.routes import shadow as shadow_route
 
     metrics = ServiceMetrics()
 
@@ -123,7 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         from sightline.errors import UserInputError
         from sightline.inference import usable_cores
-        from sightline.storage.images import ImageKeeper, LocalImageStore
+        from sightline.storage.images import ImageKeeper, open_image_store
         from sightline.serve.swap import RegistryWatcher, onnx_file, open_served, registry_version, retire
         from sightline.serve.ratelimit import RateLimiter
         from sightline.serve.state import KeyCache, ServiceState
@@ -148,6 +150,12 @@ def create_app(settings: Settings) -> FastAPI:
                                      f"missing; export the bundle and add it to the registry again.")
         else:
             bundle = load_bundle(settings.bundle)
+        shadow = None
+        if settings.shadow is not None:  # a challenger scores a sample of traffic after each answer (serve/shadow.py)
+            from sightline.serve.shadow import open_shadow
+
+            shadow = await open_shadow(settings, store=store, metrics=metrics, served=bundle, registry=registry)
+        app.state.shadow = shadow
         served = await open_served(settings, bundle, store=store, metrics=metrics, version=version)
         state = ServiceState(
             settings=settings,
@@ -157,8 +165,8 @@ def create_app(settings: Settings) -> FastAPI:
             limiter=RateLimiter(settings.rate_limit_per_minute),
             keys=KeyCache(settings.key_cache_s),
             decode_limiter=anyio.CapacityLimiter(settings.decode_threads or usable_cores()),
-            images=ImageKeeper(LocalImageStore(settings.resolved_image_store()), keep_accepted=settings.keep_accepted,
-                               max_bytes=settings.image_store_max_bytes,
+            images=ImageKeeper(open_image_store(settings.resolved_image_store()),
+                               keep_accepted=settings.keep_accepted, max_bytes=settings.image_store_max_bytes,
                                max_age_days=settings.image_store_max_age_days) if settings.keep_images else None,
         )
         metrics.pending.set_function(lambda: state.served.batcher.pending)
@@ -171,6 +179,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            if shadow is not None:  # what is still queued is dropped (counted); the request being scored finishes
+                await shadow.close()
             if state.watcher is not None:
                 await state.watcher.close()  # no more swaps; replaced models finish retiring
             # in-flight requests have finished; anything still queued is answered, then the monitor's last run
@@ -198,14 +208,16 @@ def create_app(settings: Settings) -> FastAPI:
     async def _closing(request: Request, exc: BatcherClosedError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
-    for router in (health.router, model.router, predict.router, review.router, monitor.router):
+    for router in (health.router, model.router, predict.router, review.router, monitor.router, shadow_route.router):
         app.include_router(router)
     from sightline.serve.web.routes import UiHeaders
     from sightline.serve.web.routes import router as web_router
 
     app.include_router(web_router)  # the web app at /ui (session cookies; the API gate has no rule for it)
     from sightline.serve.deps import KeyGate
+    from sightline.serve.shadow import ShadowTap
 
+    app.add_middleware(ShadowTap)  # innermost: hands a sample of answered predict requests to the challenger
     app.add_middleware(UiHeaders)  # strict Content-Security-Policy and friends on /ui answers only
     app.add_middleware(KeyGate)  # key, role, rate limit from the headers, before the body (inside the size cap)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)

@@ -82,3 +82,22 @@ class ServiceMetrics:
             "sightline_monitor_last_run_timestamp_seconds", "When the monitor last finished a run (Unix time).",
             registry=self.registry,
         )
+        # Shadow mode (serve --shadow): the challenger's background scoring. NaN until it has scored something.
+        self.shadow_agreement = Gauge(
+            "sightline_shadow_agreement_rate",
+            "Share of the challenger's stored shadow predictions whose label equals the champion's.",
+            registry=self.registry,
+        )
+        self.shadow_agreement.set(float("nan"))
+        self.shadow_requests = Counter(
+            "sightline_shadow_requests_total",
+            "Sampled predict requests by outcome: scored, dropped (queue full or shutting down), failed.",
+            ["outcome"], registry=self.registry,
+        )
+        self.shadow_predictions = Counter(
+            "sightline_shadow_predictions_total", "Predictions the challenger scored and stored.",
+            registry=self.registry,
+        )
+        self.shadow_pending = Gauge(
+            "sightline_shadow_pending_requests", "Sampled requests waiting for the challenger.", registry=self.registry
+        )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sightline.errors import UserInputError
@@ -21,13 +21,26 @@ class Settings(BaseSettings):
     bundle: Path | None = Field(
         None, description="RUN or bundle folder to serve (exported with `sightline export`); or use `registry`."
     )
-    registry: Path | None = Field(
-        None, description="Serve what `alias` points to in the model registry whose copies are in this folder "
-        "(needs database_url, the registry's database); switches within seconds of a promote or rollback."
+    registry: Path | str | None = Field(
+        None, description="Serve what `alias` points to in the model registry whose copies are in this folder or "
+        "fsspec URL (needs database_url, the registry's database); switches within seconds of a promote or rollback."
     )
     alias: str = Field("champion", description="Registry alias to serve: champion or challenger.")
     registry_poll_s: float = Field(1.0, gt=0, description="How often the registry alias is checked, seconds.")
     int8: bool = Field(False, description="Serve model.int8.onnx instead of model.onnx.")
+    # Shadow mode (sightline/serve/shadow.py): a challenger scores a sample of traffic after the answer is sent.
+    shadow: str | None = Field(
+        None, description="Challenger to shadow: a RUN or bundle folder, or with `registry` a registry version or "
+        "alias (challenger, v3). Its answers are stored for comparison (GET /v1/shadow), never returned."
+    )
+    shadow_sample: float = Field(0.1, ge=0, le=1, description="Share of predict requests the challenger also scores.")
+    shadow_queue: int = Field(
+        64, ge=1, description="Sampled requests waiting for the challenger at most; more are dropped (and counted)."
+    )
+    shadow_queue_bytes: int = Field(64 * 2**20, ge=1, description="Bytes of waiting sampled requests at most.")
+    shadow_threads: int = Field(
+        1, ge=1, description="ONNX Runtime threads of the challenger (it shares the cores with serving)."
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<bundle>/sightline.db. postgresql+psycopg://... scales."
     )
@@ -51,7 +64,10 @@ class Settings(BaseSettings):
     key_cache_s: float = Field(5.0, ge=0, description="How long a verified key is trusted before re-checking.")
     # Kept images (content-addressed, sightline/serve/images.py)
     keep_images: bool = Field(True, description="Keep review/unknown images and a sample of accepted ones.")
-    image_store: Path | None = Field(None, description="Image folder; default <bundle>/images, beside sightline.db.")
+    image_store: Path | str | None = Field(
+        None, description="Image folder, or an fsspec URL (s3://bucket/images, memory://...; its package, e.g. s3fs, "
+        "installed); default <bundle>/images, beside sightline.db."
+    )
     keep_accepted: float = Field(
         0.03, ge=0, le=1, description="Share of 'accept' images kept at random (the unbiased production slice)."
     )
@@ -126,6 +142,33 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc).split(" ", 1)[1] if " " in str(exc) else str(exc)) from None
         return value
 
+    @field_validator("image_store", "registry", mode="before")
+    @classmethod
+    def _location(cls, value: object, info: ValidationInfo) -> object:
+        """A URL ("scheme://...", not file://) stays a string and must name a filesystem fsspec can open; anything
+        else is a folder."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        text = str(value).strip()
+        if "://" not in text:
+            return Path(text)
+        if text.startswith("file://"):
+            return Path(text.removeprefix("file://"))
+        from sightline.storage.images import check_url
+
+        try:
+            check_url(text, what=info.field_name.replace("_", " "))
+        except UserInputError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
+        return text
+
+    @field_validator("shadow", mode="before")
+    @classmethod
+    def _shadow(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return str(value).strip()
+
     @field_validator("alias")
     @classmethod
     def _alias(cls, value: str) -> str:
@@ -160,10 +203,17 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         return database_url(self.database_url, self.bundle)
 
-    def resolved_image_store(self) -> Path:
+    def resolved_image_store(self) -> Path | str:
+        """The image store: a folder, or an fsspec URL (a string with "scheme://")."""
         if self.image_store is not None:
             return self.image_store
         if self.bundle is None and self.registry is not None:  # beside the registry's copies, never inside them
+            if isinstance(self.registry, str):
+                head, _, tail = self.registry.rstrip("/").rpartition("/")
+                if head.endswith(":/") or not tail:
+                    raise UserInputError(f"the registry {self.registry} has no folder above it for the kept images; "
+                                         "set SIGHTLINE_IMAGE_STORE.")
+                return f"{head}/images"
             return self.registry.expanduser().resolve().parent / "images"
         from sightline.bundle import resolve_bundle_dir
 

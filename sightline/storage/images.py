@@ -1,10 +1,11 @@
 """The images the service keeps: a content-addressed store and the rule for what goes into it.
 
-`LocalImageStore` keeps bytes exactly as uploaded (no re-encoding) at `<root>/ab/cd/<sha256>`; writing the same
-image twice stores it once; every write goes to a temporary file in the same folder and is renamed into place,
-so a reader never sees half a file. The store is the small interface put/get/exists/delete/size, so an fsspec
-URL (`s3://...`) can back it later: that needs an `FsspecImageStore` with the same five methods (put via a temp
-key + rename, or a conditional write where the object store has one) and `SIGHTLINE_IMAGE_STORE` accepting URLs.
+The store is the small interface put/get/exists/delete/size over names `<root>/ab/cd/<sha256>`, with bytes kept
+exactly as uploaded (no re-encoding); writing the same image twice stores it once. `open_image_store(location)`
+picks the implementation: a folder -> `LocalImageStore` (every write goes to a temporary file in the same folder and
+is renamed into place, so a reader never sees half a file); an fsspec URL (`s3://bucket/images` at scale,
+`memory://...` in tests; SIGHTLINE_IMAGE_STORE) -> `FsspecImageStore`, the same layout on any filesystem fsspec can
+open (its package installed: s3fs for s3://).
 
 `ImageKeeper` decides per prediction: every "review" and "unknown" image is kept; an "accept" one with
 probability `keep_accepted` (the "sample" slice, flagged in kept_images so accuracy measured on it is unbiased).
@@ -14,6 +15,7 @@ still needs it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -21,14 +23,18 @@ import random
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from sightline.errors import UserInputError, one_line
+
 log = logging.getLogger("sightline.serve")
 
-__all__ = ["ImageStore", "LocalImageStore", "ImageKeeper", "content_type"]
+__all__ = ["ImageStore", "LocalImageStore", "FsspecImageStore", "ImageKeeper", "content_type", "open_image_store",
+           "check_url", "is_url"]
 
 _MAGIC = (
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -51,6 +57,12 @@ def content_type(data: bytes) -> str:
     return "application/octet-stream"
 
 
+def _check_sha(sha256: str) -> None:
+    """ValueError unless `sha256` is 64 lowercase hex characters (a name can never climb out of the store)."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+
+
 class ImageStore(Protocol):
     def put(self, data: bytes) -> str: ...
     def get(self, sha256: str) -> bytes | None: ...
@@ -66,8 +78,7 @@ class LocalImageStore:
         self.root = Path(root)
 
     def path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        _check_sha(sha256)
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
     def put(self, data: bytes) -> str:
@@ -109,6 +120,110 @@ class LocalImageStore:
             return self.path(sha256).stat().st_size
         except FileNotFoundError:
             return None
+
+
+class FsspecImageStore:
+    """Content-addressed objects under an fsspec URL (`s3://bucket/images`, `memory://kept`, ...):
+    `<url>/<sha[:2]>/<sha[2:4]>/<sha>`, the same layout as `LocalImageStore`.
+
+    Object stores write an object whole (one PUT: a reader never sees half of one), so bytes go straight to their
+    name there; on any other filesystem they go to a temporary name beside it and are moved into place. Credentials
+    and options come from the filesystem's own configuration (for s3fs: the AWS environment variables or profile;
+    fsspec's FSSPEC_<PROTOCOL>_<OPTION> variables); `storage_options` passes more."""
+
+    ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"})
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        check_url(url)
+        from fsspec.core import url_to_fs
+
+        self.url = url.rstrip("/")
+        self.fs, root = url_to_fs(self.url, **storage_options)
+        self.root = root.rstrip("/")
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        self.atomic_put = bool(self.ATOMIC_PUT.intersection(protocols))
+
+    def path(self, sha256: str) -> str:
+        _check_sha(sha256)
+        return f"{self.root}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+    def put(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        target = self.path(sha)
+        if self.fs.exists(target):  # same bytes, same name: stored once
+            return sha
+        if self.atomic_put:
+            self.fs.pipe_file(target, data)
+            return sha
+        folder = target.rsplit("/", 1)[0]
+        self.fs.makedirs(folder, exist_ok=True)
+        tmp = f"{folder}/.tmp-{uuid.uuid4().hex}"
+        try:
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, target)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(tmp)
+            raise
+        return sha
+
+    def get(self, sha256: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(self.path(sha256))
+        except FileNotFoundError:
+            return None
+
+    def exists(self, sha256: str) -> bool:
+        return bool(self.fs.exists(self.path(sha256)))
+
+    def delete(self, sha256: str) -> bool:
+        path = self.path(sha256)
+        if not self.fs.exists(path):  # object stores delete a missing key without an error: ask first
+            return False
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def size(self, sha256: str) -> int | None:
+        try:
+            return int(self.fs.size(self.path(sha256)))
+        except FileNotFoundError:
+            return None
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether `location` is an fsspec URL ("scheme://...", file:// excluded) rather than a folder."""
+    text = os.fspath(location)
+    return isinstance(text, str) and "://" in text and not text.startswith("file://")
+
+
+def check_url(url: str, *, what: str = "image store") -> None:
+    """UserInputError (one line, naming `what`) unless fsspec can open filesystems of `url`'s scheme here: fsspec
+    itself and the scheme's package (s3fs for s3://, gcsfs for gs://, adlfs for az://) must be installed."""
+    protocol = url.split("://", 1)[0]
+    try:
+        from fsspec.registry import get_filesystem_class
+    except ImportError:
+        raise UserInputError(f"{what} '{url}' is a URL, which needs fsspec (`pip install fsspec`); or use a "
+                             "folder.") from None
+    try:
+        get_filesystem_class(protocol)
+    except ValueError:
+        raise UserInputError(f"{what} '{url}': fsspec knows no '{protocol}://' filesystem; use a folder or a URL "
+                             "such as s3://bucket/folder.") from None
+    except ImportError as exc:
+        raise UserInputError(f"{what} '{url}' needs the package of its filesystem ({one_line(exc)}).") from None
+
+
+def open_image_store(location: str | os.PathLike[str], **storage_options: Any) -> ImageStore:
+    """The image store at `location`: an fsspec URL (`s3://bucket/images`) -> FsspecImageStore; a folder (or a
+    file:// URL) -> LocalImageStore. One-line UserInputError for a URL fsspec cannot open here."""
+    text = os.fspath(location)
+    if is_url(text):
+        return FsspecImageStore(text, **storage_options)
+    return LocalImageStore(text.removeprefix("file://") if isinstance(text, str) else text)
 
 
 class ImageKeeper:
