@@ -105,7 +105,29 @@ def make_stream(folder: str | Path, *, size: int, seed: int, n_clean: int = 2 * 
         out = ood_dir / f"ood_{i:04d}.png"
         Image.fromarray(rgb).save(out)
         later.append(StreamItem(out, "ood", None))
-    return items + [later[i] for i in rng.permutation(len(later))]
+    return _as_frames(folder, items + [later[i] for i in rng.permutation(len(later))])
+
+
+def _as_frames(folder: Path, items: list[StreamItem]) -> list[StreamItem]:
+    """Move the stream's files to folder/frames/frame_NNNN.<ext> in replay order (a camera's names: the file name
+    must not tell the reviewer the class) and record the truth in folder/stream.csv (frame, phase, label)."""
+    import csv
+    import shutil
+
+    frames = folder / "frames"
+    frames.mkdir()
+    moved = []
+    for i, item in enumerate(items):
+        path = frames / f"frame_{i:04d}{item.path.suffix}"
+        shutil.move(item.path, path)
+        moved.append(StreamItem(path, item.phase, item.label))
+    for part in ("generated", "drifted", "ood"):
+        shutil.rmtree(folder / part, ignore_errors=True)
+    with (folder / "stream.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["frame", "phase", "label"])
+        writer.writerows([item.path.name, item.phase, item.label or ""] for item in moved)
+    return moved
 
 
 def _request(url: str, *, key: str | None = None, body: bytes | None = None, content_type: str | None = None,

@@ -30,6 +30,11 @@ def test_the_stream_is_clean_then_drifted_with_unknown_images(tmp_path: Path) ->
     assert all((item.label is None) == (item.phase == "ood") for item in stream)
     with Image.open(next(i.path for i in stream if i.phase == "drifted")) as im:
         assert im.size == (48, 48)
+    # a camera's file names, in replay order; the truth only in stream.csv
+    assert [i.path.name.split(".")[0] for i in stream] == [f"frame_{n:04d}" for n in range(len(stream))]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["frames", "stream.csv"]
+    rows = (tmp_path / "s" / "stream.csv").read_text().splitlines()
+    assert len(rows) == len(stream) + 1 and rows[1].startswith("frame_0000.jpg,clean,")
     again = serve_demo.make_stream(tmp_path / "t", size=48, seed=5, n_clean=12, n_drifted=20, ood_share=0.25)
     assert [i.path.read_bytes() for i in stream] == [i.path.read_bytes() for i in again]  # seeded
     with pytest.raises(UserInputError, match="not empty"):
