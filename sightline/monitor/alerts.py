@@ -10,6 +10,11 @@ The state is a plain dataclass that round-trips through JSON, so the server can 
 A restart neither repeats nor loses an alert: a window already counted (window_id not above `last_window`) is
 ignored, and an event stays in `pending` until acknowledged, so one lost in a crash is sent again after the
 restart with the same `id` (use it as the webhook-id: receivers drop duplicates).
+
+A person acknowledges a raised alert with `acknowledge_raised(by=..., at=..., note=...)` (who: the API key's name;
+when: ISO 8601 UTC; an optional note). This is not the outbox's `acknowledge(event_id)`, which a sink calls when
+it delivered an event. The acknowledgement is part of the persisted state, so a restart keeps it, and it is
+dropped when the alert clears: the next time the alert fires, it is unacknowledged again.
 """
 from __future__ import annotations
 
@@ -17,9 +22,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sightline.errors import UserInputError
+from sightline.errors import SightlineError, UserInputError
 
-__all__ = ["AlertState"]
+__all__ = ["AlertState", "AlertNotRaisedError", "NOTE_MAX_CHARS"]
+
+NOTE_MAX_CHARS = 500  # an acknowledgement's note: a line or two, not a report
+
+
+class AlertNotRaisedError(SightlineError):
+    """Acknowledging an alert that is not raised, or was acknowledged already."""
+
+    status_code = 409
 
 
 @dataclass
@@ -35,6 +48,8 @@ class AlertState:
     cleared_at: int | None = None
     sequence: int = 0  # events emitted so far; event ids are f"{name}-{sequence}"
     pending: list[dict[str, Any]] = field(default_factory=list)  # events not yet acknowledged by a sink
+    # a person saw the raised alert: {"by": API key name, "at": ISO 8601 UTC, "note": str}; None once it clears
+    acknowledged: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.fire_after < 1 or self.clear_after < 1:
@@ -61,6 +76,7 @@ class AlertState:
             self.significant_streak = 0
             if self.active and self.clean_streak >= self.clear_after:
                 self.active, self.cleared_at = False, int(window_id)
+                self.acknowledged = None  # the next firing needs a person's attention again
                 return self._emit("cleared", window_id, detail)
         return None
 
@@ -76,6 +92,21 @@ class AlertState:
         before = len(self.pending)
         self.pending = [e for e in self.pending if e["id"] != event_id]
         return len(self.pending) < before
+
+    def acknowledge_raised(self, *, by: str, at: str, note: str = "") -> dict[str, Any]:
+        """Record that the person `by` (the API key's name, never a client field) saw the raised alert at `at`
+        (ISO 8601 UTC), with an optional `note`; returns the acknowledgement. AlertNotRaisedError (409) when the
+        alert is not raised or someone acknowledged it already; UserInputError for a note over NOTE_MAX_CHARS."""
+        note = note.strip()
+        if len(note) > NOTE_MAX_CHARS:
+            raise UserInputError(f"the note has {len(note)} characters; keep it to {NOTE_MAX_CHARS} at most.")
+        if not self.active:
+            raise AlertNotRaisedError(f"alert {self.name!r} is not raised; there is nothing to acknowledge.")
+        if self.acknowledged is not None:
+            raise AlertNotRaisedError(f"alert {self.name!r} was acknowledged already by {self.acknowledged['by']} "
+                                      f"at {self.acknowledged['at']}.")
+        self.acknowledged = {"by": by, "at": at, "note": note}
+        return dict(self.acknowledged)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,4 +131,9 @@ class AlertState:
                     f"alert state {data['name']!r}: {key}={data[key]!r} must be a whole number or null")
         if not isinstance(data.get("active", False), bool) or not isinstance(data.get("pending", []), list):
             raise UserInputError(f"alert state {data['name']!r}: 'active' must be true/false and 'pending' a list")
+        ack = data.get("acknowledged")
+        if ack is not None and not (isinstance(ack, dict) and all(isinstance(ack.get(k), str)
+                                                                  for k in ("by", "at", "note"))):
+            raise UserInputError(f"alert state {data['name']!r}: 'acknowledged' must be null or "
+                                 "{by, at, note} strings")
         return cls(**{k: (list(v) if k == "pending" else v) for k, v in data.items()})

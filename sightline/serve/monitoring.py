@@ -52,7 +52,8 @@ if TYPE_CHECKING:
     from sightline.storage.store import Store
 
 __all__ = ["ADD_PROFILE", "ALERT_NAMES", "Scored", "Observer", "Monitor", "open_observer", "profile_fingerprint",
-           "no_profile_message", "batch_from_rows", "build_report"]
+           "no_profile_message", "batch_from_rows", "build_report", "alert_views", "acknowledge_alert",
+           "UnknownAlertError"]
 
 log = logging.getLogger("sightline.monitor")
 alert_log = logging.getLogger("sightline.alerts")
@@ -420,12 +421,7 @@ class Monitor:
     def status(self) -> dict[str, Any]:
         """Latest window of each kind and every alert's state (blocking: call from a worker thread)."""
         s = self.settings
-        states = self.store.alert_states()
-        alerts = [{"name": name, "active": bool(st.get("active")), "fired_at": st.get("fired_at"),
-                   "cleared_at": st.get("cleared_at"), "significant_streak": st.get("significant_streak", 0),
-                   "clean_streak": st.get("clean_streak", 0), "fire_after": st.get("fire_after"),
-                   "last_window": st.get("last_window"), "pending": [e["id"] for e in st.get("pending", [])]}
-                  for name, st in sorted(states.items())]
+        alerts = alert_views(self.store.alert_states())
         return {
             "enabled": True,
             "message": None,
@@ -447,6 +443,42 @@ def _acknowledge(event_id: str):
         return jsonable(state.to_json())
 
     return change
+
+
+def alert_views(states: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """`Store.alert_states()` -> what /v1/monitor and the dashboard show of each alert, by name: raised or not,
+    the windows that fired / cleared it, its streaks, the events still in its outbox, and a person's
+    acknowledgement ({by, at, note} or None)."""
+    return [{"name": name, "active": bool(st.get("active")), "fired_at": st.get("fired_at"),
+             "cleared_at": st.get("cleared_at"), "significant_streak": st.get("significant_streak", 0),
+             "clean_streak": st.get("clean_streak", 0), "fire_after": st.get("fire_after"),
+             "last_window": st.get("last_window"), "pending": [e["id"] for e in st.get("pending", [])],
+             "acknowledged": st.get("acknowledged")}
+            for name, st in sorted(states.items())]
+
+
+class UnknownAlertError(SightlineError):
+    """Acknowledging an alert the database does not hold."""
+
+    status_code = 404
+
+
+def acknowledge_alert(store: Store, name: str, *, by: str, note: str = "") -> dict[str, Any]:
+    """A person (`by`: the API key's name) acknowledges raised alert `name`, with an optional note; persisted in
+    `monitor_alerts` in one locked read-modify-write with the monitor's own updates, so a restart keeps it and
+    a concurrent window count is not lost. Returns the alert as `alert_views` shows it. UnknownAlertError (404)
+    for a name the database does not hold (nothing is written), AlertNotRaisedError (409) when the alert is not
+    raised or is acknowledged already."""
+    at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def change(current: dict[str, Any] | None) -> dict[str, Any]:
+        if current is None:  # raising rolls the transaction back: no row is created for an unknown name
+            raise UnknownAlertError(f"no alert named {name!r}; GET /v1/monitor lists the alerts.")
+        state = AlertState.from_json(current)
+        state.acknowledge_raised(by=by, at=at, note=note)
+        return jsonable(state.to_json())
+
+    return alert_views({name: store.update_alert(name, change)})[0]
 
 
 # --- `sightline monitor` ------------------------------------------------------------------------------------------

@@ -63,3 +63,29 @@ def test_from_json_names_bad_fields():
         AlertState.from_json({**good, "colour": 1})
     with pytest.raises(UserInputError, match="'name' is missing"):
         AlertState.from_json({k: v for k, v in good.items() if k != "name"})
+
+
+def test_a_person_acknowledges_a_raised_alert_until_it_clears():
+    from sightline.monitor.alerts import AlertNotRaisedError
+
+    state = AlertState(name="drift")
+    with pytest.raises(AlertNotRaisedError, match="not raised"):
+        state.acknowledge_raised(by="ann", at="2026-01-01T00:00:00+00:00")
+    _run(state, [True, True])
+    with pytest.raises(UserInputError, match="501 characters"):
+        state.acknowledge_raised(by="ann", at="t", note="x" * 501)
+    assert state.acknowledged is None
+    ack = state.acknowledge_raised(by="ann", at="2026-01-01T00:00:00+00:00", note=" looking ")
+    assert ack == {"by": "ann", "at": "2026-01-01T00:00:00+00:00", "note": "looking"}
+    with pytest.raises(AlertNotRaisedError, match="acknowledged already by ann at 2026-01-01T00:00:00"):
+        state.acknowledge_raised(by="bob", at="t")
+    restored = AlertState.from_json(json.loads(json.dumps(state.to_json())))  # persisted: a restart keeps it
+    assert restored.acknowledged == ack and [e["kind"] for e in restored.pending] == ["fired"]
+    assert restored.acknowledge(restored.pending[0]["id"]) and restored.acknowledged == ack  # the outbox's, apart
+    assert _run(restored, [True, False], start=3) == [] and restored.acknowledged == ack  # still raised
+    assert _run(restored, [False], start=5) == [(5, "cleared")] and restored.acknowledged is None
+    assert _run(restored, [True, True], start=6) == [(7, "fired")] and restored.acknowledged is None
+    with pytest.raises(UserInputError, match="'acknowledged' must be null"):
+        AlertState.from_json({**restored.to_json(), "acknowledged": {"by": "ann"}})
+    old = {k: v for k, v in restored.to_json().items() if k != "acknowledged"}  # written before acknowledgements
+    assert AlertState.from_json(old).acknowledged is None

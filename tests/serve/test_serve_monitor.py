@@ -300,6 +300,9 @@ def test_alert_fires_after_two_drifted_windows_survives_a_restart_and_is_deliver
             assert block["unknown_rate"] == 1.0
             drift = next(a for a in status["alerts"] if a["name"] == "drift")
             assert drift["pending"] == ["drift-1"]  # not delivered yet, not lost
+            assert drift["acknowledged"] is None
+            r = client.post("/v1/monitor/alerts/drift/ack", json={"note": "noise from camera 3"})
+            assert r.status_code == 200 and r.json()["acknowledged"]["by"] == "tester"  # the key's name
             text = client.get("/metrics").text
             assert 'sightline_monitor_alert_active{alert="drift"} 1.0' in text
             assert 'sightline_monitor_p_value{test="feature_mmd",window="block"}' in text
@@ -321,6 +324,8 @@ def test_alert_fires_after_two_drifted_windows_survives_a_restart_and_is_deliver
             assert monitor.run_once() == []  # the same windows again: nothing counted twice, no new event
             status = client.get("/v1/monitor").json()
             assert status["open_alerts"] == ["drift"]
+            drift = next(a for a in status["alerts"] if a["name"] == "drift")  # delivered after the person saw it:
+            assert drift["pending"] == [] and drift["acknowledged"]["note"] == "noise from camera 3"  # both kept
             text = client.get("/metrics").text
             assert 'sightline_monitor_alert_active{alert="drift"} 1.0' in text  # restored from the database
             assert "sightline_monitor_alert_events_total{" not in text  # this process emitted nothing

@@ -1,8 +1,12 @@
-"""GET /v1/monitor: the latest drift windows and the alerts, for an API key."""
+"""GET /v1/monitor: the latest drift windows and the alerts, for an API key; POST .../alerts/{name}/ack: a person
+acknowledges a raised alert."""
 from __future__ import annotations
+
+from typing import Any
 
 import anyio
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
 from sightline.serve.deps import ReviewKeyDep, StateDep
 from sightline.serve.schemas import ErrorResponse, MonitorStatus
@@ -14,8 +18,27 @@ router = APIRouter(tags=["monitor"])
             responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 async def monitor_status(state: StateDep, key: ReviewKeyDep) -> MonitorStatus:
     """The newest window of each kind (the last N predictions, blocks of N, hours, days) with its drift tests,
-    unknown rate, mean confidence and label-free accuracy, and every alert's state (`open_alerts`: raised now).
-    Without a reference profile `enabled` is false and `message` says how to add one."""
+    unknown rate, mean confidence and label-free accuracy, and every alert's state (`open_alerts`: raised now;
+    `acknowledged`: who saw it, when, their note). Without a reference profile `enabled` is false and `message`
+    says how to add one."""
     if state.monitor is None:
         return MonitorStatus(enabled=False, message=state.monitor_message)
     return MonitorStatus(**await anyio.to_thread.run_sync(state.monitor.status))
+
+
+class AlertAck(BaseModel):
+    note: str = Field("", description="Optional: what was seen or done (at most 500 characters).")
+
+
+@router.post("/v1/monitor/alerts/{name}/ack",
+             responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+                        404: {"model": ErrorResponse, "description": "No alert of that name."},
+                        409: {"model": ErrorResponse, "description": "Not raised, or acknowledged already."}})
+async def acknowledge(name: str, state: StateDep, key: ReviewKeyDep, body: AlertAck | None = None) -> dict[str, Any]:
+    """Acknowledge raised alert `name`: the key's name is recorded as who (a field in the body cannot say
+    otherwise), with the time and the optional note. The acknowledgement is persisted and shown until the alert
+    clears. Answers the alert as /v1/monitor lists it."""
+    from sightline.serve.monitoring import acknowledge_alert
+
+    note = body.note if body is not None else ""
+    return await anyio.to_thread.run_sync(lambda: acknowledge_alert(state.store, name, by=key.name, note=note))
