@@ -18,20 +18,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
 
 
-def _progress(total: int, description: str, enabled: bool):
-    """A rich progress bar (on stderr, so --json stays clean) and a callback advancing it by n."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from sightline._cli.common import err_console
-
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, disable=not enabled, transient=True,
-    )
-    task = bar.add_task(description, total=total)
-    return bar, (lambda n=1: bar.advance(task, n))
-
-
 @data_app.command("split")
 def split_cmd(
     src: Path = typer.Argument(..., help="Flat dataset: SRC/<class>/<image>. Never modified."),
@@ -103,9 +89,9 @@ def synth_cmd(
     """Generate a deterministic surface-inspection dataset (ok/scratch/spot/crack, masks, sightline.yaml)."""
     from sightline.data.synth import synthesize
 
-    bar, advance = _progress(n, "rendering images", enabled=not json_out)
-    with bar:
-        result = synthesize(out, n=n, size=size, seed=seed, plant_issues=plant_issues, shortcut=shortcut, layout=layout, progress=advance)
+    with rich_progress(enabled=not json_out) as progress:
+        result = synthesize(out, n=n, size=size, seed=seed, plant_issues=plant_issues, shortcut=shortcut, layout=layout,
+                            progress=progress)
     if json_out:
         print_json({"out": str(result.out), "layout": result.layout, "n_images": result.n_images, "counts": result.counts,
                     "planted": result.planted})

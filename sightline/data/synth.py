@@ -38,6 +38,7 @@ from threadpoolctl import threadpool_limits
 
 from sightline.data.datasets import MASK_SUFFIX
 from sightline.errors import UserInputError
+from sightline.progress import ProgressFn, Steps
 
 __all__ = ["CLASSES", "CLASS_SHARES", "TEXTURES", "SynthResult", "synthesize", "render_surface"]
 
@@ -340,7 +341,7 @@ def synthesize(
     textures: Sequence[str] | None = None,
     layout: str = "split",
     workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> SynthResult:
     """Write a synthetic surface-inspection dataset to `out` (a new or empty folder).
 
@@ -357,7 +358,7 @@ def synthesize(
             TEXTURES order gives the default images byte for byte; two disjoint sets (e.g. brushed,cast for
             training and woven,painted for production) make a texture shift.
         layout: "split" (out/{train,val,test}/<class>/, ready for `sightline train out`) or "flat".
-        progress: called with 1 per image written.
+        progress: hears the task 'rendering images' advance by one per image written.
 
     Example:
         >>> synthesize("demo-data", n=200, size=96, seed=0).counts["train"]
@@ -391,12 +392,12 @@ def synthesize(
         _save_jpeg(folder / f"{names[i]}.jpg", pixels)
         if mask is not None:
             Image.fromarray(mask.astype(np.uint8) * 255, "L").save(folder / f"{names[i]}{MASK_SUFFIX}", optimize=False)
-        if progress is not None:
-            progress(1)
+        steps.advance()
         return (folder / f"{names[i]}.jpg").relative_to(out).as_posix()
 
     # Small matrix products in BLAS's own threads cost 10x more than they compute: our threads do the parallelism.
-    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 1) + 1)) as pool:
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 1) + 1)) as pool, \
+            Steps(progress, "rendering images", n) as steps:
         paths = list(pool.map(write, range(n)))
 
     planted = _plant(out, paths, plan, seed=seed, size=size, textures=texture_pool) if plant_issues else None

@@ -22,7 +22,9 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path: Path) -> None:
-    a = synthesize(tmp_path / "a", n=40, size=48, seed=5, workers=2)
+    events = []
+    a = synthesize(tmp_path / "a", n=40, size=48, seed=5, workers=2, progress=events.append)
+    assert {e.task for e in events} == {"rendering images"} and [e.done for e in events] == [*range(41), 40]
     synthesize(tmp_path / "b", n=40, size=48, seed=5, workers=1)
     synthesize(tmp_path / "c", n=40, size=48, seed=6)
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")  # thread scheduling does not matter
