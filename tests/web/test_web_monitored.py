@@ -52,3 +52,13 @@ def test_queue_and_dashboard_with_monitoring(profiled, tmp_path):
         assert "Open alerts: none" in dash.text
         block = status["windows"]["block"]
         assert dash.text.count("<circle ") == 1 and f"p = {block['p_value']:.3g}" in dash.text  # one block so far
+        # the class mix of that block beside the reference profile's (the predicted classes' shares)
+        mix = dash.text.split('<svg id="classmix"')[1].split("</svg>")[0]
+        assert mix.count("<g ") == 2 and 'class="ref"' in mix and "the last bar is the reference profile" in dash.text
+        shares = ", ".join(f"{c} {100 * s:.0f} %" for c, s in recent["class_mix"].items() if s > 0)
+        assert f"1-{WINDOW} ({WINDOW} predictions): {shares}</title>" in mix
+        # the alert counted that clean block: listed, not raised, so there is nothing to acknowledge
+        assert [(a["name"], a["active"], a["acknowledged"]) for a in status["alerts"]] == [("drift", False, None)]
+        r = client.post("/v1/monitor/alerts/drift/ack", headers={"X-API-Key": key})
+        assert r.status_code == 409 and r.json()["detail"] == "alert 'drift' is not raised; there is nothing to acknowledge."
+        assert 'action="/ui/alerts/drift/ack"' not in dash.text

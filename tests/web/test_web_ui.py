@@ -75,24 +75,71 @@ def test_signin_csrf_csp_and_redirects(bundle, tmp_path):
 
 
 def test_dashboard_data_histogram_filters_and_measured_accuracy(tmp_path):
-    from sightline.serve.web.routes import dashboard_data
+    from sklearn.metrics import confusion_matrix
+
+    from sightline.serve.web.dashboard import dashboard_data
 
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    confs = [0.05, 0.15, 0.55, 0.95, 1.0]
+    confs = [0.05, 0.15, 0.55, 0.95, 1.0, 0.6, 0.7]
+    predicted = ["cat", "cat", "cat", "cat", "cat", "dog", "fox"]
     ids = store.add_predictions([{
         "request_id": "r", "filename": f"{i}.jpg", "input_sha256": "0" * 64, "model_name": "m", "model_version": "1",
-        "label": "cat", "confidence": c, "top_k": [], "decision": "accept" if c > 0.5 else "review",
-        "latency_ms": 1.0} for i, c in enumerate(confs)])
+        "label": p, "confidence": c, "top_k": [], "decision": "accept" if c > 0.5 else "review",
+        "latency_ms": 1.0} for i, (c, p) in enumerate(zip(confs, predicted))])
     store.add_kept_images([{"prediction_id": i, "sha256": f"{i:064x}", "reason": "sample",
                             "content_type": "image/jpeg", "size": 1} for i in ids[2:]])
-    store.record_label(ids[2], "cat", reviewer="ann")
-    store.record_label(ids[3], "dog", reviewer="ann")
-    store.record_label(ids[4], "unknown", reviewer="ann")  # not a class: left out of accuracy
-    data = dashboard_data(store)
-    assert [b["count"] for b in data["histogram"]] == [1, 1, 0, 0, 0, 1, 0, 0, 0, 2]
-    assert data["measured"] == {"n": 2, "accuracy": 0.5}
+    truth = {ids[2]: "cat", ids[3]: "dog", ids[4]: "unknown", ids[5]: "dog", ids[6]: "dog"}
+    for i, label in truth.items():
+        store.record_label(i, label, reviewer="ann")
+    store.record_label(ids[0], "fox", reviewer="ann")  # the review queue, not the random slice: left out
+    data = dashboard_data(store, classes=CLASSES)
+    assert [b["count"] for b in data["histogram"]] == [1, 1, 0, 0, 0, 1, 1, 1, 0, 2]
+    m = data["measured"]
+    kept = [i for i in ids[2:] if truth[i] != "unknown"]  # 'unknown' labels are counted apart
+    y_true, y_pred = [truth[i] for i in kept], [predicted[ids.index(i)] for i in kept]
+    assert m["n"] == 4 and m["accuracy"] == 0.5 and m["unknown_labels"] == 1
+    assert m["low"] < 0.5 < m["high"]
+    assert m["classes"] == CLASSES and m["confusion"] == confusion_matrix(y_true, y_pred, labels=CLASSES).tolist()
+    per = {c["name"]: c for c in m["per_class"]}
+    assert (per["dog"]["fn"], per["dog"]["fp"], per["dog"]["recall"]) == (2, 0, 1 / 3)
+    assert (per["cat"]["fp"], per["cat"]["precision"]) == (1, 0.5) and per["fox"]["fp"] == 1
+    mean = np.mean([confs[ids.index(i)] for i in kept])  # label-free: mean calibrated confidence, same items
+    assert m["estimate"]["expected_accuracy"] == pytest.approx(mean)
+    assert m["estimate"]["low"] < mean < m["estimate"]["high"]
     assert [r["id"] for r in dashboard_data(store, decision="review")["recent"]] == ids[:2][::-1]
-    assert [r["id"] for r in dashboard_data(store, low=0.8, high=1.0)["recent"]] == ids[3:][::-1]
+    assert [r["id"] for r in dashboard_data(store, low=0.8, high=1.0)["recent"]] == [ids[4], ids[3]]
+    assert [r["id"] for r in dashboard_data(store, label="dog")["recent"]] == [ids[5]]
+    store.close()
+    store = Store(f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    empty = dashboard_data(store, classes=CLASSES)["measured"]
+    assert empty["n"] == 0 and empty["accuracy"] is None and empty["estimate"]["expected_accuracy"] is None
+    store.close()
+
+
+def test_class_mix_blocks_keep_their_predictions(tmp_path):
+    from sightline.serve.web.dashboard import class_mix_history
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    labels = ["cat"] * 10 + ["dog"] * 5 + ["fox"] * 5 + ["cat", "dog", "dog", "old"]  # 'old': a former class
+    store.add_predictions([{
+        "request_id": "r", "filename": "x.jpg", "input_sha256": "0" * 64, "model_name": "m", "model_version": "1",
+        "label": label, "confidence": 0.9, "top_k": [], "decision": "accept", "latency_ms": 1.0} for label in labels])
+    mix = class_mix_history(store, CLASSES, size=10, blocks=2, reference={"cat": 0.5, "dog": 0.25, "fox": 0.25})
+    assert [b["label"] for b in mix["bars"]] == ["11-20", "21-24", "reference"]
+    assert [b["partial"] for b in mix["bars"]] == [False, True, False]
+    shares = [{s["name"]: s["share"] for s in b["segments"]} for b in mix["bars"]]
+    assert shares == [{"dog": 0.5, "fox": 0.5}, {"cat": 0.25, "dog": 0.5, "old": 0.25},
+                      {"cat": 0.5, "dog": 0.25, "fox": 0.25}]
+    for bar in mix["bars"]:  # stacked to the full height, without gaps
+        seg = bar["segments"]
+        assert seg[0]["y"] == 0 and sum(s["height"] for s in seg) == pytest.approx(100)
+        assert all(a["y"] + a["height"] == pytest.approx(b["y"]) for a, b in zip(seg, seg[1:]))
+    assert [(x["name"], x["colour"]) for x in mix["legend"]] == [("cat", "c0"), ("dog", "c1"), ("fox", "c2"),
+                                                                 ("old", "c3")]
+    assert [b["label"] for b in class_mix_history(store, CLASSES, size=8)["bars"]] == ["1-8", "9-16", "17-24"]
+    store.close()
+    store = Store(f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    assert class_mix_history(store, CLASSES, size=10)["bars"] == []
     store.close()
 
 
@@ -133,6 +180,7 @@ def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path):
             answer = predict(c, client_key, [encode(photo(100 + start + i)) for i in range(8)]).json()
             ids += [p["id"] for p in answer["predictions"]]
         assert len(ids) == 24
+        seeded = _seed_slice_and_alert(store)
         base = str(c.base_url).rstrip("/")
         errors: list[str] = []
         with sync_api.sync_playwright() as pw:
@@ -168,7 +216,23 @@ def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path):
             assert page.locator("ol.recent li.item").count() == 24
             assert page.locator("ol.recent img.thumb").count() == 24
             page.goto(f"{base}/ui/dashboard?decision=accept")
-            assert page.locator("ol.recent li.item").count() == 0
+            assert page.locator("ol.recent li.item").count() == len(seeded)
+            # class mix: 28 predictions, one block still filling (500 a block), one rect per class predicted
+            assert page.locator("#classmix g.partial").count() == 1
+            assert page.locator("#classmix g rect").count() == len({r["label"] for r in _predicted(store)})
+            assert page.locator("#classmix text").all_text_contents() == CLASSES
+            # the confusion of the labelled random slice ('unknown' labels apart) and the estimate beside it
+            assert page.locator("#confusion tr").count() == 1 + len(CLASSES)
+            assert [page.locator("#confusion td.diag").nth(i).inner_text() for i in range(3)] == ["1", "1", "0"]
+            assert page.locator("#measured .big").inner_text() == "66.7 %"
+            assert "%" in page.locator("#slice-estimate").inner_text()
+            # acknowledge the raised alert; the quiet one has no form
+            assert page.locator("tr[data-alert='drift_day'] form").count() == 0
+            page.fill("tr[data-alert='drift'] input[name=note]", "seen; checking the camera")
+            page.click("tr[data-alert='drift'] button:has-text('Acknowledge')")
+            page.wait_for_selector("tr[data-alert='drift'] span.ack:has-text('acknowledged by ann')")
+            assert "checking the camera" in page.locator("tr[data-alert='drift']").inner_text()
+            assert page.locator("tr[data-alert='drift'] form").count() == 0
             page.click("button:has-text('Sign out')")
             page.wait_for_url(f"{base}/ui/signin")
             page.goto(f"{base}/ui/dashboard")
@@ -180,8 +244,43 @@ def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path):
     assert {i: v for i, v in labelled.items() if v is not None} == expected
     assert all(store.get_prediction(i)["reviewer"] == "ann" for i in expected)
     history = store.label_history()
-    assert len(history) == 21 and history[-1]["prediction_id"] == last and history[-1]["new_label"] == ""
+    assert len(history) == 21 + len(seeded)
+    assert [h for h in history if h["prediction_id"] == last][-1]["new_label"] == ""
+    ack = store.alert_states()["drift"]["acknowledged"]
+    assert ack["by"] == "ann" and ack["note"] == "seen; checking the camera" and ack["at"].endswith("+00:00")
+    assert store.alert_states()["drift_day"]["acknowledged"] is None
     store.close()
+
+
+def _predicted(store):
+    return [store.get_prediction(i) for i in range(1, store.count_predictions() + 1)]
+
+
+def _seed_slice_and_alert(store) -> list[int]:
+    """Four accepted predictions of the random slice labelled by a reviewer (their images evicted, so the page
+    asks for none), an alert 'drift' raised by two significant windows and 'drift_day' seen once, as the monitor
+    writes them; returns the predictions' ids."""
+    from sightline.monitor.alerts import AlertState
+
+    predicted, truth = ["cat", "cat", "dog", "fox"], ["cat", "dog", "dog", "unknown"]
+    ids = store.add_predictions([{
+        "request_id": "r", "filename": f"s{i}.jpg", "input_sha256": "0" * 64, "model_name": "pets",
+        "model_version": "1", "label": p, "confidence": 0.9, "top_k": [{"label": p, "confidence": 0.9}],
+        "decision": "accept", "latency_ms": 1.0} for i, p in enumerate(predicted)])
+    store.add_kept_images([{"prediction_id": i, "sha256": f"{i:064x}", "reason": "sample",
+                            "content_type": "image/jpeg", "size": 1} for i in ids])
+    store.mark_evicted(ids)
+    for i, label in zip(ids, truth):
+        store.record_label(i, label, reviewer="carl")
+    for name, verdicts in (("drift", [True, True]), ("drift_day", [True])):
+        def change(current, name=name, verdicts=verdicts):
+            state = AlertState(name=name)
+            for w, significant in enumerate(verdicts, start=1):
+                state.update(window_id=w, significant=significant)
+            return state.to_json()
+
+        store.update_alert(name, change)
+    return ids
 
 
 def test_static_whitelist(bundle, tmp_path):

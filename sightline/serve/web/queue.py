@@ -1,27 +1,28 @@
 """The review page's order: most uncertain first, spread out so near-identical images do not fill a batch.
 
-Candidates are the `pool * limit` unlabelled queued predictions with the lowest top-1 confidence (one indexed-free
-scan of the predictions table, read by SQL with LIMIT); their uncertainty is the margin between the two most
-probable classes (from the monitor's stored softmax when there is one, else the stored top-k). k-center greedy
-on the stored projected features (prediction_signals.projected) then picks `limit` of them, seeded by the most
-uncertain; items without features follow by margin. The slice `random` is the store's unbiased random sample.
+Candidates are the `pool * limit` unlabelled queued predictions with the lowest top-1 confidence (read in order
+from the partial index ix_predictions_queue, which holds exactly those, with LIMIT); their uncertainty is the
+margin between the two most probable classes (from the monitor's stored softmax when there is one, else the
+stored top-k). k-center greedy on the stored projected features (prediction_signals.projected) then picks `limit`
+of them, seeded by the most uncertain; items without features follow by margin. The slice `random` is the
+store's unbiased random sample.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Select, select, text
 
 from sightline.storage.store import (
-    QUEUED_DECISIONS,
+    QUEUE_SQL,
     KeptImage,
     PredictionRecord,
     PredictionSignal,
     Store,
 )
 
-__all__ = ["k_center_greedy", "margin", "ordered_queue"]
+__all__ = ["candidates", "k_center_greedy", "margin", "ordered_queue"]
 
 
 def margin(probabilities: np.ndarray | None, top_k: list[dict[str, Any]]) -> float:
@@ -49,18 +50,24 @@ def k_center_greedy(features: np.ndarray, k: int) -> list[int]:
     return chosen
 
 
-def ordered_queue(store: Store, *, limit: int = 50, pool: int = 4, sample: bool = False) -> list[dict[str, Any]]:
-    """Up to `limit` unlabelled items for the page (dicts: the prediction's columns plus margin, ood_score,
-    has_image)."""
+def candidates(*, limit: int, sample: bool = False) -> Select:
+    """The SELECT of up to `limit` unlabelled candidates: queued ones least confident first, or (`sample`) the
+    random slice's oldest first, with their signals and kept-image rows."""
     p, s, k = PredictionRecord, PredictionSignal, KeptImage
     q = (select(p.id, p.created, p.filename, p.label, p.confidence, p.top_k, p.decision, p.model_version,
                 s.probabilities, s.projected, s.ood_score, k.evicted, k.sha256)
-         .outerjoin(s, s.prediction_id == p.id).outerjoin(k, k.prediction_id == p.id)
-         .where(p.reviewed_label.is_(None)))
+         .outerjoin(s, s.prediction_id == p.id).outerjoin(k, k.prediction_id == p.id))
     if sample:
-        q = q.where(k.reason == "sample", k.evicted.is_(None)).order_by(p.id).limit(limit)
-    else:
-        q = q.where(p.decision.in_(QUEUED_DECISIONS)).order_by(p.confidence, p.id).limit(limit * pool)
+        return (q.where(p.reviewed_label.is_(None), k.reason == "sample", k.evicted.is_(None))
+                .order_by(p.id).limit(limit))
+    # the partial index's own condition, as written, so SQLite reads that index in order (no sort)
+    return q.where(text(QUEUE_SQL)).order_by(p.confidence, p.id).limit(limit)
+
+
+def ordered_queue(store: Store, *, limit: int = 50, pool: int = 4, sample: bool = False) -> list[dict[str, Any]]:
+    """Up to `limit` unlabelled items for the page (dicts: the prediction's columns plus margin, ood_score,
+    has_image)."""
+    q = candidates(limit=limit if sample else limit * pool, sample=sample)
     with store.engine.connect() as conn:
         rows = conn.execute(q).all()
     items: list[dict[str, Any]] = []

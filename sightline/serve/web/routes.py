@@ -1,5 +1,6 @@
 """The web app at /ui: sign-in with a `review` key, the review queue with keyboard labelling, kept images and
-class activation maps under the session.
+class activation maps under the session, and the monitoring dashboard (web/dashboard.py reads what it shows),
+where a person acknowledges a raised alert (recorded as the session's key name, persisted with the alert).
 
 Sessions are signed cookies (web/session.py), HttpOnly, SameSite=Strict, Path=/ui; every POST carries the
 session's CSRF token (a form field, or the X-CSRF-Token header from the page's script); the sign-in form, before
@@ -330,96 +331,59 @@ async def static(name: str) -> Response:
 
 
 # --- the monitoring dashboard --------------------------------------------------------------------------------
-def window_view(kind: str, w: dict[str, Any]) -> dict[str, Any]:
-    """What the dashboard shows of a stored window result (sightline.monitor's summary): its tests' p-values, the
-    combined one, the unknown rate and the label-free accuracy estimate with its interval."""
-    tests = {name: t.get("p_value") for name, t in (w.get("tests") or {}).items() if isinstance(t, dict)}
-    est = w.get("expected_accuracy") or {}
-    return {"kind": kind, "n": w.get("n"), "significant": w.get("significant"), "p_value": w.get("p_value"),
-            "tests": tests, "unknown_rate": w.get("unknown_rate"), "mean_confidence": w.get("mean_confidence"),
-            "estimate": est.get("expected_accuracy"), "low": est.get("low"), "high": est.get("high")}
-
-
-def dashboard_data(store: Any, *, decision: str | None = None, label: str | None = None, low: float = 0.0,
-                   high: float = 1.0, limit: int = 50, bins: int = 10) -> dict[str, Any]:
-    """Recent predictions (filtered), the confidence histogram of the last 1,000, and accuracy measured on the
-    labelled random slice (reviewer label vs prediction; 'unknown' labels left out)."""
-    from sqlalchemy import func, select
-
-    from sightline.storage.store import KeptImage
-    from sightline.storage.store import PredictionRecord as P
-
-    q = select(P.id, P.created, P.filename, P.label, P.confidence, P.decision, P.reviewed_label, KeptImage.evicted,
-               KeptImage.sha256).outerjoin(KeptImage, KeptImage.prediction_id == P.id)
-    q = q.where(P.confidence >= low, P.confidence <= high)
-    if decision:
-        q = q.where(P.decision == decision)
-    if label:
-        q = q.where(P.label == label)
-    with store.engine.connect() as conn:
-        recent = [dict(r._mapping) for r in conn.execute(q.order_by(P.id.desc()).limit(limit))]
-        confs = [c for (c,) in conn.execute(select(P.confidence).order_by(P.id.desc()).limit(1000))]
-        slice_rows = conn.execute(
-            select(P.label, P.reviewed_label).join(KeptImage, KeptImage.prediction_id == P.id)
-            .where(KeptImage.reason == "sample", P.reviewed_label.is_not(None), P.reviewed_label != UNKNOWN_LABEL)
-        ).all()
-        total = conn.execute(select(func.count()).select_from(P)).scalar_one()
-    counts = [0] * bins
-    for c in confs:
-        counts[min(bins - 1, max(0, int(c * bins)))] += 1
-    top = max(counts) or 1
-    histogram = [{"low": i / bins, "high": (i + 1) / bins, "count": n, "height": round(100 * n / top)}
-                 for i, n in enumerate(counts)]
-    correct = sum(a == b for a, b in slice_rows)
-    return {"recent": [{**r, "has_image": r["sha256"] is not None and r["evicted"] is None} for r in recent],
-            "histogram": histogram, "histogram_n": len(confs), "total": total,
-            "measured": {"n": len(slice_rows), "accuracy": correct / len(slice_rows) if slice_rows else None}}
-
-
-def p_value_history(store: Any, profile: str, *, kind: str = "block", limit: int = 40) -> list[dict[str, Any]]:
-    """The combined drift p-value of the last `limit` windows of `kind`, oldest first, with SVG coordinates
-    (x over the windows, y = -log10 p on 0..4 over a 100-unit-high plot)."""
-    from sqlalchemy import select
-
-    from sightline.storage.store import MonitorWindow as W
-
-    q = (select(W.key, W.created, W.significant, W.result).where(W.profile == profile, W.kind == kind)
-         .order_by(W.id.desc()).limit(limit))
-    with store.engine.connect() as conn:
-        rows = list(conn.execute(q))[::-1]
-    points = []
-    for i, r in enumerate(rows):
-        p = (r.result or {}).get("p_value")
-        if p is None:
-            continue
-        y = 100 - 25 * min(4.0, -math.log10(max(p, 1e-4)))
-        points.append({"key": r.key, "created": r.created, "p": p, "significant": r.significant,
-                       "x": 5 + 190 * i / max(1, len(rows) - 1), "y": round(y, 2)})
-    return points
-
-
 @router.get("/dashboard")
 async def dashboard(request: Request, decision: str = "", label: str = "", band: str = "") -> Response:
     session = await _live_session(request)
     if session is None:
         return _to_signin()
+    from sightline.serve.monitoring import alert_views
+    from sightline.serve.web.dashboard import class_mix_history, dashboard_data, p_value_history, window_view
+
     state = _state(request)
+    classes = list(state.bundle.classes)
     bands = {"": (0.0, 1.0), "low": (0.0, 0.5), "mid": (0.5, 0.8), "high": (0.8, 1.0)}
     low, high = bands.get(band, (0.0, 1.0))
     decision = decision if decision in ("accept", "review", "unknown") else ""
-    label = label if label in state.bundle.classes else ""
-    data = await anyio.to_thread.run_sync(lambda: dashboard_data(state.store, decision=decision or None,
-                                                                 label=label or None, low=low, high=high))
+    label = label if label in classes else ""
     monitor = state.monitor
     status = await anyio.to_thread.run_sync(monitor.status) if monitor is not None else None
-    windows = [window_view(kind, w) for kind, w in sorted(((status or {}).get("windows") or {}).items())]
-    history = []
-    if status is not None:
-        history = await anyio.to_thread.run_sync(p_value_history, state.store, status["profile"]["fingerprint"])
+    stored = (status or {}).get("windows") or {}
+    windows = [window_view(kind, w) for kind, w in sorted(stored.items())]
+    reference = next((w["reference_class_mix"] for w in stored.values() if w.get("reference_class_mix")), None)
+
+    def work() -> dict[str, Any]:
+        store = state.store
+        return {
+            "data": dashboard_data(store, classes=classes, decision=decision or None, label=label or None, low=low,
+                                   high=high),
+            "mix": class_mix_history(store, classes, size=state.settings.monitor_window, reference=reference),
+            "history": p_value_history(store, status["profile"]["fingerprint"]) if status is not None else [],
+            "alerts": alert_views(store.alert_states()),  # persisted: shown with monitoring off too
+        }
+
+    found = await anyio.to_thread.run_sync(work)
     alpha = state.settings.monitor_alpha
     alpha_y = round(100 - 25 * min(4.0, -math.log10(alpha)), 2)
-    return _render("dashboard.html", session=session, data=data, monitor=status, windows=windows,
-                   message=state.monitor_message, classes=list(state.bundle.classes),
+    return _render("dashboard.html", session=session, monitor=status, windows=windows,
+                   message=state.monitor_message, classes=classes,
                    filters={"decision": decision, "label": label, "band": band},
-                   model=f"{state.bundle.name} {state.bundle.version}",
-                   alpha=alpha, alpha_y=alpha_y, history=history)
+                   model=f"{state.bundle.name} {state.bundle.version}", alpha=alpha, alpha_y=alpha_y, **found)
+
+
+@router.post("/alerts/{name}/ack")
+async def acknowledge_alert(request: Request, name: str, csrf: str = Form(""), note: str = Form("")) -> Response:
+    """The dashboard's acknowledge form: who is the session's key name (never a form field); back to the
+    dashboard's alerts on success, one line with the status otherwise."""
+    session = await _live_session(request)
+    if session is None:
+        return _to_signin()
+    if not _csrf_ok(session, csrf):
+        return Response("bad CSRF token; reload the page.", status_code=403, media_type="text/plain")
+    from sightline.serve.monitoring import acknowledge_alert as record
+
+    store = _state(request).store
+    try:
+        await anyio.to_thread.run_sync(lambda: record(store, name, by=session["name"], note=note))
+    except SightlineError as exc:
+        return Response(str(exc), status_code=exc.status_code, media_type="text/plain")
+    return RedirectResponse("/ui/dashboard#alerts", status_code=303)
