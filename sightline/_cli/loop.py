@@ -154,15 +154,15 @@ def challenge_cmd(
 
 # --- registry ---------------------------------------------------------------------------------------------------
 DatabaseOpt = typer.Option(None, "--database", envvar="SIGHTLINE_DATABASE_URL", help=DATABASE_HELP)
-RootOpt = typer.Option(None, "--root", help="Folder for the registry's copies of bundles "
-                       "(default: registry/ beside a SQLite database).")
+RootOpt = typer.Option(None, "--root", help="Folder or fsspec URL (s3://bucket/registry) for the registry's "
+                       "copies of bundles (default: registry/ beside a SQLite database).")
 ByOpt = typer.Option(None, "--by", help="Who does it, for the log (default: the OS user).")
 ReasonOpt = typer.Option(None, "--reason", help="Why, for the log.")
 AliasOpt = typer.Option("champion", "--alias", help="champion or challenger.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
-def _open(database: str | None, root: Path | None = None) -> Any:
+def _open(database: str | None, root: str | None = None) -> Any:
     from sightline.loop.registry import Registry, database_url
 
     return Registry(database_url(database), root=root)
@@ -180,7 +180,7 @@ def registry_add(
     bundle: Path = typer.Argument(..., help="RUN or bundle folder to register."),
     alias: Optional[str] = typer.Option(None, "--alias", help="Also point this alias (champion or challenger) at it."),
     database: Optional[str] = DatabaseOpt,
-    root: Optional[Path] = RootOpt,
+    root: Optional[str] = RootOpt,
     by: Optional[str] = ByOpt,
     reason: Optional[str] = ReasonOpt,
     force: bool = typer.Option(False, "--force", help="With --alias champion: past a failed challenge."),

@@ -5,8 +5,8 @@ FastAPI reads a request's body (a multipart upload, a JSON label) before it solv
 right key is answered before one byte of its body is received. The route dependencies (`require_role`) read the
 gate's verdict from the request scope, or check themselves where the gate has no rule for the path.
 
-Roles per path (`ROUTE_ROLES`, longest prefix first): /v1/predict needs `predict`; /v1/review... and /v1/monitor
-need `review`; /v1/keys and /v1/registry (none over HTTP yet) need `admin`.
+Roles per path (`ROUTE_ROLES`, longest prefix first): /v1/predict needs `predict`; /v1/review..., /v1/monitor and
+/v1/shadow need `review`; /v1/keys and /v1/registry (none over HTTP yet) need `admin`.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ ROUTE_ROLES: tuple[tuple[str, str], ...] = (
     ("/v1/predict", "predict"),
     ("/v1/review", "review"),
     ("/v1/monitor", "review"),
+    ("/v1/shadow", "review"),
     ("/v1/keys", "admin"),
     ("/v1/registry", "admin"),
 )
