@@ -32,7 +32,7 @@ def feedback_export_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="The parent dataset (split layout; its test split is kept "
                               "as is)."),
     out: Path = typer.Option(..., "--out", "-o", help="The new dataset version (a new or empty folder)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="The service's image store (default: images/ "
+    images: Optional[str] = typer.Option(None, "--images", help="The service's image store, a folder or an fsspec URL (default: images/ "
                                           "beside a SQLite database, as `sightline serve` keeps it)."),
     val_ratio: float = typer.Option(0.15, "--val-ratio", help="Share of each class's reviewed images put in val."),
     audit: bool = typer.Option(True, "--audit/--no-audit", help="Run the data audit on the new version."),

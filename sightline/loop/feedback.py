@@ -87,7 +87,7 @@ def export_feedback(
         {'train': {'ants': 41, 'bees': 38}, 'val': {...}, 'production': {...}}
     """
     from sightline.data.datasets import dataset_version, scan_dataset
-    from sightline.storage.images import LocalImageStore
+    from sightline.storage.images import LocalImageStore, is_url, open_image_store
     from sightline.storage.store import Store
 
     if not 0 <= val_ratio < 1:
@@ -103,11 +103,11 @@ def export_feedback(
     if sqlite is not None and not sqlite.is_file():
         raise UserInputError(f"database file '{sqlite}' does not exist; pass the service's database "
                              "(<bundle>/sightline.db, or SIGHTLINE_DATABASE_URL).")
-    image_root = Path(images) if images is not None else _default_images(database)
+    image_root = images if images is not None else _default_images(database)
     if image_root is None:
-        raise UserInputError("--images DIR is needed with a server database: the folder of the service's image "
-                             "store (SIGHTLINE_IMAGE_STORE).")
-    if not image_root.is_dir():
+        raise UserInputError("--images DIR is needed with a server database: the folder or URL of the service's "
+                             "image store (SIGHTLINE_IMAGE_STORE).")
+    if not is_url(image_root) and not Path(image_root).is_dir():
         raise UserInputError(f"image folder '{image_root}' does not exist; pass --images DIR (the service's "
                              "SIGHTLINE_IMAGE_STORE, by default <bundle>/images).")
 
@@ -121,7 +121,7 @@ def export_feedback(
     if bad:
         raise DatasetError(f"reviewed labels {bad} are not classes of '{data}' ({parent.classes}); a new class needs "
                            "a new model (`sightline train`). Nothing was written.")
-    store_images = LocalImageStore(image_root)
+    store_images = open_image_store(image_root)  # a folder, or an fsspec URL such as s3://bucket/images
     skipped: dict[str, list[int]] = {"unknown_label": [], "image_missing": []}
     by_sha: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -190,10 +190,17 @@ def export_feedback(
             rel = Path(item["split"]) / item["label"] / f"fb-{item['prediction_ids'][0]}-{item['sha256'][:12]}{ext}"
             dst = tmp / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(store_images.path(item["sha256"]), dst)
-            except OSError:
-                shutil.copyfile(store_images.path(item["sha256"]), dst)
+            if isinstance(store_images, LocalImageStore):
+                try:
+                    os.link(store_images.path(item["sha256"]), dst)
+                except OSError:
+                    shutil.copyfile(store_images.path(item["sha256"]), dst)
+            else:  # a remote store: the bytes as received
+                data_bytes = store_images.get(item["sha256"])
+                if data_bytes is None:
+                    raise DatasetError(f"image {item['sha256']} vanished from {image_root} during the export; "
+                                       "run it again.")
+                dst.write_bytes(data_bytes)
             added[item["split"]][item["label"]] += 1
             lineage[rel.as_posix()] = {"origin": "feedback", "parent_version": parent_version,
                                        "prediction_ids": ";".join(map(str, item["prediction_ids"])),

@@ -129,6 +129,32 @@ def test_export_end_to_end(tmp_path, capsys):
     assert _tree(tmp_path / "v3" / "test") == test_before and len(production_files(tmp_path / "v3")) == 2
 
 
+def test_export_reads_an_fsspec_image_store(tmp_path, capsys):
+    """A service that keeps its images at a URL (s3://... at scale; memory:// here): the same bytes arrive."""
+    from sightline.storage.images import open_image_store
+
+    parent = write_images(tmp_path / "data", {"train": 4, "val": 2, "test": 2})
+    items = [("review", _png(LEVELS[c] + 20, 100 + i)) for c in ("dark", "light") for i in range(2)]
+    store, ids = _service(tmp_path / "svc", items)
+    for pid, label in zip(ids, ["dark", "dark", "light", "light"]):
+        store.record_label(pid, label, reviewer="ann")
+    store.close()
+    remote_url = f"memory://sightline-feedback-{tmp_path.name}/images"
+    remote = open_image_store(remote_url)
+    for _, data in items:
+        remote.put(data)
+    url = f"sqlite:///{tmp_path / 'svc' / 'sightline.db'}"
+    code, out = _run(capsys, "--database", url, "--data", parent, "--out", tmp_path / "v2", "--images", remote_url,
+                     "--no-audit", "--json")
+    assert code == 0, out.err
+    with open(tmp_path / "v2" / "manifest.csv", newline="") as f:
+        feedback = [r for r in csv.DictReader(f) if r["origin"] == "feedback"]
+    assert sorted((tmp_path / "v2" / r["relpath"]).read_bytes() for r in feedback) == sorted(b for _, b in items)
+    code, out = _run(capsys, "--database", url, "--data", parent, "--out", tmp_path / "v3", "--images",
+                     tmp_path / "nowhere", "--json")
+    assert code == 2 and "does not exist" in out.err and not (tmp_path / "v3").exists()
+
+
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     parent = write_images(tmp_path / "data", {"train": 2, "val": 1, "test": 1})
     store, ids = _service(tmp_path / "svc", [("review", _png(45, 1)), ("review", _png(205, 2))])
