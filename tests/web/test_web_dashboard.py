@@ -1,13 +1,17 @@
 """Alert acknowledgement by a person, through the API (POST /v1/monitor/alerts/{name}/ack) and the dashboard's
 form: the key's name is recorded (never a client field), the acknowledgement survives a restart and is dropped when
 the alert clears; unknown names, quiet alerts, a second acknowledgement, missing roles and forged forms are refused
-in one line with nothing written. The dashboard's class mix chart and confusion table over plain HTTP."""
+in one line with nothing written. The dashboard's class mix chart and confusion table over plain HTTP; the confidence
+histogram per block of predictions; the model serving now with the registry alias's moves (the serving version
+marked, a move the service has not followed flagged) or, without a registry, the bundle and the process start; the
+shadow-mode summary matching GET /v1/shadow, absent without --shadow."""
 from __future__ import annotations
 
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
@@ -130,7 +134,120 @@ def test_dashboard_class_mix_and_confusion_over_http(bundle, tmp_path):
     assert '<p class="big">75.0 %</p>' in dash
     assert "<tr><td>fox</td><td>1</td><td>0</td><td>0</td><td>0</td><td>1</td><td>-</td><td>0.0 %</td></tr>" in dash
     assert "No alert has been raised." in dash
+    now = dash.split('<p class="serving">')[1].split("</p>")[0]
+    assert now.startswith("pets 1") and "process started 20" in now and "registry" not in now
+    assert 'id="moves"' not in dash and 'id="shadow' not in dash  # no registry, no shadow mode
+    panels = dash.split('<svg id="confidence"')[1].split("</svg>")[0].split("<g ")[1:]
+    assert [p.split('data-block="')[1].split('"')[0] for p in panels] == ["1-4", "5-8", "9-10"]
+    assert 'class="partial"' in panels[2] and 'class="block"' in panels[0]
+    assert "0.8-0.9: 4 (100 %)" in panels[0] and "0.8-0.9: 2 (100 %)" in panels[2]
     store.close()
+
+
+def test_confidence_histogram_per_block_shares_one_scale(tmp_path):
+    from sightline.serve.web.dashboard import dashboard_data
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    confs = [0.95, 0.95, 0.95, 0.35] + [0.35, 0.35, 0.15, 0.95] + [0.55, 1.0] + [0.05]
+    store.add_predictions([{
+        "request_id": "r", "filename": f"{i}.jpg", "input_sha256": "0" * 64, "model_name": "pets",
+        "model_version": "1", "label": "cat", "confidence": c, "top_k": [], "decision": "accept",
+        "latency_ms": 1.0} for i, c in enumerate(confs)])
+    conf = dashboard_data(store, window=4, blocks=3)["confidence"]
+    assert conf["size"] == 4 and len(conf["bins"]) == 10 and conf["bins"][3] == {"low": 0.3, "high": 0.4}
+    assert [b["label"] for b in conf["blocks"]] == ["1-4", "5-8", "9-11"]  # the first block fell out of 3
+    assert [b["partial"] for b in conf["blocks"]] == [False, False, True]
+    counts = [[bar["count"] for bar in b["bars"]] for b in conf["blocks"]]
+    assert counts == [[0, 0, 0, 1, 0, 0, 0, 0, 0, 3], [0, 1, 0, 2, 0, 0, 0, 0, 0, 1], [1, 0, 0, 0, 0, 1, 0, 0, 0, 1]]
+    # one scale: the largest share anywhere (3 of 4 in block 1-4) is 100, so block 5-8's 2 of 4 is 66.67
+    assert conf["blocks"][0]["bars"][9]["height"] == 100 and conf["blocks"][1]["bars"][3]["height"] == 66.67
+    assert conf["blocks"][2]["bars"][0]["share"] == pytest.approx(1 / 3)
+    assert conf["blocks"][1]["mean"] == pytest.approx(np.mean(confs[4:8]))
+    assert [b["label"] for b in dashboard_data(store, window=4, blocks=1)["confidence"]["blocks"]] == ["9-11"]
+    store.close()
+    empty = Store(f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    assert dashboard_data(empty, window=4)["confidence"]["blocks"] == []
+    empty.close()
+
+
+def test_dashboard_registry_moves_and_shadow_summary(tmp_path):
+    """serve --registry (champion v1) --shadow challenger (v2): the dashboard lists the champion's moves with the
+    serving one marked, follows a promote, flags a move to a version that cannot be served, and summarises shadow
+    mode as GET /v1/shadow does, with both models' accuracy on reviewer-labelled shadowed items."""
+    import time
+
+    import httpx
+    from serve_tiny import encode, photo, started
+
+    from sightline.loop.registry import Registry
+    from sightline.serve.app import create_app
+    from sightline.serve.settings import Settings
+    from sightline.storage.shadow import ShadowLog
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    registry = Registry(url, root=tmp_path / "registry")
+    registry.add(make_bundle(tmp_path, seed=0, version="1", folder="b1"), alias="champion", reason="first one")
+    registry.add(make_bundle(tmp_path, seed=1, version="2", folder="b2"), alias="challenger")
+    store = Store(url)
+    ann, client = store.create_key("ann", ["review"]), store.create_key("client")
+    settings = Settings(registry=tmp_path / "registry", database_url=url, shadow="challenger", shadow_sample=1.0,
+                        registry_poll_s=0.3, rate_limit_per_minute=0, key_cache_s=0, batch_max_wait_ms=5, threads=1,
+                        monitor=False)
+    try:
+        with started(create_app(settings)) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                                                                 timeout=30) as c:
+            for i in range(4):
+                r = c.post("/v1/predict", files=[("file", (f"{i}.jpg", encode(photo(i, 40, 32))))],
+                           headers={"X-API-Key": client})
+                assert r.status_code == 200, r.text
+            deadline = time.time() + 60
+            while (s := c.get("/v1/shadow", headers={"X-API-Key": ann}).json())["since_start"].get("scored", 0) < 4:
+                assert time.time() < deadline, s
+                time.sleep(0.05)
+            rows = ShadowLog(store).rows()
+            assert len(rows) == 4
+            store.record_label(rows[0]["prediction_id"], rows[0]["champion_label"], reviewer="ann")
+            store.record_label(rows[1]["prediction_id"], rows[1]["label"], reviewer="ann")
+            s = c.get("/v1/shadow", headers={"X-API-Key": ann}).json()
+            _signin(c, ann)
+            dash = c.get("/ui/dashboard").text
+            assert 'id="shadow"' in dash and s["challenger"]["version"] in dash.split('id="shadow"')[1]
+            lab = s["stored"]["labelled"]
+            assert lab["n"] == 2
+            acc = dash.split('id="shadow-accuracy">')[1].split("</td>")[0]
+            assert acc == (f"2: champion {100 * lab['champion_accuracy']:.1f} %, "
+                           f"challenger {100 * lab['challenger_accuracy']:.1f} %")
+            agree = sum(r["label"] == r["champion_label"] for r in rows) / 4
+            assert dash.split('id="shadow-agreement">')[1].startswith(f"{100 * agree:.1f} % same label")
+            assert "4 shadowed predictions" in dash and "scored 4" in dash
+            now = dash.split('<p class="serving">')[1].split("</p>")[0]
+            assert now.startswith("pets 1 · registry v1") and "<b>champion</b>" in now
+
+            def moves(page: str) -> list[str]:
+                table = page.split('<table id="moves"')[1].split("</table>")[0]
+                return [row.split(">")[0] for row in table.split("<tr class=")[1:]]
+
+            assert moves(dash) == ['"current" data-move="1"']
+            assert "first one" in dash and "is not serving" not in dash
+            registry.promote("v2", alias="champion", reason="better on production")
+            deadline = time.time() + 15
+            while c.get("/v1/model").json()["registry"]["version"] != "v2":
+                assert time.time() < deadline, "no switch to v2"
+                time.sleep(0.1)
+            dash = c.get("/ui/dashboard").text
+            assert moves(dash) == ['"current" data-move="3"', '"past" data-move="1"']  # move 2: the challenger's
+            row = dash.split('data-move="3"')[1].split("</tr>")[0]
+            assert "<td>v1</td><td>v2 <span class=\"now\">serving</span></td><td>pets 2</td>" in row
+            assert "better on production" in row and "1 switch since start" in dash
+            registry.add(make_bundle(tmp_path, seed=2, version="3", folder="b3", onnx=False), alias="champion")
+            time.sleep(1.0)  # a few polls: v3 has no ONNX file, v2 keeps serving
+            dash = c.get("/ui/dashboard").text
+            assert "The alias champion points to v3, which is not serving" in dash
+            assert moves(dash)[:2] == ['"past" data-move="4"', '"current" data-move="3"']
+            _sections_in_chromium(str(c.base_url).rstrip("/"), ann)
+    finally:
+        registry.close()
+        store.close()
 
 
 def test_an_existing_database_gets_the_queue_and_dashboard_indexes(tmp_path):
@@ -152,3 +269,30 @@ def test_an_existing_database_gets_the_queue_and_dashboard_indexes(tmp_path):
         plan = " ".join(r[-1] for r in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
     assert "ix_predictions_queue" in plan and "TEMP B-TREE" not in plan, plan  # read in order, no sort
     store.close()
+
+
+def _sections_in_chromium(base: str, key: str) -> None:
+    """The dashboard with a registry and shadow mode in Debian's Chromium: the sections render, no console error
+    (the strict CSP reports inline styles or scripts as errors). Skips (after the HTTP checks) without Chromium."""
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        pytest.skip(f"{chromium} is missing; install Debian's chromium (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{base}/ui/signin")
+        page.fill("input[name=key]", key)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{base}/ui/review")
+        page.goto(f"{base}/ui/dashboard")
+        assert page.locator("#moves tr.current").count() == 1
+        assert "v2 serving" in page.locator("#moves tr.current").inner_text()
+        assert page.locator("#shadow-summary").is_visible()
+        assert page.locator("#shadow-accuracy").inner_text().startswith("2: champion")
+        assert page.locator("#confidence rect.bar").count() == 10  # 4 predictions: one block of 500
+        browser.close()
+    assert errors == []

@@ -93,7 +93,8 @@ def test_dashboard_data_histogram_filters_and_measured_accuracy(tmp_path):
         store.record_label(i, label, reviewer="ann")
     store.record_label(ids[0], "fox", reviewer="ann")  # the review queue, not the random slice: left out
     data = dashboard_data(store, classes=CLASSES)
-    assert [b["count"] for b in data["histogram"]] == [1, 1, 0, 0, 0, 1, 1, 1, 0, 2]
+    (block,) = data["confidence"]["blocks"]  # 7 predictions: one block of the default 1,000, still filling
+    assert [b["count"] for b in block["bars"]] == [1, 1, 0, 0, 0, 1, 1, 1, 0, 2] and block["partial"]
     m = data["measured"]
     kept = [i for i in ids[2:] if truth[i] != "unknown"]  # 'unknown' labels are counted apart
     y_true, y_pred = [truth[i] for i in kept], [predicted[ids.index(i)] for i in kept]
@@ -212,7 +213,11 @@ def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path):
             page.keyboard.press("s")  # skip: the focus moves on, nothing stored
             page.wait_for_selector(f"li.item.current:not([data-id='{last}'])")
             page.goto(f"{base}/ui/dashboard?decision=review")  # the dashboard renders with this data
-            assert page.locator("#histogram rect").count() == 10
+            # confidence per block: 28 predictions, one block of 500 still filling, the same 10 bins
+            assert page.locator("#confidence g.partial").count() == 1
+            assert page.locator("#confidence rect.bar").count() == 10
+            assert page.locator("p.serving").inner_text().startswith("pets 1")  # no registry: the bundle
+            assert page.locator("#moves").count() == 0 and page.locator("#shadow").count() == 0
             assert page.locator("ol.recent li.item").count() == 24
             assert page.locator("ol.recent img.thumb").count() == 24
             page.goto(f"{base}/ui/dashboard?decision=accept")

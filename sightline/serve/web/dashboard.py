@@ -1,13 +1,15 @@
 """What the monitoring dashboard shows, read from the service database: recent predictions (filtered), the
-confidence histogram, predicted class shares per block of predictions (class mix over time), accuracy measured
+confidence histogram per block of predictions (the monitor's windows), predicted class shares per block of predictions (class mix over time), accuracy measured
 from reviewer labels on the random slice with its confusion and FP/FN per class beside the label-free estimate on
-the same items, the drift p-values of the monitor's blocks, and the alerts. Plain data out (dicts, lists, SVG
+the same items, the drift p-values of the monitor's blocks, the alerts, and the registry alias's moves (which model
+version serves now and since when). Plain data out (dicts, lists, SVG
 coordinates); the template draws it. Blocking: call from a worker thread.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
+from datetime import timezone
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,8 +19,8 @@ from sqlalchemy import func, select
 from sightline.monitor.estimate import expected_accuracy, measured_accuracy
 from sightline.storage.store import UNKNOWN_LABEL, KeptImage, MonitorWindow, PredictionRecord, Store
 
-__all__ = ["PALETTE_SIZE", "class_mix_history", "dashboard_data", "p_value_history", "slice_accuracy",
-           "window_view"]
+__all__ = ["PALETTE_SIZE", "class_mix_history", "confidence_by_block", "dashboard_data", "model_history",
+           "p_value_history", "slice_accuracy", "window_view"]
 
 PALETTE_SIZE = 10  # app.css colours classes .c0 ... .c9; later classes reuse them in turn
 
@@ -70,9 +72,10 @@ def slice_accuracy(pairs: Sequence[tuple[str, str, float]], classes: Sequence[st
 
 def dashboard_data(store: Store, *, classes: Sequence[str] = (), decision: str | None = None,
                    label: str | None = None, low: float = 0.0, high: float = 1.0, limit: int = 50,
-                   bins: int = 10) -> dict[str, Any]:
+                   window: int = 1000, blocks: int = 6, bins: int = 10) -> dict[str, Any]:
     """Recent predictions (filtered by decision, predicted label, confidence band [low, high]), the confidence
-    histogram of the last 1,000, and accuracy measured on the labelled random slice (`slice_accuracy`)."""
+    histograms of the last `blocks` blocks of `window` predictions (`confidence_by_block`), and accuracy measured on
+    the labelled random slice (`slice_accuracy`)."""
     p = PredictionRecord
     q = select(p.id, p.created, p.filename, p.label, p.confidence, p.decision, p.reviewed_label, KeptImage.evicted,
                KeptImage.sha256).outerjoin(KeptImage, KeptImage.prediction_id == p.id)
@@ -84,21 +87,72 @@ def dashboard_data(store: Store, *, classes: Sequence[str] = (), decision: str |
         q = q.where(p.label == label)
     with store.engine.connect() as conn:
         recent = [dict(r._mapping) for r in conn.execute(q.order_by(p.id.desc()).limit(limit))]
-        confs = [c for (c,) in conn.execute(select(p.confidence).order_by(p.id.desc()).limit(1000))]
         labelled = conn.execute(
             select(p.label, p.reviewed_label, p.confidence).join(KeptImage, KeptImage.prediction_id == p.id)
             .where(KeptImage.reason == "sample", p.reviewed_label.is_not(None))
         ).all()
         total = conn.execute(select(func.count()).select_from(p)).scalar_one()
-    counts = [0] * bins
-    for c in confs:
-        counts[min(bins - 1, max(0, int(c * bins)))] += 1
-    top = max(counts) or 1
-    histogram = [{"low": i / bins, "high": (i + 1) / bins, "count": n, "height": round(100 * n / top)}
-                 for i, n in enumerate(counts)]
+        wanted = _tail_length(total, window, blocks)
+        confs = list(conn.scalars(select(p.confidence).order_by(p.id.desc()).limit(wanted)))[::-1]
     return {"recent": [{**r, "has_image": r["sha256"] is not None and r["evicted"] is None} for r in recent],
-            "histogram": histogram, "histogram_n": len(confs), "total": total,
-            "measured": slice_accuracy([tuple(r) for r in labelled], classes)}
+            "confidence": confidence_by_block(confs, first=total - len(confs), size=window, bins=bins),
+            "total": total, "measured": slice_accuracy([tuple(r) for r in labelled], classes)}
+
+
+def _tail_length(total: int, size: int, blocks: int) -> int:
+    """How many of the newest predictions make the last `blocks` blocks of `size` (block i holds positions
+    i*size ... (i+1)*size - 1 in id order; the newest block may be partial), so the tail starts on a boundary."""
+    return min(total, (total % size or size) + (blocks - 1) * size)
+
+
+def confidence_by_block(confs: Sequence[float], *, first: int, size: int, bins: int = 10) -> dict[str, Any]:
+    """Confidence histograms of consecutive blocks of `size` predictions, oldest first: `confs` are the top-1
+    confidences of the predictions at positions first, first + 1, ... (first on a block boundary). Same bins for
+    every block; bar heights are shares of the block on one scale over all blocks (100 = the largest share), so a
+    shift shows as bars moving between panels. {size, bins: [{low, high}], blocks: [{label, n, partial, mean,
+    bars: [{count, share, height}]}]}; no blocks without predictions."""
+    edges = [{"low": i / bins, "high": (i + 1) / bins} for i in range(bins)]
+    found = []
+    for start in range(0, len(confs), size):
+        chunk = confs[start:start + size]
+        counts = [0] * bins
+        for c in chunk:
+            counts[min(bins - 1, max(0, int(c * bins)))] += 1
+        found.append((f"{first + start + 1}-{first + start + len(chunk)}", counts, chunk))
+    top = max((n / len(chunk) for _, counts, chunk in found for n in counts), default=1.0) or 1.0
+    out = []
+    for label, counts, chunk in found:
+        out.append({"label": label, "n": len(chunk), "partial": len(chunk) < size, "mean": sum(chunk) / len(chunk),
+                    "bars": [{"count": n, "share": n / len(chunk), "height": round(100 * n / len(chunk) / top, 2)}
+                             for n in counts]})
+    return {"size": size, "bins": edges, "blocks": out}
+
+
+def model_history(registry: Any, alias: str, serving: str | None, *, limit: int = 20) -> dict[str, Any]:
+    """The last `limit` moves of `alias` in a sightline.loop.registry.Registry's append-only log, newest first,
+    each with the target version's name and model version; the newest move to `serving` (the registry version the
+    service answers with, "v3") is marked `current`. `pending` is the version the alias points to when the service
+    has not switched to it (yet, or because it cannot be served). One indexed read of at most `limit` rows (the
+    Registry's own `history` reads the whole log)."""
+    log, versions = registry.tables["log"], registry.tables["versions"]
+    q = (select(log.c.id, log.c.action, log.c.from_version_id, log.c.to_version_id, log.c.by, log.c.at,
+                log.c.reason, log.c.forced, versions.c.name, versions.c.model_version)
+         .join(versions, versions.c.id == log.c.to_version_id)
+         .where(log.c.alias == alias).order_by(log.c.id.desc()).limit(limit))
+    with registry.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    moves, marked = [], False
+    for r in rows:
+        to_ref = f"v{r.to_version_id}"
+        current = not marked and to_ref == serving
+        marked = marked or current
+        at = r.at.replace(tzinfo=timezone.utc) if r.at is not None and r.at.tzinfo is None else r.at
+        moves.append({"id": r.id, "action": r.action, "to": to_ref, "name": r.name, "version": r.model_version,
+                      "from": f"v{r.from_version_id}" if r.from_version_id is not None else None, "by": r.by,
+                      "at": at.isoformat(timespec="seconds") if at is not None else "", "reason": r.reason,
+                      "forced": bool(r.forced), "current": current})
+    pending = moves[0]["to"] if moves and moves[0]["to"] != serving else None
+    return {"alias": alias, "moves": moves, "pending": pending, "limit": limit}
 
 
 def class_mix_history(store: Store, classes: Sequence[str], *, size: int, blocks: int = 24,
@@ -112,7 +166,7 @@ def class_mix_history(store: Store, classes: Sequence[str], *, size: int, blocks
     p = PredictionRecord
     with store.engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(p)).scalar_one()
-        wanted = min(total, (total % size or size) + (blocks - 1) * size)  # starts on a block boundary
+        wanted = _tail_length(total, size, blocks)
         # the labels themselves, newest first: counting them per block in SQL (row_number() over the tail, then
         # GROUP BY) measured slower on SQLite than this one indexed read and a Counter per block
         labels = list(conn.scalars(select(p.label).order_by(p.id.desc()).limit(wanted)))[::-1]

@@ -17,6 +17,7 @@ import io
 import math
 import secrets
 import time
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -337,37 +338,48 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
     if session is None:
         return _to_signin()
     from sightline.serve.monitoring import alert_views
-    from sightline.serve.web.dashboard import class_mix_history, dashboard_data, p_value_history, window_view
+    from sightline.serve.web.dashboard import (class_mix_history, dashboard_data, model_history, p_value_history,
+                                               window_view)
 
     state = _state(request)
-    classes = list(state.bundle.classes)
+    served = state.served  # one model for the whole page, even if the registry swaps meanwhile
+    classes = list(served.bundle.classes)
     bands = {"": (0.0, 1.0), "low": (0.0, 0.5), "mid": (0.5, 0.8), "high": (0.8, 1.0)}
     low, high = bands.get(band, (0.0, 1.0))
     decision = decision if decision in ("accept", "review", "unknown") else ""
     label = label if label in classes else ""
-    monitor = state.monitor
+    monitor = served.monitor
     status = await anyio.to_thread.run_sync(monitor.status) if monitor is not None else None
     stored = (status or {}).get("windows") or {}
     windows = [window_view(kind, w) for kind, w in sorted(stored.items())]
     reference = next((w["reference_class_mix"] for w in stored.values() if w.get("reference_class_mix")), None)
+    shadow = getattr(request.app.state, "shadow", None)
+    settings = state.settings
 
     def work() -> dict[str, Any]:
         store = state.store
         return {
             "data": dashboard_data(store, classes=classes, decision=decision or None, label=label or None, low=low,
-                                   high=high),
-            "mix": class_mix_history(store, classes, size=state.settings.monitor_window, reference=reference),
+                                   high=high, window=settings.monitor_window),
+            "mix": class_mix_history(store, classes, size=settings.monitor_window, reference=reference),
             "history": p_value_history(store, status["profile"]["fingerprint"]) if status is not None else [],
             "alerts": alert_views(store.alert_states()),  # persisted: shown with monitoring off too
+            "registry": (model_history(state.watcher.registry, settings.alias, served.registry_version)
+                         if state.watcher is not None else None),
+            "shadow": shadow.status() if shadow is not None else None,
         }
 
     found = await anyio.to_thread.run_sync(work)
-    alpha = state.settings.monitor_alpha
+    alpha = settings.monitor_alpha
     alpha_y = round(100 - 25 * min(4.0, -math.log10(alpha)), 2)
+    serving = {**served.model_ref(), "stored_as": served.stored_version,
+               "started": datetime.fromtimestamp(state.started, timezone.utc).isoformat(timespec="seconds"),
+               "swaps": state.watcher.swaps if state.watcher is not None else 0}
     return _render("dashboard.html", session=session, monitor=status, windows=windows,
-                   message=state.monitor_message, classes=classes,
+                   message=served.monitor_message, classes=classes,
                    filters={"decision": decision, "label": label, "band": band},
-                   model=f"{state.bundle.name} {state.bundle.version}", alpha=alpha, alpha_y=alpha_y, **found)
+                   model=f"{served.bundle.name} {served.bundle.version}", serving=serving, alpha=alpha,
+                   alpha_y=alpha_y, **found)
 
 
 @router.post("/alerts/{name}/ack")
