@@ -220,6 +220,7 @@ def test_dashboard_registry_moves_and_shadow_summary(tmp_path):
             agree = sum(r["label"] == r["champion_label"] for r in rows) / 4
             assert dash.split('id="shadow-agreement">')[1].startswith(f"{100 * agree:.1f} % same label")
             assert "4 shadowed predictions" in dash and "scored 4" in dash
+            assert f" from {s['stored']['first'][:19]}" in dash  # seconds, as the API's ISO time
             now = dash.split('<p class="serving">')[1].split("</p>")[0]
             assert now.startswith("pets 1 · registry v1") and "<b>champion</b>" in now
 

@@ -93,7 +93,7 @@ def test_dashboard_data_histogram_filters_and_measured_accuracy(tmp_path):
         store.record_label(i, label, reviewer="ann")
     store.record_label(ids[0], "fox", reviewer="ann")  # the review queue, not the random slice: left out
     data = dashboard_data(store, classes=CLASSES)
-    (block,) = data["confidence"]["blocks"]  # 7 predictions: one block of the default 1,000, still filling
+    (block,) = data["confidence"]["blocks"]  # 7 predictions: one block of the default 500 (SIGHTLINE_MONITOR_WINDOW), still filling
     assert [b["count"] for b in block["bars"]] == [1, 1, 0, 0, 0, 1, 1, 1, 0, 2] and block["partial"]
     m = data["measured"]
     kept = [i for i in ids[2:] if truth[i] != "unknown"]  # 'unknown' labels are counted apart

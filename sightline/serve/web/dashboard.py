@@ -72,7 +72,7 @@ def slice_accuracy(pairs: Sequence[tuple[str, str, float]], classes: Sequence[st
 
 def dashboard_data(store: Store, *, classes: Sequence[str] = (), decision: str | None = None,
                    label: str | None = None, low: float = 0.0, high: float = 1.0, limit: int = 50,
-                   window: int = 1000, blocks: int = 6, bins: int = 10) -> dict[str, Any]:
+                   window: int = 500, blocks: int = 6, bins: int = 10) -> dict[str, Any]:
     """Recent predictions (filtered by decision, predicted label, confidence band [low, high]), the confidence
     histograms of the last `blocks` blocks of `window` predictions (`confidence_by_block`), and accuracy measured on
     the labelled random slice (`slice_accuracy`)."""
