@@ -10,7 +10,10 @@ the multiple-testing correction it names, whether that is significant at `alpha`
                 the other being 1 minus it.
   feature_mmd   MMD^2 (biased V-statistic) with a Gaussian kernel, bandwidth = the median pairwise distance of the
                 pooled sample (Gretton et al. 2012), p-value from a seeded permutation test.
-  image_stats   KS per continuous statistic, chi-square per categorical one, Holm over the statistics tested.
+  image_stats   KS per continuous statistic, chi-square per categorical one, Holm over the statistics tested. A
+                statistic with one value in window and reference together (every image 128 x 128, every file
+                a JPEG) cannot differ (p = 1 whatever the images) and is not counted in the correction (Tarone
+                1990: a test that cannot reject at any level spends none of the family's alpha).
   class_mix     chi-square test of homogeneity of predicted-class counts (window vs reference).
   unknown_rate  exact binomial test of the window's unknown count against the reference's rate.
 
@@ -195,7 +198,9 @@ def image_stats_test(window: Sequence[Mapping[str, Any]] | Mapping[str, np.ndarr
     """KS per continuous statistic (NaN dropped), chi-square per categorical one, `correction` over the
     statistics tested. `window` is per-image dicts (`monitor.stats.image_stats`) or columns; `reference` is
     columns (`ReferenceProfile.image_stats`). A statistic with fewer than 20 values on either side is skipped
-    (named in `reason`). Statistic: that of the most significant part (KS distance or chi-square)."""
+    (named in `reason`), and so is one that holds a single value across window and reference together (it cannot
+    differ; counting it would only weaken the correction). Statistic: that of the most significant part (KS
+    distance or chi-square)."""
     cols = stats_columns(list(window)) if not isinstance(window, Mapping) else dict(window)
     n = len(next(iter(cols.values()))) if cols else 0
     m = len(next(iter(reference.values()))) if reference else 0
@@ -203,7 +208,7 @@ def image_stats_test(window: Sequence[Mapping[str, Any]] | Mapping[str, np.ndarr
         return _skipped("image_stats", n, m, alpha, correction, "the reference profile has no image statistics")
     if reason := _too_small(n, min_window):
         return _skipped("image_stats", n, m, alpha, correction, reason)
-    parts, skipped = [], []
+    parts, skipped, constant = [], [], []
     for name in [c for c in CONTINUOUS + CATEGORICAL if c in cols and c in reference]:
         w, r = np.asarray(cols[name]), np.asarray(reference[name])
         if name in CONTINUOUS:
@@ -212,17 +217,26 @@ def image_stats_test(window: Sequence[Mapping[str, Any]] | Mapping[str, np.ndarr
             if min(w.size, r.size) < MIN_STAT_VALUES:
                 skipped.append(name)
                 continue
+            if np.unique(np.concatenate([w, r])).size < 2:
+                constant.append(name)
+                continue
             res = stats.ks_2samp(w, r)
             parts.append({"name": name, "kind": "ks", "statistic": float(res.statistic), "p_value": float(res.pvalue)})
         else:
             wc, rc, _ = _counts(w.astype(str), r.astype(str))
+            if wc.size < 2:
+                constant.append(name)
+                continue
             chi, p, dof = _chi2(wc, rc)
             parts.append({"name": name, "kind": "chi2", "statistic": chi, "p_value": p, "dof": dof})
+    notes = ([f"skipped (fewer than {MIN_STAT_VALUES} values): {', '.join(skipped)}"] if skipped else []) + (
+        [f"not counted (one value in window and reference): {', '.join(constant)}"] if constant else [])
     if not parts:
-        return _skipped("image_stats", n, m, alpha, correction, "no image statistic has enough values on both sides")
+        return _skipped("image_stats", n, m, alpha, correction,
+                        "; ".join(notes) if notes else "no image statistic has enough values on both sides")
     result = _family("image_stats", n, m, alpha, correction, parts)
-    if skipped:
-        result.reason = f"skipped (fewer than {MIN_STAT_VALUES} values): {', '.join(skipped)}"
+    if notes:
+        result.reason = "; ".join(notes)
     return result
 
 

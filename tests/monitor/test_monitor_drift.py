@@ -177,6 +177,31 @@ def test_image_stats_skips_sparse_columns_and_reports_it():
     assert image_stats_test(rows, ref).p_value == pytest.approx(res.p_value)  # per-image dicts work too
 
 
+def test_constant_statistics_are_not_counted():
+    """A statistic with one value in window and reference together (every image 128 px high, every one RGB) cannot
+    differ: it is left out of Holm (Tarone), so the statistics that can differ keep their power; a value the
+    reference never had makes it count again."""
+    rng = np.random.default_rng(1)
+    ref, window = _stats(rng, 300), _stats(rng, 100, brightness=0.47)
+    ref["height"], window["height"] = np.full(300, 128.0), np.full(100, 128.0)
+    ref["mode"], window["mode"] = np.full(300, "RGB"), np.full(100, "RGB")
+    res = image_stats_test(window, ref)
+    assert [p["name"] for p in res.parts] == ["width", "brightness", "sharpness", "jpeg_quality", "format"]
+    assert "not counted (one value in window and reference): height, mode" in res.reason
+    for part in res.parts[:4]:  # raw p-values: scipy on the finite values
+        w, r = window[part["name"]], ref[part["name"]]
+        assert part["p_value"] == pytest.approx(stats.ks_2samp(w[np.isfinite(w)], r[np.isfinite(r)]).pvalue)
+    raw = sorted(p["p_value"] for p in res.parts)  # Holm by hand over the 5 that vary
+    holm = np.minimum(1.0, np.maximum.accumulate([(5 - i) * p for i, p in enumerate(raw)]))
+    assert sorted(p["p_adjusted"] for p in res.parts) == pytest.approx(holm)
+    window["height"][0], window["mode"][0] = 127.0, "L"
+    res = image_stats_test(window, ref)
+    assert {"height", "mode"} <= {p["name"] for p in res.parts} and len(res.parts) == 7
+    ref = {k: v for k, v in ref.items() if k in ("height", "mode")}
+    res = image_stats_test({k: np.full(100, v[0]) for k, v in ref.items()}, ref)
+    assert not res.ran and "one value" in res.reason
+
+
 def test_shapes_are_checked():
     with pytest.raises(UserInputError, match="softmax"):
         softmax_ks(np.ones((60, 3)) / 3, np.ones((60, 4)) / 4)
