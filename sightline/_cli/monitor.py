@@ -46,22 +46,29 @@ def register(app: typer.Typer) -> None:
         alpha: float = typer.Option(0.05, "--alpha", min=1e-6, max=0.5, help="False-alarm rate per window."),
         consecutive: int = typer.Option(2, "--consecutive", min=1, help="K significant windows in a row raise an alert."),
         as_json: bool = typer.Option(False, "--json", help="Print monitor.json to stdout instead of a summary."),
+        images: Path | None = typer.Option(
+            None, "--images", help="The service's kept-image folder, for example thumbnails (default "
+            "SIGHTLINE_IMAGE_STORE, else BUNDLE/images; none there: no thumbnails)."),
     ) -> None:
         """Compare the predictions the service stored with the bundle's reference profile, window by window:
         drift tests (p-values), unknown rate, confidence, class mix, image statistics, label-free and measured
         accuracy. Writes monitor.json and a self-contained monitor.html."""
         import os
+        from contextlib import nullcontext
 
         from sightline.bundle import resolve_bundle_dir
-        from sightline.monitor.report import write_report
+        from sightline.monitor.report import kept_images, write_report
         from sightline.serve.monitoring import build_report
         from sightline.serve.settings import database_url
+        from sightline.storage.images import LocalImageStore
 
         folder = resolve_bundle_dir(bundle)
         url = database_url(database or os.environ.get("SIGHTLINE_DATABASE_URL"), folder)
         report = build_report(folder, url, since=parse_since(since) if since else None, window=window, size=size,
                               min_window=min_window, alpha=alpha, consecutive=consecutive)
-        json_path, html_path = write_report(report, out or folder.parent / "monitor")
+        kept = images or Path(os.environ.get("SIGHTLINE_IMAGE_STORE") or folder / "images")
+        with kept_images(url, LocalImageStore(kept)) if kept.is_dir() else nullcontext() as fetch:
+            json_path, html_path = write_report(report, out or folder.parent / "monitor", fetch=fetch)
         if as_json:
             print_json(report)
             return

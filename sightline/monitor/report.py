@@ -1,27 +1,45 @@
-"""The monitoring report: `monitor.json` and ONE self-contained `monitor.html` (inline CSS, plots as base64 PNGs;
-it opens from disk with nothing else), from the report dict `sightline.serve.monitoring.build_report` returns.
+"""The monitoring report: `monitor.json` and ONE self-contained `monitor.html` (inline CSS, plots as base64 PNGs,
+thumbnails as base64 JPEGs; it opens from disk with nothing else), from the report dict
+`sightline.serve.monitoring.build_report` returns, rendered from sightline/monitor/templates/monitor.html.j2
+(autoescaped).
 
 Plots (each only when there are windows to draw): p-values over time with the alpha line, confidence histogram
 per window against the reference, class mix over time, unknown rate against the validation rate, image-statistic
-shifts, label-free against measured accuracy.
+shifts, label-free against measured accuracy. Where the service kept images (its content-addressed store,
+`sightline.storage.images`), the image-statistic section shows thumbnails of the most shifted images of the
+windows whose image statistics differ significantly from the reference (each window lists candidate prediction ids
+per shifted statistic: `monitor.windows.summarize`).
 
 Example:
-    >>> json_path, html_path = write_report(report, "runs/demo/monitor")
+    >>> images = LocalImageStore("runs/demo/bundle/images")
+    >>> with kept_images("sqlite:///runs/demo/bundle/sightline.db", images) as fetch:
+    ...     json_path, html_path = write_report(report, "runs/demo/monitor", fetch=fetch)
 """
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["plots", "render_html", "write_report"]
+if TYPE_CHECKING:
+    import jinja2
+
+    from sightline.storage.images import ImageStore
+
+__all__ = ["plots", "thumbnail", "thumbnails", "kept_images", "render_html", "write_report"]
 
 TESTS = ("softmax_ks", "feature_mmd", "image_stats", "class_mix", "unknown_rate")
 MAX_HISTOGRAMS = 12  # the confidence histograms of the last this many windows
 P_FLOOR = 1e-6  # p-values are drawn no lower than this on the log axis
+THUMB_SIDE = 96  # thumbnails fit in this many pixels a side (JPEG, about 3 KB each)
+THUMBS_PER_STATISTIC = 4  # kept images shown per shifted statistic and window
+THUMB_WINDOWS = 6  # the last this many windows with a shifted statistic get thumbnails
+MAX_PIXELS = 40_000_000  # a kept file announcing more pixels is not decoded for a thumbnail (the service's cap)
 
 
 def _png(fig: Any) -> str:
@@ -157,15 +175,6 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; line-height: 1.4; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; font-size: 0.85em; } td, th { border: 1px solid #ddd; padding: 3px 6px; }
-th { background: #f4f4f4; } .notice { background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.6em 1em; }
-.sig { background: #fde2e2; } .untested { color: #888; } img.plot { max-width: 100%; display: block; margin: 0.6em 0; }
-code { background: #f4f4f4; padding: 0 3px; }
-"""
-
 _PLOT_TITLES = {
     "p_values": "Drift tests over time",
     "confidence": "Confidence histograms",
@@ -181,73 +190,127 @@ def _fmt(value: Any, digits: int = 3) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
-    return html.escape(str(value))
+    return str(value)
 
 
-def render_html(report: dict[str, Any], images: dict[str, str] | None = None) -> str:
-    """The report as one HTML page (plots from `plots(report)` unless given)."""
-    images = plots(report) if images is None else images
-    e = html.escape
-    b, w = report["bundle"], report["window"]
-    size = f"blocks of {w['size']} predictions" if w["kind"] == "block" else f"calendar {w['kind']}s (UTC)"
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>Sightline monitor: {e(b['name'])} v{e(b['version'])}</title><style>{_CSS}</style></head><body>",
-        f"<h1>Monitoring report: {e(b['name'])} v{e(b['version'])}</h1>",
-        f"<p>Bundle <code>{e(b['path'])}</code>, reference profile <code>{e(report['profile']['fingerprint'])}</code> "
-        f"({report['profile']['n_images']} validation images), database <code>{e(report['database'])}</code>"
-        f"{', since ' + e(report['since']) if report.get('since') else ''}. Created {e(report['created'])}.</p>",
-        f"<p>{report['n_monitored']} of {report['n_predictions']} stored predictions compared with the profile, in "
-        f"{size}. A window with fewer than {w['min_window']} predictions is not tested. Each test runs at alpha = "
-        f"{w['alpha']} with its own correction (Bonferroni over classes for the softmax KS test, Holm over the image "
-        f"statistics); a window is significant when a driving test (softmax_ks, feature_mmd, image_stats) is, after "
-        f"Bonferroni over those that ran. Class mix and unknown rate explain a drift; they do not raise it. An alert "
-        f"fires after {w['consecutive']} consecutive significant windows and clears after as many clean ones.</p>",
-    ]
-    for message in report.get("messages", []):
-        parts.append(f"<p class='notice'>{e(message)}</p>")
-    if report.get("alerts"):
-        parts.append("<h2>Alerts recorded by the service</h2><table><tr><th>alert</th><th>state</th>"
-                     "<th>fired at window</th><th>cleared at window</th><th>significant streak</th>"
-                     "<th>events</th><th>undelivered</th></tr>")
-        for name, a in report["alerts"].items():
-            parts.append(f"<tr class='{'sig' if a['active'] else ''}'><td>{e(name)}</td>"
-                         f"<td>{'RAISED' if a['active'] else 'clear'}</td><td>{_fmt(a['fired_at'])}</td>"
-                         f"<td>{_fmt(a['cleared_at'])}</td><td>{_fmt(a['significant_streak'])}</td>"
-                         f"<td>{_fmt(a['sequence'])}</td><td>{_fmt(a['pending'])}</td></tr>")
-        parts.append("</table>")
-    for name, b64 in images.items():
-        parts.append(f"<h2>{_PLOT_TITLES.get(name, name)}</h2>"
-                     f"<img class='plot' alt='{e(name)}' src='data:image/png;base64,{b64}'>")
-    if report.get("windows"):
-        parts.append("<h2>Windows</h2><table><tr><th>window</th><th>start</th><th>end</th><th>n</th>"
-                     "<th>p (window)</th><th>significant tests</th><th>unknown rate</th><th>mean confidence</th>"
-                     "<th>label-free accuracy</th><th>measured accuracy (n)</th><th>alert</th></tr>")
-        for win in report["windows"]:
-            tests = ", ".join(k for k, t in win.get("tests", {}).items() if t.get("significant")) or "-"
-            if not win["tested"]:
-                tests = e(win["reason"] or "not tested")
-            m = win.get("measured_accuracy")
-            cls = "untested" if not win["tested"] else ("sig" if win["significant"] else "")
-            parts.append(
-                f"<tr class='{cls}'><td>{e(_label(win))}{' (partial)' if win.get('partial') else ''}</td>"
-                f"<td>{e(win['start'])}</td><td>{e(win['end'])}</td><td>{win['n']}</td><td>{_fmt(win['p_value'])}</td>"
-                f"<td>{tests}</td><td>{_fmt(win.get('unknown_rate'))}</td><td>{_fmt(win.get('mean_confidence'))}</td>"
-                f"<td>{_fmt(win['expected_accuracy'].get('expected_accuracy'))}</td>"
-                f"<td>{_fmt(m['accuracy']) + ' (' + str(m['n']) + ')' if m else '-'}</td>"
-                f"<td>{e(win.get('alert_event') or ('raised' if win.get('alert_active') else ''))}</td></tr>")
-        parts.append("</table><p>Measured accuracy uses reviewers' labels, which come from the review queue (low "
-                     "confidence and unknown predictions), not from a random sample: compare it with the label-free "
-                     "estimate on the same images (the grey triangles), not with the window's.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def _significant_tests(window: dict[str, Any]) -> str:
+    return ", ".join(k for k, t in window.get("tests", {}).items() if t.get("significant"))
 
 
-def write_report(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
-    """Write `out/monitor.json` and `out/monitor.html`; returns their paths."""
+@cache
+def _environment() -> jinja2.Environment:
+    """sightline/monitor/templates/, autoescaped, a name the template does not know an error (the settings of
+    `sightline.evaluate.report.template_environment`, which this layer may not import)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("sightline.monitor", "templates"),
+                             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(fmt=_fmt, label=_label)
+    env.globals.update(significant_tests=_significant_tests)
+    return env
+
+
+# --- example thumbnails ---------------------------------------------------------------------------------------
+Fetch = Callable[[int], "bytes | None"]  # prediction id -> the kept image's bytes, None when not kept (or evicted)
+
+
+def thumbnail(data: bytes, *, side: int = THUMB_SIDE, quality: int = 70) -> str | None:
+    """Base64 JPEG of an image's bytes fitted into side x side (EXIF orientation applied), or None when the bytes
+    do not decode as an image (a kept file is shown, never trusted)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                return None
+            im.draft("RGB", (side * 2, side * 2))  # JPEG: decode at a reduced scale
+            small = ImageOps.exif_transpose(im).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    small.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    small.save(buf, format="JPEG", quality=quality)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def thumbnails(report: dict[str, Any], fetch: Fetch, *, per_statistic: int = THUMBS_PER_STATISTIC,
+               max_windows: int = THUMB_WINDOWS) -> list[dict[str, Any]]:
+    """For the last `max_windows` windows with a significant image-statistic shift, per shifted statistic, up to
+    `per_statistic` kept images among the window's `examples` (most shifted first; see `monitor.windows`):
+    [{label, stat, window_value, reference_value, images: [{id, jpeg (base64)}]}]."""
+    shifted = [w for w in report.get("windows") or []
+               if any(v.get("examples") for v in (w.get("image_stats") or {}).values())]
+    out = []
+    for w in shifted[-max_windows:]:
+        for stat, shift in w["image_stats"].items():
+            images = []
+            for pid in shift.get("examples") or []:
+                data = fetch(pid)
+                jpeg = thumbnail(data) if data else None
+                if jpeg is not None:
+                    images.append({"id": pid, "jpeg": jpeg})
+                if len(images) == per_statistic:
+                    break
+            if not images:
+                continue
+            if "window_median" in shift:
+                window_value = f"median {_fmt(shift['window_median'])}"
+                reference_value = f"median {_fmt(shift['reference_median'])}"
+            else:
+                window_value = f"mostly {shift.get('window_top')} ({_fmt(shift.get('window_share'))})"
+                reference_value = f"{_fmt(shift.get('reference_share'))} of the profile"
+            out.append({"label": _label(w), "stat": stat, "window_value": window_value,
+                        "reference_value": reference_value, "images": images})
+    return out
+
+
+@contextmanager
+def kept_images(database_url: str, images: ImageStore) -> Iterator[Fetch]:
+    """A `Fetch` over the service's kept images: the prediction's kept_images row in the database at
+    `database_url` (not evicted) and its bytes in the content-addressed store `images`."""
+    from sightline.storage.store import Store
+
+    store = Store(database_url)
+
+    def fetch(prediction_id: int) -> bytes | None:
+        row = store.kept_image(prediction_id)
+        if row is None or row.get("evicted") is not None:
+            return None
+        return images.get(row["sha256"])
+
+    try:
+        yield fetch
+    finally:
+        store.close()
+
+
+# --- the page -------------------------------------------------------------------------------------------------
+def render_html(report: dict[str, Any], images: dict[str, str] | None = None, *,
+                fetch: Fetch | None = None) -> str:
+    """The report as one HTML page from templates/monitor.html.j2 (plots from `plots(report)` unless given;
+    example thumbnails of shifted image statistics when `fetch` reads kept images)."""
+    figs = plots(report) if images is None else images
+    thumbs = thumbnails(report, fetch) if fetch is not None else []
+    if thumbs or fetch is None:
+        note = None if thumbs else "No example thumbnails: this report was made without the service's image store."
+    else:
+        note = ("No example thumbnails: no window has a significant image-statistic shift, or the service kept none "
+                "of the images that show it (it keeps review and unknown images and a sample of accepted ones).")
+    return _environment().get_template("monitor.html.j2").render(r=report, figs=figs, titles=_PLOT_TITLES,
+                                                                 thumbs=thumbs, thumbs_note=note)
+
+
+def write_report(report: dict[str, Any], out: str | Path, *, fetch: Fetch | None = None) -> tuple[Path, Path]:
+    """Write `out/monitor.json` and `out/monitor.html` (each atomically: a temporary file, then a rename); `fetch`
+    reads the kept images for the example thumbnails. Returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / "monitor.json", out / "monitor.html"
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    html_path.write_text(render_html(report))
+    texts = {json_path: json.dumps(report, indent=2, allow_nan=False) + "\n",
+             html_path: render_html(report, fetch=fetch)}
+    for path, text in texts.items():
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
     return json_path, html_path

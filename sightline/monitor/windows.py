@@ -36,6 +36,7 @@ __all__ = ["KINDS", "PERIOD_SECONDS", "Batch", "blocks", "periods", "summarize",
 KINDS = ("recent", "block", "hour", "day")
 PERIOD_SECONDS = {"hour": 3600, "day": 86400}
 CONFIDENCE_BINS = 10
+EXAMPLES = 12  # prediction ids kept per shifted image statistic, most shifted first (the report shows kept images)
 
 
 @dataclass
@@ -142,6 +143,29 @@ def _stat_shifts(window: dict[str, np.ndarray], reference: dict[str, np.ndarray]
     return out
 
 
+def _examples(ids: np.ndarray, window: dict[str, np.ndarray], reference: dict[str, np.ndarray], names: Sequence[str],
+              shifts: dict[str, dict[str, Any]]) -> None:
+    """Add `examples` to `shifts[name]` for each statistic in `names`: up to EXAMPLES prediction ids of the window,
+    those furthest in the direction of the shift first (continuous: the highest values when the window's median is
+    above the reference's, else the lowest; categorical: values the reference holds least often)."""
+    for name in names:
+        if name not in shifts or name not in window:
+            continue
+        values = window[name]
+        if name in CONTINUOUS:
+            up = shifts[name]["window_median"] >= shifts[name]["reference_median"]
+            key = np.where(np.isfinite(values), -values if up else values, np.inf)
+            order = np.argsort(key, kind="stable")
+            order = order[np.isfinite(key[order])]
+        else:
+            ref_values, ref_counts = np.unique(reference[name], return_counts=True)
+            seen = dict(zip(ref_values.tolist(), (ref_counts / max(reference[name].size, 1)).tolist()))
+            share = np.array([seen.get(v, 0.0) for v in values.tolist()])
+            order = np.argsort(share, kind="stable")
+            order = order[share[order] < 0.5]  # values most of the reference holds are not examples of a shift
+        shifts[name]["examples"] = [int(ids[i]) for i in order[:EXAMPLES]]
+
+
 def summarize(
     profile: ReferenceProfile,
     batch: Batch,
@@ -161,7 +185,8 @@ def summarize(
     Keys: kind, key, start, end, first_id, last_id, n, tested, reason, significant (None when not tested),
     p_value, alpha, correction, min_window, tests {name: DriftResult JSON}, unknown_rate, reference_unknown_rate,
     mean_confidence, expected_accuracy, measured_accuracy (None without reviewer labels), class_mix,
-    reference_class_mix, confidence_hist {edges, counts, reference}, image_stats {statistic: shift}."""
+    reference_class_mix, confidence_hist {edges, counts, reference}, image_stats {statistic: shift; a statistic the
+    image-statistics test found significant also has `examples`, prediction ids of its most shifted images}."""
     n = len(batch)
     classes = profile.classes
     probs = np.asarray(batch.probabilities, dtype=np.float64).reshape(n, len(classes))
@@ -169,6 +194,7 @@ def summarize(
     ref_probs = profile.probabilities
     edges = np.linspace(0.0, 1.0, CONFIDENCE_BINS + 1)
     has_ood = profile.ood_choice is not None
+    cols = stats_columns(batch.image_stats)
     summary: dict[str, Any] = {
         "kind": kind, "key": int(key),
         "start": _iso(start if start is not None else (batch.times[0] if n else 0.0)),
@@ -184,7 +210,7 @@ def summarize(
                             "reference": np.histogram(ref_probs.max(axis=1), edges)[0].tolist()},
         "expected_accuracy": {k: v for k, v in expected_accuracy(probs, classes=classes).items()},
         "measured_accuracy": None,
-        "image_stats": _stat_shifts(stats_columns(batch.image_stats), profile.image_stats) if n else {},
+        "image_stats": _stat_shifts(cols, profile.image_stats) if n else {},
     }
     if batch.reviewed is not None and n:
         labelled = batch.reviewed >= 0
@@ -204,6 +230,10 @@ def summarize(
                           unknown=batch.unknown if has_ood else None, alpha=alpha, min_window=min_window,
                           permutations=permutations, seed=seed)
     tested = result.p_value is not None
+    stat_test = result.tests.get("image_stats")
+    if stat_test is not None and stat_test.ran:
+        shifted = [pt["name"] for pt in stat_test.parts if pt.get("significant")]
+        _examples(batch.ids, cols, profile.image_stats, shifted, summary["image_stats"])
     summary.update(
         tested=tested, significant=bool(result.significant) if tested else None, p_value=result.p_value,
         correction=f"{result.correction} over the driving tests that ran ({', '.join(DRIVING)})",

@@ -4,6 +4,7 @@ independent computations; and the bad inputs: an empty database, a bundle withou
 minimum, a --since that is not a date."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -260,3 +261,62 @@ def test_the_report_reads_postgresql_as_it_reads_sqlite(served, run_cli, tmp_pat
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def test_thumbnails_of_shifted_statistics_come_from_kept_images(served, run_cli, tmp_path):
+    """Some of the noise predictions' images kept (one of them a damaged file): each window with a significant
+    image-statistic shift lists its most shifted predictions (checked against the stored statistics), and the page
+    shows small inline JPEGs of kept ones only, at most 4 per statistic and window; without the image store it says
+    why there are none."""
+    from sightline.serve.monitoring import profile_fingerprint
+    from sightline.storage.images import LocalImageStore
+    from sightline.storage.store import Store
+
+    url = f"sqlite:///{tmp_path / 'copy.db'}"
+    shutil.copy(served["url"].removeprefix("sqlite:///"), tmp_path / "copy.db")
+    images = LocalImageStore(tmp_path / "images")
+    noisy = served["ids"][2 * BLOCK:]
+    kept = {pid: noise(i) for i, pid in enumerate(noisy) if i % 3 == 0}
+    damaged = noisy[3]
+    kept[damaged] = b"\xff\xd8\xff not really a JPEG"
+    store = Store(url)
+    store.add_kept_images([{"prediction_id": pid, "sha256": images.put(data), "reason": "unknown",
+                            "content_type": "image/jpeg", "size": len(data)} for pid, data in kept.items()])
+    stored = {r["prediction_id"]: r["image_stats"] for r in store.signal_rows(profile_fingerprint(served["bundle"]))}
+    store.close()
+
+    out = tmp_path / "r"
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", url, "--out", str(out), "--size", str(BLOCK),
+                         "--min-window", str(BLOCK), "--images", str(tmp_path / "images")])
+    assert code == 0, cap.err
+    windows = json.loads((out / "monitor.json").read_text())["windows"]
+    shifted = {(i, name): s["examples"] for i, w in enumerate(windows) for name, s in w["image_stats"].items()
+               if "examples" in s}
+    assert {i for i, _ in shifted} >= {2, 3}  # the noise blocks
+    for (i, name), examples in shifted.items():
+        w = windows[i]
+        part = next(pt for pt in w["tests"]["image_stats"]["parts"] if pt["name"] == name)
+        assert part["significant"] and 0 < len(examples) <= 12
+        ids = [pid for pid in served["ids"] if w["first_id"] <= pid <= w["last_id"]]
+        if "window_median" in w["image_stats"][name]:  # the most shifted first, recomputed from the stored rows
+            up = w["image_stats"][name]["window_median"] >= w["image_stats"][name]["reference_median"]
+            values = {pid: stored[pid][name] for pid in ids if stored[pid].get(name) is not None}
+            ranked = sorted(values, key=lambda pid: (-values[pid] if up else values[pid], ids.index(pid)))
+            assert examples == ranked[:len(examples)]
+    page = (out / "monitor.html").read_text()
+    shown = [int(pid) for pid in re.findall(r'<img alt="prediction (\d+)" src="data:image/jpeg;base64,', page)]
+    assert shown and set(shown) <= set(kept) - {damaged}
+    assert damaged not in shown
+    for block in re.split(r"<h3>", page)[1:]:
+        assert len(re.findall(r"data:image/jpeg;base64,", block)) <= 4
+    for data in re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page):
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+            assert im.format == "JPEG" and max(im.size) <= 96
+    assert len(re.findall(r"src='data:image/png;base64,", page)) == 6
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page) and "<script" not in page
+
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", url, "--out", str(tmp_path / "bare"),
+                         "--size", str(BLOCK), "--min-window", str(BLOCK), "--images", str(tmp_path / "nowhere")])
+    assert code == 0, cap.err
+    page = (tmp_path / "bare" / "monitor.html").read_text()
+    assert "data:image/jpeg" not in page and "made without the service&#39;s image store" in page
