@@ -32,7 +32,9 @@ images, review queue and labels the export reads are the service's own rows.
  9. registry add + promote (refused, and reported, when the verdict says no); the running service follows the alias;
     the held-out images are POSTed again and the answers' version and accuracy are checked.
 
-Full run (about 10 minutes on 2 CPU cores):
+Full run (sized for about 15 minutes on 2 idle CPU cores; not yet timed on an idle machine. The only run so far, on
+2 cores at a load average of 8-12 from other jobs, was reduced to --size 64 --n-parent 600 --epochs 5 and took
+about 45 minutes; at that size the champion is undertrained, see the issue note):
     python benchmarks/loop.py --json loop.json
 Quick check that the script runs (tiny random-weight model, tiny data; its figures are not the benchmark's):
     python benchmarks/loop.py --quick
