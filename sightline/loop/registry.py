@@ -466,7 +466,9 @@ class Registry:
             row = conn.execute(select(v).where(v.c.id == vid)).first()
         elif text.lower().lstrip("v").isdigit():
             row = conn.execute(select(v).where(v.c.id == int(text.lower().lstrip("v")))).first()
-        elif len(text) >= 6 and all(ch in "0123456789abcdef" for ch in text.lower()):
+        if row is None and text not in ALIASES and len(text) >= 6 and \
+                all(ch in "0123456789abcdef" for ch in text.lower()):
+            # also a hash prefix that happens to be all digits (about 2 % of 8-character prefixes)
             rows = conn.execute(select(v).where(v.c.bundle_hash.startswith(text.lower()))).all()
             if len(rows) > 1:
                 raise UserInputError(f"hash prefix '{text}' matches {len(rows)} versions; give more characters.")

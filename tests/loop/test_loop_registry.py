@@ -111,6 +111,20 @@ def test_add_keeps_an_immutable_copy(registry: Registry, bundles: list[Path]) ->
     assert not registry.intact(registry.resolve("v1"))
 
 
+def test_a_hash_prefix_of_digits_only_is_still_a_hash_prefix(tmp_path: Path, bundles: list[Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """'04815841' was read as version number 4815841 and refused (a real hash in a PostgreSQL run)."""
+    from sightline.loop import content
+
+    digits = "04815841" + "a" * 56
+    monkeypatch.setattr(content, "bundle_hash", lambda path: digits)
+    with Registry(f"sqlite:///{tmp_path / 'digits.db'}") as reg:
+        v = reg.add(bundles[0]).version
+        assert reg.resolve("04815841") == reg.resolve("1") == reg.resolve("v1") == v
+        with pytest.raises(UserInputError, match="unknown version '0481'"):
+            reg.resolve("0481")  # too short for a prefix, and no version 481
+
+
 def test_promote_rollback_and_the_append_only_log(registry: Registry, bundles: list[Path]) -> None:
     refs = [registry.add(b).version.ref for b in bundles]
     assert refs == ["v1", "v2", "v3"]
