@@ -84,14 +84,19 @@ def synth_cmd(
     plant_issues: bool = typer.Option(False, "--plant-issues", help="Also plant known data problems (listed in planted_issues.json)."),
     shortcut: Optional[str] = typer.Option(None, help="Give this class a spurious corner marker (for explainability checks)."),
     layout: str = typer.Option("split", help="'split' (train/val/test, ready to train) or 'flat'."),
+    textures: Optional[str] = typer.Option(None, "--textures", help="Comma-separated surface textures to draw from "
+                                           "(default all: brushed, cast, woven, painted); e.g. train on some and "
+                                           "make a production stream on others for a texture shift."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Generate a deterministic surface-inspection dataset (ok/scratch/spot/crack, masks, sightline.yaml)."""
     from sightline.data.synth import synthesize
 
+    chosen = tuple(t.strip() for t in textures.split(",") if t.strip()) if textures is not None else None
+
     with rich_progress(enabled=not json_out) as progress:
         result = synthesize(out, n=n, size=size, seed=seed, plant_issues=plant_issues, shortcut=shortcut, layout=layout,
-                            progress=progress)
+                            textures=chosen, progress=progress)
     if json_out:
         print_json({"out": str(result.out), "layout": result.layout, "n_images": result.n_images, "counts": result.counts,
                     "planted": result.planted})

@@ -59,3 +59,13 @@ def test_bad_texture_sets_are_refused_before_writing(tmp_path: Path, textures: l
         synthesize(tmp_path / "out", n=20, size=32, textures=textures)
     assert words in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_textures_option(tmp_path: Path, run_cli) -> None:
+    code, _ = run_cli(["data", "synth", str(tmp_path / "a"), "--n", "20", "--size", "32", "--textures", "woven,painted",
+                       "--json"])
+    assert code == 0
+    synthesize(tmp_path / "b", n=20, size=32, textures=("woven", "painted"))
+    assert _jpgs(tmp_path / "a") == _jpgs(tmp_path / "b")  # the option reaches synthesize
+    code, out = run_cli(["data", "synth", str(tmp_path / "c"), "--n", "20", "--size", "32", "--textures", "wood"])
+    assert code == 2 and "wood" in out.err and not (tmp_path / "c").exists()
