@@ -89,7 +89,7 @@ def run_server(folder: Path, work: Path, images: list[tuple[str, bytes]], args: 
 
     db_url = f"sqlite:///{work / f'{tag}.db'}"
     store = Store(db_url)
-    key = store.create_key("load-test")
+    key = store.create_key("load-test", ["predict", "review"])  # review: it reads /v1/monitor
     env = {**os.environ, "SIGHTLINE_DATABASE_URL": db_url, "SIGHTLINE_RATE_LIMIT_PER_MINUTE": "0",
            "SIGHTLINE_MONITOR": "true" if monitor else "false"}
     port = free_port()
