@@ -132,9 +132,11 @@ def prepare(data_dir: str | Path, cfg: TrainConfig, *, say: Callable[[str], None
     cache_ram, cache_why = _cache_budget(cfg, say)
     default = default_preprocessing(cfg.model).input_size
     run_probe = probe and cfg.input_size == "auto" and single_process(cfg)
+    val_counts = dataset.class_counts("val")
     size = choose_input_size(cfg.input_size, default, dataset.split("train"),
                              probe=_probe(dataset, cfg, balance, cache_ram) if run_probe else None,
-                             n_val=min(len(dataset.split("val")), 256))
+                             n_val=min(len(dataset.split("val")), 256),
+                             chance=max(val_counts.values()) / n if (n := sum(val_counts.values())) else None)
     say(f"input size {size.why}")
     pre = default_preprocessing(cfg.model, input_size=size.size, crop_pct=cfg.crop_pct)
     dm = _datamodule(dataset, cfg, pre, balance, cache_ram=cache_ram)

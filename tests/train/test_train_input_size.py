@@ -59,6 +59,21 @@ def test_the_climb_goes_on_while_accuracy_pays_for_the_pixels() -> None:
     assert choose_input_size("auto", 224, _samples((64, 64)), probe=probe, n_val=300).size == 224
 
 
+def test_a_probe_at_chance_level_does_not_choose() -> None:
+    """8 px digits, 10 classes: one short pass gave 0.142 at 32 px and 0.096 at 64 px; 32 px won on noise."""
+    probe = _Probe({MIN_SIZE: 0.142, 64: 0.096, 128: 0.11, 224: 0.13})
+    choice = choose_input_size("auto", 224, _samples((8, 8)), probe=probe, n_val=256, chance=0.1)
+    assert probe.calls == [MIN_SIZE, 64, 128, 224]  # nothing above chance: the climb went on
+    assert choice.size == 224 and "learned nothing measurable" in choice.why and "0.100" in choice.why
+    # once a size clears chance by 3 standard errors (0.157 here), the usual rule applies from there
+    probe = _Probe({MIN_SIZE: 0.142, 64: 0.40, 128: 0.405, 224: 0.9})
+    choice = choose_input_size("auto", 224, _samples((8, 8)), probe=probe, n_val=256, chance=0.1)
+    assert probe.calls == [MIN_SIZE, 64, 128] and choice.size == 64
+    # without a chance level every result counts, as before
+    probe = _Probe({MIN_SIZE: 0.142, 64: 0.096, 128: 0.11, 224: 0.13})
+    assert choose_input_size("auto", 224, _samples((8, 8)), probe=probe, n_val=256).size == MIN_SIZE
+
+
 def test_requested_sizes_and_the_floor() -> None:
     assert choose_input_size(96, 224, _samples((500, 500))).size == 96
     assert choose_input_size(None, 224, _samples((40, 40))).size == 224
