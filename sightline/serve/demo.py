@@ -224,9 +224,10 @@ class DemoService:
         self.camera = store.create_key("demo-camera", ["predict"])
         store.close()
         self.keys_file = service / "keys.txt"
-        self.keys_file.write_text(f"demo-reviewer (review, admin): {self.reviewer}\n"
-                                  f"demo-camera (predict): {self.camera}\n")
-        os.chmod(self.keys_file, 0o600)
+        self.keys_file.unlink(missing_ok=True)
+        fd = os.open(self.keys_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+        with os.fdopen(fd, "w") as f:
+            f.write(f"demo-reviewer (review, admin): {self.reviewer}\ndemo-camera (predict): {self.camera}\n")
 
         settings = load_settings(registry=registry_root, alias="champion", database_url=self.url, int8=True,
                                  host=host, port=port, image_store=service / "images", monitor_window=window,
