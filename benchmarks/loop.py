@@ -199,12 +199,17 @@ def label_queue(client: Any, store: Any, key: str, truth: dict[int, dict[str, An
         if not page:
             break
         for item in page:
-            r = client.post(f"/v1/review/{item['id']}", json={"label": truth[item["id"]]["truth"]},
-                            headers={"X-API-Key": key})
-            if r.status_code != 200:
-                raise SystemExit(f"POST /v1/review/{item['id']} answered {r.status_code}: {r.text[:300]}")
-            done.append(item["id"])
+            done.append(oracle_label(client, key, item["id"], truth))
     return done
+
+
+def oracle_label(client: Any, key: str, prediction_id: int, truth: dict[int, dict[str, Any]]) -> int:
+    """POST the ground truth of one prediction as a reviewer would; returns its id."""
+    r = client.post(f"/v1/review/{prediction_id}", json={"label": truth[prediction_id]["truth"]},
+                    headers={"X-API-Key": key})
+    if r.status_code != 200:
+        raise SystemExit(f"POST /v1/review/{prediction_id} answered {r.status_code}: {r.text[:300]}")
+    return prediction_id
 
 
 def label_slice(client: Any, key: str, truth: dict[int, dict[str, Any]]) -> list[int]:
@@ -218,11 +223,7 @@ def label_slice(client: Any, key: str, truth: dict[int, dict[str, Any]]) -> list
         if not items:
             return done
         for item in items:
-            got = client.post(f"/v1/review/{item['id']}", json={"label": truth[item["id"]]["truth"]},
-                              headers={"X-API-Key": key})
-            if got.status_code != 200:
-                raise SystemExit(f"POST /v1/review/{item['id']} answered {got.status_code}: {got.text[:300]}")
-            done.append(item["id"])
+            done.append(oracle_label(client, key, item["id"], truth))
 
 
 def labelled_summary(ids: list[int], truth: dict[int, dict[str, Any]]) -> dict[str, Any]:
