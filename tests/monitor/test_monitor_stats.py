@@ -92,3 +92,55 @@ def test_stats_columns_types():
     cols = stats_columns(rows)
     assert cols["sharpness"].dtype == np.float64 and cols["format"].tolist() == ["JPEG"] * 3 + ["PNG"]
     assert np.isnan(cols["jpeg_quality"][3]) and not np.isnan(cols["jpeg_quality"][:3]).any()
+
+
+def _files(tmp_path) -> dict[str, bytes]:
+    """One file of each kind the server decodes differently: kept as opened (RGB JPEG, PNG, BMP, TIFF, WebP, large
+    JPEG in draft mode) or converted / rotated (greyscale and CMYK JPEG, palette and RGBA PNG, EXIF-rotated JPEG)."""
+    photo = _photo(96)
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    photo.resize((96, 64)).save(rotated, "JPEG", quality=85, exif=exif)
+    return {
+        "rgb.jpg": _encode(photo, "JPEG", quality=70),
+        "large.jpg": _encode(_photo(640).resize((1200, 800)), "JPEG", quality=92),
+        "grey.jpg": _encode(photo.convert("L"), "JPEG", quality=60),
+        "cmyk.jpg": _encode(photo.convert("CMYK"), "JPEG", quality=80),
+        "rotated.jpg": rotated.getvalue(),
+        "rgb.png": _encode(photo, "PNG"),
+        "palette.png": _encode(photo.convert("P"), "PNG"),
+        "rgba.png": _encode(photo.convert("RGBA"), "PNG"),
+        "rgb.bmp": _encode(photo, "BMP"),
+        "rgb.tif": _encode(photo, "TIFF"),
+        "rgb.webp": _encode(photo, "WEBP", quality=80),
+    }
+
+
+@pytest.mark.parametrize("as_path", [False, True])
+def test_statistics_of_the_decoded_file_equal_those_with_the_header_read_again(tmp_path, monkeypatch, as_path):
+    """The server's decode (`load_image` in draft mode) hands `image_stats` the opened file itself for RGB files:
+    the header fields are then taken from it instead of parsing the file again. Every statistic must equal the
+    previous computation (the header parsed from the bytes, forced here with a copy of the image, which is no
+    longer the opened file), and the header must not be parsed when it need not be."""
+    from sightline.data.images import load_image
+    from sightline.monitor import stats as stats_module
+
+    kept_as_opened = {"rgb.jpg", "large.jpg", "rgb.png", "rgb.bmp", "rgb.tif", "rgb.webp"}
+    parsed = []
+    real_header = stats_module._header
+    monkeypatch.setattr(stats_module, "_header", lambda source: parsed.append(source) or real_header(source))
+    for name, blob in _files(tmp_path).items():
+        source = blob
+        if as_path:
+            source = tmp_path / name
+            source.write_bytes(blob)
+        image = load_image(source, draft=(256, 256))
+        parsed.clear()
+        fast = image_stats(image, source)
+        assert bool(parsed) == (name not in kept_as_opened), name
+        assert fast == image_stats(image.copy(), source), name  # the copy: the header parsed again, as before
+        assert fast["format"] == Image.open(io.BytesIO(blob)).format, name
+    assert image_stats(load_image(_files(tmp_path)["grey.jpg"]), _files(tmp_path)["grey.jpg"])["mode"] == "L"
+    big = load_image(_files(tmp_path)["large.jpg"], draft=(256, 256))
+    assert big.size[0] < 1200 and image_stats(big, _files(tmp_path)["large.jpg"])["width"] == big.size[0]  # draft
