@@ -28,8 +28,8 @@ from sightline.decision import softmax
 from sightline.errors import UserInputError
 
 __all__ = ["SCORES", "l2_normalize", "top_directions", "msp_score", "energy_score", "default_k", "knn_score",
-           "ledoit_wolf", "Mahalanobis", "fit_mahalanobis", "mahalanobis_score", "auroc", "fpr_at_tpr", "OODChoice",
-           "choose_score"]
+           "ledoit_wolf", "Mahalanobis", "fit_mahalanobis", "mahalanobis_score", "OpenSetScorer", "auroc", "fpr_at_tpr",
+           "OODChoice", "choose_score"]
 
 SCORES = ("msp", "energy", "knn", "mahalanobis")  # also the tie-break order in `choose_score`: simplest first
 
@@ -84,14 +84,18 @@ def knn_score(features: np.ndarray, bank: np.ndarray, *, k: int = 50, chunk: int
     Both are L2-normalised here; pass `bank_normalized=True` for a float32 bank already normalised (a
     `ReferenceProfile`'s), which saves normalising M x D floats per call. k is capped by `default_k(M, k)`.
     Memory: `chunk` x M floats at a time."""
-    feats = l2_normalize(features)
     bank = bank if bank_normalized else l2_normalize(bank)
+    return _kth_distance(l2_normalize(features), bank, default_k(bank.shape[0], k), chunk)
+
+
+def _kth_distance(feats: np.ndarray, bank: np.ndarray, kk: int, chunk: int = 1024) -> np.ndarray:
+    """(N,) Euclidean distance on the unit sphere from each normalised row of `feats` to its `kk`-th nearest row
+    of the normalised float32 `bank`: one (chunk, M) product and one partial sort per chunk of rows."""
     if feats.shape[1] != bank.shape[1]:
         raise UserInputError(f"features have {feats.shape[1]} dimensions but the k-NN bank has {bank.shape[1]}; "
                              "rebuild the reference profile with this model")
     if bank.shape[0] == 0:
         raise UserInputError("the k-NN bank is empty; rebuild the reference profile with training features")
-    kk = default_k(bank.shape[0], k)
     out = np.empty(feats.shape[0], dtype=np.float64)
     for start in range(0, feats.shape[0], chunk):
         sims = feats[start:start + chunk] @ bank.T  # (c, M) cosine similarities
@@ -168,18 +172,93 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, n_classes: int, *,
 
 def mahalanobis_score(features: np.ndarray, model: Mahalanobis) -> np.ndarray:
     """(N,) relative Mahalanobis distance min_k [MD_k(x) - MD_0(x)] of (N, D) features."""
-    z = l2_normalize(features).astype(np.float64)
-    if z.shape[1] != model.mean.shape[0]:
-        raise UserInputError(f"features have {z.shape[1]} dimensions but the Mahalanobis model has "
-                             f"{model.mean.shape[0]}; rebuild the reference profile with this model")
-    y = (z - model.mean) @ model.basis.astype(np.float64)
+    return _relative_mahalanobis(features, _whiten(model))
+
+
+@dataclass(frozen=True)
+class _Whitened:
+    """A `Mahalanobis` in float64, its class means whitened: what each scoring call would otherwise convert."""
+
+    mean: np.ndarray  # (D,)
+    basis: np.ndarray  # (D, d)
+    chol: np.ndarray  # (d, d)
+    class_means: np.ndarray  # (K', d) whitened means of the classes that had training rows
+    class_norms: np.ndarray  # (1, K') their squared norms
+    chol_background: np.ndarray  # (d, d)
+
+
+def _whiten(model: Mahalanobis) -> _Whitened:
     chol = model.chol.astype(np.float64)
     means = model.class_means.astype(np.float64)
     means = means[~np.isnan(means).any(axis=1)]
-    yw, mw = y @ chol, means @ chol  # whitened: MD_k = ||yw - mw_k||^2
-    md = (yw ** 2).sum(1)[:, None] - 2.0 * yw @ mw.T + (mw ** 2).sum(1)[None, :]
-    md0 = ((y @ model.chol_background.astype(np.float64)) ** 2).sum(axis=1)
+    mw = means @ chol
+    return _Whitened(model.mean.astype(np.float64), model.basis.astype(np.float64), chol, mw,
+                     (mw ** 2).sum(1)[None, :], model.chol_background.astype(np.float64))
+
+
+def _relative_mahalanobis(features: np.ndarray, w: _Whitened) -> np.ndarray:
+    z = l2_normalize(features).astype(np.float64)
+    if z.shape[1] != w.mean.shape[0]:
+        raise UserInputError(f"features have {z.shape[1]} dimensions but the Mahalanobis model has "
+                             f"{w.mean.shape[0]}; rebuild the reference profile with this model")
+    y = (z - w.mean) @ w.basis
+    yw = y @ w.chol  # whitened: MD_k = ||yw - mw_k||^2
+    md = (yw ** 2).sum(1)[:, None] - 2.0 * yw @ w.class_means.T + w.class_norms
+    md0 = ((y @ w.chol_background) ** 2).sum(axis=1)
     return md.min(axis=1) - md0
+
+
+class OpenSetScorer:
+    """One open-set score prepared for many calls (the service scores every micro-batch): what the score reads is
+    converted once, not per call (the k-NN bank widened to float32 from its stored float16; the Mahalanobis
+    matrices to float64, the class means whitened). Returns what `msp_score`, `energy_score`, `knn_score` (bank
+    normalised) and `mahalanobis_score` return, to the bit: they share the arithmetic.
+
+    Example:
+        >>> scorer = OpenSetScorer("knn", bank=profile.bank)
+        >>> scores = scorer(logits, features)              # (N,), higher = more out-of-distribution
+    """
+
+    def __init__(self, name: str, *, temperature: float = 1.0, energy_temperature: float = 1.0,
+                 bank: np.ndarray | None = None, mahalanobis: Mahalanobis | None = None, k: int = 50) -> None:
+        """`bank`: (M, D) L2-normalised training features (a profile's, any float dtype) for "knn"; `mahalanobis`
+        for "mahalanobis"; the temperatures for "msp" and "energy". UserInputError when what the score needs is
+        missing."""
+        if name not in SCORES:
+            raise UserInputError(f"unknown open-set score {name!r}; use one of {', '.join(SCORES)}")
+        self.name = name
+        self.temperature = float(temperature)
+        self.energy_temperature = float(energy_temperature)
+        self._bank: np.ndarray | None = None
+        self._whitened: _Whitened | None = None
+        if name == "knn":
+            if bank is None:
+                raise UserInputError("the k-NN open-set score needs the profile's bank of training features; "
+                                     "rebuild the reference profile with them")
+            self._bank = np.asarray(bank, dtype=np.float32)
+            self._k = default_k(self._bank.shape[0], k)
+        elif name == "mahalanobis":
+            if mahalanobis is None:
+                raise UserInputError("the relative Mahalanobis open-set score needs the profile's Gaussians; "
+                                     "rebuild the reference profile with labelled training features")
+            self._whitened = _whiten(mahalanobis)
+
+    @property
+    def needs_features(self) -> bool:
+        return self.name in ("knn", "mahalanobis")
+
+    def __call__(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """(N,) scores of (N, K) logits and (N, D) features (float64)."""
+        if self.name == "msp":
+            return msp_score(logits, self.temperature)
+        if self.name == "energy":
+            return energy_score(logits, self.energy_temperature)
+        if features is None:
+            raise UserInputError(f"the open-set score {self.name!r} needs the image features; pass them")
+        if self._bank is not None:
+            return _kth_distance(l2_normalize(features), self._bank, self._k)
+        assert self._whitened is not None
+        return _relative_mahalanobis(features, self._whitened)
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:

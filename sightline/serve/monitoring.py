@@ -41,6 +41,7 @@ import numpy as np
 from sightline.decision import softmax
 from sightline.errors import BundleError, SightlineError, UserInputError
 from sightline.monitor.alerts import AlertState
+from sightline.monitor.ood import OpenSetScorer
 from sightline.monitor.reference import REFERENCE_FILE, ReferenceProfile, load_reference
 from sightline.monitor.windows import PERIOD_SECONDS, Batch, blocks, jsonable, periods, summarize
 
@@ -108,16 +109,26 @@ class Observer:
     """Open-set score, "unknown" flag and the signals row of each prediction, from the forward pass's outputs."""
 
     def __init__(self, profile: ReferenceProfile, fingerprint: str) -> None:
+        """UserInputError when the profile's chosen open-set score lacks what it reads (a damaged profile)."""
         self.profile = profile
         self.fingerprint = fingerprint
+        choice = profile.ood_choice
+        # prepared once: the k-NN bank widened to float32, the Mahalanobis matrices to float64 (ood.OpenSetScorer)
+        self._scorer = None if choice is None else OpenSetScorer(
+            choice.score, temperature=profile.temperature, energy_temperature=profile.energy_temperature,
+            bank=profile.bank, mahalanobis=profile.mahalanobis)
 
     def score(self, output: Output) -> Scored:
-        """The chosen open-set score of every row of a forward pass. The server calls it once per micro-batch in
-        the inference thread: a k-NN score reads its whole bank (25 MB for 5,000 x 1,280) per call, so one call
-        for 16 images costs a third of 16 calls of one (measured 0.44 vs 1.4 ms an image)."""
+        """The chosen open-set score of every row of a forward pass (equal to `ReferenceProfile.unknown`). The
+        server calls it once per micro-batch in the inference thread: a k-NN score reads its whole bank (25 MB for
+        5,000 x 1,280) per call, so one call for 16 images costs a third of 16 calls of one (measured 0.44 vs 1.4 ms
+        an image)."""
         assert output.features is not None, "open_observer checks the backend gives features"
-        scores, flags = self.profile.unknown(output.logits, output.features)  # the chosen score only
-        return Scored(output, np.asarray(scores, dtype=np.float64), np.asarray(flags, dtype=bool))
+        n = len(output)
+        if self._scorer is None:
+            return Scored(output, np.full(n, np.nan), np.zeros(n, dtype=bool))
+        scores = np.asarray(self._scorer(output.logits, output.features), dtype=np.float64)
+        return Scored(output, scores, scores > self.profile.ood_choice.threshold)
 
     def infer(self, run: Callable[[np.ndarray], Output]) -> Callable[[np.ndarray], Scored]:
         """`run` (network inputs -> Output) followed by `score`: the micro-batcher's `infer` when monitoring."""
@@ -162,7 +173,10 @@ def open_observer(settings: Settings, bundle: Bundle, engine: Engine) -> tuple[O
     if d != profile.pca_mean.shape[0]:
         return None, (f"monitoring is off: the model gives {d}-dimensional features, {bundle.path / REFERENCE_FILE} "
                       f"has {profile.pca_mean.shape[0]}; {ADD_PROFILE}.")
-    return Observer(profile, profile_fingerprint(bundle.path)), None
+    try:
+        return Observer(profile, profile_fingerprint(bundle.path)), None
+    except UserInputError as exc:  # the chosen score lacks its bank or Gaussians
+        return None, f"monitoring is off: {bundle.path / REFERENCE_FILE}: {exc}; {ADD_PROFILE}."
 
 
 # --- reading signals back -----------------------------------------------------------------------------------------

@@ -159,3 +159,72 @@ def test_chooser_without_outliers_takes_the_default_and_rejects_bad_input():
         choose_score(val, None, quantile=1.0)
     with pytest.raises(UserInputError, match="finite"):
         choose_score({"msp": np.array([0.1, np.nan])}, None)
+
+
+# --- the prepared scorer the service uses: equal, to the bit, to the functions as they were ------------------------
+def _previous_knn_score(features, bank, *, k=50, chunk=1024, bank_normalized=False):
+    """`knn_score` as it was before `OpenSetScorer` (verbatim), the reference for equality."""
+    from sightline.monitor.ood import l2_normalize
+
+    feats = l2_normalize(features)
+    bank = bank if bank_normalized else l2_normalize(bank)
+    kk = default_k(bank.shape[0], k)
+    out = np.empty(feats.shape[0], dtype=np.float64)
+    for start in range(0, feats.shape[0], chunk):
+        sims = feats[start:start + chunk] @ bank.T
+        kth = np.partition(sims, sims.shape[1] - kk, axis=1)[:, sims.shape[1] - kk]
+        out[start:start + chunk] = np.sqrt(np.clip(2.0 - 2.0 * kth.astype(np.float64), 0.0, None))
+    return out
+
+
+def _previous_mahalanobis_score(features, model):
+    """`mahalanobis_score` as it was before `OpenSetScorer` (verbatim), the reference for equality."""
+    from sightline.monitor.ood import l2_normalize
+
+    z = l2_normalize(features).astype(np.float64)
+    y = (z - model.mean) @ model.basis.astype(np.float64)
+    chol = model.chol.astype(np.float64)
+    means = model.class_means.astype(np.float64)
+    means = means[~np.isnan(means).any(axis=1)]
+    yw, mw = y @ chol, means @ chol
+    md = (yw ** 2).sum(1)[:, None] - 2.0 * yw @ mw.T + (mw ** 2).sum(1)[None, :]
+    md0 = ((y @ model.chol_background.astype(np.float64)) ** 2).sum(axis=1)
+    return md.min(axis=1) - md0
+
+
+@pytest.mark.parametrize("n", [1, 3, 16])  # the server's micro-batches
+def test_prepared_scorer_equals_the_previous_functions_bit_for_bit(n):
+    from sightline.monitor.ood import OpenSetScorer, l2_normalize
+
+    x, y = _clusters(80, 0)
+    x = np.abs(x).astype(np.float32)
+    model = fit_mahalanobis(x, y, K + 1, max_dim=16)  # class K has no rows: a NaN mean row, left out
+    bank16 = l2_normalize(x).astype(np.float16)  # as a profile stores it
+    q = np.abs(_clusters(n, 5, shift=np.full(D, 0.5))[0][:n]).astype(np.float32)
+    logits = _head(q).astype(np.float32)
+    bank32 = bank16.astype(np.float32)
+    want = {"msp": msp_score(logits, 1.7), "energy": energy_score(logits, 1.3),
+            "knn": _previous_knn_score(q, bank32, bank_normalized=True),
+            "mahalanobis": _previous_mahalanobis_score(q, model)}
+    for name, expected in want.items():
+        scorer = OpenSetScorer(name, temperature=1.7, energy_temperature=1.3, bank=bank16, mahalanobis=model)
+        assert np.array_equal(scorer(logits, q), expected), name
+        assert scorer.needs_features == (name in ("knn", "mahalanobis"))
+    assert np.array_equal(knn_score(q, bank32, bank_normalized=True), want["knn"])
+    assert np.array_equal(knn_score(q, x, k=7, chunk=2), _previous_knn_score(q, x, k=7, chunk=2))
+    assert np.array_equal(mahalanobis_score(q, model), want["mahalanobis"])
+
+
+def test_prepared_scorer_says_what_it_lacks():
+    from sightline.monitor.ood import OpenSetScorer
+
+    with pytest.raises(UserInputError, match="bank"):
+        OpenSetScorer("knn")
+    with pytest.raises(UserInputError, match="Gaussians"):
+        OpenSetScorer("mahalanobis")
+    with pytest.raises(UserInputError, match="unknown open-set score 'odin'"):
+        OpenSetScorer("odin")
+    with pytest.raises(UserInputError, match="needs the image features"):
+        OpenSetScorer("knn", bank=np.eye(4, dtype=np.float16))(np.zeros((1, K)))
+    with pytest.raises(UserInputError, match="dimensions"):
+        OpenSetScorer("knn", bank=np.eye(4, dtype=np.float16))(np.zeros((1, K)), np.ones((1, 5)))
