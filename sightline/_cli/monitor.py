@@ -41,10 +41,22 @@ def register(app: typer.Typer) -> None:
         since: str | None = typer.Option(None, "--since", help="Only predictions after this: 24h, 7d or an ISO date."),
         out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default RUN/monitor)."),
         window: str = typer.Option("block", "--window", help="block (N predictions each), hour or day (UTC)."),
-        size: int = typer.Option(500, "--size", min=2, help="Predictions per block window."),
-        min_window: int = typer.Option(50, "--min-window", min=2, help="Smaller windows are shown but not tested."),
-        alpha: float = typer.Option(0.05, "--alpha", min=1e-6, max=0.5, help="False-alarm rate per window."),
-        consecutive: int = typer.Option(2, "--consecutive", min=1, help="K significant windows in a row raise an alert."),
+        size: int | None = typer.Option(
+            None, "--size", min=2, help="Predictions per block window (default SIGHTLINE_MONITOR_WINDOW, else the "
+            "spec's monitor.window, else 500)."),
+        min_window: int | None = typer.Option(
+            None, "--min-window", min=2, help="Smaller windows are shown but not tested (default "
+            "SIGHTLINE_MONITOR_MIN_WINDOW, else the spec's, else 50)."),
+        alpha: float | None = typer.Option(
+            None, "--alpha", min=1e-6, max=0.5, help="False-alarm rate per window (default "
+            "SIGHTLINE_MONITOR_ALPHA, else the spec's, else 0.05)."),
+        consecutive: int | None = typer.Option(
+            None, "--consecutive", min=1, help="K significant windows in a row raise an alert (default "
+            "SIGHTLINE_MONITOR_CONSECUTIVE, else the spec's, else 2)."),
+        spec: Path | None = typer.Option(
+            None, "--spec", help="The data's sightline.yaml (or its data folder): its monitor: section sets the "
+            "window settings as it does for `sightline serve --spec`; a SIGHTLINE_MONITOR_* variable wins over it, "
+            "an option here over both (default SIGHTLINE_SPEC)."),
         as_json: bool = typer.Option(False, "--json", help="Print monitor.json to stdout instead of a summary."),
         images: Path | None = typer.Option(
             None, "--images", help="The service's kept-image folder, for example thumbnails (default "
@@ -59,13 +71,18 @@ def register(app: typer.Typer) -> None:
         from sightline.bundle import resolve_bundle_dir
         from sightline.monitor.report import kept_images, write_report
         from sightline.serve.monitoring import build_report
-        from sightline.serve.settings import database_url
+        from sightline.serve.settings import database_url, load_monitor_settings
         from sightline.storage.images import LocalImageStore
 
         folder = resolve_bundle_dir(bundle)
         url = database_url(database or os.environ.get("SIGHTLINE_DATABASE_URL"), folder)
-        report = build_report(folder, url, since=parse_since(since) if since else None, window=window, size=size,
-                              min_window=min_window, alpha=alpha, consecutive=consecutive)
+        # as the service reads them: an option here > SIGHTLINE_MONITOR_* > the spec's monitor: section > default
+        ms = load_monitor_settings(spec=spec, monitor_window=size, monitor_min_window=min_window, monitor_alpha=alpha,
+                                   monitor_consecutive=consecutive)
+        report = build_report(folder, url, since=parse_since(since) if since else None, window=window,
+                              size=ms.monitor_window, min_window=ms.monitor_min_window, alpha=ms.monitor_alpha,
+                              consecutive=ms.monitor_consecutive, permutations=ms.monitor_permutations)
+        report["spec"] = str(ms.spec) if ms.spec is not None else None  # where the window settings came from
         kept = images or Path(os.environ.get("SIGHTLINE_IMAGE_STORE") or folder / "images")
         with kept_images(url, LocalImageStore(kept)) if kept.is_dir() else nullcontext() as fetch:
             json_path, html_path = write_report(report, out or folder.parent / "monitor", fetch=fetch)

@@ -40,6 +40,10 @@ def register(app: typer.Typer) -> None:
         shadow_sample: float | None = typer.Option(
             None, "--shadow-sample", help="Share of predict requests the challenger scores (default 0.1; "
             "SIGHTLINE_SHADOW_SAMPLE)."),
+        spec: Path | None = typer.Option(
+            None, "--spec", help="A sightline.yaml (or the data folder holding it) whose monitor: section (window, "
+            "min_window, alpha, consecutive, webhook_url) and review_below_confidence the service uses; "
+            "SIGHTLINE_* variables win over it (SIGHTLINE_SPEC)."),
     ) -> None:
         """Serve a bundle, or a registry alias, over HTTP (FastAPI + uvicorn). Other settings come from SIGHTLINE_*
         variables."""
@@ -52,7 +56,7 @@ def register(app: typer.Typer) -> None:
         overrides: dict = {}
         for name, value in (("bundle", bundle), ("host", host), ("port", port), ("registry", registry),
                             ("alias", alias), ("database_url", database), ("shadow", shadow),
-                            ("shadow_sample", shadow_sample)):
+                            ("shadow_sample", shadow_sample), ("spec", spec)):
             if value is not None:
                 overrides[name] = value
         if int8:
@@ -89,6 +93,8 @@ def register(app: typer.Typer) -> None:
             check_classes(challenger, b)
             what += (f", shadowed by {challenger.bundle.name} {challenger.version} on "
                      f"{100 * settings.shadow_sample:g}% of requests")
+        if settings.spec is not None:
+            what += f", settings from {settings.spec} beneath SIGHTLINE_* variables"
         store = _store(settings.bundle, settings.resolved_database_url())
         if settings.require_api_key and not store.list_keys():
             err_console.print("no API key yet: create one with `sightline keys create NAME --bundle BUNDLE`.")

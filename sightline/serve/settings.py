@@ -1,21 +1,79 @@
 """Service configuration, read from `SIGHTLINE_*` environment variables (pydantic-settings).
 
+A problem definition, sightline.yaml (`--spec`, SIGHTLINE_SPEC), fills what the environment and the command line
+leave unset: its `monitor:` section the drift-window and alert settings, its `review_below_confidence` the review
+rule. `sightline monitor` reads the window settings the same way (`MonitorSettings`), its options above them all.
+
 Example:
     SIGHTLINE_BUNDLE=runs/demo/bundle SIGHTLINE_PORT=8080 sightline serve runs/demo
+    sightline serve runs/demo --spec data/sightline.yaml       # or SIGHTLINE_SPEC=data/sightline.yaml
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sightline.errors import UserInputError
 
-__all__ = ["Settings", "database_url"]
+if TYPE_CHECKING:
+    from sightline.spec import ProblemSpec
+
+__all__ = ["MonitorSettings", "Settings", "database_url", "load_settings", "load_monitor_settings", "spec_settings"]
 
 
-class Settings(BaseSettings):
+def spec_settings(spec: ProblemSpec) -> dict[str, Any]:
+    """The settings (`Settings` names) a problem definition sets: the keys its `monitor:` section writes, and
+    `review_confidence` when it gives `review_below_confidence` (the rule evaluation stored in the bundle, so an
+    edit of the file takes effect without evaluating again)."""
+    values = spec.monitor.settings()
+    if spec.review_below_confidence is not None:
+        values["review_confidence"] = spec.review_below_confidence
+    return values
+
+
+class MonitorSettings(BaseSettings):
+    """How windows of predictions are tested: shared by the service and `sightline monitor`. Each value comes from,
+    first found: the caller (command-line options), its SIGHTLINE_* variable, the `spec` file, the default."""
+
+    model_config = SettingsConfigDict(env_prefix="SIGHTLINE_", extra="ignore")
+
+    spec: Path | None = Field(
+        None, description="A sightline.yaml, or a data folder holding one: its `monitor:` section sets the monitor and "
+        "alert settings below (window, min_window, alpha, consecutive, webhook_url), its review_below_confidence the "
+        "review rule; a SIGHTLINE_* variable set too wins."
+    )
+    monitor_window: int = Field(500, ge=2, description="N: predictions per window (the last N, and blocks of N).")
+    monitor_min_window: int = Field(
+        50, ge=2, description="Windows with fewer predictions are not tested (the report says so)."
+    )
+    monitor_alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate per window (Bonferroni inside).")
+    monitor_consecutive: int = Field(
+        2, ge=1, description="K: an alert fires after K consecutive significant windows and clears after K clean."
+    )
+    monitor_permutations: int = Field(200, ge=20, description="Permutations of the MMD feature test.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_spec(cls, data: object) -> object:
+        """The `spec` file fills the settings that the caller and the environment leave unset; a missing or bad
+        file is one SpecError naming the file and the field."""
+        if isinstance(data, dict) and data.get("spec"):
+            from sightline.spec import SPEC_FILE, load_spec
+
+            path = Path(data["spec"]).expanduser()
+            if path.is_dir():
+                path = path / SPEC_FILE
+            data["spec"] = path
+            for name, value in spec_settings(load_spec(path)).items():
+                if data.get(name) is None:
+                    data[name] = value
+        return data
+
+
+class Settings(MonitorSettings):
     model_config = SettingsConfigDict(env_prefix="SIGHTLINE_", extra="ignore")
 
     bundle: Path | None = Field(
@@ -77,42 +135,18 @@ class Settings(BaseSettings):
     image_store_max_age_days: float | None = Field(
         None, gt=0, description="Evict unlabelled sampled images older than this; review/unknown/labelled stay."
     )
-    # Monitoring (needs the bundle's reference profile, reference.npz; without one serving is unchanged).
+    # Monitoring (needs the bundle's reference profile, reference.npz; without one serving is unchanged). The spec
+    # file, window, min_window, alpha, consecutive and permutations: see MonitorSettings.
     monitor: bool = Field(True, description="Open-set 'unknown' decisions, per-prediction signals, drift windows.")
-    spec: Path | None = Field(
-        None, description="A sightline.yaml whose `monitor:` section sets the monitor and alert settings below "
-        "(window, min_window, alpha, consecutive, webhook_url); a SIGHTLINE_* variable set too wins."
-    )
-    monitor_window: int = Field(500, ge=2, description="N: predictions per window (the last N, and blocks of N).")
-    monitor_min_window: int = Field(
-        50, ge=2, description="Windows with fewer predictions are not tested (the report says so)."
-    )
     monitor_every: int = Field(500, ge=1, description="Run the monitor after this many new predictions ...")
     monitor_interval_minutes: float = Field(5.0, gt=0, description="... or after this many minutes, whichever first.")
-    monitor_alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate per window (Bonferroni inside).")
-    monitor_consecutive: int = Field(
-        2, ge=1, description="K: an alert fires after K consecutive significant windows and clears after K clean."
-    )
     monitor_calendar: str = Field("hour,day", description="Calendar windows (UTC) besides blocks: 'hour', 'day', both "
                                                           "comma-separated, or '' for none.")
-    monitor_permutations: int = Field(200, ge=20, description="Permutations of the MMD feature test.")
     alert_webhook_url: str | None = Field(None, description="POST alert events here (Standard Webhooks, signed).")
     alert_webhook_secret: SecretStr | None = Field(None, description="Signing secret, whsec_<base64>.")
     alert_webhook_attempts: int = Field(5, ge=1, description="Tries per event and monitor run.")
     alert_webhook_backoff_s: float = Field(1.0, ge=0, description="Wait before the 2nd try; doubles each time.")
     alert_webhook_timeout_s: float = Field(10.0, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_spec(cls, data: object) -> object:
-        """The `monitor:` section of the `spec` file fills the settings that the environment and the command line
-        leave unset; a bad file is one SpecError naming the file and the field."""
-        if isinstance(data, dict) and data.get("spec"):
-            from sightline.spec import load_spec
-
-            for name, value in load_spec(data["spec"]).monitor.settings().items():
-                data.setdefault(name, value)
-        return data
 
     @field_validator("monitor_calendar")
     @classmethod
@@ -233,13 +267,14 @@ def database_url(url: str | None, bundle: Path | None) -> str:
     return f"sqlite:///{(resolve_bundle_dir(bundle) / 'sightline.db').resolve()}"
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Settings from SIGHTLINE_* variables plus command-line overrides; a bad value is one UserInputError naming
-    the setting and its variable, not pydantic's multi-line report."""
+_Loaded = TypeVar("_Loaded", bound=MonitorSettings)
+
+
+def _load(cls: type[_Loaded], overrides: dict[str, Any]) -> _Loaded:
     from pydantic import ValidationError
 
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))} (SIGHTLINE_{'_'.join(map(str, e['loc'])).upper()}): {e['msg']}"
@@ -247,3 +282,15 @@ def load_settings(**overrides: object) -> Settings:
             for e in exc.errors()
         )
         raise UserInputError(f"invalid setting: {problems}.") from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from SIGHTLINE_* variables plus command-line overrides; a bad value is one UserInputError naming
+    the setting and its variable, not pydantic's multi-line report (a bad spec file: one SpecError)."""
+    return _load(Settings, overrides)
+
+
+def load_monitor_settings(**overrides: object) -> MonitorSettings:
+    """The window settings as the service would read them (SIGHTLINE_* variables above the spec file, SIGHTLINE_SPEC
+    or `spec=`), with `overrides` (command-line options; None = not given) above both. Errors as `load_settings`."""
+    return _load(MonitorSettings, {k: v for k, v in overrides.items() if v is not None})

@@ -216,6 +216,45 @@ def test_bad_input_is_one_line_and_exit_2(served, run_cli, tmp_path):
     assert code == 2 and "--window 'week'" in cap.err
 
 
+def test_window_settings_come_from_the_spec_beneath_variables_and_options(served, run_cli, tmp_path, monkeypatch):
+    """`--spec` (or SIGHTLINE_SPEC, a file or the data folder holding it) sets the windows as it does for the
+    service: the monitor: section, a SIGHTLINE_MONITOR_* variable above it, an option above both; a missing or bad
+    file is one line and exit code 2."""
+    for name in ("SIGHTLINE_SPEC", "SIGHTLINE_MONITOR_WINDOW", "SIGHTLINE_MONITOR_MIN_WINDOW",
+                 "SIGHTLINE_MONITOR_ALPHA", "SIGHTLINE_MONITOR_CONSECUTIVE", "SIGHTLINE_MONITOR_PERMUTATIONS"):
+        monkeypatch.delenv(name, raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    spec = data / "sightline.yaml"
+    spec.write_text(f"monitor:\n  window: {BLOCK}\n  min_window: {BLOCK}\n  consecutive: 1\n  alpha: 0.01\n")
+    base = ["monitor", str(served["bundle"]), "--database", served["url"], "--out", str(tmp_path / "r"), "--json"]
+
+    def report(*args: str) -> dict:
+        code, cap = run_cli(base + list(args))
+        assert code == 0, cap.err
+        return json.loads(cap.out)
+
+    r = report("--spec", str(spec))
+    assert r["window"] == {"kind": "block", "size": BLOCK, "min_window": BLOCK, "alpha": 0.01, "consecutive": 1,
+                           "permutations": 200}
+    assert r["spec"] == str(spec) and [w["n"] for w in r["windows"]] == [BLOCK] * 4
+    assert [w["alert_event"] for w in r["windows"]] == [None, None, "fired", None]  # K = 1: the first drifted window
+    monkeypatch.setenv("SIGHTLINE_SPEC", str(data))
+    assert report()["window"]["size"] == BLOCK
+    monkeypatch.setenv("SIGHTLINE_MONITOR_WINDOW", str(2 * BLOCK))  # a variable wins over the file
+    r = report()
+    assert r["window"]["size"] == 2 * BLOCK and [w["n"] for w in r["windows"]] == [2 * BLOCK] * 2
+    r = report("--size", str(4 * BLOCK), "--consecutive", "2")  # an option wins over both
+    assert (r["window"]["size"], r["window"]["consecutive"], r["window"]["min_window"]) == (4 * BLOCK, 2, BLOCK)
+    monkeypatch.delenv("SIGHTLINE_SPEC")
+    monkeypatch.delenv("SIGHTLINE_MONITOR_WINDOW")
+    assert report()["window"]["size"] == 500 and report()["spec"] is None
+    spec.write_text("monitor:\n  alpha: 2\n")
+    for path, says in ((tmp_path / "missing.yaml", "missing.yaml cannot be read"), (data, "monitor.alpha=2 must be")):
+        code, cap = run_cli(base + ["--spec", str(path)])
+        assert code == 2 and says in cap.err and len(cap.err.strip().splitlines()) == 1, cap.err
+
+
 def test_the_report_reads_postgresql_as_it_reads_sqlite(served, run_cli, tmp_path):
     """The same predictions and signals copied into PostgreSQL (a schema of its own in
     SIGHTLINE_TEST_DATABASE_URL's database) give the same windows, p-values and measured accuracy."""
