@@ -198,6 +198,74 @@ def test_unknown_decision_score_and_a_signals_row_for_every_answer(profiled, dat
         store.close()
 
 
+@pytest.mark.parametrize("score", ["msp", "energy", "knn", "mahalanobis"])
+def test_observer_scores_equal_the_profiles_own_bit_for_bit(profiled, score):
+    """The service scores each micro-batch with a scorer prepared once (`ood.OpenSetScorer`); its scores and
+    flags must equal `ReferenceProfile.unknown`, whichever score a profile chose."""
+    import dataclasses
+
+    from sightline.inference import Output
+    from sightline.monitor.ood import OODChoice
+    from sightline.serve.monitoring import Observer
+
+    _, built = profiled
+    profile = dataclasses.replace(built, ood_choice=OODChoice(score=score, threshold=0.0, quantile=0.99,
+                                                              chosen_by="test", n_in=0, n_out=0))
+    rng = np.random.default_rng(0)
+    d = profile.pca_mean.shape[0]
+    features = np.abs(rng.normal(size=(7, d))).astype(np.float32)
+    logits = rng.normal(size=(7, len(CLASSES))).astype(np.float32)
+    observer = Observer(profile, "f" * 16)
+    profile.ood_choice.threshold = float(np.median(profile.unknown(logits, features)[0]))  # some flagged
+    scored = observer.score(Output(logits, features))
+    want, flags = profile.unknown(logits, features)
+    assert np.array_equal(scored.scores, want) and np.array_equal(scored.unknown, flags) and 0 < flags.sum() < 7
+
+
+def test_recent_window_is_the_newest_predictions_whether_read_with_the_blocks_or_alone(profiled, tmp_path,
+                                                                                       monkeypatch):
+    """`Monitor.run_once` takes the "recent" window from the tail of its block read when that read reaches the
+    newest prediction (one read), else reads the newest N on their own; either way the stored window equals
+    `summarize` on the newest N signal rows."""
+    from sightline.inference import Output
+    from sightline.monitor.windows import summarize
+    from sightline.serve.metrics import ServiceMetrics
+    from sightline.serve.monitoring import Monitor, Observer, batch_from_rows
+    from sightline.storage.store import Store
+
+    folder, profile = profiled
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    settings = _settings(folder, url)
+    store = Store(url)
+    observer = Observer(profile, "a" * 16)
+    monitor = Monitor(store=store, observer=observer, settings=settings, metrics=ServiceMetrics(),
+                      model={"name": "pets", "version": "7"})
+    reads = []
+    real = store.signal_rows
+    monkeypatch.setattr(store, "signal_rows", lambda *a, **kw: reads.append(kw) or real(*a, **kw))
+    rng = np.random.default_rng(0)
+    row = {"request_id": "r", "filename": "a.jpg", "input_sha256": "0" * 64, "model_name": "pets",
+           "model_version": "7", "label": "cat", "confidence": 0.5, "top_k": [], "decision": "review",
+           "latency_ms": 1.0}
+    try:
+        # 45 new: one block and the recent window from one read; 10 more: 25 after the block, the newest 30
+        # read alone; 400 more: the block read stops at 10 blocks (300 rows), the newest read alone
+        for n, separate in ((45, False), (10, True), (400, True)):
+            d = profile.pca_mean.shape[0]
+            out = Output(rng.normal(size=(n, len(CLASSES))).astype(np.float32),
+                         np.abs(rng.normal(size=(n, d))).astype(np.float32))
+            store.add_predictions([row] * n, observer.observe(out, [{"width": 10 + i} for i in range(n)])[2])
+            reads.clear()
+            monitor.run_once()
+            assert any(kw.get("newest") for kw in reads) == separate
+            newest = batch_from_rows(real("a" * 16, newest=WINDOW), profile)
+            want = summarize(profile, newest, kind="recent", key=int(newest.ids[-1]), alpha=settings.monitor_alpha,
+                             min_window=settings.monitor_min_window, permutations=settings.monitor_permutations)
+            assert store.latest_windows("a" * 16)["recent"] == want
+    finally:
+        store.close()
+
+
 def test_without_a_profile_or_with_monitoring_off_serving_is_unchanged(profiled, tmp_path):
     from sightline.storage.store import PredictionSignal, Store
 
@@ -221,6 +289,35 @@ def test_without_a_profile_or_with_monitoring_off_serving_is_unchanged(profiled,
             assert conn.execute(sa.select(sa.func.count()).select_from(PredictionSignal)).scalar() == 0
         assert store.count_predictions() == 2
         store.close()
+
+
+def test_the_service_uses_the_spec_files_monitor_section_and_review_rule(profiled, tmp_path, monkeypatch):
+    """`sightline serve --spec PATH` (Settings.spec): the monitor: section sets the windows and the alert rule that
+    /v1/monitor reports, review_below_confidence the review rule (the bundle says 0.99, so every calm answer is
+    "review" without the file); a SIGHTLINE_* variable wins over the file."""
+    for name in ("SIGHTLINE_SPEC", "SIGHTLINE_REVIEW_CONFIDENCE", "SIGHTLINE_MONITOR_WINDOW",
+                 "SIGHTLINE_MONITOR_MIN_WINDOW", "SIGHTLINE_MONITOR_CONSECUTIVE", "SIGHTLINE_MONITOR_ALPHA"):
+        monkeypatch.delenv(name, raising=False)
+    from sightline.serve.settings import load_settings
+
+    folder, _ = profiled
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sightline.yaml").write_text("review_below_confidence: 0.0\n"
+                                         "monitor: {window: 40, min_window: 20, consecutive: 3, alpha: 0.01}\n")
+    monkeypatch.setenv("SIGHTLINE_MONITOR_ALPHA", "0.02")  # a variable wins over the file
+    settings = load_settings(bundle=folder, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", spec=data,
+                             rate_limit_per_minute=0, key_cache_s=0, threads=1, monitor_calendar="",
+                             monitor_every=10**6, monitor_interval_minutes=600)
+    assert settings.spec == data / "sightline.yaml" and settings.review_confidence == 0.0
+    with serving(settings) as (client, app, key):
+        answers = _predict(client, [calm(i) for i in range(6)])
+        status = client.get("/v1/monitor").json()
+    assert {a["decision"] for a in answers} <= {"accept", "unknown"} and "accept" in {a["decision"] for a in answers}
+    assert {k: status["settings"][k] for k in ("window", "min_window", "consecutive", "alpha")} == {
+        "window": 40, "min_window": 20, "consecutive": 3, "alpha": 0.02}
+    monkeypatch.setenv("SIGHTLINE_REVIEW_CONFIDENCE", "0.5")
+    assert load_settings(bundle=folder, spec=data).review_confidence == 0.5
 
 
 # --- windows, alerts, webhooks ------------------------------------------------------------------------------
