@@ -18,11 +18,13 @@ images, review queue and labels the export reads are the service's own rows.
  2. champion: train (Lite0, offline ImageNet weights "auto", the demo's settings at --size px), evaluate on the test
     split (temperature, thresholds and the monitor's reference profile fitted on val), export to ONNX;
  3. serve: `registry add --alias champion`, the app started with keys `camera` (predict) and `oracle` (review),
-    SIGHTLINE_KEEP_ACCEPTED=--keep-accepted (the random slice of accepted answers kept for measurement);
+    SIGHTLINE_KEEP_ACCEPTED=--keep-accepted (the random slice: that share of every answer, whatever its decision,
+    kept for measurement);
  4. stream: every image POSTed to /v1/predict (--per-request images a request), answers kept with the truth;
  5. review: --labels items labelled by the oracle in the order of the web app's queue page (sightline.serve.web.
     queue.ordered_queue: most uncertain first, spread by k-center), 50 a page, each through POST /v1/review/{id}
-    with the review key; then the random slice (GET /v1/review?slice=random), labelled the same way: it becomes the
+    with the review key; then the rest of the random slice (GET /v1/review?slice=random), labelled the same way:
+    every slice member, drawn from all predictions (queue items the oracle labelled included), becomes the
     production/ split that measures production accuracy and is never trained on;
  6. feedback export (parent + reviewed images, test frozen, production/ split, audit);
  7. retrain (the champion's recorded settings), then evaluate + export the challenger as for the champion (so it
@@ -303,9 +305,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         with clock.step(f"review: oracle labels {args.labels} queue items"):
             queue_ids = label_queue(client, store, oracle, truth, args.labels)
         with clock.step("review: oracle labels the random slice"):
-            slice_ids = label_slice(client, oracle, truth)
-        report["labelled_queue"] = labelled_summary(queue_ids, truth)
-        report["labelled_slice"] = labelled_summary(slice_ids, truth)
+            label_slice(client, oracle, truth)
+        # the slice is drawn from every answer: members the queue already had were labelled there
+        kept_slice = [r for r in store.kept_images() if r["in_slice"]]
+        members = {r["prediction_id"] for r in kept_slice}
+        slice_ids = [r["prediction_id"] for r in kept_slice if r["reviewed_label"] is not None]
+        report["labelled_queue"] = {**labelled_summary(queue_ids, truth),
+                                    "in_slice": len(members.intersection(queue_ids))}
+        report["labelled_slice"] = {**labelled_summary(slice_ids, truth), "members": len(members)}
 
         newdata = work / "data-v2"
         with clock.step("feedback export"):
@@ -409,7 +416,9 @@ def print_report(report: dict[str, Any]) -> None:
                   + (f"; accepted ones right {p['accepted_accuracy']:.3f}" if p["accepted_accuracy"] is not None else ""))
     print(f"  review queue: {report['queue_size']} items; oracle labelled {q['n']} (after the shift "
           f"{q['by_phase']['after']}; classes {q['by_class']}; the champion was right on {q['champion_accuracy']})")
-    print(f"  random slice: {sl['n']} labelled (after the shift {sl['by_phase']['after']}; champion right on "
+    print(f"  review queue labels in the random slice (production/, not trained on): {q['in_slice']}")
+    print(f"  random slice (drawn from all answers): {sl['n']} of {sl['members']} members labelled (after the "
+          f"shift {sl['by_phase']['after']}; decisions {sl['by_decision']}; champion right on "
           f"{sl['champion_accuracy']})")
     f = report["feedback"]
     print(f"  feedback export: {f['dataset_version']} from {f['parent_version']}: added {f['added']}; skipped "
@@ -454,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout", type=int, default=400, help="fresh shifted images for the final check [400]")
     ap.add_argument("--labels", type=int, default=200, help="review-queue items the oracle labels [200]")
     ap.add_argument("--keep-accepted", type=float, default=0.25,
-                    help="SIGHTLINE_KEEP_ACCEPTED: share of accepted answers kept as the random slice [0.25]")
+                    help="SIGHTLINE_KEEP_ACCEPTED: share of all answers drawn into the random slice [0.25]")
     ap.add_argument("--per-request", type=int, default=8, help="images per /v1/predict request [8]")
     ap.add_argument("--train-textures", default=",".join(TRAIN_TEXTURES), help="textures of the training data")
     ap.add_argument("--shift-textures", default=",".join(SHIFT_TEXTURES), help="textures after the shift")

@@ -4,8 +4,9 @@ NEWDATA = the parent dataset, hard-linked file by file (its `test` split is froz
 byte), plus the images reviewers labelled in the service (kept in its content-addressed image store):
   - labelled review/unknown items go to train or val by a stratified hash: within each class, items ordered by
     sha256 and every k-th to val (val_ratio of each class), so the same images always land in the same split;
-  - labelled items of the random accepted slice ("sample" in kept_images) go to `production/<class>/`, for an
-    unbiased measurement of production accuracy (`sightline challenge` reads it) and never into training.
+  - labelled items of the random slice (kept_images.in_slice: drawn from all predictions, whatever their decision,
+    so a review/unknown item can be in it too) go to `production/<class>/`, for an unbiased measurement of
+    production accuracy (`sightline challenge` reads it) and never into training.
 Not placed, and counted in feedback.json: the label `unknown` (not a valid item), items whose image was not kept
 or was evicted, exact copies of a parent image (the parent's label stands; a differing label is reported), and
 images that reviewers labelled differently (conflicts, listed for a decision).
@@ -160,7 +161,7 @@ def export_feedback(
             duplicates.append({"sha256": sha, "prediction_ids": ids, "label": labels[0], "parent": rel,
                                "parent_label": parent_label[rel], "agrees": parent_label[rel] == labels[0]})
             continue
-        split = PRODUCTION if any(r["reason"] == "sample" for r in group) else None
+        split = PRODUCTION if any(r["in_slice"] for r in group) else None
         items.append({"sha256": sha, "label": labels[0], "split": split, "prediction_ids": ids,
                       "reviewers": reviewers, "content_type": group[0]["content_type"]})
     # stratified hash: per class, in sha256 order, every k-th training candidate to val

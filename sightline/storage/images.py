@@ -7,11 +7,14 @@ is renamed into place, so a reader never sees half a file); an fsspec URL (`s3:/
 `memory://...` in tests; SIGHTLINE_IMAGE_STORE) -> `FsspecImageStore`, the same layout on any filesystem fsspec can
 open (its package installed: s3fs for s3://).
 
-`ImageKeeper` decides per prediction: every "review" and "unknown" image is kept; an "accept" one with
-probability `keep_accepted` (the "sample" slice, flagged in kept_images so accuracy measured on it is unbiased).
-Retention (`max_bytes`, `max_age_days`) evicts only unlabelled samples, oldest first; review/unknown images and
-every labelled image stay. A file shared by several predictions (same bytes) is deleted only when none of them
-still needs it.
+`ImageKeeper` decides per prediction: every "review" and "unknown" image is kept. Independently of the decision,
+each answered prediction is drawn into the random slice with probability `keep_accepted` (kept_images.in_slice), so
+the slice is a uniform sample of the whole stream and accuracy measured on its labelled items estimates the
+accuracy of every answer, not only of the accepted ones; an accepted prediction drawn into it is kept for that alone
+(reason "sample"), a queued one drawn into it is kept once, with both its reason and the flag. Retention
+(`max_bytes`, `max_age_days`) evicts only unlabelled images kept for the slice alone (accepted, reason "sample"),
+oldest first; review/unknown images and every labelled image stay. A file shared by several predictions (same bytes)
+is deleted only when none of them still needs it.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sightline.errors import UserInputError, one_line
+from sightline.storage.store import QUEUED_DECISIONS, SAMPLE_REASON
 
 log = logging.getLogger("sightline.serve")
 
@@ -227,7 +231,9 @@ def open_image_store(location: str | os.PathLike[str], **storage_options: Any) -
 
 
 class ImageKeeper:
-    """What to keep of each answered prediction, and retention. Thread-safe; blocking (call from a worker)."""
+    """What to keep of each answered prediction, and retention (see the module docstring). `keep_accepted` is the
+    random slice's rate: the share of every decision's predictions drawn into it, so also the share of accepted
+    images kept. Thread-safe; blocking (call from a worker)."""
 
     def __init__(self, images: ImageStore, *, keep_accepted: float = 0.03, max_bytes: int | None = None,
                  max_age_days: float | None = None, retention_every_s: float = 60.0,
@@ -242,24 +248,25 @@ class ImageKeeper:
         self._last_retention = 0.0
 
     def keep(self, store: Any, ids: Sequence[int], decisions: Sequence[str], blobs: Sequence[bytes]) -> int:
-        """Store the images that matter of these predictions and record them; returns how many were kept."""
+        """Store the images that matter of these predictions and record them; returns how many were kept. Every
+        prediction is drawn into the random slice or not before its decision is looked at (one draw each)."""
         rows = []
         for pid, decision, blob in zip(ids, decisions, blobs):
-            if decision in ("review", "unknown"):
+            with self._lock:
+                in_slice = self._rng.random() < self.keep_accepted
+            if decision in QUEUED_DECISIONS:
                 reason = decision
+            elif in_slice:
+                reason = SAMPLE_REASON
             else:
-                with self._lock:
-                    sampled = self._rng.random() < self.keep_accepted
-                if not sampled:
-                    continue
-                reason = "sample"
+                continue
             try:
                 sha = self.images.put(blob)
             except OSError as exc:  # a full or unwritable disk must not fail the prediction: it was answered
                 log.warning("image of prediction %s not kept: %s", pid, exc)
                 continue
             rows.append({"prediction_id": pid, "sha256": sha, "reason": reason, "content_type": content_type(blob),
-                         "size": len(blob)})
+                         "size": len(blob), "in_slice": in_slice})
         store.add_kept_images(rows)
         if (self.max_bytes is not None or self.max_age_days is not None) and rows:
             now = time.monotonic()
@@ -279,8 +286,10 @@ class ImageKeeper:
         return (data, row["content_type"]) if data is not None else None
 
     def enforce_retention(self, store: Any, now: datetime | None = None) -> list[int]:
-        """Evict unlabelled "sample" images older than max_age_days, then the oldest of them until the store's
-        bytes (each distinct file once) fit max_bytes. Returns the evicted prediction ids."""
+        """Evict the unlabelled images kept only for the random slice (accepted predictions, reason "sample")
+        older than max_age_days, then the oldest of them until the store's bytes (each distinct file once) fit
+        max_bytes; review/unknown images (slice members or not) and labelled ones are never evicted. Returns the
+        evicted prediction ids."""
         now = now or datetime.now(timezone.utc)
         rows = [r for r in store.kept_images() if r["evicted"] is None]
         needed: dict[str, int] = {}  # sha -> live rows that need the file
@@ -289,7 +298,8 @@ class ImageKeeper:
             needed[r["sha256"]] = needed.get(r["sha256"], 0) + 1
             sizes[r["sha256"]] = r["size"]
         total = sum(sizes.values())
-        evictable = [r for r in rows if r["reason"] == "sample" and r["reviewed_label"] is None]
+        evictable = [r for r in rows if r["reason"] == SAMPLE_REASON and r["decision"] == "accept"
+                     and r["reviewed_label"] is None]
         evicted: list[int] = []
         done: set[int] = set()
 

@@ -16,8 +16,24 @@ Roles, label history and kept images are side tables too (no ALTER of api_keys /
   api_key_roles       (key id, role) rows; a key without any row was made before roles existed and keeps what
                       every key could do then: predict and review (LEGACY_ROLES). `create_key` always writes >= 1.
   label_history       every change of a prediction's reviewed label: who (the key's name), when, old -> new
-  kept_images         the image of a prediction kept in the image store (sha256, content type, size) and why:
-                      "review" / "unknown", or "sample" (a random slice of accepted ones, for unbiased accuracy)
+  kept_images         the image of a prediction kept in the image store (sha256, content type, size), why
+                      ("review" / "unknown" for a queued decision, "sample" for an accepted prediction kept only
+                      because it is in the random slice), and `in_slice`: the prediction is in the random slice.
+
+The random slice is drawn from every answered prediction, whatever its decision (sightline.storage.images.
+ImageKeeper), so accuracy measured on its labelled items estimates the accuracy of the whole stream, not of the
+accepted predictions only. `IN_SLICE` is its one SQL condition; `slice_counts` tells how much of it is labelled.
+
+Shadow mode's rows (sightline.storage.shadow) are side tables too:
+  shadow_predictions  a challenger's answer for a served prediction, beside the champion's
+  shadow_totals       running totals per challenger version (rows, agreement, accuracy on reviewer labels), moved
+                      with each shadow row and each label change, so the shadow summary does not grow with the rows
+
+Columns added to a table after databases were made (`_ADDED_COLUMNS`; there is no Alembic yet): each is added when
+missing as Store opens the database (ALTER TABLE ... ADD COLUMN with a default: cheap on SQLite and PostgreSQL, no
+rewrite of the rows), once, with its backfill in the same transaction. kept_images.in_slice came in this way; rows of
+the version before it, which sampled accepted predictions only, are slice members exactly when their reason is
+"sample", which the backfill writes and `IN_SLICE` also accepts (a replica still on that version may write more).
 """
 from __future__ import annotations
 
@@ -40,21 +56,27 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    case,
     create_engine,
     event,
+    false,
     func,
+    inspect,
     insert,
+    or_,
     select,
     text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from sightline.errors import SightlineError, UserInputError, one_line
 
-__all__ = ["Store", "PredictionRecord", "ApiKeyRole", "LabelHistory", "KeptImage", "LabelConflictError", "ROLES",
-           "LEGACY_ROLES", "PredictionSignal", "MonitorWindow", "MonitorAlert", "ApiKey", "ApiKeyInfo",
-           "hash_key", "safe_url", "KEY_PREFIX", "DECISIONS", "QUEUED_DECISIONS", "QUEUE_SQL"]
+__all__ = ["Store", "PredictionRecord", "ApiKeyRole", "LabelHistory", "KeptImage", "ShadowPrediction", "ShadowTotal",
+           "LabelConflictError", "ROLES", "LEGACY_ROLES", "PredictionSignal", "MonitorWindow", "MonitorAlert",
+           "ApiKey", "ApiKeyInfo", "hash_key", "safe_url", "KEY_PREFIX", "DECISIONS", "QUEUED_DECISIONS", "QUEUE_SQL",
+           "IN_SLICE", "SAMPLE_REASON", "truth_counts"]
 
 KEY_PREFIX = "sl_"
 _LOOKUP_CHARS = 8  # characters after KEY_PREFIX stored in clear to find the row; the rest is only hashed
@@ -69,6 +91,7 @@ QUEUE_SQL = "reviewed_label IS NULL AND decision <> 'accept'"
 ROLES = ("predict", "review", "admin")
 LEGACY_ROLES = frozenset({"predict", "review"})  # keys made before roles: any key could predict and work the queue
 UNKNOWN_LABEL = "unknown"  # a reviewer's label for "not a valid item" (no class fits)
+SAMPLE_REASON = "sample"  # kept_images.reason of an accepted prediction kept only because it is in the random slice
 
 
 class LabelConflictError(SightlineError):
@@ -153,7 +176,7 @@ class LabelHistory(Base):
 
 
 class KeptImage(Base):
-    """A prediction whose image is in the image store. `evicted` is set (the row stays, so the sample flag and
+    """A prediction whose image is in the image store. `evicted` is set (the row stays, so slice membership and
     the sampling rate stay known) when retention removed the bytes."""
 
     __tablename__ = "kept_images"
@@ -161,10 +184,64 @@ class KeptImage(Base):
     prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    reason: Mapped[str] = mapped_column(String(16), index=True)  # "review" | "unknown" | "sample"
+    reason: Mapped[str] = mapped_column(String(16), index=True)  # "review" | "unknown" | "sample" (accept, in slice)
     content_type: Mapped[str] = mapped_column(String(32))
     size: Mapped[int] = mapped_column(Integer)
     evicted: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # in the random slice (drawn for every prediction, whatever its decision); added after databases were made
+    in_slice: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
+
+
+# The random slice as SQL (kept_images joined): `in_slice`, or a "sample" row written before the column existed (or by
+# a replica still running that version: it sampled accepted predictions only, all of them flagged "sample").
+IN_SLICE = or_(KeptImage.in_slice == true(), KeptImage.reason == SAMPLE_REASON)
+
+# (table, column, backfill statement or None): columns declared after databases were made, added by Store._add_columns
+_ADDED_COLUMNS: tuple[tuple[str, str, Any], ...] = (
+    ("kept_images", "in_slice",
+     KeptImage.__table__.update().where(KeptImage.reason == SAMPLE_REASON).values(in_slice=True)),
+)
+
+
+class ShadowPrediction(Base):
+    """The answer of a challenger in shadow mode for one served prediction (whose champion answer is
+    `prediction_id`); written and read by sightline.storage.shadow.ShadowLog."""
+
+    __tablename__ = "shadow_predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    challenger_name: Mapped[str] = mapped_column(String(200))
+    challenger_version: Mapped[str] = mapped_column(String(100), index=True)  # bundle version + content hash
+    label: Mapped[str] = mapped_column(String(200))
+    confidence: Mapped[float] = mapped_column(Float)  # calibrated probability of `label`, 0..1
+    decision: Mapped[str] = mapped_column(String(16))  # "accept" | "review" (no open-set score for a challenger)
+    champion_version: Mapped[str] = mapped_column(String(100))
+    champion_label: Mapped[str] = mapped_column(String(200))
+    champion_decision: Mapped[str] = mapped_column(String(16))
+    latency_ms: Mapped[float] = mapped_column(Float)  # the challenger's decode + inference for the whole request
+
+
+class ShadowTotal(Base):
+    """Running totals of one challenger's shadow rows, so its summary is one row read however many rows there are.
+    Moved in the transaction that writes what they count: a shadow row (ShadowLog.add) or a reviewer's label of a
+    shadowed prediction (Store.record_label / clear_label); ShadowLog.rebuild_totals recomputes them from the rows."""
+
+    __tablename__ = "shadow_totals"
+
+    challenger_version: Mapped[str] = mapped_column(String(100), primary_key=True)
+    first_id: Mapped[int] = mapped_column(Integer)  # its first and last shadow_predictions.id
+    last_id: Mapped[int] = mapped_column(Integer)
+    first: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    n: Mapped[int] = mapped_column(Integer)  # rows
+    agree: Mapped[int] = mapped_column(Integer)  # same label as the champion
+    comparable: Mapped[int] = mapped_column(Integer)  # the champion's decision was not "unknown"
+    agree_decisions: Mapped[int] = mapped_column(Integer)  # ... and both decisions are the same
+    labelled: Mapped[int] = mapped_column(Integer)  # the prediction has a reviewer label other than "unknown"
+    champion_right: Mapped[int] = mapped_column(Integer)  # ... equal to the champion's label
+    challenger_right: Mapped[int] = mapped_column(Integer)  # ... equal to the challenger's label
 
 
 class PredictionSignal(Base):
@@ -261,9 +338,31 @@ class Store:
         self._write_lock = threading.Lock() if self.is_sqlite else None
         try:
             Base.metadata.create_all(self.engine)
+            self._add_columns()
             self._add_indexes()
         except OperationalError as exc:  # unreachable server, or a SQLite path in a missing folder
             raise UserInputError(f"database {safe_url(url)} cannot be opened ({one_line(exc.orig or exc)}).") from None
+
+    def _add_columns(self) -> None:
+        """Add the columns of `_ADDED_COLUMNS` that a database made by an earlier version lacks (see the module
+        docstring), each with its backfill in one transaction. Several replicas may open an old database at once:
+        PostgreSQL adds IF NOT EXISTS; on SQLite a column that appeared meanwhile is taken as added."""
+        for table, column, backfill in _ADDED_COLUMNS:
+            if column in {c["name"] for c in inspect(self.engine).get_columns(table)}:
+                continue
+            col = Base.metadata.tables[table].c[column]
+            kind = col.type.compile(dialect=self.engine.dialect)
+            default = col.server_default.arg.compile(dialect=self.engine.dialect)  # type: ignore[union-attr]
+            exists = "IF NOT EXISTS " if self.engine.dialect.name == "postgresql" else ""
+            try:
+                with self._write(), self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {exists}{column} {kind} NOT NULL "
+                                      f"DEFAULT {default}"))
+                    if backfill is not None:
+                        conn.execute(backfill)
+            except OperationalError as exc:
+                if "duplicate column" not in str(exc.orig or exc).lower():
+                    raise
 
     def _add_indexes(self) -> None:
         """Indexes of the predictions table declared after databases were made: `create_all` creates missing
@@ -274,9 +373,18 @@ class Store:
         with self._write(), self.engine.begin() as conn:
             for index in sorted(PredictionRecord.__table__.indexes, key=lambda ix: str(ix.name)):
                 conn.execute(CreateIndex(index, if_not_exists=True))
+            for table, column, _ in _ADDED_COLUMNS:  # an added column's index: create_all skipped it too
+                for index in sorted(Base.metadata.tables[table].indexes, key=lambda ix: str(ix.name)):
+                    if [c.name for c in index.columns] == [column]:
+                        conn.execute(CreateIndex(index, if_not_exists=True))
 
     def _write(self) -> Any:
         return self._write_lock if self._write_lock is not None else _NullLock()
+
+    def writing(self) -> Any:
+        """The lock to hold around a write transaction on this database from outside Store (sightline.storage.
+        shadow): SQLite takes one writer at a time, serialised here; a no-op on PostgreSQL."""
+        return self._write()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -385,12 +493,13 @@ class Store:
 
     def review_queue(self, *, limit: int = 50, offset: int = 0, sample: bool = False) -> list[dict[str, Any]]:
         """Predictions with decision "review" or "unknown" that no reviewer has labelled yet, oldest first; with
-        `sample`, instead the unlabelled random slice of accepted predictions whose image is kept (labelled, it
-        measures production accuracy without the queue's bias towards hard cases)."""
+        `sample`, instead the unlabelled members of the random slice whose image is kept, whatever their decision
+        (drawn from all predictions: labelled, it measures production accuracy without the queue's bias towards
+        hard cases; a queued member is in both lists, and a label given in either counts for both)."""
         q = select(PredictionRecord).where(PredictionRecord.reviewed_label.is_(None))
         if sample:
             q = q.join(KeptImage, KeptImage.prediction_id == PredictionRecord.id).where(
-                KeptImage.reason == "sample", KeptImage.evicted.is_(None))
+                IN_SLICE, KeptImage.evicted.is_(None))
         else:
             q = q.where(PredictionRecord.decision.in_(QUEUED_DECISIONS))
         with self._sessions() as session:
@@ -413,11 +522,13 @@ class Store:
                     'send "override": true to change it (the change is kept in the label history).'
                 )
             now = _now()
+            old = row.reviewed_label
             session.add(LabelHistory(prediction_id=prediction_id, changed=now, reviewer=reviewer,
-                                     old_label=row.reviewed_label, new_label=label, old_reviewer=row.reviewer))
+                                     old_label=old, new_label=label, old_reviewer=row.reviewer))
             row.reviewed_label = label
             row.reviewer = reviewer
             row.reviewed = now
+            _label_changed(session, prediction_id, old, label)
             return row.to_dict()
 
     def clear_label(self, prediction_id: int, *, reviewer: str | None = None) -> dict[str, Any] | None:
@@ -428,9 +539,11 @@ class Store:
             if row is None:
                 return None
             if row.reviewed_label is not None:
+                old = row.reviewed_label
                 session.add(LabelHistory(prediction_id=prediction_id, changed=_now(), reviewer=reviewer,
-                                         old_label=row.reviewed_label, new_label="", old_reviewer=row.reviewer))
+                                         old_label=old, new_label="", old_reviewer=row.reviewer))
                 row.reviewed_label = row.reviewer = row.reviewed = None
+                _label_changed(session, prediction_id, old, None)
             return row.to_dict()
 
     def label_history(self, prediction_id: int | None = None) -> list[dict[str, Any]]:
@@ -456,14 +569,32 @@ class Store:
         return dict(row._mapping) if row is not None else None
 
     def kept_images(self) -> list[dict[str, Any]]:
-        """Every kept-image row with its prediction's decision, label and reviewer label, oldest first."""
-        q = (select(KeptImage.__table__, PredictionRecord.decision, PredictionRecord.label,
+        """Every kept-image row with its prediction's decision, label and reviewer label, oldest first; `in_slice`
+        is slice membership as `IN_SLICE` reads it (old "sample" rows included)."""
+        columns = [c for c in KeptImage.__table__.c if c.name != "in_slice"]
+        q = (select(*columns, IN_SLICE.label("in_slice"), PredictionRecord.decision, PredictionRecord.label,
                     PredictionRecord.reviewed_label, PredictionRecord.reviewer, PredictionRecord.reviewed,
                     PredictionRecord.filename, PredictionRecord.model_version)
              .join(PredictionRecord, PredictionRecord.id == KeptImage.prediction_id)
              .order_by(KeptImage.prediction_id))
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+            return [{**r._mapping, "in_slice": bool(r.in_slice)} for r in conn.execute(q)]
+
+    def slice_counts(self) -> dict[str, dict[str, int]]:
+        """How much of the random slice is labelled, per decision: {decision: {n (members), labelled (a reviewer
+        label, "unknown" included), unlabelled_evicted (image gone before anyone labelled it)}}, every decision
+        present. Its accuracy is unbiased once each decision's members are labelled alike (all of them, or a share
+        that does not depend on how hard they were)."""
+        p, k = PredictionRecord, KeptImage
+        q = (select(p.decision, func.count(),
+                    func.sum(case((p.reviewed_label.is_not(None), 1), else_=0)),
+                    func.sum(case((p.reviewed_label.is_(None) & k.evicted.is_not(None), 1), else_=0)))
+             .select_from(k).join(p, p.id == k.prediction_id).where(IN_SLICE).group_by(p.decision))
+        out = {d: {"n": 0, "labelled": 0, "unlabelled_evicted": 0} for d in DECISIONS}
+        with self.engine.connect() as conn:
+            for decision, n, labelled, gone in conn.execute(q):
+                out[decision] = {"n": int(n), "labelled": int(labelled or 0), "unlabelled_evicted": int(gone or 0)}
+        return out
 
     def live_image_shas(self, shas: Iterable[str]) -> set[str]:
         """Those of `shas` that a kept_images row not evicted still points to."""
@@ -574,6 +705,34 @@ class Store:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
+
+
+def truth_counts(truth: str | None, label: str, champion_label: str) -> tuple[int, int, int]:
+    """(labelled, champion right, challenger right) of one shadow row under reviewer label `truth`: all 0 without
+    a label or with "unknown" (no class is right for it)."""
+    if truth is None or truth == UNKNOWN_LABEL:
+        return 0, 0, 0
+    return 1, int(champion_label == truth), int(label == truth)
+
+
+def _label_changed(session: Session, prediction_id: int, old: str | None, new: str | None) -> None:
+    """In the label's transaction (the prediction row locked): move the shadow totals of every challenger that
+    scored this prediction from its `old` reviewer label to the `new` one (None: no label)."""
+    s, t = ShadowPrediction, ShadowTotal
+    conn = session.connection()
+    deltas: dict[str, list[int]] = {}
+    for version, label, champion_label in conn.execute(
+            select(s.challenger_version, s.label, s.champion_label).where(s.prediction_id == prediction_id)):
+        after, before = truth_counts(new, label, champion_label), truth_counts(old, label, champion_label)
+        d = deltas.setdefault(version, [0, 0, 0])
+        for i in range(3):
+            d[i] += after[i] - before[i]
+    for version in sorted(deltas):  # the order ShadowLog.add takes these rows in too
+        n, champion, challenger = deltas[version]
+        if n or champion or challenger:
+            conn.execute(t.__table__.update().where(t.challenger_version == version).values(
+                labelled=t.labelled + n, champion_right=t.champion_right + champion,
+                challenger_right=t.challenger_right + challenger))
 
 
 def safe_url(url: str) -> str:

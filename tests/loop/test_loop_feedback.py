@@ -1,7 +1,7 @@
 """`sightline feedback export` (sightline/loop/feedback.py): reviewers' labels from the service's database and
 image store -> a new dataset version with the parent's test split frozen, reviewed images in train/val by a
-stratified hash, the random accepted slice in production/, lineage in manifest.csv, the audit on it, and bad
-input as one line with nothing written."""
+stratified hash, the random slice (drawn from every decision) in production/, lineage in manifest.csv, the audit
+on it, and bad input as one line with nothing written."""
 from __future__ import annotations
 
 import csv
@@ -27,15 +27,30 @@ def _png(level: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-def _service(folder: Path, items: list[tuple[str, bytes]]) -> tuple[Store, list[int]]:
-    """A service database + image store in `folder` with predictions (decision, image bytes), images kept."""
+class _Draws(random.Random):
+    """The keeper's slice draws, given: 0.0 (drawn into the slice) or 0.99 (not), one per prediction in order."""
+
+    def __init__(self, drawn: list[bool]) -> None:
+        super().__init__(0)
+        self.values = [0.0 if d else 0.99 for d in drawn]
+
+    def random(self) -> float:
+        return self.values.pop(0)
+
+
+def _service(folder: Path, items: list[tuple[str, bytes]],
+             in_slice: list[bool] | None = None) -> tuple[Store, list[int]]:
+    """A service database + image store in `folder` with predictions (decision, image bytes), images kept by the
+    service's keeper; `in_slice` says which predictions the keeper draws into the random slice (default: the
+    accepted ones)."""
     folder.mkdir(parents=True, exist_ok=True)
     store = Store(f"sqlite:///{folder / 'sightline.db'}")
     ids = store.add_predictions([{
         "request_id": "r", "filename": f"{i}.png", "input_sha256": "0" * 64, "model_name": "m", "model_version": "1",
         "label": "dark", "confidence": 0.5, "top_k": [], "decision": d, "latency_ms": 1.0,
     } for i, (d, _) in enumerate(items)])
-    keeper = ImageKeeper(LocalImageStore(folder / "images"), keep_accepted=1.0, rng=random.Random(0))
+    drawn = in_slice if in_slice is not None else [d == "accept" for d, _ in items]
+    keeper = ImageKeeper(LocalImageStore(folder / "images"), keep_accepted=0.5, rng=_Draws(drawn))
     keeper.keep(store, ids, [d for d, _ in items], [b for _, b in items])
     return store, ids
 
@@ -127,6 +142,32 @@ def test_export_end_to_end(tmp_path, capsys):
         v3 = {r["relpath"]: r for r in csv.DictReader(f)}
     assert v3[feedback[0]["relpath"]]["prediction_ids"] == feedback[0]["prediction_ids"]
     assert _tree(tmp_path / "v3" / "test") == test_before and len(production_files(tmp_path / "v3")) == 2
+
+
+def test_slice_members_of_every_decision_go_to_production_never_to_training(tmp_path, capsys):
+    """The random slice is drawn from all predictions: a review or unknown prediction in it is measured on, not
+    trained on; review items outside it are trained on; an accepted one outside it was never kept."""
+    from sightline.loop.challenge import production_files
+
+    parent = write_images(tmp_path / "data", {"train": 4, "val": 2, "test": 2})
+    items = [("review", _png(LEVELS["dark"] + 20, 600)), ("unknown", _png(LEVELS["light"] + 20, 601)),
+             ("accept", _png(LEVELS["dark"] + 20, 602)), ("review", _png(LEVELS["light"] + 20, 603)),
+             ("review", _png(LEVELS["dark"] + 20, 604)), ("accept", _png(LEVELS["light"] + 20, 605))]
+    store, ids = _service(tmp_path / "svc", items, in_slice=[True, True, True, False, False, False])
+    kept = {r["prediction_id"]: r for r in store.kept_images()}
+    assert set(kept) == set(ids[:5])  # the last accepted one is not in the slice: not kept
+    assert [(kept[i]["reason"], kept[i]["in_slice"]) for i in ids[:5]] == [
+        ("review", True), ("unknown", True), ("sample", True), ("review", False), ("review", False)]
+    for pid, label in zip(ids[:5], ["dark", "light", "dark", "light", "dark"]):
+        store.record_label(pid, label, reviewer="ann")
+    store.close()
+    url = f"sqlite:///{tmp_path / 'svc' / 'sightline.db'}"
+    code, out = _run(capsys, "--database", url, "--data", parent, "--out", tmp_path / "v2", "--val-ratio", "0",
+                     "--no-audit", "--json")
+    assert code == 0, out.err
+    summary = json.loads(out.out)
+    assert summary["added"] == {"production": {"dark": 2, "light": 1}, "train": {"dark": 1, "light": 1}}
+    assert sorted(p.read_bytes() for p, _ in production_files(tmp_path / "v2")) == sorted(b for _, b in items[:3])
 
 
 def test_export_reads_an_fsspec_image_store(tmp_path, capsys):

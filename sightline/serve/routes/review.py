@@ -24,11 +24,13 @@ async def review_queue(
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
     which: Literal["queue", "random"] = Query(
-        "queue", alias="slice", description="queue: low-confidence and unknown predictions; random: the kept random sample of "
-                             "accepted ones (their labels measure production accuracy without bias)."),
+        "queue", alias="slice", description="queue: low-confidence and unknown predictions; random: the random "
+        "slice, drawn from all predictions whatever their decision (their labels measure production accuracy "
+        "without bias)."),
 ) -> list[ReviewItem]:
     """Predictions with decision "review" or "unknown" and no reviewer label yet, oldest first (`slice=random`:
-    the unlabelled random slice of accepted predictions instead)."""
+    instead the unlabelled members of the random slice whose image is kept, drawn from all predictions, accepted,
+    review and unknown alike; a queued member is in both lists)."""
     rows = await anyio.to_thread.run_sync(
         lambda: state.store.review_queue(limit=limit, offset=offset, sample=which == "random"))
     return [ReviewItem(**r) for r in rows]
@@ -60,8 +62,8 @@ async def record_label(prediction_id: int, body: ReviewLabel, state: StateDep, k
     responses={**_AUTH, 200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}},
 )
 async def review_image(prediction_id: int, state: StateDep, key: ReviewKeyDep) -> Response:
-    """The prediction's image, exactly as it was uploaded (kept for review/unknown decisions and a random sample
-    of accepted ones), with its content type; never sniffed by the browser."""
+    """The prediction's image, exactly as it was uploaded (kept for review/unknown decisions and for the random
+    slice of all predictions), with its content type; never sniffed by the browser."""
     if state.images is None:
         raise HTTPException(404, "the image store is off (SIGHTLINE_KEEP_IMAGES=false).")
     found = await anyio.to_thread.run_sync(state.images.read, state.store, prediction_id)

@@ -1,9 +1,10 @@
 """What the monitoring dashboard shows, read from the service database: recent predictions (filtered), the
-confidence histogram per block of predictions (the monitor's windows), predicted class shares per block of predictions (class mix over time), accuracy measured
-from reviewer labels on the random slice with its confusion and FP/FN per class beside the label-free estimate on
-the same items, the drift p-values of the monitor's blocks, the alerts, and the registry alias's moves (which model
-version serves now and since when). Plain data out (dicts, lists, SVG
-coordinates); the template draws it. Blocking: call from a worker thread.
+confidence histogram per block of predictions (the monitor's windows), predicted class shares per block of
+predictions (class mix over time), accuracy measured from reviewer labels on the random slice (drawn from all
+predictions, whatever their decision: sightline.storage.images) with its confusion and FP/FN per class beside the
+label-free estimate on the same items and how much of the slice is labelled per decision, the drift p-values of the
+monitor's blocks, the alerts, and the registry alias's moves (which model version serves now and since when). Plain
+data out (dicts, lists, SVG coordinates); the template draws it. Blocking: call from a worker thread.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import numpy as np
 from sqlalchemy import func, select
 
 from sightline.monitor.estimate import expected_accuracy, measured_accuracy
-from sightline.storage.store import UNKNOWN_LABEL, KeptImage, MonitorWindow, PredictionRecord, Store
+from sightline.storage.store import IN_SLICE, UNKNOWN_LABEL, KeptImage, MonitorWindow, PredictionRecord, Store
 
 __all__ = ["PALETTE_SIZE", "class_mix_history", "confidence_by_block", "dashboard_data", "model_history",
-           "p_value_history", "slice_accuracy", "window_view"]
+           "p_value_history", "slice_accuracy", "slice_coverage", "window_view"]
 
 PALETTE_SIZE = 10  # app.css colours classes .c0 ... .c9; later classes reuse them in turn
 
@@ -74,8 +75,9 @@ def dashboard_data(store: Store, *, classes: Sequence[str] = (), decision: str |
                    label: str | None = None, low: float = 0.0, high: float = 1.0, limit: int = 50,
                    window: int = 500, blocks: int = 6, bins: int = 10) -> dict[str, Any]:
     """Recent predictions (filtered by decision, predicted label, confidence band [low, high]), the confidence
-    histograms of the last `blocks` blocks of `window` predictions (`confidence_by_block`), and accuracy measured on
-    the labelled random slice (`slice_accuracy`)."""
+    histograms of the last `blocks` blocks of `window` predictions (`confidence_by_block`), accuracy measured on
+    the labelled random slice (`slice_accuracy`: every labelled slice member, whatever its decision) and the
+    slice's coverage (`slice`: Store.slice_counts, members and labelled ones per decision)."""
     p = PredictionRecord
     q = select(p.id, p.created, p.filename, p.label, p.confidence, p.decision, p.reviewed_label, KeptImage.evicted,
                KeptImage.sha256).outerjoin(KeptImage, KeptImage.prediction_id == p.id)
@@ -89,14 +91,28 @@ def dashboard_data(store: Store, *, classes: Sequence[str] = (), decision: str |
         recent = [dict(r._mapping) for r in conn.execute(q.order_by(p.id.desc()).limit(limit))]
         labelled = conn.execute(
             select(p.label, p.reviewed_label, p.confidence).join(KeptImage, KeptImage.prediction_id == p.id)
-            .where(KeptImage.reason == "sample", p.reviewed_label.is_not(None))
+            .where(IN_SLICE, p.reviewed_label.is_not(None))
         ).all()
         total = conn.execute(select(func.count()).select_from(p)).scalar_one()
         wanted = _tail_length(total, window, blocks)
         confs = list(conn.scalars(select(p.confidence).order_by(p.id.desc()).limit(wanted)))[::-1]
     return {"recent": [{**r, "has_image": r["sha256"] is not None and r["evicted"] is None} for r in recent],
             "confidence": confidence_by_block(confs, first=total - len(confs), size=window, bins=bins),
-            "total": total, "measured": slice_accuracy([tuple(r) for r in labelled], classes)}
+            "total": total, "measured": slice_accuracy([tuple(r) for r in labelled], classes),
+            "slice": slice_coverage(store.slice_counts())}
+
+
+def slice_coverage(counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """What the page says of the random slice's coverage, from Store.slice_counts: {n, labelled, share (labelled /
+    n, None when empty), by_decision: [{decision, n, labelled, share, unlabelled_evicted}] (decisions with members),
+    uneven: True when some decision's members are labelled at a share more than 10 points from another's, so the
+    measured accuracy leans towards the better-covered decisions (label the rest of the slice)}."""
+    rows = [{"decision": d, **c, "share": c["labelled"] / c["n"] if c["n"] else None} for d, c in counts.items()
+            if c["n"]]
+    n, labelled = sum(r["n"] for r in rows), sum(r["labelled"] for r in rows)
+    shares = [r["share"] for r in rows]
+    return {"n": n, "labelled": labelled, "share": labelled / n if n else None, "by_decision": rows,
+            "uneven": len(shares) > 1 and max(shares) - min(shares) > 0.10}
 
 
 def _tail_length(total: int, size: int, blocks: int) -> int:

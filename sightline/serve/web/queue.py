@@ -5,7 +5,8 @@ from the partial index ix_predictions_queue, which holds exactly those, with LIM
 margin between the two most probable classes (from the monitor's stored softmax when there is one, else the
 stored top-k). k-center greedy on the stored projected features (prediction_signals.projected) then picks `limit`
 of them, seeded by the most uncertain; items without features follow by margin. The slice `random` is the
-store's unbiased random sample.
+store's random slice, drawn from every prediction whatever its decision (sightline.storage.images), oldest first:
+its labels measure production accuracy without bias. A queued prediction in the slice shows in both lists.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from sqlalchemy import Select, select, text
 
 from sightline.storage.store import (
+    IN_SLICE,
     QUEUE_SQL,
     KeptImage,
     PredictionRecord,
@@ -58,7 +60,7 @@ def candidates(*, limit: int, sample: bool = False) -> Select:
                 s.probabilities, s.projected, s.ood_score, k.evicted, k.sha256)
          .outerjoin(s, s.prediction_id == p.id).outerjoin(k, k.prediction_id == p.id))
     if sample:
-        return (q.where(p.reviewed_label.is_(None), k.reason == "sample", k.evicted.is_(None))
+        return (q.where(p.reviewed_label.is_(None), IN_SLICE, k.evicted.is_(None))
                 .order_by(p.id).limit(limit))
     # the partial index's own condition, as written, so SQLite reads that index in order (no sort)
     return q.where(text(QUEUE_SQL)).order_by(p.confidence, p.id).limit(limit)
