@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import logging
 import os
 import shutil
 import stat
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +50,10 @@ ALIASES = ("champion", "challenger")
 DATABASE_ENV = "SIGHTLINE_DATABASE_URL"  # the service's database, as `sightline serve` reads it
 CACHE_ENV = "SIGHTLINE_REGISTRY_CACHE"  # local copies of a registry kept at an fsspec URL (default ~/.cache/...)
 _DB_FILES = (".db", ".db-wal", ".db-shm", ".db-journal", ".sqlite", ".sqlite3")  # never copied with a bundle
+# what an fsspec listing may say of a file's version beside its size (object stores ETag, local mtime, memory created)
+_VERSION_KEYS = ("ETag", "etag", "LastModified", "last_modified", "mtime", "created", "md5", "crc32c", "generation")
+
+log = logging.getLogger("sightline.registry")
 
 
 def database_url(url: str | None) -> str:
@@ -152,6 +158,17 @@ class Move:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+@dataclass
+class _BadCopy:
+    """A remote copy that failed its check: the listing it had (to skip downloading the same files again), what
+    was found ("missing" or the content hash) and the one-line error; `reported` once `aliases` raised it."""
+
+    listing: tuple[tuple[str, ...], ...]
+    found: str
+    message: str
+    reported: bool = False
+
+
 @dataclass(frozen=True)
 class Added:
     version: Version
@@ -203,6 +220,8 @@ class Registry:
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
 
+        self._bad: dict[str, _BadCopy] = {}  # remote copy URL -> the bad content last seen there
+        self._bad_lock = threading.Lock()
         self.metadata, self.tables = registry_tables(prefix)
         self._lock_key = f"sightline {prefix}aliases"
         try:
@@ -227,13 +246,28 @@ class Registry:
             return [self._version(r) for r in conn.execute(select(t).order_by(t.c.id))]
 
     def aliases(self) -> dict[str, Version]:
-        """alias -> the version it points to now (only aliases that are set), each one's local copy fetched."""
+        """alias -> the version it points to now (only aliases that are set), each one's local copy fetched.
+
+        A remote copy that cannot be fetched (missing, or not matching its hash) raises UserInputError the first
+        time this Registry meets that bad content; while the same bad content stays there, later calls leave that
+        alias out instead of raising again (and download nothing), so a poller such as the service's registry
+        watcher reports it once, keeps serving, and follows the other alias. New content at the copy is tried
+        again: fetched when good, raised (reported once more) when bad in another way."""
         a, v = self.tables["aliases"], self.tables["versions"]
         with self.engine.connect() as conn:
             rows = conn.execute(select(a.c.alias, v).join(v, a.c.version_id == v.c.id).order_by(a.c.alias))
             found = {r.alias: self._version(r) for r in rows}
-        for version in found.values():
-            self.fetch(version)
+        for alias, version in list(found.items()):
+            try:
+                self.fetch(version)
+            except UserInputError:
+                with self._bad_lock:
+                    bad = self._bad.get(version.artifact or "")
+                    if bad is None or not bad.reported:
+                        if bad is not None:
+                            bad.reported = True
+                        raise
+                del found[alias]  # reported already: left out until its content changes
         return found
 
     def resolve(self, ref: str) -> Version:
@@ -256,9 +290,15 @@ class Registry:
         from sightline.loop.content import bundle_hash
 
         fs, base = url_to_fs(version.artifact)
-        names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)]
+        listing = _listing(fs, base)
+        with self._bad_lock:
+            bad = self._bad.get(version.artifact)
+        if bad is not None and bad.listing == listing:  # the same files as last time: the same bad content
+            raise UserInputError(bad.message)
+        names = [entry[0] for entry in listing]
         if not names:
-            raise UserInputError(f"{version.ref}'s copy {version.artifact} is missing or empty; add the bundle again.")
+            self._remember_bad(version.artifact, listing, "missing",
+                               f"{version.ref}'s copy {version.artifact} is missing or empty; add the bundle again.")
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.parent / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
@@ -267,8 +307,9 @@ class Registry:
                 fs.get_file(f"{base.rstrip('/')}/{name}", str(tmp / name))
             got = bundle_hash(tmp)
             if got != version.bundle_hash:
-                raise UserInputError(f"{version.ref}'s copy {version.artifact} does not match its hash (registered "
-                                     f"{version.bundle_hash[:12]}, found {got[:12]}); add the bundle again.")
+                self._remember_bad(version.artifact, listing, got,
+                                   f"{version.ref}'s copy {version.artifact} does not match its hash (registered "
+                                   f"{version.bundle_hash[:12]}, found {got[:12]}); add the bundle again.")
             for path in tmp.iterdir():
                 path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             try:
@@ -280,7 +321,21 @@ class Registry:
             if tmp.exists():
                 _make_writable(tmp)
                 shutil.rmtree(tmp, ignore_errors=True)
+        with self._bad_lock:
+            self._bad.pop(version.artifact, None)
         return local
+
+    def _remember_bad(self, artifact: str, listing: tuple[tuple[str, ...], ...], found: str, message: str) -> None:
+        """Keep what was found at a bad copy (see `aliases`) and raise its one-line UserInputError. The same bad
+        content under a new listing (files rewritten with the same bytes) stays reported."""
+        with self._bad_lock:
+            bad = self._bad.get(artifact)
+            if bad is not None and bad.found == found:
+                bad.listing = listing
+            else:
+                self._bad[artifact] = _BadCopy(listing, found, message)
+                log.debug("registry copy %s is bad: %s", artifact, message)
+        raise UserInputError(message)
 
     def history(self, alias: str | None = None) -> list[Move]:
         """The alias log, oldest first (one alias, or all)."""
@@ -579,6 +634,20 @@ def _hash_or_none(folder: Path) -> str | None:
         return bundle_hash(folder)
     except (SightlineError, OSError):
         return None
+
+
+def _listing(fs: Any, base: str) -> tuple[tuple[str, ...], ...]:
+    """(name, size, version fields...) of each file at `base`, sorted; () when it is missing or empty. Tells
+    whether the files of a remote copy changed without downloading them."""
+    try:
+        entries = fs.ls(base, detail=True)
+    except FileNotFoundError:
+        return ()
+    out = []
+    for entry in entries:
+        name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+        out.append((name, str(entry.get("size")), *(f"{k}={entry[k]}" for k in _VERSION_KEYS if k in entry)))
+    return tuple(sorted(out))
 
 
 def _make_writable(folder: Path) -> None:

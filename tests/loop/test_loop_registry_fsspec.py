@@ -107,3 +107,67 @@ def test_serve_and_shadow_from_a_registry_url(remote, tmp_path):
         assert status["challenger"]["registry_version"] == v2.ref
     url_only = Settings(registry=remote, database_url=url)
     assert url_only.resolved_image_store() == remote.rsplit("/", 1)[0] + "/images"
+
+
+def test_a_bad_remote_copy_is_reported_once_per_content_while_the_service_polls(remote, tmp_path, monkeypatch, caplog):
+    """The service's registry watcher polls `aliases()`: a tampered copy (here the challenger's) is reported once, not
+    on every poll; other bad content at the same copy is reported again; the good content back is fetched; the
+    champion is followed meanwhile (its alias is still answered)."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    import fsspec
+
+    from sightline.serve.swap import RegistryWatcher
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with Registry(url, root=remote) as reg:
+        v1 = reg.add(_bundle(tmp_path / "b1", 1), alias="champion").version
+        v2 = reg.add(_bundle(tmp_path / "b2", 2), alias="challenger").version
+    fs = fsspec.filesystem("memory")
+    model_json = f"{v2.artifact.removeprefix('memory:/')}/model.json"
+    good = fs.cat_file(model_json)
+    fs.pipe_file(model_json, b'{"changed": true}')
+    monkeypatch.setenv("SIGHTLINE_REGISTRY_CACHE", str(tmp_path / "cache-service"))  # a fresh service machine
+    reg = Registry(url, root=remote)
+    reg.fetch(reg.resolve("v1"))  # the served champion's copy is there
+    state = SimpleNamespace(settings=SimpleNamespace(alias="champion", registry_poll_s=0.01, int8=False),
+                            served=SimpleNamespace(bundle_hash=v1.bundle_hash, stored_version="1"),
+                            store=None, metrics=None)
+    downloads = []
+    original_get = type(fs).get_file
+    monkeypatch.setattr(type(fs), "get_file", lambda self, *a, **kw: (downloads.append(a[0]), original_get(
+        self, *a, **kw))[1])
+
+    def reports() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "does not match its hash" in r.getMessage()]
+
+    async def poll(seconds: float) -> None:
+        watcher = RegistryWatcher(state, reg)
+        await watcher.start()
+        await asyncio.sleep(seconds)
+        await watcher.close()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(poll(0.5))  # dozens of polls
+        assert len(reports()) == 1 and v2.ref in reports()[0]
+        assert len(downloads) == len(fs.ls(v2.artifact.removeprefix("memory:/")))  # the bad files fetched once
+        assert set(reg.aliases()) == {"champion"}  # reported already: left out, the champion still answered
+        fs.pipe_file(model_json, b'{"changed": true}')  # the same bad bytes written again: nothing new to say
+        asyncio.run(poll(0.2))
+        assert len(reports()) == 1
+        fs.pipe_file(model_json, b'{"changed": "again"}')  # other bad content: reported once more
+        asyncio.run(poll(0.3))
+        assert len(reports()) == 2 and reports()[0] != reports()[1]
+        fs.pipe_file(model_json, good)  # repaired: fetched, hash checked, answered again
+        asyncio.run(poll(0.2))
+        assert len(reports()) == 2
+    assert set(reg.aliases()) == {"champion", "challenger"} and reg.intact(reg.aliases()["challenger"])
+    reg.close()
+    fs.pipe_file(model_json, b"{}")
+    monkeypatch.setenv("SIGHTLINE_REGISTRY_CACHE", str(tmp_path / "cache-other"))
+    with Registry(url, root=remote) as other:
+        for _ in range(2):  # resolve() refuses a bad copy every time it is asked (it hands out that version)
+            with pytest.raises(UserInputError, match="does not match its hash"):
+                other.resolve("v2")
