@@ -2,8 +2,9 @@
 sections 1 and 2): `train` writes it for every new bundle, `evaluate` refreshes it after recalibrating.
 
 What happens, in order:
-1. every VALIDATION image is decoded once (`Engine.decode`): its image statistics (`monitor.stats.image_stats`)
-   are measured on the decoded image and its crop is scored (logits and pooled features);
+1. every VALIDATION image is decoded once (`score_val`): its image statistics (`monitor.stats.image_stats`) are
+   measured on the decoded image and its crop is scored (logits and pooled features). `evaluate` runs this pass
+   for its calibration anyway and hands it over (`val=`), so val is not scored twice;
 2. a seeded, class-stratified sample of at most `bank_images` (5,000) TRAINING images is scored for the k-NN bank
    and the PCA basis (`score_files`);
 3. stand-in outliers are made without new data (`sightline.evaluate.outliers`: synthetic textures and noise,
@@ -13,39 +14,134 @@ What happens, in order:
 5. `bundle/reference.npz` is written and model.json gets `extra["reference"]`: the profile's summary, every
    score's figures and the rejection rate per stand-in family.
 
+Steps 2 and 3 depend only on the model, its preprocessing, the chosen files and the seed, not on the temperature
+or the quantile, so the profile keeps what they produced (the bank, PCA basis and Mahalanobis model; the stand-ins'
+logits and float16 features) with a fingerprint of those inputs (`inputs_fingerprint`). A rebuild over a stored
+profile whose fingerprint matches reuses them and runs the model on validation only; any difference (new weights,
+another input size, other training files, another seed), an older file without these entries or an unreadable one
+means a full rebuild. `profile.meta["built"]` says which and why; `describe_reference` prints it.
+
 Probabilities use the bundle's temperature (or `temperature`, what evaluate just fitted on val); the profile
 records it. Old bundles without reference.npz keep working everywhere: the monitor says how to add one.
 
 Example:
     >>> profile = build_bundle_reference("runs/demo", "data/parts")        # writes runs/demo/bundle/reference.npz
-    >>> profile.ood_choice.score, profile.ood_choice.threshold
+    >>> profile.ood_choice.score, profile.ood_choice.threshold, profile.meta["built"]["mode"]   # "full" | "refresh"
     >>> print("\\n".join(describe_reference(load_bundle("runs/demo").extra["reference"])))
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sightline.errors import DatasetError, ImageError, UserInputError
+from sightline.errors import BundleError, DatasetError, ImageError, UserInputError
 
 if TYPE_CHECKING:
     from sightline.bundle import Bundle
     from sightline.data.datasets import Dataset, Sample
-    from sightline.evaluate.outliers import StandIns
-    from sightline.inference import Engine
-    from sightline.monitor.reference import ReferenceProfile
+    from sightline.inference import Engine, Output
+    from sightline.monitor.reference import OutlierOutputs, ReferenceProfile
     from sightline.progress import ProgressFn
 
-__all__ = ["BANK_IMAGES", "CORRUPT_IMAGES", "build_bundle_reference", "stand_in_report", "reference_summary",
-           "describe_reference"]
+__all__ = ["BANK_IMAGES", "CORRUPT_IMAGES", "ValScores", "corrupt_positions", "score_val", "build_bundle_reference",
+           "model_digest", "inputs_fingerprint", "stand_in_report", "reference_summary", "describe_reference"]
 
 BANK_IMAGES = 5000  # training images scored for the k-NN bank (12.8 MB at 1,280 features, float16)
 CORRUPT_IMAGES = 16  # validation crops corrupted by each of the 8 corruptions for the stand-in outliers
+STAND_IN_RECIPE = 1  # bump when sightline.evaluate.outliers makes other images from the same settings
+
+
+@dataclass
+class ValScores:
+    """The validation split decoded once and scored by one or more engines (`score_val`)."""
+
+    outputs: list[Output]  # per engine: (N_ok, K) logits, (N_ok, D) features, rows in `samples` order
+    samples: list[Sample]  # the val samples that decoded, in row order
+    stats: list[dict[str, Any]]  # image statistics of each decoded image (monitor.stats.image_stats)
+    corrupt_crops: np.ndarray  # (M, S, S, 3) uint8: the decoded crops at `corrupt_at`, for the corruption stand-ins
+    corrupt_at: list[int]  # seeded positions in the listed val split (decoded or not) the crops were taken from
+    failed: list[dict[str, str]] = field(default_factory=list)  # unreadable files ({"path", "reason"})
+    seconds: float = 0.0
+
+    def of(self, j: int) -> ValScores:
+        """The same images with the outputs of engine `j` only."""
+        return ValScores([self.outputs[j]], self.samples, self.stats, self.corrupt_crops, self.corrupt_at,
+                         self.failed, self.seconds)
+
+
+def corrupt_positions(n_val: int, *, seed: int, corrupt_images: int = CORRUPT_IMAGES) -> list[int]:
+    """Sorted seeded positions among `n_val` listed validation images whose crops the corruption stand-ins use."""
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n_val, min(corrupt_images, n_val), replace=False).tolist())
+
+
+def score_val(
+    engines: Sequence[Engine],
+    samples: Sequence[Sample],
+    *,
+    seed: int = 0,
+    corrupt_images: int = CORRUPT_IMAGES,
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+    task: str = "reference: val images",
+) -> ValScores:
+    """Each validation image decoded once (on the first engine's threads) for its image statistics and its crop;
+    every engine scores each batch of crops (the engines must share one preprocessing: the seeds of a run). Keeps
+    the crops at `corrupt_positions(len(samples), seed, corrupt_images)` that decoded. A file that cannot be read
+    is listed in `failed`, never raised; anything else is."""
+    from sightline.inference import Output
+    from sightline.monitor.stats import image_stats
+    from sightline.progress import Steps
+
+    started = time.perf_counter()
+    first = engines[0]
+    if any(e.preprocessing != first.preprocessing for e in engines):
+        raise ValueError("score_val needs engines with one preprocessing; group them by preprocessing")
+
+    def one(path: Path) -> tuple[dict[str, Any], np.ndarray]:
+        image = first.decode(path)
+        return image_stats(image, path), first.crop(image)
+
+    keep = corrupt_positions(len(samples), seed=seed, corrupt_images=corrupt_images)
+    wanted = set(keep)
+    parts: list[list[Output]] = [[] for _ in engines]
+    stats: list[dict[str, Any]] = []
+    kept_samples: list[Sample] = []
+    kept: list[np.ndarray] = []
+    failed: list[dict[str, str]] = []
+    with Steps(progress, task, len(samples)) as steps:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            crops = []
+            for i, (sample, res) in enumerate(zip(chunk, first.map(one, [s.path for s in chunk])), start):
+                if isinstance(res, (ImageError, OSError)):
+                    failed.append({"path": str(sample.path), "reason": str(res)})
+                    continue
+                if isinstance(res, BaseException):
+                    raise res  # a bug, not a bad file
+                stats.append(res[0])
+                crops.append(res[1])
+                kept_samples.append(sample)
+                if i in wanted:
+                    kept.append(res[1])
+            if crops:
+                x = first.to_batch(np.stack(crops))
+                for out, engine in zip(parts, engines):
+                    out.append(engine.run(x))
+            steps.advance(len(chunk))
+    s = first.preprocessing.input_size
+    outputs = [Output.concat(out, num_classes=len(e.classes)) for out, e in zip(parts, engines)]
+    held = np.stack(kept) if kept else np.zeros((0, s, s, 3), np.uint8)
+    return ValScores(outputs, kept_samples, stats, held, keep, failed, time.perf_counter() - started)
 
 
 def build_bundle_reference(
@@ -53,6 +149,7 @@ def build_bundle_reference(
     data: Dataset | str | Path,
     *,
     engine: Engine | None = None,
+    val: ValScores | None = None,
     temperature: float | None = None,
     quantile: float = 0.99,
     bank_images: int = BANK_IMAGES,
@@ -62,6 +159,7 @@ def build_bundle_reference(
     batch_size: int = 64,
     device: str | None = None,
     seed: int = 0,
+    reuse: bool = True,
     save: bool = True,
     progress: ProgressFn | None = None,
 ) -> ReferenceProfile:
@@ -69,16 +167,18 @@ def build_bundle_reference(
     `data` (a folder in the split layout or a scanned Dataset); see the module docstring for the steps.
 
     `engine`: an open Engine of this bundle to reuse (evaluate passes its own); otherwise a PyTorch one is
-    opened on `device` and closed here. `temperature`: the calibration to record (default the bundle's).
-    `quantile`: the share of validation images the open-set threshold accepts. `per_kind`: synthetic images per
-    texture kind; `photos`: include scikit-image's photos (skipped, with a note, when it is not installed).
+    opened on `device` and closed here. `val`: this engine's `score_val` of the dataset's val split with the same
+    `seed` and `corrupt_images` (evaluate's calibration pass), so val is not scored again. `temperature`: the
+    calibration to record (default the bundle's). `quantile`: the share of validation images the open-set
+    threshold accepts. `per_kind`: synthetic images per texture kind; `photos`: include scikit-image's photos
+    (skipped, with a note, when it is not installed). `reuse`: take the training bank and the stand-ins' outputs
+    from the bundle's stored profile when its fingerprint matches (see the module docstring); False always
+    rebuilds in full.
 
     Raises DatasetError when the dataset has no val split, no readable val image or other classes than the
     bundle; BundleError when the engine's ONNX graph has no features output."""
     from sightline.bundle import Bundle, load_bundle
     from sightline.data.datasets import Dataset, scan_dataset
-    from sightline.evaluate.outliers import stand_in_outliers
-    from sightline.monitor.reference import build_reference
     from sightline.progress import Steps
 
     started = time.perf_counter()
@@ -87,39 +187,72 @@ def build_bundle_reference(
     if not 0.5 <= quantile < 1.0:
         raise UserInputError(f"the open-set quantile must lie in [0.5, 1), got {quantile}")
     _check_classes(bundle, dataset)
-    val = dataset.split("val")
-    if not val:
+    val_samples = dataset.split("val")
+    if not val_samples:
         raise DatasetError(f"'{dataset.root}' has no val/ split; the reference profile is built from validation "
                            f"images: run `sightline data split` or add DATA/val/<class>/ folders.")
     t = float(bundle.temperature if temperature is None else temperature)
+    seconds: dict[str, float] = {}
     with ExitStack() as stack:
         if engine is None:
             from sightline.inference import open_engine
 
             engine = stack.enter_context(open_engine(bundle, backend="torch", device=device))
         engine.require_features()
-        rng = np.random.default_rng(seed)
-        corrupt_at = set(rng.choice(len(val), min(corrupt_images, len(val)), replace=False).tolist())
-        vlogits, vfeats, vstats, vcrops, failed = _score_val(engine, val, corrupt_at, batch_size=batch_size,
-                                                             progress=progress)
+        if val is None:
+            val = score_val([engine], val_samples, seed=seed, corrupt_images=corrupt_images, batch_size=batch_size,
+                            progress=progress)
+            seconds["val_s"] = val.seconds
+        elif len(val.outputs) != 1 or val.corrupt_at != corrupt_positions(len(val_samples), seed=seed,
+                                                                          corrupt_images=corrupt_images):
+            raise ValueError("`val` must be one engine's score_val of this dataset's val split with the same seed "
+                             "and corrupt_images")
+        vout = val.outputs[0]
+        vlogits = vout.logits
+        vfeats = vout.features if vout.features is not None else np.zeros((len(vlogits), 0), np.float32)
         if len(vlogits) < 2:
             raise DatasetError(f"only {len(vlogits)} image(s) of '{dataset.root}/val' could be read; the reference "
                                "profile needs at least 2 (see `sightline data audit`).")
-        bank_feats, bank_labels, n_train = _score_bank(engine, dataset, bundle.classes, bank_images, seed=seed,
-                                                       batch_size=batch_size, progress=progress)
-        outliers = stand_in_outliers(engine, vcrops, seed=seed, per_kind=per_kind, photos=photos)
-        out = engine.run_crops(outliers.crops, batch_size=batch_size, progress=progress,
-                               task="reference: stand-in outliers")
-    meta = {"split": "val", "n_val": len(val), "n_val_unreadable": len(failed), "n_train": n_train,
+        t0 = time.perf_counter()
+        bank_rows, bank_labels_all = _bank_rows(dataset, bundle.classes, bank_images, seed=seed)
+        fingerprint = inputs_fingerprint(engine, dataset, bank_rows=bank_rows, val_samples=val_samples,
+                                         corrupt_at=val.corrupt_at, seed=seed, per_kind=per_kind, photos=photos)
+        stored, why = _stored_profile(bundle, fingerprint) if reuse else (None, "asked for a full rebuild")
+        seconds["fingerprint_s"] = time.perf_counter() - t0
+        n_train = len(dataset.split("train"))
+        bank_feats = bank_labels = None
+        if stored is None:
+            t0 = time.perf_counter()
+            bank_feats, bank_labels = _score_bank(engine, dataset, bank_rows, bank_labels_all, batch_size=batch_size,
+                                                  progress=progress)
+            seconds["bank_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            outliers = _score_stand_ins(engine, val.corrupt_crops, seed=seed, per_kind=per_kind, photos=photos,
+                                        batch_size=batch_size, progress=progress)
+            seconds["stand_ins_s"] = time.perf_counter() - t0
+        else:
+            assert stored.outliers is not None  # _stored_profile checked
+            outliers = stored.outliers
+    meta = {"split": "val", "n_val": len(val_samples), "n_val_unreadable": len(val.failed), "n_train": n_train,
             "bank_images_cap": bank_images, "dataset_root": str(dataset.root), "seed": seed,
-            "architecture": bundle.architecture, "model_version": bundle.version}
+            "architecture": bundle.architecture, "model_version": bundle.version,
+            "built": {"mode": "full" if stored is None else "refresh", "reason": why}}
+    t0 = time.perf_counter()
     with Steps(progress, "reference: profile and open-set choice", None):
-        profile = build_reference(vlogits, vfeats, classes=bundle.classes, temperature=t, image_stats=vstats,
-                                  bank_features=bank_feats, bank_labels=bank_labels, bank_size=bank_images,
-                                  seed=seed, meta=meta)
-        profile.fit_ood(vlogits, vfeats, out.logits, out.features, quantile=quantile)
-        profile.meta["stand_ins"] = stand_in_report(profile, vlogits, vfeats, out.logits, out.features, outliers)
-        profile.meta["seconds"] = round(time.perf_counter() - started, 1)
+        from sightline.monitor.reference import build_reference, refresh_reference
+
+        if stored is not None and stored.bank is not None:
+            profile = refresh_reference(stored, vlogits, vfeats, temperature=t, image_stats=val.stats, meta=meta)
+        else:  # a full build; or a refresh of a profile without a training side (no train split): nothing to keep
+            profile = build_reference(vlogits, vfeats, classes=bundle.classes, temperature=t, image_stats=val.stats,
+                                      bank_features=bank_feats, bank_labels=bank_labels, bank_size=bank_images,
+                                      seed=seed, meta=meta)
+        profile.outliers, profile.fingerprint = outliers, fingerprint
+        profile.fit_ood(vlogits, vfeats, outliers.logits, outliers.features32, quantile=quantile)
+        profile.meta["stand_ins"] = stand_in_report(profile, vlogits, vfeats, outliers)
+    seconds["fit_s"] = time.perf_counter() - t0
+    profile.meta["timings"] = {k: round(v, 2) for k, v in seconds.items()}
+    profile.meta["seconds"] = round(time.perf_counter() - started, 1)
     if save:
         assert bundle.path is not None  # loaded or saved bundles have one
         profile.save(bundle.path)
@@ -135,57 +268,13 @@ def _check_classes(bundle: Bundle, dataset: Dataset) -> None:
                            f"reference on data with the model's classes {bundle.classes}.")
 
 
-def _score_val(engine: Engine, samples: Sequence[Sample], keep: set[int], *, batch_size: int,
-               progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], np.ndarray,
-                                                     list[dict[str, str]]]:
-    """Each validation image decoded once: (N, K) logits, (N, D) features, N image statistics, the crops of the
-    positions in `keep` that decoded (M, S, S, 3) uint8, and the unreadable files ({"path", "reason"})."""
-    from sightline.inference import Output
-    from sightline.monitor.stats import image_stats
-    from sightline.progress import Steps
-
-    def one(path: Path) -> tuple[dict[str, Any], np.ndarray]:
-        image = engine.decode(path)
-        return image_stats(image, path), engine.crop(image)
-
-    parts: list[Output] = []
-    stats: list[dict[str, Any]] = []
-    kept: list[np.ndarray] = []
-    failed: list[dict[str, str]] = []
-    with Steps(progress, "reference: val images", len(samples)) as steps:
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            crops = []
-            for i, (sample, res) in enumerate(zip(chunk, engine.map(one, [s.path for s in chunk])), start):
-                if isinstance(res, (ImageError, OSError)):
-                    failed.append({"path": str(sample.path), "reason": str(res)})
-                    continue
-                if isinstance(res, BaseException):
-                    raise res  # a bug, not a bad file
-                stats.append(res[0])
-                crops.append(res[1])
-                if i in keep:
-                    kept.append(res[1])
-            if crops:
-                parts.append(engine.run(engine.to_batch(np.stack(crops))))
-            steps.advance(len(chunk))
-    out = Output.concat(parts, num_classes=len(engine.classes))
-    s = engine.preprocessing.input_size
-    held = np.stack(kept) if kept else np.zeros((0, s, s, 3), np.uint8)
-    feats = out.features if out.features is not None else np.zeros((0, 0), np.float32)
-    return out.logits, feats, stats, held, failed
-
-
-def _score_bank(engine: Engine, dataset: Dataset, classes: list[str], cap: int, *, seed: int, batch_size: int,
-                progress: ProgressFn | None) -> tuple[np.ndarray | None, np.ndarray | None, int]:
-    """Features and labels of a class-stratified, seeded sample of at most `cap` training images (None, None
-    without a train split), and how many training images there were."""
-    from sightline.inference import score_files
-
+def _bank_rows(dataset: Dataset, classes: list[str], cap: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in the train split of a class-stratified, seeded sample of at most `cap` training images (sorted),
+    and the labels of the whole train split."""
     train = dataset.split("train")
-    if not train or cap < 1:
-        return None, None, len(train)
     labels = np.array([classes.index(s.label) for s in train], dtype=np.int64)
+    if not train or cap < 1:
+        return np.zeros(0, np.int64), labels
     rows = np.arange(len(train))
     if len(train) > cap:
         rng = np.random.default_rng(seed)
@@ -195,24 +284,141 @@ def _score_bank(engine: Engine, dataset: Dataset, classes: list[str], cap: int, 
         if rows.size > cap:  # rounding small classes up can overshoot by a few rows
             rows = rng.choice(rows, cap, replace=False)
         rows = np.sort(rows)
+    return rows, labels
+
+
+def _score_bank(engine: Engine, dataset: Dataset, rows: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                progress: ProgressFn | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Features and labels of the training images at `rows` (None, None without any, or with fewer than 2 that
+    decode)."""
+    from sightline.inference import score_files
+
+    if rows.size == 0:
+        return None, None
+    train = dataset.split("train")
     (out,), inputs = score_files([engine], [train[i].path for i in rows], batch_size=batch_size, progress=progress,
                                  task="reference: train sample (k-NN bank)")
     if out.features is None or len(out) < 2:
-        return None, None, len(train)
-    return out.features, labels[rows[inputs.index]], len(train)
+        return None, None
+    return out.features, labels[rows[inputs.index]]
+
+
+def _score_stand_ins(engine: Engine, val_crops: np.ndarray, *, seed: int, per_kind: int, photos: bool,
+                     batch_size: int, progress: ProgressFn | None) -> OutlierOutputs:
+    """The stand-in outliers made and scored; features kept L2-normalised in float16, as the profile stores them
+    (every feature score normalises first; raw features of an untrained net can pass float16's 65,504), so a
+    refresh scores exactly what this build scored."""
+    from sightline.evaluate.outliers import stand_in_outliers
+    from sightline.monitor.ood import l2_normalize
+    from sightline.monitor.reference import OutlierOutputs
+
+    made = stand_in_outliers(engine, val_crops, seed=seed, per_kind=per_kind, photos=photos)
+    out = engine.run_crops(made.crops, batch_size=batch_size, progress=progress, task="reference: stand-in outliers")
+    feats = None if out.features is None else l2_normalize(out.features).astype(np.float16)
+    return OutlierOutputs(out.logits.astype(np.float32), feats, list(made.families), list(made.kinds),
+                          list(made.notes))
+
+
+def _digest(rows: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+def _files_digest(samples: Sequence[Sample]) -> str:
+    """Which files, as what: relative path, label and size in bytes of each (cheap for 5,000 files; an image
+    replaced by another of exactly the same size is not seen: `build_bundle_reference(..., reuse=False)`)."""
+    rows = []
+    for s in samples:
+        try:
+            size = os.stat(s.path).st_size
+        except OSError:
+            size = None
+        rows.append([s.relpath, s.label, size])
+    return _digest(rows)
+
+
+def model_digest(engine: Engine) -> str:
+    """SHA-256 of what `engine` runs: a PyTorch model's state dict (names, dtypes, shapes, values) or the ONNX
+    file's bytes, prefixed by the backend kind ("torch:...", "onnx-int8:...")."""
+    from sightline.inference import OnnxBackend, TorchBackend
+
+    backend = engine.backend
+    h = hashlib.sha256()
+    if isinstance(backend, TorchBackend):
+        import torch
+
+        for name, tensor in backend.model.state_dict().items():
+            t = tensor.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())  # the bytes of any dtype (bfloat16 has no numpy twin)
+    elif isinstance(backend, OnnxBackend):
+        with open(backend.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    else:
+        raise ValueError(f"no fingerprint for a {type(backend).__name__} backend")
+    return f"{backend.kind}:{h.hexdigest()}"
+
+
+def inputs_fingerprint(engine: Engine, dataset: Dataset, *, bank_rows: np.ndarray, val_samples: Sequence[Sample],
+                       corrupt_at: Sequence[int], seed: int, per_kind: int, photos: bool) -> dict[str, Any]:
+    """What the training side of a profile (bank, PCA basis, Mahalanobis) and the stand-ins' outputs were computed
+    from, JSON-able: {"model": model_digest, "preprocessing": {...}, "bank": files digest, "stand_ins": {...}}.
+    Two equal fingerprints mean a rebuild would run the same model on the same pixels."""
+    from sightline.evaluate.outliers import photo_files
+
+    train = dataset.split("train")
+    return json.loads(json.dumps({  # as it reads back from reference.npz (tuples become lists)
+        "model": model_digest(engine),
+        "preprocessing": engine.preprocessing.to_dict(),
+        "bank": _files_digest([train[i] for i in bank_rows]),
+        "stand_ins": {"recipe": STAND_IN_RECIPE, "seed": seed, "per_kind": per_kind,
+                      "photos": sorted(p.name for p in photo_files()[0]) if photos else [],
+                      "corrupted": _files_digest([val_samples[i] for i in corrupt_at])},
+    }))
+
+
+def _stored_profile(bundle: Bundle, fingerprint: dict[str, Any]) -> tuple[ReferenceProfile | None, str]:
+    """The bundle's stored profile when its bank and stand-in outputs can be reused for `fingerprint`, else None;
+    and why, in a few words (said by `describe_reference`)."""
+    from sightline.monitor.reference import load_reference
+
+    if bundle.path is None:
+        return None, "the bundle has no folder"
+    try:
+        stored = load_reference(bundle.path)
+    except BundleError as exc:
+        return None, f"the stored profile cannot be read ({exc})"
+    if stored is None:
+        return None, "the bundle had no profile"
+    if stored.outliers is None or not stored.fingerprint:
+        return None, "the stored profile predates the stored stand-in outputs"
+    old = stored.fingerprint
+    for key, what in (("model", "the model's weights"), ("preprocessing", "the preprocessing"),
+                      ("bank", "the training sample")):
+        if old.get(key) != fingerprint[key]:
+            return None, f"{what} changed since the stored profile"
+    was, now = old.get("stand_ins") or {}, fingerprint["stand_ins"]
+    for key, what in (("seed", "seed"), ("per_kind", "synthetic images per kind"), ("photos", "photos"),
+                      ("corrupted", "validation images they corrupt"), ("recipe", "recipe")):
+        if was.get(key) != now[key]:
+            shown = f" ({was.get(key)} -> {now[key]})" if key in ("seed", "per_kind") else ""
+            return None, f"the stand-in outliers changed since the stored profile: {what}{shown}"
+    if stored.classes != list(bundle.classes):
+        return None, "the classes changed since the stored profile"
+    return stored, "same model and training sample: stored bank and stand-in outputs reused"
 
 
 def stand_in_report(profile: ReferenceProfile, val_logits: np.ndarray, val_features: np.ndarray | None,
-                    logits: np.ndarray, features: np.ndarray | None, outliers: StandIns) -> dict[str, Any]:
-    """How the chosen open-set score treats each stand-in family and kind, from (N, K) / (N, D) validation and
-    (M, K) / (M, D) stand-in outputs: {n, score, rejection_rate, notes, families: {family: {n, rejection_rate,
-    auroc, kinds: {kind: {n, rejection_rate}}}}}. AUROC is against the validation images, on which the
-    score was also chosen (optimistic)."""
+                    outliers: OutlierOutputs) -> dict[str, Any]:
+    """How the chosen open-set score treats each stand-in family and kind, from (N, K) / (N, D) validation
+    outputs and the stand-ins' (M, K) / (M, D) ones: {n, score, rejection_rate, notes, families: {family: {n,
+    rejection_rate, auroc, kinds: {kind: {n, rejection_rate}}}}}. AUROC is against the validation images, on which
+    the score was also chosen (optimistic)."""
     from sightline.monitor import ood
 
     choice = profile.ood_choice
     assert choice is not None  # fit_ood ran
-    scores, flagged = profile.unknown(logits, features)
+    scores, flagged = profile.unknown(outliers.logits, outliers.features32)
     val_scores = profile.unknown(val_logits, val_features)[0]
     families: dict[str, dict[str, Any]] = {}
     fam, kind = np.array(outliers.families), np.array(outliers.kinds)
@@ -266,6 +472,11 @@ def describe_reference(summary: dict[str, Any]) -> list[str]:
         lines.append(f"  rejected as unknown: {stand['rejection_rate']:.0%} of stand-ins ({fams})")
     for note in stand.get("notes", []):
         lines.append(f"  note: {note}")
+    built = meta.get("built")
+    if built:
+        how = "refreshed on validation only" if built.get("mode") == "refresh" else "built in full"
+        took = f" in {meta['seconds']:.0f} s" if isinstance(meta.get("seconds"), (int, float)) else ""
+        lines.append(f"  {how}{took} ({built.get('reason')})")
     if meta.get("n_val_unreadable"):
         lines.append(f"  {meta['n_val_unreadable']} val image(s) could not be read and were left out")
     return lines

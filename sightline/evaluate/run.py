@@ -9,7 +9,9 @@ What happens, in order (DESIGN.md, "Numbers you can trust"), one small function 
    by sightline.explain.orchestrate;
 4. a corruption suite on a sample of the split;
 5. the bundle, metrics.json, report.html (self-contained) and MODEL_CARD.md; with the bundle, the monitor's
-   reference profile is refreshed from val at the new temperature (sightline.evaluate.reference), and with
+   reference profile is refreshed from val at the new temperature (sightline.evaluate.reference): from the val
+   outputs and image statistics of step 1's pass, plus the training bank and the stand-in outliers' outputs
+   stored with the profile when they were made by this model (otherwise those are scored again); and with
    `ood=DIR` every open-set score is measured on the user's outliers (sightline.evaluate.openset).
 
 Images go through the inference core (`score_files`: decode once, stream, (logits, features) per image).
@@ -42,6 +44,7 @@ from sightline.spec import ProblemSpec, find_spec, load_spec
 if TYPE_CHECKING:
     from sightline.data.datasets import Dataset, Sample
     from sightline.decision import Decisions
+    from sightline.evaluate.reference import ValScores
     from sightline.inference import Engine
     from sightline.progress import ProgressFn
 
@@ -212,6 +215,7 @@ class _Scored:
     crops: _SplitCrops  # pixels of `samples` by position, decoded on demand
     timings: dict[str, float]  # seconds spent on the shared prediction passes
     shared_s: float  # seconds the shared part took (model loading and prediction passes)
+    val: ValScores | None = None  # this run's val pass with image statistics, when a reference profile is built
 
 
 
@@ -312,7 +316,19 @@ def _evaluate_group(
         timings: dict[str, float] = {}
         val_logits: list[np.ndarray | None] = [None] * len(group)
         val_kept: list[Sample] = []
-        if val_samples:
+        val_scores: ValScores | None = None
+        if val_samples and any(_builds_reference(b, job) for b in group):
+            # One pass serves calibration and the reference profile: image statistics and the crops the
+            # corruption stand-ins start from are taken as the images decode (seeded as the profile draws them).
+            from sightline.evaluate.reference import score_val
+
+            t0 = time.perf_counter()
+            val_scores = score_val(engines, val_samples, seed=job.options.seed, task="val (calibration, thresholds, "
+                                   "reference)", **common)
+            val_logits = [o.logits for o in val_scores.outputs]
+            val_kept = val_scores.samples
+            timings["val_s"] = time.perf_counter() - t0
+        elif val_samples:
             t0 = time.perf_counter()
             val_out, val_inputs = score_files(
                 engines, [s.path for s in val_samples], task="val (calibration, thresholds)", **common)
@@ -333,6 +349,7 @@ def _evaluate_group(
                 logits_val=val_logits[j], val_samples=val_kept, logits=outputs[j].logits,
                 features=outputs[j].features, samples=kept,
                 failed=inputs.failed, crops=crops, timings=dict(timings), shared_s=shared_s,
+                val=None if val_scores is None else val_scores.of(j),
             ), job, out=outs[j], report=reports[j])
             for j, (bundle, engine) in enumerate(zip(group, engines))
         ]
@@ -435,6 +452,19 @@ def _store_in_bundle(bundle: Bundle, result: EvaluationResult, fitted: Fitted) -
     bundle.write_json()
 
 
+def _builds_reference(bundle: Bundle, job: _Job) -> bool:
+    """Whether step 5 builds a reference profile for `bundle`: refreshed into the bundle, or (--ood on a bundle
+    without one) built in memory. Both need a val split."""
+    from sightline.monitor.reference import REFERENCE_FILE
+
+    options = job.options
+    if job.n_val == 0:
+        return False
+    if options.reference and options.update_bundle:
+        return True
+    return options.ood is not None and (bundle.path is None or not (bundle.path / REFERENCE_FILE).is_file())
+
+
 def _open_set(engine: Engine, bundle: Bundle, scored: _Scored, fitted: Fitted, result: EvaluationResult,
               job: _Job) -> None:
     """Step 5a': the monitor's reference profile refreshed from val at the val-fitted temperature (written into the
@@ -449,9 +479,9 @@ def _open_set(engine: Engine, bundle: Bundle, scored: _Scored, fitted: Fitted, r
 
     def build(save: bool) -> ReferenceProfile:
         t0 = time.perf_counter()
-        profile = build_bundle_reference(bundle, job.dataset, engine=engine, temperature=fitted.temperature,
-                                         batch_size=options.batch_size, seed=options.seed, save=save,
-                                         progress=job.progress)
+        profile = build_bundle_reference(bundle, job.dataset, engine=engine, val=scored.val,
+                                         temperature=fitted.temperature, batch_size=options.batch_size,
+                                         seed=options.seed, save=save, progress=job.progress)
         result.reference = reference_summary(profile)
         timings["reference_s"] = time.perf_counter() - t0
         return profile

@@ -16,7 +16,14 @@ than fresh images do, and the MMD test would flag clean windows (seen as p < 0.0
 Without training features the validation split is halved: one half fits the basis, the other is projected.
 
 Sizes: logits (N, K) float32, projected features (N', C) float16 with C <= 32, the k-NN bank (M, D) float16 with
-M <= 5,000 (12.8 MB at D = 1,280), Mahalanobis matrices d x d float32 with d <= 128.
+M <= 5,000 (12.8 MB at D = 1,280), Mahalanobis matrices d x d float32 with d <= 128, the stand-in outliers' outputs
+(about 350 x K float32 logits, 350 x D float16 features: 0.9 MB at D = 1,280).
+
+A refresh (new temperature, new threshold quantile, new validation outputs of the same model) needs the model's
+outputs on nothing but validation: `refresh_reference` keeps the stored training side (PCA basis, k-NN bank,
+Mahalanobis), and `OutlierOutputs` keeps the stand-in outliers' outputs for `fit_ood`. `fingerprint` says what
+those were computed from (model weights, preprocessing, which files), so a caller can tell whether they still
+hold; files written before these entries load with `outliers=None` and `fingerprint={}`.
 """
 from __future__ import annotations
 
@@ -34,7 +41,8 @@ from sightline.errors import BundleError, UserInputError
 from sightline.monitor import ood
 from sightline.monitor.stats import stats_columns
 
-__all__ = ["REFERENCE_FILE", "FORMAT_VERSION", "ReferenceProfile", "fit_pca", "build_reference", "load_reference"]
+__all__ = ["REFERENCE_FILE", "FORMAT_VERSION", "ReferenceProfile", "OutlierOutputs", "fit_pca", "build_reference",
+           "refresh_reference", "load_reference"]
 
 REFERENCE_FILE = "reference.npz"
 FORMAT_VERSION = 1
@@ -57,6 +65,27 @@ def fit_pca(features: np.ndarray, *, max_components: int = 32, variance: float =
 
 
 @dataclass
+class OutlierOutputs:
+    """The model's outputs on the stand-in outliers the open-set score was chosen on; row i is `kinds[i]` of
+    `families[i]` (see sightline.evaluate.outliers). Kept in the profile so a refresh refits without the model."""
+
+    logits: np.ndarray  # (M, K) float32
+    features: np.ndarray | None  # (M, D) float16 pooled features, L2-normalised as every feature score takes
+    # them (raw ones can overflow float16); None: the model gave none
+    families: list[str] = field(default_factory=list)  # "synthetic" | "corruption" | "photo"
+    kinds: list[str] = field(default_factory=list)  # e.g. "stripes", "blur", "coffee"
+    notes: list[str] = field(default_factory=list)  # why a family is smaller or missing
+
+    def __len__(self) -> int:
+        return int(self.logits.shape[0])
+
+    @property
+    def features32(self) -> np.ndarray | None:
+        """(M, D) float32 features, as the open-set scores take them."""
+        return None if self.features is None else self.features.astype(np.float32)
+
+
+@dataclass
 class ReferenceProfile:
     """Arrays describing in-distribution data; row i of logits / image_stats is one validation image."""
 
@@ -74,6 +103,9 @@ class ReferenceProfile:
     ood_choice: ood.OODChoice | None = None  # the chosen open-set score and its threshold (None: no "unknown")
     energy_temperature: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)  # free JSON-able notes (split, sizes, created, ...)
+    outliers: OutlierOutputs | None = None  # the stand-in outliers' outputs fit_ood chose on (None: not kept)
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # what the bank and `outliers` were computed from
+    # (model weights, preprocessing, files; JSON-able, compared as a whole by the builder); {} in older files
     _bank32: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     # --- derived ------------------------------------------------------------------------------------------
@@ -168,7 +200,10 @@ class ReferenceProfile:
         header = {"format_version": FORMAT_VERSION, "classes": self.classes, "temperature": self.temperature,
                   "energy_temperature": self.energy_temperature, "meta": self.meta,
                   "ood": None if self.ood_choice is None else self.ood_choice.to_json(),
-                  "image_stats": sorted(self.image_stats)}
+                  "image_stats": sorted(self.image_stats), "fingerprint": self.fingerprint}
+        o = self.outliers
+        if o is not None:
+            header["outliers"] = {"families": o.families, "kinds": o.kinds, "notes": o.notes}
         arrays: dict[str, np.ndarray] = {
             "header": np.array(json.dumps(header)),
             "logits": self.logits.astype(np.float32),
@@ -185,6 +220,10 @@ class ReferenceProfile:
         if self.mahalanobis is not None:
             for name, value in vars(self.mahalanobis).items():
                 arrays[f"maha_{name}"] = value
+        if o is not None:
+            arrays["outlier_logits"] = o.logits.astype(np.float32)
+            if o.features is not None:
+                arrays["outlier_features"] = o.features.astype(np.float16)
         path = folder / REFERENCE_FILE
         tmp = folder / (REFERENCE_FILE + ".tmp")
         with open(tmp, "wb") as fh:
@@ -214,17 +253,8 @@ def build_reference(
     The bank is subsampled to `bank_size` rows (seeded, stratified by label when labels are given); the PCA basis
     and, with labels, relative Mahalanobis are fitted on those rows. Without a bank the basis is fitted on half
     of validation (see the module docstring). No open-set score is chosen here: call `fit_ood`."""
-    logits = np.asarray(logits, dtype=np.float32)
-    features = np.asarray(features, dtype=np.float32)
-    n, k = logits.shape if logits.ndim == 2 else (-1, -1)
-    if logits.ndim != 2 or k != len(classes):
-        raise UserInputError(f"logits must be (N, {len(classes)}) for {len(classes)} classes, got {logits.shape}")
-    if features.ndim != 2 or features.shape[0] != n:
-        raise UserInputError(f"features must be (N, D) with N = {n} rows like the logits, got {features.shape}")
-    if not np.isfinite(logits).all() or not np.isfinite(features).all():
-        raise UserInputError("validation logits or features contain NaN or infinity; check the model's outputs")
-    if image_stats is not None and len(image_stats) != n:
-        raise UserInputError(f"{len(image_stats)} image statistics for {n} validation images")
+    logits, features = _validation_arrays(logits, features, classes, image_stats)
+    n = logits.shape[0]
     bank = labels = maha = None
     if bank_features is not None:
         bank_features = np.asarray(bank_features, dtype=np.float32)
@@ -258,6 +288,55 @@ def build_reference(
         projected=projected, image_stats=stats_columns(list(image_stats)) if image_stats else {}, bank=bank,
         bank_labels=labels, mahalanobis=maha, meta={"pca_fit": pca_fit, **(meta or {})},
     )
+
+
+def refresh_reference(
+    stored: ReferenceProfile,
+    logits: np.ndarray,
+    features: np.ndarray,
+    *,
+    temperature: float = 1.0,
+    image_stats: Sequence[dict[str, Any]] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> ReferenceProfile:
+    """A profile of new validation (N, K) logits, (N, D) features and image statistics on the training side of
+    `stored` (its PCA basis, k-NN bank and Mahalanobis model, which depend only on the training features): what
+    `build_reference` gives with the training features `stored` was built from, without them. `stored` must hold
+    a bank (a profile fitted on half of validation has no training side to keep: use `build_reference`).
+    `outliers` and `fingerprint` are carried over; no open-set score is chosen here: call `fit_ood`."""
+    if stored.bank is None:
+        raise UserInputError("the stored reference profile has no k-NN bank (its PCA basis was fitted on validation); "
+                             "build the profile again with build_reference")
+    logits, features = _validation_arrays(logits, features, stored.classes, image_stats)
+    if features.shape[1] != stored.pca_mean.shape[0]:
+        raise UserInputError(f"features have {features.shape[1]} dimensions but the stored profile has "
+                             f"{stored.pca_mean.shape[0]}; build the profile again with this model")
+    projected = ((ood.l2_normalize(features) - stored.pca_mean) @ stored.pca_components).astype(np.float16)
+    return ReferenceProfile(
+        classes=list(stored.classes), temperature=float(temperature), logits=logits, pca_mean=stored.pca_mean,
+        pca_components=stored.pca_components, projected=projected,
+        image_stats=stats_columns(list(image_stats)) if image_stats else {}, bank=stored.bank,
+        bank_labels=stored.bank_labels, mahalanobis=stored.mahalanobis, energy_temperature=stored.energy_temperature,
+        meta={"pca_fit": stored.meta.get("pca_fit", "training"), **(meta or {})}, outliers=stored.outliers,
+        fingerprint=dict(stored.fingerprint),
+    )
+
+
+def _validation_arrays(logits: np.ndarray, features: np.ndarray, classes: Sequence[str],
+                       image_stats: Sequence[dict[str, Any]] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) logits and (N, D) features as float32, checked against each other, the classes and the statistics."""
+    logits = np.asarray(logits, dtype=np.float32)
+    features = np.asarray(features, dtype=np.float32)
+    n, k = logits.shape if logits.ndim == 2 else (-1, -1)
+    if logits.ndim != 2 or k != len(classes):
+        raise UserInputError(f"logits must be (N, {len(classes)}) for {len(classes)} classes, got {logits.shape}")
+    if features.ndim != 2 or features.shape[0] != n:
+        raise UserInputError(f"features must be (N, D) with N = {n} rows like the logits, got {features.shape}")
+    if not np.isfinite(logits).all() or not np.isfinite(features).all():
+        raise UserInputError("validation logits or features contain NaN or infinity; check the model's outputs")
+    if image_stats is not None and len(image_stats) != n:
+        raise UserInputError(f"{len(image_stats)} image statistics for {n} validation images")
+    return logits, features
 
 
 def _subsample(n: int, cap: int, labels: np.ndarray | None, seed: int) -> np.ndarray:
@@ -296,6 +375,12 @@ def load_reference(folder: str | Path) -> ReferenceProfile | None:
         maha = None
         if "maha_mean" in arrays:
             maha = ood.Mahalanobis(**{f: arrays[f"maha_{f}"] for f in ood.Mahalanobis.__dataclass_fields__})
+        outliers = None
+        if "outlier_logits" in arrays and isinstance(header.get("outliers"), dict):
+            info = header["outliers"]
+            outliers = OutlierOutputs(arrays["outlier_logits"], arrays.get("outlier_features"),
+                                      families=[str(f) for f in info["families"]],
+                                      kinds=[str(k) for k in info["kinds"]], notes=[str(n) for n in info["notes"]])
         profile = ReferenceProfile(
             classes=[str(c) for c in header["classes"]], temperature=float(header["temperature"]),
             logits=arrays["logits"], pca_mean=arrays["pca_mean"], pca_components=arrays["pca_components"],
@@ -304,6 +389,7 @@ def load_reference(folder: str | Path) -> ReferenceProfile | None:
             bank=arrays.get("bank"), bank_labels=arrays.get("bank_labels"), mahalanobis=maha,
             ood_choice=None if header["ood"] is None else ood.OODChoice.from_json(header["ood"]),
             energy_temperature=float(header["energy_temperature"]), meta=dict(header["meta"]),
+            outliers=outliers, fingerprint=dict(header.get("fingerprint") or {}),
         )
     except BundleError:
         raise
@@ -327,5 +413,14 @@ def _check_shapes(p: ReferenceProfile, path: Path, fix: str) -> None:
         problems.append("image statistics do not have one value per image")
     if p.bank is not None and (p.bank.ndim != 2 or p.bank.shape[1] != d):
         problems.append(f"the k-NN bank {p.bank.shape} does not have {d} columns")
+    o = p.outliers
+    if o is not None:
+        m = o.logits.shape[0] if o.logits.ndim == 2 else -1
+        if o.logits.ndim != 2 or o.logits.shape[1] != len(p.classes):
+            problems.append(f"stand-in logits {o.logits.shape} do not match {len(p.classes)} classes")
+        elif o.features is not None and o.features.shape != (m, d):
+            problems.append(f"stand-in features {o.features.shape} are not ({m}, {d})")
+        elif len(o.families) != m or len(o.kinds) != m:
+            problems.append(f"{len(o.families)} stand-in families / {len(o.kinds)} kinds for {m} stand-in rows")
     if problems:
         raise BundleError(f"{path} is inconsistent ({problems[0]}); {fix}")
