@@ -180,12 +180,17 @@ def train(
 
 def _write_reference(bundle: Any, dataset: Any, cfg: TrainConfig, say: Any) -> None:
     """The monitor's reference profile of the new bundle (at temperature 1: `evaluate` refreshes it at the fitted
-    one). A dataset the profile cannot be built from is said in one line; the bundle stays usable without it."""
+    one). A dataset the profile cannot be built from is said in one line; the bundle stays usable without it.
+
+    The profile's draws (bank sample, stand-in outliers) use evaluate's default seed, not the training seed, so
+    `sightline evaluate` refreshes the profile of every seed of `train --seeds N` from val alone, reusing the bank
+    and the stand-ins' outputs stored here, instead of scoring them again."""
     from sightline.errors import DatasetError
+    from sightline.evaluate.options import EvaluateOptions
     from sightline.evaluate.reference import build_bundle_reference
 
     try:
-        profile = build_bundle_reference(bundle, dataset, seed=cfg.seed,
+        profile = build_bundle_reference(bundle, dataset, seed=EvaluateOptions().seed,
                                          device="cpu" if cfg.accelerator == "cpu" else None)
     except DatasetError as exc:
         say(f"no reference profile ({exc}); `sightline evaluate` writes one")

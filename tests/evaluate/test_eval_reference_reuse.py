@@ -199,3 +199,18 @@ def test_evaluate_without_a_stored_profile_builds_one_from_its_val_pass(made, mo
     monkeypatch.undo()
     alone = build_bundle_reference(run, data, temperature=profile.temperature, reuse=False, save=False)
     _same_profile(profile, alone)
+
+
+def test_a_profile_written_by_train_with_another_seed_is_refreshed_by_evaluate(tmp_path):
+    """`train --seeds N` trains seed 1, 2, ...: their profiles are drawn with evaluate's default seed, so evaluate
+    refreshes them instead of scoring the bank and the stand-ins again."""
+    from sightline.train.fit import train
+
+    data = _write_dataset(tmp_path / "data")
+    run = train(data, tmp_path / "run", model="test_efficientnet", weights="none", epochs=1, input_size=32,
+                batch_size=8, num_workers=0, progress=False, seed=3)
+    assert load_bundle(run).extra["train"]["seed"] == 3
+    written = load_reference(run / "bundle")
+    assert written.meta["seed"] == 0 and written.meta["built"]["mode"] == "full"
+    m = evaluate(run, data, **FAST)
+    assert m["reference"]["meta"]["built"]["mode"] == "refresh", m["reference"]["meta"]["built"]
