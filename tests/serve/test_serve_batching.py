@@ -79,3 +79,51 @@ def test_inference_error_reaches_every_waiting_caller():
 
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
 
+
+
+def test_coalescer_joins_what_arrives_together_and_keeps_failures_apart():
+    """Requests submitted while a call runs go together into the next one, in order; a per-item exception fails
+    that item only, an exception of the call fails every item of it, and the next call runs normally."""
+    from sightline.serve.batching import Coalescer
+
+    calls: list[list[int]] = []
+
+    def run(items: list[int]) -> list:
+        calls.append(list(items))
+        if 99 in items:
+            raise RuntimeError("database down")
+        return [ValueError(f"bad {i}") if i == 3 else i * 10 for i in items]
+
+    async def main():
+        step = Coalescer(run)
+        first = asyncio.ensure_future(step.submit(0))
+        await asyncio.sleep(0)  # the first call starts with item 0 alone
+        rest = await asyncio.gather(*(step.submit(i) for i in range(1, 6)), return_exceptions=True)
+        failed = await asyncio.gather(step.submit(99), step.submit(7), return_exceptions=True)
+        return await first, rest, failed, await step.submit(8)
+
+    first, rest, failed, last = asyncio.run(main())
+    assert first == 0 and calls[0] == [0]
+    assert calls[1] == [1, 2, 3, 4, 5]  # arrived while the first call ran: one call
+    assert rest[:2] == [10, 20] and isinstance(rest[2], ValueError) and rest[3:] == [40, 50]
+    assert all(isinstance(x, RuntimeError) for x in failed) and calls[2] == [99, 7]
+    assert last == 80 and calls[3] == [8]
+
+
+def test_coalescer_drops_items_whose_caller_went_away():
+    from sightline.serve.batching import Coalescer
+
+    calls: list[list[int]] = []
+
+    async def main():
+        step = Coalescer(lambda items: calls.append(list(items)) or items)
+        blocker = asyncio.ensure_future(step.submit(0))
+        await asyncio.sleep(0)
+        gone = asyncio.ensure_future(step.submit(1))
+        kept = asyncio.ensure_future(step.submit(2))
+        await asyncio.sleep(0)
+        gone.cancel()
+        return await blocker, await kept
+
+    assert asyncio.run(main()) == (0, 2)
+    assert calls == [[0], [2]]

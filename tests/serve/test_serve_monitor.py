@@ -266,6 +266,46 @@ def test_recent_window_is_the_newest_predictions_whether_read_with_the_blocks_or
         store.close()
 
 
+def test_requests_of_one_micro_batch_are_stored_in_one_transaction(profiled, tmp_path):
+    """Concurrent requests that share a forward pass share the store step: their prediction and signal rows are
+    written by one `add_predictions` call (one `created` time for all its rows), each answer keeps its own id,
+    decision and score, and every answer has its signals row."""
+    import sqlalchemy as sa
+
+    from sightline.storage.store import PredictionRecord, PredictionSignal, Store
+
+    folder, _ = profiled
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    blobs = [calm(300 + i) for i in range(6)] + [noise(300 + i) for i in range(2)]
+    with serving(_settings(folder, url, batch_max_wait_ms=300)) as (client, app, key):
+        def one(i):
+            r = client.post("/v1/predict", files=[("file", (f"c{i}.jpg", blobs[i]))])
+            assert r.status_code == 200, r.text
+            return r.json()["predictions"][0]
+
+        threads, answers = [], [None] * len(blobs)
+        for i in range(len(blobs)):
+            threads.append(threading.Thread(target=lambda i=i: answers.__setitem__(i, one(i))))
+            threads[-1].start()
+        for t in threads:
+            t.join()
+    store = Store(url)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(sa.select(PredictionRecord.id, PredictionRecord.filename, PredictionRecord.created,
+                                          PredictionRecord.decision)).all()
+            signals = dict(conn.execute(sa.select(PredictionSignal.prediction_id, PredictionSignal.ood_score)).all())
+    finally:
+        store.close()
+    by_id = {r.id: r for r in rows}
+    assert sorted(by_id) == sorted(a["id"] for a in answers)
+    for i, a in enumerate(answers):
+        assert by_id[a["id"]].filename == f"c{i}.jpg" and by_id[a["id"]].decision == a["decision"]
+        assert signals[a["id"]] == pytest.approx(a["ood_score"])
+    assert [a["decision"] for a in answers[6:]] == ["unknown", "unknown"]
+    assert len({r.created for r in rows}) < len(rows)  # at least two requests went into one transaction
+
+
 def test_without_a_profile_or_with_monitoring_off_serving_is_unchanged(profiled, tmp_path):
     from sightline.storage.store import PredictionSignal, Store
 
