@@ -215,7 +215,8 @@ def oracle_label(client: Any, key: str, prediction_id: int, truth: dict[int, dic
 
 
 def label_slice(client: Any, key: str, truth: dict[int, dict[str, Any]]) -> list[int]:
-    """Every item of the random slice (GET /v1/review?slice=random), labelled by the oracle."""
+    """Every item of the random slice still unlabelled (GET /v1/review?slice=random: members the queue held are
+    labelled there already), labelled by the oracle."""
     done: list[int] = []
     while True:
         r = client.get("/v1/review", params={"slice": "random", "limit": 500}, headers={"X-API-Key": key})

@@ -115,6 +115,7 @@ def test_a_bad_remote_copy_is_reported_once_per_content_while_the_service_polls(
     champion is followed meanwhile (its alias is still answered)."""
     import asyncio
     import logging
+    import time
     from types import SimpleNamespace
 
     import fsspec
@@ -143,25 +144,33 @@ def test_a_bad_remote_copy_is_reported_once_per_content_while_the_service_polls(
     def reports() -> list[str]:
         return [r.getMessage() for r in caplog.records if "does not match its hash" in r.getMessage()]
 
-    async def poll(seconds: float) -> None:
+    polls = []
+    aliases = reg.aliases
+    reg.aliases = lambda: (polls.append(1), aliases())[1]  # what the watcher calls once a poll
+
+    async def poll(n: int) -> None:
+        """Let the watcher poll `n` more times (every 10 ms; at most 60 s on a loaded machine)."""
         watcher = RegistryWatcher(state, reg)
+        target, deadline = len(polls) + n, time.monotonic() + 60
         await watcher.start()
-        await asyncio.sleep(seconds)
+        while len(polls) < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         await watcher.close()
+        assert len(polls) >= target
 
     with caplog.at_level(logging.WARNING):
-        asyncio.run(poll(0.5))  # dozens of polls
+        asyncio.run(poll(20))
         assert len(reports()) == 1 and v2.ref in reports()[0]
         assert len(downloads) == len(fs.ls(v2.artifact.removeprefix("memory:/")))  # the bad files fetched once
         assert set(reg.aliases()) == {"champion"}  # reported already: left out, the champion still answered
         fs.pipe_file(model_json, b'{"changed": true}')  # the same bad bytes written again: nothing new to say
-        asyncio.run(poll(0.2))
+        asyncio.run(poll(5))
         assert len(reports()) == 1
         fs.pipe_file(model_json, b'{"changed": "again"}')  # other bad content: reported once more
-        asyncio.run(poll(0.3))
+        asyncio.run(poll(10))
         assert len(reports()) == 2 and reports()[0] != reports()[1]
         fs.pipe_file(model_json, good)  # repaired: fetched, hash checked, answered again
-        asyncio.run(poll(0.2))
+        asyncio.run(poll(5))
         assert len(reports()) == 2
     assert set(reg.aliases()) == {"champion", "challenger"} and reg.intact(reg.aliases()["challenger"])
     reg.close()
