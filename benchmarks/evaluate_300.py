@@ -5,8 +5,16 @@ The data is synthetic (sightline data synth, 224 px, ~2000 images so the test sp
 Lite0 with its offline ImageNet backbone and a linear head fitted on a few train images: evaluation time does not
 depend on how well the model was trained.
 
+The monitor's reference profile: `sightline train` writes one into every bundle it makes (k-NN bank of train
+images, stand-in outliers, at temperature 1), and `evaluate` refreshes it at its fitted temperature from its own val
+pass, reusing the stored bank and stand-in outputs. So by default (--profile train) the setup writes the profile the
+way train does (sightline.evaluate.reference.build_bundle_reference, as train calls it; timed apart as
+`train_profile_s`) and the figure is evaluate on a bundle as train leaves it. --profile none: a bundle without one
+(e.g. made by hand or by an older version), where evaluate builds it in full.
+
     python benchmarks/evaluate_300.py            # full figures (224 px, 300 test images)
     python benchmarks/evaluate_300.py --quick    # a smoke run (64 px, ~60 test images)
+    python benchmarks/evaluate_300.py --profile none   # evaluate builds the reference profile in full
 """
 from __future__ import annotations
 
@@ -26,6 +34,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None, help="image and input size in px (default 224; 64 quick)")
     ap.add_argument("--test-images", type=int, default=None, help="test images (default 300; 60 quick)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target is 2 cores)")
+    ap.add_argument("--profile", choices=("train", "none"), default="train",
+                    help="train: the setup writes the reference profile as `sightline train` does (default); none: "
+                         "no profile, evaluate builds it in full")
     ap.add_argument("--keep", type=Path, default=None, help="keep data, bundle and report in this folder")
     args = ap.parse_args()
     size = args.size or (64 if args.quick else 224)
@@ -63,6 +74,15 @@ def main() -> None:
     Bundle("tf_efficientnet_lite0", classes, preprocessing=pre).save(root / "run" / "bundle", model.state_dict())
     t_model = time.perf_counter() - t0
 
+    t_profile = None
+    if args.profile == "train":  # as sightline.train.fit._write_reference does at the end of training
+        from sightline.evaluate.options import EvaluateOptions
+        from sightline.evaluate.reference import build_bundle_reference
+
+        t0 = time.perf_counter()
+        build_bundle_reference(root / "run" / "bundle", data, seed=EvaluateOptions().seed, device="cpu")
+        t_profile = round(time.perf_counter() - t0, 1)
+
     t0 = time.perf_counter()
     m = evaluate(root / "run", data)
     wall = time.perf_counter() - t0
@@ -81,6 +101,8 @@ def main() -> None:
         "accuracy": round(m["accuracy"], 3),
         "synth_s": round(t_synth, 1),
         "model_s": round(t_model, 1),
+        "profile": args.profile,
+        "train_profile_s": t_profile,
         "report": m["files"].get("report"),
         "target_s": 120,
         "within_target": wall <= 120,
