@@ -30,8 +30,9 @@ def evaluate_cmd(
     ood: Path | None = typer.Option(None, "--ood", help="Folder of images unlike the classes: AUROC, FPR at 95 % TPR "
                                     "and rejection rate of every open-set score on them."),
     no_reference: bool = typer.Option(False, "--no-reference", help="Do not refresh the monitor's reference profile "
-                                      "(bundle/reference.npz; it scores val, up to 5,000 train images and ~300 "
-                                      "stand-in outliers again)."),
+                                      "(bundle/reference.npz: refitted from evaluate's own val pass, reusing the "
+                                      "train-image bank and stand-in outputs train stored with it; built in full, "
+                                      "scoring up to 5,000 train images and ~300 stand-ins, when none matches)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout instead of a summary."),
 ) -> None:
     """Metrics, calibration, thresholds from sightline.yaml, heatmaps and robustness -> metrics.json + report.html."""

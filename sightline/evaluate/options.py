@@ -45,7 +45,8 @@ class EvaluateOptions(BaseModel):
     report: bool = True  # write report.html (and MODEL_CARD.md into the bundle when update_bundle)
     seed: int = 0  # bootstrap, region sample, robustness sample and corruptions
     reference: bool = True  # refresh the monitor's reference profile (bundle/reference.npz) from val, with
-    # update_bundle; it scores val again (with image statistics), up to 5,000 train images and ~300 stand-in outliers
+    # update_bundle; from evaluate's own val pass, reusing the bank and stand-in outputs stored with the profile when
+    # they came from the same model, else scoring up to 5,000 train images and ~300 stand-in outliers again
     ood: Path | None = None  # a folder of images unlike the classes: every open-set score's figures on them
 
     def __init__(self, **settings: Any) -> None:
