@@ -5,7 +5,6 @@ are decided in one worker-thread hop and written in one transaction.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import time
@@ -114,7 +113,7 @@ async def _predict(state, served, key, names: list[str], blobs: list[bytes], t0:
             }
             for p, b in zip(preds, blobs)
         ]
-        return _Stored(preds, scores, rows, signals, state.images, blobs)
+        return _Stored(preds, scores, rows, signals, state.store, state.images, blobs)
 
     preds, scores, ids = await _store_step(state.store).submit(decide)
     for p in preds:
@@ -143,22 +142,23 @@ class _Stored:
     scores: list[float | None]  # open-set score per image, None without monitoring
     rows: list[dict[str, Any]]  # PredictionRecord columns
     signals: list[dict[str, Any]] | None  # PredictionSignal columns per row; None without monitoring
+    store: Store  # the service's database (one per app: the key of the coalesced step)
     images: ImageKeeper | None  # where review / unknown images and the sampled slice are kept
     blobs: list[bytes]
 
 
-_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Store -> its Coalescer
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Store -> its Coalescer (which holds no Store)
 
 
 def _store_step(store: Store) -> Coalescer:
     """The store's coalesced store step (made on first use, in the event loop that serves)."""
     step = _STEPS.get(store)
     if step is None:
-        step = _STEPS[store] = Coalescer(functools.partial(_store_all, store))
+        step = _STEPS[store] = Coalescer(_store_all)
     return step
 
 
-def _store_all(store: Store, jobs: list[Callable[[], _Stored]]) -> list[Any]:
+def _store_all(jobs: list[Callable[[], _Stored]]) -> list[Any]:
     """Decide every request that came back from inference together, write all their prediction rows and signal
     rows in ONE `add_predictions` transaction (one INSERT of each kind instead of one per request), then keep their
     images. SQLite, one core at load 3-5 (benchmarks/monitor_terms.py): 0.54-0.90 ms a request alone without
@@ -171,11 +171,12 @@ def _store_all(store: Store, jobs: list[Callable[[], _Stored]]) -> list[Any]:
         except Exception as exc:  # noqa: BLE001 - that request answers 5xx; the others are stored
             made.append(exc)
     ok = [m for m in made if isinstance(m, _Stored)]
+    assert len({id(m.store) for m in ok}) <= 1, "one coalesced step per store"
     rows = [r for m in ok for r in m.rows]
     signals = None
     if any(m.signals is not None for m in ok):  # a model swap can mix requests with and without monitoring
         signals = [s for m in ok for s in (m.signals if m.signals is not None else [None] * len(m.rows))]
-    ids = store.add_predictions(rows, signals) if rows else []
+    ids = ok[0].store.add_predictions(rows, signals) if rows else []
     results: list[Any] = []
     start = 0
     for m in made:
@@ -185,7 +186,7 @@ def _store_all(store: Store, jobs: list[Callable[[], _Stored]]) -> list[Any]:
         mine, start = ids[start:start + len(m.rows)], start + len(m.rows)
         try:
             if m.images is not None:  # review/unknown images and a random sample of accepted ones
-                m.images.keep(store, mine, [p.decision for p in m.preds], m.blobs)
+                m.images.keep(m.store, mine, [p.decision for p in m.preds], m.blobs)
             results.append((m.preds, m.scores, mine))
         except Exception as exc:  # noqa: BLE001 - as the request's own write would have failed it
             results.append(exc)
