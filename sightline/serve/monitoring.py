@@ -5,7 +5,8 @@ On the request path (`Observer`, only when the bundle has a reference profile):
   - the chosen open-set score of each image (`monitor.ood`, computed for that score only) and its flag: the
     decision becomes "unknown" when the score is above the profile's threshold (unknown wins over review);
   - one `prediction_signals` row per prediction (projected features, calibrated softmax, score, flag, image
-    statistics measured in the decode thread), written in the same transaction as the prediction.
+    statistics measured in the decode thread), written in the same transaction as the prediction (the requests of
+    one micro-batch share it: `routes/predict.py`'s coalesced store step).
 
 In the background (`Monitor`, an asyncio task of the app, the tests in a worker thread): every
 `SIGHTLINE_MONITOR_EVERY` predictions or `SIGHTLINE_MONITOR_INTERVAL_MINUTES`, whichever comes first,
