@@ -32,6 +32,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # s
 import argparse  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -257,6 +258,7 @@ def main() -> int:
     add("background", f"Monitor.run_once per {size} predictions (recent + block), per prediction",
         min(per_run) * 1e6 / size)
     store.close()
+    shutil.rmtree(work, ignore_errors=True)
 
     us = {name.strip(): v for _, name, v in rows}
     import sightline.serve.batching as batching
