@@ -332,20 +332,11 @@ async def static(name: str) -> Response:
 
 
 # --- the monitoring dashboard --------------------------------------------------------------------------------
-SHADOW_TTL_S = 10.0  # how long the dashboard reuses the shadow-mode summary
-
-
-def _shadow_status(app_state: Any, shadow: Any) -> dict[str, Any]:
-    """`shadow.status()` (what GET /v1/shadow answers) at most once per SHADOW_TTL_S seconds, with `as_of`: its
-    stored summary aggregates every shadow row of the challenger (61 ms for 10,000 rows on 2 loaded cores), too
-    much for each dashboard load. Blocking: call from a worker thread."""
-    now = time.monotonic()
-    cached = getattr(app_state, "shadow_view", None)
-    if cached is not None and cached[0] is shadow and cached[1] > now:
-        return cached[2]
-    status = {**shadow.status(), "as_of": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    app_state.shadow_view = (shadow, now + SHADOW_TTL_S, status)
-    return status
+def _shadow_status(shadow: Any) -> dict[str, Any]:
+    """`shadow.status()` (what GET /v1/shadow answers) with `as_of`. Live on every dashboard load: the stored
+    summary reads the challenger's running totals (one row, about 0.1 ms at 100,000 shadow rows), not the rows.
+    Blocking: call from a worker thread."""
+    return {**shadow.status(), "as_of": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 @router.get("/dashboard")
@@ -382,7 +373,7 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
             "alerts": alert_views(store.alert_states()),  # persisted: shown with monitoring off too
             "registry": (model_history(state.watcher.registry, settings.alias, served.registry_version)
                          if state.watcher is not None else None),
-            "shadow": _shadow_status(request.app.state, shadow) if shadow is not None else None,
+            "shadow": _shadow_status(shadow) if shadow is not None else None,
         }
 
     found = await anyio.to_thread.run_sync(work)
@@ -394,9 +385,8 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
     return _render("dashboard.html", session=session, monitor=status, windows=windows,
                    message=served.monitor_message, classes=classes,
                    filters={"decision": decision, "label": label, "band": band},
-                   model=f"{served.bundle.name} {served.bundle.version}", serving=serving, shadow_ttl=SHADOW_TTL_S,
-                   alpha=alpha,
-                   alpha_y=alpha_y, **found)
+                   model=f"{served.bundle.name} {served.bundle.version}", serving=serving,
+                   alpha=alpha, alpha_y=alpha_y, **found)
 
 
 @router.post("/alerts/{name}/ack")
