@@ -250,6 +250,11 @@ class ImageKeeper:
     def keep(self, store: Any, ids: Sequence[int], decisions: Sequence[str], blobs: Sequence[bytes]) -> int:
         """Store the images that matter of these predictions and record them; returns how many were kept. Every
         prediction is drawn into the random slice or not before its decision is looked at (one draw each)."""
+        return self.record(store, self.select(ids, decisions, blobs))
+
+    def select(self, ids: Sequence[int], decisions: Sequence[str], blobs: Sequence[bytes]) -> list[dict[str, Any]]:
+        """`keep` without the database: the draws, the files stored, and the kept-image rows to `record` (the
+        server records the rows of every request of a micro-batch in one transaction)."""
         rows = []
         for pid, decision, blob in zip(ids, decisions, blobs):
             with self._lock:
@@ -267,6 +272,10 @@ class ImageKeeper:
                 continue
             rows.append({"prediction_id": pid, "sha256": sha, "reason": reason, "content_type": content_type(blob),
                          "size": len(blob), "in_slice": in_slice})
+        return rows
+
+    def record(self, store: Any, rows: Sequence[dict[str, Any]]) -> int:
+        """Write `select`'s rows (one transaction), then run retention when it is due; returns how many."""
         store.add_kept_images(rows)
         if (self.max_bytes is not None or self.max_age_days is not None) and rows:
             now = time.monotonic()

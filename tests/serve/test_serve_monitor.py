@@ -269,10 +269,10 @@ def test_recent_window_is_the_newest_predictions_whether_read_with_the_blocks_or
 def test_requests_of_one_micro_batch_are_stored_in_one_transaction(profiled, tmp_path):
     """Concurrent requests that share a forward pass share the store step: their prediction and signal rows are
     written by one `add_predictions` call (one `created` time for all its rows), each answer keeps its own id,
-    decision and score, and every answer has its signals row."""
+    decision and score, and every answer has its signals row; their kept images' rows also share one write."""
     import sqlalchemy as sa
 
-    from sightline.storage.store import PredictionRecord, PredictionSignal, Store
+    from sightline.storage.store import KeptImage, PredictionRecord, PredictionSignal, Store
 
     folder, _ = profiled
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -295,9 +295,13 @@ def test_requests_of_one_micro_batch_are_stored_in_one_transaction(profiled, tmp
             rows = conn.execute(sa.select(PredictionRecord.id, PredictionRecord.filename, PredictionRecord.created,
                                           PredictionRecord.decision)).all()
             signals = dict(conn.execute(sa.select(PredictionSignal.prediction_id, PredictionSignal.ood_score)).all())
+            kept = dict(conn.execute(sa.select(KeptImage.prediction_id, KeptImage.created)).all())
     finally:
         store.close()
     by_id = {r.id: r for r in rows}
+    queued = {a["id"] for a in answers if a["decision"] in ("review", "unknown")}
+    assert queued <= set(kept) and len(queued) >= 2  # every queued image kept (the random slice may add more)
+    assert len(set(kept.values())) < len(kept)  # kept-image rows of several requests in one transaction
     assert sorted(by_id) == sorted(a["id"] for a in answers)
     for i, a in enumerate(answers):
         assert by_id[a["id"]].filename == f"c{i}.jpg" and by_id[a["id"]].decision == a["decision"]

@@ -161,8 +161,10 @@ def _store_step(store: Store) -> Coalescer:
 def _store_all(jobs: list[Callable[[], _Stored]]) -> list[Any]:
     """Decide every request that came back from inference together, write all their prediction rows and signal
     rows in ONE `add_predictions` transaction (one INSERT of each kind instead of one per request), then keep their
-    images. SQLite, one core at load 3-5 (benchmarks/monitor_terms.py): 0.54-0.90 ms a request alone without
-    signals, 0.95-1.09 with; 0.21-0.29 and 0.28-0.33 ms each when 4 requests share a transaction.
+    images (files per request; the kept-image rows of all of them in one more transaction, not one per request:
+    with that, keeping images took int8 serving from 141.5 to 126.2 req/s at 16 clients, benchmarks/serve_load.py
+    on an idle machine). SQLite, one core at load 3-5 (benchmarks/monitor_terms.py): 0.54-0.90 ms a request alone
+    without signals, 0.95-1.09 with; 0.21-0.29 and 0.28-0.33 ms each when 4 requests share a transaction.
     Returns one (preds, scores, ids) per request, or the exception that request answers with."""
     made: list[_Stored | BaseException] = []
     for job in jobs:
@@ -178,6 +180,7 @@ def _store_all(jobs: list[Callable[[], _Stored]]) -> list[Any]:
         signals = [s for m in ok for s in (m.signals if m.signals is not None else [None] * len(m.rows))]
     ids = ok[0].store.add_predictions(rows, signals) if rows else []
     results: list[Any] = []
+    kept: dict[int, tuple[Any, list[int], list[dict[str, Any]]]] = {}  # keeper -> (keeper, result slots, rows)
     start = 0
     for m in made:
         if not isinstance(m, _Stored):
@@ -185,9 +188,17 @@ def _store_all(jobs: list[Callable[[], _Stored]]) -> list[Any]:
             continue
         mine, start = ids[start:start + len(m.rows)], start + len(m.rows)
         try:
-            if m.images is not None:  # review/unknown images and a random sample of accepted ones
-                m.images.keep(m.store, mine, [p.decision for p in m.preds], m.blobs)
+            if m.images is not None:  # review/unknown images and the random slice: files now, rows below
+                keeper = kept.setdefault(id(m.images), (m.images, [], []))
+                keeper[2].extend(m.images.select(mine, [p.decision for p in m.preds], m.blobs))
+                keeper[1].append(len(results))
             results.append((m.preds, m.scores, mine))
         except Exception as exc:  # noqa: BLE001 - as the request's own write would have failed it
             results.append(exc)
+    for keeper, slots, kept_rows in kept.values():  # every request's kept-image rows in ONE transaction
+        try:
+            keeper.record(ok[0].store, kept_rows)
+        except Exception as exc:  # noqa: BLE001 - as their own writes would have failed them
+            for i in slots:
+                results[i] = exc
     return results
