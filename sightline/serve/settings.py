@@ -127,7 +127,8 @@ class Settings(MonitorSettings):
         "installed); default <bundle>/images, beside sightline.db."
     )
     keep_accepted: float = Field(
-        0.03, ge=0, le=1, description="Share of 'accept' images kept at random (the unbiased production slice)."
+        0.03, ge=0, le=1, description="Share of all answers drawn at random into the production slice, whatever "
+                                      "their decision (accepted ones drawn are kept; queued ones are kept anyway)."
     )
     image_store_max_bytes: int | None = Field(
         None, ge=0, description="Evict unlabelled sampled images, oldest first, above this many bytes."
