@@ -144,14 +144,9 @@ async def retire(served: Served, *, timeout_s: float = 60.0) -> None:
 
 
 def registry_version(registry: Registry, alias: str) -> Version:
-    """The version `alias` points to now; UserInputError when it is not set."""
-    from sightline.errors import UserInputError
-
-    version = registry.aliases().get(alias)
-    if version is None:
-        raise UserInputError(f"the registry alias '{alias}' is not set; run `sightline registry promote VERSION "
-                             f"--alias {alias}` (or `registry add BUNDLE --alias {alias}`) first.")
-    return version
+    """The version `alias` points to now, its copy fetched; UserInputError when it is not set or its copy is bad.
+    Only this alias is resolved: a bad remote copy of another alias (a challenger) does not stop the service."""
+    return registry.resolve(alias)
 
 
 class RegistryWatcher:

@@ -180,3 +180,23 @@ def test_a_bad_remote_copy_is_reported_once_per_content_while_the_service_polls(
         for _ in range(2):  # resolve() refuses a bad copy every time it is asked (it hands out that version)
             with pytest.raises(UserInputError, match="does not match its hash"):
                 other.resolve("v2")
+
+
+def test_a_bad_challenger_copy_does_not_stop_the_service_from_starting(remote, tmp_path, monkeypatch):
+    """`serve --registry URL --alias champion` resolves the champion only: a tampered challenger copy is the
+    challenger's problem (reported when it is asked for), not a reason to refuse to serve."""
+    import fsspec
+
+    from sightline.serve.swap import registry_version
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with Registry(url, root=remote) as reg:
+        v1 = reg.add(_bundle(tmp_path / "b1", 1), alias="champion").version
+        v2 = reg.add(_bundle(tmp_path / "b2", 2), alias="challenger").version
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file(f"{v2.artifact.removeprefix('memory:/')}/model.json", b'{"changed": true}')
+    monkeypatch.setenv("SIGHTLINE_REGISTRY_CACHE", str(tmp_path / "cache-service"))  # a fresh service machine
+    with Registry(url, root=remote) as reg:
+        assert registry_version(reg, "champion").bundle_hash == v1.bundle_hash
+        with pytest.raises(UserInputError, match="does not match its hash"):
+            registry_version(reg, "challenger")
