@@ -2,8 +2,9 @@
 the test split, each run under 5 minutes wall time on 2 CPU cores, and nothing but Sightline's own lines printed.
 
 Each seed runs in its own temporary folder as a user would run it (a fresh `sightline demo` process). Printed per
-seed: wall time, every target of DATA/sightline.yaml (test value, pass or fail), the test-split size, and lines
-from other libraries found in the output. The load average is printed before and after: on a shared machine the
+seed: wall time, every target of DATA/sightline.yaml (test value, pass or fail), the test-split size, the label
+check's figures (flagged, planted wrong labels found and corrected, its seconds), and lines from other libraries
+found in the output. The load average is printed before and after: on a shared machine the
 wall times are pessimistic.
 
     python benchmarks/demo_seeds.py                 # seeds 0, 1, 2 at full demo scale (about 5 minutes each)
@@ -67,6 +68,12 @@ def run_seed(seed: int, folder: Path, *, quick: bool, verbose: bool) -> dict:
     result["accuracy"] = metrics["accuracy"]
     result["macro_f1"] = metrics["macro_f1"]
     result["shortcut_classes"] = (metrics.get("pointing_game") or {}).get("shortcut_classes", [])
+    review_path = out / "audit" / "label_review.json"
+    if review_path.is_file():  # the audit's label check and the demo's stand-in reviewer (sightline/train/demo.py)
+        review = json.loads(review_path.read_text())
+        result["label_check"] = {k: review[k] for k in ("flagged", "planted_found", "planted_wrong_labels",
+                                                         "corrected", "left_for_a_reviewer")}
+        result["label_check"]["seconds"] = review["label_check"].get("seconds")
     return result
 
 
@@ -107,6 +114,11 @@ def main() -> int:
             value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
             print(f"    {'pass' if t['passed'] else 'FAIL'}  {t['target']:<40} {value}")
         print("    seconds per demo step: " + ", ".join(f"{k} {v:.0f}" for k, v in r["stage_s"].items()))
+        if "label_check" in r:
+            lc = r["label_check"]
+            print(f"    label check: {lc['flagged']} flagged, {lc['planted_found']} of {lc['planted_wrong_labels']} "
+                  f"planted wrong labels among them, {lc['corrected']} corrected by the stand-in reviewer, "
+                  f"{lc['left_for_a_reviewer']} left for a reviewer; {lc['seconds']} s (inside step 2/7)")
         print(f"    likely shortcut: {', '.join(r['shortcut_classes']) or 'none'}; "
               f"other libraries' lines in the output: {len(r['foreign_lines'])}"
               + (f" (first: {r['foreign_lines'][0]!r})" if r["foreign_lines"] else ""))

@@ -1,4 +1,5 @@
-"""run_demo wires every stage into one folder, says where everything is and how the targets fared, in its own lines."""
+"""run_demo wires every stage into one folder, says where everything is and how the targets fared, in its own lines;
+its stand-in reviewer of the label check's suggestions moves only the files planted_issues.json lists as wrong."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,8 @@ import pytest
 
 from sightline.bundle import load_bundle
 from sightline.cli import main
+from sightline.data.label_issues import LabelCheck, LabelIssue
+from sightline.data.synth import synthesize
 from sightline.errors import UserInputError
 from sightline.spec import load_spec
 from sightline.train import demo
@@ -33,6 +36,24 @@ def test_quick_demo_runs_every_stage_with_a_tiny_model(tmp_path: Path, capfd: py
     assert list(Path(artifacts["heatmaps"]).glob("*.png"))
     assert "sightline serve " in artifacts["serve"]
 
+    # the label check ran in the audit, and the stand-in reviewer moved nothing the planted list does not confirm
+    raw = Path(artifacts["raw data"])
+    audit = json.loads((Path(artifacts["audit report"]).parent / "audit.json").read_text())
+    review = json.loads(Path(artifacts["label review"]).read_text())
+    wrong = {w["path"]: w["true_label"] for w in json.loads((raw / "planted_issues.json").read_text())["wrong_labels"]}
+    assert audit["label_check"]["ran"] and review["label_check"]["model"]["input_size"] == demo.QUICK.label_input_size
+    assert review["flagged"] == audit["counts"]["label_issue"] == len(review["decisions"])
+    assert review["planted_wrong_labels"] == len(wrong)
+    assert review["planted_found"] == sum(d["path"] in wrong for d in review["decisions"])
+    for d in review["decisions"]:
+        if "moved_to" in d:
+            assert d["moved_to"] == f"{wrong[d['path']]}/{Path(d['path']).name}" and (raw / d["moved_to"]).is_file()
+            assert not (raw / d["path"]).exists()
+        elif d["decision"] == "left for a reviewer":
+            assert (raw / d["path"]).is_file()
+    for path in set(wrong) - {d["path"] for d in review["decisions"]}:
+        assert (raw / path).is_file()  # not flagged: keeps its wrong label
+
     # every target of the data's sightline.yaml is reported, with its verdict, in the demo's own lines
     out, err = capfd.readouterr()
     spec = load_spec(Path(artifacts["split data"]) / "sightline.yaml")
@@ -41,6 +62,9 @@ def test_quick_demo_runs_every_stage_with_a_tiny_model(tmp_path: Path, capfd: py
         assert target["target"] in err and f"{target['value']:.3f}" in err
     assert f"{sum(t['passed'] for t in metrics['targets'])} of {len(metrics['targets'])} met" in err
     assert "seed 1" in err
+    assert "plays the reviewer" in err and "planted_issues.json" in err
+    assert f"{review['flagged']} images likely mislabeled" in err
+    assert f"left for a reviewer: {review['left_for_a_reviewer']}" in err
     for line in FOREIGN:
         assert line not in out + err, line
     assert out == ""  # ONNX Runtime's calibration progress used to land here
@@ -69,7 +93,7 @@ def test_the_same_seed_gives_the_same_demo_data(tmp_path: Path, monkeypatch: pyt
 
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         with pytest.raises(Stop):
-            demo.run_demo(tmp_path / name, quick=True, seed=seed)
+            demo.run_demo(tmp_path / name, quick=True, seed=seed, model="test_efficientnet", weights="none")
     a, b, c = (files(tmp_path / n) for n in "abc")
     assert a and a == b and a != c
 
@@ -91,3 +115,50 @@ def test_cli_demo_passes_seed_and_rejects_a_used_folder(tmp_path: Path, capsys: 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "not empty" in err and "Traceback" not in err
+
+
+def test_the_stand_in_reviewer_confirms_only_planted_wrong_labels() -> None:
+    issues = [LabelIssue(0, "crack/crack_mislabel2.jpg", "crack", "ok", 0.02, 0.9),
+              LabelIssue(1, "spot/spot_0007.jpg", "spot", "ok", 0.05, 0.8),  # flagged, not planted
+              LabelIssue(2, "scratch/scratch_mislabel0.jpg", "scratch", "crack", 0.1, 0.6)]  # planted, other suggestion
+    wrong = [{"path": "crack/crack_mislabel2.jpg", "true_label": "ok", "given_label": "crack"},
+             {"path": "scratch/scratch_mislabel0.jpg", "true_label": "ok", "given_label": "scratch"},
+             {"path": "spot/spot_mislabel1.jpg", "true_label": "ok", "given_label": "spot"}]  # not flagged
+    decisions = demo.review_suggestions(issues, wrong)
+    assert [d["rank"] for d in decisions] == [1, 2, 3]
+    assert [d["decision"] for d in decisions] == ["confirmed", "left for a reviewer", "confirmed"]
+    # the person looking at the image picks the true class, even where the check suggested another
+    assert [d["true_label"] for d in decisions] == ["ok", None, "ok"]
+    assert {d["decision"] for d in demo.review_suggestions(issues, [])} == {"left for a reviewer"}
+
+
+def test_review_moves_confirmed_files_before_the_split_and_writes_what_it_did(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    raw = tmp_path / "raw"
+    planted = synthesize(raw, n=60, size=32, seed=0, layout="flat", plant_issues=True).planted
+    assert planted is not None
+    wrong = planted["wrong_labels"]
+    assert len(wrong) >= 2
+    clean = sorted(p.relative_to(raw).as_posix() for p in (raw / "spot").glob("spot_*.jpg")
+                   if "mislabel" not in p.name)[0]
+    gone = planted["conflicting_labels"][0][1]  # a copy the audit quarantined before the review
+    (raw / gone).unlink()
+    issues = [LabelIssue(0, wrong[0]["path"], wrong[0]["given_label"], "ok", 0.01, 0.95),
+              LabelIssue(1, clean, "spot", "ok", 0.03, 0.9),
+              LabelIssue(2, gone, gone.split("/")[0], "ok", 0.04, 0.9)]
+    check = LabelCheck(issues=issues, n_checked=70, classes=["crack", "ok", "scratch", "spot"], folds=5,
+                       model={"arch": "test_efficientnet", "input_size": 32})
+    review = demo._review_labels(raw, check, 1.5, tmp_path / "audit")
+
+    moved = raw / "ok" / Path(wrong[0]["path"]).name
+    assert moved.is_file() and not (raw / wrong[0]["path"]).exists()
+    assert (raw / clean).is_file() and not (raw / "ok" / Path(clean).name).exists()  # unconfirmed: untouched
+    assert (raw / wrong[1]["path"]).is_file()  # planted but not flagged: the demo does not peek
+    assert (review["flagged"], review["planted_found"], review["corrected"], review["left_for_a_reviewer"],
+            review["already_quarantined"]) == (3, 1, 1, 1, 1)
+    assert review["planted_not_flagged"] == [w["path"] for w in wrong[1:]]
+    assert review["label_check"]["seconds"] == 1.5
+    assert json.loads((tmp_path / "audit" / "label_review.json").read_text()) == review
+    err = capfd.readouterr().err
+    assert f"1 of the {len(wrong)} planted wrong labels" in err and "corrected 1" in err
+    assert "left for a reviewer: 1" in err and "plays the reviewer" in err and "standing in for a person" in err
