@@ -4,8 +4,8 @@ the test split, each run under 5 minutes wall time on 2 CPU cores, and nothing b
 Each seed runs in its own temporary folder as a user would run it (a fresh `sightline demo` process). Printed per
 seed: wall time, every target of DATA/sightline.yaml (test value, pass or fail), the test-split size, the label
 check's figures (flagged, planted wrong labels found and corrected, its seconds), and lines from other libraries
-found in the output. The load average is printed before and after: on a shared machine the
-wall times are pessimistic.
+found in the output. The load average is printed before and after: on a shared machine the wall times are
+pessimistic.
 
     python benchmarks/demo_seeds.py                 # seeds 0, 1, 2 at full demo scale (about 5 minutes each)
     python benchmarks/demo_seeds.py --seeds 1       # one seed
