@@ -199,7 +199,8 @@ def demo_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="With --serve: bind address."),
     port: int = typer.Option(8000, "--port", help="With --serve: port."),
 ) -> None:
-    """The whole path on generated data: synth -> audit -> split -> train -> evaluate -> explain -> export,
+    """The whole path on generated data: synth -> audit (with the label check; the demo then plays the reviewer
+    and corrects only the wrong labels it planted, saying so) -> split -> train -> evaluate -> explain -> export,
     then where to look and how to serve it. Under 5 minutes on 2 CPU cores; nothing is downloaded."""
     from sightline.train.demo import run_demo
 
