@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import sightline.evaluate.reference as reference
 from sightline._cli.common import run_command
@@ -21,23 +20,9 @@ from sightline.evaluate.run import evaluate
 from sightline.models.factory import create_model
 from sightline.monitor.reference import REFERENCE_FILE, load_reference
 
-CLASSES = ["dark", "light"]
-PER_SPLIT = {"train": 6, "val": 6, "test": 5}
+from test_eval_reference import CLASSES, FAST, _write_dataset  # the same tiny dataset (this folder is on sys.path)
+
 SMALL = dict(per_kind=2, corrupt_images=3, photos=False)
-FAST = dict(n_bootstrap=20, robustness=False, gallery_per_group=0, max_region_images=0, progress=False)
-
-
-def _write_dataset(root: Path) -> Path:
-    """Split layout, 2 classes told apart by brightness, JPEG and PNG, 40 x 48 px."""
-    rng = np.random.default_rng(0)
-    for split, n in PER_SPLIT.items():
-        for c, base in zip(CLASSES, (50, 200)):
-            folder = root / split / c
-            folder.mkdir(parents=True)
-            for i in range(n):
-                img = np.clip(base + rng.normal(0, 25, (40, 48, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(folder / f"{c}{i}.{'jpg' if i % 2 else 'png'}")
-    return root
 
 
 def _save_bundle(folder: Path, *, size: int = 32, seed: int = 0, temperature: float = 1.0) -> Path:

@@ -17,17 +17,7 @@ from sightline.monitor.reference import (
     refresh_reference,
 )
 
-CLASSES = ["ant", "bee", "wasp"]
-D = 40
-
-
-def _arrays(n: int, seed: int, *, shift: float = 0.0):
-    """Features with a class structure plus noise, logits from a linear head (as in test_monitor_reference)."""
-    centres = np.random.default_rng(99).normal(size=(3, D)) * 3
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    feats = centres[y] + rng.normal(size=(n, D)) + shift
-    return feats @ centres.T / 10, feats, y
+from test_monitor_reference import CLASSES, _arrays  # the same synthetic arrays (this folder is on sys.path)
 
 
 def _outliers(n: int = 60) -> OutlierOutputs:
