@@ -279,16 +279,9 @@ def test_an_existing_database_gets_the_queue_and_dashboard_indexes(tmp_path):
 def _sections_in_chromium(base: str, key: str) -> None:
     """The dashboard with a registry and shadow mode in Debian's Chromium: the sections render, no console error
     (the strict CSP reports inline styles or scripts as errors). Skips (after the HTTP checks) without Chromium."""
-    chromium = "/usr/bin/chromium"
-    if not Path(chromium).is_file():
-        pytest.skip(f"{chromium} is missing; install Debian's chromium (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    errors: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    from in_chromium import chromium_page
+
+    with chromium_page() as (page, errors):
         page.goto(f"{base}/ui/signin")
         page.fill("input[name=key]", key)
         page.click("button[type=submit]")
@@ -299,5 +292,4 @@ def _sections_in_chromium(base: str, key: str) -> None:
         assert page.locator("#shadow-summary").is_visible()
         assert page.locator("#shadow-accuracy").inner_text().startswith(("2: champion", "3: champion"))
         assert page.locator("#confidence rect.bar").count() == 10  # 4 predictions: one block of 500
-        browser.close()
     assert errors == []

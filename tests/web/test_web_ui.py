@@ -17,7 +17,8 @@ from sightline.storage.store import Store
 from sightline.serve.web.queue import k_center_greedy, ordered_queue
 from sightline.serve.web.session import SessionSigner
 
-CHROMIUM = "/usr/bin/chromium"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from in_chromium import chromium_page, require_chromium
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +171,7 @@ def test_queue_most_uncertain_first_and_diverse(tmp_path):
 
 
 def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path):
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    require_chromium()  # before the service starts
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     client_key, reviewer = store.create_key("client"), store.create_key("ann", ["review"])
     with serving(bundle, database_url=store.url, image_store=tmp_path / "kept", keep_accepted=0.0) as c:
@@ -183,12 +182,7 @@ def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path):
         assert len(ids) == 24
         seeded = _seed_slice_and_alert(store)
         base = str(c.base_url).rstrip("/")
-        errors: list[str] = []
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
+        with chromium_page() as (page, errors):
             page.goto(f"{base}/ui/review")
             assert page.url.endswith("/ui/signin")  # no session: sign in first
             page.fill("input[name=key]", reviewer)
@@ -242,7 +236,6 @@ def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path):
             page.wait_for_url(f"{base}/ui/signin")
             page.goto(f"{base}/ui/dashboard")
             assert page.url.endswith("/ui/signin")
-            browser.close()
         assert errors == []
     del expected[last]
     labelled = {i: store.get_prediction(i)["reviewed_label"] for i in ids}
