@@ -2,12 +2,15 @@
 (`from serve_tiny import ...`)."""
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -107,19 +110,41 @@ def noise(seed: int) -> bytes:
     return buf.getvalue()
 
 
+_MADE: dict[tuple, Path] = {}  # what cached() built in this process, by key
+_CACHE_ROOT: list[Path] = []
+
+
+def cached(key: tuple, build: Callable[[Path], object], target: Path) -> Path:
+    """`build(folder)` once per `key` in this process, into a folder of its own; `target` becomes a copy of it.
+    An ONNX export takes seconds and most tests only need *a* tiny exported bundle, so each (seed, version) is
+    exported once per pytest worker and copied after (the copy is the test's own: a server may write beside it)."""
+    if key not in _MADE:
+        if not _CACHE_ROOT:
+            _CACHE_ROOT.append(Path(tempfile.mkdtemp(prefix="sightline-test-bundles-")))
+            atexit.register(shutil.rmtree, _CACHE_ROOT[0], True)
+        folder = _CACHE_ROOT[0] / f"b{len(_MADE)}"
+        build(folder)
+        _MADE[key] = folder
+    shutil.copytree(_MADE[key], target)
+    return target
+
+
 def make_bundle(root: Path, *, seed: int = 0, version: str = "1", folder: str = "bundle", onnx: bool = True) -> Path:
     """root/folder: test_efficientnet with random weights (torch seed `seed`; never confident: review_confidence
-    0.99, so every answer is queued), "pets" `version`, exported to ONNX unless `onnx` is False."""
-    from sightline.optimize.export import export
+    0.99, so every answer is queued), "pets" `version`, exported to ONNX unless `onnx` is False. Same arguments,
+    same files: exported once per process (`cached`), copied after."""
+    def build(target: Path) -> None:
+        from sightline.optimize.export import export
 
-    torch.manual_seed(seed)
-    model = create_model("test_efficientnet", len(CLASSES), weights="none")
-    bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version=version,
-                    thresholds={"review_confidence": 0.99, "class_thresholds": {}})
-    bundle.save(root / folder, model.state_dict())
-    if onnx:
-        export(root / folder)
-    return root / folder
+        torch.manual_seed(seed)
+        model = create_model("test_efficientnet", len(CLASSES), weights="none")
+        bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version=version,
+                        thresholds={"review_confidence": 0.99, "class_thresholds": {}})
+        bundle.save(target, model.state_dict())
+        if onnx:
+            export(target)
+
+    return cached(("make_bundle", seed, version, onnx), build, root / folder)
 
 
 def start_server(app):

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_tiny import calm, noise, postgres_url, start_server
+from serve_tiny import cached, calm, noise, postgres_url, start_server
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle
 from sightline.models.factory import create_model
@@ -36,7 +36,15 @@ WINDOW = 30
 
 def build_profiled_bundle(folder):
     """A tiny exported bundle plus a reference profile: 60 calm validation images, a k-NN bank of 60 more, the
-    open-set score chosen against 30 noise images. Returns the profile."""
+    open-set score chosen against 30 noise images. Returns the profile (as the service loads it from `folder`).
+    Built once per process, copied after (serve_tiny.cached)."""
+    from sightline.monitor.reference import load_reference
+
+    cached(("profiled",), _build_profiled_bundle, folder)
+    return load_reference(folder)
+
+
+def _build_profiled_bundle(folder):
     from sightline.inference import open_engine
     from sightline.monitor.observe import load_observed
     from sightline.monitor.reference import build_reference
