@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
@@ -23,3 +24,15 @@ def run_cli(capsys):
         raise AssertionError("main() must exit")
 
     return run
+
+
+@pytest.fixture
+def memory_url():
+    """A fresh root in fsspec's process-wide memory filesystem (`memory://...`), removed afterwards."""
+    import fsspec
+
+    root = f"memory://sightline-test-{uuid.uuid4().hex[:8]}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import random
 import sys
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,18 +17,6 @@ from sightline.storage.images import FsspecImageStore, ImageKeeper, LocalImageSt
 from sightline.storage.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # serve_tiny
-
-
-@pytest.fixture
-def memory_url():
-    """A fresh root in fsspec's process-wide memory filesystem, removed afterwards."""
-    import fsspec
-
-    root = f"memory://sightline-test-{uuid.uuid4().hex[:8]}"
-    yield root
-    fs = fsspec.filesystem("memory")
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
 
 
 @pytest.fixture(params=["folder", "memory"])
