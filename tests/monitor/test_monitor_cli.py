@@ -107,6 +107,15 @@ def served(tmp_path_factory):
             "root": root}
 
 
+@pytest.fixture
+def no_plots(monkeypatch):
+    """The page without its six matplotlib plots (about 2 s a report): for tests that read monitor.json or the
+    page's text. The plots themselves are checked in test_report_on_a_filled_database and the thumbnails test."""
+    from sightline.monitor import report
+
+    monkeypatch.setattr(report, "plots", lambda r: {})
+
+
 def test_report_on_a_filled_database(served, run_cli, tmp_path):
     out = tmp_path / "report"
     code, cap = run_cli(["monitor", str(served["run"]), "--database", served["url"], "--out", str(out),
@@ -145,7 +154,7 @@ def test_report_on_a_filled_database(served, run_cli, tmp_path):
         assert title in page
 
 
-def test_calendar_windows_and_windows_below_the_minimum(served, run_cli, tmp_path):
+def test_calendar_windows_and_windows_below_the_minimum(served, run_cli, tmp_path, no_plots):
     """40 predictions moved to yesterday: two day windows; with a minimum of 50 yesterday's is shown, not tested,
     and the report says so."""
     from sightline.storage.store import PredictionSignal
@@ -216,7 +225,8 @@ def test_bad_input_is_one_line_and_exit_2(served, run_cli, tmp_path):
     assert code == 2 and "--window 'week'" in cap.err
 
 
-def test_window_settings_come_from_the_spec_beneath_variables_and_options(served, run_cli, tmp_path, monkeypatch):
+def test_window_settings_come_from_the_spec_beneath_variables_and_options(served, run_cli, tmp_path, no_plots,
+                                                                          monkeypatch):
     """`--spec` (or SIGHTLINE_SPEC, a file or the data folder holding it) sets the windows as it does for the
     service: the monitor: section, a SIGHTLINE_MONITOR_* variable above it, an option above both; a missing or bad
     file is one line and exit code 2."""
@@ -255,7 +265,7 @@ def test_window_settings_come_from_the_spec_beneath_variables_and_options(served
         assert code == 2 and says in cap.err and len(cap.err.strip().splitlines()) == 1, cap.err
 
 
-def test_the_report_reads_postgresql_as_it_reads_sqlite(served, run_cli, tmp_path):
+def test_the_report_reads_postgresql_as_it_reads_sqlite(served, run_cli, tmp_path, no_plots):
     """The same predictions and signals copied into PostgreSQL (a schema of its own in
     SIGHTLINE_TEST_DATABASE_URL's database) give the same windows, p-values and measured accuracy."""
     import uuid
