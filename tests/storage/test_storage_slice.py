@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select, text
 
-from sightline.storage.images import ImageKeeper, LocalImageStore
+from sightline.storage.images import ImageKeeper, LocalImageStore, open_image_store
 from sightline.storage.store import IN_SLICE, KeptImage, Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # serve_tiny
@@ -42,10 +42,11 @@ class _Counting(random.Random):
         return super().random()
 
 
-def test_slice_is_drawn_from_every_decision_alike(tmp_path):
+def test_slice_is_drawn_from_every_decision_alike(tmp_path, memory_url):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     rng = _Counting(1)
-    keeper = ImageKeeper(LocalImageStore(tmp_path / "img"), keep_accepted=0.3, rng=rng)
+    # 2,300 images: in memory (a folder fsyncs each file; both stores are tested in test_storage_images.py)
+    keeper = ImageKeeper(open_image_store(memory_url), keep_accepted=0.3, rng=rng)
     decisions = ["accept", "review", "unknown"] * 1000
     ids = _predictions(store, decisions)
     kept = keeper.keep(store, ids, decisions, [i.to_bytes(4, "big") for i in range(len(ids))])
