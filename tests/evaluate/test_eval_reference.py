@@ -202,13 +202,13 @@ def test_old_bundle_without_a_profile_still_evaluates(tiny, capsys):
     root, data, _ = tiny
     run = _copy_run(tiny, "old")
     assert not (run / "bundle" / REFERENCE_FILE).exists()
-    m = evaluate(run, data, reference=False, **FAST)
+    m = evaluate(run, data, reference=False, report=False, **FAST)  # no page: the profile is the subject
     assert "reference" not in m and "ood" not in m
     assert not (run / "bundle" / REFERENCE_FILE).exists() and "reference" not in load_bundle(run).extra
     # --ood on it without touching the bundle: a profile is built from val in memory, nothing written
     ood_dir = root / "outliers-old"
     _write_outliers(ood_dir)
-    m = evaluate(run, data, update_bundle=False, ood=ood_dir, **FAST)
+    m = evaluate(run, data, update_bundle=False, ood=ood_dir, report=False, **FAST)
     assert m["ood"]["n_images"] == 6 and m["reference"]["n_images"] == 12
     assert not (run / "bundle" / REFERENCE_FILE).exists()
 

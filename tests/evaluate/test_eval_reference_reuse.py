@@ -20,7 +20,7 @@ from sightline.evaluate.run import evaluate
 from sightline.models.factory import create_model
 from sightline.monitor.reference import REFERENCE_FILE, load_reference
 
-from test_eval_reference import CLASSES, FAST, _write_dataset  # the same tiny dataset (this folder is on sys.path)
+from test_eval_reference import CLASSES, FAST, PER_SPLIT, _write_dataset  # the same tiny dataset (this folder is on sys.path)
 
 SMALL = dict(per_kind=2, corrupt_images=3, photos=False)
 
@@ -59,12 +59,14 @@ def _refuse_model_beyond_val(monkeypatch) -> None:
 
 
 def _count_val_passes(monkeypatch) -> list[int]:
-    """Record the number of images of every `score_val` call."""
+    """Record the number of images of every `score_val` call on validation images (the training sample of the k-NN
+    bank is decoded by it too, for its image statistics)."""
     calls: list[int] = []
     original = reference.score_val
 
     def counted(*args, **kwargs):
-        calls.append(len(args[1]))
+        if "train sample" not in kwargs.get("task", ""):
+            calls.append(len(args[1]))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(reference, "score_val", counted)
@@ -175,7 +177,7 @@ def test_evaluate_without_a_stored_profile_builds_one_from_its_val_pass(made, mo
     run = _copy(made, "no-profile")
     (run / "bundle" / REFERENCE_FILE).unlink()
     calls = _count_val_passes(monkeypatch)
-    m = evaluate(run, data, **FAST)
+    m = evaluate(run, data, report=False, **FAST)  # the profile is the subject, not the page
     assert calls == [12]
     assert m["reference"]["meta"]["built"] == {"mode": "full", "reason": "the bundle had no profile"}
     profile = load_reference(run / "bundle")
@@ -197,5 +199,22 @@ def test_a_profile_written_by_train_with_another_seed_is_refreshed_by_evaluate(t
     assert load_bundle(run).extra["train"]["seed"] == 3
     written = load_reference(run / "bundle")
     assert written.meta["seed"] == 0 and written.meta["built"]["mode"] == "full"
-    m = evaluate(run, data, **FAST)
+    m = evaluate(run, data, report=False, **FAST)  # the profile is the subject, not the page
     assert m["reference"]["meta"]["built"]["mode"] == "refresh", m["reference"]["meta"]["built"]
+
+
+def test_profile_keeps_the_training_sample_statistics_and_rebuilds_an_older_recipe(made):
+    """The training sample's image statistics are stored beside the bank (one per bank row); a profile stored
+    with another statistics recipe (older files: no flat_share, no training statistics) is rebuilt in full."""
+    _, data, run = made
+    stored = load_reference(run / "bundle")
+    assert stored.bank.shape[0] == len(stored.train_image_stats["flat_share"]) == 2 * PER_SPLIT["train"]
+    assert len(stored.stats_reference["brightness"]) == len(stored.image_stats["brightness"]) + stored.bank.shape[0]
+    old = _copy(made, "old-recipe")
+    profile = load_reference(old / "bundle")
+    profile.fingerprint.pop("stats")  # as written before the recipe was recorded
+    profile.save(old / "bundle")
+    rebuilt = build_bundle_reference(old, data, save=False, **SMALL)
+    assert rebuilt.meta["built"]["mode"] == "full"
+    assert "recipe 1" in rebuilt.meta["built"]["reason"]
+    assert len(rebuilt.train_image_stats["flat_share"]) == 2 * PER_SPLIT["train"]
