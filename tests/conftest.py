@@ -11,6 +11,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("SIGHTLINE_TEST", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _bundle_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Where serve/serve_tiny.cached keeps the bundles it builds once per run: beside the workers' own temporary
+    folders under pytest-xdist (all workers of this run share it), in this session's one otherwise; pytest removes
+    it with the rest of its old temporary folders."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    os.environ["SIGHTLINE_TEST_BUNDLE_CACHE"] = str(root / "bundle-cache")
+
+
 @pytest.fixture
 def run_cli(capsys):
     """`run_cli(args)`: sightline's main(args) as the command line runs it; (exit code, captured out/err)."""

@@ -2,7 +2,8 @@
 (`from serve_tiny import ...`)."""
 from __future__ import annotations
 
-import atexit
+import fcntl
+import hashlib
 import io
 import os
 import shutil
@@ -110,20 +111,27 @@ def noise(seed: int) -> bytes:
     return buf.getvalue()
 
 
-_MADE: dict[tuple, Path] = {}  # what cached() built in this process, by key
-_CACHE_ROOT: list[Path] = []
+_MADE: dict[tuple, Path] = {}  # what cached() found or built in this process, by key
+CACHE_ENV = "SIGHTLINE_TEST_BUNDLE_CACHE"  # set by tests/conftest.py: a folder all pytest workers of a run share
 
 
 def cached(key: tuple, build: Callable[[Path], object], target: Path) -> Path:
-    """`build(folder)` once per `key` in this process, into a folder of its own; `target` becomes a copy of it.
-    An ONNX export takes seconds and most tests only need *a* tiny exported bundle, so each (seed, version) is
-    exported once per pytest worker and copied after (the copy is the test's own: a server may write beside it)."""
+    """`build(folder)` once per `key` for the whole test run, into a folder of its own; `target` becomes a copy of
+    it. An ONNX export takes seconds and most tests only need *a* tiny exported bundle, so each (seed, version) is
+    exported once and copied after (the copy is the test's own: a server may write beside it). The pytest workers
+    share the folder: a lock per key makes one build while the others wait for it."""
     if key not in _MADE:
-        if not _CACHE_ROOT:
-            _CACHE_ROOT.append(Path(tempfile.mkdtemp(prefix="sightline-test-bundles-")))
-            atexit.register(shutil.rmtree, _CACHE_ROOT[0], True)
-        folder = _CACHE_ROOT[0] / f"b{len(_MADE)}"
-        build(folder)
+        root = Path(os.environ.get(CACHE_ENV) or tempfile.mkdtemp(prefix="sightline-test-bundles-"))
+        os.environ.setdefault(CACHE_ENV, str(root))
+        root.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+        folder = root / name
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not folder.is_dir():
+                partial = root / f"{name}.partial-{os.getpid()}"
+                build(partial)
+                partial.rename(folder)  # complete or absent
         _MADE[key] = folder
     shutil.copytree(_MADE[key], target)
     return target
