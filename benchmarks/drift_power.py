@@ -24,7 +24,10 @@ For each bundle:
 Shifts: blur, gaussian noise, brightness up / down, rotation, occlusion (severity 3 of the robustness suite,
 applied to the decoded full-resolution image and saved again with the file's own format and JPEG tables, as a
 camera with that fault would send it), JPEG quality 10, 10 % and 50 % far-OOD images mixed in, and a class-mix
-change of 30 points (the stream's largest true class moves 30 points, the others keep their ratios).
+change of 30 points (the stream's largest true class moves 30 points, the others keep their ratios). Reported
+beside them, without a target: `rotation_crop`, the same 15-degree turn cut to the part without fill (the suite's
+rotation fills its corners with the mean colour, and its occlusion is a uniform grey square: the image statistic
+`flat_share` sees both; a turned camera adds nothing uniform).
 
 False alarms: >= 200 clean test windows per size; "per window" = share flagged, "per alert" = share of
 consecutive window pairs both flagged (an alert fires after 2 significant windows; windows are independent
@@ -56,7 +59,7 @@ HYM_DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
 CORRUPTIONS = {"blur": "blur", "noise": "gaussian_noise", "brightness_up": "brightness_up",
                "brightness_down": "brightness_down", "rotation": "rotation", "occlusion": "occlusion"}
 SEVERITY = 3
-SHIFTS = (*CORRUPTIONS, "jpeg_q10", "ood_10", "ood_50", "class_mix_30")
+SHIFTS = (*CORRUPTIONS, "rotation_crop", "jpeg_q10", "ood_10", "ood_50", "class_mix_30")
 TESTS = ("softmax_ks", "feature_mmd", "image_stats", "class_mix", "unknown_rate")
 
 
@@ -75,6 +78,23 @@ def _encode(pixels: np.ndarray, fmt: str, quant: dict | None, sampling: int, qua
     return buf.getvalue()
 
 
+def rotated_crop(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A camera turned by the severity-3 angle (15 degrees, either way): the image rotated, cut to the largest
+    centred rectangle of its aspect that holds no fill, and brought back to its size. Unlike the suite's
+    `rotation`, whose corners are filled with the mean colour, nothing uniform is added: only the content turns
+    (and is enlarged by the cut)."""
+    from PIL import Image
+
+    theta = np.deg2rad(15.0) * rng.choice((-1, 1))
+    h, w = pixels.shape[:2]
+    c, s = abs(np.cos(theta)), abs(np.sin(theta))
+    scale = min(w / (w * c + h * s), h / (w * s + h * c))
+    cw, ch = int(w * scale), int(h * scale)
+    turned = Image.fromarray(pixels).rotate(float(np.rad2deg(theta)), resample=Image.Resampling.BILINEAR)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return np.asarray(turned.crop((left, top, left + cw, top + ch)).resize((w, h), Image.Resampling.BILINEAR))
+
+
 def shifted_file(path: Path, shift: str, rng: np.random.Generator) -> bytes:
     """The bytes a camera with `shift` would have sent instead of `path`: the corruption on the full-resolution
     image (EXIF orientation applied), encoded like the original (same format, JPEG tables and subsampling)."""
@@ -89,6 +109,8 @@ def shifted_file(path: Path, shift: str, rng: np.random.Generator) -> bytes:
         pixels = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     if shift == "jpeg_q10":
         return _encode(pixels, fmt, quant, sampling, quality=10)
+    if shift == "rotation_crop":
+        return _encode(rotated_crop(pixels, rng), fmt, quant, sampling)
     return _encode(SUITE[CORRUPTIONS[shift]](pixels, SEVERITY, rng), fmt, quant, sampling)
 
 
@@ -213,8 +235,11 @@ def bundle_power(name: str, run: Path, data: Path, ood_files: list[Path], args: 
     paths = [p for p, _ in pairs]
     labels = np.array([classes.index(c) for _, c in pairs])
     # the scored pools depend on the bundle's weights, the files and the seed only: kept for the next run
+    from sightline.evaluate.reference import STATS_RECIPE
+
     key = hashlib.sha256(repr((bundle.path.resolve(), (bundle.path / "weights.safetensors").stat().st_mtime_ns,
-                               [str(p) for p in paths], [str(p) for p in ood_files], args.seed)).encode())
+                               [str(p) for p in paths], [str(p) for p in ood_files], args.seed, SHIFTS,
+                               STATS_RECIPE)).encode())
     cache = args.cache / f"{name}-{key.hexdigest()[:16]}.pkl" if args.cache else None
     if cache is not None and cache.is_file():
         with open(cache, "rb") as fh:
@@ -237,7 +262,7 @@ def bundle_power(name: str, run: Path, data: Path, ood_files: list[Path], args: 
             pools = {"clean": score_pool(engine, profile, paths, labels),
                      "val": score_pool(engine, profile, [s.path for s in val],
                                        np.array([classes.index(s.label) for s in val]))}
-            for shift in (*CORRUPTIONS, "jpeg_q10"):
+            for shift in (*CORRUPTIONS, "rotation_crop", "jpeg_q10"):
                 pools[shift] = score_pool(engine, profile, [shifted_file(p, shift, shift_rng) for p in paths], labels)
                 print(f"  scored {shift} ({time.perf_counter() - t0:.0f} s)", flush=True)
             pools["ood"] = score_pool(engine, profile, ood_files, np.full(len(ood_files), -1))

@@ -5,8 +5,9 @@ What happens, in order:
 1. every VALIDATION image is decoded once (`score_val`): its image statistics (`monitor.stats.image_stats`) are
    measured on the decoded image and its crop is scored (logits and pooled features). `evaluate` runs this pass
    for its calibration anyway and hands it over (`val=`), so val is not scored twice;
-2. a seeded, class-stratified sample of at most `bank_images` (5,000) TRAINING images is scored for the k-NN bank
-   and the PCA basis (`score_files`);
+2. a seeded, class-stratified sample of at most `bank_images` (5,000) TRAINING images is decoded once and scored
+   for the k-NN bank and the PCA basis, and its image statistics join validation's in the image-statistics
+   reference (they do not depend on the model, so seen images describe them without bias; `score_val`);
 3. stand-in outliers are made without new data (`sightline.evaluate.outliers`: synthetic textures and noise,
    severity-5 corruptions of `corrupt_images` validation crops, scikit-image's photos) and scored;
 4. `monitor.reference.build_reference` + `fit_ood` choose the open-set score (highest AUROC, validation vs
@@ -58,6 +59,8 @@ __all__ = ["BANK_IMAGES", "CORRUPT_IMAGES", "ValScores", "corrupt_positions", "s
 BANK_IMAGES = 5000  # training images scored for the k-NN bank (12.8 MB at 1,280 features, float16)
 CORRUPT_IMAGES = 16  # validation crops corrupted by each of the 8 corruptions for the stand-in outliers
 STAND_IN_RECIPE = 1  # bump when sightline.evaluate.outliers makes other images from the same settings
+STATS_RECIPE = 2  # bump when sightline.monitor.stats measures other statistics (2: flat_share, training images'
+# statistics stored); a stored profile of another recipe is rebuilt in full
 
 
 @dataclass
@@ -221,10 +224,11 @@ def build_bundle_reference(
         seconds["fingerprint_s"] = time.perf_counter() - t0
         n_train = len(dataset.split("train"))
         bank_feats = bank_labels = None
+        bank_stats: list[dict[str, Any]] = []
         if stored is None:
             t0 = time.perf_counter()
-            bank_feats, bank_labels = _score_bank(engine, dataset, bank_rows, bank_labels_all, batch_size=batch_size,
-                                                  progress=progress)
+            bank_feats, bank_labels, bank_stats = _score_bank(engine, dataset, bank_rows, bank_labels_all,
+                                                              batch_size=batch_size, progress=progress)
             seconds["bank_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             outliers = _score_stand_ins(engine, val.corrupt_crops, seed=seed, per_kind=per_kind, photos=photos,
@@ -246,7 +250,7 @@ def build_bundle_reference(
         else:  # a full build; or a refresh of a profile without a training side (no train split): nothing to keep
             profile = build_reference(vlogits, vfeats, classes=bundle.classes, temperature=t, image_stats=val.stats,
                                       bank_features=bank_feats, bank_labels=bank_labels, bank_size=bank_images,
-                                      seed=seed, meta=meta)
+                                      seed=seed, meta=meta, train_image_stats=bank_stats or None)
         profile.outliers, profile.fingerprint = outliers, fingerprint
         profile.fit_ood(vlogits, vfeats, outliers.logits, outliers.features32, quantile=quantile)
         profile.meta["stand_ins"] = stand_in_report(profile, vlogits, vfeats, outliers)
@@ -288,19 +292,20 @@ def _bank_rows(dataset: Dataset, classes: list[str], cap: int, *, seed: int) -> 
 
 
 def _score_bank(engine: Engine, dataset: Dataset, rows: np.ndarray, labels: np.ndarray, *, batch_size: int,
-                progress: ProgressFn | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Features and labels of the training images at `rows` (None, None without any, or with fewer than 2 that
-    decode)."""
-    from sightline.inference import score_files
-
+                progress: ProgressFn | None) -> tuple[np.ndarray | None, np.ndarray | None, list[dict[str, Any]]]:
+    """Features, labels and image statistics of the training images at `rows` that decode (None, None, [] without
+    any, or with fewer than 2). Unreadable files are left out, as in the rest of the reference."""
     if rows.size == 0:
-        return None, None
+        return None, None, []
     train = dataset.split("train")
-    (out,), inputs = score_files([engine], [train[i].path for i in rows], batch_size=batch_size, progress=progress,
-                                 task="reference: train sample (k-NN bank)")
+    scored = score_val([engine], [train[i] for i in rows], corrupt_images=0, batch_size=batch_size,
+                       progress=progress, task="reference: train sample (k-NN bank)")
+    out = scored.outputs[0]
     if out.features is None or len(out) < 2:
-        return None, None
-    return out.features, labels[rows[inputs.index]]
+        return None, None, []
+    position = {id(s): j for j, s in enumerate(train)}
+    decoded = np.array([position[id(s)] for s in scored.samples], dtype=np.int64)
+    return out.features, labels[decoded], scored.stats
 
 
 def _score_stand_ins(engine: Engine, val_crops: np.ndarray, *, seed: int, per_kind: int, photos: bool,
@@ -371,6 +376,7 @@ def inputs_fingerprint(engine: Engine, dataset: Dataset, *, bank_rows: np.ndarra
         "model": model_digest(engine),
         "preprocessing": engine.preprocessing.to_dict(),
         "bank": _files_digest([train[i] for i in bank_rows]),
+        "stats": STATS_RECIPE,
         "stand_ins": {"recipe": STAND_IN_RECIPE, "seed": seed, "per_kind": per_kind,
                       "photos": sorted(p.name for p in photo_files()[0]) if photos else [],
                       "corrupted": _files_digest([val_samples[i] for i in corrupt_at])},
@@ -397,6 +403,9 @@ def _stored_profile(bundle: Bundle, fingerprint: dict[str, Any]) -> tuple[Refere
                       ("bank", "the training sample")):
         if old.get(key) != fingerprint[key]:
             return None, f"{what} changed since the stored profile"
+    if old.get("stats") != fingerprint["stats"]:
+        return None, (f"the stored profile has image statistics of recipe {old.get('stats', 1)}, this version "
+                      f"measures recipe {fingerprint['stats']} (flat_share, the training images' statistics)")
     was, now = old.get("stand_ins") or {}, fingerprint["stand_ins"]
     for key, what in (("seed", "seed"), ("per_kind", "synthetic images per kind"), ("photos", "photos"),
                       ("corrupted", "validation images they corrupt"), ("recipe", "recipe")):
@@ -454,6 +463,9 @@ def describe_reference(summary: dict[str, Any]) -> list[str]:
     meta = summary.get("meta", {})
     lines = [f"reference profile: {summary['n_images']} val images, k-NN bank of {summary['bank_size']} train "
              f"images, {summary['components']} PCA components -> {summary['file']}"]
+    if summary.get("image_stats_train"):
+        lines.append(f"  image statistics: {summary['n_images']} val + {summary['image_stats_train']} train images "
+                     "(they do not depend on the model)")
     ood = summary.get("ood")
     if ood:
         table = summary.get("ood_table", {})

@@ -197,9 +197,9 @@ def image_stats_test(window: Sequence[Mapping[str, Any]] | Mapping[str, np.ndarr
                      correction: str = "holm") -> DriftResult:
     """KS per continuous statistic (NaN dropped), chi-square per categorical one, `correction` over the
     statistics tested. `window` is per-image dicts (`monitor.stats.image_stats`) or columns; `reference` is
-    columns (`ReferenceProfile.image_stats`). A statistic with fewer than 20 values on either side is skipped
-    (named in `reason`), and so is one that holds a single value across window and reference together (it cannot
-    differ; counting it would only weaken the correction). Statistic: that of the most significant part (KS
+    columns (`ReferenceProfile.stats_reference`: validation and the training sample). A statistic with fewer than
+    20 values on either side is skipped (named in `reason`), and so is one that holds a single value across window
+    and reference together (it cannot differ; counting it would only weaken the correction). Statistic: that of the most significant part (KS
     distance or chi-square)."""
     cols = stats_columns(list(window)) if not isinstance(window, Mapping) else dict(window)
     n = len(next(iter(cols.values()))) if cols else 0
@@ -318,7 +318,7 @@ def check_window(
     if projected is not None:
         tests["feature_mmd"] = feature_mmd(projected, profile.projected, permutations=permutations, seed=seed, **kw)
     if image_stats is not None:
-        tests["image_stats"] = image_stats_test(image_stats, profile.image_stats, **kw)
+        tests["image_stats"] = image_stats_test(image_stats, profile.stats_reference, **kw)
     if unknown is not None and profile.ood_choice is not None:
         unknown = np.asarray(unknown, dtype=bool)
         tests["unknown_rate"] = unknown_rate_test(int(unknown.sum()), unknown.size, profile.ood_choice.val_flag_rate,

@@ -1,11 +1,11 @@
 """The reference profile: what the monitor compares production windows against, one file in the bundle.
 
 Built from the validation split (calibrated outputs, features, image statistics) plus a bank of training
-features for the k-NN open-set score:
+features for the k-NN open-set score, and the image statistics of those training images:
 
     profile = build_reference(val_logits, val_features, classes=bundle.classes, temperature=bundle.temperature,
                               image_stats=[image_stats(im, path) for ...], bank_features=train_features,
-                              bank_labels=train_labels)
+                              bank_labels=train_labels, train_image_stats=[image_stats(im, path) for ...])
     profile.fit_ood(val_logits, val_features, outlier_logits, outlier_features)   # chooses the "unknown" score
     profile.save(bundle.path)            # -> bundle/reference.npz
     profile = load_reference(bundle.path)  # None when the bundle has none
@@ -14,6 +14,13 @@ The PCA basis is fitted on the training features (the bank's source), never on t
 reference: a basis fitted on a sample captures that sample's own noise, so the sample looks more spread along it
 than fresh images do, and the MMD test would flag clean windows (seen as p < 0.01 on pure noise, 2,000 x 1,280).
 Without training features the validation split is halved: one half fits the basis, the other is projected.
+
+Image statistics are the one part of the reference that the training images describe without bias: the model's
+outputs on images it was trained on are more confident and its features tighter than on new images (used as a
+reference, they flag every clean window: 100 % at 200 images on the hymenoptera bundle of benchmarks/drift_power.py),
+but an image's brightness or sharpness does not depend on the model. So the image-statistics test compares a window
+with validation AND the training sample (`stats_reference`): 76 + 97 images instead of 76 on that bundle, which took
+the detection of a 15-degree rotation at windows of 200 from 7 % to 100 % with no clean window flagged.
 
 Sizes: logits (N, K) float32, projected features (N', C) float16 with C <= 32, the k-NN bank (M, D) float16 with
 M <= 5,000 (12.8 MB at D = 1,280), Mahalanobis matrices d x d float32 with d <= 128, the stand-in outliers' outputs
@@ -97,6 +104,8 @@ class ReferenceProfile:
     projected: np.ndarray  # (N', C) float16 validation features, normalised and projected (N' = N, or about
     # N / 2 when the basis had to be fitted on the other half; see the module docstring)
     image_stats: dict[str, np.ndarray] = field(default_factory=dict)  # column -> (N,) (see monitor.stats)
+    train_image_stats: dict[str, np.ndarray] = field(default_factory=dict)  # column -> (M,) of the bank's images
+    # ({} in older files and without a training side)
     bank: np.ndarray | None = None  # (M, D) float16 normalised training features for the k-NN score
     bank_labels: np.ndarray | None = None  # (M,) int16 training labels of the bank rows
     mahalanobis: ood.Mahalanobis | None = None
@@ -107,6 +116,7 @@ class ReferenceProfile:
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what the bank and `outliers` were computed from
     # (model weights, preprocessing, files; JSON-able, compared as a whole by the builder); {} in older files
     _bank32: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _stats_ref: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- derived ------------------------------------------------------------------------------------------
     @property
@@ -123,6 +133,16 @@ class ReferenceProfile:
     def class_mix(self) -> dict[str, int]:
         counts = np.bincount(self.predicted, minlength=len(self.classes))
         return {c: int(n) for c, n in zip(self.classes, counts)}
+
+    @property
+    def stats_reference(self) -> dict[str, np.ndarray]:
+        """The image statistics a window is tested against: validation's and the training sample's, one column
+        per statistic (validation's alone for a statistic the training side lacks: an older file)."""
+        if self._stats_ref is None:
+            train = self.train_image_stats
+            self._stats_ref = {name: np.concatenate([col, train[name]]) if name in train else col
+                               for name, col in self.image_stats.items()}
+        return self._stats_ref
 
     def project(self, features: np.ndarray) -> np.ndarray:
         """(N, D) raw features -> (N, C) float32: L2-normalised, centred, projected on the PCA basis."""
@@ -186,6 +206,8 @@ class ReferenceProfile:
             "components": int(self.pca_components.shape[1]),
             "bank_size": int(self.bank.shape[0]) if self.bank is not None else 0,
             "image_stats": sorted(self.image_stats),
+            "image_stats_train": int(len(next(iter(self.train_image_stats.values())))) if self.train_image_stats
+            else 0,
             "class_mix": self.class_mix,
             "ood": None if self.ood_choice is None else {
                 "score": self.ood_choice.score, "threshold": self.ood_choice.threshold,
@@ -200,7 +222,8 @@ class ReferenceProfile:
         header = {"format_version": FORMAT_VERSION, "classes": self.classes, "temperature": self.temperature,
                   "energy_temperature": self.energy_temperature, "meta": self.meta,
                   "ood": None if self.ood_choice is None else self.ood_choice.to_json(),
-                  "image_stats": sorted(self.image_stats), "fingerprint": self.fingerprint}
+                  "image_stats": sorted(self.image_stats), "train_image_stats": sorted(self.train_image_stats),
+                  "fingerprint": self.fingerprint}
         o = self.outliers
         if o is not None:
             header["outliers"] = {"families": o.families, "kinds": o.kinds, "notes": o.notes}
@@ -213,6 +236,8 @@ class ReferenceProfile:
         }
         for name, col in self.image_stats.items():
             arrays[f"stat_{name}"] = col
+        for name, col in self.train_image_stats.items():
+            arrays[f"train_stat_{name}"] = col
         if self.bank is not None:
             arrays["bank"] = self.bank.astype(np.float16)
             if self.bank_labels is not None:
@@ -246,9 +271,11 @@ def build_reference(
     bank_size: int = 5000,
     seed: int = 0,
     meta: dict[str, Any] | None = None,
+    train_image_stats: Sequence[dict[str, Any]] | None = None,
 ) -> ReferenceProfile:
     """A profile from validation (N, K) logits and (N, D) pooled features, optional per-image statistics
-    (N dicts from `monitor.stats.image_stats`) and an optional bank of (M, D) training features with (M,) labels.
+    (N dicts from `monitor.stats.image_stats`) and an optional bank of (M, D) training features with (M,) labels
+    and the M training images' statistics (`train_image_stats`, row i = bank row i).
 
     The bank is subsampled to `bank_size` rows (seeded, stratified by label when labels are given); the PCA basis
     and, with labels, relative Mahalanobis are fitted on those rows. Without a bank the basis is fitted on half
@@ -265,9 +292,13 @@ def build_reference(
             if bank_labels.shape != (bank_features.shape[0],):
                 raise UserInputError(f"bank labels must be ({bank_features.shape[0]},) like the bank features, "
                                      f"got {bank_labels.shape}")
+        if train_image_stats is not None and len(train_image_stats) != bank_features.shape[0]:
+            raise UserInputError(f"{len(train_image_stats)} training image statistics for {bank_features.shape[0]} "
+                                 "bank rows")
         keep = _subsample(bank_features.shape[0], bank_size, bank_labels, seed)
         bank_features = bank_features[keep]
         bank_labels = None if bank_labels is None else bank_labels[keep]
+        train_image_stats = None if train_image_stats is None else [train_image_stats[i] for i in keep]
     if bank_features is not None and bank_features.shape[0] >= 2:
         mean, comps = fit_pca(bank_features, max_components=max_components, variance=variance)
         to_project, pca_fit = features, "training"
@@ -287,6 +318,7 @@ def build_reference(
         classes=list(classes), temperature=float(temperature), logits=logits, pca_mean=mean, pca_components=comps,
         projected=projected, image_stats=stats_columns(list(image_stats)) if image_stats else {}, bank=bank,
         bank_labels=labels, mahalanobis=maha, meta={"pca_fit": pca_fit, **(meta or {})},
+        train_image_stats=stats_columns(train_image_stats) if bank is not None and train_image_stats else {},
     )
 
 
@@ -301,7 +333,8 @@ def refresh_reference(
 ) -> ReferenceProfile:
     """A profile of new validation (N, K) logits, (N, D) features and image statistics on the training side of
     `stored` (its PCA basis, k-NN bank and Mahalanobis model, which depend only on the training features): what
-    `build_reference` gives with the training features `stored` was built from, without them. `stored` must hold
+    `build_reference` gives with the training features `stored` was built from, without them (the training images'
+    statistics are kept too). `stored` must hold
     a bank (a profile fitted on half of validation has no training side to keep: use `build_reference`).
     `outliers` and `fingerprint` are carried over; no open-set score is chosen here: call `fit_ood`."""
     if stored.bank is None:
@@ -315,7 +348,8 @@ def refresh_reference(
     return ReferenceProfile(
         classes=list(stored.classes), temperature=float(temperature), logits=logits, pca_mean=stored.pca_mean,
         pca_components=stored.pca_components, projected=projected,
-        image_stats=stats_columns(list(image_stats)) if image_stats else {}, bank=stored.bank,
+        image_stats=stats_columns(list(image_stats)) if image_stats else {},
+        train_image_stats=dict(stored.train_image_stats), bank=stored.bank,
         bank_labels=stored.bank_labels, mahalanobis=stored.mahalanobis, energy_temperature=stored.energy_temperature,
         meta={"pca_fit": stored.meta.get("pca_fit", "training"), **(meta or {})}, outliers=stored.outliers,
         fingerprint=dict(stored.fingerprint),
@@ -386,6 +420,7 @@ def load_reference(folder: str | Path) -> ReferenceProfile | None:
             logits=arrays["logits"], pca_mean=arrays["pca_mean"], pca_components=arrays["pca_components"],
             projected=arrays["projected"],
             image_stats={name: arrays[f"stat_{name}"] for name in header["image_stats"]},
+            train_image_stats={name: arrays[f"train_stat_{name}"] for name in header.get("train_image_stats", [])},
             bank=arrays.get("bank"), bank_labels=arrays.get("bank_labels"), mahalanobis=maha,
             ood_choice=None if header["ood"] is None else ood.OODChoice.from_json(header["ood"]),
             energy_temperature=float(header["energy_temperature"]), meta=dict(header["meta"]),
@@ -411,6 +446,9 @@ def _check_shapes(p: ReferenceProfile, path: Path, fix: str) -> None:
         problems.append(f"projected features {p.projected.shape} do not match the PCA basis")
     if any(col.shape != (n,) for col in p.image_stats.values()):
         problems.append("image statistics do not have one value per image")
+    m_bank = p.bank.shape[0] if p.bank is not None and p.bank.ndim == 2 else 0
+    if any(col.shape != (m_bank,) for col in p.train_image_stats.values()):
+        problems.append("training image statistics do not have one value per bank row")
     if p.bank is not None and (p.bank.ndim != 2 or p.bank.shape[1] != d):
         problems.append(f"the k-NN bank {p.bank.shape} does not have {d} columns")
     o = p.outliers

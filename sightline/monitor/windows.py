@@ -210,7 +210,7 @@ def summarize(
                             "reference": np.histogram(ref_probs.max(axis=1), edges)[0].tolist()},
         "expected_accuracy": {k: v for k, v in expected_accuracy(probs, classes=classes).items()},
         "measured_accuracy": None,
-        "image_stats": _stat_shifts(cols, profile.image_stats) if n else {},
+        "image_stats": _stat_shifts(cols, profile.stats_reference) if n else {},
     }
     if batch.reviewed is not None and n:
         labelled = batch.reviewed >= 0
@@ -233,7 +233,7 @@ def summarize(
     stat_test = result.tests.get("image_stats")
     if stat_test is not None and stat_test.ran:
         shifted = [pt["name"] for pt in stat_test.parts if pt.get("significant")]
-        _examples(batch.ids, cols, profile.image_stats, shifted, summary["image_stats"])
+        _examples(batch.ids, cols, profile.stats_reference, shifted, summary["image_stats"])
     summary.update(
         tested=tested, significant=bool(result.significant) if tested else None, p_value=result.p_value,
         correction=f"{result.correction} over the driving tests that ran ({', '.join(DRIVING)})",
