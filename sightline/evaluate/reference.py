@@ -461,11 +461,10 @@ def reference_summary(profile: ReferenceProfile) -> dict[str, Any]:
 def describe_reference(summary: dict[str, Any]) -> list[str]:
     """Plain lines for the command line from `reference_summary` (model.json's extra["reference"])."""
     meta = summary.get("meta", {})
+    stats = f" (image statistics of val and these {summary['image_stats_train']})" if summary.get(
+        "image_stats_train") else ""
     lines = [f"reference profile: {summary['n_images']} val images, k-NN bank of {summary['bank_size']} train "
-             f"images, {summary['components']} PCA components -> {summary['file']}"]
-    if summary.get("image_stats_train"):
-        lines.append(f"  image statistics: {summary['n_images']} val + {summary['image_stats_train']} train images "
-                     "(they do not depend on the model)")
+             f"images{stats}, {summary['components']} PCA components -> {summary['file']}"]
     ood = summary.get("ood")
     if ood:
         table = summary.get("ood_table", {})
