@@ -144,7 +144,9 @@ class Coalescer:
     `run(items)` (one result per item, in order; an exception instance as a result fails that item only), which
     takes every item submitted while the previous call ran, at most `max_items`. No timer: an idle service runs
     each item at once; under load each call carries what arrived during the last one. An exception raised by `run`
-    reaches every item of that call. Items whose caller went away before their call started are dropped.
+    reaches every item of that call. Items whose caller went away (a client that hung up) still run, and their
+results are discarded: the service's store step records what it received and computed, so an image is never lost
+to the monitor or the review queue because its sender stopped waiting for the answer.
 
     The service's store step (`routes/predict.py`) uses it: the requests of a micro-batch come back from inference
     together, and their prediction and signal rows go to the database in one transaction (one INSERT of each
@@ -169,9 +171,7 @@ class Coalescer:
         try:
             while self._pending:
                 taken, self._pending = self._pending[: self.max_items], self._pending[self.max_items :]
-                live = [(item, f) for item, f in taken if not f.done()]
-                if not live:
-                    continue
+                live = taken  # every item runs, a cancelled caller's too (see the class docstring)
                 try:
                     results = await anyio.to_thread.run_sync(self._run_items, [item for item, _ in live])
                 except BaseException as exc:  # handed to every request of the call, which answers 5xx

@@ -110,7 +110,9 @@ def test_coalescer_joins_what_arrives_together_and_keeps_failures_apart():
     assert last == 80 and calls[3] == [8]
 
 
-def test_coalescer_drops_items_whose_caller_went_away():
+def test_coalescer_still_runs_items_whose_caller_went_away():
+    """A client that hangs up after inference does not erase its prediction: its store item runs with the others
+    (nothing is lost to the monitor), and only its result is discarded."""
     from sightline.serve.batching import Coalescer
 
     calls: list[list[int]] = []
@@ -126,4 +128,4 @@ def test_coalescer_drops_items_whose_caller_went_away():
         return await blocker, await kept
 
     assert asyncio.run(main()) == (0, 2)
-    assert calls == [[0], [2]]
+    assert calls == [[0], [1, 2]]
