@@ -50,6 +50,7 @@ def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # the module's finished demo: a whole quick demo run
 def test_demo_serve_replays_the_stream_and_leaves_the_loop_ready(finished_demo: Path) -> None:
     port = _free_port()
     said: list[str] = []

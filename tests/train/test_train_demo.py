@@ -20,6 +20,7 @@ FOREIGN = ("Collecting tensor data", "Finding optimal threshold", "Number of ten
            "TPU available", "Trainer.fit` stopped", "Using bfloat16")
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_every_stage_with_a_tiny_model(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     artifacts = demo.run_demo(tmp_path / "demo", quick=True, seed=1, model="test_efficientnet", weights="none")
     for key in ("raw data", "split data", "run", "bundle", "heatmaps"):
