@@ -121,7 +121,8 @@ def _shares(indices: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
 
 def _stat_shifts(window: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     """Per image statistic: window and reference medians (continuous) or the most common value's share
-    (categorical), and the robust shift (window median - reference median) / reference IQR."""
+    (categorical), and the robust shift (window median - reference median) / reference IQR (the reference's
+    standard deviation when its IQR is 0: flat_share is 0 for most photos)."""
     out: dict[str, dict[str, Any]] = {}
     for name in CONTINUOUS:
         if name not in window or name not in reference:
@@ -130,7 +131,7 @@ def _stat_shifts(window: dict[str, np.ndarray], reference: dict[str, np.ndarray]
         if w.size == 0 or r.size == 0:
             continue
         q1, med, q3 = np.percentile(r, [25, 50, 75])
-        scale = q3 - q1 if q3 > q1 else (abs(med) or 1.0)
+        scale = q3 - q1 if q3 > q1 else (float(r.std()) or abs(med) or 1.0)
         out[name] = {"window_median": float(np.median(w)), "reference_median": float(med),
                      "shift_iqr": float((np.median(w) - med) / scale)}
     for name in CATEGORICAL:

@@ -116,3 +116,32 @@ def test_flat_share_equals_a_plain_block_reduction():
         expected = float(((tiles.max(axis=(1, 3)) - tiles.min(axis=(1, 3))) <= 1.0).mean())
         assert flat_share(grey) == expected
         assert flat_share(grey.astype(np.float32)) == expected
+
+
+def test_window_summary_scales_a_statistic_whose_reference_iqr_is_zero_by_its_spread():
+    """flat_share is 0 for most photos (IQR 0): an occluded window's shift is reported in reference standard
+    deviations (large), not in raw share units (0.06, which reads as no shift), and its images are the examples."""
+    from sightline.monitor.windows import Batch, summarize
+
+    def with_flat(rows: list[dict], values) -> list[dict]:
+        return [{**r, "flat_share": float(v)} for r, v in zip(rows, values)]
+
+    rng = np.random.default_rng(0)
+    ref_flat = np.where(rng.random(120) < 0.1, rng.uniform(0.0, 0.05, 120), 0.0)
+    logits, feats, _ = _arrays(120, 0)
+    _, bank, bank_y = _arrays(400, 1)
+    profile = build_reference(logits, feats, classes=["ant", "bee", "wasp"],
+                              image_stats=with_flat(_stats(120, 0), ref_flat),
+                              bank_features=bank, bank_labels=bank_y,
+                              train_image_stats=with_flat(_stats(400, 1), np.zeros(400)))
+    n = 100
+    wl, wf, _ = _arrays(n, 7)
+    batch = Batch(ids=np.arange(1, n + 1), times=np.arange(n, dtype=np.float64), probabilities=np.full((n, 3), 1 / 3),
+                  projected=profile.project(wf), unknown=np.zeros(n, bool), ood=np.full(n, np.nan),
+                  image_stats=with_flat(_stats(n, 7), np.full(n, 0.06)))
+    summary = summarize(profile, batch, kind="block", key=0)
+    flat = summary["image_stats"]["flat_share"]
+    spread = np.concatenate([ref_flat, np.zeros(400)]).std()
+    assert flat["reference_median"] == 0.0 and flat["shift_iqr"] == pytest.approx(0.06 / spread)
+    assert flat["shift_iqr"] > 3
+    assert summary["tests"]["image_stats"]["significant"] and len(flat["examples"]) > 0
