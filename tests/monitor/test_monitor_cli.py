@@ -22,7 +22,7 @@ from PIL import Image
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_tiny import noise, postgres_url
+from serve_tiny import noise, pg_options, postgres_url
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle
 from sightline.models.factory import create_model
@@ -277,7 +277,7 @@ def test_the_report_reads_postgresql_as_it_reads_sqlite(served, run_cli, tmp_pat
     schema = f"sl_{uuid.uuid4().hex[:12]}"
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    url = pg_options(base, schema)
     from sightline.serve.monitoring import profile_fingerprint
 
     fingerprint = profile_fingerprint(served["bundle"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_tiny import encode, make_bundle, photo, start_server
+from serve_tiny import encode, make_bundle, pg_options, photo, start_server
 
 CLASSES = ["cat", "dog", "fox"]
 MAX_PIXELS = 1_000_000
@@ -60,6 +60,7 @@ def server(tmp_path_factory):
     # SIGHTLINE_TEST_DATABASE_URL=postgresql+psycopg://... runs this whole module against that database (emptied
     # first); by default a SQLite file in the bundle folder.
     url = os.environ.get("SIGHTLINE_TEST_DATABASE_URL")
+    url = pg_options(url) if url else None
     settings = Settings(
         bundle=root / "bundle", max_pixels=MAX_PIXELS, max_body_bytes=MAX_BODY, max_images_per_request=4,
         rate_limit_per_minute=0, key_cache_s=0, batch_max_wait_ms=20, threads=1, database_url=url,

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_tiny import cached, calm, noise, postgres_url, start_server
+from serve_tiny import cached, calm, noise, pg_options, postgres_url, start_server
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle
 from sightline.models.factory import create_model
@@ -97,9 +97,8 @@ def database_url(request, tmp_path):
     admin = sa.create_engine(base)
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in base else "?"
     try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+        yield pg_options(base, schema)
     finally:
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
