@@ -146,20 +146,28 @@ def cached(key: tuple, build: Callable[[Path], object], target: Path) -> Path:
 
 def make_bundle(root: Path, *, seed: int = 0, version: str = "1", folder: str = "bundle", onnx: bool = True) -> Path:
     """root/folder: test_efficientnet with random weights (torch seed `seed`; never confident: review_confidence
-    0.99, so every answer is queued), "pets" `version`, exported to ONNX unless `onnx` is False. Same arguments,
-    same files: exported once per process (`cached`), copied after."""
+    0.99, so every answer is queued), "pets" `version`, exported to ONNX unless `onnx` is False. The weights and
+    the graph depend on the seed only: built once per seed for the whole run (`cached`), copied after, the copy's
+    model.json given `version`."""
     def build(target: Path) -> None:
         from sightline.optimize.export import export
 
         torch.manual_seed(seed)
         model = create_model("test_efficientnet", len(CLASSES), weights="none")
-        bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version=version,
+        bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version="1",
                         thresholds={"review_confidence": 0.99, "class_thresholds": {}})
         bundle.save(target, model.state_dict())
         if onnx:
             export(target)
 
-    return cached(("make_bundle", seed, version, onnx), build, root / folder)
+    made = cached(("make_bundle", seed, onnx), build, root / folder)
+    if version != "1":
+        from sightline.bundle import load_bundle
+
+        bundle = load_bundle(made)
+        bundle.version = version
+        bundle.write_json()
+    return made
 
 
 def start_server(app):

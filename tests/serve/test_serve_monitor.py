@@ -24,10 +24,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_tiny import cached, calm, noise, pg_options, postgres_url, start_server
+from serve_tiny import cached, calm, make_bundle, noise, pg_options, postgres_url, start_server
 
-from sightline.bundle import Bundle, Preprocessing, load_bundle
-from sightline.models.factory import create_model
+from sightline.bundle import load_bundle
 
 CLASSES = ["cat", "dog", "fox"]
 SECRET = "whsec_" + base64.b64encode(b"sightline-test-webhook-key-32by").decode()
@@ -37,7 +36,7 @@ WINDOW = 30
 def build_profiled_bundle(folder):
     """A tiny exported bundle plus a reference profile: 60 calm validation images, a k-NN bank of 60 more, the
     open-set score chosen against 30 noise images. Returns the profile (as the service loads it from `folder`).
-    Built once per process, copied after (serve_tiny.cached)."""
+    Built once per test run, copied after (serve_tiny.cached)."""
     from sightline.monitor.reference import load_reference
 
     cached(("profiled",), _build_profiled_bundle, folder)
@@ -48,16 +47,10 @@ def _build_profiled_bundle(folder):
     from sightline.inference import open_engine
     from sightline.monitor.observe import load_observed
     from sightline.monitor.reference import build_reference
-    from sightline.optimize.export import export
 
-    torch.manual_seed(0)
-    model = create_model("test_efficientnet", len(CLASSES), weights="none")
     # review_confidence 0.99: an untrained 3-class model is never that sure, so every in-distribution answer is
     # "review", and an "unknown" one shows that unknown wins over review
-    bundle = Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version="7",
-                    thresholds={"review_confidence": 0.99, "class_thresholds": {}})
-    bundle.save(folder, model.state_dict())
-    export(folder)
+    make_bundle(folder.parent, seed=0, version="7", folder=folder.name)
     bundle = load_bundle(folder)
     with open_engine(bundle, backend="onnx", threads=1) as engine:
         def run(blobs):
