@@ -22,12 +22,10 @@ from PIL import Image
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_tiny import noise, pg_options, postgres_url
+from serve_tiny import CLASSES, make_bundle, noise, pg_options, postgres_url
 
-from sightline.bundle import Bundle, Preprocessing, load_bundle
-from sightline.models.factory import create_model
+from sightline.bundle import load_bundle
 
-CLASSES = ["cat", "dog", "fox"]
 BLOCK = 30
 
 
@@ -51,17 +49,11 @@ def served(tmp_path_factory):
     from sightline.inference import open_engine
     from sightline.monitor.observe import load_observed
     from sightline.monitor.reference import build_reference
-    from sightline.optimize.export import export
     from sightline.serve.monitoring import Observer, profile_fingerprint
     from sightline.storage.store import Store
 
     root = tmp_path_factory.mktemp("monitor-cli")
-    folder = root / "run" / "bundle"
-    torch.manual_seed(0)
-    model = create_model("test_efficientnet", len(CLASSES), weights="none")
-    Bundle("test_efficientnet", CLASSES, Preprocessing(32), name="pets", version="7",
-           thresholds={"review_confidence": 0.99}).save(folder, model.state_dict())
-    export(folder)
+    folder = make_bundle(root / "run", seed=0, version="7")  # "pets" cat/dog/fox, review_confidence 0.99, ONNX
     bundle = load_bundle(folder)
     engine = open_engine(bundle, backend="onnx", threads=1)
 
