@@ -287,9 +287,7 @@ def test_registry_alias_as_challenger(bundles, tmp_path):
 
 
 def test_bad_shadow_is_one_line_exit_2(bundles, tmp_path, run_cli):
-    from sightline.bundle import Bundle, Preprocessing
-    from sightline.models.factory import create_model
-    from sightline.optimize.export import export
+    from sightline.bundle import load_bundle
 
     database = str(tmp_path / "cli.db")
     code, out = run_cli(["serve", str(bundles["champion"]), "--database", database, "--shadow",
@@ -299,10 +297,10 @@ def test_bad_shadow_is_one_line_exit_2(bundles, tmp_path, run_cli):
     code, out = run_cli(["serve", str(bundles["champion"]), "--database", database, "--shadow",
                          str(bundles["challenger"]), "--shadow-sample", "1.5"])
     assert code == 2 and out.err.count("\n") == 1 and "shadow_sample" in out.err, out.err
-    other = tmp_path / "birds"  # another class list: nothing to compare
-    Bundle("test_efficientnet", ["crow", "owl", "tit"], Preprocessing(32), name="birds", version="1").save(
-        other, create_model("test_efficientnet", 3, weights="none").state_dict())
-    export(other)
+    birds = load_bundle(make_bundle(tmp_path, seed=1, folder="birds"))  # another class list: nothing to compare
+    birds.classes, birds.name = ["crow", "owl", "tit"], "birds"  # an exported 3-class graph, as valid as any
+    birds.write_json()
+    other = birds.path
     code, out = run_cli(["serve", str(bundles["champion"]), "--database", database, "--shadow", str(other)])
     assert code == 2 and out.err.count("\n") == 1 and "same classes" in out.err, out.err
     no_onnx = make_bundle(tmp_path, seed=3, folder="raw", onnx=False)
