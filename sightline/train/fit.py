@@ -49,6 +49,35 @@ def _resolve_lr(cfg: TrainConfig, prepared: Prepared, run: Path, say: Callable[[
     return cfg.with_overrides(lr=finding.suggestion)
 
 
+def _adapt_to_small_images(cfg: TrainConfig, prepared: Prepared, say: Callable[[str], None]) -> TrainConfig:
+    """cfg with SMALL_IMAGE_RECIPE's bounds applied when the training images are smaller than the model's
+    pretrained size and are upsampled to be trained (cfg.small_image_recipe, pretrained weights); unchanged
+    otherwise: photos at the pretrained size, or small images trained at or below their own size (the demo's
+    128 px surfaces at 112 px). What changed, and why, goes into prepared.choices["small_images"]."""
+    from sightline.models.factory import default_preprocessing
+    from sightline.train.config import SMALL_IMAGE_RECIPE
+    from sightline.train.input_size import small_images
+
+    native, size = prepared.choices["input_size"].get("native"), prepared.pre.input_size
+    default = default_preprocessing(cfg.model).input_size
+    if (not cfg.small_image_recipe or str(cfg.weights) == "none" or not small_images(native, default)
+            or size <= native):
+        return cfg
+    bound = SMALL_IMAGE_RECIPE
+    wanted = {"backbone_lr_scale": max(cfg.backbone_lr_scale, bound["backbone_lr_scale"]),
+              "warmup_epochs": min(cfg.warmup_epochs, bound["warmup_epochs"]),
+              "patience": max(cfg.patience, int(bound["patience"]))}
+    changes = {k: v for k, v in wanted.items() if v != getattr(cfg, k)}
+    done = ", ".join(f"{k} {getattr(cfg, k):g} -> {v:g}" for k, v in changes.items()) or "the config's values already"
+    why = (f"{native} px training images upsampled to {size} px (the model's pretrained size is {default} px): far "
+           f"from what its ImageNet weights saw, so the backbone moves faster and stopping waits longer ({done}; "
+           f"bounds {', '.join(f'{k} {v:g}' for k, v in bound.items())}; small_image_recipe: false keeps the "
+           "config's values)")
+    prepared.choices["small_images"] = {"value": changes, "why": why}
+    say(f"small images: {why}")
+    return cfg.with_overrides(**changes) if changes else cfg
+
+
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -93,6 +122,7 @@ def train(
             line = "; ".join(f"{name}: {stats.describe()}" for name, stats in cache.items())
             prepared.choices["cache"]["filled"] = {name: asdict(stats) for name, stats in cache.items()}
             say(f"image cache ({prepared.choices['cache']['why']}): {line}")
+        cfg = _adapt_to_small_images(cfg, prepared, say)
         cfg = _resolve_lr(cfg, prepared, run, say)
         cfg = cfg.with_overrides(input_size=pre.input_size)
         stop_why = (f"at most {cfg.epochs} epochs; stop when {cfg.monitor} has not improved for {cfg.patience} "

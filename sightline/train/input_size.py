@@ -2,17 +2,23 @@
 
 - Images at least about as large as the model's pretrained size (median shorter side, read from the headers): the
   pretrained size; there is nothing to gain from more pixels than the weights were trained on by default.
-- Smaller images: a short probe measures the trade. The candidates are the native size (at least `MIN_SIZE`),
-  doubled while below the pretrained size, and the pretrained size (64 px images: 64, 128, 224). From the same
-  pretrained weights, one pass over a sample of the training images (at most `PROBE_IMAGES`) at each size,
-  smallest first, then accuracy on the validation images; the climb stops when a size is not more accurate than
-  the one before by more than `tolerance`. The smallest size within `tolerance` of the best wins: its epochs cost
-  (larger / smaller)^2 times less. A probe that learned nothing tells the sizes apart by noise: a size counts only
-  when its accuracy beats always answering the largest val class (`chance`) by 3 standard errors; below that the
-  climb goes on, and when no size gets there the model's pretrained size is used (scikit-learn's 8 px digits, 10
-  classes: one pass gave 0.142 at 32 px and 0.096 at 64 px, and 32 px was chosen: 0.63 val accuracy after 5
-  epochs where a plain loop reaches 0.94 at 96 px). Every figure is printed and stored with the run.
-The answer is an `InputSizeChoice` (size, why, the probe's figures); `--input-size` skips all of it.
+- Very small images (median shorter side below `SMALL_SIDE`, 96 px): `SMALL_INPUT` (128 px), or the pretrained size
+  when that is smaller or close to it; no probe. This is BiT's HyperRule (Kolesnikov et al., "Big Transfer", 2020:
+  images below 96 x 96 px are fine-tuned at 128 px): an ImageNet backbone needs objects at a few dozen pixels, and
+  fine-tuning gains from resolution where a short pass cannot see it (scikit-learn's 8 px digits, plain timm loop,
+  3 epochs: 0.69 / 0.86 / 0.94 val accuracy at 32 / 64 / 96 px, while one probe pass learned nothing at any
+  size) and the probe cost more than it saved (64 px photos: 30 s of probing before the first epoch).
+- Other small images (96 px up to `NEAR_DEFAULT` of the pretrained size): a short probe measures the trade. The
+  candidates are the native size, doubled while below the pretrained size, and the pretrained size (96 px images:
+  96, 224). From the same pretrained weights, one pass over a sample of the training images (at most
+  `PROBE_IMAGES`) at each size, smallest first, then accuracy on the validation images; the climb stops when a
+  size is not more accurate than the one before by more than `tolerance`. The smallest size within `tolerance` of
+  the best wins: its epochs cost (larger / smaller)^2 times less. A probe that learned nothing tells the sizes
+  apart by noise: a size counts only when its accuracy beats always answering the largest val class (`chance`) by
+  3 standard errors; below that the climb goes on, and when no size gets there the model's pretrained size is
+  used. Every figure is printed and stored with the run.
+The answer is an `InputSizeChoice` (size, why, the probe's figures); `--input-size` skips all of it. Upsampled
+small images also train with a faster backbone (sightline.train.config.SMALL_IMAGE_RECIPE).
 """
 from __future__ import annotations
 
@@ -22,11 +28,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["MIN_SIZE", "PROBE_IMAGES", "InputSizeChoice", "candidate_sizes", "choose_input_size", "native_side"]
+__all__ = ["MIN_SIZE", "PROBE_IMAGES", "SMALL_INPUT", "SMALL_SIDE", "InputSizeChoice", "candidate_sizes",
+           "choose_input_size", "native_side", "small_images"]
 
 MIN_SIZE = 32  # smaller leaves the last stage of a stride-32 network (EfficientNet, ResNet) under one pixel
 PROBE_IMAGES = 256  # training images per probe pass (and at most this many validation images)
 NEAR_DEFAULT = 0.8  # sizes above this share of the pretrained size are trained at the pretrained size
+SMALL_SIDE = 96  # images with a shorter side below this are trained at SMALL_INPUT without a probe (BiT HyperRule)
+SMALL_INPUT = 128  # BiT's fine-tuning size for them
 
 
 @dataclass
@@ -46,6 +55,12 @@ def native_side(samples: Sequence[Any]) -> int | None:
     """Median shorter side (px, after EXIF orientation, from the headers) of `samples`; None when unknown."""
     sides = [min(s.width, s.height) for s in samples if getattr(s, "width", 0) and getattr(s, "height", 0)]
     return int(statistics.median(sides)) if sides else None
+
+
+def small_images(native: int | None, default: int) -> bool:
+    """Whether `native` px images (median shorter side) count as small for a model pretrained at `default` px:
+    below NEAR_DEFAULT of it, so training at the pretrained size would upsample them."""
+    return native is not None and native < NEAR_DEFAULT * default
 
 
 def candidate_sizes(native: int, default: int) -> list[int]:
@@ -69,8 +84,9 @@ def choose_input_size(
 ) -> InputSizeChoice:
     """The input size for `requested` ("auto", None = the model's `default`, or a size) and the training
     `samples`. `probe(size)` -> {"val_acc", "val_loss"} runs the short fine-tune; without it (several processes,
-    or a caller that cannot afford it) small images train at their native size. `tolerance`: how much more
-    accurate a larger size must be to be worth its cost (default: two images of `n_val`, at least 0.01).
+    or a caller that cannot afford it) small images from SMALL_SIDE up train at their native size. `tolerance`:
+    how much more accurate a larger size must be to be worth its cost (default: two images of `n_val`, at least
+    0.01).
     `chance`: the val accuracy of always answering the largest class (None: every probe result counts)."""
     if isinstance(requested, int):
         return InputSizeChoice(requested, f"{requested} px as requested (--input-size)")
@@ -79,10 +95,16 @@ def choose_input_size(
     native = native_side(samples)
     if native is None:
         return InputSizeChoice(default, f"{default} px, the model's pretrained size (image sizes unknown)")
-    if native >= NEAR_DEFAULT * default:
+    if not small_images(native, default):
         relation = "at least" if native >= default else "close to"
         return InputSizeChoice(default, f"{default} px: the training images' median shorter side ({native} px) is "
                                         f"{relation} the model's pretrained size ({default} px)", native)
+    if native < SMALL_SIDE:
+        size = SMALL_INPUT if SMALL_INPUT < NEAR_DEFAULT * default else default
+        return InputSizeChoice(size, f"{size} px for {native} px images: below {SMALL_SIDE} px, images are upsampled "
+                                     f"to {SMALL_INPUT} px (or the model's pretrained size, {default} px, when that is "
+                                     "close) without a probe (BiT's HyperRule; a short probe at such sizes learns "
+                                     "too little to choose)", native)
     sizes = candidate_sizes(native, default)
     if probe is None:
         return InputSizeChoice(sizes[0], f"{sizes[0]} px: the training images' median shorter side is {native} px "

@@ -1,4 +1,5 @@
-"""The input size follows the data: the model's size for large images, a measured choice for small ones."""
+"""The input size follows the data: the model's size for large images, 128 px for very small ones (BiT's rule), a
+measured choice in between; small images also get the small-image recipe."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from sightline.train.fit import train
-from sightline.train.input_size import MIN_SIZE, candidate_sizes, choose_input_size, native_side
+from sightline.train.input_size import (MIN_SIZE, SMALL_INPUT, candidate_sizes, choose_input_size, native_side,
+                                        small_images)
 
 from test_train_fit import TINY, make_data
 
@@ -42,55 +44,75 @@ def test_candidates_double_from_the_native_size() -> None:
     assert candidate_sizes(40, 160) == [40, 80, 160]
 
 
+def test_very_small_images_are_upsampled_to_128_px_without_a_probe() -> None:
+    """BiT's HyperRule: below 96 px, 128 px; scikit-learn's 8 px digits and 64 px photos alike, no probe run."""
+    probe = _Probe({})
+    for side in (8, 40, 64, 95):
+        choice = choose_input_size("auto", 224, _samples((side, side), (side, side + 10)), probe=probe)
+        assert (choice.size, choice.native, choice.probe) == (SMALL_INPUT, side, {}) and probe.calls == []
+        assert choice.why.startswith(f"128 px for {side} px images: below 96 px, images are upsampled to 128 px")
+    # a model pretrained at 160 px: 128 px is close to it, so its own size
+    assert choose_input_size("auto", 160, _samples((40, 40)), probe=probe).size == 160 and probe.calls == []
+    assert small_images(64, 224) and small_images(100, 224) and not small_images(180, 224)
+    assert not small_images(None, 224)
+
+
 def test_small_images_are_probed_and_the_native_size_wins_a_tie() -> None:
-    probe = _Probe({64: 0.90, 128: 0.905, 224: 0.99})
-    choice = choose_input_size("auto", 224, _samples((64, 64), (64, 80), (60, 64)), probe=probe, n_val=300)
-    # 128 px is no better than 64 px: the climb stops there, 224 px is never tried.
-    assert probe.calls == [64, 128] and choice.size == 64
-    assert choice.why.startswith("64 px for 64 px images: the smallest size within 0.010 of the best")
-    assert "128 px val acc 0.905" in choice.why and set(choice.probe) == {64, 128}
+    probe = _Probe({96: 0.90, 224: 0.905})
+    choice = choose_input_size("auto", 224, _samples((96, 96), (96, 120), (90, 96)), probe=probe, n_val=300)
+    assert probe.calls == [96, 224] and choice.size == 96
+    assert choice.why.startswith("96 px for 96 px images: the smallest size within 0.010 of the best")
+    assert "224 px val acc 0.905" in choice.why and set(choice.probe) == {96, 224}
 
 
 def test_the_climb_goes_on_while_accuracy_pays_for_the_pixels() -> None:
-    probe = _Probe({64: 0.70, 128: 0.85, 224: 0.855})
-    choice = choose_input_size("auto", 224, _samples((64, 64)), probe=probe, n_val=300)
-    assert probe.calls == [64, 128, 224] and choice.size == 128  # 224 px is within the tolerance of 128 px
-    probe = _Probe({64: 0.70, 128: 0.80, 224: 0.90})
-    assert choose_input_size("auto", 224, _samples((64, 64)), probe=probe, n_val=300).size == 224
+    probe = _Probe({100: 0.70, 200: 0.85, 400: 0.855})
+    choice = choose_input_size("auto", 400, _samples((100, 100)), probe=probe, n_val=300)
+    assert probe.calls == [100, 200, 400] and choice.size == 200  # 400 px is within the tolerance of 200 px
+    probe = _Probe({100: 0.70, 200: 0.80, 400: 0.90})
+    assert choose_input_size("auto", 400, _samples((100, 100)), probe=probe, n_val=300).size == 400
 
 
 def test_a_probe_at_chance_level_does_not_choose() -> None:
-    """8 px digits, 10 classes: one short pass gave 0.142 at 32 px and 0.096 at 64 px; 32 px won on noise."""
-    probe = _Probe({MIN_SIZE: 0.142, 64: 0.096, 128: 0.11, 224: 0.13})
-    choice = choose_input_size("auto", 224, _samples((8, 8)), probe=probe, n_val=256, chance=0.1)
-    assert probe.calls == [MIN_SIZE, 64, 128, 224]  # nothing above chance: the climb went on
-    assert choice.size == 224 and "learned nothing measurable" in choice.why and "0.100" in choice.why
+    """10 classes: a pass that learned nothing (0.142, 0.096, ...) must not pick a size on noise."""
+    probe = _Probe({100: 0.142, 200: 0.096, 400: 0.13})
+    choice = choose_input_size("auto", 400, _samples((100, 100)), probe=probe, n_val=256, chance=0.1)
+    assert probe.calls == [100, 200, 400]  # nothing above chance: the climb went on
+    assert choice.size == 400 and "learned nothing measurable" in choice.why and "0.100" in choice.why
     # once a size clears chance by 3 standard errors (0.157 here), the usual rule applies from there
-    probe = _Probe({MIN_SIZE: 0.142, 64: 0.40, 128: 0.405, 224: 0.9})
-    choice = choose_input_size("auto", 224, _samples((8, 8)), probe=probe, n_val=256, chance=0.1)
-    assert probe.calls == [MIN_SIZE, 64, 128] and choice.size == 64
+    probe = _Probe({100: 0.40, 200: 0.405, 400: 0.9})
+    choice = choose_input_size("auto", 400, _samples((100, 100)), probe=probe, n_val=256, chance=0.1)
+    assert probe.calls == [100, 200] and choice.size == 100
     # without a chance level every result counts, as before
-    probe = _Probe({MIN_SIZE: 0.142, 64: 0.096, 128: 0.11, 224: 0.13})
-    assert choose_input_size("auto", 224, _samples((8, 8)), probe=probe, n_val=256).size == MIN_SIZE
+    probe = _Probe({100: 0.142, 200: 0.096, 400: 0.13})
+    assert choose_input_size("auto", 400, _samples((100, 100)), probe=probe, n_val=256).size == 100
 
 
 def test_requested_sizes_and_the_floor() -> None:
     assert choose_input_size(96, 224, _samples((500, 500))).size == 96
     assert choose_input_size(None, 224, _samples((40, 40))).size == 224
-    # 8 px images (scikit-learn's digits) are probed from MIN_SIZE, not below what the network can take.
-    probe = _Probe({MIN_SIZE: 0.9, 64: 0.9, 128: 0.9, 224: 0.9})
-    assert choose_input_size("auto", 224, _samples((8, 8)), probe=probe).size == MIN_SIZE
-    assert probe.calls == [MIN_SIZE, 64]
+    # candidates never go below what the network can take
+    assert candidate_sizes(8, 224)[0] == MIN_SIZE
     assert native_side([]) is None
 
 
+def _resized(data: Path, side: int) -> Path:
+    """make_data's 40 px patches resized to `side` px, in place."""
+    from PIL import Image
+
+    for path in data.rglob("*.png"):
+        with Image.open(path) as im:
+            im.resize((side, side)).save(path)
+    return data
+
+
 def test_train_probes_small_images_and_records_the_choice(tmp_path: Path) -> None:
-    """40 px images and a model whose pretrained size is 160 px: probed from 40 px up; the choice, why, and the
-    probe's figures are kept in metrics.json, and the resolved size is in config.yaml."""
-    data = make_data(tmp_path / "data")
+    """100 px images and a model whose pretrained size is 160 px: probed at 100 and 160 px; the choice, why, and
+    the probe's figures are kept in metrics.json, and the resolved size is in config.yaml."""
+    data = _resized(make_data(tmp_path / "data"), 100)
     run = train(data, tmp_path / "run", progress=False, **{**TINY, "epochs": 1, "input_size": "auto"})
     choice = json.loads((run / "metrics.json").read_text())["choices"]["input_size"]
-    assert choice["native"] == 40 and "40" in choice["probe"] and set(choice["probe"]) <= {"40", "80", "160"}
+    assert choice["native"] == 100 and "100" in choice["probe"] and set(choice["probe"]) <= {"100", "160"}
     assert str(choice["value"]) in choice["probe"]
     assert all(0.0 <= p["val_acc"] <= 1.0 and p["seconds"] > 0 for p in choice["probe"].values())
     config = (run / "config.yaml").read_text()
@@ -98,6 +120,57 @@ def test_train_probes_small_images_and_records_the_choice(tmp_path: Path) -> Non
     from sightline.bundle import load_bundle
 
     assert load_bundle(run).preprocessing.input_size == choice["value"]
+
+
+def test_small_images_get_the_small_image_recipe_and_say_so(tmp_path: Path) -> None:
+    """40 px images, pretrained weights (a file here): no probe, the model's 160 px (128 px is close to it), and
+    SMALL_IMAGE_RECIPE's bounds replace the config's slower values; each change is printed, kept in metrics.json
+    and in config.yaml (values and the why); small_image_recipe: false, a size not above the native one, or values
+    already past the bounds keep the config's values."""
+    from safetensors.torch import save_file
+
+    from sightline.models.factory import create_model
+    from sightline.train.config import SMALL_IMAGE_RECIPE, TrainConfig, load_config
+
+    data = make_data(tmp_path / "data")
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("test_efficientnet", 2, weights="none").state_dict().items()},
+              str(weights))
+    options = {**TINY, "epochs": 1, "input_size": "auto", "weights": str(weights)}
+    said: list[str] = []
+    import logging
+
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("sightline.train").addHandler(handler)
+    logging.getLogger("sightline.train").setLevel(logging.INFO)
+    try:
+        run = train(data, tmp_path / "run", progress=False, **options)
+    finally:
+        logging.getLogger("sightline.train").removeHandler(handler)
+    choices = json.loads((run / "metrics.json").read_text())["choices"]
+    assert choices["input_size"]["value"] == 160 and choices["input_size"]["probe"] == {}
+    defaults = TrainConfig()
+    assert choices["small_images"]["value"] == SMALL_IMAGE_RECIPE  # the defaults are slower on all three
+    assert f"backbone_lr_scale {defaults.backbone_lr_scale:g} -> " in choices["small_images"]["why"]
+    assert any(line.startswith("small images: 40 px training images") for line in said)
+    cfg = load_config(run / "config.yaml")
+    assert (cfg.backbone_lr_scale, cfg.warmup_epochs, cfg.patience) == (
+        SMALL_IMAGE_RECIPE["backbone_lr_scale"], SMALL_IMAGE_RECIPE["warmup_epochs"], SMALL_IMAGE_RECIPE["patience"])
+    assert "# small_images: 40 px training images" in (run / "config.yaml").read_text()
+    # switched off: the config's values as they are, and no small-image choice
+    run = train(data, tmp_path / "off", progress=False, **options, small_image_recipe=False)
+    assert "small_images" not in json.loads((run / "metrics.json").read_text())["choices"]
+    assert load_config(run / "config.yaml").backbone_lr_scale == defaults.backbone_lr_scale
+    # not upsampled (trained at or below their own size, as the demo's surfaces): the config's values
+    run = train(data, tmp_path / "native", progress=False, **{**options, "input_size": 32})
+    assert "small_images" not in json.loads((run / "metrics.json").read_text())["choices"]
+    # values past the bounds are kept (a faster backbone, a shorter warm-up, more patience)
+    run = train(data, tmp_path / "past", progress=False, **options, backbone_lr_scale=1.0, warmup_epochs=0.0,
+                patience=3)
+    assert json.loads((run / "metrics.json").read_text())["choices"]["small_images"]["value"] == {}
+    cfg = load_config(run / "config.yaml")
+    assert (cfg.backbone_lr_scale, cfg.warmup_epochs, cfg.patience) == (1.0, 0.0, 3)
 
 
 @pytest.mark.parametrize("value", ["big", 8])
