@@ -54,7 +54,8 @@ if TYPE_CHECKING:
     from sightline.progress import ProgressFn
 
 __all__ = ["BANK_IMAGES", "CORRUPT_IMAGES", "ValScores", "corrupt_positions", "score_val", "build_bundle_reference",
-           "model_digest", "inputs_fingerprint", "stand_in_report", "reference_summary", "describe_reference"]
+           "check_train_stats", "model_digest", "inputs_fingerprint", "stand_in_report", "reference_summary",
+           "describe_reference"]
 
 BANK_IMAGES = 5000  # training images scored for the k-NN bank (12.8 MB at 1,280 features, float16)
 CORRUPT_IMAGES = 16  # validation crops corrupted by each of the 8 corruptions for the stand-in outliers
@@ -252,6 +253,7 @@ def build_bundle_reference(
                                       bank_features=bank_feats, bank_labels=bank_labels, bank_size=bank_images,
                                       seed=seed, meta=meta, train_image_stats=bank_stats or None)
         profile.outliers, profile.fingerprint = outliers, fingerprint
+        profile.meta["train_stats"] = check_train_stats(profile)
         profile.fit_ood(vlogits, vfeats, outliers.logits, outliers.features32, quantile=quantile)
         profile.meta["stand_ins"] = stand_in_report(profile, vlogits, vfeats, outliers)
     seconds["fit_s"] = time.perf_counter() - t0
@@ -263,6 +265,26 @@ def build_bundle_reference(
         bundle.extra["reference"] = reference_summary(profile)
         bundle.write_json()
     return profile
+
+
+TRAIN_STATS_ALPHA = 0.01  # a statistic whose training sample differs from validation at this level (Holm) is left out
+
+
+def check_train_stats(profile: ReferenceProfile, *, alpha: float = TRAIN_STATS_ALPHA) -> dict[str, Any]:
+    """Leave out of the image-statistics reference each training-sample statistic that differs from validation's
+    (KS / chi-square, Holm over the statistics, at `alpha`): the reference is meant to be one population, and a
+    training split gathered apart from validation (another camera, another season) would otherwise make production
+    that looks like validation drift from its first window. Returns {"kept": [...], "left_out": {name: adjusted
+    p}} for the profile's meta; {} without training statistics."""
+    from sightline.monitor.drift import image_stats_test
+
+    train = profile.train_image_stats
+    if not train:
+        return {}
+    result = image_stats_test(train, profile.image_stats, alpha=alpha, min_window=2)
+    left_out = {pt["name"]: round(pt["p_adjusted"], 6) for pt in result.parts if pt["significant"]}
+    profile.keep_train_stats([name for name in train if name not in left_out])
+    return {"kept": sorted(profile.train_image_stats), "left_out": left_out, "alpha": alpha}
 
 
 def _check_classes(bundle: Bundle, dataset: Dataset) -> None:
@@ -461,8 +483,13 @@ def reference_summary(profile: ReferenceProfile) -> dict[str, Any]:
 def describe_reference(summary: dict[str, Any]) -> list[str]:
     """Plain lines for the command line from `reference_summary` (model.json's extra["reference"])."""
     meta = summary.get("meta", {})
-    stats = f" (image statistics of val and these {summary['image_stats_train']})" if summary.get(
-        "image_stats_train") else ""
+    left_out = sorted((meta.get("train_stats") or {}).get("left_out") or {})
+    stats = ""
+    if summary.get("image_stats_train"):
+        stats = f" (image statistics of val and these {summary['image_stats_train']}" + (
+            f", except {', '.join(left_out)}: the training sample's differ from val's)" if left_out else ")")
+    elif left_out:
+        stats = f" (image statistics of val only: the training sample's differ from val's in {', '.join(left_out)})"
     lines = [f"reference profile: {summary['n_images']} val images, k-NN bank of {summary['bank_size']} train "
              f"images{stats}, {summary['components']} PCA components -> {summary['file']}"]
     ood = summary.get("ood")

@@ -144,6 +144,11 @@ class ReferenceProfile:
                                for name, col in self.image_stats.items()}
         return self._stats_ref
 
+    def keep_train_stats(self, names: Sequence[str]) -> None:
+        """Keep only the training sample's statistics `names` (the others are tested against validation alone)."""
+        self.train_image_stats = {k: v for k, v in self.train_image_stats.items() if k in set(names)}
+        self._stats_ref = None
+
     def project(self, features: np.ndarray) -> np.ndarray:
         """(N, D) raw features -> (N, C) float32: L2-normalised, centred, projected on the PCA basis."""
         z = ood.l2_normalize(features)
