@@ -7,7 +7,8 @@ What happens, in order:
    for its calibration anyway and hands it over (`val=`), so val is not scored twice;
 2. a seeded, class-stratified sample of at most `bank_images` (5,000) TRAINING images is decoded once and scored
    for the k-NN bank and the PCA basis, and its image statistics join validation's in the image-statistics
-   reference (they do not depend on the model, so seen images describe them without bias; `score_val`);
+   reference (they do not depend on the model, so seen images describe them without bias; `score_val`), except a
+   statistic whose training values differ from validation's (`check_train_stats`);
 3. stand-in outliers are made without new data (`sightline.evaluate.outliers`: synthetic textures and noise,
    severity-5 corruptions of `corrupt_images` validation crops, scikit-image's photos) and scored;
 4. `monitor.reference.build_reference` + `fit_ood` choose the open-set score (highest AUROC, validation vs
