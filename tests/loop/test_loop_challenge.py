@@ -62,6 +62,15 @@ def _check_against_oracle(result: dict, data: Path, champion: Path, challenger: 
         assert s["accuracy"]["low"] <= s["accuracy"]["difference"] <= s["accuracy"]["high"]
 
 
+@pytest.fixture
+def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """challenge.html without its two matplotlib plots (about half a second a report), for tests that read the
+    verdict or the page's text; test_a_better_challenger_is_promoted checks the plots."""
+    from sightline.loop import report
+
+    monkeypatch.setattr(report, "plots", lambda result, bootstrap_samples: {"difference": "", "recall": ""})
+
+
 def test_a_better_challenger_is_promoted(data: Path, good: Path, lazy: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = challenge(lazy, good, data, out=out, n_resamples=500)
@@ -85,7 +94,8 @@ def test_a_better_challenger_is_promoted(data: Path, good: Path, lazy: Path, tmp
     assert not re.search(r"""(src|href)=["'](?!data:)""", html)  # self-contained: no external asset
 
 
-def test_a_worse_challenger_is_refused_with_reasons(data: Path, good: Path, lazy: Path, tmp_path: Path) -> None:
+def test_a_worse_challenger_is_refused_with_reasons(data: Path, good: Path, lazy: Path, tmp_path: Path,
+                                                    no_plots: None) -> None:
     result = challenge(good, lazy, data, out=tmp_path / "out", n_resamples=500)
     _check_against_oracle(result, data, good, lazy)
     v = result["verdict"]
@@ -95,7 +105,7 @@ def test_a_worse_challenger_is_refused_with_reasons(data: Path, good: Path, lazy
     assert "Do not promote the challenger" in (tmp_path / "out" / "challenge.html").read_text()
 
 
-def test_the_rule_comes_from_sightline_yaml(data: Path, good: Path, tmp_path: Path) -> None:
+def test_the_rule_comes_from_sightline_yaml(data: Path, good: Path, tmp_path: Path, no_plots: None) -> None:
     """The same pair passes or fails as the yaml's `promotion:` says; no production split: that check is skipped."""
     copy = tmp_path / "data"
     for p in (data / "test").rglob("*.png"):
@@ -142,7 +152,8 @@ def test_bad_input_is_one_line_and_writes_nothing(data: Path, good: Path, tmp_pa
     assert not out.exists()
 
 
-def test_cli_exit_codes_follow_the_verdict(data: Path, good: Path, lazy: Path, tmp_path: Path, capsys) -> None:
+def test_cli_exit_codes_follow_the_verdict(data: Path, good: Path, lazy: Path, tmp_path: Path, no_plots: None,
+                                          capsys) -> None:
     assert run_command(app, ["challenge", str(lazy), str(good), "--data", str(data), "--out", str(tmp_path / "a"),
                  "--bootstrap", "200"]) == 0
     assert "PROMOTE" in capsys.readouterr().out
@@ -151,7 +162,8 @@ def test_cli_exit_codes_follow_the_verdict(data: Path, good: Path, lazy: Path, t
     assert json.loads(capsys.readouterr().out)["verdict"]["promote"] is False
 
 
-def test_a_recorded_verdict_gates_the_registry(data: Path, good: Path, lazy: Path, tmp_path: Path, capsys) -> None:
+def test_a_recorded_verdict_gates_the_registry(data: Path, good: Path, lazy: Path, tmp_path: Path, no_plots: None,
+                                              capsys) -> None:
     """`challenge --database` keeps the verdict against the challenger's content hash; `registry` then refuses to
     make that bundle the champion unless --force, and logs the forced move."""
     db = f"sqlite:///{tmp_path / 'sightline.db'}"
@@ -176,7 +188,7 @@ def test_a_recorded_verdict_gates_the_registry(data: Path, good: Path, lazy: Pat
         ("v1", False, None), ("v2", True, False)]
 
 
-def test_class_order_may_differ(data: Path, good: Path, tmp_path: Path) -> None:
+def test_class_order_may_differ(data: Path, good: Path, tmp_path: Path, no_plots: None) -> None:
     """A challenger whose model.json lists the classes in another order is compared class by class, by name."""
     flipped = make_bundle(tmp_path / "flipped", data / "train", seed=0, input_size=40, classes=["light", "dark"])
     result = challenge(good, flipped.path, data, out=tmp_path / "out", n_resamples=200)
