@@ -157,6 +157,11 @@ def test_evaluate_scores_val_once_and_refreshes_the_stored_profile(made, monkeyp
     build_bundle_reference(run, data)  # with evaluate's settings (and train's): default stand-ins, seed 0
     _refuse_model_beyond_val(monkeypatch)
     calls = _count_val_passes(monkeypatch)
+    from collections import defaultdict
+
+    from sightline.evaluate import report
+
+    monkeypatch.setattr(report, "plots", lambda r: defaultdict(str))  # report.html is not read here: no plots
     code = run_command(app, ["evaluate", str(run), "--data", str(data), "--no-robustness", "--bootstrap", "20"])
     out = capsys.readouterr().out
     assert code == 0, out

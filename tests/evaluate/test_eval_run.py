@@ -77,6 +77,17 @@ def setup(tmp_path_factory):
     return root, data, run, metrics
 
 
+@pytest.fixture
+def no_plots(monkeypatch):
+    """report.html without its matplotlib plots (about a second a page; every image left empty), for tests that
+    read the page's text; test_metrics_json_contract_and_files checks the plots of the setup's page."""
+    from collections import defaultdict
+
+    from sightline.evaluate import report
+
+    monkeypatch.setattr(report, "plots", lambda r: defaultdict(str))
+
+
 def test_metrics_json_contract_and_files(setup):
     root, data, run, m = setup
     on_disk = json.loads((run / "eval" / "metrics.json").read_text())
@@ -203,7 +214,7 @@ def main_rc(argv: list[str]) -> int:
     return info.value.code
 
 
-def test_multi_seed_mean_std(setup, tmp_path):
+def test_multi_seed_mean_std(setup, tmp_path, no_plots):
     root, data, run, m = setup
     seeds = tmp_path / "seeds"
     for s in (0, 1):
@@ -257,7 +268,7 @@ def test_multi_seed_scans_once_and_decodes_each_image_once(setup, tmp_path, monk
         assert out[key] == single[key], key
 
 
-def test_cli_evaluate_json_and_init(setup, tmp_path, capsys):
+def test_cli_evaluate_json_and_init(setup, tmp_path, capsys, no_plots):
     root, data, run, m = setup
     rc = main_rc(["evaluate", str(run), "--data", str(data), "--json", "--no-robustness", "--bootstrap", "20",
                   "--out", str(tmp_path / "ev"), "--no-update"])
@@ -291,7 +302,7 @@ def test_unknown_heatmap_method_fails_before_any_work(tmp_path):
         evaluate(tmp_path / "no-run", tmp_path / "no-data", method="nope")
 
 
-def test_report_says_where_thresholds_came_from(setup, tmp_path):
+def test_report_says_where_thresholds_came_from(setup, tmp_path, no_plots):
     root, data, run, m = setup
     assert m["review"]["chosen_on"] == "val"
     assert "thresholds and temperature chosen on val" in (run / "eval" / "report.html").read_text()
