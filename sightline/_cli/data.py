@@ -155,10 +155,14 @@ def audit_cmd(
             example = ", ".join(first.paths[:2]) if first.paths else str(first.detail.get("ratio", ""))
             if kind == "class_imbalance":
                 example = f"max/min {first.detail['ratio']}: {first.detail['training']}"
+            if kind == "split_missing_class":
+                example = "; ".join(f"{f.detail['split']} lacks {', '.join(f.detail['classes'])}" for f in found)
+                example += f": {first.detail['advice']}"
             if kind == "label_issue":
                 d = first.detail
                 example = f"{first.paths[0]}: {d['given']} -> {d['suggested']} (p {d['p_suggested']:.2f})"
-        style = "" if not found else ("yellow" if kind in ("class_imbalance", "mixed_color_modes", "label_issue")
+        style = "" if not found else ("yellow" if kind in ("class_imbalance", "mixed_color_modes", "label_issue",
+                                                                 "split_missing_class")
                                       else "red")
         count = f"[{style}]{len(found)}[/]" if style else "0"
         if kind == "label_issue" and (check is None or check.skipped):

@@ -10,6 +10,8 @@ Finding kinds (each finding is {"kind", "paths", "detail"}; paths relative to th
   near_duplicate      perceptual hashes within `max_distance` bits (re-encoded, resized, brightened copies)
   conflicting_labels  the same (or a near-identical) image under two or more labels
   split_leakage       the same (or a near-identical) image in two or more splits
+  split_missing_class a class with images in the dataset but none in one of its splits (val without a class: early
+                      stopping, temperature and thresholds never see it; test without it: no test figure for it)
   blurry              variance of the Laplacian far below the dataset's own (robust z-score of its log)
   too_small           shorter side below max(16, 1/4 of the dataset's median shorter side)
   extreme_aspect      width/height (or height/width) above 3
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sightline.data.balance import choose_balance, class_ratio
-from sightline.data.datasets import Dataset, region_files, scan_dataset
+from sightline.data.datasets import SPLITS, Dataset, region_files, scan_dataset
 from sightline.data.findings import AuditResult, Finding  # re-exported: part of this module's API
 from sightline.data.label_issues import LabelCheck, write_suggestions
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
@@ -43,6 +45,7 @@ __all__ = [
     "AuditResult",
     "audit_dataset",
     "audit_records",
+    "missing_classes",
     "blurry_mask",
     "small_mask",
     "aspect_mask",
@@ -53,7 +56,7 @@ __all__ = [
 
 KINDS = (
     "unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels", "split_leakage",
-    "blurry", "too_small", "extreme_aspect", "class_imbalance", "mixed_color_modes", "label_issue",
+    "split_missing_class", "blurry", "too_small", "extreme_aspect", "class_imbalance", "mixed_color_modes", "label_issue",
 )
 # Kinds whose files `quarantine` moves away (imbalance and colour modes are properties of the set, not of a file).
 QUARANTINE_KINDS = ("unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels",
@@ -105,6 +108,23 @@ def imbalance(counts: dict[str, int]) -> dict:
             "advice": "judge per-class recall, not accuracy; thresholds are chosen on val"}
 
 
+def missing_classes(pairs: Sequence[tuple[str | None, str]]) -> list[Finding]:
+    """`split_missing_class` findings for (split, label) pairs of a split layout, one per split that lacks a class
+    the dataset has (flat layout, split None: none). Counts every listed image, readable or not: a class whose
+    only val image is corrupt is flagged as `corrupt`, not here."""
+    splits = [s for s in SPLITS if any(split == s for split, _ in pairs)]
+    labels = sorted({label for _, label in pairs})
+    out = []
+    for split in splits:
+        have = {label for s, label in pairs if s == split}
+        lacking = [c for c in labels if c not in have]
+        if lacking:
+            out.append(Finding("split_missing_class", [], {
+                "split": split, "classes": lacking,
+                "advice": f"add {split} images of {', '.join(lacking)} or re-split the data (`sightline data split`)"}))
+    return out
+
+
 def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (), max_distance: int = DEFAULT_MAX_DISTANCE,
                   train_split: str | None = "train") -> list[Finding]:
     """All findings for per-image records (one `describe_images` pass) plus the scan's skipped files."""
@@ -152,6 +172,8 @@ def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (
     info["split"] = train_split if has_train else "all"
     if choose_balance(counts) != "none":
         findings.append(Finding("class_imbalance", [], info))
+
+    findings += missing_classes([(r.split, r.label) for r in records])
 
     modes = Counter(r.mode for r in good)
     if len(modes) > 1:

@@ -103,6 +103,11 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict]) -> list[Path]:
                 if not _inside(sub, root):
                     skipped.append({"path": sub.relative_to(root).as_posix(), "reason": "symlinked folder points outside the dataset root; refused"})
                     continue
+                target = sub.resolve()
+                if target == base.resolve() or target in base.resolve().parents:  # walking it would never end
+                    skipped.append({"path": sub.relative_to(root).as_posix(),
+                                    "reason": "symlinked folder points back to a folder that holds it (a loop); ignored"})
+                    continue
                 out.extend(_walk_files(sub, root, skipped))  # os.walk does not descend into symlinked dirs
                 continue
             keep.append(d)

@@ -75,12 +75,16 @@ def _open(source: ImageSource, label: str) -> Iterator[Image.Image]:
                 fp = io.BytesIO(bytes(source))
             im = Image.open(fp, formats=_OPEN_FORMATS)
         except UnidentifiedImageError:
+            if fp.seek(0, io.SEEK_END) == 0:
+                raise NotAnImageError(f"{label}: the content is empty (0 bytes); re-save or re-send the image") from None
             raise NotAnImageError(
                 f"{label}: not a supported image (the content is not JPEG, PNG, BMP, TIFF or WebP)"
             ) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             # Only reached beyond Pillow's own limit (or when its warning is turned into an error): our cap is lower.
-            raise ImageTooLargeError(f"{label}: refused, the header announces too many pixels ({exc})") from None
+            raise ImageTooLargeError(
+                f"{label}: refused, the header announces too many pixels ({exc}); downscale the image or remove it"
+            ) from None
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             raise ImageError(f"{label}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
         except _DECODE_ERRORS as exc:

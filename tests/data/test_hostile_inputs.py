@@ -1,0 +1,89 @@
+"""Hostile dataset folders and files: each is reported with its path and what to do, never followed forever,
+never dropped in silence."""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sightline.data.audit import audit_dataset, missing_classes
+from sightline.data.datasets import scan_dataset
+from sightline.data.images import image_info, load_image
+from sightline.errors import ImageTooLargeError, NotAnImageError
+
+
+def _images(folder, n, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_a_symlink_loop_is_reported_once_not_walked_forever(tmp_path):
+    """A class folder holding `loop -> .` was walked ~40 levels deep (until the path got too long), listing every
+    image once per level: duplicates in every split and a manifest of thousands of rows."""
+    _images(tmp_path / "cat", 3)
+    _images(tmp_path / "dog", 3, seed=1)
+    os.symlink(".", tmp_path / "cat" / "loop")
+    os.symlink("..", tmp_path / "dog" / "up")  # back to the dataset root: just as endless
+    ds = scan_dataset(tmp_path)
+    assert sorted(s.relpath for s in ds.samples) == [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
+    reasons = {s["path"]: s["reason"] for s in ds.skipped}
+    assert set(reasons) == {"cat/loop", "dog/up"} and all("loop" in r for r in reasons.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_a_symlink_to_a_sibling_folder_is_still_followed(tmp_path):
+    _images(tmp_path / "cat" / "shared", 2)
+    _images(tmp_path / "dog", 3, seed=1)
+    os.symlink("shared", tmp_path / "cat" / "alias")  # not a loop: kept, as before
+    ds = scan_dataset(tmp_path)
+    assert sum(s.relpath.startswith("cat/alias/") for s in ds.samples) == 2
+
+
+def test_an_empty_file_says_it_is_empty(tmp_path):
+    (tmp_path / "zero.png").write_bytes(b"")
+    for source in (tmp_path / "zero.png", b""):
+        with pytest.raises(NotAnImageError, match=r"empty \(0 bytes\)"):
+            load_image(source)
+    with pytest.raises(NotAnImageError, match=r"zero\.png: the content is empty"):
+        image_info(tmp_path / "zero.png")
+
+
+def test_a_bomb_beyond_pillows_limit_says_what_to_do(tmp_path):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)  # 10 gigapixels declared in 69 bytes
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                     + chunk(b"IEND", b""))
+    with pytest.raises(ImageTooLargeError, match=r"bomb\.png: .*downscale the image"):
+        load_image(path)
+
+
+def test_missing_classes_per_split():
+    pairs = [("train", "a"), ("train", "b"), ("val", "a"), ("test", "b")]
+    found = {f.detail["split"]: f.detail["classes"] for f in missing_classes(pairs)}
+    assert found == {"val": ["b"], "test": ["a"]}
+    assert missing_classes([(None, "a"), (None, "b")]) == []  # flat layout: nothing to compare
+    assert missing_classes([("train", "a"), ("val", "a"), ("train", "b"), ("val", "b")]) == []
+
+
+def test_audit_flags_a_class_missing_from_val(tmp_path, run_cli):
+    """Training and evaluation ran without a word when val lacked a class: early stopping, temperature and
+    thresholds were fitted without it."""
+    for split, classes in (("train", ("a", "b")), ("val", ("a",)), ("test", ("a", "b"))):
+        for i, c in enumerate(classes):
+            _images(tmp_path / split / c, 2, seed=i)
+    result = audit_dataset(tmp_path, html=False)
+    flagged = [f for f in result.findings if f.kind == "split_missing_class"]
+    assert [(f.detail["split"], f.detail["classes"]) for f in flagged] == [("val", ["b"])]
+    assert result.counts["split_missing_class"] == 1
+    code, out = run_cli(["data", "audit", str(tmp_path), "--no-labels"])
+    assert code == 0 and "val lacks b" in " ".join(out.out.split())
