@@ -234,9 +234,11 @@ def load_spec(path: str | Path) -> ProblemSpec:
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"{path} cannot be read ({exc.strerror or exc}); check the path.") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML.") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

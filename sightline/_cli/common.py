@@ -45,6 +45,11 @@ def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
     except SightlineError as exc:
         err_console.print(f"[bold red]error:[/] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        # A path the user gave that is a file where a folder is needed (or the reverse), or that cannot be
+        # written: theirs to fix, so one line naming it instead of a traceback.
+        err_console.print(f"[bold red]error:[/] {escape(path_error(exc))}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
@@ -52,3 +57,15 @@ def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
         err_console.print("interrupted")
         return 130
     return 0
+
+
+def path_error(exc: OSError) -> str:
+    """One line for an OSError about a path: which path, what is wrong with it, what to do."""
+    name = exc.filename if exc.filename is not None else "a path"
+    if isinstance(exc, FileExistsError):
+        return f"'{name}' exists and is not a folder; pass a new or existing folder, or move the file away."
+    if isinstance(exc, NotADirectoryError):
+        return f"'{name}': part of this path is a file, not a folder; check the path."
+    if isinstance(exc, IsADirectoryError):
+        return f"'{name}' is a folder where a file is needed; pass a file."
+    return f"'{name}' cannot be read or written (permission denied); check its permissions or choose another path."

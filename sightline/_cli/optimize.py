@@ -12,6 +12,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     from sightline.data.inputs import expand_inputs as expand
     from sightline.errors import UserInputError
 
+    for item in inputs:  # a typo in a path is the user's to fix, not a prediction row to find later
+        if not any(ch in str(item) for ch in "*?[") and not Path(item).exists():
+            raise fail(f"input '{item}' does not exist; check the path (files, folders or quoted glob patterns).")
     try:
         return expand(inputs)
     except UserInputError as exc:

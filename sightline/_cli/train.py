@@ -71,6 +71,8 @@ def train_cmd(
     from sightline.train.fit import sanity_check, train, train_seeds
 
     existing_path(data, "dataset folder")
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out '{out}' is a file; pass a folder for the run (it is created when missing).")
     cfg = load_config(config) if config else TrainConfig()
     given = {"model": model, "weights": weights, "epochs": epochs, "batch_size": batch_size,
              "input_size": input_size, "lr": lr, "freeze_epochs": freeze_epochs, "augment": augment, "crop_pct": crop_pct,

@@ -1,0 +1,63 @@
+"""Command-line mistakes: each one is one line on stderr naming the path or file and exit code 2, never a
+traceback."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _flat(root, n=3):
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def _error_line(out) -> str:
+    lines = [line for line in out.err.splitlines() if line.strip()]
+    assert lines and "Traceback" not in out.err, out.err
+    assert lines[-1].startswith("error: "), out.err
+    return " ".join(lines[-1].split())
+
+
+def test_predict_a_path_that_does_not_exist(run_cli, tmp_path):
+    """Was exit 0 with a CSV row holding the error: a typo in the only path looked like a successful run."""
+    code, out = run_cli(["predict", str(tmp_path), str(tmp_path / "nope.jpg")])
+    assert code == 2 and "nope.jpg' does not exist" in _error_line(out)
+
+
+def test_train_out_is_a_file(run_cli, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "run.txt").write_text("x")
+    code, out = run_cli(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run.txt")])
+    assert code == 2 and "run.txt' is a file" in _error_line(out)
+
+
+def test_an_output_folder_that_is_a_file(run_cli, tmp_path):
+    """evaluate/explain/lr-find/audit --out FILE raised FileExistsError from mkdir with a traceback (exit 1)."""
+    data = _flat(tmp_path / "data")
+    (tmp_path / "taken").write_text("x")
+    code, out = run_cli(["data", "audit", str(data), "--out", str(tmp_path / "taken"), "--no-labels"])
+    assert code == 2 and "taken' exists and is not a folder" in _error_line(out)
+
+
+def test_spec_that_is_not_text(tmp_path):
+    from sightline.errors import SpecError
+    from sightline.spec import load_spec
+
+    path = tmp_path / "sightline.yaml"
+    path.write_bytes(b"\xff\xfe\x00task: x")
+    with pytest.raises(SpecError, match=r"sightline\.yaml is not UTF-8 text.*save it as UTF-8"):
+        load_spec(path)  # was a UnicodeDecodeError traceback out of `evaluate --spec`
+
+
+def test_path_error_lines():
+    from sightline._cli.common import path_error
+
+    assert "'x' exists and is not a folder" in path_error(FileExistsError(17, "File exists", "x"))
+    assert "'x/y': part of this path is a file" in path_error(NotADirectoryError(20, "Not a directory", "x/y"))
+    assert "'d' is a folder where a file is needed" in path_error(IsADirectoryError(21, "Is a directory", "d"))
+    assert "'f' cannot be read or written" in path_error(PermissionError(13, "Permission denied", "f"))
