@@ -20,11 +20,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sightline import __version__
-from sightline.errors import SightlineError
+from sightline.errors import SightlineError, validation_message
 from sightline.serve.settings import Settings
 
 __all__ = ["create_app", "BodyLimitMiddleware"]
@@ -202,6 +203,18 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.rejected.labels(str(exc.status_code)).inc()
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default answer is a list of pydantic records; ours is one line that names the field
+        # ("body.file is missing; add it", "query.limit='0' must be >= 1"), as every other error here.
+        where = f"{request.method} {request.url.path}"
+        bad_json = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if bad_json is not None:
+            at = bad_json.get("loc", ("body", "?"))[-1]
+            return JSONResponse({"detail": f"{where}: the body is not valid JSON (error at character {at}); send a "
+                                           "JSON object with Content-Type: application/json."}, status_code=422)
+        return JSONResponse({"detail": validation_message(_Errors(exc), where=where)}, status_code=422)
+
     from sightline.serve.batching import BatcherClosedError
 
     @app.exception_handler(BatcherClosedError)
@@ -222,3 +235,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(KeyGate)  # key, role, rate limit from the headers, before the body (inside the size cap)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     return app
+
+
+class _Errors:
+    """A RequestValidationError as `validation_message` reads a pydantic ValidationError (`errors(include_url=)`)."""
+
+    def __init__(self, exc: RequestValidationError) -> None:
+        self._errors = exc.errors()
+
+    def errors(self, include_url: bool = False) -> list[dict[str, Any]]:
+        return list(self._errors)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, Field, model_serializer
 
 __all__ = [
@@ -17,7 +18,14 @@ __all__ = [
     "ReviewLabel",
     "Health",
     "MonitorStatus",
+    "PREDICTION_ID_MAX",
+    "PredictionId",
 ]
+
+# The largest id a database row can hold (a signed 64-bit integer in SQLite and PostgreSQL): a larger one in a URL
+# or a body is refused as input (422) instead of overflowing in the database driver (500).
+PREDICTION_ID_MAX = 2**63 - 1
+PredictionId = Annotated[int, Path(ge=1, le=PREDICTION_ID_MAX, description="A prediction's id, as /v1/predict answered it.")]
 
 
 class ModelRef(BaseModel):

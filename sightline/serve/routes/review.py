@@ -9,7 +9,7 @@ import anyio
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from sightline.serve.deps import ReviewKeyDep, StateDep
-from sightline.serve.schemas import ErrorResponse, ReviewItem, ReviewLabel
+from sightline.serve.schemas import ErrorResponse, PredictionId, ReviewItem, ReviewLabel
 from sightline.storage.store import UNKNOWN_LABEL
 
 router = APIRouter(tags=["review"])
@@ -41,7 +41,7 @@ async def review_queue(
     response_model=ReviewItem,
     responses={**_AUTH, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
 )
-async def record_label(prediction_id: int, body: ReviewLabel, state: StateDep, key: ReviewKeyDep) -> ReviewItem:
+async def record_label(prediction_id: PredictionId, body: ReviewLabel, state: StateDep, key: ReviewKeyDep) -> ReviewItem:
     """Store a reviewer's label for a prediction; it becomes ground truth for monitoring and retraining. An
     already labelled prediction answers 409 unless `override` is true; every change is kept in the label history."""
     allowed = [*state.bundle.classes, UNKNOWN_LABEL]
@@ -61,7 +61,7 @@ async def record_label(prediction_id: int, body: ReviewLabel, state: StateDep, k
     response_class=Response,
     responses={**_AUTH, 200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}},
 )
-async def review_image(prediction_id: int, state: StateDep, key: ReviewKeyDep) -> Response:
+async def review_image(prediction_id: PredictionId, state: StateDep, key: ReviewKeyDep) -> Response:
     """The prediction's image, exactly as it was uploaded (kept for review/unknown decisions and for the random
     slice of all predictions), with its content type; never sniffed by the browser."""
     if state.images is None:

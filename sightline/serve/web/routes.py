@@ -25,9 +25,10 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from sightline.errors import SightlineError
+from sightline.serve.schemas import PREDICTION_ID_MAX, PredictionId
 from sightline.serve.state import ServiceState
 from sightline.storage.store import UNKNOWN_LABEL
 from sightline.serve.web.session import COOKIE, CSRF_COOKIE, SessionSigner, load_secret
@@ -217,12 +218,12 @@ async def _api_session(request: Request) -> dict[str, Any] | JSONResponse:
 
 
 class LabelBody(BaseModel):
-    id: int
+    id: int = Field(ge=1, le=PREDICTION_ID_MAX)
     label: str
 
 
 class UndoBody(BaseModel):
-    id: int
+    id: int = Field(ge=1, le=PREDICTION_ID_MAX)
 
 
 @router.post("/label")
@@ -281,7 +282,7 @@ async def _kept(request: Request, prediction_id: int) -> tuple[bytes, str] | Res
 
 
 @router.get("/image/{prediction_id}")
-async def image(request: Request, prediction_id: int) -> Response:
+async def image(request: Request, prediction_id: PredictionId) -> Response:
     found = await _kept(request, prediction_id)
     if isinstance(found, Response):
         return found
@@ -290,7 +291,7 @@ async def image(request: Request, prediction_id: int) -> Response:
 
 
 @router.get("/cam/{prediction_id}.png")
-async def cam(request: Request, prediction_id: int) -> Response:
+async def cam(request: Request, prediction_id: PredictionId) -> Response:
     """The model's input crop with the top class's activation map blended over it, as PNG."""
     found = await _kept(request, prediction_id)
     if isinstance(found, Response):

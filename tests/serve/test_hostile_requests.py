@@ -1,0 +1,108 @@
+"""Hostile requests the service answers with one line naming the field and a 4xx, never a 500 or a list of
+pydantic records: ids beyond a database integer, malformed JSON, missing or mistyped fields, queries out of
+range, an empty upload."""
+from __future__ import annotations
+
+import pytest
+from serve_tiny import encode, make_bundle, photo, serving
+
+HUGE = "99999999999999999999999"  # above 2**63 - 1: overflowed in the database driver (500) before
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from sightline.storage.store import Store
+
+    root = tmp_path_factory.mktemp("hostile")
+    bundle = make_bundle(root)
+    url = f"sqlite:///{root / 'db.sqlite'}"
+    store = Store(url)
+    keys = {"predict": store.create_key("p", ["predict"]), "review": store.create_key("r", ["predict", "review"])}
+    store.close()
+    with serving(bundle, database_url=url, max_images_per_request=2) as client:
+        yield client, keys
+
+
+def _one_line(response, status: int, *words: str) -> str:
+    assert response.status_code == status, (response.status_code, response.text)
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail, detail
+    for word in words:
+        assert word in detail, (word, detail)
+    return detail
+
+
+@pytest.mark.parametrize("path", [f"/v1/review/{HUGE}", "/v1/review/-1", "/v1/review/0", "/v1/review/abc"])
+def test_label_with_an_impossible_id_is_422_naming_it(service, path):
+    client, keys = service
+    r = client.post(path, json={"label": "cat"}, headers={"X-API-Key": keys["review"]})
+    _one_line(r, 422, "prediction_id")
+
+
+def test_kept_image_with_a_huge_id_is_422_not_500(service):
+    client, keys = service
+    r = client.get(f"/v1/review/{HUGE}/image", headers={"X-API-Key": keys["review"]})
+    _one_line(r, 422, "prediction_id", "<= 9223372036854775807")
+
+
+def test_the_service_still_answers_after_a_huge_id(service):
+    client, keys = service
+    client.post(f"/v1/review/{HUGE}", json={"label": "cat"}, headers={"X-API-Key": keys["review"]})
+    assert client.post("/v1/review/999999", json={"label": "cat"},
+                       headers={"X-API-Key": keys["review"]}).status_code == 404
+
+
+def test_malformed_json_says_so_in_one_line(service):
+    client, keys = service
+    r = client.post("/v1/review/1", content=b'{"label": ',
+                    headers={"X-API-Key": keys["review"], "Content-Type": "application/json"})
+    _one_line(r, 422, "not valid JSON", "JSON object")
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"label": 5}, ("body.label=5", "must be text")),
+    ({"label": "cat", "override": "maybe"}, ("body.override", "true or false")),
+    ([1, 2], ("body", "mapping")),
+])
+def test_mistyped_json_fields_are_named(service, body, words):
+    client, keys = service
+    r = client.post("/v1/review/1", json=body, headers={"X-API-Key": keys["review"]})
+    _one_line(r, 422, *words)
+
+
+@pytest.mark.parametrize("query, words", [
+    ("limit=0", ("query.limit", ">= 1")), ("limit=100000", ("query.limit", "<= 500")),
+    ("limit=abc", ("query.limit", "whole number")), ("offset=-1", ("query.offset", ">= 0")),
+    ("slice=bogus", ("query.slice", "'queue' or 'random'")),
+])
+def test_queries_out_of_range_are_named(service, query, words):
+    client, keys = service
+    _one_line(client.get(f"/v1/review?{query}", headers={"X-API-Key": keys["review"]}), 422, *words)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"files": [("image", ("a.jpg", b"x"))]},  # the wrong form field
+    {"json": {"file": "x"}},  # JSON instead of multipart
+    {"content": b"\xff\xd8", "headers": {"Content-Type": "image/jpeg"}},  # a raw body
+    {},
+])
+def test_predict_without_the_file_field_names_it(service, kwargs):
+    client, keys = service
+    headers = {"X-API-Key": keys["predict"], **kwargs.pop("headers", {})}
+    _one_line(client.post("/v1/predict", headers=headers, **kwargs), 422, "body.file", "missing")
+
+
+def test_an_empty_upload_says_it_is_empty(service):
+    client, keys = service
+    r = client.post("/v1/predict", files=[("file", ("a.jpg", b""))], headers={"X-API-Key": keys["predict"]})
+    _one_line(r, 415, "a.jpg", "empty (0 bytes)")
+
+
+def test_too_many_files_is_413_and_a_good_one_still_works(service):
+    client, keys = service
+    jpeg = encode(photo(0, 40, 32), "JPEG")
+    r = client.post("/v1/predict", files=[("file", (f"{i}.jpg", jpeg)) for i in range(3)],
+                    headers={"X-API-Key": keys["predict"]})
+    _one_line(r, 413, "limit is 2")
+    ok = client.post("/v1/predict", files=[("file", ("a.jpg", jpeg))], headers={"X-API-Key": keys["predict"]})
+    assert ok.status_code == 200
