@@ -86,6 +86,7 @@ def register(app: typer.Typer) -> None:
                 err_console.print(f"{b.onnx_path} is missing: exporting it now (parity checked) ...")
                 export(settings.bundle)
             what = f"{b.name} v{b.version}"
+        _preflight(settings, b)
         if settings.shadow is not None:  # a bad challenger is a one-line error here, before the server starts
             from sightline.serve.shadow import check_classes, resolve_challenger
 
@@ -162,3 +163,29 @@ def register(app: typer.Typer) -> None:
         if n == 0:
             raise fail(f"no active key named or prefixed '{name}'; see `sightline keys list`.")
         console.print(f"revoked {n} key(s) for {name}")
+
+
+def _preflight(settings, bundle) -> None:
+    """What would otherwise fail inside uvicorn, as a traceback from the app's startup or a bare errno line
+    (exit 3 / 1): a damaged model.onnx, a host that does not resolve, a port already taken. One line and exit 2."""
+    import socket
+
+    from sightline.inference import open_engine
+
+    with open_engine(bundle, backend="onnx-int8" if settings.int8 else "onnx", threads=1):
+        pass  # ONNX Runtime parsed the graph: the server's own load will too
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise fail(f"--host '{settings.host}' cannot be resolved ({exc}); use an address such as 127.0.0.1 or "
+                   "0.0.0.0.") from None
+    if settings.port == 0:
+        return
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise fail(f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}); choose another --port "
+                       "or stop what is using it.") from None
