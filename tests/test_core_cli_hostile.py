@@ -61,3 +61,16 @@ def test_path_error_lines():
     assert "'x/y': part of this path is a file" in path_error(NotADirectoryError(20, "Not a directory", "x/y"))
     assert "'d' is a folder where a file is needed" in path_error(IsADirectoryError(21, "Is a directory", "d"))
     assert "'f' cannot be read or written" in path_error(PermissionError(13, "Permission denied", "f"))
+
+
+def test_monitor_refuses_a_database_file_that_does_not_exist(run_cli, tmp_path):
+    """It made an empty database there and reported "no predictions yet": a typo looked like a quiet service."""
+    import json
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.json").write_text(json.dumps({}))
+    for given in (str(tmp_path / "typo.db"), f"sqlite:///{tmp_path / 'typo.db'}"):
+        code, out = run_cli(["monitor", str(bundle), "--database", given])
+        assert code == 2 and "typo.db' does not exist" in _error_line(out)
+    assert not (tmp_path / "typo.db").exists()

@@ -75,6 +75,8 @@ def register(app: typer.Typer) -> None:
         from sightline.storage.images import LocalImageStore
 
         folder = resolve_bundle_dir(bundle)
+        if database is not None:  # named on purpose: a typo must not read as "no predictions yet"
+            database = _existing_database(database)
         url = database_url(database or os.environ.get("SIGHTLINE_DATABASE_URL"), folder)
         # as the service reads them: an option here > SIGHTLINE_MONITOR_* > the spec's monitor: section > default
         ms = load_monitor_settings(spec=spec, monitor_window=size, monitor_min_window=min_window, monitor_alpha=alpha,
@@ -99,3 +101,22 @@ def register(app: typer.Typer) -> None:
             if alert["active"]:
                 console.print(f"[bold red]alert raised:[/] {name} (since window {alert['fired_at']})", highlight=False)
         console.print(f"wrote {json_path} and {html_path}", highlight=False)
+
+
+def _existing_database(database: str) -> str:
+    """--database as a URL (a plain path is a SQLite file, as `serve --database` takes it); a SQLite file that
+    does not exist is refused instead of created empty."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if "://" not in database:
+        database = f"sqlite:///{Path(database).expanduser().resolve()}"
+    try:
+        parsed = make_url(database)
+    except ArgumentError:
+        return database  # the store says what is wrong with it
+    name = parsed.database
+    if parsed.get_backend_name() == "sqlite" and name and name != ":memory:" and not Path(name).exists():
+        raise fail(f"database file '{name}' does not exist; pass the service's database (<bundle>/sightline.db, "
+                   "or SIGHTLINE_DATABASE_URL).")
+    return database

@@ -214,6 +214,10 @@ class Registry:
             raise UserInputError(f"database URL {_safe(url)} cannot be used ({one_line(exc)}); check --database or "
                                  f"{DATABASE_ENV} (PostgreSQL needs `pip install 'sightline[postgres]'`).") from None
         if url.startswith("sqlite"):
+            from sightline.storage.store import check_sqlite_file
+
+            check_sqlite_file(self.engine)
+
             @event.listens_for(self.engine, "connect")
             def _foreign_keys(dbapi_conn: Any, _record: Any) -> None:
                 cur = dbapi_conn.cursor()

@@ -76,7 +76,7 @@ from sightline.errors import SightlineError, UserInputError, one_line
 __all__ = ["Store", "PredictionRecord", "ApiKeyRole", "LabelHistory", "KeptImage", "ShadowPrediction", "ShadowTotal",
            "LabelConflictError", "ROLES", "LEGACY_ROLES", "PredictionSignal", "MonitorWindow", "MonitorAlert",
            "ApiKey", "ApiKeyInfo", "hash_key", "safe_url", "KEY_PREFIX", "DECISIONS", "QUEUED_DECISIONS", "QUEUE_SQL",
-           "IN_SLICE", "SAMPLE_REASON", "truth_counts"]
+           "IN_SLICE", "SAMPLE_REASON", "truth_counts", "check_sqlite_file"]
 
 KEY_PREFIX = "sl_"
 _LOOKUP_CHARS = 8  # characters after KEY_PREFIX stored in clear to find the row; the rest is only hashed
@@ -307,6 +307,33 @@ def parse_roles(values: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(roles) or ("predict",)
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(engine: Any) -> None:
+    """Refuse a SQLite URL whose file exists and is something else (a text file, an image, a folder): SQLite
+    fails on it with a traceback ("file is not a database") or, for a file of a few bytes, silently writes a
+    database over it. An empty or missing file is fine: SQLite makes the database."""
+    from pathlib import Path
+
+    name = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+        return
+    path = Path(name)
+    if path.is_dir():
+        raise UserInputError(f"database '{path}' is a folder; pass a SQLite file such as {path / 'sightline.db'}.")
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserInputError(f"database '{path}' cannot be read ({exc.strerror}); check its permissions.") from None
+    if head and head != _SQLITE_MAGIC:
+        raise UserInputError(f"'{path}' is not a SQLite database; pass the service's database (<bundle>/sightline.db "
+                             "or SIGHTLINE_DATABASE_URL), or a new file name to start one.")
+
+
 class Store:
     """Database access for the service and the `keys` commands. Thread-safe; methods are blocking (call
     them from a worker thread in async code)."""
@@ -325,6 +352,7 @@ class Store:
                 "--database-url (PostgreSQL needs `pip install 'sightline[postgres]'`)."
             ) from None
         if self.is_sqlite:
+            check_sqlite_file(self.engine)
 
             @event.listens_for(self.engine, "connect")
             def _sqlite_pragmas(dbapi_conn, _record) -> None:  # WAL: readers do not block the writer

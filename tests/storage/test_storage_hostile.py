@@ -1,0 +1,37 @@
+"""A --database that is not a SQLite database: one line naming it, the file left as it was (a file of a few
+bytes was silently overwritten with a new database; a larger one failed with a traceback)."""
+from __future__ import annotations
+
+import pytest
+
+from sightline.errors import UserInputError
+
+
+@pytest.mark.parametrize("content", [b"x\n", b"notes, not a database\n" * 40, b"\x89PNG\r\n\x1a\n" + b"\0" * 600])
+def test_a_file_that_is_not_a_database_is_refused_and_kept(tmp_path, content):
+    from sightline.loop.registry import Registry
+    from sightline.storage.store import Store
+
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    for opener in (Store, Registry):
+        with pytest.raises(UserInputError, match=r"notes\.txt' is not a SQLite database"):
+            opener(f"sqlite:///{path}")
+    assert path.read_bytes() == content
+
+
+def test_a_folder_is_refused(tmp_path):
+    from sightline.storage.store import Store
+
+    with pytest.raises(UserInputError, match=r"is a folder; pass a SQLite file"):
+        Store(f"sqlite:///{tmp_path}")
+
+
+def test_new_empty_and_real_databases_still_open(tmp_path):
+    from sightline.storage.store import Store
+
+    Store(f"sqlite:///{tmp_path / 'new.db'}").close()  # made
+    Store(f"sqlite:///{tmp_path / 'new.db'}").close()  # reopened
+    (tmp_path / "empty.db").write_bytes(b"")
+    Store(f"sqlite:///{tmp_path / 'empty.db'}").close()
+    Store("sqlite://").close()  # in memory
