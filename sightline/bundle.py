@@ -167,11 +167,13 @@ def load_bundle(path: str | Path) -> Bundle:
     """Read a bundle from a bundle folder or a RUN folder. Raises BundleError with what to do on bad input."""
     folder = resolve_bundle_dir(path)
     try:
-        data = json.loads((folder / MODEL_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{folder / MODEL_JSON} cannot be read ({exc}).") from exc
+        data = json.loads((folder / MODEL_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON, or bytes that are not UTF-8 text
+        raise BundleError(f"{folder / MODEL_JSON} cannot be read ({exc}); copy the bundle folder again from the run, "
+                          "or train again.") from None
     if not isinstance(data, dict):
-        raise BundleError(f"{folder / MODEL_JSON} is not a JSON object.")
+        raise BundleError(f"{folder / MODEL_JSON} is not a JSON object; copy the bundle folder again from the run, "
+                          "or train again.")
     version = data.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or isinstance(version, bool):
         raise BundleError(f"{folder / MODEL_JSON}: format_version={version!r} must be a whole number.")
