@@ -213,6 +213,11 @@ def create_app(settings: Settings) -> FastAPI:
             at = bad_json.get("loc", ("body", "?"))[-1]
             return JSONResponse({"detail": f"{where}: the body is not valid JSON (error at character {at}); send a "
                                            "JSON object with Content-Type: application/json."}, status_code=422)
+        not_file = next((e for e in exc.errors() if "Expected UploadFile" in str(e.get("msg", ""))), None)
+        if not_file is not None:  # a part without a filename arrives as text: never echo its bytes back
+            field = str(not_file.get("loc", ("body", "file"))[1])
+            return JSONResponse({"detail": f"{where}: form field '{field}' must be a file upload (a multipart part "
+                                           "with a filename), not text."}, status_code=422)
         return JSONResponse({"detail": validation_message(_Errors(exc), where=where)}, status_code=422)
 
     from sightline.serve.batching import BatcherClosedError

@@ -106,3 +106,26 @@ def test_too_many_files_is_413_and_a_good_one_still_works(service):
     _one_line(r, 413, "limit is 2")
     ok = client.post("/v1/predict", files=[("file", ("a.jpg", jpeg))], headers={"X-API-Key": keys["predict"]})
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("part", [("", b"\xff\xd8\xff\xe0 jpeg bytes"), None])
+def test_a_file_field_sent_as_text_says_so_without_echoing_it(service, part):
+    """A multipart part without a filename arrives as a text field; the answer quoted its bytes back."""
+    client, keys = service
+    kwargs = {"files": [("file", part)]} if part else {"data": {"file": "abc"}}
+    detail = _one_line(client.post("/v1/predict", headers={"X-API-Key": keys["predict"]}, **kwargs), 422,
+                       "form field 'file' must be a file upload")
+    assert "jpeg bytes" not in detail and "abc" not in detail
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("post", "/ui/label", {"id": int(HUGE), "label": "cat"}),
+    ("post", "/ui/undo", {"id": int(HUGE)}),
+    ("get", f"/ui/image/{HUGE}", None),
+    ("get", f"/ui/cam/{HUGE}.png", None),
+])
+def test_web_app_ids_beyond_a_database_integer_are_422(service, method, path, body):
+    """Signed in, these reached the database driver with the id and overflowed (500)."""
+    client, _ = service
+    kwargs = {"json": body} if body is not None else {}
+    _one_line(getattr(client, method)(path, **kwargs), 422, "<= 9223372036854775807")
