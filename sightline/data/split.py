@@ -155,6 +155,8 @@ def split_dataset(
     """
     if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
         raise UserInputError(f"ratios must be three non-negative train/val/test shares, got {ratios}")
+    if seed < 0:  # numpy's generators take 0 .. any size; a negative one was a ValueError traceback
+        raise UserInputError(f"--seed {seed} must be 0 or more.")
     src_root = Path(src)
     out = Path(out)
     dataset = dataset or scan_dataset(src_root)

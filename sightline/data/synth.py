@@ -369,6 +369,8 @@ def synthesize(
     if shortcut is not None and shortcut not in CLASSES:
         raise UserInputError(f"--shortcut '{shortcut}' is not a class; choose one of {', '.join(CLASSES)}")
     texture_pool = _texture_pool(textures)
+    if seed < 0:  # numpy's generators take 0 .. any size; a negative one was a ValueError traceback
+        raise UserInputError(f"--seed {seed} must be 0 or more.")
     if n < 20 or size < 32:
         raise UserInputError(f"need n >= 20 images of size >= 32 pixels (got n={n}, size={size})")
     if plant_issues and n < MIN_N_PLANTED:

@@ -23,6 +23,7 @@ from sightline.data.label_issues import (
     check_labels,
     plan_label_check,
 )
+from sightline.errors import UserInputError
 from sightline.progress import ProgressFn
 
 __all__ = ["audit_labels", "image_features", "principal_components", "DEFAULT_ARCH"]
@@ -98,6 +99,8 @@ def audit_labels(
     the architecture's pretrained input, 224 px for Lite0; a smaller size cuts the backbone's cost, about by its
     square: the demo uses 80 px). `feature_dims`: keep this many principal components of the features
     (`principal_components`) before the k-fold fits, whose cost grows with the dimension (default: all of them)."""
+    if seed < 0:  # scikit-learn's folds take 0 .. 2**32 - 1; a negative one was a ValueError traceback
+        raise UserInputError(f"--seed {seed} must be 0 or more.")
     check = plan_label_check([s.label for s in dataset.samples], folds=folds, min_per_class=min_per_class)
     if check.skipped:
         return check

@@ -87,3 +87,26 @@ def test_audit_flags_a_class_missing_from_val(tmp_path, run_cli):
     assert result.counts["split_missing_class"] == 1
     code, out = run_cli(["data", "audit", str(tmp_path), "--no-labels"])
     assert code == 0 and "val lacks b" in " ".join(out.out.split())
+
+
+@pytest.mark.parametrize("command", [
+    ["data", "split", "{src}", "{out}", "--seed", "-1"],
+    ["data", "synth", "{out}", "--n", "20", "--seed", "-1"],
+])
+def test_a_negative_seed_is_one_line(tmp_path, run_cli, command):
+    """numpy refused it with a ValueError traceback (exit 1)."""
+    _images(tmp_path / "src" / "a", 2)
+    _images(tmp_path / "src" / "b", 2, seed=1)
+    args = [part.format(src=tmp_path / "src", out=tmp_path / "out") for part in command]
+    code, out = run_cli(args)
+    assert code == 2 and "Traceback" not in out.err and "--seed -1 must be 0 or more" in out.err
+
+
+def test_label_check_refuses_a_negative_seed(tmp_path):
+    from sightline.errors import UserInputError
+    from sightline.train.label_audit import audit_labels
+
+    _images(tmp_path / "a", 2)
+    _images(tmp_path / "b", 2, seed=1)
+    with pytest.raises(UserInputError, match="--seed -1 must be 0 or more"):
+        audit_labels(scan_dataset(tmp_path), seed=-1)
