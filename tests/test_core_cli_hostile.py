@@ -74,3 +74,15 @@ def test_monitor_refuses_a_database_file_that_does_not_exist(run_cli, tmp_path):
         code, out = run_cli(["monitor", str(bundle), "--database", given])
         assert code == 2 and "typo.db' does not exist" in _error_line(out)
     assert not (tmp_path / "typo.db").exists()
+
+
+@pytest.mark.parametrize("sample", ["-1", "0"])
+def test_compare_refuses_a_sample_below_two_before_training(run_cli, tmp_path, sample):
+    """--sample -1 trained every model, then failed in the reference profile with an unrelated message."""
+    code, out = run_cli(["compare", str(tmp_path), "--models", "test_efficientnet", "--sample", sample])
+    assert code == 2 and f"--sample {sample} must be at least 2" in _error_line(out)
+
+
+def test_bench_refuses_a_budget_that_is_not_positive(run_cli, tmp_path):
+    code, out = run_cli(["bench", str(tmp_path), "--budget", "-1"])
+    assert code == 2 and "--budget -1 must be a positive number" in _error_line(out)

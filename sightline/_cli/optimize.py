@@ -139,6 +139,8 @@ def register(app: typer.Typer) -> None:
             sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
         except ValueError:
             raise fail(f"--batch-sizes '{batch_sizes}' must be integers separated by commas, e.g. 1,8,32.") from None
+        if not budget > 0:  # a negative budget measured one pass and printed figures as if it were a run
+            raise fail(f"--budget {budget:g} must be a positive number of seconds, e.g. 4.")
         blobs = None
         if images is not None:
             files = expand_inputs([str(images)])

@@ -69,6 +69,8 @@ def compare(
     names = [resolve_model_name(m) for m in models]  # fail on a typo before any training
     if len(set(names)) != len(names):
         raise UserInputError(f"--models lists a model twice ({', '.join(models)}).")
+    if sample is not None and sample < 2:  # fewer than one image a class: every model would fail after training
+        raise UserInputError(f"--sample {sample} must be at least 2 (an image a class), or left out for all images.")
     dataset = scan_dataset(data_dir, require_splits=("train", "val"))
     chosen = stratified_sample(dataset.split("train"), sample, seed=seed) + dataset.split("val")
     own_tmp = out_dir is None
