@@ -86,3 +86,8 @@ def test_compare_refuses_a_sample_below_two_before_training(run_cli, tmp_path, s
 def test_bench_refuses_a_budget_that_is_not_positive(run_cli, tmp_path):
     code, out = run_cli(["bench", str(tmp_path), "--budget", "-1"])
     assert code == 2 and "--budget -1 must be a positive number" in _error_line(out)
+
+
+def test_challenge_refuses_a_negative_seed(run_cli, tmp_path):
+    code, out = run_cli(["challenge", str(tmp_path), str(tmp_path), "--data", str(tmp_path), "--seed", "-1"])
+    assert code == 2 and "--seed -1 must be 0 or more" in _error_line(out)

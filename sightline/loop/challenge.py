@@ -22,7 +22,7 @@ import numpy as np
 
 from sightline.bundle import Bundle, load_bundle
 from sightline.data.datasets import REGION_SUFFIXES, scan_dataset
-from sightline.errors import BundleError, DatasetError
+from sightline.errors import BundleError, DatasetError, UserInputError
 from sightline.progress import ProgressFn
 from sightline.spec import ProblemSpec, Promotion, find_spec, load_spec
 
@@ -174,6 +174,9 @@ def challenge(
     from sightline.loop.report import write_report
     from sightline.loop.verdict import decide_promotion
 
+    if seed < 0 or n_resamples < 1:  # numpy refused a negative seed with a ValueError traceback, after loading
+        bad = f"--seed {seed} must be 0 or more" if seed < 0 else f"n_resamples={n_resamples} must be 1 or more"
+        raise UserInputError(f"{bad}.")
     a, b = load_bundle(champion), load_bundle(challenger)
     check_same_classes(a, b)
     data = Path(data)
