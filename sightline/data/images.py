@@ -88,7 +88,7 @@ def _open(source: ImageSource, label: str) -> Iterator[Image.Image]:
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             raise ImageError(f"{label}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
         except _DECODE_ERRORS as exc:
-            raise CorruptImageError(f"{label}: corrupt image header ({exc})") from None
+            raise CorruptImageError(f"{label}: corrupt image header ({exc}); re-export or remove the file") from None
         yield im
 
 

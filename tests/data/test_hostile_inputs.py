@@ -110,3 +110,14 @@ def test_label_check_refuses_a_negative_seed(tmp_path):
     _images(tmp_path / "b", 2, seed=1)
     with pytest.raises(UserInputError, match="--seed -1 must be 0 or more"):
         audit_labels(scan_dataset(tmp_path), seed=-1)
+
+
+def test_a_jpeg_cut_inside_its_header_says_what_to_do():
+    import io
+
+    from sightline.errors import CorruptImageError
+
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(buf, "JPEG")
+    with pytest.raises(CorruptImageError, match=r"corrupt image header .*re-export or remove the file"):
+        load_image(buf.getvalue()[:200])
