@@ -129,6 +129,12 @@ def prepare(data_dir: str | Path, cfg: TrainConfig, *, say: Callable[[str], None
 
     say = say or (lambda message: None)
     dataset, balance = _scan(data_dir, cfg)
+    for split, why in (("train", "the model cannot learn them"),
+                       ("val", "early stopping, calibration and thresholds never see them")):
+        lacking = [c for c, n in dataset.class_counts(split).items() if n == 0]
+        if lacking:  # trained on anyway (a re-split may be impossible), but never in silence
+            say(f"warning: {split}/ has no image of {', '.join(lacking)}: {why}; add {split} images of them or "
+                "re-split the data (`sightline data split`)")
     cache_ram, cache_why = _cache_budget(cfg, say)
     default = default_preprocessing(cfg.model).input_size
     run_probe = probe and cfg.input_size == "auto" and single_process(cfg)

@@ -1,0 +1,46 @@
+"""Training data with a class missing from a split: trained on, but said (it was silent: a class never seen in
+val is left out of early stopping, calibration and thresholds; one never seen in train cannot be learnt)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _images(folder, n, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ({"train": ("a", "b"), "val": ("a",)}, "val/ has no image of b"),
+    ({"train": ("a", "b"), "val": ("a", "b", "c")}, "train/ has no image of c"),
+])
+def test_a_class_missing_from_a_split_is_said(tmp_path, layout, expected):
+    from sightline.train.config import TrainConfig
+    from sightline.train.prepare import prepare
+
+    for split, classes in layout.items():
+        for i, c in enumerate(classes):
+            _images(tmp_path / split / c, 2, seed=i)
+    said: list[str] = []
+    cfg = TrainConfig(model="test_efficientnet", weights="none", input_size=32, num_workers=0, cache_ram="off")
+    prepared = prepare(tmp_path, cfg, say=said.append, probe=False)
+    prepared.dm.close()
+    warnings = [line for line in said if line.startswith("warning:")]
+    assert len(warnings) == 1 and expected in warnings[0] and "sightline data split" in warnings[0]
+
+
+def test_complete_splits_say_no_warning(tmp_path):
+    from sightline.train.config import TrainConfig
+    from sightline.train.prepare import prepare
+
+    for split in ("train", "val"):
+        for i, c in enumerate(("a", "b")):
+            _images(tmp_path / split / c, 2, seed=i)
+    said: list[str] = []
+    cfg = TrainConfig(model="test_efficientnet", weights="none", input_size=32, num_workers=0, cache_ram="off")
+    prepare(tmp_path, cfg, say=said.append, probe=False).dm.close()
+    assert not [line for line in said if line.startswith("warning:")]
