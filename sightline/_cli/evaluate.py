@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from sightline._cli.common import console, existing_path, fail, print_json
 
@@ -89,6 +90,11 @@ def evaluate_cmd(
             rejected = "n/a" if row["rejection_rate"] is None else f"{row['rejection_rate']:.1%}"
             console.print(f"    {name:<12} AUROC {row['auroc']:.3f}  FPR@95%TPR {row['fpr_at_95_tpr']:.1%}  "
                           f"rejected {rejected}{'  (chosen)' if row['chosen'] else ''}", highlight=False)
+    if m.get("unreadable"):
+        first = m["unreadable"][0]
+        said = first["reason"] if Path(first["path"]).name in first["reason"] else f"{first['path']}: {first['reason']}"
+        console.print(f"  [yellow]{len(m['unreadable'])} file(s) could not be read and were left out[/] (e.g. "
+                      f"{escape(said)})", highlight=False)
     for key, path in m["files"].items():
         console.print(f"  {key}: {path}", highlight=False)
 

@@ -373,7 +373,10 @@ def _evaluate_one(
     dec = decide(scored.logits, classes, temperature=fitted.temperature, thresholds=fitted.thresholds)
     result = split_figures(  # 2
         scored.logits, y, dec, classes, fitted=fitted, problem=job.problem, options=job.options, n_val=job.n_val,
-        unreadable=scored.failed,
+        # files of the split the scan already refused (not images, unreadable, too large) with those that failed
+        # to decode: both are left out of the figures, and metrics.json and the report say so
+        unreadable=scored.failed + [f for f in job.dataset.skipped
+                                    if f["path"].split("/", 1)[0] == job.options.split],
         model={"name": bundle.name, "version": bundle.version, "architecture": bundle.architecture,
                "path": str(bundle.path), "dataset_version": bundle.dataset_version},
         data={"root": str(job.data_dir), "n_val": job.n_val, "device": job.device},

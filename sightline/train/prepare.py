@@ -129,6 +129,10 @@ def prepare(data_dir: str | Path, cfg: TrainConfig, *, say: Callable[[str], None
 
     say = say or (lambda message: None)
     dataset, balance = _scan(data_dir, cfg)
+    if dataset.skipped:  # not images, unreadable, refused: left out of training, and said so
+        first = dataset.skipped[0]
+        say(f"warning: {len(dataset.skipped)} file(s) under {data_dir} are not used (e.g. {first['path']}: "
+            f"{first['reason']}); `sightline data audit {data_dir}` lists them all")
     for split, why in (("train", "the model cannot learn them"),
                        ("val", "early stopping, calibration and thresholds never see them")):
         lacking = [c for c, n in dataset.class_counts(split).items() if n == 0]

@@ -44,3 +44,20 @@ def test_complete_splits_say_no_warning(tmp_path):
     cfg = TrainConfig(model="test_efficientnet", weights="none", input_size=32, num_workers=0, cache_ram="off")
     prepare(tmp_path, cfg, say=said.append, probe=False).dm.close()
     assert not [line for line in said if line.startswith("warning:")]
+
+
+def test_files_left_out_of_training_are_said(tmp_path):
+    """A text file, an empty .png: left out of training without a word before."""
+    from sightline.train.config import TrainConfig
+    from sightline.train.prepare import prepare
+
+    for split in ("train", "val"):
+        for i, c in enumerate(("a", "b")):
+            _images(tmp_path / split / c, 2, seed=i)
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "b" / "zero.png").write_bytes(b"")
+    said: list[str] = []
+    cfg = TrainConfig(model="test_efficientnet", weights="none", input_size=32, num_workers=0, cache_ram="off")
+    prepare(tmp_path, cfg, say=said.append, probe=False).dm.close()
+    warnings = [line for line in said if line.startswith("warning:")]
+    assert len(warnings) == 1 and "2 file(s)" in warnings[0] and "sightline data audit" in warnings[0]

@@ -1,0 +1,34 @@
+"""Files of the evaluated split that the scan refused (not images, empty) are left out of the figures and listed
+in metrics.json's `unreadable` beside those that failed to decode (they were left out without a word)."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def test_refused_files_of_the_split_are_listed_as_unreadable(tmp_path):
+    import torch
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.evaluate.run import evaluate
+    from sightline.models.factory import create_model
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.png")
+    (tmp_path / "data" / "test" / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "data" / "test" / "b" / "zero.png").write_bytes(b"")
+    (tmp_path / "data" / "val" / "a" / "readme.txt").write_text("another split: not this evaluation's")
+    torch.manual_seed(0)
+    bundle = Bundle("test_efficientnet", ["a", "b"], Preprocessing(32), name="t", version="1")
+    bundle.save(tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    result = evaluate(tmp_path / "bundle", tmp_path / "data", robustness=False, report=False, update_bundle=False,
+                      n_bootstrap=10, gallery_per_group=0, reference=False, out=tmp_path / "eval")
+    listed = {row["path"]: row["reason"] for row in result.unreadable}
+    assert set(listed) == {"test/a/notes.txt", "test/b/zero.png"}
+    assert "not a supported image" in listed["test/a/notes.txt"] and "empty (0 bytes)" in listed["test/b/zero.png"]
+    assert result.n_images == 6
