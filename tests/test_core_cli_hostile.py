@@ -29,11 +29,13 @@ def test_predict_a_path_that_does_not_exist(run_cli, tmp_path):
     assert code == 2 and "nope.jpg' does not exist" in _error_line(out)
 
 
-def test_train_out_is_a_file(run_cli, tmp_path):
+@pytest.mark.parametrize("command", [["train"], ["lr-find"], ["compare", "--models", "test_efficientnet"]])
+def test_out_is_a_file_before_any_work(run_cli, tmp_path, command):
+    """lr-find ran its whole sweep, then failed writing (FileExistsError traceback before the safety net)."""
     (tmp_path / "data").mkdir()
     (tmp_path / "run.txt").write_text("x")
-    code, out = run_cli(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run.txt")])
-    assert code == 2 and "run.txt' is a file" in _error_line(out)
+    code, out = run_cli([command[0], str(tmp_path / "data"), *command[1:], "--out", str(tmp_path / "run.txt")])
+    assert code == 2 and "--out" in _error_line(out) and "run.txt' is a file" in _error_line(out)
 
 
 def test_an_output_folder_that_is_a_file(run_cli, tmp_path):

@@ -34,6 +34,14 @@ def existing_path(path: Path, what: str) -> Path:
     return path
 
 
+def out_folder(path: Path | None, option: str = "--out") -> Path | None:
+    """`path` when it is a folder or does not exist yet (it is created later); a file there is refused now, before
+    any work, instead of failing at the end when the results are written."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise fail(f"{option} '{path}' is a file; pass a folder (it is created when missing).")
+    return path
+
+
 def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
     """Run the typer app; turn SightlineError into one line and exit code 2, never a traceback.
 

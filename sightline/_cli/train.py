@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from sightline._cli.common import console, existing_path, fail, print_json
+from sightline._cli.common import console, existing_path, fail, out_folder, print_json
 from sightline.train.config import TrainConfig
 
 
@@ -71,8 +71,7 @@ def train_cmd(
     from sightline.train.fit import sanity_check, train, train_seeds
 
     existing_path(data, "dataset folder")
-    if out.exists() and not out.is_dir():
-        raise fail(f"--out '{out}' is a file; pass a folder for the run (it is created when missing).")
+    out_folder(out)
     cfg = load_config(config) if config else TrainConfig()
     given = {"model": model, "weights": weights, "epochs": epochs, "batch_size": batch_size,
              "input_size": input_size, "lr": lr, "freeze_epochs": freeze_epochs, "augment": augment, "crop_pct": crop_pct,
@@ -138,6 +137,7 @@ def lr_find_cmd(
     from sightline.train.lr_find import find_lr
 
     existing_path(data, "dataset folder")
+    out_folder(out)
     cfg = load_config(config) if config else TrainConfig()
     given = {"model": model, "weights": weights, "batch_size": batch_size, "input_size": input_size}
     cfg = cfg.with_overrides(**{k: v for k, v in given.items() if v is not None})
@@ -168,6 +168,7 @@ def compare_cmd(
     from sightline.train.compare import compare
 
     existing_path(data, "dataset folder")
+    out_folder(out)
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise fail("--models is empty; give names such as lite0,lite1.")
