@@ -89,8 +89,10 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _walk_files(folder: Path, root: Path, skipped: list[dict]) -> list[Path]:
-    """Every non-hidden file under `folder`, without following symlinks that leave `root`."""
+def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[Path] = frozenset()) -> list[Path]:
+    """Every non-hidden file under `folder`, without following symlinks that leave `root` or lead back to a folder
+    this walk is inside (`trail`: the real paths of the folders it came through to reach `folder`)."""
+    top = folder.resolve()
     out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         base = Path(dirpath)
@@ -103,12 +105,13 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict]) -> list[Path]:
                 if not _inside(sub, root):
                     skipped.append({"path": sub.relative_to(root).as_posix(), "reason": "symlinked folder points outside the dataset root; refused"})
                     continue
-                target = sub.resolve()
-                if target == base.resolve() or target in base.resolve().parents:  # walking it would never end
+                target, here = sub.resolve(), base.resolve()
+                inside = trail | {here} | {p for p in here.parents if p == top or top in p.parents}
+                if any(target == d or target in d.parents for d in inside):  # walking it would never end
                     skipped.append({"path": sub.relative_to(root).as_posix(),
                                     "reason": "symlinked folder points back to a folder that holds it (a loop); ignored"})
                     continue
-                out.extend(_walk_files(sub, root, skipped))  # os.walk does not descend into symlinked dirs
+                out.extend(_walk_files(sub, root, skipped, inside))  # os.walk does not descend into symlinked dirs
                 continue
             keep.append(d)
         dirnames[:] = keep

@@ -38,6 +38,19 @@ def test_a_symlink_loop_is_reported_once_not_walked_forever(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_two_folders_linking_to_each_other_end(tmp_path):
+    """cat/alias -> ../dog/sub and dog/sub/back -> ../../cat: neither is an ancestor of the other, yet walking one
+    leads back into the other."""
+    _images(tmp_path / "cat", 2)
+    _images(tmp_path / "dog" / "sub", 2, seed=1)
+    os.symlink("../dog/sub", tmp_path / "cat" / "alias")
+    os.symlink("../../cat", tmp_path / "dog" / "sub" / "back")
+    ds = scan_dataset(tmp_path)
+    assert max(len(s.relpath.split("/")) for s in ds.samples) <= 4
+    assert all("loop" in s["reason"] for s in ds.skipped) and len(ds.skipped) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
 def test_a_symlink_to_a_sibling_folder_is_still_followed(tmp_path):
     _images(tmp_path / "cat" / "shared", 2)
     _images(tmp_path / "dog", 3, seed=1)
