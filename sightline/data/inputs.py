@@ -1,9 +1,10 @@
 """What the user pointed at -> the image files to predict: files as given, folders searched, globs expanded.
 
 Whether a file in a folder is an image is decided by its content (the first bytes: JPEG, PNG, BMP, TIFF, WebP),
-not by its extension (DESIGN.md), so `photo.JPG.bak` from a camera and `scan.tif` both count and `notes.jpg`
-that holds text does not. A file named explicitly is always kept: if it is not an image, its prediction row says
-so instead of it vanishing.
+not only by its extension (DESIGN.md), so `photo.JPG.bak` from a camera and `scan.tif` both count. A file named
+like an image (`.jpg`, `.png`, `.gif`, `.heic`, ...) is kept whatever it holds: `photo.jpg` that is really an HTML
+page from a failed download, or a GIF, gets a prediction row saying why it could not be read instead of vanishing
+from the output. `notes.txt` is left out. A file named explicitly is always kept.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from sightline.errors import UserInputError
 
 __all__ = ["looks_like_image", "expand_inputs"]
 
+# Names a user means as images: a folder's file named so is always listed (an error row if it is not one we read).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
+                            ".heic", ".heif", ".avif"})
 # Leading bytes of the formats sightline decodes (sightline.data.images.ALLOWED_FORMATS).
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")
 
@@ -30,8 +34,9 @@ def looks_like_image(path: Path) -> bool:
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively for images (by content, masks beside images left out), glob
-    patterns expanded; in order, each file once. A pattern that matches nothing raises UserInputError."""
+    """Files as given, folders searched recursively for images (by content or an image's file name, masks beside
+    images left out), glob patterns expanded; in order, each file once. A pattern that matches nothing raises
+    UserInputError."""
     from sightline.data.datasets import MASK_SUFFIX
 
     found: list[Path] = []
@@ -41,7 +46,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(MASK_SUFFIX)
                             and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                            and looks_like_image(p))
+                            and (p.suffix.lower() in IMAGE_SUFFIXES or looks_like_image(p)))
         elif path.exists() or not any(ch in text for ch in "*?["):
             found.append(path)  # a missing plain path becomes an error row, like any unreadable file
         else:

@@ -134,3 +134,35 @@ def test_a_jpeg_cut_inside_its_header_says_what_to_do():
     Image.new("RGB", (20, 20)).save(buf, "JPEG")
     with pytest.raises(CorruptImageError, match=r"corrupt image header .*re-export or remove the file"):
         load_image(buf.getvalue()[:200])
+
+
+def test_a_folder_file_named_like_an_image_is_listed_whatever_it_holds(tmp_path):
+    """`photo.jpg` holding an HTML page (a failed download) or a GIF vanished from `predict`'s output; now it is
+    listed, so its row says why it could not be read. A text file is still left out; content still counts."""
+    from sightline.data.inputs import expand_inputs
+
+    _images(tmp_path / "in", 1)
+    (tmp_path / "in" / "photo.jpg").write_text("<html>404</html>")
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "anim.GIF")
+    (tmp_path / "in" / "notes.txt").write_text("hello")
+    (tmp_path / "in" / "camera.JPG.bak").write_bytes((tmp_path / "in" / "0.png").read_bytes())
+    names = sorted(p.name for p in expand_inputs([tmp_path / "in"]))
+    assert names == ["0.png", "anim.GIF", "camera.JPG.bak", "photo.jpg"]
+
+
+def test_predict_gives_such_files_an_error_row(tmp_path, run_cli):
+    import json
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.models.factory import create_model
+    from sightline.optimize.export import export
+
+    bundle = Bundle("test_efficientnet", ["a", "b"], Preprocessing(32), name="t", version="1")
+    bundle.save(tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    export(tmp_path / "bundle")
+    _images(tmp_path / "in", 1)
+    (tmp_path / "in" / "photo.jpg").write_text("<html>404</html>")
+    code, out = run_cli(["predict", str(tmp_path / "bundle"), str(tmp_path / "in"), "--format", "json"])
+    rows = {row["filename"].rsplit("/", 1)[-1]: row for row in json.loads(out.out)}
+    assert code == 0 and set(rows) == {"0.png", "photo.jpg"}
+    assert rows["photo.jpg"]["error"] and "not a supported image" in rows["photo.jpg"]["error"]
