@@ -93,3 +93,21 @@ def test_bench_refuses_a_budget_that_is_not_positive(run_cli, tmp_path):
 def test_challenge_refuses_a_negative_seed(run_cli, tmp_path):
     code, out = run_cli(["challenge", str(tmp_path), str(tmp_path), "--data", str(tmp_path), "--seed", "-1"])
     assert code == 2 and "--seed -1 must be 0 or more" in _error_line(out)
+
+
+def test_bench_times_only_the_images_of_its_folder(run_cli, tmp_path):
+    """A folder's photo.jpg that is not an image is listed by expand_inputs (for predict's error rows); bench, which
+    only times images, leaves it out instead of failing on it."""
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.models.factory import create_model
+    from sightline.optimize.export import export
+
+    bundle = Bundle("test_efficientnet", ["a", "b"], Preprocessing(32), name="t", version="1")
+    bundle.save(tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    export(tmp_path / "bundle")
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "photo.jpg").write_text("<html>404</html>")
+    code, out = run_cli(["bench", str(tmp_path / "bundle"), "--images", str(tmp_path / "in"), "--budget", "0.2",
+                         "--batch-sizes", "1", "--backends", "onnx"])
+    assert code == 0, out.err

@@ -143,7 +143,9 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--budget {budget:g} must be a positive number of seconds, e.g. 4.")
         blobs = None
         if images is not None:
-            files = expand_inputs([str(images)])
+            from sightline.data.inputs import looks_like_image
+
+            files = [f for f in expand_inputs([str(images)]) if looks_like_image(f)]  # timings need images
             if not files:
                 raise fail(f"--images '{images}' holds no image files.")
             blobs = [f.read_bytes() for f in files[:256]]
