@@ -88,11 +88,11 @@ def choose_input_size(
     how much more accurate a larger size must be to be worth its cost (default: two images of `n_val`, at least
     0.01).
     `chance`: the val accuracy of always answering the largest class (None: every probe result counts)."""
+    native = native_side(samples)  # recorded with every answer: the small-image recipe reads it
     if isinstance(requested, int):
-        return InputSizeChoice(requested, f"{requested} px as requested (--input-size)")
+        return InputSizeChoice(requested, f"{requested} px as requested (--input-size)", native)
     if requested is None:
-        return InputSizeChoice(default, f"{default} px, the model's pretrained size (input_size: null)")
-    native = native_side(samples)
+        return InputSizeChoice(default, f"{default} px, the model's pretrained size (input_size: null)", native)
     if native is None:
         return InputSizeChoice(default, f"{default} px, the model's pretrained size (image sizes unknown)")
     if not small_images(native, default):

@@ -90,6 +90,7 @@ def test_a_probe_at_chance_level_does_not_choose() -> None:
 
 def test_requested_sizes_and_the_floor() -> None:
     assert choose_input_size(96, 224, _samples((500, 500))).size == 96
+    assert choose_input_size(96, 224, _samples((8, 8))).native == 8  # recorded: the small-image recipe reads it
     assert choose_input_size(None, 224, _samples((40, 40))).size == 224
     # candidates never go below what the network can take
     assert candidate_sizes(8, 224)[0] == MIN_SIZE
@@ -162,6 +163,9 @@ def test_small_images_get_the_small_image_recipe_and_say_so(tmp_path: Path) -> N
     run = train(data, tmp_path / "off", progress=False, **options, small_image_recipe=False)
     assert "small_images" not in json.loads((run / "metrics.json").read_text())["choices"]
     assert load_config(run / "config.yaml").backbone_lr_scale == defaults.backbone_lr_scale
+    # a requested size above the native one is upsampling too
+    run = train(data, tmp_path / "asked", progress=False, **{**options, "input_size": 64})
+    assert json.loads((run / "metrics.json").read_text())["choices"]["small_images"]["value"] == SMALL_IMAGE_RECIPE
     # not upsampled (trained at or below their own size, as the demo's surfaces): the config's values
     run = train(data, tmp_path / "native", progress=False, **{**options, "input_size": 32})
     assert "small_images" not in json.loads((run / "metrics.json").read_text())["choices"]
