@@ -7,7 +7,10 @@
   images below 96 x 96 px are fine-tuned at 128 px): an ImageNet backbone needs objects at a few dozen pixels, and
   fine-tuning gains from resolution where a short pass cannot see it (scikit-learn's 8 px digits, plain timm loop,
   3 epochs: 0.69 / 0.86 / 0.94 val accuracy at 32 / 64 / 96 px, while one probe pass learned nothing at any
-  size) and the probe cost more than it saved (64 px photos: 30 s of probing before the first epoch).
+  size) and the probe cost more than it saved (64 px photos: 30 s of probing before the first epoch). 96 px for
+  the 8 px digits was measured and not taken: the plain loop's 0.937 after 3 epochs as at 128 px, at 0.90x the
+  plain loop's time against 0.83x at 128 px (each in its own run of benchmarks/time_to_accuracy.py), and a lower
+  best (0.963 against 0.970).
 - Other small images (96 px up to `NEAR_DEFAULT` of the pretrained size): a short probe measures the trade. The
   candidates are the native size, doubled while below the pretrained size, and the pretrained size (96 px images:
   96, 224). From the same pretrained weights, one pass over a sample of the training images (at most
