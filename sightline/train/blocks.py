@@ -23,7 +23,7 @@ from typing import Any
 from sightline.errors import ImageError, ModelError, UserInputError, one_line
 from sightline.train.config import TrainConfig
 
-__all__ = ["resolve_config", "build_system", "build_trainer", "TrainerParts", "fit_system", "load_best",
+__all__ = ["resolve_config", "check_accelerator", "build_system", "build_trainer", "TrainerParts", "fit_system", "load_best",
            "checkpoint_epoch", "training_precision", "use_channels_last", "uses_cuda", "single_process",
            "choice_printer", "unreadable_images_hint"]
 
@@ -40,7 +40,21 @@ def resolve_config(config: TrainConfig | None, overrides: dict[str, Any]) -> Tra
         # create_model says the same, but only after the data is scanned, cached and probed
         raise ModelError(f"weights='{cfg.weights}' is neither 'auto', 'none' nor an existing file; "
                          "pass a .safetensors/.pth file.")
+    check_accelerator(cfg.accelerator)
     return cfg.with_overrides(model=resolve_model_name(cfg.model))
+
+
+def check_accelerator(accelerator: str) -> None:
+    """Refuse, in one line and before any work, an accelerator this machine does not have (Lightning raises a
+    MisconfigurationException deep inside Trainer otherwise)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"accelerator '{accelerator}' asked for, but PyTorch sees no CUDA GPU on this machine "
+                             f"(torch {torch.__version__}); use --accelerator auto or cpu.")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError("accelerator 'mps' asked for, but this machine has no Apple GPU PyTorch can use; use "
+                             "--accelerator auto or cpu.")
 
 
 def choice_printer(progress: bool) -> Callable[[str], None]:

@@ -23,6 +23,9 @@ __all__ = ["SMALL_IMAGE_RECIPE", "TrainConfig", "load_config"]
 _SOURCE: ContextVar[str] = ContextVar("train_config_source", default="training config")
 
 Count = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy and Lightning's seeding accept
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 Pixels = Annotated[int, Field(ge=16)]  # smaller inputs leave nothing after the stem's downsampling
 Share = Annotated[float, Field(ge=0.1, le=1.0)]
 Schedule = Literal["cosine", "plateau"]
@@ -72,7 +75,7 @@ class TrainConfig(BaseModel):
     schedule: Schedule = "cosine"  # "cosine": linear warm-up then cosine to 0; "plateau": x0.1 when val stalls
     warmup_epochs: float = 1.0  # linear warm-up length for "cosine", in epochs
     label_smoothing: float = 0.1  # cross-entropy label smoothing
-    freeze_epochs: int = 0  # train only the head for this many epochs, then unfreeze the backbone
+    freeze_epochs: NonNegative = 0  # train only the head for this many epochs, then unfreeze the backbone
     small_image_recipe: bool = True  # images smaller than the model's pretrained size and upsampled to be trained
     #   (far from what the ImageNet weights saw) train with SMALL_IMAGE_RECIPE's values where those move the backbone
     #   faster or stop later than the values above; false: the values above as they are
@@ -82,7 +85,7 @@ class TrainConfig(BaseModel):
     #   (0.875 for Lite0); 1.0 keeps the whole frame, right for inspection images with defects near the edge
     vflip: bool = False  # also flip vertically (fine for parts and micrographs, wrong for street scenes)
     balance: Balance = "auto"  # class imbalance: "auto" picks from the max/min class ratio, or weights/sampler/none
-    num_workers: int | None = None  # DataLoader workers; None = half the CPU cores, at most 4
+    num_workers: NonNegative | None = None  # DataLoader workers; None = half the CPU cores, at most 4
     cache_ram: str = "auto"  # memory for decoded train/val images, decoded once: "auto" (a quarter of the available
     #   memory), a share ("40%"), a size ("2GB"); past it a temporary disk cache; "0": disk only; "off": decode
     #   every image every epoch
@@ -92,15 +95,15 @@ class TrainConfig(BaseModel):
     #   loss floor label smoothing allows). One flat epoch is saturation on the small validation sets fine-tuning
     #   starts from: hymenoptera's val accuracy is flat from the second epoch on, and each further epoch costs
     #   ~30 s on 2 cores (three runs, 4 and 6 planned epochs: test accuracy no better after epoch 2)
-    max_time_s: float | None = None  # hard wall-clock limit for fitting, seconds; stops mid-epoch at the limit
+    max_time_s: PositiveFloat | None = None  # hard wall-clock limit for fitting, seconds; stops mid-epoch at the limit
     time_budget: str | None = None  # wall-clock budget of the whole run ("300", "90s", "5m", "1h30m"): the first
     #   epoch is measured, then the epochs that fit are planned and the schedule ends with them
     # --- hardware ---
     precision: Precision = "auto"  # "auto": bf16-mixed where the hardware has bf16 units (CUDA, AMX/AVX512-BF16 CPUs)
     channels_last: bool | None = None  # None = on with CUDA or bf16 (what those kernels want)
-    accelerator: str = "auto"  # Lightning accelerator: auto, cpu, gpu
+    accelerator: Accelerator = "auto"  # Lightning accelerator: auto, cpu, gpu (= cuda), mps
     devices: str = "auto"  # Lightning devices: "auto", a count ("2") or a list ("0,1")
-    num_nodes: int = 1  # machines for multi-node DDP (torchrun / SLURM set the rest)
+    num_nodes: Count = 1  # machines for multi-node DDP (torchrun / SLURM set the rest)
     strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, ...
     # --- what the bundle holds ---
     reference: bool = True  # write the monitor's reference profile into the bundle (val softmax and features, a
@@ -108,7 +111,7 @@ class TrainConfig(BaseModel):
     #   sightline.evaluate.reference), so a bundle served straight after training can be monitored; `evaluate`
     #   refreshes it at the fitted temperature
     # --- reproducibility ---
-    seed: int = 0  # seeds Python, NumPy, torch and the DataLoader workers
+    seed: Seed = 0  # seeds Python, NumPy, torch and the DataLoader workers
     deterministic: bool = False  # torch deterministic algorithms (slower; same seed gives the same weights)
 
     def __init__(self, **options: Any) -> None:
@@ -210,9 +213,11 @@ def load_config(path: str | Path) -> TrainConfig:
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserInputError(f"config '{path}' cannot be read ({exc.strerror or exc}); check the path.") from exc
+    except UnicodeDecodeError:
+        raise UserInputError(f"config '{path}' is not UTF-8 text; pass a YAML file (e.g. RUN/config.yaml).") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
