@@ -15,8 +15,8 @@ Statistics (the same keys for every image; `None` where a statistic does not app
   sharpness         variance of the 4-neighbour Laplacian of the grey image at ANALYSIS_SIDE (higher = sharper;
                     same definition as the data audit's blur measure)
   flat_share        share of the grey image's 8 x 8 blocks (at ANALYSIS_SIDE) whose values span at most one grey
-                    level: uniform areas, which camera photos seldom hold (none in 88-93 % of the hymenoptera
-                    photos) and faults put there: padding or letterboxing from a changed resize, the fill of a
+                    level: uniform areas, which camera photos seldom hold (none in 78-88 % of the hymenoptera
+                    photos, by split) and faults put there: padding or letterboxing from a changed resize, the fill of a
                     rotation done in software, a covered lens or a uniform occluder, clipped highlights, a dead
                     region of the sensor
   bytes_per_pixel   file size / (width * height): compression and noise show here
