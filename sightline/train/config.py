@@ -41,11 +41,11 @@ Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 # images are far from what the ImageNet weights saw, and the backbone must move to fit them. At the photo recipe
 # (backbone 10x slower than the head, a full warm-up epoch, stop on the first flat epoch) scikit-learn's 8 px digits
 # stood at 0.54 val accuracy after 3 epochs where a plain loop (AdamW 3e-4 on every layer) reached 0.86, and 64 px
-# photos stopped after 2 epochs on one noisy dip of 152 val images (0.803). One rate for every layer, as BiT
+# photos stopped after 2 epochs on one noisy dip of 76 val images (0.803). One rate for every layer, as BiT
 # fine-tunes (Kolesnikov et al., 2020), a short warm-up and a second epoch of patience, measured with
 # benchmarks/time_to_accuracy.py (Lite0 at 128 px): 64 px photos reach the plain loop's 0.868 after 2 epochs (with
 # backbone 0.5 and warm-up 0.5: after 4), digits its 0.937 after 3 (0.833, 0.930, 0.952). Photos at the pretrained
-# size keep the recipe above: hymenoptera is at 0.95 val accuracy after 2 epochs with it.
+# size keep the recipe above: hymenoptera is at 0.947 val accuracy after 2 epochs with it.
 SMALL_IMAGE_RECIPE: dict[str, float] = {"backbone_lr_scale": 1.0, "warmup_epochs": 0.2, "patience": 2}
 
 
