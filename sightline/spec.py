@@ -229,10 +229,13 @@ def parse_spec(data: Any, path: Path | None = None) -> ProblemSpec:
 
 
 def load_spec(path: str | Path) -> ProblemSpec:
-    """Read and validate a problem definition file. Raises SpecError naming the file and field."""
+    """Read and validate a problem definition file (or the `sightline.yaml` of a data folder, as `serve --spec` and
+    `monitor --spec` take it). Raises SpecError naming the file and field."""
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        path = path / SPEC_FILE
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

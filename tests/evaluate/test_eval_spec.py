@@ -112,3 +112,13 @@ def test_template_lists_classes_is_valid_and_never_clobbers(tmp_path):
     assert load_spec(path).primary_metric == "macro_f1"
     with pytest.raises(SpecError, match="already exists"):
         write_spec_template(tmp_path, ["a", "b"])
+
+
+def test_a_data_folder_stands_for_its_sightline_yaml(tmp_path):
+    # `evaluate --spec DATA` reads DATA/sightline.yaml, as `serve --spec` and `monitor --spec` do.
+    (tmp_path / "sightline.yaml").write_text("task: sort parts\n")
+    assert load_spec(tmp_path).task == "sort parts"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SpecError, match=r"empty/sightline.yaml cannot be read"):
+        load_spec(empty)
