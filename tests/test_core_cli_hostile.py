@@ -2,9 +2,14 @@
 traceback."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "serve"))  # serve_tiny
 
 
 def _flat(root, n=3):
@@ -98,13 +103,9 @@ def test_challenge_refuses_a_negative_seed(run_cli, tmp_path):
 def test_bench_times_only_the_images_of_its_folder(run_cli, tmp_path):
     """A folder's photo.jpg that is not an image is listed by expand_inputs (for predict's error rows); bench, which
     only times images, leaves it out instead of failing on it."""
-    from sightline.bundle import Bundle, Preprocessing
-    from sightline.models.factory import create_model
-    from sightline.optimize.export import export
+    from serve_tiny import make_bundle  # a tiny exported bundle, exported once per test run and copied
 
-    bundle = Bundle("test_efficientnet", ["a", "b"], Preprocessing(32), name="t", version="1")
-    bundle.save(tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
-    export(tmp_path / "bundle")
+    make_bundle(tmp_path)
     (tmp_path / "in").mkdir()
     Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / "in" / "a.png")
     (tmp_path / "in" / "photo.jpg").write_text("<html>404</html>")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ from sightline.data.audit import audit_dataset, missing_classes
 from sightline.data.datasets import scan_dataset
 from sightline.data.images import image_info, load_image
 from sightline.errors import ImageTooLargeError, NotAnImageError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # serve_tiny
 
 
 def _images(folder, n, seed=0):
@@ -153,13 +157,9 @@ def test_a_folder_file_named_like_an_image_is_listed_whatever_it_holds(tmp_path)
 def test_predict_gives_such_files_an_error_row(tmp_path, run_cli):
     import json
 
-    from sightline.bundle import Bundle, Preprocessing
-    from sightline.models.factory import create_model
-    from sightline.optimize.export import export
+    from serve_tiny import make_bundle  # a tiny exported bundle, exported once per test run and copied
 
-    bundle = Bundle("test_efficientnet", ["a", "b"], Preprocessing(32), name="t", version="1")
-    bundle.save(tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
-    export(tmp_path / "bundle")
+    make_bundle(tmp_path)
     _images(tmp_path / "in", 1)
     (tmp_path / "in" / "photo.jpg").write_text("<html>404</html>")
     code, out = run_cli(["predict", str(tmp_path / "bundle"), str(tmp_path / "in"), "--format", "json"])
