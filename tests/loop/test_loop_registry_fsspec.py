@@ -84,7 +84,7 @@ def test_registry_url_fsspec_cannot_open_is_one_line(tmp_path):
 
 
 def test_serve_and_shadow_from_a_registry_url(remote, tmp_path):
-    from serve_tiny import encode, make_bundle, photo, predict, started
+    from serve_tiny import encode, make_bundle, photo, predict, started, tls
 
     from sightline.serve.app import create_app
     from sightline.serve.settings import Settings
@@ -100,7 +100,8 @@ def test_serve_and_shadow_from_a_registry_url(remote, tmp_path):
     settings = Settings(registry=remote, database_url=url, shadow="challenger", shadow_sample=1.0, monitor=False,
                         rate_limit_per_minute=0, key_cache_s=0, threads=1, image_store=tmp_path / "kept")
     assert settings.resolved_image_store() == tmp_path / "kept"
-    with started(create_app(settings)) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+    with started(create_app(settings)) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                                                                                verify=tls()) as c:
         r = predict(c, key, [encode(photo(1))])
         assert r.status_code == 200 and r.json()["model"]["registry_version"] == "v1"
         status = c.get("/v1/shadow", headers={"X-API-Key": key}).json()

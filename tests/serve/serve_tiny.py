@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import io
 import os
 import shutil
+import ssl
 import tempfile
 import threading
 import time
@@ -85,6 +87,14 @@ def postgres_url() -> str:
     except Exception as exc:  # noqa: BLE001 - any failure to connect means "not available here"
         pytest.skip(f"PostgreSQL at SIGHTLINE_TEST_DATABASE_URL is unreachable ({type(exc).__name__})")
     return url
+
+
+@functools.cache
+def tls() -> ssl.SSLContext:
+    """One default SSL context for the tests' httpx clients (`httpx.Client(..., verify=tls())`): without it each
+    client, and each httpx.get(), builds its own from the CA bundle, ~50 ms of CPU, although the tests only speak
+    plain HTTP to loopback (~50 clients a run)."""
+    return ssl.create_default_context()
 
 
 def encode(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
@@ -204,7 +214,8 @@ def serving(bundle: Path, **overrides) -> Iterator[httpx.Client]:
 
     settings = Settings(bundle=bundle, **{"rate_limit_per_minute": 0, "key_cache_s": 0, "batch_max_wait_ms": 5,
                                           "threads": 1, "monitor": False, **overrides})
-    with started(create_app(settings)) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with started(create_app(settings)) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                                                                           verify=tls()) as client:
         yield client
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_tiny import encode, make_bundle, pg_options, photo, start_server
+from serve_tiny import encode, make_bundle, pg_options, photo, start_server, tls
 
 CLASSES = ["cat", "dog", "fox"]
 MAX_PIXELS = 1_000_000
@@ -75,7 +75,7 @@ def server(tmp_path_factory):
     keys = {name: store.create_key(name, ["predict", "review"]) for name in ("alice", "bob")}
     app = create_app(settings)
     srv, thread, port = start_server(app)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, verify=tls()) as client:
         yield {"client": client, "keys": keys, "store": store, "app": app, "url": f"http://127.0.0.1:{port}",
                "settings": settings}
     srv.should_exit = True
@@ -246,7 +246,7 @@ def test_graceful_shutdown_answers_and_stores_in_flight_requests(server):
 
     def client(i: int) -> None:
         blob = encode(_photo(seed=200 + i), "JPEG")
-        with httpx.Client(timeout=30) as c:
+        with httpx.Client(timeout=30, verify=tls()) as c:
             r = c.post(f"http://127.0.0.1:{port}/v1/predict", files=[("file", (f"s{i}.jpg", blob))],
                        headers={"X-API-Key": key})
             results.append(r.status_code)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_tiny import cached, calm, make_bundle, noise, pg_options, postgres_url, start_server
+from serve_tiny import cached, calm, make_bundle, noise, pg_options, postgres_url, start_server, tls
 
 from sightline.bundle import load_bundle
 
@@ -119,7 +119,8 @@ def serving(settings):
     app = create_app(settings)
     srv, thread, port = start_server(app)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"X-API-Key": key}) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"X-API-Key": key},
+                          verify=tls()) as client:
             yield client, app, key
     finally:
         srv.should_exit = True

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_tiny import encode, make_bundle, photo, started
+from serve_tiny import encode, make_bundle, photo, started, tls
 
 
 def _bundle(root: Path, seed: int, version: str, *, onnx: bool = True) -> Path:
@@ -61,7 +61,7 @@ def _stream(base: str, key: str, clients: int = 6):
     blob = encode(photo(3, 40, 32))
 
     def client() -> None:
-        with httpx.Client(base_url=base, timeout=60) as c:
+        with httpx.Client(base_url=base, timeout=60, verify=tls()) as c:
             while not stop.is_set():
                 sent = time.monotonic()
                 try:
@@ -97,7 +97,7 @@ def _switch_under_load(base: str, key: str, move, target: str) -> list:
         _wait_until(lambda: len(results) >= 12, 30, "no answers before the move")
         move()
         t_move = time.monotonic()
-        _wait_until(lambda: httpx.get(f"{base}/v1/model").json()["registry"]["version"] == target, 15,
+        _wait_until(lambda: httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"] == target, 15,
                     f"the service did not switch to {target}")
         t_switch = time.monotonic()
         assert t_switch - t_move < 10
@@ -114,12 +114,12 @@ def _switch_under_load(base: str, key: str, move, target: str) -> list:
 
 def test_promote_and_rollback_under_load_fail_no_request(registry_server) -> None:
     base, key, registry, url = registry_server
-    ready = httpx.get(f"{base}/readyz").json()
+    ready = httpx.get(f"{base}/readyz", verify=tls()).json()
     assert ready["model"]["registry_version"] == "v1" and ready["model"]["version"] == "1"
     _switch_under_load(base, key, lambda: registry.promote("v2", reason="test"), "v2")
-    info = httpx.get(f"{base}/v1/model").json()
+    info = httpx.get(f"{base}/v1/model", verify=tls()).json()
     assert info["version"] == "2" and info["registry"]["bundle_hash"] == registry.resolve("v2").bundle_hash
-    assert httpx.get(f"{base}/readyz").json()["model"]["registry_version"] == "v2"
+    assert httpx.get(f"{base}/readyz", verify=tls()).json()["model"]["registry_version"] == "v2"
     _switch_under_load(base, key, lambda: registry.rollback(reason="test"), "v1")
     # the stored rows name the version too
     import sqlalchemy as sa
@@ -134,21 +134,21 @@ def test_promote_and_rollback_under_load_fail_no_request(registry_server) -> Non
 
 def test_version_without_onnx_keeps_the_old_model_with_one_log_line(registry_server, caplog) -> None:
     base, key, registry, _ = registry_server
-    before = httpx.get(f"{base}/v1/model").json()["registry"]["version"]
+    before = httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"]
     with caplog.at_level(logging.INFO, logger="sightline.serve"):
         registry.promote("v3", reason="no onnx")
         _wait_until(lambda: any("cannot be served" in rec.getMessage() for rec in caplog.records), 15,
                     "no log line about v3")
         time.sleep(1.0)  # several more polls (every 0.3 s): the line is not repeated
         r = httpx.post(f"{base}/v1/predict", files=[("file", ("a.jpg", encode(photo(1))))],
-                       headers={"X-API-Key": key})
+                       headers={"X-API-Key": key}, verify=tls())
     assert r.status_code == 200 and r.json()["model"]["registry_version"] == before
-    assert httpx.get(f"{base}/v1/model").json()["registry"]["version"] == before
+    assert httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"] == before
     lines = [rec.getMessage() for rec in caplog.records if "cannot be served" in rec.getMessage()]
     assert len(lines) == 1 and "v3" in lines[0] and "model.onnx" in lines[0], lines
     registry.rollback(reason="back")  # the alias returns to what is served: no swap, no new line
     time.sleep(1.0)
-    assert httpx.get(f"{base}/v1/model").json()["registry"]["version"] == before
+    assert httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"] == before
 
 
 def test_monitoring_follows_the_new_versions_reference_profile(tmp_path) -> None:
@@ -168,15 +168,16 @@ def test_monitoring_follows_the_new_versions_reference_profile(tmp_path) -> None
         store.close()
         with _registry_serving(tmp_path / "registry", url, monitor=True) as base:
             headers = {"X-API-Key": key}
-            assert httpx.get(f"{base}/v1/monitor", headers=headers).json()["enabled"] is False
+            assert httpx.get(f"{base}/v1/monitor", headers=headers, verify=tls()).json()["enabled"] is False
             registry.promote(v2.ref)
             deadline = time.time() + 15
-            while httpx.get(f"{base}/v1/model").json()["registry"]["version"] != v2.ref:
+            while httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"] != v2.ref:
                 assert time.time() < deadline, "no switch within 15 s"
                 time.sleep(0.1)
-            status = httpx.get(f"{base}/v1/monitor", headers=headers).json()
+            status = httpx.get(f"{base}/v1/monitor", headers=headers, verify=tls()).json()
             assert status["enabled"] is True
             assert status["profile"]["fingerprint"] == profile_fingerprint(Path(v2.path))
-            r = httpx.post(f"{base}/v1/predict", files=[("file", ("a.jpg", encode(photo(5))))], headers=headers)
+            r = httpx.post(f"{base}/v1/predict", files=[("file", ("a.jpg", encode(photo(5))))], headers=headers,
+                           verify=tls())
             assert r.status_code == 200 and r.json()["model"]["registry_version"] == v2.ref
             assert r.json()["predictions"][0]["ood_score"] is not None  # the new profile scores the answers

@@ -177,7 +177,7 @@ def test_dashboard_registry_moves_and_shadow_summary(tmp_path):
     import time
 
     import httpx
-    from serve_tiny import encode, photo, started
+    from serve_tiny import encode, photo, started, tls
 
     from sightline.loop.registry import Registry
     from sightline.serve.app import create_app
@@ -195,7 +195,7 @@ def test_dashboard_registry_moves_and_shadow_summary(tmp_path):
                         monitor=False)
     try:
         with started(create_app(settings)) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}",
-                                                                 timeout=30) as c:
+                                                                 timeout=30, verify=tls()) as c:
             for i in range(4):
                 r = c.post("/v1/predict", files=[("file", (f"{i}.jpg", encode(photo(i, 40, 32))))],
                            headers={"X-API-Key": client})
