@@ -24,7 +24,7 @@ from sightline.errors import ImageError, ModelError, UserInputError, one_line
 from sightline.train.config import TrainConfig
 
 __all__ = ["resolve_config", "check_accelerator", "build_system", "build_trainer", "TrainerParts", "fit_system", "load_best",
-           "checkpoint_epoch", "training_precision", "use_channels_last", "uses_cuda", "single_process",
+           "checkpoint_epoch", "training_precision", "use_channels_last", "uses_cuda", "cpu_has_bf16", "single_process",
            "choice_printer", "unreadable_images_hint"]
 
 log = logging.getLogger("sightline.train")
@@ -93,12 +93,13 @@ def training_precision(cfg: TrainConfig) -> str:
 
     if cfg.precision != "auto":
         return cfg.precision
-    # bf16 autocast pays off where the hardware has bf16 units: GPUs that support it, and CPUs with AMX or
-    # AVX512-BF16 (Lite0 224 px batch 32 on a 2-core AMX Xeon: 6.9 -> 9.2 images/s with channels-last,
-    # benchmarks/train_throughput.py). Elsewhere on CPU bf16 is emulated and slower.
+    # The rule where nothing is measured (several processes, lr_find, distill): bf16 autocast where the hardware
+    # has bf16 units, GPUs that support it and CPUs with AMX or AVX512-BF16; elsewhere on CPU bf16 is emulated
+    # and slower. `train` on one CPU process times the candidates instead (sightline.train.hardware): on an AMX
+    # Xeon, bf16 was 1.27x slower than fp32 channels-last for Lite0 at 224 px and 2.2x faster for ResNet-50.
     if uses_cuda(cfg):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if cfg.accelerator in ("auto", "cpu") and _cpu_has_bf16() else "32-true"
+    return "bf16-mixed" if cfg.accelerator in ("auto", "cpu") and cpu_has_bf16() else "32-true"
 
 
 def uses_cuda(cfg: TrainConfig) -> bool:
@@ -108,7 +109,7 @@ def uses_cuda(cfg: TrainConfig) -> bool:
     return cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Native bf16 matrix units on this CPU (torch.cpu's capability probes; private API, hence the getattr)."""
     import torch
 

@@ -99,8 +99,10 @@ class TrainConfig(BaseModel):
     time_budget: str | None = None  # wall-clock budget of the whole run ("300", "90s", "5m", "1h30m"): the first
     #   epoch is measured, then the epochs that fit are planned and the schedule ends with them
     # --- hardware ---
-    precision: Precision = "auto"  # "auto": bf16-mixed where the hardware has bf16 units (CUDA, AMX/AVX512-BF16 CPUs)
-    channels_last: bool | None = None  # None = on with CUDA or bf16 (what those kernels want)
+    precision: Precision = "auto"  # "auto": on one CPU process, the faster of fp32 and bf16-mixed (bf16 only where
+    #   the CPU has bf16 units), timed on the run's model (sightline.train.hardware; cached per machine); on CUDA
+    #   bf16-mixed where supported
+    channels_last: bool | None = None  # None = timed with the precision on CPU; on with CUDA
     accelerator: Accelerator = "auto"  # Lightning accelerator: auto, cpu, gpu (= cuda), mps
     devices: str = "auto"  # Lightning devices: "auto", a count ("2") or a list ("0,1")
     num_nodes: Count = 1  # machines for multi-node DDP (torchrun / SLURM set the rest)

@@ -78,6 +78,32 @@ def _adapt_to_small_images(cfg: TrainConfig, prepared: Prepared, say: Callable[[
     return cfg.with_overrides(**changes) if changes else cfg
 
 
+def _resolve_hardware(cfg: TrainConfig, prepared: Prepared, say: Callable[[str], None]) -> TrainConfig:
+    """cfg with precision "auto" and channels_last None resolved: on a CPU, by timing a training step of each
+    candidate (sightline.train.hardware, once per machine, model, size and batch); on CUDA, or with several
+    processes, by the hardware rules of `training_precision` / `use_channels_last`. The choice and its
+    figures go into prepared.choices["hardware"]."""
+    from sightline.train.blocks import cpu_has_bf16, use_channels_last, uses_cuda
+
+    if cfg.precision != "auto" and cfg.channels_last is not None:
+        return cfg
+    if uses_cuda(cfg) or cfg.accelerator not in ("auto", "cpu") or not single_process(cfg):
+        precision, channels_last = training_precision(cfg), use_channels_last(cfg)
+        why = "bf16 where the GPU supports it, channels-last on CUDA" if uses_cuda(cfg) else "the hardware rule"
+    else:
+        from sightline.train.hardware import cpu_candidates, measure_cpu_settings
+
+        candidates = cpu_candidates(has_bf16=cpu_has_bf16(), precision=cfg.precision,
+                                    channels_last=cfg.channels_last)
+        choice = measure_cpu_settings(cfg.model, len(prepared.dataset.classes), input_size=prepared.pre.input_size,
+                                      batch_size=cfg.batch_size, candidates=candidates)
+        precision, channels_last = choice.chosen.precision, choice.chosen.channels_last
+        why = choice.describe() if choice.seconds else "the only candidate the settings leave"
+    prepared.choices["hardware"] = {"value": {"precision": precision, "channels_last": channels_last}, "why": why}
+    say(f"precision {precision}, {'channels-last' if channels_last else 'contiguous'}: {why}")
+    return cfg.with_overrides(precision=precision, channels_last=channels_last)
+
+
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -123,15 +149,20 @@ def train(
             prepared.choices["cache"]["filled"] = {name: asdict(stats) for name, stats in cache.items()}
             say(f"image cache ({prepared.choices['cache']['why']}): {line}")
         cfg = _adapt_to_small_images(cfg, prepared, say)
-        cfg = _resolve_lr(cfg, prepared, run, say)
         cfg = cfg.with_overrides(input_size=pre.input_size)
+        # precision and memory format are this machine's, not the run's settings: the files keep them as given (a
+        # retrain elsewhere resolves them again) and the choice is recorded with the others
+        given = {"precision": cfg.precision, "channels_last": cfg.channels_last}
+        cfg = _resolve_hardware(cfg, prepared, say)
+        cfg = _resolve_lr(cfg, prepared, run, say)
         stop_why = (f"at most {cfg.epochs} epochs; stop when {cfg.monitor} has not improved for {cfg.patience} "
                     f"epoch{'s' if cfg.patience != 1 else ''} or reaches its ceiling"
                     + (f"; time budget {cfg.time_budget}: epochs planned after the first" if cfg.time_budget else ""))
         prepared.choices["stopping"] = {"value": cfg.epochs, "why": stop_why}
         say(f"stopping: {stop_why}")
         # First: a run that crashes or is interrupted still says how it was made. Values resolved, choices as comments.
-        cfg.save_yaml(run / "config.yaml", comments=[f"{k}: {v['why']}" for k, v in prepared.choices.items()])
+        cfg.with_overrides(**given).save_yaml(run / "config.yaml",
+                                              comments=[f"{k}: {v['why']}" for k, v in prepared.choices.items()])
         L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same weights whatever ran before
         system = build_system(cfg, dataset.classes, dm)
         weights_info = getattr(system.model, "sightline_weights", {"source": str(cfg.weights), "notes": []})
@@ -197,8 +228,8 @@ def train(
         metrics={"val": val},
         dataset_version=version,
         code_version=code_version(),
-        extra={"train": {"data_dir": str(dataset.root), "config": cfg.to_dict(), "seed": cfg.seed,
-                         "best_epoch": best_epoch, "balance": balance, "weights_source": weights_info["source"],
+        extra={"train": {"data_dir": str(dataset.root), "config": cfg.with_overrides(**given).to_dict(),
+                         "seed": cfg.seed, "best_epoch": best_epoch, "balance": balance, "weights_source": weights_info["source"],
                          "weights_notes": weights_info["notes"], "fit_seconds": round(fit_s, 1),
                          "choices": prepared.choices}},
     )
