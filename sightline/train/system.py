@@ -52,7 +52,7 @@ class ClassifierSystem(L.LightningModule):
         backbone_lr_scale: float = 0.1,
         weight_decay: float = 0.01,
         schedule: str = "cosine",
-        warmup_epochs: float = 1.0,
+        warmup_epochs: float = 0.25,
         label_smoothing: float = 0.1,
         freeze_epochs: int = 0,
         monitor: str = "val_macro_f1",
