@@ -51,7 +51,7 @@ browser:
 
 test: install browser
 	SIGHTLINE_TEST_DATABASE_URL=$${SIGHTLINE_TEST_DATABASE_URL:-$(TEST_DATABASE_URL)} \
-	  $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	  $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 clean-venv:
 	rm -rf $(VENV)
