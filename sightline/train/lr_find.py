@@ -41,10 +41,14 @@ class LrFinding:
 def suggest_valley(lrs: list[float], losses: list[float]) -> tuple[float, str]:
     """fastai's "valley": the longest run of falling losses (longest decreasing subsequence, O(n^2)); the rate
     a little past its first third, where the loss falls steadily and is still far from diverging. With too few
-    points, a tenth of the rate at the lowest loss (the classic rule)."""
+    points, a tenth of the rate at the lowest loss (the classic rule), but not below the smallest rate swept: no
+    step measured what a smaller one does."""
     n = len(losses)
     if n < 5:
         i = min(range(n), key=lambda k: losses[k])
+        if lrs[i] / 10 < lrs[0]:
+            return lrs[0], ("too few steps for a valley: the smallest rate swept (the loss was lowest at its start; "
+                            "a tenth of that would be outside the sweep)")
         return lrs[i] / 10, "too few steps for a valley: a tenth of the rate at the lowest loss"
     run = [1] * n
     start = end = 0

@@ -71,3 +71,12 @@ def test_lr_find_command_and_train_with_lr_auto(tmp_path: Path, capsys: pytest.C
     assert json.loads((run / "lr_find.json").read_text())["steps"] <= 15
     config = (run / "config.yaml").read_text()
     assert f"lr: {lr}" in config and "# lr: range test over" in config  # the resolved value, and why
+
+
+def test_few_steps_never_suggest_a_rate_below_the_sweep() -> None:
+    # the classic rule (a tenth of the rate at the lowest loss) went below the sweep when the loss was lowest at
+    # its first step: 1e-6 from a sweep starting at 1e-5, seen when earlier tests left other random state
+    rate, rule = suggest_valley([1e-5, 1e-3, 1e-1], [0.5, 0.9, 2.0])
+    assert rate == 1e-5 and "smallest rate swept" in rule
+    rate, rule = suggest_valley([1e-5, 1e-3, 1e-1], [0.9, 0.5, 2.0])
+    assert rate == pytest.approx(1e-4) and "a tenth" in rule
