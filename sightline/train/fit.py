@@ -229,9 +229,9 @@ def train(
         dataset_version=version,
         code_version=code_version(),
         extra={"train": {"data_dir": str(dataset.root), "config": cfg.with_overrides(**given).to_dict(),
-                         "seed": cfg.seed, "best_epoch": best_epoch, "balance": balance, "weights_source": weights_info["source"],
-                         "weights_notes": weights_info["notes"], "fit_seconds": round(fit_s, 1),
-                         "choices": prepared.choices}},
+                         "seed": cfg.seed, "best_epoch": best_epoch, "balance": balance,
+                         "weights_source": weights_info["source"], "weights_notes": weights_info["notes"],
+                         "fit_seconds": round(fit_s, 1), "choices": prepared.choices}},
     )
     bundle.save(run / "bundle", state_dict=system.model.state_dict())
     if cfg.reference:

@@ -35,7 +35,8 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        return f"{'bf16' if self.precision == 'bf16-mixed' else 'fp32'} {'channels-last' if self.channels_last else 'contiguous'}"
+        kind = "bf16" if self.precision == "bf16-mixed" else "fp32"
+        return f"{kind} {'channels-last' if self.channels_last else 'contiguous'}"
 
 
 @dataclass
@@ -59,14 +60,17 @@ def cpu_candidates(*, has_bf16: bool, precision: str = "auto", channels_last: bo
     if precision != "auto":
         precisions = [precision]
     formats = [False, True] if channels_last is None else [channels_last]
-    # bf16 only channels-last: oneDNN's bf16 kernels want it, and contiguous bf16 measured slower everywhere.
+    # bf16 only channels-last unless the caller fixed the format: oneDNN's bf16 convolution kernels want that layout
+    # (the rule this replaced paired them too), and one candidate fewer is a shorter probe.
     return [Candidate(p, cl) for p in precisions for cl in formats
             if not (p == "bf16-mixed" and not cl and channels_last is None)]
 
 
 def cache_path() -> Path:
     """$SIGHTLINE_CACHE_DIR/hardware.json, default ~/.cache/sightline/hardware.json (XDG_CACHE_HOME respected)."""
-    root = os.environ.get("SIGHTLINE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sightline"
+    root = os.environ.get("SIGHTLINE_CACHE_DIR")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sightline"
     return Path(root) / "hardware.json"
 
 
