@@ -75,23 +75,17 @@ def plain_loop(args: argparse.Namespace, device: str) -> float:
 def sightline_step(args: argparse.Namespace, device: str) -> tuple[float, str, bool]:
     import lightning as L
 
-    from sightline.train.blocks import cpu_has_bf16, training_precision, use_channels_last, uses_cuda
     from sightline.train.config import TrainConfig
-    from sightline.train.hardware import cpu_candidates, measure_cpu_settings
+    from sightline.train.hardware import resolve_hardware
     from sightline.train.system import ClassifierSystem
 
-    cfg = TrainConfig(model=args.model)
+    cfg = TrainConfig(model=args.model, batch_size=args.batch)
     if args.precision:
         cfg = cfg.with_overrides(precision=args.precision)
     if args.channels_last:
         cfg = cfg.with_overrides(channels_last=True)
-    if uses_cuda(cfg) or (cfg.precision != "auto" and cfg.channels_last is not None):
-        precision, channels_last = training_precision(cfg), use_channels_last(cfg)
-    else:  # what `train` does on a CPU: time the candidates (cached per machine, model, size and batch)
-        choice = measure_cpu_settings(args.model, 2, input_size=args.size, batch_size=args.batch,
-                                      candidates=cpu_candidates(has_bf16=cpu_has_bf16(), precision=cfg.precision,
-                                                                channels_last=cfg.channels_last))
-        precision, channels_last = choice.chosen.precision, choice.chosen.channels_last
+    # what `train` does here: on a CPU, the candidates timed (cached per machine, model, size and batch)
+    precision, channels_last, _ = resolve_hardware(cfg, 2, input_size=args.size)
 
     class Timer(L.Callback):
         start = end = 0.0

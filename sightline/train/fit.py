@@ -79,26 +79,14 @@ def _adapt_to_small_images(cfg: TrainConfig, prepared: Prepared, say: Callable[[
 
 
 def _resolve_hardware(cfg: TrainConfig, prepared: Prepared, say: Callable[[str], None]) -> TrainConfig:
-    """cfg with precision "auto" and channels_last None resolved: on a CPU, by timing a training step of each
-    candidate (sightline.train.hardware, once per machine, model, size and batch); on CUDA, or with several
-    processes, by the hardware rules of `training_precision` / `use_channels_last`. The choice and its
-    figures go into prepared.choices["hardware"]."""
-    from sightline.train.blocks import cpu_has_bf16, use_channels_last, uses_cuda
+    """cfg with precision "auto" and channels_last None resolved (sightline.train.hardware.resolve_hardware: timed
+    on a CPU, the hardware rule elsewhere); the choice goes into prepared.choices["hardware"]."""
+    from sightline.train.hardware import resolve_hardware
 
     if cfg.precision != "auto" and cfg.channels_last is not None:
         return cfg
-    if uses_cuda(cfg) or cfg.accelerator not in ("auto", "cpu") or not single_process(cfg):
-        precision, channels_last = training_precision(cfg), use_channels_last(cfg)
-        why = "bf16 where the GPU supports it, channels-last on CUDA" if uses_cuda(cfg) else "the hardware rule"
-    else:
-        from sightline.train.hardware import cpu_candidates, measure_cpu_settings
-
-        candidates = cpu_candidates(has_bf16=cpu_has_bf16(), precision=cfg.precision,
-                                    channels_last=cfg.channels_last)
-        choice = measure_cpu_settings(cfg.model, len(prepared.dataset.classes), input_size=prepared.pre.input_size,
-                                      batch_size=cfg.batch_size, candidates=candidates)
-        precision, channels_last = choice.chosen.precision, choice.chosen.channels_last
-        why = choice.describe() if choice.seconds else "the only candidate the settings leave"
+    precision, channels_last, why = resolve_hardware(cfg, len(prepared.dataset.classes),
+                                                     input_size=prepared.pre.input_size)
     prepared.choices["hardware"] = {"value": {"precision": precision, "channels_last": channels_last}, "why": why}
     say(f"precision {precision}, {'channels-last' if channels_last else 'contiguous'}: {why}")
     return cfg.with_overrides(precision=precision, channels_last=channels_last)

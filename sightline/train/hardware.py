@@ -20,8 +20,9 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Candidate", "HardwareChoice", "cache_path", "measure_cpu_settings", "cpu_candidates"]
+__all__ = ["Candidate", "HardwareChoice", "cache_path", "measure_cpu_settings", "cpu_candidates", "resolve_hardware"]
 
 MARGIN = 0.08  # a candidate must be this much faster (share of the step time) than a simpler one to be chosen
 PROBE_BATCH = 8  # at most this many images a step (the run's batch when smaller): enough to fill 2-16 cores' units
@@ -170,3 +171,22 @@ def measure_cpu_settings(model_name: str, num_classes: int, *, input_size: int, 
     data[key] = {"chosen": chosen.label, "seconds": seconds}
     _write_cache(cache, data)
     return HardwareChoice(chosen, seconds, cached=False)
+
+
+def resolve_hardware(cfg: Any, num_classes: int, *, input_size: int) -> tuple[str, bool, str]:
+    """(precision, channels_last, why) for a TrainConfig `cfg` whose precision may be "auto" and channels_last None:
+    on one CPU process, timed (`measure_cpu_settings`); on CUDA, another accelerator or several processes, the
+    hardware rules of `training_precision` / `use_channels_last`. Fixed settings are returned as they are."""
+    from sightline.train.blocks import (cpu_has_bf16, single_process, training_precision, use_channels_last,
+                                        uses_cuda)
+
+    if cfg.precision != "auto" and cfg.channels_last is not None:
+        return cfg.precision, cfg.channels_last, "as set"
+    if uses_cuda(cfg) or cfg.accelerator not in ("auto", "cpu") or not single_process(cfg):
+        why = "bf16 where the GPU supports it, channels-last on CUDA" if uses_cuda(cfg) else "the hardware rule"
+        return training_precision(cfg), use_channels_last(cfg), why
+    candidates = cpu_candidates(has_bf16=cpu_has_bf16(), precision=cfg.precision, channels_last=cfg.channels_last)
+    choice = measure_cpu_settings(cfg.model, num_classes, input_size=input_size, batch_size=cfg.batch_size,
+                                  candidates=candidates)
+    why = choice.describe() if choice.seconds else "the only candidate the settings leave"
+    return choice.chosen.precision, choice.chosen.channels_last, why
