@@ -22,12 +22,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def _bundle_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Where serve/serve_tiny.cached keeps the bundles it builds once per run: beside the workers' own temporary
-    folders under pytest-xdist (all workers of this run share it), in this session's one otherwise; pytest removes
-    it with the rest of its old temporary folders."""
+    """Where serve/serve_tiny.cached keeps the bundles it builds once per run, and where train's hardware probe
+    keeps its answers: beside the workers' own temporary folders under pytest-xdist (all workers of this run share
+    it), in this session's one otherwise; pytest removes it with the rest of its old temporary folders."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     os.environ["SIGHTLINE_TEST_BUNDLE_CACHE"] = str(root / "bundle-cache")
+    # train's hardware probe caches its answer per machine; the suite's answers (tiny models, timed while the other
+    # worker runs) stay with the run instead of landing in the user's ~/.cache/sightline
+    os.environ["SIGHTLINE_CACHE_DIR"] = str(root / "sightline-cache")
 
 
 @pytest.fixture

@@ -10,7 +10,11 @@ batch, once per machine, and keeps the answer in a small cache file.
 
 The probe runs a freshly built model without pretrained weights on random inputs: what is timed is the arithmetic,
 which the weights' values do not change. The fastest candidate wins only by a margin (`MARGIN`); within it the
-simpler setting (fp32, then contiguous) is kept, so noise cannot flip the choice between runs.
+simpler setting (fp32, then contiguous) is kept, so noise cannot flip the choice between runs. A probe that ran
+on a busy CPU (other processes took its cores: the process got less than `BUSY_SHARE` of the CPU time its threads
+could have had) decides the run it is in but is not cached, so the next run measures again: on a 2-core machine
+with a test suite running beside it, steps took 4-10 s instead of 0.45 s, and the cached choice was bf16 where
+the idle machine's was not.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ __all__ = ["Candidate", "HardwareChoice", "cache_path", "measure_cpu_settings", 
 MARGIN = 0.08  # a candidate must be this much faster (share of the step time) than a simpler one to be chosen
 PROBE_BATCH = 8  # at most this many images a step (the run's batch when smaller): enough to fill 2-16 cores' units
 TIMED_STEPS = 2  # timed steps per candidate, after one untimed (oneDNN builds its kernels on the first call)
+BUSY_SHARE = 0.8  # below this share of (wall time x threads) as the process's CPU time, the probe was crowded out
 
 
 @dataclass(frozen=True)
@@ -42,17 +47,25 @@ class Candidate:
 
 @dataclass
 class HardwareChoice:
-    """The chosen candidate, the seconds per step measured for each (best of the timed steps), and whether the
-    answer came from the cache file."""
+    """The chosen candidate, the seconds per step measured for each (best of the timed steps), whether the
+    answer came from the cache file, and the share of the CPU the probe got (None: not measured now)."""
 
     chosen: Candidate
     seconds: dict[str, float]
     cached: bool
+    cpu_share: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.cpu_share is not None and self.cpu_share < BUSY_SHARE
 
     def describe(self) -> str:
         times = ", ".join(f"{label} {s:.3g} s" for label, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
-        return (f"{self.chosen.label} (fastest of a step timed on this CPU: {times}"
-                f"{'; measured before, cached' if self.cached else ''})")
+        note = "; measured before, cached" if self.cached else ""
+        if self.busy:
+            note = (f"; the CPU was busy (the probe got {self.cpu_share:.0%} of its cores), so not cached: the next "
+                    "run measures again")
+        return f"{self.chosen.label} (fastest of a step timed on this CPU: {times}{note})"
 
 
 def cpu_candidates(*, has_bf16: bool, precision: str = "auto", channels_last: bool | None = None) -> list[Candidate]:
@@ -153,12 +166,15 @@ def measure_cpu_settings(model_name: str, num_classes: int, *, input_size: int, 
             setups[channels_last] = (model, torch.optim.AdamW(model.parameters(), lr=1e-6),
                                      x.contiguous(memory_format=fmt))
         best: dict[str, float] = {}
+        wall = cpu = 0.0
         for round_ in range(1 + TIMED_STEPS):  # candidates interleaved, so a burst of other load hits them all
             for c in candidates:
                 model, optimizer, inputs = setups[c.channels_last]
+                cpu_started = time.process_time()
                 seconds = _time_step(model, optimizer, inputs, y, c)
                 if round_ > 0:
                     best[c.label] = min(best.get(c.label, float("inf")), seconds)
+                    wall, cpu = wall + seconds, cpu + time.process_time() - cpu_started
         del setups
     finally:
         torch.random.set_rng_state(rng_state)
@@ -167,10 +183,13 @@ def measure_cpu_settings(model_name: str, num_classes: int, *, input_size: int, 
         if best[c.label] < best[chosen.label] * (1.0 - MARGIN):
             chosen = c
     seconds = {label: round(s, 4) for label, s in best.items()}
-    data = _read_cache(cache)
-    data[key] = {"chosen": chosen.label, "seconds": seconds}
-    _write_cache(cache, data)
-    return HardwareChoice(chosen, seconds, cached=False)
+    share = min(1.0, cpu / max(wall * torch.get_num_threads(), 1e-9))
+    choice = HardwareChoice(chosen, seconds, cached=False, cpu_share=round(share, 3))
+    if not choice.busy:
+        data = _read_cache(cache)
+        data[key] = {"chosen": chosen.label, "seconds": seconds}
+        _write_cache(cache, data)
+    return choice
 
 
 def resolve_hardware(cfg: Any, num_classes: int, *, input_size: int) -> tuple[str, bool, str]:

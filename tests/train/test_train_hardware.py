@@ -36,7 +36,20 @@ def test_the_fastest_wins_only_by_the_margin(seconds, chosen, tmp_path: Path, mo
     assert choice.chosen == chosen and choice.seconds == seconds and not choice.cached
 
 
-def test_real_timing_is_cached_and_leaves_the_random_stream_alone(tmp_path: Path) -> None:
+def test_a_probe_crowded_out_of_the_cpu_decides_its_run_but_is_not_cached(tmp_path: Path, monkeypatch) -> None:
+    seconds = {"fp32 contiguous": 1.0, "fp32 channels-last": 0.5}
+    # each "step" takes a second of wall time and almost no CPU time: other processes had the cores
+    monkeypatch.setattr(hardware, "_time_step", lambda model, opt, x, y, c: seconds[c.label])
+    cache = tmp_path / "hw.json"
+    choice = measure_cpu_settings("test_efficientnet", 2, input_size=32, batch_size=4, candidates=[FP32, FP32_CL],
+                                  cache=cache)
+    assert choice.chosen == FP32_CL and choice.busy and choice.cpu_share is not None and choice.cpu_share < 0.1
+    assert "busy" in choice.describe() and "not cached" in choice.describe()
+    assert not cache.exists()
+
+
+def test_real_timing_is_cached_and_leaves_the_random_stream_alone(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(hardware, "BUSY_SHARE", 0.0)  # the suite's other worker may share the cores: cache anyway
     cache = tmp_path / "hw.json"
     torch.manual_seed(3)
     expected = torch.rand(4)
