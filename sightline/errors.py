@@ -77,10 +77,16 @@ class SpecError(SightlineError):
 
 def one_line(exc: BaseException) -> str:
     """The cause of an error in one line. A DataLoader worker re-raises our errors with the worker's traceback
-    in the message ("Caught X in DataLoader worker ... Original Traceback ..."); its last line is the cause."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else type(exc).__name__
+    in the message ("Caught X in DataLoader worker ... Original Traceback ..."); its last line is the cause. Any
+    other message keeps all of its text: ours with line breaks shown as \\n (they come from a name we quote: a
+    file named with a line break is still named exactly), a library's lines joined by spaces (psycopg's
+    "connection failed: ..." then "Is the server running ...?")."""
+    text = str(exc)
+    if "Traceback (most recent call last)" not in text:
+        if isinstance(exc, SightlineError):
+            return text.strip().replace("\r", "\\r").replace("\n", "\\n") or type(exc).__name__
+        return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     last = lines[-1]
     prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
     return last[len(prefix):] if last.startswith(prefix) else last

@@ -81,3 +81,18 @@ def test_validation_error_is_the_requested_sightline_error() -> None:
     exc = validation_error(info.value, where="f.yaml", cls=SpecError, model=Root)
     assert isinstance(exc, SpecError) and str(exc) == "f.yaml: count='x' must be a whole number or null."
     assert isinstance(validation_error(info.value, where="options"), UserInputError)
+
+
+def test_one_line_names_a_file_whose_name_holds_a_line_break() -> None:
+    from sightline.errors import one_line
+
+    # our own message quotes the name exactly, its line break shown as \n (the name's tail alone named nothing)
+    assert one_line(UserInputError("cannot read /d/bad\nname.jpg: not an image")) == \
+        "cannot read /d/bad\\nname.jpg: not an image"
+    # a library's several lines are joined, none dropped
+    assert one_line(OSError("connection failed: refused\n\tIs the server running?")) == \
+        "connection failed: refused Is the server running?"
+    # a DataLoader worker's re-raise: the cause is the traceback's last line
+    worker = RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                          "call last):\n  File \"x.py\", line 1\nbuiltins.RuntimeError: cannot decode a.jpg")
+    assert one_line(worker) == "cannot decode a.jpg"
