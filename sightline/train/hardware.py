@@ -11,10 +11,12 @@ batch, once per machine, and keeps the answer in a small cache file.
 The probe runs a freshly built model without pretrained weights on random inputs: what is timed is the arithmetic,
 which the weights' values do not change. The fastest candidate wins only by a margin (`MARGIN`); within it the
 simpler setting (fp32, then contiguous) is kept, so noise cannot flip the choice between runs. A probe that ran
-on a busy CPU (other processes took its cores: the process got less than `BUSY_SHARE` of the CPU time its threads
-could have had) decides the run it is in but is not cached, so the next run measures again: on a 2-core machine
-with a test suite running beside it, steps took 4-10 s instead of 0.45 s, and the cached choice was bf16 where
-the idle machine's was not.
+on a busy CPU decides the run it is in but is not cached, so the next run measures again: on a 2-core machine with
+a test suite running beside it, steps took 4-10 s instead of 0.45 s, and the cached choice was bf16 where the idle
+machine's was not. Busy is read from the kernel's scheduler statistics (Linux /proc/self/task/*/schedstat): the
+share of the probe's time its threads spent ready but waiting for a core, which other processes cause and a
+many-core machine's idle threads do not (0.00-0.01 idle here, 0.5-0.8 beside two busy processes). Without those
+statistics every answer is cached.
 """
 from __future__ import annotations
 
@@ -26,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Candidate", "HardwareChoice", "cache_path", "measure_cpu_settings", "cpu_candidates", "resolve_hardware"]
+__all__ = ["Candidate", "HardwareChoice", "cache_path", "measure_cpu_settings", "cpu_candidates", "resolve_hardware",
+           "scheduler_ns"]
 
 MARGIN = 0.08  # a candidate must be this much faster (share of the step time) than a simpler one to be chosen
 PROBE_BATCH = 8  # at most this many images a step (the run's batch when smaller): enough to fill 2-16 cores' units
 TIMED_STEPS = 2  # timed steps per candidate, after one untimed (oneDNN builds its kernels on the first call)
-BUSY_SHARE = 0.8  # below this share of (wall time x threads) as the process's CPU time, the probe was crowded out
+BUSY_SHARE = 0.2  # above this share of its threads' time spent waiting for a core, the probe was crowded out
 
 
 @dataclass(frozen=True)
@@ -48,23 +51,24 @@ class Candidate:
 @dataclass
 class HardwareChoice:
     """The chosen candidate, the seconds per step measured for each (best of the timed steps), whether the
-    answer came from the cache file, and the share of the CPU the probe got (None: not measured now)."""
+    answer came from the cache file, and the share of the probe's thread time spent waiting for a core (None: not
+    measured now, or no scheduler statistics)."""
 
     chosen: Candidate
     seconds: dict[str, float]
     cached: bool
-    cpu_share: float | None = None
+    waiting_share: float | None = None
 
     @property
     def busy(self) -> bool:
-        return self.cpu_share is not None and self.cpu_share < BUSY_SHARE
+        return self.waiting_share is not None and self.waiting_share > BUSY_SHARE
 
     def describe(self) -> str:
         times = ", ".join(f"{label} {s:.3g} s" for label, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
         note = "; measured before, cached" if self.cached else ""
         if self.busy:
-            note = (f"; the CPU was busy (the probe got {self.cpu_share:.0%} of its cores), so not cached: the next "
-                    "run measures again")
+            note = (f"; the CPU was busy (the probe's threads waited for a core {self.waiting_share:.0%} of the "
+                    "time), so not cached: the next run measures again")
         return f"{self.chosen.label} (fastest of a step timed on this CPU: {times}{note})"
 
 
@@ -124,6 +128,23 @@ def _write_cache(path: Path, data: dict) -> None:
         pass  # a read-only home only costs the measurement again next time
 
 
+def scheduler_ns() -> tuple[int, int] | None:
+    """(running, waiting for a core) nanoseconds summed over this process's threads, from Linux's
+    /proc/self/task/*/schedstat; None where the kernel does not provide them."""
+    running = waiting = 0
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            fields = (task / "schedstat").read_text().split()
+            running, waiting = running + int(fields[0]), waiting + int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return (running, waiting) if running else None
+
+
 def _time_step(model, optimizer, x, y, candidate: Candidate) -> float:
     import torch
 
@@ -166,15 +187,15 @@ def measure_cpu_settings(model_name: str, num_classes: int, *, input_size: int, 
             setups[channels_last] = (model, torch.optim.AdamW(model.parameters(), lr=1e-6),
                                      x.contiguous(memory_format=fmt))
         best: dict[str, float] = {}
-        wall = cpu = 0.0
+        before = None
         for round_ in range(1 + TIMED_STEPS):  # candidates interleaved, so a burst of other load hits them all
             for c in candidates:
                 model, optimizer, inputs = setups[c.channels_last]
-                cpu_started = time.process_time()
                 seconds = _time_step(model, optimizer, inputs, y, c)
                 if round_ > 0:
                     best[c.label] = min(best.get(c.label, float("inf")), seconds)
-                    wall, cpu = wall + seconds, cpu + time.process_time() - cpu_started
+            before = scheduler_ns() if round_ == 0 else before  # the timed rounds only
+        after = scheduler_ns()
         del setups
     finally:
         torch.random.set_rng_state(rng_state)
@@ -183,8 +204,11 @@ def measure_cpu_settings(model_name: str, num_classes: int, *, input_size: int, 
         if best[c.label] < best[chosen.label] * (1.0 - MARGIN):
             chosen = c
     seconds = {label: round(s, 4) for label, s in best.items()}
-    share = min(1.0, cpu / max(wall * torch.get_num_threads(), 1e-9))
-    choice = HardwareChoice(chosen, seconds, cached=False, cpu_share=round(share, 3))
+    waiting = None
+    if before is not None and after is not None:
+        ran, waited = after[0] - before[0], after[1] - before[1]
+        waiting = round(waited / max(1, ran + waited), 3)
+    choice = HardwareChoice(chosen, seconds, cached=False, waiting_share=waiting)
     if not choice.busy:
         data = _read_cache(cache)
         data[key] = {"chosen": chosen.label, "seconds": seconds}

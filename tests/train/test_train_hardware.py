@@ -38,18 +38,29 @@ def test_the_fastest_wins_only_by_the_margin(seconds, chosen, tmp_path: Path, mo
 
 def test_a_probe_crowded_out_of_the_cpu_decides_its_run_but_is_not_cached(tmp_path: Path, monkeypatch) -> None:
     seconds = {"fp32 contiguous": 1.0, "fp32 channels-last": 0.5}
-    # each "step" takes a second of wall time and almost no CPU time: other processes had the cores
     monkeypatch.setattr(hardware, "_time_step", lambda model, opt, x, y, c: seconds[c.label])
+    # over the timed steps the threads ran 1 s and waited 3 s for a core: other processes had the cores
+    readings = iter([(5 * 10**9, 10**9), (6 * 10**9, 4 * 10**9)])
+    monkeypatch.setattr(hardware, "scheduler_ns", lambda: next(readings))
     cache = tmp_path / "hw.json"
     choice = measure_cpu_settings("test_efficientnet", 2, input_size=32, batch_size=4, candidates=[FP32, FP32_CL],
                                   cache=cache)
-    assert choice.chosen == FP32_CL and choice.busy and choice.cpu_share is not None and choice.cpu_share < 0.1
-    assert "busy" in choice.describe() and "not cached" in choice.describe()
+    assert choice.chosen == FP32_CL and choice.busy and choice.waiting_share == 0.75
+    assert "busy" in choice.describe() and "75%" in choice.describe() and "not cached" in choice.describe()
     assert not cache.exists()
 
 
+def test_scheduler_statistics_count_this_process_threads() -> None:
+    first = hardware.scheduler_ns()
+    if first is None:
+        pytest.skip("this kernel has no /proc/self/task/*/schedstat: every probe answer is cached")
+    sum(i * i for i in range(200_000))  # a little CPU work
+    second = hardware.scheduler_ns()
+    assert second is not None and second[0] > first[0] and second[1] >= first[1]
+
+
 def test_real_timing_is_cached_and_leaves_the_random_stream_alone(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(hardware, "BUSY_SHARE", 0.0)  # the suite's other worker may share the cores: cache anyway
+    monkeypatch.setattr(hardware, "BUSY_SHARE", 1.0)  # the suite's other worker may share the cores: cache anyway
     cache = tmp_path / "hw.json"
     torch.manual_seed(3)
     expected = torch.rand(4)
@@ -76,7 +87,7 @@ def test_train_records_the_resolved_settings(tmp_path: Path, monkeypatch) -> Non
     from sightline.train.fit import train
 
     monkeypatch.setenv("SIGHTLINE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(hardware, "BUSY_SHARE", 0.0)  # cached even when the suite's other worker shares the cores
+    monkeypatch.setattr(hardware, "BUSY_SHARE", 1.0)  # cached even when the suite's other worker shares the cores
     data = make_data(tmp_path / "data", splits={"train": 4, "val": 2})
     run = train(data, tmp_path / "run", progress=False, reference=False, **{**TINY, "epochs": 1, "channels_last": True})
     choice = json.loads((run / "metrics.json").read_text())["choices"]["hardware"]
