@@ -149,7 +149,8 @@ def sightline_run(data: Path, overrides: dict) -> dict:
 
     class Curve(L.Callback):
         def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-            if not trainer.sanity_checking:
+            # epochs of the fit only: train() validates the best checkpoint again after it, no new epoch
+            if not trainer.sanity_checking and trainer.state.fn == "fit":
                 rows.append({"epoch": trainer.current_epoch + 1,
                              "val_acc": float(trainer.callback_metrics["val_acc"]),
                              "seconds": round(time.perf_counter() - start, 1),
