@@ -220,6 +220,20 @@ def create_app(settings: Settings) -> FastAPI:
                                            "with a filename), not text."}, status_code=422)
         return JSONResponse({"detail": validation_message(_Errors(exc), where=where)}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        # Starlette answers every multipart parse failure with "Invalid multipart data."; say what is wrong with it.
+        # python-multipart refuses a part header line over 4 KB (a filename of about 4,000 characters) or more than
+        # 8 headers in a part, and anything that is not multipart/form-data with the boundary its header names.
+        if exc.status_code == 400 and exc.detail == "Invalid multipart data.":
+            return JSONResponse({"detail": f"{request.method} {request.url.path}: the multipart body cannot be "
+                                           "parsed; send multipart/form-data with the boundary its Content-Type "
+                                           "names, each part with at most 8 headers of at most 4 KB each (a "
+                                           "filename under about 4,000 characters)."}, status_code=400)
+        from fastapi.exception_handlers import http_exception_handler
+
+        return await http_exception_handler(request, exc)
+
     from sightline.serve.batching import BatcherClosedError
 
     @app.exception_handler(BatcherClosedError)

@@ -108,6 +108,21 @@ def test_too_many_files_is_413_and_a_good_one_still_works(service):
     assert ok.status_code == 200
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"files": [("file", ("x" * 5000 + ".jpg", b"\xff\xd8"))]},  # a part header line over python-multipart's 4 KB
+    {"content": b"--other\r\nno headers here", "headers": {"Content-Type": "multipart/form-data; boundary=b"}},
+])
+def test_a_multipart_body_that_cannot_be_parsed_says_what_to_send(service, kwargs):
+    """Starlette answered both with a bare "Invalid multipart data."."""
+    client, keys = service
+    headers = {"X-API-Key": keys["predict"], **kwargs.pop("headers", {})}
+    _one_line(client.post("/v1/predict", headers=headers, **kwargs), 400, "/v1/predict", "cannot be parsed",
+              "4 KB", "filename")
+    ok = client.post("/v1/predict", files=[("file", ("a.jpg", encode(photo(0, 40, 32), "JPEG")))],
+                     headers={"X-API-Key": keys["predict"]})
+    assert ok.status_code == 200
+
+
 @pytest.mark.parametrize("part", [("", b"\xff\xd8\xff\xe0 jpeg bytes"), None])
 def test_a_file_field_sent_as_text_says_so_without_echoing_it(service, part):
     """A multipart part without a filename arrives as a text field; the answer quoted its bytes back."""
