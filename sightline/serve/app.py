@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -230,8 +231,6 @@ def create_app(settings: Settings) -> FastAPI:
                                            "parsed; send multipart/form-data with the boundary its Content-Type "
                                            "names, each part with at most 8 headers of at most 4 KB each (a "
                                            "filename under about 4,000 characters)."}, status_code=400)
-        from fastapi.exception_handlers import http_exception_handler
-
         return await http_exception_handler(request, exc)
 
     from sightline.serve.batching import BatcherClosedError
