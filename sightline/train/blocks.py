@@ -23,9 +23,9 @@ from typing import Any
 from sightline.errors import ImageError, ModelError, UserInputError, one_line
 from sightline.train.config import TrainConfig
 
-__all__ = ["resolve_config", "check_accelerator", "build_system", "build_trainer", "TrainerParts", "fit_system", "load_best",
-           "checkpoint_epoch", "training_precision", "use_channels_last", "uses_cuda", "cpu_has_bf16", "single_process",
-           "choice_printer", "unreadable_images_hint"]
+__all__ = ["resolve_config", "check_accelerator", "build_system", "build_trainer", "TrainerParts", "fit_system",
+           "load_best", "checkpoint_epoch", "training_precision", "use_channels_last", "uses_cuda", "cpu_has_bf16",
+           "single_process", "choice_printer", "unreadable_images_hint", "quiet_lightning"]
 
 log = logging.getLogger("sightline.train")
 
@@ -73,6 +73,24 @@ def choice_printer(progress: bool) -> Callable[[str], None]:
             console.print(f"[bold cyan]train[/] {escape(message)}", highlight=False)
 
     return say
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's INFO lines off while inside: it announces hardware, precision and why fitting stopped on every
+    Trainer, which `train` says in its own words (the choices it prints, "stopped: ..."). Warnings and errors
+    still show."""
+    import lightning.pytorch  # noqa: F401  (importing it sets its loggers to INFO: first import, then quiet)
+
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def single_process(cfg: TrainConfig) -> bool:

@@ -11,12 +11,10 @@ then the file moves into its true class folder before the split; every other sug
 reviewer. What it did is written to audit/label_review.json."""
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,23 +71,6 @@ def say(message: str) -> None:
     from rich.console import Console
 
     Console(stderr=True, soft_wrap=True).print(f"[bold cyan]demo[/] {message}", highlight=False)
-
-
-@contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Lightning announces hardware, precision and why fitting stopped at INFO on every Trainer; the demo says
-    what matters in its own words. Warnings and errors still show."""
-    import lightning.pytorch  # noqa: F401  (importing it sets its loggers to INFO: first import, then quiet)
-
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _targets_lines(metrics: dict[str, Any]) -> list[str]:
@@ -236,6 +217,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, model: str 
     from sightline.evaluate.run import evaluate
     from sightline.explain.run import explain_files
     from sightline.optimize.export import export
+    from sightline.train.blocks import quiet_lightning
     from sightline.train.fit import train
 
     out = Path(out)
@@ -270,7 +252,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, model: str 
     artifacts["split data"] = str(data)
 
     say(f"4/7 training {model} at {scale.input_size} px for up to {scale.epochs} epochs ...")
-    with _quiet_libraries():
+    with quiet_lightning():
         run = train(data, out / "run", model=model, weights=weights, input_size=scale.input_size,
                     epochs=scale.epochs, batch_size=32, seed=seed, progress=not quick, **RECIPE)
     artifacts["run"] = str(run)
@@ -278,7 +260,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, model: str 
     artifacts["tensorboard"] = f"tensorboard --logdir {run / 'logs'}"
 
     say("5/7 evaluating on the test split (temperature and thresholds chosen on val) ...")
-    with _quiet_libraries():
+    with quiet_lightning():
         metrics = evaluate(run, data, split="test", n_bootstrap=200, robustness=not quick, robustness_images=60,
                            max_region_images=100, progress=not quick)
     say(f"    test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} "

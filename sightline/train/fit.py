@@ -13,6 +13,7 @@ RUN/
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -22,8 +23,8 @@ from typing import Any
 
 from sightline.errors import UserInputError
 from sightline.train.blocks import (build_system, build_trainer, checkpoint_epoch, choice_printer, fit_system,
-                                    load_best, resolve_config, single_process, training_precision,
-                                    unreadable_images_hint)
+                                    load_best, quiet_lightning, resolve_config, single_process,
+                                    training_precision, unreadable_images_hint)
 from sightline.train.config import TrainConfig
 from sightline.train.prepare import Prepared, prepare
 
@@ -129,55 +130,60 @@ def train(
     prepared = prepare(data_dir, cfg, say=say)
     dataset, pre, dm, balance = prepared.dataset, prepared.pre, prepared.dm, prepared.balance
     run.mkdir(parents=True, exist_ok=True)
-    try:
-        with unreadable_images_hint(dataset):
-            cache = dm.fill_cache()
-        if cache:
-            line = "; ".join(f"{name}: {stats.describe()}" for name, stats in cache.items())
-            prepared.choices["cache"]["filled"] = {name: asdict(stats) for name, stats in cache.items()}
-            say(f"image cache ({prepared.choices['cache']['why']}): {line}")
-        cfg = _adapt_to_small_images(cfg, prepared, say)
-        cfg = cfg.with_overrides(input_size=pre.input_size)
-        # precision and memory format are this machine's, not the run's settings: the files keep them as given (a
-        # retrain elsewhere resolves them again) and the choice is recorded with the others
-        given = {"precision": cfg.precision, "channels_last": cfg.channels_last}
-        cfg = _resolve_hardware(cfg, prepared, say)
-        cfg = _resolve_lr(cfg, prepared, run, say)
-        stop_why = (f"at most {cfg.epochs} epochs; stop when {cfg.monitor} has not improved for {cfg.patience} "
-                    f"epoch{'s' if cfg.patience != 1 else ''} or reaches its ceiling"
-                    + (f"; time budget {cfg.time_budget}: epochs planned after the first" if cfg.time_budget else ""))
-        prepared.choices["stopping"] = {"value": cfg.epochs, "why": stop_why}
-        say(f"stopping: {stop_why}")
-        # First: a run that crashes or is interrupted still says how it was made. Values resolved, choices as comments.
-        cfg.with_overrides(**given).save_yaml(run / "config.yaml",
-                                              comments=[f"{k}: {v['why']}" for k, v in prepared.choices.items()])
-        L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same weights whatever ran before
-        system = build_system(cfg, dataset.classes, dm)
-        weights_info = getattr(system.model, "sightline_weights", {"source": str(cfg.weights), "notes": []})
-        parts = build_trainer(cfg, run, dm, progress=progress, started=started, say=say, callbacks=callbacks)
-        trainer, checkpoint = parts.trainer, parts.checkpoint
-        fit_s = fit_system(trainer, system, dm, dataset)
+    # Lightning's INFO lines (hardware, precision, why fitting stopped) repeat what the choices above say; several
+    # processes keep them, where they help to debug the distributed set-up
+    with quiet_lightning() if single_process(cfg) else contextlib.nullcontext():
+        try:
+            with unreadable_images_hint(dataset):
+                cache = dm.fill_cache()
+            if cache:
+                line = "; ".join(f"{name}: {stats.describe()}" for name, stats in cache.items())
+                prepared.choices["cache"]["filled"] = {name: asdict(stats) for name, stats in cache.items()}
+                say(f"image cache ({prepared.choices['cache']['why']}): {line}")
+            cfg = _adapt_to_small_images(cfg, prepared, say)
+            cfg = cfg.with_overrides(input_size=pre.input_size)
+            # precision and memory format are this machine's, not the run's settings: the files keep them as given (a
+            # retrain elsewhere resolves them again) and the choice is recorded with the others
+            given = {"precision": cfg.precision, "channels_last": cfg.channels_last}
+            cfg = _resolve_hardware(cfg, prepared, say)
+            cfg = _resolve_lr(cfg, prepared, run, say)
+            stop_why = (f"at most {cfg.epochs} epochs; stop when {cfg.monitor} has not improved for {cfg.patience} "
+                        f"epoch{'s' if cfg.patience != 1 else ''} or reaches its ceiling"
+                        + (f"; time budget {cfg.time_budget}: epochs planned after the first"
+                           if cfg.time_budget else ""))
+            prepared.choices["stopping"] = {"value": cfg.epochs, "why": stop_why}
+            say(f"stopping: {stop_why}")
+            # First: a run that crashes or is interrupted still says how it was made. Values resolved, choices as
+            # comments.
+            cfg.with_overrides(**given).save_yaml(run / "config.yaml",
+                                                  comments=[f"{k}: {v['why']}" for k, v in prepared.choices.items()])
+            L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same weights whatever ran before
+            system = build_system(cfg, dataset.classes, dm)
+            weights_info = getattr(system.model, "sightline_weights", {"source": str(cfg.weights), "notes": []})
+            parts = build_trainer(cfg, run, dm, progress=progress, started=started, say=say, callbacks=callbacks)
+            trainer, checkpoint = parts.trainer, parts.checkpoint
+            fit_s = fit_system(trainer, system, dm, dataset)
 
-        best = checkpoint.best_model_path
-        bf16_one_device = training_precision(cfg) != "32-true" and trainer.world_size == 1
-        if trainer.world_size == 1 and (not best or Path(best).is_file()):
-            # One process, a one-file checkpoint: one read gives the best weights and their epoch.
-            best_epoch = load_best(system, best)
-            results = None if bf16_one_device else trainer.validate(system, datamodule=dm, verbose=False)[0]
-        else:
-            # Several processes (or a strategy's checkpoint folder): the strategy loads its own format.
-            results = trainer.validate(system, datamodule=dm, ckpt_path=best if best else None, verbose=False)[0]
-            if not trainer.is_global_zero:
-                return run
-            best_epoch = checkpoint_epoch(best)
-        if bf16_one_device:
-            # The bundle's numbers must be what deployment (fp32 PyTorch / ONNX) sees, not the bf16 autocast ones:
-            # on one device this is the only validation of the best weights.
-            fp32 = L.Trainer(accelerator=cfg.accelerator, devices=1, precision="32-true", logger=False,
-                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-            results = fp32.validate(system, datamodule=dm, verbose=False)[0]
-    finally:
-        dm.close()
+            best = checkpoint.best_model_path
+            bf16_one_device = training_precision(cfg) != "32-true" and trainer.world_size == 1
+            if trainer.world_size == 1 and (not best or Path(best).is_file()):
+                # One process, a one-file checkpoint: one read gives the best weights and their epoch.
+                best_epoch = load_best(system, best)
+                results = None if bf16_one_device else trainer.validate(system, datamodule=dm, verbose=False)[0]
+            else:
+                # Several processes (or a strategy's checkpoint folder): the strategy loads its own format.
+                results = trainer.validate(system, datamodule=dm, ckpt_path=best if best else None, verbose=False)[0]
+                if not trainer.is_global_zero:
+                    return run
+                best_epoch = checkpoint_epoch(best)
+            if bf16_one_device:
+                # The bundle's numbers must be what deployment (fp32 PyTorch / ONNX) sees, not the bf16 autocast ones:
+                # on one device this is the only validation of the best weights.
+                fp32 = L.Trainer(accelerator=cfg.accelerator, devices=1, precision="32-true", logger=False,
+                                 enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+                results = fp32.validate(system, datamodule=dm, verbose=False)[0]
+        finally:
+            dm.close()
     assert results is not None
     epochs_run = int(trainer.current_epoch)
     stopped = stop_reason(parts.stopping, epochs_run=epochs_run, max_epochs=cfg.epochs, budget=parts.budget)

@@ -30,6 +30,16 @@ def test_train_json_and_sanity(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert json.loads(capsys.readouterr().out)["passed"] is True
 
 
+def test_train_prints_its_own_lines_not_lightnings(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Lightning's INFO lines (hardware, precision, why fitting stopped) repeated what train says itself."""
+    data = make_data(tmp_path / "data", splits={"train": 4, "val": 2})
+    assert run_command(app, ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY_ARGS]) == 0
+    out, err = capfd.readouterr()
+    assert "stopped: max epochs" in out + err
+    for line in ("GPU available", "TPU available", "`Trainer.fit` stopped"):
+        assert line not in out + err, line
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -64,6 +74,7 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Initializing distributed" in proc.stderr  # several processes keep Lightning's lines: set-up debugging
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["val"]["n_images"] == 12
     assert (tmp_path / "run" / "bundle" / "weights.safetensors").is_file()
