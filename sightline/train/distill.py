@@ -17,6 +17,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,8 @@ def distill(
     from sightline.bundle import code_version
     from sightline.data.datasets import dataset_version
     from sightline.train.config import TrainConfig
-    from sightline.train.blocks import build_system, build_trainer, fit_system, load_best, resolve_config
+    from sightline.train.blocks import (build_system, build_trainer, fit_system, load_best, quiet_lightning,
+                                        resolve_config, single_process)
     from sightline.train.prepare import prepare
 
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
@@ -189,9 +191,11 @@ def distill(
     run = Path(out_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg.save_yaml(run / "config.yaml")
-    parts = build_trainer(cfg, run, dm, progress=progress)
     try:
-        fit_s = fit_system(parts.trainer, system, dm, dataset)
+        # Lightning's INFO lines off in one process (train does the same); several keep them for debugging
+        with quiet_lightning() if single_process(cfg) else contextlib.nullcontext():
+            parts = build_trainer(cfg, run, dm, progress=progress)
+            fit_s = fit_system(parts.trainer, system, dm, dataset)
     finally:
         dm.close()  # the decoded-image cache
     if not parts.trainer.is_global_zero:

@@ -93,6 +93,12 @@ def _resolve_hardware(cfg: TrainConfig, prepared: Prepared, say: Callable[[str],
     return cfg.with_overrides(precision=precision, channels_last=channels_last)
 
 
+def _quiet(cfg: TrainConfig) -> contextlib.AbstractContextManager:
+    """Lightning's INFO lines off in one process (`quiet_lightning`): they repeat what the choices printed say.
+    Several processes keep them, where they help to debug the distributed set-up."""
+    return quiet_lightning() if single_process(cfg) else contextlib.nullcontext()
+
+
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -127,12 +133,11 @@ def train(
     cfg = resolve_config(config, overrides)
     run = Path(out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    prepared = prepare(data_dir, cfg, say=say)
+    with _quiet(cfg):  # the input-size probe's Trainers
+        prepared = prepare(data_dir, cfg, say=say)
     dataset, pre, dm, balance = prepared.dataset, prepared.pre, prepared.dm, prepared.balance
     run.mkdir(parents=True, exist_ok=True)
-    # Lightning's INFO lines (hardware, precision, why fitting stopped) repeat what the choices above say; several
-    # processes keep them, where they help to debug the distributed set-up
-    with quiet_lightning() if single_process(cfg) else contextlib.nullcontext():
+    with _quiet(cfg):
         try:
             with unreadable_images_hint(dataset):
                 cache = dm.fill_cache()
@@ -272,9 +277,10 @@ def sanity_check(data_dir: str | Path, *, config: TrainConfig | None = None, max
     prepared = prepare(data_dir, cfg, probe=False)
     dataset, pre, dm = prepared.dataset, prepared.pre, prepared.dm
     system = build_system(cfg, dataset.classes, dm)
-    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, fast_dev_run=2, precision=training_precision(cfg),
-                        enable_progress_bar=False, enable_model_summary=False, logger=False)
-    trainer.fit(system, datamodule=dm)
+    with quiet_lightning():  # one process: the result below says what ran
+        trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, fast_dev_run=2, precision=training_precision(cfg),
+                            enable_progress_bar=False, enable_model_summary=False, logger=False)
+        trainer.fit(system, datamodule=dm)
 
     # Overfit 2 fixed batches: a model/loss/label bug shows as a loss that does not fall.
     from sightline.train.datamodule import ImageFolderSplit

@@ -129,11 +129,15 @@ def lr_range_test(system: L.LightningModule, datamodule: L.LightningDataModule, 
     saved = copy.deepcopy(system.state_dict())
     # The sweep sets every rate before each step, after the system's own schedule has set it: the sweep wins.
     sweep = _Sweep(min_lr, max_lr, steps, diverge)
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=steps, max_epochs=-1,
-                        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[sweep])
+    from sightline.train.blocks import quiet_lightning
+
     try:
-        trainer.fit(system, datamodule=datamodule)
+        with quiet_lightning():  # one process: Lightning's hardware lines would only repeat the run's
+            trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=steps,
+                                max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                                callbacks=[sweep])
+            trainer.fit(system, datamodule=datamodule)
     finally:
         system.load_state_dict(saved)
     if not sweep.losses:

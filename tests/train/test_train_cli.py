@@ -38,6 +38,11 @@ def test_train_prints_its_own_lines_not_lightnings(tmp_path: Path, capfd: pytest
     assert "stopped: max epochs" in out + err
     for line in ("GPU available", "TPU available", "`Trainer.fit` stopped"):
         assert line not in out + err, line
+    assert run_command(app, ["train", str(data), "--out", str(tmp_path / "s"), "--sanity", *TINY_ARGS]) == 0
+    out, err = capfd.readouterr()
+    assert "sanity check passed" in out + err
+    for line in ("GPU available", "fast_dev_run"):
+        assert line not in out + err, line
 
 
 @pytest.mark.parametrize(
