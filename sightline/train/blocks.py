@@ -76,10 +76,14 @@ def choice_printer(progress: bool) -> Callable[[str], None]:
 
 
 @contextmanager
-def quiet_lightning() -> Iterator[None]:
+def quiet_lightning(cfg: TrainConfig | None = None) -> Iterator[None]:
     """Lightning's INFO lines off while inside: it announces hardware, precision and why fitting stopped on every
-    Trainer, which `train` says in its own words (the choices it prints, "stopped: ..."). Warnings and errors
-    still show."""
+    Trainer (at its construction and at fit), which `train` says in its own words (the choices it prints,
+    "stopped: ..."). Warnings and errors still show. With a `cfg` that trains in several processes the lines stay:
+    there they help to debug the distributed set-up."""
+    if cfg is not None and not single_process(cfg):
+        yield
+        return
     import lightning.pytorch  # noqa: F401  (importing it sets its loggers to INFO: first import, then quiet)
 
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]

@@ -17,7 +17,6 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -166,7 +165,7 @@ def distill(
     from sightline.data.datasets import dataset_version
     from sightline.train.config import TrainConfig
     from sightline.train.blocks import (build_system, build_trainer, fit_system, load_best, quiet_lightning,
-                                        resolve_config, single_process)
+                                        resolve_config)
     from sightline.train.prepare import prepare
 
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
@@ -192,8 +191,7 @@ def distill(
     run.mkdir(parents=True, exist_ok=True)
     cfg.save_yaml(run / "config.yaml")
     try:
-        # Lightning's INFO lines off in one process (train does the same); several keep them for debugging
-        with quiet_lightning() if single_process(cfg) else contextlib.nullcontext():
+        with quiet_lightning(cfg):  # as train: Lightning's INFO lines off in one process
             parts = build_trainer(cfg, run, dm, progress=progress)
             fit_s = fit_system(parts.trainer, system, dm, dataset)
     finally:

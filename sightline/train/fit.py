@@ -13,7 +13,6 @@ RUN/
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -93,12 +92,6 @@ def _resolve_hardware(cfg: TrainConfig, prepared: Prepared, say: Callable[[str],
     return cfg.with_overrides(precision=precision, channels_last=channels_last)
 
 
-def _quiet(cfg: TrainConfig) -> contextlib.AbstractContextManager:
-    """Lightning's INFO lines off in one process (`quiet_lightning`): they repeat what the choices printed say.
-    Several processes keep them, where they help to debug the distributed set-up."""
-    return quiet_lightning() if single_process(cfg) else contextlib.nullcontext()
-
-
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -133,11 +126,10 @@ def train(
     cfg = resolve_config(config, overrides)
     run = Path(out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    with _quiet(cfg):  # the input-size probe's Trainers
+    with quiet_lightning(cfg):  # the input-size probe's Trainers too
         prepared = prepare(data_dir, cfg, say=say)
-    dataset, pre, dm, balance = prepared.dataset, prepared.pre, prepared.dm, prepared.balance
-    run.mkdir(parents=True, exist_ok=True)
-    with _quiet(cfg):
+        dataset, pre, dm, balance = prepared.dataset, prepared.pre, prepared.dm, prepared.balance
+        run.mkdir(parents=True, exist_ok=True)
         try:
             with unreadable_images_hint(dataset):
                 cache = dm.fill_cache()
