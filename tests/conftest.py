@@ -1,6 +1,7 @@
 """Shared fixtures. Tests make their own tiny data; nothing here reads ../shared."""
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 
@@ -18,6 +19,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     while the other waits."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Collection imported torch, Lightning, timm and the rest: about a million objects that live as long as the
+    worker. Frozen, the collector stops walking them at each full collection (14 a worker, 0.25 s each); full
+    collections then come at most every 100 young ones, not 10 (the tests' own objects: 3.5 -> 1.4 s a worker).
+    Frozen objects are still freed when nothing refers to them; only cycles among them wait for the exit."""
+    gc.freeze()
+    gc.set_threshold(700, 10, 100)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Frozen again at the end: the interpreter's collections at exit then skip what the tests left (2-4 s a
+    worker, the whole run waiting on them)."""
+    gc.freeze()
 
 
 @pytest.fixture(scope="session", autouse=True)
