@@ -1,5 +1,6 @@
-"""run_demo wires every stage into one folder, says where everything is and how the targets fared, in its own lines;
-its stand-in reviewer of the label check's suggestions moves only the files planted_issues.json lists as wrong."""
+"""run_demo's parts: the seed reaches every seeded stage, the CLI passes its options on, and the stand-in reviewer
+of the label check's suggestions moves only the files planted_issues.json lists as wrong. A whole quick demo run,
+then served: tests/test_demo.py."""
 from __future__ import annotations
 
 import json
@@ -7,72 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sightline.bundle import load_bundle
 from sightline.cli import main
 from sightline.data.label_issues import LabelCheck, LabelIssue
 from sightline.data.synth import synthesize
-from sightline.errors import UserInputError
-from sightline.spec import load_spec
 from sightline.train import demo
-
-# What other libraries print unasked: ONNX Runtime's calibrators (stdout) and Lightning's Trainer (INFO log lines).
-FOREIGN = ("Collecting tensor data", "Finding optimal threshold", "Number of tensors", "GPU available",
-           "TPU available", "Trainer.fit` stopped", "Using bfloat16")
-
-
-@pytest.mark.slow
-def test_quick_demo_runs_every_stage_with_a_tiny_model(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    artifacts = demo.run_demo(tmp_path / "demo", quick=True, seed=1, model="test_efficientnet", weights="none")
-    for key in ("raw data", "split data", "run", "bundle", "heatmaps"):
-        assert Path(artifacts[key]).is_dir(), key
-    for key in ("audit report", "eval metrics", "report", "model card", "onnx", "int8 onnx"):
-        assert Path(artifacts[key]).is_file(), key
-    for split in ("train", "val", "test"):
-        assert (Path(artifacts["split data"]) / split).is_dir()
-    # the planted corrupt file was quarantined by the audit, so training and evaluation never met it
-    assert any((Path(artifacts["raw data"]) / ".quarantine").rglob("*"))
-    metrics = json.loads(Path(artifacts["eval metrics"]).read_text())
-    assert metrics["split"] == "test" and metrics["n_images"] > 0
-    assert "export" in load_bundle(artifacts["run"]).extra
-    assert list(Path(artifacts["heatmaps"]).glob("*.png"))
-    assert "sightline serve " in artifacts["serve"]
-
-    # the label check ran in the audit, and the stand-in reviewer moved nothing the planted list does not confirm
-    raw = Path(artifacts["raw data"])
-    audit = json.loads((Path(artifacts["audit report"]).parent / "audit.json").read_text())
-    review = json.loads(Path(artifacts["label review"]).read_text())
-    wrong = {w["path"]: w["true_label"] for w in json.loads((raw / "planted_issues.json").read_text())["wrong_labels"]}
-    assert audit["label_check"]["ran"] and review["label_check"]["model"]["input_size"] == demo.QUICK.label_input_size
-    assert review["flagged"] == audit["counts"]["label_issue"] == len(review["decisions"])
-    assert review["planted_wrong_labels"] == len(wrong)
-    assert review["planted_found"] == sum(d["path"] in wrong for d in review["decisions"])
-    for d in review["decisions"]:
-        if "moved_to" in d:
-            assert d["moved_to"] == f"{wrong[d['path']]}/{Path(d['path']).name}" and (raw / d["moved_to"]).is_file()
-            assert not (raw / d["path"]).exists()
-        elif d["decision"] == "left for a reviewer":
-            assert (raw / d["path"]).is_file()
-    for path in set(wrong) - {d["path"] for d in review["decisions"]}:
-        assert (raw / path).is_file()  # not flagged: keeps its wrong label
-
-    # every target of the data's sightline.yaml is reported, with its verdict, in the demo's own lines
-    out, err = capfd.readouterr()
-    spec = load_spec(Path(artifacts["split data"]) / "sightline.yaml")
-    assert len(spec.targets) == len(metrics["targets"]) >= 3
-    for target in metrics["targets"]:
-        assert target["target"] in err and f"{target['value']:.3f}" in err
-    assert f"{sum(t['passed'] for t in metrics['targets'])} of {len(metrics['targets'])} met" in err
-    assert "seed 1" in err
-    assert "plays the reviewer" in err and "planted_issues.json" in err
-    assert f"{review['flagged']} images likely mislabeled" in err
-    assert f"left for a reviewer: {review['left_for_a_reviewer']}" in err
-    for line in FOREIGN:
-        assert line not in out + err, line
-    assert out == ""  # ONNX Runtime's calibration progress used to land here
-
-    with pytest.raises(UserInputError, match="not empty"):
-        demo.run_demo(tmp_path / "demo", quick=True)
-
 
 def test_the_same_seed_gives_the_same_demo_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--seed` reaches every seeded stage: stop the demo after the split and compare the data folders."""
