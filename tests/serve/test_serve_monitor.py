@@ -394,7 +394,8 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever's next poll: every 10 ms, not the default 0.5 s
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -406,7 +407,7 @@ def _wait(predicate, timeout=60.0):
     deadline = time.time() + timeout
     while not predicate():
         assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def test_alert_fires_after_two_drifted_windows_survives_a_restart_and_is_delivered_signed(profiled, database_url):

@@ -20,12 +20,12 @@ def _bundle(root: Path, seed: int, version: str, *, onnx: bool = True) -> Path:
 
 @contextmanager
 def _registry_serving(registry_root: Path, url: str, **overrides):
-    """uvicorn on a free loopback port serving the registry's champion (alias polled every 0.3 s); yields the URL."""
+    """uvicorn on a free loopback port serving the registry's champion (alias polled every 0.1 s); yields the URL."""
     from sightline.serve.app import create_app
     from sightline.serve.settings import Settings
 
     settings = Settings(registry=registry_root, database_url=url, **{
-        "registry_poll_s": 0.3, "rate_limit_per_minute": 0, "key_cache_s": 0, "batch_max_wait_ms": 5, "threads": 1,
+        "registry_poll_s": 0.1, "rate_limit_per_minute": 0, "key_cache_s": 0, "batch_max_wait_ms": 5, "threads": 1,
         "monitor": False, **overrides})
     with started(create_app(settings)) as port:
         yield f"http://127.0.0.1:{port}"
@@ -139,7 +139,7 @@ def test_version_without_onnx_keeps_the_old_model_with_one_log_line(registry_ser
         registry.promote("v3", reason="no onnx")
         _wait_until(lambda: any("cannot be served" in rec.getMessage() for rec in caplog.records), 15,
                     "no log line about v3")
-        time.sleep(1.0)  # several more polls (every 0.3 s): the line is not repeated
+        time.sleep(0.5)  # several more polls (every 0.1 s): the line is not repeated
         r = httpx.post(f"{base}/v1/predict", files=[("file", ("a.jpg", encode(photo(1))))],
                        headers={"X-API-Key": key}, verify=tls())
     assert r.status_code == 200 and r.json()["model"]["registry_version"] == before
@@ -147,7 +147,7 @@ def test_version_without_onnx_keeps_the_old_model_with_one_log_line(registry_ser
     lines = [rec.getMessage() for rec in caplog.records if "cannot be served" in rec.getMessage()]
     assert len(lines) == 1 and "v3" in lines[0] and "model.onnx" in lines[0], lines
     registry.rollback(reason="back")  # the alias returns to what is served: no swap, no new line
-    time.sleep(1.0)
+    time.sleep(0.5)
     assert httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"] == before
 
 
