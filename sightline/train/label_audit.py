@@ -41,6 +41,7 @@ def image_features(
     batch_size: int = 64,
     input_size: int | None = None,
     crop_pct: float | None = None,
+    seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> tuple[np.ndarray, list[int], list[dict[str, str]], dict]:
     """(N_ok, D) pooled features of the files that decode, their positions in `paths`, the files that did not
@@ -48,11 +49,16 @@ def image_features(
 
     One decode -> preprocess -> run path (sightline.inference.score_files) with the architecture's own
     preprocessing (`default_preprocessing`; `input_size` px and `crop_pct` override its size and center crop);
-    the classifier head (sized for `classes`) is not used."""
+    the classifier head (sized for `classes`) is not used. `seed`: what is initialised at random (everything with
+    weights="none") is drawn from it, so the same seed gives the same features whatever the process ran before."""
+    import torch
+
     from sightline.inference import Engine, TorchBackend, score_files
     from sightline.models.factory import create_model, default_preprocessing
 
-    model = create_model(arch, num_classes=len(classes), weights=weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(arch, num_classes=len(classes), weights=weights)
     pre = default_preprocessing(arch, input_size=input_size, crop_pct=crop_pct)
     with Engine(TorchBackend(model, device=device), preprocessing=pre, classes=classes) as engine:
         (out,), inputs = score_files([engine], list(paths), batch_size=batch_size, progress=progress,
@@ -107,7 +113,7 @@ def audit_labels(
     samples: list[Sample] = [s for s in dataset.samples if s.label in check.classes]
     features, index, _, info = image_features([s.path for s in samples], dataset.classes, arch=arch,
                                               weights=weights, device=device, input_size=input_size,
-                                              crop_pct=crop_pct, progress=progress)
+                                              crop_pct=crop_pct, seed=seed, progress=progress)
     used = [samples[i] for i in index]
     if feature_dims is not None:
         features = principal_components(features, feature_dims, seed=seed)
