@@ -109,11 +109,13 @@ def assign_groups(
 
 
 def place_file(src: Path, dst: Path, *, link: bool = True) -> bool:
-    """Hard-link src to dst (when `link`), or copy when linking is impossible or not wanted. True when linked."""
+    """Hard-link src to dst (when `link`), or copy when linking is impossible or not wanted. True when linked.
+    A symlinked src is placed as the file it points to: os.link on Linux links the symlink itself, which pointed
+    back into the source (refused by training as outside its root) or dangled when relative."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
         try:
-            os.link(src, dst)
+            os.link(src.resolve(), dst)
             return True
         except OSError:  # another file system, or links not supported
             pass

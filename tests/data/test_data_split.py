@@ -147,3 +147,18 @@ def test_split_cli_writes_the_layout_and_reports_json(raw: Path, tmp_path: Path,
     assert placed.layout == "split" and report["n_images"] == len(placed.samples)
     assert (tmp_path / "out" / "manifest.csv").is_file()
     assert _snapshot(raw) == before  # the source is never modified
+
+
+def test_a_symlinked_image_is_placed_as_its_content_not_as_the_link(tmp_path: Path) -> None:
+    """A symlink in the source (absolute, or relative to a sibling) is placed as the image it points to:
+    hard-linking the link itself left a link in the new layout that pointed back into the source (training refused
+    it: outside its root) or dangled (a relative target that was not placed beside it)."""
+    raw = _make(tmp_path / "raw", {"a": 6, "b": 6})
+    (raw / "a" / "absolute.png").symlink_to(raw / "a" / "a_00.png")
+    (raw / "b" / "relative.png").symlink_to("b_00.png")
+    out = tmp_path / "out"
+    split_dataset(raw, out, max_distance=-1)
+    placed = {p.name: p for p in out.rglob("*.png")}
+    for name in ("absolute.png", "relative.png"):
+        assert placed[name].is_file() and not placed[name].is_symlink()
+    assert not scan_dataset(out).skipped
