@@ -74,6 +74,7 @@ def test_mistyped_json_fields_are_named(service, body, words):
     ("limit=0", ("query.limit", ">= 1")), ("limit=100000", ("query.limit", "<= 500")),
     ("limit=abc", ("query.limit", "whole number")), ("offset=-1", ("query.offset", ">= 0")),
     ("slice=bogus", ("query.slice", "'queue' or 'random'")),
+    (f"offset={HUGE}", ("query.offset", "<= 9223372036854775807")),
 ])
 def test_queries_out_of_range_are_named(service, query, words):
     client, keys = service

@@ -9,7 +9,7 @@ import anyio
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from sightline.serve.deps import ReviewKeyDep, StateDep
-from sightline.serve.schemas import ErrorResponse, PredictionId, ReviewItem, ReviewLabel
+from sightline.serve.schemas import PREDICTION_ID_MAX, ErrorResponse, PredictionId, ReviewItem, ReviewLabel
 from sightline.storage.store import UNKNOWN_LABEL
 
 router = APIRouter(tags=["review"])
@@ -22,7 +22,7 @@ async def review_queue(
     state: StateDep,
     key: ReviewKeyDep,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=PREDICTION_ID_MAX),  # a larger one overflowed in the database driver (500)
     which: Literal["queue", "random"] = Query(
         "queue", alias="slice", description="queue: low-confidence and unknown predictions; random: the random "
         "slice, drawn from all predictions whatever their decision (their labels measure production accuracy "
