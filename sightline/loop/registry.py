@@ -390,6 +390,8 @@ class Registry:
             found = conn.execute(select(v).where(v.c.bundle_hash == digest)).first()
         if found is not None:
             added = Added(self._version(found), created=False)
+            if self.remote is None and not self.intact(added.version):  # its copy was damaged: restore it
+                self._copy(b.path, digest)
         else:
             added = self._insert(b, digest, by=by, reason=reason)
         current = self.aliases().get(alias) if alias is not None else None
@@ -424,6 +426,7 @@ class Registry:
             last = self._last_challenge(conn, version.bundle_hash) if alias == "champion" else None
             if not force:
                 _refuse_failed(last, version.ref)
+            self._refuse_damaged(version)
             forced = bool(force and last is not None and not last["promote"])
             return self._move_alias(conn, alias, "promote", current, version.id, by=by, reason=reason, forced=forced,
                                     challenge_id=last["id"] if last else None)
@@ -437,10 +440,20 @@ class Registry:
             if len(chain) < 2:
                 state = f"points to v{chain[-1]} and was never promoted from another version" if chain else "is not set"
                 raise UserInputError(f"cannot roll back {alias}: it {state}; nothing changed.")
+            v = self.tables["versions"]
+            self._refuse_damaged(self._version(conn.execute(select(v).where(v.c.id == chain[-2])).one()))
             return self._move_alias(conn, alias, "rollback", chain[-1], chain[-2], by=by, reason=reason, forced=False,
                                     challenge_id=None)
 
     # --- internals --------------------------------------------------------------------------------------------
+    def _refuse_damaged(self, version: Version) -> None:
+        """UserInputError when the registry's copy of `version` is missing or changed: an alias pointing there
+        could not be served (a running service would keep its model; a restarted one would not start)."""
+        if not self.intact(version):
+            raise UserInputError(f"{version.ref}'s files at {version.artifact or version.path} are missing or changed; "
+                                 f"nothing changed. `sightline registry add {version.source}` restores them from "
+                                 "the same bundle.")
+
     def _insert(self, b: Any, digest: str, *, by: str | None, reason: str | None) -> Added:
         v = self.tables["versions"]
         if self.root is None:

@@ -230,6 +230,35 @@ def test_bad_input_is_one_line_and_changes_nothing(registry: Registry, bundles: 
     assert sorted(p.name for p in registry.root.iterdir()) == [registry.resolve("v1").bundle_hash]
 
 
+def test_a_version_whose_files_are_gone_is_not_promoted_until_added_again(registry: Registry,
+                                                                          bundles: list[Path]) -> None:
+    """Promoting a version whose copy was deleted succeeded: the service then kept its old model (or, restarted,
+    did not start). Refused now, rollback too; adding the same bundle again restores the copy."""
+    import shutil
+
+    registry.add(bundles[0], alias="champion")
+    v2 = registry.add(bundles[1]).version
+    copy = Path(v2.path)
+    copy.chmod(0o755)
+    shutil.rmtree(copy)
+    before = _state(registry)
+    with pytest.raises(UserInputError, match=r"v2's files at .* are missing or changed; nothing changed") as info:
+        registry.promote("v2")
+    assert "\n" not in str(info.value) and _state(registry) == before
+
+    again = registry.add(bundles[1])
+    assert not again.created and registry.intact(v2)
+    registry.promote("v2")
+    v1 = registry.resolve("v1")
+    Path(v1.path).chmod(0o755)
+    (Path(v1.path) / "model.json").chmod(0o644)
+    (Path(v1.path) / "model.json").write_text("{}")
+    before = _state(registry)
+    with pytest.raises(UserInputError, match="v1's files at .* are missing or changed"):
+        registry.rollback()
+    assert _state(registry) == before
+
+
 def test_cli_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                        bundles: list[Path]) -> None:
     db = f"sqlite:///{tmp_path / 'sightline.db'}"
