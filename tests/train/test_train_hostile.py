@@ -61,3 +61,20 @@ def test_files_left_out_of_training_are_said(tmp_path):
     prepare(tmp_path, cfg, say=said.append, probe=False).dm.close()
     warnings = [line for line in said if line.startswith("warning:")]
     assert len(warnings) == 1 and "2 file(s)" in warnings[0] and "sightline data audit" in warnings[0]
+
+
+@pytest.mark.parametrize("inside", ["train/run", "val", "test/a/run"])
+def test_a_run_folder_inside_a_split_is_refused_before_any_work(tmp_path, inside):
+    """RUN inside DATA/train/ became a class folder of the dataset ('train/run holds no usable image'): every later
+    train, evaluate and audit of DATA failed. Refused up front, with the folder named; DATA/run stays allowed."""
+    from sightline.errors import UserInputError
+    from sightline.train.fit import train
+
+    for split in ("train", "val"):
+        for i, c in enumerate(("a", "b")):
+            _images(tmp_path / "data" / split / c, 2, seed=i)
+    out = tmp_path / "data" / inside
+    with pytest.raises(UserInputError, match=r"inside the dataset's (train|val|test)/ folder"):
+        train(tmp_path / "data", out, model="test_efficientnet", weights="none", input_size=32, epochs=1,
+              num_workers=0, progress=False)
+    assert not (out / "config.yaml").exists()
