@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 from sightline.data.images import DEFAULT_MAX_PIXELS, image_info
-from sightline.errors import DatasetError, ImageError
+from sightline.errors import DatasetError, ImageError, UserInputError
 
 __all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version",
-           "region_path", "region_files"]
+           "region_path", "region_files", "refuse_out_inside_splits"]
 
 SPLITS = ("train", "val", "test")
 MASK_SUFFIX = ".mask.png"  # binary mask beside the image: <stem>.mask.png
@@ -148,6 +148,18 @@ def _probe(path: Path) -> tuple[Path, object]:
     if info.width * info.height > DEFAULT_MAX_PIXELS:  # load_image would refuse it
         return path, f"{info.width}x{info.height} is above the {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixel cap"
     return path, info
+
+
+def refuse_out_inside_splits(out: str | Path, data_dir: str | Path, *, option: str = "--out") -> None:
+    """Raise UserInputError when `out` is DATA/train/ (val/, test/) or inside one: what a command writes there
+    becomes a class folder of the dataset, and every later train, evaluate or audit of DATA fails on it. DATA/run
+    itself is left out of the split layout, so it is allowed."""
+    target = Path(out).resolve()
+    for split in SPLITS:
+        folder = Path(data_dir).resolve() / split
+        if target == folder or folder in target.parents:
+            raise UserInputError(f"{option} '{out}' is inside the dataset's {split}/ folder, where its files would "
+                                 f"become part of the data; choose a folder outside '{data_dir}' (or beside its splits).")
 
 
 def scan_dataset(

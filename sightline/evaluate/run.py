@@ -259,9 +259,12 @@ def _evaluate_runs(
     The dataset is scanned once, and each val and split image is decoded once for all runs that share a
     preprocessing (the seeds of one run): their models score every decoded chunk together, so they are held in
     memory together while their pass lasts."""
-    from sightline.data.datasets import scan_dataset
+    from sightline.data.datasets import refuse_out_inside_splits, scan_dataset
     from sightline.inference import default_device
 
+    for out in outs:
+        if out is not None:
+            refuse_out_inside_splits(out, data_dir)
     bundles = [load_bundle(p) for p in paths]
     data_dir = Path(data_dir)
     dataset = scan_dataset(data_dir)

@@ -92,19 +92,6 @@ def _resolve_hardware(cfg: TrainConfig, prepared: Prepared, say: Callable[[str],
     return cfg.with_overrides(precision=precision, channels_last=channels_last)
 
 
-def _refuse_run_inside_splits(run: Path, data_dir: str | Path) -> None:
-    """RUN under DATA/train/ (val/, test/) would become a class folder of the dataset, and every later train,
-    evaluate or audit of DATA would fail on it; DATA/run itself is left out of the split layout, so it is allowed."""
-    from sightline.data.datasets import SPLITS
-
-    out = run.resolve()
-    for split in SPLITS:
-        folder = Path(data_dir).resolve() / split
-        if out == folder or folder in out.parents:
-            raise UserInputError(f"--out '{run}' is inside the dataset's {split}/ folder, where its files would become "
-                                 f"part of the data; choose a folder outside '{data_dir}' (or beside its splits).")
-
-
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -131,14 +118,14 @@ def train(
     import lightning as L
 
     from sightline.bundle import Bundle, code_version
-    from sightline.data.datasets import dataset_version
+    from sightline.data.datasets import dataset_version, refuse_out_inside_splits
     from sightline.train.stopping import stop_reason
 
     started = time.perf_counter()
     say = choice_printer(progress)
     cfg = resolve_config(config, overrides)
     run = Path(out_dir)
-    _refuse_run_inside_splits(run, data_dir)
+    refuse_out_inside_splits(run, data_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     with quiet_lightning(cfg):  # the input-size probe's Trainers too
         prepared = prepare(data_dir, cfg, say=say)

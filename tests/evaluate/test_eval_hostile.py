@@ -32,3 +32,25 @@ def test_refused_files_of_the_split_are_listed_as_unreadable(tmp_path):
     assert set(listed) == {"test/a/notes.txt", "test/b/zero.png"}
     assert "not a supported image" in listed["test/a/notes.txt"] and "empty (0 bytes)" in listed["test/b/zero.png"]
     assert result.n_images == 6
+
+
+def test_an_out_folder_inside_a_split_is_refused_before_any_work(tmp_path):
+    """--out DATA/val/ev wrote metrics.json and report.html into a new class folder 'val/ev': every later
+    evaluate, train and audit of DATA then failed ('class folder val/ev holds no usable image')."""
+    import pytest
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.errors import UserInputError
+    from sightline.evaluate.run import evaluate
+    from sightline.models.factory import create_model
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            Image.new("RGB", (24, 24), (40, 90, 200)).save(tmp_path / "data" / split / c / "0.png")
+    bundle = Bundle("test_efficientnet", ["a", "b"], Preprocessing(32), name="t", version="1")
+    bundle.save(tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    out = tmp_path / "data" / "val" / "ev"
+    with pytest.raises(UserInputError, match="inside the dataset's val/ folder"):
+        evaluate(tmp_path / "bundle", tmp_path / "data", out=out)
+    assert not out.exists()
