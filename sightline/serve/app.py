@@ -231,6 +231,16 @@ def create_app(settings: Settings) -> FastAPI:
                                            "parsed; send multipart/form-data with the boundary its Content-Type "
                                            "names, each part with at most 8 headers of at most 4 KB each (a "
                                            "filename under about 4,000 characters)."}, status_code=400)
+        if exc.status_code == 400 and isinstance(exc.detail, str):  # Starlette's other multipart refusals
+            where, detail = f"{request.method} {request.url.path}", exc.detail
+            if detail.startswith("Too many files."):  # its cap is 1,000 parts; ours is far lower: say ours
+                return JSONResponse({"detail": f"{where}: over 1,000 files in one request; the limit is "
+                                               f"{settings.max_images_per_request}. Split the request."},
+                                    status_code=413)
+            if detail.startswith(("Missing boundary", "Too many fields.", "Field exceeded", "Part exceeded")):
+                return JSONResponse({"detail": f"{where}: {detail[:1].lower()}{detail[1:-1]}; send multipart/form-"
+                                               "data with a boundary in its Content-Type and only the file "
+                                               "field(s), each image as a file upload."}, status_code=400)
         return await http_exception_handler(request, exc)
 
     from sightline.serve.batching import BatcherClosedError
