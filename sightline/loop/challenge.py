@@ -182,6 +182,12 @@ def challenge(
     data = Path(data)
     rule, rule_file = _rule(spec, data)
     splits = _splits(data, a.classes)
+    from sightline.loop.content import bundle_hash
+
+    assert a.path is not None and b.path is not None
+    if bundle_hash(a.path) == bundle_hash(b.path):  # scored, it "passed" every check and was verdict PROMOTE
+        raise UserInputError(f"the champion {champion} and the challenger {challenger} are the same model (same "
+                             "bundle hash); pass the retrained RUN as the challenger.")
     out_dir = Path(out) if out is not None else _default_out(b)
 
     comparisons: dict[str, dict[str, Any]] = {}

@@ -151,6 +151,16 @@ def test_bad_input_is_one_line_and_writes_nothing(data: Path, good: Path, tmp_pa
         challenge(good, good, no_test, out=out)
     assert not out.exists()
 
+    # The same model twice (here a copy of it): it was scored and its verdict was PROMOTE.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in good.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert run_command(app, ["challenge", str(good), str(copy), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "are the same model" in err, err
+    assert not out.exists()
+
 
 def test_cli_exit_codes_follow_the_verdict(data: Path, good: Path, lazy: Path, tmp_path: Path, no_plots: None,
                                           capsys) -> None:
