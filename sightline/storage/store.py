@@ -113,11 +113,14 @@ class Base(DeclarativeBase):
     pass
 
 
+NAME_MAX = 200  # characters of a key's name: it is recorded as the reviewer of labels, String(200) columns
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX), index=True)
     lookup: Mapped[str] = mapped_column(String(32), unique=True, index=True)  # "sl_" + first 8 chars
     key_hash: Mapped[str] = mapped_column(String(64))
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
@@ -431,6 +434,8 @@ class Store:
         a hash (show it once)."""
         if not name.strip():
             raise UserInputError("the key name is empty; give it the name of the client or person.")
+        if len(name) > NAME_MAX:  # PostgreSQL refused the INSERT (a traceback); SQLite kept it
+            raise UserInputError(f"the key name is {len(name)} characters long; use at most {NAME_MAX}.")
         granted = parse_roles(roles)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self._write(), Session(self.engine) as session, session.begin():

@@ -35,3 +35,19 @@ def test_new_empty_and_real_databases_still_open(tmp_path):
     (tmp_path / "empty.db").write_bytes(b"")
     Store(f"sqlite:///{tmp_path / 'empty.db'}").close()
     Store("sqlite://").close()  # in memory
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_key_name_too_long_for_its_column_is_one_line(tmp_path, kind):
+    """A 300-character name: PostgreSQL refused the INSERT with a DataError traceback (`keys create`, exit 1)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # serve_tiny
+    from serve_tiny import open_store
+
+    with open_store(kind, tmp_path) as store:
+        with pytest.raises(UserInputError, match="the key name is 300 characters long; use at most 200"):
+            store.create_key("n" * 300, ["review"])
+        assert store.list_keys() == []
+        assert store.verify_key(store.create_key("n" * 200, ["review"])).name == "n" * 200
