@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from sightline._cli.common import console, existing_path, fail, out_folder, print_json
+from sightline._cli.common import console, err_console, existing_path, fail, out_folder, print_json
 from sightline.train.config import TrainConfig
 
 
@@ -104,7 +104,19 @@ def train_cmd(
         console.print(f"{seeds} seeds, val ({summary['n_images']} images): accuracy {acc['mean']:.4f} +- "
                       f"{acc['std']:.4f}, macro-F1 {f1['mean']:.4f} +- {f1['std']:.4f}  ({out / 'seeds.json'})")
         return
-    run = train(data, out, config=cfg, progress=not json_out)
+    try:
+        run = train(data, out, config=cfg, progress=not json_out)
+    except KeyboardInterrupt as exc:  # Ctrl-C: what is left, in one line, and the shell's code for an interrupt
+        from rich.markup import escape
+
+        what = str(exc) or "interrupted"  # fit_system says the epoch
+        bundle = out / "bundle"
+        left = (f"{bundle} was written" if (bundle / "model.json").is_file() else
+                f"no bundle written, checkpoints so far in {out / 'checkpoints'}")
+        err_console.print(escape(f"{what}: {left}; `sightline train {data} --out NEW --config "
+                                 f"{out / 'config.yaml'}` starts again with the same settings."),
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     metrics_path = run / "metrics.json"
     if not metrics_path.is_file():  # a non-zero DDP rank: rank 0 writes and reports
         return

@@ -237,10 +237,18 @@ def unreadable_images_hint(dataset: Any) -> Iterator[None]:
 
 
 def fit_system(trainer: Any, system: Any, dm: Any, dataset: Any) -> float:
-    """trainer.fit, with a one-line answer for an image that fails to decode mid-run; returns its seconds."""
+    """trainer.fit, with a one-line answer for an image that fails to decode mid-run; returns its seconds.
+
+    Ctrl-C raises KeyboardInterrupt: Lightning answers it with its own shutdown, then sys.exit(1), which read as a
+    failed run and left no way for a caller to tell an interrupt from an error."""
     started = time.perf_counter()
-    with unreadable_images_hint(dataset):
-        trainer.fit(system, datamodule=dm)
+    try:
+        with unreadable_images_hint(dataset):
+            trainer.fit(system, datamodule=dm)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt(f"interrupted during epoch {trainer.current_epoch}") from None
+        raise
     return time.perf_counter() - started
 
 

@@ -87,3 +87,33 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     # `step` counts from 0; one process takes 3 steps).
     rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "metrics.csv").read_text().splitlines()))
     assert [int(r["step"]) + 1 for r in rows if r.get("train_loss_epoch")] == [2]
+
+
+def test_ctrl_c_mid_epoch_is_one_line_and_exit_130(tmp_path: Path, monkeypatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C mid-epoch: Lightning's graceful shutdown ends in sys.exit(1), so train said nothing and exited 1 as if it
+    had failed. Now one line says what is left (no bundle; RUN/config.yaml to start again) and the exit code is 130;
+    Ctrl-C still works afterwards (Lightning ignores SIGINT while it shuts down)."""
+    import functools
+    import signal
+
+    import lightning as L
+
+    import sightline.train.fit as fit
+
+    class CtrlC(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit, "train", functools.partial(fit.train, callbacks=[CtrlC()]))
+    data = make_data(tmp_path / "data", splits={"train": 4, "val": 2})
+    before = signal.getsignal(signal.SIGINT)
+    code = run_command(app, ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "3", "--patience", "3",
+                             *TINY_ARGS])
+    err = capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before
+    assert code == 130 and "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "interrupted" in lines[-1] and "config.yaml" in lines[-1]
+    assert (tmp_path / "run" / "config.yaml").is_file() and not (tmp_path / "run" / "bundle").exists()
