@@ -58,7 +58,7 @@ class Served:
         """The model version written with each prediction row: the bundle's version, plus the registry version
         and content hash when served from the registry (two registry versions may share a bundle version)."""
         if self.registry_version is None:
-            return self.bundle.version
+            return str(self.bundle.version)[:100]  # the column's width (PostgreSQL refused longer: every request 500)
         return f"{self.bundle.version}+{self.registry_version}.{(self.bundle_hash or '')[:12]}"[:100]
 
     def model_ref(self) -> dict[str, Any]:

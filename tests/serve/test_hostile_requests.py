@@ -4,7 +4,7 @@ range, an empty upload."""
 from __future__ import annotations
 
 import pytest
-from serve_tiny import encode, make_bundle, photo, serving
+from serve_tiny import encode, make_bundle, open_store, photo, serving
 
 HUGE = "99999999999999999999999"  # above 2**63 - 1: overflowed in the database driver (500) before
 
@@ -159,3 +159,27 @@ def test_multipart_refused_by_the_parser_is_one_line_naming_the_fix(service, kwa
     headers = {"X-API-Key": keys["predict"], **kwargs.pop("headers", {})}
     detail = _one_line(client.post("/v1/predict", headers=headers, **kwargs), status, "POST /v1/predict", *words)
     assert status == 413 or "multipart/form-data" in detail
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_bundle_with_a_long_name_and_version_still_stores_its_answers(tmp_path, kind):
+    """model.json name over 200 and version over 100 characters (the columns' widths): on PostgreSQL every predict
+    answered 500 and stored nothing; now the row keeps their first 200 / 100 characters, as it does the filename's."""
+    from sqlalchemy import text
+
+    from sightline.bundle import load_bundle
+
+    folder = make_bundle(tmp_path, folder="long")
+    bundle = load_bundle(folder)
+    bundle.name, bundle.version = "n" * 250, "v" * 150
+    bundle.write_json()
+    with open_store(kind, tmp_path) as store:
+        key = store.create_key("p", ["predict", "review"])
+        with serving(folder, database_url=store.url) as client:
+            r = client.post("/v1/predict", files=[("file", ("a.jpg", encode(photo(0, 40, 32), "JPEG")))],
+                            headers={"X-API-Key": key})
+            assert r.status_code == 200, r.text
+            assert r.json()["model"] == {"name": "n" * 250, "version": "v" * 150}
+        with store.engine.connect() as conn:
+            rows = conn.execute(text("SELECT model_name, model_version FROM predictions")).all()
+        assert [tuple(row) for row in rows] == [("n" * 200, "v" * 100)]

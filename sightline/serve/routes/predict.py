@@ -102,7 +102,7 @@ async def _predict(state, served, key, names: list[str], blobs: list[bytes], t0:
                 "request_id": request_id,
                 "filename": p.filename[:500],
                 "input_sha256": hashlib.sha256(b).hexdigest(),
-                "model_name": served.bundle.name,
+                "model_name": str(served.bundle.name)[:200],  # the column's width, as the filename's
                 "model_version": served.stored_version,
                 "label": p.label,
                 "confidence": p.confidence,
