@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from sightline._cli.common import console, err_console, fail, print_json
 
@@ -143,12 +144,27 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--budget {budget:g} must be a positive number of seconds, e.g. 4.")
         blobs = None
         if images is not None:
+            from sightline.data.images import load_image
             from sightline.data.inputs import looks_like_image
+            from sightline.errors import ImageError, one_line
 
             files = [f for f in expand_inputs([str(images)]) if looks_like_image(f)]  # timings need images
-            if not files:
-                raise fail(f"--images '{images}' holds no image files.")
-            blobs = [f.read_bytes() for f in files[:256]]
+            blobs, left_out = [], []
+            for f in files:  # one that cannot be decoded would end the run, named '<uploaded bytes>'
+                if len(blobs) == 256:
+                    break
+                try:
+                    load_image(f, draft=(256, 256))
+                except ImageError as exc:
+                    left_out.append(one_line(exc))
+                    continue
+                blobs.append(f.read_bytes())
+            if not blobs:
+                raise fail(f"--images '{images}' holds no image that can be decoded"
+                           + (f" ({len(left_out)} tried, e.g. {left_out[0]})." if left_out else "."))
+            if left_out:
+                err_console.print(escape(f"--images: {len(left_out)} file(s) left out, they cannot be decoded "
+                                         f"(e.g. {left_out[0]})"), highlight=False, soft_wrap=True)
         from sightline.progress import rich_progress
 
         with rich_progress(console=err_console, enabled=not as_json) as progress:

@@ -1,0 +1,44 @@
+"""`bench --images` on a real folder: a file that starts like an image but cannot be decoded (truncated, above the
+pixel cap) is left out and said, naming the file, instead of ending the whole run with '<uploaded bytes>: ...'."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sightline.bundle import Bundle, Preprocessing
+from sightline.models.factory import create_model
+
+
+def _bundle(root):
+    """A tiny bundle: timed on the torch backend, so no ONNX export is needed."""
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", 2, weights="none")
+    Bundle("test_efficientnet", ["a", "b"], Preprocessing(32)).save(root / "bundle", model.state_dict())
+
+
+def test_bench_leaves_out_and_names_images_it_cannot_decode(run_cli, tmp_path):
+    _bundle(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(folder / "a.png")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (folder / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    code, out = run_cli(["bench", str(tmp_path / "bundle"), "--images", str(folder), "--budget", "0.2",
+                         "--batch-sizes", "1", "--backends", "torch"])
+    assert code == 0, out.err
+    assert "1 file(s) left out" in out.err and "cut.jpg" in out.err and "<uploaded bytes>" not in out.err
+
+
+def test_bench_with_no_decodable_image_is_one_line(run_cli, tmp_path):
+    _bundle(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    code, out = run_cli(["bench", str(tmp_path / "bundle"), "--images", str(folder), "--budget", "0.2",
+                         "--backends", "torch"])
+    assert code == 2 and "Traceback" not in out.err
+    assert "holds no image" in out.err and "cut.png" in out.err and len(out.err.strip().splitlines()) == 1
