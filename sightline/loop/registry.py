@@ -382,10 +382,13 @@ class Registry:
             _check_alias(alias)
         b = load_bundle(bundle)
         assert b.path is not None
+        v = self.tables["versions"]
+        for column, value in (("name", b.name), ("model_version", str(b.version)), ("architecture", b.architecture),
+                              ("dataset_version", b.dataset_version), ("added_by", by)):
+            _check_width(v.c[column], value, "--by" if column == "added_by" else f"{b.path}/model.json {column}")
         digest = bundle_hash(b.path)
         if alias == "champion" and not force:
             _refuse_failed(self.last_challenge(digest), f"{b.path}")
-        v = self.tables["versions"]
         with self.engine.connect() as conn:
             found = conn.execute(select(v).where(v.c.bundle_hash == digest)).first()
         if found is not None:
@@ -418,6 +421,7 @@ class Registry:
         """Point `alias` at version `ref` and log it. For `champion`, a version whose last challenge failed its rule
         is refused (UserInputError naming why) unless `force`, which is logged as forced."""
         _check_alias(alias)
+        _check_width(self.tables["log"].c.by, by, "--by")
         with self._transaction() as conn:
             version = self._resolve(conn, ref)
             current = self._alias_version(conn, alias)
@@ -435,6 +439,7 @@ class Registry:
         """Move `alias` back to the version it pointed to before its last promotion (promotions stack: a second
         rollback goes one further back). UserInputError when there is nothing to go back to."""
         _check_alias(alias)
+        _check_width(self.tables["log"].c.by, by, "--by")
         with self._transaction() as conn:
             chain = self._chain(conn, alias)
             if len(chain) < 2:
@@ -639,6 +644,15 @@ def _refuse_failed(last: dict[str, Any] | None, what: str) -> None:
         raise UserInputError(
             f"{what} failed its last challenge on {last['at']} ({reasons[0] if reasons else 'no reason recorded'}"
             f"{more}); nothing changed. Pass --force to promote it anyway (the log records it as forced).")
+
+
+def _check_width(column: Any, value: str | None, what: str) -> None:
+    """UserInputError when `value` is longer than its String column holds (PostgreSQL refused the row with a
+    DataError traceback; SQLite kept it)."""
+    width = getattr(column.type, "length", None)
+    if value is not None and width is not None and len(value) > width:
+        raise UserInputError(f"{what} is {len(value)} characters long; the registry keeps at most {width}; shorten "
+                             "it. Nothing changed.")
 
 
 def _check_alias(alias: str) -> None:

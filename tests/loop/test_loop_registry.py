@@ -259,6 +259,22 @@ def test_a_version_whose_files_are_gone_is_not_promoted_until_added_again(regist
     assert _state(registry) == before
 
 
+def test_fields_wider_than_their_columns_are_refused_before_anything_is_copied(registry: Registry,
+                                                                              tmp_path: Path) -> None:
+    """A model.json name over 200 characters, or --by over 200: PostgreSQL refused the row with a DataError
+    traceback (after the bundle was copied); now one line, and nothing copied or recorded."""
+    long_name = _bundle(tmp_path / "long" / "bundle", seed=0, name="n" * 201)
+    with pytest.raises(UserInputError, match=r"model.json name is 201 characters long; the registry keeps at most 200"):
+        registry.add(long_name)
+    with pytest.raises(UserInputError, match="--by is 300 characters long"):
+        registry.add(_bundle(tmp_path / "ok" / "bundle", seed=1), by="b" * 300)
+    assert registry.versions() == [] and not (registry.root.exists() and any(registry.root.iterdir()))
+    registry.add(tmp_path / "ok" / "bundle", alias="champion")
+    with pytest.raises(UserInputError, match="--by is 300 characters long"):
+        registry.promote("v1", alias="challenger", by="b" * 300)
+    assert registry.history() and len(registry.history()) == 1
+
+
 def test_cli_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                        bundles: list[Path]) -> None:
     db = f"sqlite:///{tmp_path / 'sightline.db'}"
