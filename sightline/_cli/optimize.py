@@ -85,7 +85,9 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--features {features} must name a .npz file, e.g. features.npz.")
         paths = expand_inputs(inputs)
         if not paths:
-            raise fail("no input images found; pass files, folders or glob patterns.")
+            shown = ", ".join(f"'{i}'" for i in inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+            raise fail(f"no image found in {shown} (images are decided by content or an image file name); "
+                       "pass image files, folders that hold them, or glob patterns.")
         with open_engine(load_bundle(bundle), backend="onnx-int8" if int8 else "onnx") as engine:
             if features is not None:
                 engine.require_features()

@@ -1,5 +1,6 @@
-"""`bench --images` on a real folder: a file that starts like an image but cannot be decoded (truncated, above the
-pixel cap) is left out and said, naming the file, instead of ending the whole run with '<uploaded bytes>: ...'."""
+"""The inputs of `bench --images` and `predict` as a real folder has them. bench: a file that starts like an image
+but cannot be decoded (truncated, above the pixel cap) is left out and said, naming the file, instead of ending the
+whole run with '<uploaded bytes>: ...'. predict: a folder without images is named in the error."""
 from __future__ import annotations
 
 import io
@@ -42,3 +43,12 @@ def test_bench_with_no_decodable_image_is_one_line(run_cli, tmp_path):
                          "--backends", "torch"])
     assert code == 2 and "Traceback" not in out.err
     assert "holds no image" in out.err and "cut.png" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_predict_on_a_folder_without_images_names_it(run_cli, tmp_path):
+    """The error said 'no input images found' without saying where it had looked."""
+    _bundle(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("not an image")
+    code, out = run_cli(["predict", str(tmp_path / "bundle"), str(tmp_path / "docs")])
+    assert code == 2 and f"'{tmp_path / 'docs'}'" in out.err and len(out.err.strip().splitlines()) == 1
