@@ -108,6 +108,9 @@ def assign_groups(
     return out
 
 
+PARTIAL = ".partial"  # OUT/.partial: where a split writes until it is complete
+
+
 def place_file(src: Path, dst: Path, *, link: bool = True) -> bool:
     """Hard-link src to dst (when `link`), or copy when linking is impossible or not wanted. True when linked.
     A symlinked src is placed as the file it points to: os.link on Linux links the symlink itself, which pointed
@@ -165,7 +168,7 @@ def split_dataset(
     out_abs = out.resolve()
     if out_abs == dataset.root or dataset.root in out_abs.parents:
         raise UserInputError(f"output '{out}' is inside the source dataset '{src}'; choose a folder outside it")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != PARTIAL for p in out.iterdir())):
         raise UserInputError(f"output '{out}' already exists and is not empty; choose a new folder")
 
     records: list[ImageRecord] = describe_images(dataset, workers=workers, progress=progress,
@@ -183,30 +186,50 @@ def split_dataset(
     labels = [s.label for s, _ in usable]
     where = assign_groups(groups, labels, ratios=tuple(ratios), seed=seed)
 
-    out.mkdir(parents=True, exist_ok=True)
     counts = {s: {c: 0 for c in dataset.classes} for s in SPLITS}
     linked = copied = 0
     placed: list[ImageRecord] = []
-    for (sample, rec), k in zip(usable, where):
-        split = SPLITS[k]
-        parts = Path(sample.relpath).parts  # [split/]class/inner...
-        inner = Path(*parts[1 if sample.split is None else 2 :])
-        rel = Path(split) / sample.label / inner
-        dst = out / rel
-        if dst.exists():  # the same file name under one class in two source splits
-            dst = dst.with_name(f"{dst.stem}__{sample.split}{dst.suffix}")
-            rel = dst.relative_to(out)
-        did_link = place_file(sample.path, dst, link=link)
-        linked += int(did_link)
-        copied += int(not did_link)
-        for suffix, extra in region_files(sample.path).items():
-            shutil.copy2(extra, dst.with_name(dst.stem + suffix))
-        counts[split][sample.label] += 1
-        placed.append(ImageRecord(**{**rec.__dict__, "relpath": rel.as_posix(), "split": split}))
-    spec = dataset.root / "sightline.yaml"
-    if spec.is_file():
-        shutil.copy2(spec, out / "sightline.yaml")
-    manifest = write_manifest(placed, out / "manifest.csv")
+    # Written into OUT/.partial (hidden: no scan sees it), moved up at the end: an interrupted or failed split leaves
+    # no OUT with part of the images (a layout that trains without a word on what is missing, and that a second
+    # split refuses as not empty). Inside OUT, not beside it, so a move never crosses file systems (OUT a mount).
+    created = not out.exists()
+    work = out / PARTIAL
+    if work.exists():
+        shutil.rmtree(work)  # left by an earlier split that was killed before it could clean up
+    work.mkdir(parents=True)
+    moved: list[Path] = []
+    try:
+        for (sample, rec), k in zip(usable, where):
+            split = SPLITS[k]
+            parts = Path(sample.relpath).parts  # [split/]class/inner...
+            inner = Path(*parts[1 if sample.split is None else 2 :])
+            rel = Path(split) / sample.label / inner
+            dst = work / rel
+            if dst.exists():  # the same file name under one class in two source splits
+                dst = dst.with_name(f"{dst.stem}__{sample.split}{dst.suffix}")
+                rel = dst.relative_to(work)
+            did_link = place_file(sample.path, dst, link=link)
+            linked += int(did_link)
+            copied += int(not did_link)
+            for suffix, extra in region_files(sample.path).items():
+                shutil.copy2(extra, dst.with_name(dst.stem + suffix))
+            counts[split][sample.label] += 1
+            placed.append(ImageRecord(**{**rec.__dict__, "relpath": rel.as_posix(), "split": split}))
+        spec = dataset.root / "sightline.yaml"
+        if spec.is_file():
+            shutil.copy2(spec, work / "sightline.yaml")
+        write_manifest(placed, work / "manifest.csv")
+        for child in sorted(work.iterdir()):
+            moved.append(child.rename(out / child.name))
+        work.rmdir()
+    except BaseException:
+        for path in [out] if created else [work, *moved]:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+    manifest = out / "manifest.csv"
     merged = [g for g in groups if len(g) > 1]
     return SplitResult(
         out=out, counts=counts, n_images=len(placed), groups_merged=len(merged),

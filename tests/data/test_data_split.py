@@ -162,3 +162,32 @@ def test_a_symlinked_image_is_placed_as_its_content_not_as_the_link(tmp_path: Pa
     for name in ("absolute.png", "relative.png"):
         assert placed[name].is_file() and not placed[name].is_symlink()
     assert not scan_dataset(out).skipped
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_interrupted_split_leaves_no_partial_layout(tmp_path: Path, monkeypatch, existing: bool) -> None:
+    """Ctrl-C while files were placed left OUT/{train,val,test} with part of the images and no manifest: a layout
+    that trained without a word on what was missing, and that a second split refused ('not empty')."""
+    import sightline.data.split as split_mod
+
+    raw = _make(tmp_path / "raw", {"a": 8, "b": 8})
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()  # an empty folder is a valid OUT; it stays, empty
+    placed = []
+    real = split_mod.place_file
+
+    def place_then_ctrl_c(src, dst, *, link=True):
+        if len(placed) == 5:
+            raise KeyboardInterrupt
+        placed.append(dst)
+        return real(src, dst, link=link)
+
+    monkeypatch.setattr(split_mod, "place_file", place_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        split_dataset(raw, out, max_distance=-1)
+    assert (list(out.iterdir()) == []) if existing else not out.exists()
+    (out / ".partial" / "train").mkdir(parents=True)  # what a killed split (no chance to clean up) leaves
+    monkeypatch.setattr(split_mod, "place_file", real)
+    result = split_dataset(raw, out, max_distance=-1)  # the same OUT works again
+    assert result.n_images == 16 and (out / "manifest.csv").is_file()
