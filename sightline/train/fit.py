@@ -14,6 +14,7 @@ RUN/
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -225,6 +226,11 @@ def train(
                          "weights_source": weights_info["source"], "weights_notes": weights_info["notes"],
                          "fit_seconds": round(fit_s, 1), "choices": prepared.choices}},
     )
+    if (run / "bundle").is_dir():
+        # An earlier run's bundle: its ONNX graphs, model card and reference profile belong to the old weights;
+        # left beside the new model.json, predict and serve would answer with the old graph under the new classes.
+        shutil.rmtree(run / "bundle")
+        say(f"replaced the bundle of an earlier run in {run / 'bundle'} (with its exports and model card)")
     bundle.save(run / "bundle", state_dict=system.model.state_dict())
     if cfg.reference:
         _write_reference(bundle, dataset, cfg, say)

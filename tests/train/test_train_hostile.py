@@ -78,3 +78,20 @@ def test_a_run_folder_inside_a_split_is_refused_before_any_work(tmp_path, inside
         train(tmp_path / "data", out, model="test_efficientnet", weights="none", input_size=32, epochs=1,
               num_workers=0, progress=False)
     assert not (out / "config.yaml").exists()
+
+
+def test_training_again_into_a_run_drops_the_old_bundles_exports(tmp_path):
+    """A second `train --out RUN` wrote new weights and model.json beside the first model's model.onnx and
+    model card: predict (ONNX) then answered with the old graph under the new class names, without a word."""
+    from sightline.train.fit import train
+
+    for split in ("train", "val"):
+        for i, c in enumerate(("a", "b")):
+            _images(tmp_path / "data" / split / c, 2, seed=i)
+    run = tmp_path / "run"
+    (run / "bundle").mkdir(parents=True)
+    for name in ("model.onnx", "model.int8.onnx", "MODEL_CARD.md"):
+        (run / "bundle" / name).write_text("from an earlier run")
+    train(tmp_path / "data", run, model="test_efficientnet", weights="none", input_size=32, epochs=1,
+          num_workers=0, progress=False, reference=False)
+    assert sorted(p.name for p in (run / "bundle").iterdir()) == ["model.json", "weights.safetensors"]
