@@ -22,7 +22,7 @@ from sightline.data.images import DEFAULT_MAX_PIXELS, image_info
 from sightline.errors import DatasetError, ImageError, UserInputError
 
 __all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version",
-           "region_path", "region_files", "refuse_out_inside_splits"]
+           "region_path", "region_files", "refuse_out_inside_splits", "split_hint"]
 
 SPLITS = ("train", "val", "test")
 MASK_SUFFIX = ".mask.png"  # binary mask beside the image: <stem>.mask.png
@@ -150,6 +150,14 @@ def _probe(path: Path) -> tuple[Path, object]:
     return path, info
 
 
+def split_hint(root: Path) -> str:
+    """What to do with a flat-layout folder where the split layout is needed: DATA/val given for DATA is a slip
+    (splitting it again would be wrong), anything else wants `sightline data split`."""
+    if root.name in SPLITS:
+        return f"it looks like the {root.name}/ split of a dataset: pass its parent folder '{root.parent}'"
+    return f"run `sightline data split {root} NEW` to make one"
+
+
 def refuse_out_inside_splits(out: str | Path, data_dir: str | Path, *, option: str = "--out") -> None:
     """Raise UserInputError when `out` is DATA/train/ (val/, test/) or inside one: what a command writes there
     becomes a class folder of the dataset, and every later train, evaluate or audit of DATA fails on it. DATA/run
@@ -201,7 +209,7 @@ def scan_dataset(
         groups.extend((None, d) for d in _class_dirs(root, root, skipped))
     missing = [s for s in require_splits if s not in present]
     if missing:
-        hint = "run `sightline data split` to make one" if layout == "flat" else "add the folder or re-split the data"
+        hint = split_hint(root) if layout == "flat" else "add the folder or re-split the data"
         raise DatasetError(f"dataset '{root}' has no {'/'.join(missing)} split ({layout} layout); {hint}")
 
     files: list[tuple[str | None, str, Path]] = []

@@ -259,7 +259,7 @@ def _evaluate_runs(
     The dataset is scanned once, and each val and split image is decoded once for all runs that share a
     preprocessing (the seeds of one run): their models score every decoded chunk together, so they are held in
     memory together while their pass lasts."""
-    from sightline.data.datasets import refuse_out_inside_splits, scan_dataset
+    from sightline.data.datasets import refuse_out_inside_splits, scan_dataset, split_hint
     from sightline.inference import default_device
 
     for out in outs:
@@ -271,7 +271,7 @@ def _evaluate_runs(
     for bundle in bundles:
         check_classes(bundle.classes, dataset.classes, data_dir=data_dir)
     if dataset.layout != "split":
-        raise DatasetError(f"'{data_dir}' is in the flat layout; run `sightline data split {data_dir}` first.")
+        raise DatasetError(f"'{data_dir}' is in the flat layout; {split_hint(data_dir)}.")
     samples = dataset.split(options.split)
     if not samples:
         raise DatasetError(f"'{data_dir}' has no images in {options.split}/; pick another --split or add images.")

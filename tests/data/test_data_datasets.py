@@ -188,3 +188,13 @@ def test_laplacian_variance_falls_with_blur() -> None:
     assert laplacian_variance(np.asarray(blurred)) < 0.1 * laplacian_variance(np.asarray(sharp))
     flat = np.full((10, 10), 7.0)
     assert laplacian_variance(flat) == 0.0
+
+
+def test_a_split_folder_given_for_its_dataset_says_to_pass_the_parent(tmp_path: Path) -> None:
+    """`train DATA/train` said to run `sightline data split` on it: splitting one split again is not the fix."""
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            Image.new("RGB", (16, 16)).save(tmp_path / "data" / split / c / "0.png")
+    with pytest.raises(DatasetError, match=r"val/ split of a dataset: pass its parent folder '.*data'"):
+        scan_dataset(tmp_path / "data" / "val", require_splits=("train", "val"))

@@ -54,3 +54,21 @@ def test_an_out_folder_inside_a_split_is_refused_before_any_work(tmp_path):
     with pytest.raises(UserInputError, match="inside the dataset's val/ folder"):
         evaluate(tmp_path / "bundle", tmp_path / "data", out=out)
     assert not out.exists()
+
+
+def test_a_split_folder_given_as_data_says_to_pass_the_parent(tmp_path):
+    """`evaluate RUN --data DATA/val` said to run `sightline data split DATA/val`: passing DATA is the fix."""
+    import pytest
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.errors import DatasetError
+    from sightline.evaluate.run import evaluate
+    from sightline.models.factory import create_model
+
+    for c in ("a", "b"):
+        (tmp_path / "data" / "val" / c).mkdir(parents=True)
+        Image.new("RGB", (24, 24)).save(tmp_path / "data" / "val" / c / "0.png")
+    Bundle("test_efficientnet", ["a", "b"], Preprocessing(32)).save(
+        tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    with pytest.raises(DatasetError, match="pass its parent folder"):
+        evaluate(tmp_path / "bundle", tmp_path / "data" / "val", report=False, update_bundle=False)
