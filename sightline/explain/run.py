@@ -36,6 +36,7 @@ def explain_files(
     from PIL import Image
 
     from sightline.bundle import load_bundle
+    from sightline.data.datasets import refuse_out_inside_splits
     from sightline.explain.cam import crop_cams, method_class, overlay
     from sightline.inference import TorchBackend, load_crops, open_engine
 
@@ -43,6 +44,9 @@ def explain_files(
     bundle = load_bundle(run_or_bundle)
     if target is not None and target not in bundle.classes:
         raise UserInputError(f"--class {target!r} is not one of the model's classes {bundle.classes}.")
+    trained_on = bundle.extra.get("train", {}).get("data_dir")
+    if trained_on:  # overlays there would become images of a class of the model's own data
+        refuse_out_inside_splits(out, trained_on)
     inputs = load_crops(list(images), bundle.preprocessing)
     rows: list[dict[str, Any]] = [{"path": f["path"], "error": f["reason"]} for f in inputs.failed]
     if not len(inputs.crops):

@@ -1,0 +1,28 @@
+"""Where `explain` writes: overlays never land inside the model's own training data, where each PNG would become an
+image of a class (an 'explain' folder under DATA/val/ was a new class; one beside the images, more images of it)."""
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from sightline.bundle import Bundle, Preprocessing
+from sightline.errors import UserInputError
+from sightline.models.factory import create_model
+
+
+@pytest.mark.parametrize("inside", ["val/a", "train/explain"])
+def test_overlays_inside_the_training_data_are_refused(tmp_path, inside):
+    from sightline.explain.run import explain_files
+
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (data / split / c).mkdir(parents=True)
+            Image.new("RGB", (24, 24), (200, 30, 30)).save(data / split / c / "0.png")
+    Bundle("test_efficientnet", ["a", "b"], Preprocessing(32), extra={"train": {"data_dir": str(data)}}).save(
+        tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    out = data / inside
+    with pytest.raises(UserInputError, match="inside the dataset's (val|train)/ folder"):
+        explain_files(tmp_path / "bundle", [data / "val" / "a" / "0.png"], out=out)
+    assert sorted(p.name for p in (data / "val" / "a").iterdir()) == ["0.png"]
+    assert not (data / "train" / "explain").exists()
