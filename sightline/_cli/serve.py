@@ -171,7 +171,9 @@ def _preflight(settings, bundle) -> None:
     import socket
 
     from sightline.inference import open_engine
+    from sightline.serve.swap import check_model_fields
 
+    check_model_fields(bundle)
     with open_engine(bundle, backend="onnx-int8" if settings.int8 else "onnx", threads=1):
         pass  # ONNX Runtime parsed the graph: the server's own load will too
     try:

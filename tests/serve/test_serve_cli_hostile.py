@@ -44,3 +44,50 @@ def test_port_in_use(run_cli, bundle, tmp_path):
         port = taken.getsockname()[1]
         code, out = run_cli(["serve", str(bundle), "--port", str(port), "--database", str(tmp_path / "db.sqlite")])
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in _last_error(out)
+
+
+@pytest.mark.parametrize("field, value", [("version", 3), ("name", None)])
+def test_a_model_json_name_or_version_that_is_not_text_is_one_line(run_cli, bundle, tmp_path, field, value,
+                                                                    monkeypatch):
+    """`"version": 3` in model.json: the service said it was serving, then answered every request, /readyz
+    included, with a 500 (the answers name the version as text)."""
+    import json
+    import shutil
+
+    import uvicorn
+
+    def started(*args, **kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(uvicorn, "run", started)  # without the check this test fails instead of serving forever
+
+    edited = shutil.copytree(bundle, tmp_path / "edited")
+    meta = json.loads((edited / "model.json").read_text())
+    meta[field] = value
+    (edited / "model.json").write_text(json.dumps(meta))
+    code, out = run_cli(["serve", str(edited), "--database", str(tmp_path / "db.sqlite")])
+    assert code == 2 and f"model.json: {field}={value!r} must be non-empty text" in _last_error(out)
+
+
+def test_the_app_refuses_it_too(tmp_path, bundle):
+    """Started without the CLI (create_app under another server): the lifespan refuses, nothing is served."""
+    import asyncio
+    import json
+    import shutil
+
+    from sightline.errors import UserInputError
+    from sightline.serve.app import create_app
+    from sightline.serve.settings import Settings
+
+    edited = shutil.copytree(bundle, tmp_path / "edited")
+    meta = json.loads((edited / "model.json").read_text())
+    meta["version"] = 3
+    (edited / "model.json").write_text(json.dumps(meta))
+    app = create_app(Settings(bundle=edited, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", monitor=False))
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(UserInputError, match="version=3 must be non-empty text"):
+        asyncio.run(start())
