@@ -18,7 +18,11 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     now = now or datetime.now(timezone.utc)
     match = _RELATIVE.match(text.strip())
     if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        try:
+            return now - timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        except OverflowError:  # past year 1 (or beyond a timedelta): a traceback before
+            raise fail(f"--since {text!r} reaches before year 1; use a shorter duration (24h, 7d, 90m, 2w) or an "
+                       "ISO date.") from None
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:

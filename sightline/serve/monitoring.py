@@ -534,6 +534,7 @@ def build_report(
     store = Store(database_url)
     try:
         total = store.count_predictions()
+        recent = store.count_predictions(since) if since is not None else total
         groups = store.signal_summary(since)
         rows = store.signal_rows(fp, since=since)
         alerts = store.alert_states()
@@ -560,10 +561,13 @@ def build_report(
     if total == 0:
         report["messages"].append("the database holds no predictions yet: serve the bundle and send images, then "
                                   "run this again.")
+    elif recent == 0:  # it said "none of the {total} predictions since ... was monitored" (they all were, before)
+        report["messages"].append(f"no predictions since {report['since']}: all {total} in the database are older; "
+                                  "pass an earlier --since.")
     elif not rows:
         others = sum(report["other_profiles"].values())
         report["messages"].append(
-            f"none of the {total} predictions{' since ' + report['since'] if since else ''} was monitored with this "
+            f"none of the {recent} predictions{' since ' + report['since'] if since else ''} was monitored with this "
             f"bundle's reference profile ({fp})"
             + (f"; {others} were recorded against another profile (another bundle version)" if others else
                "; they were served without a profile or with SIGHTLINE_MONITOR=false") + ".")

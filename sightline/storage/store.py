@@ -515,9 +515,13 @@ class Store:
                 conn.execute(insert(PredictionSignal), extra)
             return ids
 
-    def count_predictions(self) -> int:
+    def count_predictions(self, since: datetime | None = None) -> int:
+        """Predictions stored (since `since`, when given)."""
+        q = select(func.count()).select_from(PredictionRecord)
+        if since is not None:
+            q = q.where(PredictionRecord.created >= since)
         with self._sessions() as session:
-            return int(session.scalar(select(func.count()).select_from(PredictionRecord)) or 0)
+            return int(session.scalar(q) or 0)
 
     def get_prediction(self, prediction_id: int) -> dict[str, Any] | None:
         with self._sessions() as session:

@@ -215,6 +215,19 @@ def test_bad_input_is_one_line_and_exit_2(served, run_cli, tmp_path):
     assert code == 2 and "--since 'last tuesday'" in cap.err
     code, cap = run_cli(["monitor", str(served["bundle"]), "--database", served["url"], "--window", "week"])
     assert code == 2 and "--window 'week'" in cap.err
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", served["url"], "--since", "99999999999d"])
+    assert code == 2 and "--since '99999999999d' reaches before year 1" in cap.err  # OverflowError traceback before
+    assert len(cap.err.strip().splitlines()) == 1
+
+
+def test_since_after_every_prediction_says_so(served, run_cli, tmp_path):
+    """It said none of ALL the predictions 'since 2099' was monitored and blamed a missing profile."""
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", served["url"], "--since", "2099-01-01",
+                         "--out", str(tmp_path / "r")])
+    assert code == 0, cap.err
+    out = " ".join(cap.out.split())
+    assert "no predictions since 2099-01-01T00:00:00+00:00: all " in out and "pass an earlier --since" in out
+    assert "SIGHTLINE_MONITOR=false" not in out
 
 
 def test_window_settings_come_from_the_spec_beneath_variables_and_options(served, run_cli, tmp_path, no_plots,
