@@ -59,20 +59,20 @@ def split_cmd(
         return
     from rich.table import Table
 
-    table = Table(title=f"split of {src} -> {out}")
+    table = Table(title=escape(f"split of {src} -> {out}"))
     table.add_column("class")
     for s in result.counts:
         table.add_column(s, justify="right")
     for c in next(iter(result.counts.values())):
-        table.add_row(c, *(str(result.counts[s][c]) for s in result.counts))
+        table.add_row(escape(c), *(str(result.counts[s][c]) for s in result.counts))
     console.print(table)
-    console.print(
+    console.print(escape(
         f"{result.n_images} images; {result.groups_merged} duplicate groups merged "
         f"({result.images_in_merged_groups} images kept together in one split); "
         f"{result.linked} hard-linked, {result.copied} copied; manifest: {result.manifest}"
-    )
+    ))
     for item in result.excluded:
-        console.print(f"[yellow]not placed:[/] {item['path']}: {item['reason']}", highlight=False)
+        console.print(f"[yellow]not placed:[/] {escape(item['path'])}: {escape(item['reason'])}", highlight=False)
 
 
 @data_app.command("synth")
@@ -104,7 +104,8 @@ def synth_cmd(
     for key, per_class in result.counts.items():
         console.print(f"{key:>5}: " + ", ".join(f"{c} {k}" for c, k in per_class.items()), highlight=False)
     extra = "; planted issues listed in planted_issues.json" if result.planted else ""
-    console.print(f"{result.n_images} images written to {result.out} ({result.layout} layout){extra}", highlight=False)
+    console.print(escape(f"{result.n_images} images written to {result.out} ({result.layout} layout){extra}"),
+                  highlight=False)
 
 
 @data_app.command("audit")
@@ -143,7 +144,7 @@ def audit_cmd(
         return
     from rich.table import Table
 
-    table = Table(title=f"audit of {data} ({result.n_images} images)")
+    table = Table(title=escape(f"audit of {data} ({result.n_images} images)"))
     table.add_column("finding")
     table.add_column("count", justify="right")
     table.add_column("example")
@@ -167,7 +168,7 @@ def audit_cmd(
         count = f"[{style}]{len(found)}[/]" if style else "0"
         if kind == "label_issue" and (check is None or check.skipped):
             count, example = "-", "not checked" + (" (--no-labels)" if check is None else "")
-        table.add_row(kind, count, example)
+        table.add_row(kind, count, escape(example))
     console.print(table)
     if check is not None:
         for line in check.notes:
@@ -175,8 +176,9 @@ def audit_cmd(
         if check.skipped:
             console.print(f"[yellow]{escape(check.skipped)}[/]", highlight=False)
         if check.issues:
-            console.print(f"{len(check.issues)} likely-mislabeled images ranked in audit.html; review suggestions: "
-                          f"{result.out / 'label_issues.csv'} (nothing was relabelled)", highlight=False)
-    console.print(f"report: {result.out / 'audit.html'}, findings: {result.out / 'audit.json'}", highlight=False)
+            console.print(escape(f"{len(check.issues)} likely-mislabeled images ranked in audit.html; review "
+                                 f"suggestions: {result.out / 'label_issues.csv'} (nothing was relabelled)"), highlight=False)
+    console.print(escape(f"report: {result.out / 'audit.html'}, findings: {result.out / 'audit.json'}"), highlight=False)
     if result.quarantined:
-        console.print(f"moved {len(result.quarantined)} files to {result.root / '.quarantine'} (log.jsonl lists them)", highlight=False)
+        console.print(escape(f"moved {len(result.quarantined)} files to {result.root / '.quarantine'} (log.jsonl lists "
+                             "them)"), highlight=False)

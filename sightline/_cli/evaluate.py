@@ -70,22 +70,22 @@ def evaluate_cmd(
                       f"accuracy of the rest {review['accuracy_accepted'] or 0:.3f}", highlight=False)
     for t in m["targets"]:
         mark = "[green]PASS[/]" if t["passed"] else "[red]FAIL[/]"
-        console.print(f"  {mark} {t['target']} (got {t['value']:.3f})", highlight=False)
+        console.print(f"  {mark} {escape(str(t['target']))} (got {t['value']:.3f})", highlight=False)
     if m.get("pointing_game"):
         pg = m["pointing_game"]
-        console.print(f"  pointing game {pg['overall']:.2f}; likely shortcut: {pg['shortcut_classes'] or 'none'}",
+        console.print(escape(f"  pointing game {pg['overall']:.2f}; likely shortcut: {pg['shortcut_classes'] or 'none'}"),
                       highlight=False)
     for s in m.get("robustness", {}).get("failure_modes", [])[:3]:
-        console.print(f"  {s}", highlight=False)
+        console.print(f"  {escape(s)}", highlight=False)
     if m.get("reference"):
         from sightline.evaluate.reference import describe_reference
 
         for line in describe_reference(m["reference"]):
-            console.print(f"  {line}", highlight=False)
+            console.print(f"  {escape(line)}", highlight=False)
     if m.get("ood"):
         o = m["ood"]
-        console.print(f"  --ood {o['folder']}: {o['n_images']} images vs {o['in_distribution']['n_images']} "
-                      f"{o['in_distribution']['split']} images", highlight=False)
+        console.print(escape(f"  --ood {o['folder']}: {o['n_images']} images vs {o['in_distribution']['n_images']} "
+                             f"{o['in_distribution']['split']} images"), highlight=False)
         for name, row in o["scores"].items():
             rejected = "n/a" if row["rejection_rate"] is None else f"{row['rejection_rate']:.1%}"
             console.print(f"    {name:<12} AUROC {row['auroc']:.3f}  FPR@95%TPR {row['fpr_at_95_tpr']:.1%}  "
@@ -96,7 +96,7 @@ def evaluate_cmd(
         console.print(f"  [yellow]{len(m['unreadable'])} file(s) could not be read and were left out[/] (e.g. "
                       f"{escape(said)})", highlight=False)
     for key, path in m["files"].items():
-        console.print(f"  {key}: {path}", highlight=False)
+        console.print(escape(f"  {key}: {path}"), highlight=False)
 
 
 def explain_cmd(
@@ -117,9 +117,12 @@ def explain_cmd(
         return
     for r in rows:
         if "error" in r:
-            console.print(f"  [red]skipped[/] {r['path']}: {r['error']}", highlight=False)
+            # the reason names the file already when it comes from decoding
+            said = r["error"] if str(r["error"]).startswith(str(r["path"])) else f"{r['path']}: {r['error']}"
+            console.print(f"  [red]skipped[/] {escape(said)}", highlight=False)
         else:
-            console.print(f"  {r['path']}: {r['predicted']} ({r['confidence']:.2f}) -> {r['overlay']}", highlight=False)
+            console.print(escape(f"  {r['path']}: {r['predicted']} ({r['confidence']:.2f}) -> {r['overlay']}"),
+                          highlight=False)
     if rows and all("error" in r for r in rows):
         raise fail("no image could be read; check the paths.")
 
@@ -135,5 +138,5 @@ def init_cmd(
     existing_path(data, "dataset")
     dataset = scan_dataset(data)
     path = write_spec_template(data, dataset.classes, overwrite=force)
-    console.print(f"wrote {path}: answer its questions (task, metric, costs, targets), then run "
-                  "`sightline evaluate`.", highlight=False)
+    console.print(escape(f"wrote {path}: answer its questions (task, metric, costs, targets), then run "
+                         "`sightline evaluate`."), highlight=False)

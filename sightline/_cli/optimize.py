@@ -44,11 +44,11 @@ def register(app: typer.Typer) -> None:
             print_json(report)
             return
         p = report["parity"]
-        console.print(
+        console.print(escape(
             f"model.onnx written ({report['size_bytes'] / 1e6:.2f} MB, opset {report['opset']}); parity on "
             f"{p['n_images']} images from {p['source']}: max abs logit diff {p['max_abs_diff']:.2e}, "
             f"top-1 agreement {p['top1_agreement']:.3f}"
-        )
+        ))
         if "int8" in report:
             q = report["int8"]
             t = q["test"]
@@ -103,7 +103,8 @@ def register(app: typer.Typer) -> None:
             features.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(features, features=matrix.astype(np.float32),
                                 filenames=np.array([r.filename for r in kept]))
-            err_console.print(f"features ({len(kept)} x {dim}, float32) of the readable images written to {features}")
+            err_console.print(escape(f"features ({len(kept)} x {dim}, float32) of the readable images written to "
+                                     f"{features}"))
         if fmt == "json":
             text = json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
         else:
@@ -119,7 +120,7 @@ def register(app: typer.Typer) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text)
             n_err = sum(r.error is not None for r in rows)
-            err_console.print(f"{len(rows)} rows ({n_err} unreadable) written to {out}")
+            err_console.print(escape(f"{len(rows)} rows ({n_err} unreadable) written to {out}"))
         else:
             typer.echo(text, nl=False)
 
@@ -200,7 +201,7 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         for backend, entry in report["results"].items():
             if "skipped" in entry:
-                console.print(f"{backend} skipped: {entry['skipped']}")
+                console.print(escape(f"{backend} skipped: {entry['skipped']}"))
         for backend, entry in report["results"].items():
             if "settings" in entry:
                 console.print(f"{backend}: {entry['settings']}")
@@ -243,4 +244,4 @@ def register(app: typer.Typer) -> None:
                 f"({r['n_images']} images), {r['params'] / 1e6:.2f} M params, eager CPU "
                 f"{r['ms_per_image_batch1']:.1f} ms/img at batch 1, {r['ms_per_image_batch32']:.2f} ms/img at batch 32"
             )
-        console.print(f"student bundle: {report['run']}/bundle (export it with `sightline export {report['run']}`)")
+        console.print(escape(f"student bundle: {report['run']}/bundle (export it with `sightline export {report['run']}`)"))

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from sightline._cli.common import console, err_console, existing_path, fail, out_folder, print_json
 from sightline.train.config import TrainConfig
@@ -101,14 +102,12 @@ def train_cmd(
             print_json(summary)
             return
         acc, f1 = summary["accuracy"], summary["macro_f1"]
-        console.print(f"{seeds} seeds, val ({summary['n_images']} images): accuracy {acc['mean']:.4f} +- "
-                      f"{acc['std']:.4f}, macro-F1 {f1['mean']:.4f} +- {f1['std']:.4f}  ({out / 'seeds.json'})")
+        console.print(escape(f"{seeds} seeds, val ({summary['n_images']} images): accuracy {acc['mean']:.4f} +- "
+                             f"{acc['std']:.4f}, macro-F1 {f1['mean']:.4f} +- {f1['std']:.4f}  ({out / 'seeds.json'})"))
         return
     try:
         run = train(data, out, config=cfg, progress=not json_out)
     except KeyboardInterrupt as exc:  # Ctrl-C: what is left, in one line, and the shell's code for an interrupt
-        from rich.markup import escape
-
         what = str(exc) or "interrupted"  # fit_system says the epoch
         bundle = out / "bundle"
         left = (f"{bundle} was written" if (bundle / "model.json").is_file() else
@@ -128,7 +127,7 @@ def train_cmd(
     console.print(f"val ({val['n_images']} images): accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f} "
                   f"(best epoch {metrics['best_epoch']}, {metrics['epochs_run']} epochs run, "
                   f"{metrics['fit_seconds']} s fitting, {metrics['run_seconds']} s in all)")
-    console.print(f"bundle: {run / 'bundle'}   logs: tensorboard --logdir {run / 'logs'}")
+    console.print(escape(f"bundle: {run / 'bundle'}   logs: tensorboard --logdir {run / 'logs'}"))
 
 
 def lr_find_cmd(
@@ -159,7 +158,7 @@ def lr_find_cmd(
         return
     console.print(f"suggested learning rate: {finding.suggestion:.2e} ({finding.rule}; {finding.steps} steps"
                   f"{', stopped when the loss diverged' if finding.diverged else ''})")
-    console.print(f"plot: {finding.plot}   train with: sightline train {data} --lr {finding.suggestion:.2e} ...")
+    console.print(escape(f"plot: {finding.plot}   train with: sightline train {data} --lr {finding.suggestion:.2e} ..."))
 
 
 def compare_cmd(
@@ -224,10 +223,10 @@ def demo_cmd(
         artifacts: dict[str, Any] = run_demo(out, quick=quick, seed=seed)
         console.print("\n[bold]demo finished[/]; open these:")
         for what, where in artifacts.items():
-            console.print(f"  {what:<14} {where}")
+            console.print(escape(f"  {what:<14} {where}"))
         if not serve:
             console.print(f"\nnext, the model in production (drift, unknown images, review, retraining): "
-                          f"[bold]sightline demo --serve --out {out}[/]", highlight=False)
+                          f"[bold]sightline demo --serve --out {escape(str(out))}[/]", highlight=False)
             return
     from sightline.progress import rich_progress
     from sightline.serve.demo import DemoService, print_summary

@@ -191,3 +191,15 @@ def test_an_interrupted_split_leaves_no_partial_layout(tmp_path: Path, monkeypat
     monkeypatch.setattr(split_mod, "place_file", real)
     result = split_dataset(raw, out, max_distance=-1)  # the same OUT works again
     assert result.n_images == 16 and (out / "manifest.csv").is_file()
+
+
+@pytest.mark.parametrize("name", ["d[/]s", "data [v2]"])
+def test_split_and_audit_print_a_bracketed_path_as_it_is(tmp_path: Path, run_cli, name: str) -> None:
+    """Paths were printed as rich markup: 'data [v2]' came out as 'data ' (a path the user could not copy) and
+    'd[/]s' (a folder 'd[' holding ']s') ended in a MarkupError traceback."""
+    raw = _make(tmp_path / name / "raw", {"a": 6, "b": 6})
+    code, out = run_cli(["data", "split", str(raw), str(tmp_path / name / "out"), "--max-distance", "-1"])
+    assert code == 0 and "Traceback" not in out.err
+    assert f"manifest: {tmp_path / name / 'out' / 'manifest.csv'}" in out.out.replace("\n", "")
+    code, out = run_cli(["data", "audit", str(raw), "--no-labels"])
+    assert code == 0 and f"report: {raw / '.audit' / 'audit.html'}" in out.out.replace("\n", "")

@@ -26,3 +26,19 @@ def test_overlays_inside_the_training_data_are_refused(tmp_path, inside):
         explain_files(tmp_path / "bundle", [data / "val" / "a" / "0.png"], out=out)
     assert sorted(p.name for p in (data / "val" / "a").iterdir()) == ["0.png"]
     assert not (data / "train" / "explain").exists()
+
+
+@pytest.mark.parametrize("name", ["d[/]s", "data [v2]"])
+def test_explain_prints_bracketed_paths_as_they_are(tmp_path, run_cli, name):
+    """Paths went through rich markup: 'data [v2]' lost its '[v2]', 'd[/]s' ended in a MarkupError traceback."""
+    folder = tmp_path / name
+    folder.mkdir(parents=True)
+    Image.new("RGB", (24, 24), (200, 30, 30)).save(folder / "x.png")
+    (folder / "bad.png").write_text("not an image")
+    Bundle("test_efficientnet", ["a", "b"], Preprocessing(32)).save(
+        tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    code, out = run_cli(["explain", str(tmp_path / "bundle"), str(folder / "x.png"), str(folder / "bad.png"),
+                         "--out", str(folder / "ex")])
+    assert code == 0 and "Traceback" not in out.err
+    assert f"-> {folder / 'ex' / 'x.gradcam.png'}" in out.out
+    assert f"skipped {folder / 'bad.png'}: not a supported image" in out.out  # the path said once

@@ -117,3 +117,12 @@ def test_ctrl_c_mid_epoch_is_one_line_and_exit_130(tmp_path: Path, monkeypatch,
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert "interrupted" in lines[-1] and "config.yaml" in lines[-1]
     assert (tmp_path / "run" / "config.yaml").is_file() and not (tmp_path / "run" / "bundle").exists()
+
+
+@pytest.mark.parametrize("name", ["d[/]s", "data [v2]"])
+def test_train_prints_a_bracketed_path_as_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    """'data [v2]-run/bundle' was printed as 'data -run/bundle'; 'd[/]s' ended in a rich MarkupError traceback."""
+    data = make_data(tmp_path / name / "data", splits={"train": 2, "val": 1})
+    run = tmp_path / name / "run"
+    assert run_command(app, ["train", str(data), "--out", str(run), "--epochs", "1", *TINY_ARGS]) == 0
+    assert f"bundle: {run / 'bundle'}" in capsys.readouterr().out
