@@ -69,7 +69,7 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
 from sightline.errors import SightlineError, UserInputError, one_line
 
@@ -337,6 +337,15 @@ def check_sqlite_file(engine: Any) -> None:
                              "or SIGHTLINE_DATABASE_URL), or a new file name to start one.")
 
 
+def _foreign_tables(url: str, exc: Exception) -> str:
+    """The error for a database whose tables of our names lack our columns (another program's, or a pre-release
+    Sightline's): which column, and what to do."""
+    why = one_line(getattr(exc, "orig", None) or exc)
+    return (f"database {safe_url(url)} has tables of Sightline's names without its columns ({why}): another "
+            "program's, or from an unsupported early version; pass the service's database, or a new file or schema "
+            "to start one.")
+
+
 class Store:
     """Database access for the service and the `keys` commands. Thread-safe; methods are blocking (call
     them from a worker thread in async code)."""
@@ -371,7 +380,12 @@ class Store:
             Base.metadata.create_all(self.engine)
             self._add_columns()
             self._add_indexes()
-        except OperationalError as exc:  # unreachable server, or a SQLite path in a missing folder
+        except (OperationalError, ProgrammingError) as exc:  # unreachable server, a SQLite path in a missing
+            # folder, PostgreSQL refusing the schema (ProgrammingError: a traceback before), or tables not ours
+            self.engine.dispose()  # no pooled connection left open behind the error
+            why = str(exc.orig or exc)
+            if "no such column" in why or ("column" in why and "does not exist" in why):
+                raise UserInputError(_foreign_tables(url, exc)) from None
             raise UserInputError(f"database {safe_url(url)} cannot be opened ({one_line(exc.orig or exc)}).") from None
 
     def _add_columns(self) -> None:

@@ -40,10 +40,7 @@ def test_new_empty_and_real_databases_still_open(tmp_path):
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_key_name_too_long_for_its_column_is_one_line(tmp_path, kind):
     """A 300-character name: PostgreSQL refused the INSERT with a DataError traceback (`keys create`, exit 1)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # serve_tiny
+    sys_path_serve()
     from serve_tiny import open_store
 
     with open_store(kind, tmp_path) as store:
@@ -51,3 +48,50 @@ def test_a_key_name_too_long_for_its_column_is_one_line(tmp_path, kind):
             store.create_key("n" * 300, ["review"])
         assert store.list_keys() == []
         assert store.verify_key(store.create_key("n" * 200, ["review"])).name == "n" * 200
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_tables_of_our_names_without_our_columns_are_one_line(tmp_path, kind):
+    """A predictions table that is not Sightline's (another program's, a pre-release one): SQLite said only
+    'no such column'; PostgreSQL raised a ProgrammingError traceback. Now one line that says what to do."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from sightline.storage.store import Store
+
+    sys_path_serve()
+    from serve_tiny import POSTGRES, pg_options
+
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'other.db'}"
+        admin, schema = sa.create_engine(url), None
+    else:
+        schema = f"sl_test_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(POSTGRES, connect_args={"connect_timeout": 3})
+        try:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the server is a reason to skip
+            pytest.skip(f"PostgreSQL unreachable ({type(exc).__name__})")
+        url = pg_options(POSTGRES, schema)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE TABLE {schema + '.' if schema else ''}predictions (id INTEGER PRIMARY KEY, "
+                                 "note VARCHAR(20))"))
+        with pytest.raises(UserInputError, match=r"has tables of Sightline's names without its columns .*pass the "
+                                                 r"service's database, or a new file or schema") as info:
+            Store(url)
+        assert "\n" not in str(info.value)
+    finally:
+        if schema:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def sys_path_serve() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # serve_tiny
