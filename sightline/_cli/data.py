@@ -126,11 +126,13 @@ def audit_cmd(
 ) -> None:
     """Find corrupt files, duplicates, label conflicts, split leakage, blur, odd sizes, imbalance, mixed modes, and
     likely-mislabeled images (ranked, with a suggested label, in label_issues.csv for review)."""
-    from sightline.data.audit import KINDS, audit_dataset
+    from sightline.data.audit import KINDS, audit_dataset, refuse_audit_out_in_data
     from sightline.data.datasets import scan_dataset
 
     existing_path(data, "dataset folder")
     dataset = scan_dataset(data)
+    if out is not None:
+        refuse_audit_out_in_data(out, dataset)  # before the label check's minutes of work
     check = None
     with rich_progress(enabled=not json_out) as progress:
         if labels:  # composed here: the feature extraction is a layer above sightline.data

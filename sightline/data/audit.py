@@ -33,17 +33,19 @@ from pathlib import Path
 import numpy as np
 
 from sightline.data.balance import choose_balance, class_ratio
-from sightline.data.datasets import SPLITS, Dataset, region_files, scan_dataset
+from sightline.data.datasets import SPLITS, Dataset, refuse_out_inside_splits, region_files, scan_dataset
 from sightline.data.findings import AuditResult, Finding  # re-exported: part of this module's API
 from sightline.data.label_issues import LabelCheck, write_suggestions
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.data.split import DEFAULT_MAX_DISTANCE, duplicate_groups
+from sightline.errors import UserInputError
 from sightline.progress import ProgressFn
 
 __all__ = [
     "Finding",
     "AuditResult",
     "audit_dataset",
+    "refuse_audit_out_in_data",
     "audit_records",
     "missing_classes",
     "blurry_mask",
@@ -230,6 +232,21 @@ def quarantine(root: str | Path, findings: Sequence[Finding], records: Sequence[
     return moves
 
 
+def refuse_audit_out_in_data(out: Path, ds: Dataset) -> None:
+    """Raise UserInputError for an audit folder the dataset's own scan would read: a class folder of a flat dataset (DATA/report), or inside
+    one of a split's. A hidden folder (DATA/.audit, the default) and DATA/other in the split layout are ignored."""
+    if ds.layout == "split":
+        refuse_out_inside_splits(out, ds.root)
+        return
+    try:
+        first = out.resolve().relative_to(ds.root).parts[0]
+    except (ValueError, IndexError):  # outside DATA, or DATA itself (its files are not images of a class)
+        return
+    if not first.startswith("."):
+        raise UserInputError(f"--out '{out}' is inside the dataset '{ds.root}', where '{first}' would be read as a "
+                             "class folder; choose a folder outside it (or a hidden one, like the default .audit).")
+
+
 def audit_dataset(
     data: str | Path,
     *,
@@ -256,6 +273,8 @@ def audit_dataset(
         3
     """
     ds = dataset or scan_dataset(data)
+    if out is not None:
+        refuse_audit_out_in_data(Path(out), ds)
     records = describe_images(ds, workers=workers, progress=progress, task="auditing images")
     findings = audit_records(records, skipped=ds.skipped, max_distance=max_distance)
     if label_check is not None:

@@ -188,3 +188,20 @@ def test_quarantine_never_moves_a_folder_the_scan_ignored(tmp_path: Path) -> Non
     assert (data / "docs" / "notes.txt").is_file()
     moved = [m["path"] for m in result.quarantined]
     assert "train/a/broken.png" in moved and not any(p.startswith("docs") for p in moved)
+
+
+@pytest.mark.parametrize("inside", ["report", "a/report", "train/report"])
+def test_an_audit_out_folder_the_dataset_would_read_is_refused(tmp_path: Path, inside: str) -> None:
+    """--out DATA/report in a flat dataset made 'report' a class of one manifest and one HTML file; every later
+    scan of DATA listed or refused it. A hidden folder (the default DATA/.audit) is left out of scans, so it is fine."""
+    from sightline.errors import UserInputError
+
+    data = _tiny(tmp_path / "data", {"a": 3, "b": 3})
+    if inside.startswith("train"):
+        (tmp_path / "data" / "train").mkdir()
+        for c in ("a", "b"):
+            (tmp_path / "data" / c).rename(tmp_path / "data" / "train" / c)
+    with pytest.raises(UserInputError, match="inside the dataset"):
+        audit_dataset(data, out=data / inside, html=False)
+    assert not (data / inside).exists()
+    assert audit_dataset(data, out=data / ".reports", html=False).n_images == 6
