@@ -9,6 +9,7 @@ from the output. `notes.txt` is left out. A file named explicitly is always kept
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,8 +45,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         path = Path(item)
         text = str(item)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(MASK_SUFFIX)
-                            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            found += sorted(p for p in _files_under(path) if not p.name.endswith(MASK_SUFFIX)
                             and (p.suffix.lower() in IMAGE_SUFFIXES or looks_like_image(p)))
         elif path.exists() or not any(ch in text for ch in "*?["):
             found.append(path)  # a missing plain path becomes an error row, like any unreadable file
@@ -56,3 +56,22 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             found += [p for p in matches if p.is_file()]
     seen: set[Path] = set()
     return [p for p in found if not (p in seen or seen.add(p))]
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The non-hidden files under `folder`, symlinked folders followed (as the dataset scan does; rglob did not,
+    and their images were left out without a word), each real folder walked once, so a link loop ends."""
+    seen: set[str] = set()
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:  # a broken link named like an image is kept: its row says it cannot be read
+            full = os.path.join(dirpath, name)
+            if not name.startswith(".") and (os.path.isfile(full) or os.path.islink(full)):
+                files.append(Path(full))
+    return files

@@ -166,3 +166,18 @@ def test_predict_gives_such_files_an_error_row(tmp_path, run_cli):
     rows = {row["filename"].rsplit("/", 1)[-1]: row for row in json.loads(out.out)}
     assert code == 0 and set(rows) == {"0.png", "photo.jpg"}
     assert rows["photo.jpg"]["error"] and "not a supported image" in rows["photo.jpg"]["error"]
+
+
+def test_predict_inputs_follow_a_symlinked_folder_once_and_end_on_a_loop(tmp_path):
+    """A folder given to predict that holds a symlinked folder of images: those images were left out without a
+    word (pathlib's rglob does not follow links), while the dataset scan of the same folder used them."""
+    from sightline.data.inputs import expand_inputs
+
+    _images(tmp_path / "elsewhere", 2)
+    _images(tmp_path / "in", 1)
+    (tmp_path / "in" / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "in" / "loop").symlink_to(tmp_path / "in")
+    (tmp_path / "in" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")  # kept: its row will say why
+    found = expand_inputs([tmp_path / "in"])
+    assert sorted(p.relative_to(tmp_path / "in").as_posix() for p in found) == [
+        "0.png", "gone.jpg", "linked/0.png", "linked/1.png"]
