@@ -109,12 +109,16 @@ def train_cmd(
         run = train(data, out, config=cfg, progress=not json_out)
     except KeyboardInterrupt as exc:  # Ctrl-C: what is left, in one line, and the shell's code for an interrupt
         what = str(exc) or "interrupted"  # fit_system says the epoch
-        bundle = out / "bundle"
-        left = (f"{bundle} was written" if (bundle / "model.json").is_file() else
-                f"no bundle written, checkpoints so far in {out / 'checkpoints'}")
-        err_console.print(escape(f"{what}: {left}; `sightline train {data} --out NEW --config "
-                                 f"{out / 'config.yaml'}` starts again with the same settings."),
-                          highlight=False, soft_wrap=True)
+        bundle, checkpoints, written = out / "bundle", out / "checkpoints", out / "config.yaml"
+        if (bundle / "model.json").is_file():
+            left = f"{bundle} was written"
+        elif checkpoints.is_dir() and any(checkpoints.iterdir()):
+            left = f"no bundle written, checkpoints so far in {checkpoints}"
+        else:
+            left = "nothing trained yet"
+        again = (f"`sightline train {data} --out NEW --config {written}` starts again with the same settings"
+                 if written.is_file() else "run the same command to start again")
+        err_console.print(escape(f"{what}: {left}; {again}."), highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     metrics_path = run / "metrics.json"
     if not metrics_path.is_file():  # a non-zero DDP rank: rank 0 writes and reports

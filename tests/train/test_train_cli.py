@@ -126,3 +126,19 @@ def test_train_prints_a_bracketed_path_as_it_is(tmp_path: Path, capsys: pytest.C
     run = tmp_path / name / "run"
     assert run_command(app, ["train", str(data), "--out", str(run), "--epochs", "1", *TINY_ARGS]) == 0
     assert f"bundle: {run / 'bundle'}" in capsys.readouterr().out
+
+
+def test_ctrl_c_before_fitting_does_not_point_at_files_not_written(tmp_path: Path, monkeypatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while the images were still being scanned: no config.yaml or checkpoint exists yet to point at."""
+    import sightline.train.fit as fit
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit, "train", interrupted)
+    data = make_data(tmp_path / "data", splits={"train": 2, "val": 1})
+    code = run_command(app, ["train", str(data), "--out", str(tmp_path / "run"), *TINY_ARGS])
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and err.startswith("interrupted: nothing trained yet; run the same command")
+    assert "config.yaml" not in err and len(err.splitlines()) == 1
