@@ -65,10 +65,12 @@ def explain_files(
         crop = inputs.crops[k]
         side_by_side = np.concatenate([crop, np.full((crop.shape[0], 4, 3), 255, np.uint8),
                                        overlay(crop, cams[k])], axis=1)
-        dest = out / f"{path.stem}.{tag}.png"
+        # a name near the 255-byte limit of most file systems leaves room for '-N.<method>.png'
+        stem = path.stem.encode()[:200].decode(errors="ignore")
+        dest = out / f"{stem}.{tag}.png"
         n = 1
         while dest.exists() and any(r.get("overlay") == str(dest) for r in rows):
-            dest = out / f"{path.stem}-{n}.{tag}.png"
+            dest = out / f"{stem}-{n}.{tag}.png"
             n += 1
         Image.fromarray(side_by_side).save(dest)
         rows.append({

@@ -1,6 +1,9 @@
-"""Where `explain` writes: overlays never land inside the model's own training data, where each PNG would become an
-image of a class (an 'explain' folder under DATA/val/ was a new class; one beside the images, more images of it)."""
+"""Where and under which names `explain` writes: overlays never land inside the model's own training data, where
+each PNG would become an image of a class (an 'explain' folder under DATA/val/ was a new class; one beside the
+images, more images of it); an image's long name still gives a file name the file system takes."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -42,3 +45,18 @@ def test_explain_prints_bracketed_paths_as_they_are(tmp_path, run_cli, name):
     assert code == 0 and "Traceback" not in out.err
     assert f"-> {folder / 'ex' / 'x.gradcam.png'}" in out.out
     assert f"skipped {folder / 'bad.png'}: not a supported image" in out.out  # the path said once
+
+
+def test_an_image_name_near_the_file_system_limit_still_gets_its_overlay(tmp_path):
+    """A 250-byte file name (a downloaded photo) plus '.gradcam.png' passed the 255-byte limit: OSError traceback."""
+    from sightline.explain.run import explain_files
+
+    name = "é" * 120 + "x" * 6 + ".png"  # 246 bytes in UTF-8
+    Image.new("RGB", (24, 24), (200, 30, 30)).save(tmp_path / name)
+    Image.new("RGB", (24, 24), (20, 30, 200)).save(tmp_path / ("é" * 120 + "y" * 6 + ".png"))
+    Bundle("test_efficientnet", ["a", "b"], Preprocessing(32)).save(
+        tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    rows = explain_files(tmp_path / "bundle", [tmp_path / name, tmp_path / ("é" * 120 + "y" * 6 + ".png")],
+                         out=tmp_path / "ex")
+    overlays = [r["overlay"] for r in rows]
+    assert len(set(overlays)) == 2 and all(len(Path(o).name.encode()) <= 255 and Path(o).is_file() for o in overlays)
