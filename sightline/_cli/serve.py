@@ -174,6 +174,10 @@ def _preflight(settings, bundle) -> None:
     from sightline.serve.swap import check_model_fields
 
     check_model_fields(bundle)
+    if settings.keep_images:  # a file there: the server started, then kept no image
+        from sightline.storage.images import open_image_store
+
+        open_image_store(settings.resolved_image_store())
     with open_engine(bundle, backend="onnx-int8" if settings.int8 else "onnx", threads=1):
         pass  # ONNX Runtime parsed the graph: the server's own load will too
     try:

@@ -80,6 +80,9 @@ class LocalImageStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():  # every image was then "not kept", one log line each
+            raise UserInputError(f"image store '{self.root}' is a file, not a folder; set SIGHTLINE_IMAGE_STORE (or "
+                                 "--images) to a folder.")
 
     def path(self, sha256: str) -> Path:
         _check_sha(sha256)

@@ -91,3 +91,20 @@ def test_the_app_refuses_it_too(tmp_path, bundle):
 
     with pytest.raises(UserInputError, match="version=3 must be non-empty text"):
         asyncio.run(start())
+
+
+def test_an_image_store_that_is_a_file_is_one_line(run_cli, bundle, tmp_path, monkeypatch):
+    """SIGHTLINE_IMAGE_STORE naming a file: the service started, answered, and kept no image of the review queue
+    (one log line per request: 'not kept: Not a directory')."""
+    import uvicorn
+
+    def started(*args, **kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder")
+    monkeypatch.setenv("SIGHTLINE_IMAGE_STORE", str(notes))
+    code, out = run_cli(["serve", str(bundle), "--database", str(tmp_path / "db.sqlite")])
+    assert code == 2 and f"image store '{notes}' is a file, not a folder" in _last_error(out)
+    assert notes.read_text() == "not a folder"
