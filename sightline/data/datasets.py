@@ -73,7 +73,16 @@ def region_files(image: Path) -> dict[str, Path]:
     """{suffix: file} for each region annotation present beside an image (`<stem>.mask.png`, `<stem>.xml`), in
     REGION_SUFFIXES order. What travels with an image when it is copied or moved."""
     candidates = ((suffix, image.with_name(image.stem + suffix)) for suffix in REGION_SUFFIXES)
-    return {suffix: path for suffix, path in candidates if path.is_file()}
+    return {suffix: path for suffix, path in candidates if _is_file(path)}
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False for a name the file system cannot hold (an image named near the 255-byte limit plus
+    '.mask.png'), which raised OSError (File name too long) in every stage that looks for regions."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def region_path(image: Path) -> Path | None:

@@ -206,7 +206,8 @@ def split_dataset(
             rel = Path(split) / sample.label / inner
             dst = work / rel
             if dst.exists():  # the same file name under one class in two source splits
-                dst = dst.with_name(f"{dst.stem}__{sample.split}{dst.suffix}")
+                stem = dst.stem.encode()[:200].decode(errors="ignore")  # within the 255-byte name limit
+                dst = dst.with_name(f"{stem}__{sample.split}{dst.suffix}")
                 rel = dst.relative_to(work)
             did_link = place_file(sample.path, dst, link=link)
             linked += int(did_link)

@@ -198,3 +198,13 @@ def test_a_split_folder_given_for_its_dataset_says_to_pass_the_parent(tmp_path: 
             Image.new("RGB", (16, 16)).save(tmp_path / "data" / split / c / "0.png")
     with pytest.raises(DatasetError, match=r"val/ split of a dataset: pass its parent folder '.*data'"):
         scan_dataset(tmp_path / "data" / "val", require_splits=("train", "val"))
+
+
+def test_an_image_named_near_the_file_name_limit_has_no_region_and_no_error(tmp_path: Path) -> None:
+    """'<250-byte stem>.mask.png' is longer than a file name can be: looking for it raised OSError (File name too
+    long) in audit, split and evaluate."""
+    from sightline.data.datasets import region_files
+
+    image = tmp_path / ("b" * 250 + ".jpg")
+    Image.new("RGB", (16, 16)).save(image)
+    assert region_files(image) == {}

@@ -203,3 +203,15 @@ def test_split_and_audit_print_a_bracketed_path_as_it_is(tmp_path: Path, run_cli
     assert f"manifest: {tmp_path / name / 'out' / 'manifest.csv'}" in out.out.replace("\n", "")
     code, out = run_cli(["data", "audit", str(raw), "--no-labels"])
     assert code == 0 and f"report: {raw / '.audit' / 'audit.html'}" in out.out.replace("\n", "")
+
+
+def test_a_long_name_in_two_source_splits_is_placed_under_a_name_that_fits(tmp_path: Path) -> None:
+    """Re-splitting a split dataset renames a file found under one class in two splits to '<stem>__<split>': with a
+    stem near the 255-byte limit that name was too long (OSError traceback)."""
+    long = "c" * 248 + ".png"
+    for split in ("train", "val"):
+        root = _make(tmp_path / "raw" / split, {"a": 4, "b": 4})
+        _img(100).save(root / "a" / long)  # the same image: duplicates are kept in one split, so the names meet
+    result = split_dataset(tmp_path / "raw", tmp_path / "out", max_distance=-1)
+    assert result.n_images == 18
+    assert all(len(p.name.encode()) <= 255 for p in (tmp_path / "out").rglob("*"))
