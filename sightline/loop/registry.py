@@ -646,13 +646,13 @@ def _refuse_failed(last: dict[str, Any] | None, what: str) -> None:
             f"{more}); nothing changed. Pass --force to promote it anyway (the log records it as forced).")
 
 
-def _check_width(column: Any, value: str | None, what: str) -> None:
-    """UserInputError when `value` is longer than its String column holds (PostgreSQL refused the row with a
-    DataError traceback; SQLite kept it)."""
+def _check_width(column: Any, value: Any, what: str) -> None:
+    """UserInputError when `value` (as text) is longer than its String column holds (PostgreSQL refused the row
+    with a DataError traceback; SQLite kept it)."""
     width = getattr(column.type, "length", None)
-    if value is not None and width is not None and len(value) > width:
-        raise UserInputError(f"{what} is {len(value)} characters long; the registry keeps at most {width}; shorten "
-                             "it. Nothing changed.")
+    if value is not None and width is not None and len(str(value)) > width:
+        raise UserInputError(f"{what} is {len(str(value))} characters long; the registry keeps at most {width}; "
+                             "shorten it. Nothing changed.")
 
 
 def _check_alias(alias: str) -> None:
