@@ -188,8 +188,10 @@ def find_lr(data_dir: str | Path, out_dir: str | Path, *, config: Any = None, st
     """
     from sightline.train.blocks import (build_system, choice_printer, resolve_config, training_precision,
                                         unreadable_images_hint)
+    from sightline.data.datasets import refuse_out_inside_splits
     from sightline.train.prepare import prepare
 
+    refuse_out_inside_splits(out_dir, data_dir)  # lr_find.png there would become an image of a class
     say = choice_printer(progress)
     cfg = resolve_config(config, overrides)
     cfg = cfg.with_overrides(lr=1e-3 if cfg.lr == "auto" else cfg.lr)

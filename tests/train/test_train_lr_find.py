@@ -80,3 +80,12 @@ def test_few_steps_never_suggest_a_rate_below_the_sweep() -> None:
     assert rate == 1e-5 and "smallest rate swept" in rule
     rate, rule = suggest_valley([1e-5, 1e-3, 1e-1], [0.9, 0.5, 2.0])
     assert rate == pytest.approx(1e-4) and "a tenth" in rule
+
+
+def test_lr_find_out_inside_a_split_is_refused(tmp_path: Path, capsys) -> None:
+    """`lr-find DATA --out DATA/train/lr` wrote lr_find.png into a new class folder 'lr' of the dataset."""
+    data = make_data(tmp_path / "data", splits={"train": 2, "val": 1})
+    code = run_command(app, ["lr-find", str(data), "--out", str(data / "train" / "lr"), "--model", "test_efficientnet",
+                             "--weights", "none", "--input-size", "32", "--steps", "3"])
+    assert code == 2 and "inside the dataset's train/ folder" in capsys.readouterr().err
+    assert not (data / "train" / "lr").exists()
