@@ -112,3 +112,43 @@ def test_bench_times_only_the_images_of_its_folder(run_cli, tmp_path):
     code, out = run_cli(["bench", str(tmp_path / "bundle"), "--images", str(tmp_path / "in"), "--budget", "0.2",
                          "--batch-sizes", "1", "--backends", "onnx"])
     assert code == 0, out.err
+
+
+def test_a_name_too_long_for_the_file_system_is_one_line(run_cli, tmp_path):
+    """Was an OSError traceback (ENAMETOOLONG) from audit, split and every command writing under --out."""
+    data = _flat(tmp_path / "raw")
+    code, out = run_cli(["data", "split", str(data), str(tmp_path / ("x" * 300))])
+    line = _error_line(out)
+    assert code == 2 and "x" * 300 in line and "too long for the file system" in line
+
+
+@pytest.mark.parametrize(("errno_name", "words"), [("ENOSPC", "no space left"), ("EROFS", "read-only file system")])
+def test_a_full_or_read_only_disk_is_one_line(run_cli, tmp_path, monkeypatch, errno_name, words):
+    """A disk that fills up or is mounted read-only while a command writes: the path and what to do, no traceback."""
+    import errno
+    import os
+
+    from sightline.data import split as split_module
+
+    target = tmp_path / "out" / "train"
+
+    def cannot_write(*args, **kwargs):
+        code = getattr(errno, errno_name)
+        raise OSError(code, os.strerror(code), str(target))
+
+    monkeypatch.setattr(split_module, "split_dataset", cannot_write)
+    code, out = run_cli(["data", "split", str(_flat(tmp_path / "raw")), str(tmp_path / "out")])
+    line = _error_line(out)
+    assert code == 2 and str(target) in line and words in line
+
+
+def test_an_os_error_about_no_path_keeps_its_traceback(run_cli, tmp_path, monkeypatch):
+    """Only errors about a path are the user's to fix; anything else is a bug to report, with its traceback."""
+    from sightline.data import split as split_module
+
+    def broken(*args, **kwargs):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(split_module, "split_dataset", broken)
+    with pytest.raises(ConnectionResetError):
+        run_cli(["data", "split", str(_flat(tmp_path / "raw")), str(tmp_path / "out")])

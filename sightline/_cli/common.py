@@ -61,9 +61,12 @@ def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
     except SightlineError as exc:
         err_console.print(f"[bold red]error:[/] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
-        # A path the user gave that is a file where a folder is needed (or the reverse), or that cannot be
-        # written: theirs to fix, so one line naming it instead of a traceback.
+    except OSError as exc:
+        # A path the user gave that is a file where a folder is needed (or the reverse), that cannot be written, is
+        # too long, or whose disk is full or read-only: theirs to fix, so one line naming it instead of a
+        # traceback. An OSError about no path (a socket, a library's own) is not the user's: it keeps its traceback.
+        if exc.filename is None:
+            raise
         err_console.print(f"[bold red]error:[/] {escape(path_error(exc))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except SystemExit as exc:
@@ -77,6 +80,8 @@ def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
 
 def path_error(exc: OSError) -> str:
     """One line for an OSError about a path: which path, what is wrong with it, what to do."""
+    import errno
+
     name = exc.filename if exc.filename is not None else "a path"
     if isinstance(exc, FileExistsError):
         return f"'{name}' exists and is not a folder; pass a new or existing folder, or move the file away."
@@ -84,4 +89,14 @@ def path_error(exc: OSError) -> str:
         return f"'{name}': part of this path is a file, not a folder; check the path."
     if isinstance(exc, IsADirectoryError):
         return f"'{name}' is a folder where a file is needed; pass a file."
-    return f"'{name}' cannot be read or written (permission denied); check its permissions or choose another path."
+    if isinstance(exc, PermissionError):
+        return f"'{name}' cannot be read or written (permission denied); check its permissions or choose another path."
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"'{name}': a name in this path is too long for the file system (255 bytes at most); shorten it."
+    if exc.errno == errno.EROFS:
+        return f"'{name}' is on a read-only file system; choose a writable folder."
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"'{name}' cannot be written: no space left (or the quota is used up); free some or choose another disk."
+    if isinstance(exc, FileNotFoundError):
+        return f"'{name}' does not exist (or cannot be created there); check the path."
+    return f"'{name}': {exc.strerror or exc}; check the path."
