@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -104,6 +106,10 @@ class Bundle:
             save_file(tensors, str(folder / WEIGHTS), metadata={"architecture": self.architecture})
         self.path = folder
         self.write_json()
+        if state_dict is not None:
+            # safetensors writes its file readable by its owner only (0600); the bundle's other files follow the
+            # umask. Given model.json's mode, a service or reviewer running as another user can read the weights.
+            os.chmod(folder / WEIGHTS, stat.S_IMODE((folder / MODEL_JSON).stat().st_mode))
         return folder
 
     def write_json(self) -> None:

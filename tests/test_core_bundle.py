@@ -79,3 +79,20 @@ def test_damaged_weights_and_bad_format_version_are_bundle_errors(tmp_path):
     (bundle.path / "model.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match="format_version"):
         load_bundle(bundle.path)
+
+
+def test_weights_are_as_readable_as_the_rest_of_the_bundle(tmp_path):
+    """safetensors wrote weights.safetensors as 0600: a service or reviewer running as another user could read
+    model.json and model.onnx but not the weights (explain, evaluate, a registry copy)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        model = create_model("test_efficientnet", 2, weights="none")
+        folder = Bundle("test_efficientnet", ["a", "b"], preprocessing=Preprocessing(32)).save(tmp_path / "b",
+                                                                                               model.state_dict())
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes["weights.safetensors"] == modes["model.json"] == 0o644, modes
