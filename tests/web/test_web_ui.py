@@ -65,6 +65,15 @@ def test_signin_csrf_csp_and_redirects(bundle, tmp_path):
         assert c.post("/ui/label", json={"id": 1, "label": "cat"}).status_code == 403  # no CSRF header
         csrf = review.text.split('name="csrf-token" content="')[1].split('"')[0]
         assert c.post("/ui/label", json={"id": 999, "label": "cat"}, headers={"X-CSRF-Token": csrf}).status_code == 404
+        # another reviewer labelled it meanwhile: the page says so (the API's advice, `"override": true`, is not
+        # something the page can send)
+        (pid,) = store.add_predictions([{
+            "request_id": "r", "filename": "x.jpg", "input_sha256": "0" * 64, "model_name": "m", "model_version": "1",
+            "label": "cat", "confidence": 0.3, "top_k": [], "decision": "review", "latency_ms": 1.0}])
+        store.record_label(pid, "dog", reviewer="bob")
+        r = c.post("/ui/label", json={"id": pid, "label": "cat"}, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 409 and r.json()["detail"] == (f"prediction {pid} was labelled 'dog' by bob meanwhile; "
+                                                               "reload the queue to see it.")
         assert (secret := (tmp_path / "session_secret")).is_file() and secret.stat().st_mode & 0o077 == 0
         store.revoke_key("ann")  # revoking the key ends its browser sessions (key_cache_s=0 here)
         assert c.get("/ui/review", follow_redirects=False).status_code == 303

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from sightline.errors import SightlineError
 from sightline.serve.schemas import PREDICTION_ID_MAX, PredictionId
 from sightline.serve.state import ServiceState
-from sightline.storage.store import UNKNOWN_LABEL
+from sightline.storage.store import UNKNOWN_LABEL, LabelConflictError
 from sightline.serve.web.session import COOKIE, CSRF_COOKIE, SessionSigner, load_secret
 
 __all__ = ["CSP", "UiHeaders", "router"]
@@ -238,6 +238,11 @@ async def label(request: Request, body: LabelBody) -> JSONResponse:
     try:
         row = await anyio.to_thread.run_sync(
             lambda: state.store.record_label(body.id, body.label, reviewer=session["name"]))
+    except LabelConflictError:  # another reviewer labelled it first; the API's advice ("override") is not the page's
+        current = await anyio.to_thread.run_sync(lambda: state.store.get_prediction(body.id)) or {}
+        return JSONResponse({"detail": f"prediction {body.id} was labelled {current.get('reviewed_label')!r} by "
+                                       f"{current.get('reviewer')} meanwhile; reload the queue to see it."},
+                            status_code=409)
     except SightlineError as exc:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
     if row is None:
