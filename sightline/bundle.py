@@ -89,6 +89,11 @@ class Bundle:
                 raise BundleError(f"{where} has no '{key}'; it was not written by sightline or is damaged.")
         if not isinstance(data["classes"], list) or len(data["classes"]) < 2:
             raise BundleError(f"{where}: 'classes' must list at least two class names.")
+        for key in ("architecture", "name", "version"):  # every answer, row and registry entry names them as text
+            value = data.get(key, "text")
+            if not isinstance(value, str) or not value.strip():
+                raise BundleError(f"{where}: {key}={value!r} must be non-empty text (in quotes, e.g. \"{key}\": "
+                                  f"\"3\"); edit model.json or export the bundle again.")
         known = {f for f in cls.__dataclass_fields__ if f != "path"}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])

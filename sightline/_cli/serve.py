@@ -171,9 +171,7 @@ def _preflight(settings, bundle) -> None:
     import socket
 
     from sightline.inference import open_engine
-    from sightline.serve.swap import check_model_fields
 
-    check_model_fields(bundle)
     if settings.keep_images:  # a file there: the server started, then kept no image
         from sightline.storage.images import open_image_store
 

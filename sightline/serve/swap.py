@@ -79,18 +79,6 @@ def onnx_file(settings: Settings, bundle: Bundle) -> Path:
     return bundle.int8_path if settings.int8 else bundle.onnx_path
 
 
-def check_model_fields(bundle: Bundle) -> None:
-    """UserInputError unless model.json's name and version are text: every answer names them, and a number
-    there (`"version": 3`) made every request, /readyz included, a 500 while the service looked started."""
-    from sightline.errors import UserInputError
-
-    for field in ("name", "version"):
-        value = getattr(bundle, field)
-        if not isinstance(value, str) or not value.strip():
-            raise UserInputError(f"{bundle.path}/model.json: {field}={value!r} must be non-empty text (in quotes, "
-                                 f'e.g. "{field}": "3"); edit model.json or export the bundle again.')
-
-
 async def open_served(settings: Settings, bundle: Bundle, *, store: Store, metrics: ServiceMetrics,
                       version: Version | None = None) -> Served:
     """Engine, observer, monitor (not started) and a started batcher for `bundle`. The engine is built in a worker
@@ -99,7 +87,6 @@ async def open_served(settings: Settings, bundle: Bundle, *, store: Store, metri
     from sightline.serve.batching import MicroBatcher
     from sightline.serve.monitoring import Monitor, open_observer
 
-    check_model_fields(bundle)
     if settings.review_confidence is not None:
         bundle.thresholds = {**bundle.thresholds, "review_confidence": settings.review_confidence}
 

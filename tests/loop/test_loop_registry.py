@@ -308,3 +308,14 @@ def test_cli_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     monkeypatch.delenv("SIGHTLINE_DATABASE_URL", raising=False)
     assert run_command(app, ["registry", "list"]) == 2
     assert "no database: pass --database URL" in capsys.readouterr().err
+
+
+def test_add_refuses_a_bundle_whose_version_is_not_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`"version": 3` in a hand-edited model.json was registered; the service it was promoted to then refused it."""
+    folder = _bundle(tmp_path / "b", seed=0)
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "version": 3}))
+    code = run_command(app, ["registry", "add", str(folder), "--database", f"sqlite:///{tmp_path / 'db.sqlite'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.json: version=3 must be non-empty text" in " ".join(err.split())
+    assert "Traceback" not in err

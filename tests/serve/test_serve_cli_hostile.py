@@ -75,7 +75,7 @@ def test_the_app_refuses_it_too(tmp_path, bundle):
     import json
     import shutil
 
-    from sightline.errors import UserInputError
+    from sightline.errors import BundleError
     from sightline.serve.app import create_app
     from sightline.serve.settings import Settings
 
@@ -89,7 +89,7 @@ def test_the_app_refuses_it_too(tmp_path, bundle):
         async with app.router.lifespan_context(app):
             pass
 
-    with pytest.raises(UserInputError, match="version=3 must be non-empty text"):
+    with pytest.raises(BundleError, match="version=3 must be non-empty text"):
         asyncio.run(start())
 
 
