@@ -43,10 +43,17 @@ def split_cmd(
     with rich_progress(enabled=not json_out) as progress:
         result = split_dataset(src, out, ratios=shares, seed=seed, max_distance=max_distance, link=not copy,
                                progress=progress, dataset=dataset)
+    # a class a split should hold but does not: train never learns it, val and test report nothing on it
+    missing = {c: [s for s, share in zip(result.counts, shares) if share > 0 and result.counts[s][c] == 0]
+               for c in next(iter(result.counts.values()))}
+    warnings = [f"class '{c}' has no image in {', '.join(splits)} ({sum(result.counts[s][c] for s in result.counts)} "
+                "in all): add images of it or change --ratios, or its figures there are missing"
+                for c, splits in missing.items() if splits]
     summary = {
         "out": str(result.out),
         "n_images": result.n_images,
         "counts": result.counts,
+        "warnings": warnings,
         "groups_merged": result.groups_merged,
         "images_in_merged_groups": result.images_in_merged_groups,
         "excluded": result.excluded,
@@ -73,6 +80,8 @@ def split_cmd(
     ))
     for item in result.excluded:
         console.print(f"[yellow]not placed:[/] {escape(item['path'])}: {escape(item['reason'])}", highlight=False)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 @data_app.command("synth")

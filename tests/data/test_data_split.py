@@ -215,3 +215,17 @@ def test_a_long_name_in_two_source_splits_is_placed_under_a_name_that_fits(tmp_p
     result = split_dataset(tmp_path / "raw", tmp_path / "out", max_distance=-1)
     assert result.n_images == 18
     assert all(len(p.name.encode()) <= 255 for p in (tmp_path / "out").rglob("*"))
+
+
+def test_a_class_too_small_for_every_split_is_named(tmp_path: Path, run_cli) -> None:
+    """Two images of 'rare' cannot fill train, val and test: the split said nothing, and the class's val and test
+    figures were simply missing from every later report."""
+    raw = _make(tmp_path / "raw", {"common": 20, "rare": 2})
+    code, out = run_cli(["data", "split", str(raw), str(tmp_path / "out"), "--max-distance", "-1"])
+    assert code == 0
+    warnings = [line for line in out.out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "class 'rare' has no image in " in warnings[0] and "(2 in all)" in warnings[0]
+    code, out = run_cli(["data", "split", str(raw), str(tmp_path / "out2"), "--max-distance", "-1", "--json"])
+    import json
+
+    assert [w.startswith("class 'rare'") for w in json.loads(out.out)["warnings"]] == [True]
