@@ -15,6 +15,8 @@ Finding kinds (each finding is {"kind", "paths", "detail"}; paths relative to th
   blurry              variance of the Laplacian far below the dataset's own (robust z-score of its log)
   too_small           shorter side below max(16, 1/4 of the dataset's median shorter side)
   extreme_aspect      width/height (or height/width) above 3
+  similar_class_names class names that differ only in case, accents' encoding or width ('Ants' and 'ants'; 'café'
+                      typed and 'café' from a Mac's file system): two classes where one was meant
   class_imbalance     max/min class count at or above BALANCE_NONE_BELOW (1.5), with what training will do
   mixed_color_modes   files stored in more than one colour mode (e.g. RGB and greyscale)
   label_issue         likely mislabeled: the given label contradicted by out-of-fold probabilities (confident
@@ -48,6 +50,7 @@ __all__ = [
     "refuse_audit_out_in_data",
     "audit_records",
     "missing_classes",
+    "similar_class_names",
     "blurry_mask",
     "small_mask",
     "aspect_mask",
@@ -58,7 +61,8 @@ __all__ = [
 
 KINDS = (
     "unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels", "split_leakage",
-    "split_missing_class", "blurry", "too_small", "extreme_aspect", "class_imbalance", "mixed_color_modes", "label_issue",
+    "split_missing_class", "similar_class_names", "blurry", "too_small", "extreme_aspect", "class_imbalance",
+    "mixed_color_modes", "label_issue",
 )
 # Kinds whose files `quarantine` moves away (imbalance and colour modes are properties of the set, not of a file).
 QUARANTINE_KINDS = ("unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels",
@@ -127,6 +131,20 @@ def missing_classes(pairs: Sequence[tuple[str | None, str]]) -> list[Finding]:
     return out
 
 
+def similar_class_names(labels: Sequence[str]) -> list[Finding]:
+    """`similar_class_names` findings: one per group of class names equal once Unicode-normalised (NFKC) and
+    case-folded, which a person reads as one class and training learns as several."""
+    import unicodedata
+
+    groups: dict[str, list[str]] = {}
+    for label in sorted(set(labels)):
+        groups.setdefault(unicodedata.normalize("NFKC", label).casefold(), []).append(label)
+    return [Finding("similar_class_names", [], {
+        "classes": names,
+        "advice": "merge the folders if they hold one class, or rename one so the names differ in more than "
+                  "case or encoding"}) for names in groups.values() if len(names) > 1]
+
+
 def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (), max_distance: int = DEFAULT_MAX_DISTANCE,
                   train_split: str | None = "train") -> list[Finding]:
     """All findings for per-image records (one `describe_images` pass) plus the scan's skipped files."""
@@ -176,6 +194,7 @@ def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (
         findings.append(Finding("class_imbalance", [], info))
 
     findings += missing_classes([(r.split, r.label) for r in records])
+    findings += similar_class_names([r.label for r in records])
 
     modes = Counter(r.mode for r in good)
     if len(modes) > 1:

@@ -205,3 +205,25 @@ def test_an_audit_out_folder_the_dataset_would_read_is_refused(tmp_path: Path, i
         audit_dataset(data, out=data / inside, html=False)
     assert not (data / inside).exists()
     assert audit_dataset(data, out=data / ".reports", html=False).n_images == 6
+
+
+def test_class_names_that_differ_only_in_case_or_encoding_are_flagged(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """'Ants' beside 'ants', or 'café' typed beside 'café' as a Mac's file system stores it (e + combining accent),
+    trained as two classes without a word: the model split one class in two."""
+    from sightline.data.audit import similar_class_names
+
+    found = similar_class_names(["Ants", "ants", "bees", "cafe\u0301", "caf\u00e9", "wasps"])
+    assert [f.detail["classes"] for f in found] == [["Ants", "ants"], ["cafe\u0301", "caf\u00e9"]]
+    assert similar_class_names(["ants", "bees"]) == []
+
+    rng = np.random.default_rng(0)
+    for label in ("Ants", "ants", "bees"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "audit", str(tmp_path / "data"), "--no-labels", "--json"])
+    assert exc.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["similar_class_names"] == 1
