@@ -152,3 +152,12 @@ def test_an_os_error_about_no_path_keeps_its_traceback(run_cli, tmp_path, monkey
     monkeypatch.setattr(split_module, "split_dataset", broken)
     with pytest.raises(ConnectionResetError):
         run_cli(["data", "split", str(_flat(tmp_path / "raw")), str(tmp_path / "out")])
+
+
+def test_export_format_without_int8_is_refused_before_the_export(run_cli, tmp_path, monkeypatch):
+    """`--format qoperator` without --int8 was ignored: the user got a float graph and no word on it."""
+    from sightline.optimize import export as export_module
+
+    monkeypatch.setattr(export_module, "export", lambda *a, **k: pytest.fail("exported anyway"))
+    code, out = run_cli(["export", str(tmp_path), "--format", "qoperator"])
+    assert code == 2 and "--format qoperator is the int8 graph's format; add --int8" in _error_line(out)

@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
 
         if data is not None and not data.is_dir():
             raise fail(f"--data '{data}' is not a folder; pass the dataset in the split layout.")
+        if quant_format != "qdq" and not int8:  # before the export's work, not silently ignored after it
+            raise fail(f"--format {quant_format} is the int8 graph's format; add --int8 (or leave --format out).")
         with err_console.status("exporting to ONNX and checking parity..."):
             report = export(run, int8=int8, data_dir=data, quant_format=quant_format)
         if as_json:
