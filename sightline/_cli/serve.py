@@ -8,14 +8,28 @@ import typer
 from sightline._cli.common import console, err_console, fail, print_json
 
 
-def _store(bundle: Path | None, database_url: str | None):
+def _store(bundle: Path | None, database_url: str | None, *, keeps: str | None = None):
+    """The service's database. `keeps`: what this command writes there for later (its keys), refused in an
+    in-memory SQLite database, which forgets it when the command ends."""
     import os
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
     from sightline.serve.settings import database_url as resolve_url
     from sightline.storage.store import Store
 
     bundle = bundle or (Path(os.environ["SIGHTLINE_BUNDLE"]) if os.environ.get("SIGHTLINE_BUNDLE") else None)
-    return Store(resolve_url(database_url or os.environ.get("SIGHTLINE_DATABASE_URL"), bundle))
+    url = resolve_url(database_url or os.environ.get("SIGHTLINE_DATABASE_URL"), bundle)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None  # not a URL at all: Store says so in its own words
+    if keeps and parsed is not None and parsed.get_backend_name() == "sqlite" and (
+            parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"):
+        raise fail(f"--database-url '{url}' is an in-memory database: {keeps} would be lost when this command ends; "
+                   "pass the service's database (a sqlite:///file.db path or a server URL).")
+    return Store(url)
 
 
 def register(app: typer.Typer) -> None:
@@ -129,7 +143,7 @@ def register(app: typer.Typer) -> None:
         from sightline.storage.store import parse_roles
 
         roles = parse_roles(role)
-        key = _store(bundle, database_url).create_key(name, roles)
+        key = _store(bundle, database_url, keeps="the key").create_key(name, roles)
         if as_json:
             print_json({"name": name, "roles": list(roles), "key": key})
         else:
@@ -143,7 +157,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """List keys (name, prefix, created, revoked); the keys themselves are not stored."""
-        rows = _store(bundle, database_url).list_keys()
+        rows = _store(bundle, database_url, keeps="the keys").list_keys()
         if as_json:
             print_json(rows)
             return
@@ -159,7 +173,7 @@ def register(app: typer.Typer) -> None:
         database_url: str | None = url_opt,
     ) -> None:
         """Revoke keys; the service refuses them within a few seconds (its key cache)."""
-        n = _store(bundle, database_url).revoke_key(name)
+        n = _store(bundle, database_url, keeps="the revocation").revoke_key(name)
         if n == 0:
             raise fail(f"no active key named or prefixed '{name}'; see `sightline keys list`.")
         console.print(f"revoked {n} key(s) for {name}")
