@@ -110,7 +110,8 @@ def test_an_image_store_that_is_a_file_is_one_line(run_cli, bundle, tmp_path, mo
     assert notes.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///file:k?mode=memory&uri=true"])
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:",
+                                 "sqlite:///file:k?mode=memory&uri=true"])
 def test_keys_refuse_an_in_memory_database(run_cli, url):
     """`keys create --database-url sqlite:///` printed a key that was gone when the command ended."""
     code, out = run_cli(["keys", "create", "ann", "--database-url", url])
