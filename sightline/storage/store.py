@@ -310,13 +310,12 @@ def parse_roles(values: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(roles) or ("predict",)
 
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
 def check_sqlite_file(engine: Any) -> None:
     """Refuse a SQLite URL whose file exists and is something else (a text file, an image, a folder): SQLite
     fails on it with a traceback ("file is not a database") or, for a file of a few bytes, silently writes a
     database over it. An empty or missing file is fine: SQLite makes the database."""
+    import os
+    import sqlite3
     from pathlib import Path
 
     name = engine.url.database
@@ -325,16 +324,27 @@ def check_sqlite_file(engine: Any) -> None:
     path = Path(name)
     if path.is_dir():
         raise UserInputError(f"database '{path}' is a folder; pass a SQLite file such as {path / 'sightline.db'}.")
+    # never open() the file: closing any descriptor of it drops every POSIX lock this process holds on it (a
+    # live Store's too), and another process closing the database then deletes the WAL under it: later writes
+    # were lost. SQLite's own open and close (below) leave those locks alone.
     try:
-        with open(path, "rb") as fp:
-            head = fp.read(len(_SQLITE_MAGIC))
+        size = path.stat().st_size
     except FileNotFoundError:
         return
-    except OSError as exc:
-        raise UserInputError(f"database '{path}' cannot be read ({exc.strerror}); check its permissions.") from None
-    if head and head != _SQLITE_MAGIC:
+    if not size:
+        return
+    if not os.access(path, os.R_OK):
+        raise UserInputError(f"database '{path}' cannot be read (permission denied); check its permissions.")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        conn.execute("PRAGMA schema_version")
+    except sqlite3.DatabaseError as exc:
+        if "not a database" not in str(exc):
+            raise
         raise UserInputError(f"'{path}' is not a SQLite database; pass the service's database (<bundle>/sightline.db "
-                             "or SIGHTLINE_DATABASE_URL), or a new file name to start one.")
+                             "or SIGHTLINE_DATABASE_URL), or a new file name to start one.") from None
+    finally:
+        conn.close()
 
 
 def _foreign_tables(url: str, exc: Exception) -> str:
