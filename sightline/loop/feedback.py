@@ -115,6 +115,7 @@ def export_feedback(
     store = Store(database)
     try:
         rows = [r for r in store.kept_images() if r["reviewed_label"] is not None]
+        never_kept = store.labelled_without_kept_image()  # labelled, but the service kept no image to export
     finally:
         store.close()
     classes = set(parent.classes)
@@ -125,6 +126,8 @@ def export_feedback(
     store_images = open_image_store(image_root)  # a folder, or an fsspec URL such as s3://bucket/images
     skipped: dict[str, list[int]] = {"unknown_label": [], "image_missing": []}
     by_sha: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in never_kept:
+        skipped["unknown_label" if r["reviewed_label"] == UNKNOWN_LABEL else "image_missing"].append(r["prediction_id"])
     for r in rows:
         if r["reviewed_label"] == UNKNOWN_LABEL:
             skipped["unknown_label"].append(r["prediction_id"])
@@ -134,7 +137,8 @@ def export_feedback(
             by_sha[r["sha256"]].append(r)
     if not by_sha:
         raise UserInputError(
-            f"no reviewed labels to export from {_safe(database)}: {len(rows)} labelled kept image(s), "
+            f"no reviewed labels to export from {_safe(database)}: {len(rows) + len(never_kept)} labelled "
+            "prediction(s), "
             f"{len(skipped['unknown_label'])} labelled 'unknown', {len(skipped['image_missing'])} without their "
             "image; label items in the review queue first. Nothing was written."
         )
@@ -175,8 +179,10 @@ def export_feedback(
         for i, item in enumerate(group):
             item["split"] = "val" if i in val else "train"
     if not items:
-        raise UserInputError(f"no reviewed labels to export: every labelled image is a conflict ({len(conflicts)}) "
-                             f"or a copy of a parent image ({len(duplicates)}). Nothing was written.")
+        raise UserInputError(
+            f"no reviewed labels to export: {len(conflicts)} labelled image(s) with conflicting labels, "
+            f"{len(duplicates)} copies of parent images, {len(skipped['unknown_label'])} labelled 'unknown', "
+            f"{len(skipped['image_missing'])} without their image. Nothing was written.")
 
     parent_version = dataset_version(parent)
     # write into a temporary folder beside OUT, renamed at the end: a failure leaves nothing half-written

@@ -616,6 +616,16 @@ class Store:
             return [{c.name: getattr(r, c.name) for c in LabelHistory.__table__.columns}
                     for r in session.scalars(q).all()]
 
+    def labelled_without_kept_image(self) -> list[dict[str, Any]]:
+        """Labelled predictions whose image was never kept (accepted and outside the random slice): {prediction_id,
+        reviewed_label}, oldest first. Their labels count for monitoring, but no export can train on them."""
+        q = (select(PredictionRecord.id, PredictionRecord.reviewed_label)
+             .outerjoin(KeptImage, KeptImage.prediction_id == PredictionRecord.id)
+             .where(PredictionRecord.reviewed_label.is_not(None), KeptImage.prediction_id.is_(None))
+             .order_by(PredictionRecord.id))
+        with self.engine.connect() as conn:
+            return [{"prediction_id": i, "reviewed_label": label} for i, label in conn.execute(q)]
+
     # --- kept images -----------------------------------------------------------------------------------
     def add_kept_images(self, rows: Sequence[dict[str, Any]]) -> None:
         """KeptImage rows (prediction_id, sha256, reason, content_type, size)."""

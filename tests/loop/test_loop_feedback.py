@@ -225,3 +225,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     code, res = _run(capsys, "--database", url, "--data", parent, "--out", tmp_path / "n3", "--images",
                      tmp_path / "nowhere")
     assert code == 2 and "image folder" in res.err
+
+
+def test_labels_of_predictions_whose_image_was_not_kept_are_counted(tmp_path, capsys):
+    # an accepted prediction outside the random slice keeps no image; a reviewer may still label it (by id)
+    parent = write_images(tmp_path / "data", {"train": 2, "val": 1, "test": 1})
+    items = [("review", _png(LEVELS["dark"] + 20, 1)), ("accept", _png(LEVELS["light"] + 20, 2)),
+             ("accept", _png(LEVELS["dark"] + 20, 3))]
+    store, ids = _service(tmp_path / "svc", items, in_slice=[False, False, False])
+    store.record_label(ids[0], "dark")
+    store.record_label(ids[1], "light")
+    store.record_label(ids[2], "unknown")
+    store.close()
+    url = f"sqlite:///{tmp_path / 'svc' / 'sightline.db'}"
+    code, out = _run(capsys, "--database", url, "--data", parent, "--out", tmp_path / "v2", "--no-audit")
+    assert code == 0, out.err
+    # before: "0 without their image", and the unknown label went uncounted: 3 labels, 1 accounted for
+    assert "1 labelled unknown, 1 without their image" in " ".join(out.out.split())
+    summary = json.loads((tmp_path / "v2" / "feedback.json").read_text())
+    assert summary["skipped"]["image_missing"] == [ids[1]] and summary["skipped"]["unknown_label"] == [ids[2]]
+    assert summary["added"] == {"train": {"dark": 1}}
