@@ -29,13 +29,15 @@ def explain_files(
     out: str | Path = "explain",
     device: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per input: {path, predicted, confidence, decision, explained, method, overlay}, or {path, error} for
-    a file that cannot be read. Decoding, the forward pass and the decision (bundle temperature and thresholds)
+    """One row per image: {path, predicted, confidence, decision, explained, method, overlay}, or {path, error} for
+    a file that cannot be read; a folder in `images` is searched for its images (as `predict` does), and one
+    with none raises UserInputError. Decoding, the forward pass and the decision (bundle temperature and thresholds)
     are the inference core's, as the server's; the heatmaps are pytorch-grad-cam's on the bundle's PyTorch model
     (`device`: default CUDA when available)."""
     from PIL import Image
 
     from sightline.bundle import load_bundle
+    from sightline.data.inputs import expand_inputs
     from sightline.data.datasets import refuse_out_inside_splits
     from sightline.explain.cam import crop_cams, method_class, overlay
     from sightline.inference import TorchBackend, load_crops, open_engine
@@ -47,7 +49,11 @@ def explain_files(
     trained_on = bundle.extra.get("train", {}).get("data_dir")
     if trained_on:  # overlays there would become images of a class of the model's own data
         refuse_out_inside_splits(out, trained_on)
-    inputs = load_crops(list(images), bundle.preprocessing)
+    paths = expand_inputs(images)
+    if not paths:
+        given = ", ".join(f"'{p}'" for p in images) or "(nothing given)"
+        raise UserInputError(f"no image in {given}; give image files or a folder that holds some.")
+    inputs = load_crops(paths, bundle.preprocessing)
     rows: list[dict[str, Any]] = [{"path": f["path"], "error": f["reason"]} for f in inputs.failed]
     if not len(inputs.crops):
         return rows

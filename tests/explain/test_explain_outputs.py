@@ -60,3 +60,23 @@ def test_an_image_name_near_the_file_system_limit_still_gets_its_overlay(tmp_pat
                          out=tmp_path / "ex")
     overlays = [r["overlay"] for r in rows]
     assert len(set(overlays)) == 2 and all(len(Path(o).name.encode()) <= 255 and Path(o).is_file() for o in overlays)
+
+
+def test_a_folder_is_searched_for_its_images_and_an_empty_one_is_refused(tmp_path, run_cli):
+    """`explain RUN FOLDER` (as `predict` takes) skipped the folder itself: 'cannot read the file (Is a directory)',
+    then 'no image could be read'; an empty folder got the same, and the images inside never got an overlay."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.new("RGB", (24, 24), (200, 30, 30)).save(folder / "x.png")
+    (folder / "bad.jpg").write_text("not an image")
+    (folder / "notes.txt").write_text("hi")
+    (tmp_path / "empty").mkdir()
+    Bundle("test_efficientnet", ["a", "b"], Preprocessing(32)).save(
+        tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    code, out = run_cli(["explain", str(tmp_path / "bundle"), str(folder), "--out", str(tmp_path / "ex")])
+    assert code == 0 and "Traceback" not in out.err
+    assert f"-> {tmp_path / 'ex' / 'x.gradcam.png'}" in out.out
+    assert f"skipped {folder / 'bad.jpg'}" in out.out and "notes.txt" not in out.out
+    code, out = run_cli(["explain", str(tmp_path / "bundle"), str(tmp_path / "empty"), "--out", str(tmp_path / "ex")])
+    assert code == 2 and "Traceback" not in out.err
+    assert f"no image in '{tmp_path / 'empty'}'" in out.err and len(out.err.strip().splitlines()) == 1
