@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from sightline._cli.common import console, existing_path, print_json
+from sightline._cli.common import console, err_console, existing_path, print_json
 
 DATABASE_HELP = ("The service database (SQLAlchemy URL such as sqlite:///state/sightline.db or "
                  "postgresql+psycopg://..., or a SQLite file path).")
@@ -190,6 +190,8 @@ def registry_add(
     existing_path(bundle, "bundle")
     with _open(database, root) as registry:
         added = registry.add(bundle, by=by, reason=reason, alias=alias, force=force)
+        if added.move is not None:
+            _warn_unservable(registry, added.move)
     v, move = added.version, added.move
     if as_json:
         print_json({"version": v.to_dict(), "created": added.created, "move": move.to_dict() if move else None})
@@ -273,6 +275,7 @@ def registry_promote(
     """Point an alias (default champion) at a version; refused when its last challenge failed, unless --force."""
     with _open(database) as registry:
         move = registry.promote(version, alias=alias, by=by, reason=reason, force=force)
+        _warn_unservable(registry, move)
     _print_move(move, as_json)
 
 
@@ -306,6 +309,16 @@ def registry_history(
         console.print("no alias has moved yet.")
     for m in moves:
         _print_move(m, False)
+
+
+def _warn_unservable(registry: Any, move: Any) -> None:
+    """A warning line when the alias now points at a version without model.onnx: a server following the alias
+    cannot load it and keeps serving its model, while the registry names the new one."""
+    version = registry.resolve(move.to_ref)
+    if not (Path(version.path) / "model.onnx").is_file():
+        err_console.print(f"[yellow]warning:[/] {version.ref} has no model.onnx: a server following {move.alias} "
+                          f"keeps serving {move.from_ref or 'nothing'} until it has one; run `sightline export "
+                          f"{version.source}` and `sightline registry add` it again.", highlight=False, soft_wrap=True)
 
 
 def _print_move(move: Any, as_json: bool) -> None:

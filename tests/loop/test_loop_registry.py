@@ -319,3 +319,19 @@ def test_add_refuses_a_bundle_whose_version_is_not_text(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert code == 2 and "model.json: version=3 must be non-empty text" in " ".join(err.split())
     assert "Traceback" not in err
+
+
+def test_cli_warns_when_an_alias_moves_to_a_version_a_server_cannot_load(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str],
+                                                                         bundles: list[Path]) -> None:
+    # a retrained bundle registered before `sightline export`: the server following champion keeps the old model
+    # (no model.onnx) while `registry show champion` names the new one; before, the promotion said nothing
+    db = f"sqlite:///{tmp_path / 'sightline.db'}"
+    (bundles[0] / "model.onnx").write_bytes(b"onnx")  # only its presence matters here
+    assert run_command(app, ["registry", "add", str(bundles[0]), "--alias", "champion", "--database", db]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert run_command(app, ["registry", "add", str(bundles[1]), "--database", db]) == 0
+    assert run_command(app, ["registry", "promote", "v2", "--database", db]) == 0
+    out, err = capsys.readouterr()
+    assert "champion promote v1 -> v2" in out
+    assert "warning: v2 has no model.onnx" in err and "keeps serving v1" in err and "sightline export" in err
