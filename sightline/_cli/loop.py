@@ -290,6 +290,7 @@ def registry_rollback(
     """Move an alias (default champion) back to the version it pointed to before its last promotion."""
     with _open(database) as registry:
         move = registry.rollback(alias=alias, by=by, reason=reason)
+        _warn_unservable(registry, move)
     _print_move(move, as_json)
 
 

@@ -335,3 +335,10 @@ def test_cli_warns_when_an_alias_moves_to_a_version_a_server_cannot_load(tmp_pat
     out, err = capsys.readouterr()
     assert "champion promote v1 -> v2" in out
     assert "warning: v2 has no model.onnx" in err and "keeps serving v1" in err and "sightline export" in err
+    (bundles[2] / "model.onnx").write_bytes(b"onnx")
+    assert run_command(app, ["registry", "add", str(bundles[2]), "--alias", "champion", "--database", db]) == 0
+    assert "warning" not in capsys.readouterr().err
+    # the rollback meant to take v3 off the air leaves it serving
+    assert run_command(app, ["registry", "rollback", "--database", db]) == 0
+    err = capsys.readouterr().err
+    assert "warning: v2 has no model.onnx" in err and "keeps serving v3" in err
