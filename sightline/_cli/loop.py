@@ -183,7 +183,8 @@ def registry_add(
     root: Optional[str] = RootOpt,
     by: Optional[str] = ByOpt,
     reason: Optional[str] = ReasonOpt,
-    force: bool = typer.Option(False, "--force", help="With --alias champion: past a failed challenge."),
+    force: bool = typer.Option(False, "--force", help="With --alias: past a failed challenge (champion), or to "
+                               "a version whose classes differ from the alias's current one."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Register a bundle as an immutable version (its files copied, read-only)."""
@@ -269,7 +270,7 @@ def registry_promote(
     by: Optional[str] = ByOpt,
     reason: Optional[str] = ReasonOpt,
     force: bool = typer.Option(False, "--force", help="Promote a version whose last challenge failed (logged as "
-                               "forced)."),
+                               "forced), or whose classes differ from the alias's current version."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Point an alias (default champion) at a version; refused when its last challenge failed, unless --force."""

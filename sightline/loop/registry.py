@@ -391,6 +391,10 @@ class Registry:
             _refuse_failed(self.last_challenge(digest), f"{b.path}")
         with self.engine.connect() as conn:
             found = conn.execute(select(v).where(v.c.bundle_hash == digest)).first()
+            current_id = self._alias_version(conn, alias) if alias is not None else None
+            if current_id is not None and not force:
+                was = self._version(conn.execute(select(v).where(v.c.id == current_id)).one())
+                _refuse_other_classes(b.classes, was, alias, f"{b.path}")
         if found is not None:
             added = Added(self._version(found), created=False)
             if self.remote is None and not self.intact(added.version):  # its copy was damaged: restore it
@@ -430,6 +434,10 @@ class Registry:
             last = self._last_challenge(conn, version.bundle_hash) if alias == "champion" else None
             if not force:
                 _refuse_failed(last, version.ref)
+                if current is not None:
+                    v = self.tables["versions"]
+                    was = self._version(conn.execute(select(v).where(v.c.id == current)).one())
+                    _refuse_other_classes(version.classes, was, alias, version.ref)
             self._refuse_damaged(version)
             forced = bool(force and last is not None and not last["promote"])
             return self._move_alias(conn, alias, "promote", current, version.id, by=by, reason=reason, forced=forced,
@@ -644,6 +652,17 @@ def _refuse_failed(last: dict[str, Any] | None, what: str) -> None:
         raise UserInputError(
             f"{what} failed its last challenge on {last['at']} ({reasons[0] if reasons else 'no reason recorded'}"
             f"{more}); nothing changed. Pass --force to promote it anyway (the log records it as forced).")
+
+
+def _refuse_other_classes(classes: list[str], current: Version, alias: str, what: str) -> None:
+    """UserInputError when `classes` are not the classes of the version `alias` points to now: a server following
+    the alias would swap to it and answer with other labels, the review queue's labels and the monitor's reference
+    no longer fitting (`sightline challenge` refuses such a pair for the same reason)."""
+    if set(classes) != set(current.classes):  # the order may differ, as for `sightline challenge`
+        raise UserInputError(
+            f"{what} has classes {list(classes)}, the {alias} {current.ref} has {list(current.classes)}: a server "
+            f"following {alias} would answer with other labels; nothing changed. Pass --force to move it anyway "
+            "(a new set of classes is a new service: serve it from its own database).")
 
 
 def _check_width(column: Any, value: Any, what: str) -> None:

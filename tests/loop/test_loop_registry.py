@@ -342,3 +342,28 @@ def test_cli_warns_when_an_alias_moves_to_a_version_a_server_cannot_load(tmp_pat
     assert run_command(app, ["registry", "rollback", "--database", db]) == 0
     err = capsys.readouterr().err
     assert "warning: v2 has no model.onnx" in err and "keeps serving v3" in err
+
+
+def test_an_alias_does_not_move_to_a_version_with_other_classes(registry: Registry, bundles: list[Path],
+                                                                tmp_path: Path) -> None:
+    # before: a server following champion hot-swapped from dark/light to dark/bright without a word
+    torch.manual_seed(5)
+    other = tmp_path / "other" / "bundle"
+    Bundle("test_efficientnet", ["dark", "bright"], Preprocessing(32), dataset_version="other").save(
+        other, create_model("test_efficientnet", 2, weights="none").state_dict())
+    registry.add(bundles[0], alias="champion")
+    before = _state(registry)
+    with pytest.raises(UserInputError, match=r"classes \['dark', 'bright'\], the champion v1 has"):
+        registry.add(other, alias="champion")
+    assert _state(registry) == before  # refused before anything was copied
+    v2 = registry.add(other).version
+    with pytest.raises(UserInputError, match="would answer with other labels; nothing changed"):
+        registry.promote(v2.ref)
+    assert registry.aliases()["champion"].ref == "v1"
+    assert registry.promote(v2.ref, force=True).to_ref == v2.ref
+    # the same classes in another order are the same classes
+    registry.promote("v1", force=True)
+    swapped = tmp_path / "swapped" / "bundle"
+    Bundle("test_efficientnet", ["light", "dark"], Preprocessing(32), dataset_version="swapped").save(
+        swapped, create_model("test_efficientnet", 2, weights="none").state_dict())
+    assert registry.add(swapped, alias="champion").move is not None
