@@ -296,3 +296,45 @@ def test_static_whitelist(bundle, tmp_path):
         assert c.get("/ui/static/review.js").headers["content-type"].startswith("text/javascript")
         assert c.get("/ui/static/..%2Fsession.py").status_code == 404
     store.close()
+
+
+def test_classes_past_the_ninth_key_have_a_button_and_markup_in_names_stays_text(tmp_path):
+    """Keys 1-9 label with the first nine classes; a tenth class had no key and no button, so a reviewer could not
+    give it on the page at all (the key line ended at the ninth). Class names and file names holding markup show
+    as text: no dialog, no console error under the strict CSP."""
+    import torch
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.models.factory import create_model
+    from sightline.optimize.export import export
+
+    require_chromium()
+    classes = [f"c{i}" for i in range(1, 10)] + ["<img src=x onerror=alert(1)>", "שלום \"q'"]
+    torch.manual_seed(0)
+    Bundle("test_efficientnet", classes, Preprocessing(32), name="pets",
+           thresholds={"review_confidence": 0.99, "class_thresholds": {}}).save(
+        tmp_path / "bundle", create_model("test_efficientnet", len(classes), weights="none").state_dict())
+    export(tmp_path / "bundle")
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    client_key, reviewer = store.create_key("client"), store.create_key("ann", ["review"])
+    with serving(tmp_path / "bundle", database_url=store.url, image_store=tmp_path / "kept") as c:
+        r = c.post("/v1/predict", files=[("file", ("<img src=x onerror=alert(2)>.jpg", encode(photo(i))))
+                                         for i in range(2)], headers={"X-API-Key": client_key})
+        ids = [p["id"] for p in r.json()["predictions"]]
+        base = str(c.base_url).rstrip("/")
+        with chromium_page() as (page, errors):
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(f"{base}/ui/signin")
+            page.fill("input[name=key]", reviewer)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/ui/review")
+            for name in classes[9:]:
+                pid = int(page.locator("li.item.current").get_attribute("data-id"))
+                page.locator("button.label-button", has_text=name).click()
+                page.wait_for_selector(f"li.item.done[data-id='{pid}']")
+                assert store.get_prediction(pid)["reviewed_label"] == name
+            assert "<img src=x onerror=alert(2)>.jpg" in page.locator("#focus-details").inner_text()
+        assert errors == [] and dialogs == []
+    assert sorted(store.get_prediction(i)["reviewed_label"] for i in ids) == sorted(classes[9:])
+    store.close()

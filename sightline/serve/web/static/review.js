@@ -1,4 +1,5 @@
-// Keyboard labelling for /ui/review: 1-9 label with a class, u = unknown, s = skip, z = undo the last label.
+// Keyboard labelling for /ui/review: 1-9 label with a class (a button each for classes past the ninth),
+// u = unknown, s = skip, z = undo the last label.
 "use strict";
 (function () {
   const list = document.getElementById("items");
@@ -90,6 +91,8 @@
     else return;
     event.preventDefault();
   });
+  // classes past the ninth have no key: a button each
+  document.querySelectorAll(".label-button").forEach((b) => b.addEventListener("click", () => label(b.dataset.label)));
   items.forEach((el, i) => el.addEventListener("click", () => show(i)));
   show(0);
 })();
