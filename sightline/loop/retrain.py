@@ -78,6 +78,9 @@ def retrain(
     config, config_from = champion_config(champion)
     config = config.with_overrides(**overrides)
     data = Path(data)
+    if (data / "model.json").is_file() or (data / "bundle" / "model.json").is_file():  # read as a flat dataset
+        raise UserInputError(f"'{data}' is a RUN or bundle folder, not a dataset; pass --data the new dataset version "
+                             "(the folder `sightline feedback export --out` wrote). Nothing was trained.")
     dataset = scan_dataset(data, require_splits=("train", "val"))
     if set(dataset.classes) != set(champion.classes):
         raise DatasetError(f"'{data}' has classes {dataset.classes} but the champion {champion.path} has "

@@ -71,6 +71,12 @@ def test_refusals_train_nothing(data: Path, champion: Path, tmp_path: Path,
     with pytest.raises(DatasetError, match=r"has classes \['dark', 'grey', 'light'\] but the champion"):
         retrain(champion, other, out=out, progress=False)
 
+    # the champion's RUN folder (or its bundle) as --data; before: "no train/val split (flat layout); run
+    # `sightline data split RUN NEW`", an advice that would have made a dataset of the run's files
+    for wrong in (champion, champion / "bundle"):
+        with pytest.raises(UserInputError, match="is a RUN or bundle folder, not a dataset"):
+            retrain(champion, wrong, out=out, progress=False)
+
     bare = tmp_path / "bare"
     make_bundle(bare / "bundle", data / "train")
     with pytest.raises(BundleError, match="records no training config"):
