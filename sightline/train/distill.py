@@ -171,6 +171,11 @@ def distill(
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
         raise UserInputError(f"alpha={alpha} must be in [0, 1] and temperature={temperature} positive.")
     teacher_bundle = load_bundle(teacher_run)
+    # the student's bundle goes to out_dir/bundle: the teacher's own run would lose its bundle to it
+    teacher_dir, out = Path(teacher_bundle.path).resolve(), Path(out_dir).resolve()
+    if (out / "bundle") == teacher_dir or out.is_relative_to(teacher_dir):
+        raise UserInputError(f"--out '{out_dir}' would write the student into the teacher's bundle "
+                             f"'{teacher_bundle.path}'; choose another folder, e.g. {teacher_dir.parent}-distilled.")
     cfg = resolve_config(TrainConfig(), {"model": student, "input_size": input_size, **overrides})
     prepared = prepare(data_dir, cfg)
     dataset, pre, dm, balance = prepared.dataset, prepared.pre, prepared.dm, prepared.balance

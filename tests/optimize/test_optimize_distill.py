@@ -71,3 +71,22 @@ def test_distill_cli_tiny(tmp_path, capsys, make_dataset):
     assert (tmp_path / "student" / "logs" / "tensorboard").is_dir()
     assert (tmp_path / "student" / "checkpoints" / "best.ckpt").is_file()
     assert student.extra["train"]["data_dir"] == str(data.resolve())
+
+
+@pytest.mark.parametrize("where", ["teacher", "teacher/bundle", "teacher/bundle/student"])
+def test_distill_into_the_teachers_folder_is_refused(tmp_path, run_cli, make_dataset, where):
+    """`--out RUN` (the teacher's own run) replaced the teacher's bundle with the student's without a word; `--out
+    RUN/bundle` put a student bundle inside the teacher's."""
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.models.factory import create_model
+
+    Bundle("test_efficientnet", ["a", "b"], Preprocessing(32)).save(
+        tmp_path / "teacher" / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    before = (tmp_path / "teacher" / "bundle" / "model.json").read_bytes()
+    make_dataset(tmp_path / "data")
+    code, out = run_cli(["distill", str(tmp_path / "teacher"), "--student", "test_efficientnet", "--weights", "none",
+                         "--data", str(tmp_path / "data"), "--out", str(tmp_path / where), "--epochs", "1"])
+    assert code == 2 and "Traceback" not in out.err and len(out.err.strip().splitlines()) == 1
+    assert "the teacher's" in out.err and "--out" in out.err
+    assert (tmp_path / "teacher" / "bundle" / "model.json").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "teacher").iterdir()) == ["bundle"]
