@@ -38,6 +38,7 @@ BACKEND_SETTINGS = {
                  "idle threads spin",
 }
 # Shared by every backend, so it is stated once.
+MAX_BATCH = 1024  # images per batch at most: one repeat of a larger batch outlasts any --budget
 PIPELINE = ("decode (JPEG draft mode) and resize/crop/normalise of a batch's images on {workers} threads, then one "
             "forward pass per batch, then temperature/thresholds/top-k")
 
@@ -169,6 +170,10 @@ def bench(
         raise SightlineError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}.")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise SightlineError(f"batch sizes must be whole numbers >= 1, got {list(batch_sizes)}.")
+    too_big = [b for b in batch_sizes if int(b) > MAX_BATCH]
+    if too_big:  # each repeat decodes and runs the whole batch, at least 4 times: minutes and gigabytes
+        raise SightlineError(f"batch size(s) {too_big} above {MAX_BATCH}, the largest bench times; "
+                             "use the batch sizes you will serve with, e.g. 1,8,32.")
     source = "given" if images is not None else "synthetic 640x480 JPEG"
     images = list(images) if images is not None else synthetic_jpegs(min_images)
     results: dict[str, Any] = {}

@@ -52,3 +52,18 @@ def test_predict_on_a_folder_without_images_names_it(run_cli, tmp_path):
     (tmp_path / "docs" / "notes.txt").write_text("not an image")
     code, out = run_cli(["predict", str(tmp_path / "bundle"), str(tmp_path / "docs")])
     assert code == 2 and f"'{tmp_path / 'docs'}'" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_bench_refuses_a_batch_size_no_machine_runs_in_its_budget(run_cli, tmp_path, monkeypatch):
+    """`--batch-sizes 100000` decoded and ran 100000 images a repeat, at least 4 times, whatever --budget said:
+    the command ran for many minutes (or ran out of memory) without a word."""
+    import sightline.optimize.bench as bench_module
+
+    def timed(*args, **kwargs):
+        raise AssertionError("a batch was timed")
+
+    monkeypatch.setattr(bench_module, "_bench_batch", timed)
+    _bundle(tmp_path)
+    code, out = run_cli(["bench", str(tmp_path / "bundle"), "--batch-sizes", "1,100000", "--backends", "torch"])
+    assert code == 2 and "Traceback" not in out.err and len(out.err.strip().splitlines()) == 1
+    assert "100000" in out.err and "1024" in out.err
