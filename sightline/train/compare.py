@@ -17,6 +17,9 @@ from sightline.errors import UserInputError
 
 __all__ = ["compare", "stratified_sample", "cpu_latency_ms"]
 
+# a hidden file (datasets skip those) that marks OUT/sample as compare's own, so a later run may replace it
+SAMPLE_MARK = ".sightline-compare-sample"
+
 
 def stratified_sample(samples: list[Any], n: int | None, *, seed: int = 0) -> list[Any]:
     """`n` samples keeping each class's share (at least one per class); all of them when n is None or larger."""
@@ -77,8 +80,14 @@ def compare(
     out = Path(tempfile.mkdtemp(prefix="sightline-compare-")) if own_tmp else Path(out_dir)
     try:
         sample_dir = out / "sample"
-        if sample_dir.exists():
+        if sample_dir.exists():  # an earlier compare's sample is replaced; a folder of the user's is not ours
+            if not (sample_dir / SAMPLE_MARK).is_file():
+                raise UserInputError(f"'{sample_dir}' exists and compare did not write it; choose another --out "
+                                     "(compare puts its sample there).")
             shutil.rmtree(sample_dir)
+        sample_dir.mkdir(parents=True)
+        (sample_dir / SAMPLE_MARK).write_text("the stratified sample `sightline compare` trains on; it replaces "
+                                              "this folder on its next run into the same --out\n")
         for s in chosen:
             place_file(s.path, sample_dir / s.relpath)  # hard link (a copy across file systems)
         rows = []

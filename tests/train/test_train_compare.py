@@ -79,3 +79,21 @@ def test_compare_rejects_unknown_model_before_training(tmp_path: Path, capsys: p
     data = make_data(tmp_path / "data", splits={"train": 2, "val": 1})
     assert run_command(app, ["compare", str(data), "--models", "lite0,resnet_50"]) == 2
     assert "unknown model 'resnet_50'" in capsys.readouterr().err
+
+
+def test_compare_keeps_a_sample_folder_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--out PROJECT` where PROJECT/sample is the user's own folder: compare deleted it without a word, to put its
+    stratified sample there. Its own sample from an earlier compare is still replaced."""
+    data = make_data(tmp_path / "data", splits={"train": 2, "val": 1})
+    mine = tmp_path / "project" / "sample"
+    mine.mkdir(parents=True)
+    (mine / "keep.txt").write_text("mine")
+    args = ["compare", str(data), "--models", "test_efficientnet", "--weights", "none", "--epochs", "1",
+            "--input-size", "32", "--out", str(tmp_path / "project")]
+    assert run_command(app, args) == 2
+    err = capsys.readouterr().err
+    assert f"'{mine}'" in err and "--out" in err and len(err.strip().splitlines()) == 1
+    assert (mine / "keep.txt").read_text() == "mine"
+    (mine / "keep.txt").unlink()
+    mine.rmdir()
+    assert run_command(app, args) == 0 and run_command(app, args) == 0  # its own sample: replaced
