@@ -150,10 +150,9 @@ def register(app: typer.Typer) -> None:
         blobs = None
         if images is not None:
             from sightline.data.images import load_image
-            from sightline.data.inputs import looks_like_image
             from sightline.errors import ImageError, one_line
 
-            files = [f for f in expand_inputs([str(images)]) if looks_like_image(f)]  # timings need images
+            files = expand_inputs([str(images)])  # 'x.jpg' that holds no image is tried, and said to be left out
             blobs, left_out = [], []
             for f in files:  # one that cannot be decoded would end the run, named '<uploaded bytes>'
                 if len(blobs) == 256:

@@ -67,3 +67,19 @@ def test_bench_refuses_a_batch_size_no_machine_runs_in_its_budget(run_cli, tmp_p
     code, out = run_cli(["bench", str(tmp_path / "bundle"), "--batch-sizes", "1,100000", "--backends", "torch"])
     assert code == 2 and "Traceback" not in out.err and len(out.err.strip().splitlines()) == 1
     assert "100000" in out.err and "1024" in out.err
+
+
+def test_bench_names_a_file_called_an_image_that_holds_none(run_cli, tmp_path):
+    """A 'photo.jpg' that is text (a failed download) or empty was dropped from --images without a word; only
+    files that began like an image were said to be left out."""
+    _bundle(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(folder / "a.png")
+    (folder / "bad.jpg").write_text("<html>not found</html>")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not named as an image: not an input")
+    code, out = run_cli(["bench", str(tmp_path / "bundle"), "--images", str(folder), "--budget", "0.2",
+                         "--batch-sizes", "1", "--backends", "torch"])
+    assert code == 0, out.err
+    assert "2 file(s) left out" in out.err and "notes.txt" not in out.err
