@@ -338,3 +338,24 @@ def test_classes_past_the_ninth_key_have_a_button_and_markup_in_names_stays_text
         assert errors == [] and dialogs == []
     assert sorted(store.get_prediction(i)["reviewed_label"] for i in ids) == sorted(classes[9:])
     store.close()
+
+
+def test_a_number_key_past_the_class_count_says_so(bundle, tmp_path):
+    """With three classes, key 5 did nothing and said nothing: a reviewer who meant a class saw no answer."""
+    require_chromium()
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    client_key, reviewer = store.create_key("client"), store.create_key("ann", ["review"])
+    with serving(bundle, database_url=store.url, image_store=tmp_path / "kept") as c:
+        (pid,) = [p["id"] for p in predict(c, client_key, [encode(photo(1))]).json()["predictions"]]
+        base = str(c.base_url).rstrip("/")
+        with chromium_page() as (page, errors):
+            page.goto(f"{base}/ui/signin")
+            page.fill("input[name=key]", reviewer)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/ui/review")
+            page.keyboard.press("5")
+            page.wait_for_selector("#status:has-text('no class on key 5')")
+            assert page.locator("li.item.done").count() == 0
+        assert errors == []
+    assert store.get_prediction(pid)["reviewed_label"] is None
+    store.close()

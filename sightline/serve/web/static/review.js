@@ -85,6 +85,7 @@
     if (event.target instanceof HTMLInputElement) return;
     const key = event.key;
     if (key >= "1" && key <= "9" && Number(key) <= classes.length) label(classes[Number(key) - 1]);
+    else if (key >= "1" && key <= "9") status.textContent = "no class on key " + key + "; keys 1-" + classes.length + " label";
     else if (key === "u") label(unknown);
     else if (key === "s") show(nextOpen(current));
     else if (key === "z") undo();
