@@ -164,8 +164,8 @@ def export(
     data_dir: dataset in the split layout; its `val` split feeds the parity check and int8 calibration, its
     `test` split the before/after accuracy, ECE and size. Default: the dataset recorded by training. Without
     data, parity is checked on random inputs and int8 export is refused (calibration needs real images).
-    max_calibration_images: val images the int8 calibration sees (a seeded, class-mixed subset when val has more; ORT's histogram
-    calibrators take one image per step, so this is most of the int8 export's time).
+    max_calibration_images: val images the int8 calibration sees (a seeded, class-mixed subset when val has
+    more; ORT's histogram calibrators take one image per step, so this is most of the int8 export's time).
     Raises ParityError (and removes the bad file) when ONNX and PyTorch disagree.
     Returns the dict stored as `model.json["extra"]["export"]`."""
     bundle = load_bundle(run_or_bundle)
