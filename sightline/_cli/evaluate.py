@@ -101,7 +101,7 @@ def evaluate_cmd(
 
 def explain_cmd(
     run: Path = typer.Argument(..., help="RUN or bundle folder."),
-    images: list[Path] = typer.Argument(..., help="Image files to explain."),
+    images: list[str] = typer.Argument(..., help="Image files or folders to explain."),
     method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++, eigencam or layercam."),
     target: str | None = typer.Option(None, "--class", help="Explain this class (default: the predicted one)."),
     out: Path = typer.Option(Path("explain"), "--out", "-o", help="Folder for the overlays."),
@@ -111,7 +111,9 @@ def explain_cmd(
     from sightline.explain.run import explain_files
 
     existing_path(run, "run")
-    rows = explain_files(run, images, method=method, target=target, out=out)
+    if any(not item.strip() for item in images):  # Path('') is '.': every image under the current folder
+        raise fail("an input is empty (an unset shell variable?); give image files or folders.")
+    rows = explain_files(run, [Path(item) for item in images], method=method, target=target, out=out)
     if as_json:
         print_json(rows)
         return

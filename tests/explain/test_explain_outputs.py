@@ -80,3 +80,13 @@ def test_a_folder_is_searched_for_its_images_and_an_empty_one_is_refused(tmp_pat
     code, out = run_cli(["explain", str(tmp_path / "bundle"), str(tmp_path / "empty"), "--out", str(tmp_path / "ex")])
     assert code == 2 and "Traceback" not in out.err
     assert f"no image in '{tmp_path / 'empty'}'" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_an_empty_input_is_refused_not_read_as_the_current_folder(tmp_path, run_cli, monkeypatch):
+    """`explain RUN "$IMAGES"` with IMAGES unset: typer made '' the path '.', and every image under the current
+    folder got an overlay."""
+    from sightline.explain import run as explain_run
+
+    monkeypatch.setattr(explain_run, "explain_files", lambda *a, **k: pytest.fail("explained anyway"))
+    code, out = run_cli(["explain", str(tmp_path), ""])
+    assert code == 2 and "an input is empty" in out.err and "Traceback" not in out.err
