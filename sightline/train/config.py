@@ -26,7 +26,9 @@ Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy and Lightning's seeding accept
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
-Pixels = Annotated[int, Field(ge=16)]  # smaller inputs leave nothing after the stem's downsampling
+# below 16 px the stem's downsampling leaves nothing; above 2048 px one batch of activations outgrows any machine's
+# memory (--input-size 100000 ran until the kernel killed the process)
+Pixels = Annotated[int, Field(ge=16, le=2048)]
 Share = Annotated[float, Field(ge=0.1, le=1.0)]
 Schedule = Literal["cosine", "plateau"]
 Augment = Literal["light", "strong", "none"]
