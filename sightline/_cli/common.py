@@ -43,6 +43,13 @@ def out_folder(path: Path | None, option: str = "--out") -> Path | None:
     return path
 
 
+def refuse_empty_inputs(items: list[str], accepted: str) -> None:
+    """An empty command-line input is refused: Path('') is '.', so an unset shell variable (`predict RUN "$IMAGES"`)
+    would mean every image under the current folder. `accepted`: what to give instead."""
+    if any(not str(item).strip() for item in items):
+        raise fail(f"an input is empty (an unset shell variable?); give {accepted}.")
+
+
 @functools.cache
 def _command(app: typer.Typer) -> Any:
     """The click command typer builds from `app`'s functions, built once a process: calling `app` builds it again

@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from sightline._cli.common import console, existing_path, fail, print_json
+from sightline._cli.common import console, existing_path, fail, print_json, refuse_empty_inputs
 
 
 def register(app: typer.Typer) -> None:
@@ -111,8 +111,7 @@ def explain_cmd(
     from sightline.explain.run import explain_files
 
     existing_path(run, "run")
-    if any(not item.strip() for item in images):  # Path('') is '.': every image under the current folder
-        raise fail("an input is empty (an unset shell variable?); give image files or folders.")
+    refuse_empty_inputs(images, "image files or folders")
     rows = explain_files(run, [Path(item) for item in images], method=method, target=target, out=out)
     if as_json:
         print_json(rows)

@@ -6,15 +6,14 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from sightline._cli.common import console, err_console, fail, print_json
+from sightline._cli.common import console, err_console, fail, print_json, refuse_empty_inputs
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """sightline.data.inputs.expand_inputs with its error as the command's one-line exit."""
     from sightline.data.inputs import expand_inputs as expand
     from sightline.errors import UserInputError
 
-    if any(not str(item).strip() for item in inputs):  # Path('') is '.': every image under the current folder
-        raise fail("an input is empty (an unset shell variable?); give image files, folders or quoted glob patterns.")
+    refuse_empty_inputs(inputs, "image files, folders or quoted glob patterns")
     for item in inputs:  # a typo in a path is the user's to fix, not a prediction row to find later
         if not any(ch in str(item) for ch in "*?[") and not Path(item).exists():
             raise fail(f"input '{item}' does not exist; check the path (files, folders or quoted glob patterns).")
