@@ -252,8 +252,9 @@ def quarantine(root: str | Path, findings: Sequence[Finding], records: Sequence[
 
 
 def refuse_audit_out_in_data(out: Path, ds: Dataset) -> None:
-    """Raise UserInputError for an audit folder the dataset's own scan would read: a class folder of a flat dataset (DATA/report), or inside
-    one of a split's. A hidden folder (DATA/.audit, the default) and DATA/other in the split layout are ignored."""
+    """Raise UserInputError for an audit folder the dataset's own scan would read: a class folder of a flat dataset
+    (DATA/report), or inside one of a split's. A hidden folder (DATA/.audit, the default) and DATA/other in the split
+    layout are ignored."""
     if ds.layout == "split":
         refuse_out_inside_splits(out, ds.root)
         return

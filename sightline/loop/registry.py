@@ -393,8 +393,7 @@ class Registry:
             found = conn.execute(select(v).where(v.c.bundle_hash == digest)).first()
             current_id = self._alias_version(conn, alias) if alias is not None else None
             if current_id is not None and not force:
-                was = self._version(conn.execute(select(v).where(v.c.id == current_id)).one())
-                _refuse_other_classes(b.classes, was, alias, f"{b.path}")
+                _refuse_other_classes(b.classes, self._version_by_id(conn, current_id), alias, f"{b.path}")
         if found is not None:
             added = Added(self._version(found), created=False)
             if self.remote is None and not self.intact(added.version):  # its copy was damaged: restore it
@@ -435,9 +434,7 @@ class Registry:
             if not force:
                 _refuse_failed(last, version.ref)
                 if current is not None:
-                    v = self.tables["versions"]
-                    was = self._version(conn.execute(select(v).where(v.c.id == current)).one())
-                    _refuse_other_classes(version.classes, was, alias, version.ref)
+                    _refuse_other_classes(version.classes, self._version_by_id(conn, current), alias, version.ref)
             self._refuse_damaged(version)
             forced = bool(force and last is not None and not last["promote"])
             return self._move_alias(conn, alias, "promote", current, version.id, by=by, reason=reason, forced=forced,
@@ -453,8 +450,7 @@ class Registry:
             if len(chain) < 2:
                 state = f"points to v{chain[-1]} and was never promoted from another version" if chain else "is not set"
                 raise UserInputError(f"cannot roll back {alias}: it {state}; nothing changed.")
-            v = self.tables["versions"]
-            self._refuse_damaged(self._version(conn.execute(select(v).where(v.c.id == chain[-2])).one()))
+            self._refuse_damaged(self._version_by_id(conn, chain[-2]))
             return self._move_alias(conn, alias, "rollback", chain[-1], chain[-2], by=by, reason=reason, forced=False,
                                     challenge_id=None)
 
@@ -629,6 +625,10 @@ class Registry:
         for path in sorted(copy.iterdir()):
             fs.put_file(str(path), f"{target}/{path.name}")
         return f"{self.remote}/{digest}"
+
+    def _version_by_id(self, conn: Any, version_id: int) -> Version:
+        v = self.tables["versions"]
+        return self._version(conn.execute(select(v).where(v.c.id == version_id)).one())
 
     @staticmethod
     def _version(row: Row) -> Version:
