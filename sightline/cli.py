@@ -37,8 +37,18 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
-    sys.exit(run_command(app, argv))
+    """Console-script entry point: user mistakes become one line on stderr and exit code 2.
+
+    Run as the program (argv None), the process ends here: torch, Lightning and timm leave about a million objects,
+    and the interpreter's last garbage collection walks them all, about 1 s after the command's work is done.
+    Frozen first, that collection skips them (1.06 -> 0.18 s); the command's files are written and closed by
+    then, and the operating system takes the memory back. A caller passing argv lives on, so nothing is frozen."""
+    code = run_command(app, argv)
+    if argv is None:
+        import gc
+
+        gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
