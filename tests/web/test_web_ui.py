@@ -18,7 +18,7 @@ from sightline.serve.web.queue import k_center_greedy, ordered_queue
 from sightline.serve.web.session import SessionSigner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from in_chromium import chromium_page, require_chromium
+from in_chromium import chromium, chromium_page  # noqa: F401 (chromium: the module's browser fixture)
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +179,8 @@ def test_queue_most_uncertain_first_and_diverse(tmp_path):
     store.close()
 
 
-def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path):
-    require_chromium()  # before the service starts
+@pytest.mark.slow  # Chromium and an 11-class export: ~9 s for the file, so it is queued first, not last
+def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path, chromium):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     client_key, reviewer = store.create_key("client"), store.create_key("ann", ["review"])
     with serving(bundle, database_url=store.url, image_store=tmp_path / "kept", keep_accepted=0.0) as c:
@@ -191,7 +191,7 @@ def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path):
         assert len(ids) == 24
         seeded = _seed_slice_and_alert(store)
         base = str(c.base_url).rstrip("/")
-        with chromium_page() as (page, errors):
+        with chromium_page(chromium) as (page, errors):
             page.goto(f"{base}/ui/review")
             assert page.url.endswith("/ui/signin")  # no session: sign in first
             page.fill("input[name=key]", reviewer)
@@ -298,7 +298,7 @@ def test_static_whitelist(bundle, tmp_path):
     store.close()
 
 
-def test_classes_past_the_ninth_key_have_a_button_and_markup_in_names_stays_text(tmp_path):
+def test_classes_past_the_ninth_key_have_a_button_and_markup_in_names_stays_text(tmp_path, chromium):
     """Keys 1-9 label with the first nine classes; a tenth class had no key and no button, so a reviewer could not
     give it on the page at all (the key line ended at the ninth). Class names and file names holding markup show
     as text: no dialog, no console error under the strict CSP."""
@@ -308,7 +308,6 @@ def test_classes_past_the_ninth_key_have_a_button_and_markup_in_names_stays_text
     from sightline.models.factory import create_model
     from sightline.optimize.export import export
 
-    require_chromium()
     classes = [f"c{i}" for i in range(1, 10)] + ["<img src=x onerror=alert(1)>", "שלום \"q'"]
     torch.manual_seed(0)
     Bundle("test_efficientnet", classes, Preprocessing(32), name="pets",
@@ -322,7 +321,7 @@ def test_classes_past_the_ninth_key_have_a_button_and_markup_in_names_stays_text
                                          for i in range(2)], headers={"X-API-Key": client_key})
         ids = [p["id"] for p in r.json()["predictions"]]
         base = str(c.base_url).rstrip("/")
-        with chromium_page() as (page, errors):
+        with chromium_page(chromium) as (page, errors):
             dialogs: list[str] = []
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             page.goto(f"{base}/ui/signin")
@@ -340,15 +339,14 @@ def test_classes_past_the_ninth_key_have_a_button_and_markup_in_names_stays_text
     store.close()
 
 
-def test_a_number_key_past_the_class_count_says_so(bundle, tmp_path):
+def test_a_number_key_past_the_class_count_says_so(bundle, tmp_path, chromium):
     """With three classes, key 5 did nothing and said nothing: a reviewer who meant a class saw no answer."""
-    require_chromium()
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     client_key, reviewer = store.create_key("client"), store.create_key("ann", ["review"])
     with serving(bundle, database_url=store.url, image_store=tmp_path / "kept") as c:
         (pid,) = [p["id"] for p in predict(c, client_key, [encode(photo(1))]).json()["predictions"]]
         base = str(c.base_url).rstrip("/")
-        with chromium_page() as (page, errors):
+        with chromium_page(chromium) as (page, errors):
             page.goto(f"{base}/ui/signin")
             page.fill("input[name=key]", reviewer)
             page.click("button[type=submit]")
