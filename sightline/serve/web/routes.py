@@ -39,6 +39,7 @@ CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src '
        "form-action 'self'; base-uri 'none'; object-src 'none'")
 HERE = Path(__file__).parent
 STATIC = {"review.js": "text/javascript", "app.css": "text/css"}
+REVIEW_PAGE = 50  # items on one review page; the page says how many more wait
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -197,13 +198,19 @@ async def review_page(request: Request, slice: str = "queue") -> Response:
     session = await _live_session(request)
     if session is None:
         return _to_signin()
-    from sightline.serve.web.queue import ordered_queue
+    from sightline.serve.web.queue import ordered_queue, waiting
 
     state = _state(request)
     sample = slice == "random"
-    items = await anyio.to_thread.run_sync(lambda: ordered_queue(state.store, limit=50, sample=sample))
+
+    def work() -> tuple[list[dict[str, Any]], int]:
+        items = ordered_queue(state.store, limit=REVIEW_PAGE, sample=sample)
+        # max: a label given between the two reads must not make "50 of 49"
+        return items, max(len(items), waiting(state.store, sample=sample))
+
+    items, total = await anyio.to_thread.run_sync(work)
     classes = list(state.bundle.classes)
-    return _render("review.html", session=session, items=items, classes=classes, keyed=classes[:9],
+    return _render("review.html", session=session, items=items, total=total, classes=classes, keyed=classes[:9],
                    unknown=UNKNOWN_LABEL, slice="random" if sample else "queue",
                    model=f"{state.bundle.name} {state.bundle.version}")
 
