@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         from contextlib import nullcontext
 
         from sightline.bundle import resolve_bundle_dir
-        from sightline.monitor.report import kept_images, write_report
+        from sightline.monitor.report import add_bundle_match, kept_images, write_report
         from sightline.serve.monitoring import build_report
         from sightline.serve.settings import database_url, load_monitor_settings
         from sightline.storage.images import LocalImageStore
@@ -89,6 +89,7 @@ def register(app: typer.Typer) -> None:
                               size=ms.monitor_window, min_window=ms.monitor_min_window, alpha=ms.monitor_alpha,
                               consecutive=ms.monitor_consecutive, permutations=ms.monitor_permutations)
         report["spec"] = str(ms.spec) if ms.spec is not None else None  # where the window settings came from
+        add_bundle_match(report, url)  # the alerts are the database's: says when no prediction is this bundle's
         kept = images or Path(os.environ.get("SIGHTLINE_IMAGE_STORE") or folder / "images")
         with kept_images(url, LocalImageStore(kept)) if kept.is_dir() else nullcontext() as fetch:
             json_path, html_path = write_report(report, out or folder.parent / "monitor", fetch=fetch)
@@ -102,8 +103,11 @@ def register(app: typer.Typer) -> None:
         console.print(f"{report['n_monitored']} monitored predictions, {len(report['windows'])} windows, "
                       f"{len(tested)} tested, {len(drifted)} significant", highlight=False)
         for name, alert in report["alerts"].items():
-            if alert["active"]:
+            if alert["active"] and alert["about_this_bundle"]:
                 console.print(f"[bold red]alert raised:[/] {name} (since window {alert['fired_at']})", highlight=False)
+            elif alert["active"]:
+                console.print(f"the service's alert {name} is raised (since window {alert['fired_at']}), not by this "
+                              "bundle's predictions: none are in the database", highlight=False)
         console.print(f"wrote {json_path} and {html_path}", highlight=False)
 
 

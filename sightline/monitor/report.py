@@ -10,6 +10,10 @@ shifts, label-free against measured accuracy. Where the service kept images (its
 windows whose image statistics differ significantly from the reference (each window lists candidate prediction ids
 per shifted statistic: `monitor.windows.summarize`).
 
+`add_bundle_match` says whether the stored predictions come from the bundle given at all (its name and version, as
+the service stores them, or its reference profile's fingerprint): the service's alerts are the database's, not
+the bundle's, so a report on a bundle the service never served says so and marks those alerts as another model's.
+
 Example:
     >>> images = LocalImageStore("runs/demo/bundle/images")
     >>> with kept_images("sqlite:///runs/demo/bundle/sightline.db", images) as fetch:
@@ -31,7 +35,8 @@ if TYPE_CHECKING:
 
     from sightline.storage.images import ImageStore
 
-__all__ = ["plots", "thumbnail", "thumbnails", "kept_images", "render_html", "write_report"]
+__all__ = ["add_bundle_match", "bundle_match", "stored_models", "plots", "thumbnail", "thumbnails", "kept_images",
+           "render_html", "write_report"]
 
 TESTS = ("softmax_ks", "feature_mmd", "image_stats", "class_mix", "unknown_rate")
 MAX_HISTOGRAMS = 12  # the confidence histograms of the last this many windows
@@ -39,6 +44,7 @@ P_FLOOR = 1e-6  # p-values are drawn no lower than this on the log axis
 THUMB_SIDE = 96  # thumbnails fit in this many pixels a side (JPEG, about 3 KB each)
 THUMBS_PER_STATISTIC = 4  # kept images shown per shifted statistic and window
 THUMB_WINDOWS = 6  # the last this many windows with a shifted statistic get thumbnails
+MODELS_NAMED = 5  # the models a "no prediction matches" line names (most predictions first)
 MAX_PIXELS = 40_000_000  # a kept file announcing more pixels is not decoded for a thumbnail (the service's cap)
 
 
@@ -283,6 +289,63 @@ def kept_images(database_url: str, images: ImageStore) -> Iterator[Fetch]:
         yield fetch
     finally:
         store.close()
+
+
+# --- which model the stored predictions come from ---------------------------------------------------------------
+def stored_models(database_url: str, fingerprint: str) -> tuple[list[dict[str, Any]], int]:
+    """The models the stored predictions name ([{"name", "version", "n"}], most predictions first; version as the
+    service stores it: "2", or "2+v3.<hash>" from a registry) and how many were monitored against the profile
+    `fingerprint`; over the whole database (not only --since): an alert may come from any of them."""
+    from sqlalchemy import func, select
+
+    from sightline.storage.store import PredictionRecord, PredictionSignal, Store
+
+    p = PredictionRecord
+    store = Store(database_url)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(p.model_name, p.model_version, func.count())
+                                .group_by(p.model_name, p.model_version)).all()
+            n_profile = conn.execute(select(func.count()).select_from(PredictionSignal)
+                                     .where(PredictionSignal.profile == fingerprint)).scalar_one()
+    finally:
+        store.close()
+    models = [{"name": r[0], "version": r[1], "n": int(r[2])} for r in rows]
+    models.sort(key=lambda m: (-m["n"], str(m["name"]), str(m["version"])))
+    return models, int(n_profile)
+
+
+def bundle_match(bundle: dict[str, Any], fingerprint: str, models: list[dict[str, Any]], n_profile: int
+                 ) -> dict[str, Any]:
+    """Whether any stored prediction is the bundle's (`bundle`: the report's {"name", "version"}): its name and
+    version (a registry's "VERSION+vN.hash" included), or monitored with its profile (`n_profile` > 0); plain data:
+    {"matched", "n_matching", "n_profile", "models"}, and "message" (one line, None when matched or empty)."""
+    name, version = str(bundle["name"]), str(bundle["version"])
+    n = sum(m["n"] for m in models
+            if m["name"] == name and (m["version"] == version or str(m["version"]).startswith(f"{version}+")))
+    matched = n > 0 or n_profile > 0
+    message = None
+    if not matched and models:
+        held = ", ".join(f"{m['name']} {m['version']} ({m['n']} predictions)" for m in models[:MODELS_NAMED])
+        more = f" and {len(models) - MODELS_NAMED} more" if len(models) > MODELS_NAMED else ""
+        message = (f"no prediction in the database is from the bundle given ({name} {version}, profile "
+                   f"{fingerprint}): it holds {held}{more}; pass the bundle the service served, or its database "
+                   "(--database).")
+    return {"matched": matched, "n_matching": n, "n_profile": n_profile, "models": models, "message": message}
+
+
+def add_bundle_match(report: dict[str, Any], database_url: str) -> dict[str, Any]:
+    """Add "bundle_match" (`bundle_match`'s answer) to `build_report`'s report, its message first among the
+    messages, and "about_this_bundle" to each alert (False when no stored prediction is the bundle's). Returns
+    the report."""
+    models, n_profile = stored_models(database_url, report["profile"]["fingerprint"])
+    match = bundle_match(report["bundle"], report["profile"]["fingerprint"], models, n_profile)
+    report["bundle_match"] = match
+    if match["message"]:
+        report["messages"].insert(0, match["message"])
+    for alert in report["alerts"].values():
+        alert["about_this_bundle"] = match["matched"]
+    return report
 
 
 # --- the page -------------------------------------------------------------------------------------------------
