@@ -134,7 +134,7 @@ def test_a_bad_remote_copy_is_reported_once_per_content_while_the_service_polls(
     monkeypatch.setenv("SIGHTLINE_REGISTRY_CACHE", str(tmp_path / "cache-service"))  # a fresh service machine
     reg = Registry(url, root=remote)
     reg.fetch(reg.resolve("v1"))  # the served champion's copy is there
-    state = SimpleNamespace(settings=SimpleNamespace(alias="champion", registry_poll_s=0.01, int8=False),
+    state = SimpleNamespace(settings=SimpleNamespace(alias="champion", registry_poll_s=0.001, int8=False),
                             served=SimpleNamespace(bundle_hash=v1.bundle_hash, stored_version="1"),
                             store=None, metrics=None)
     downloads = []
@@ -150,12 +150,13 @@ def test_a_bad_remote_copy_is_reported_once_per_content_while_the_service_polls(
     reg.aliases = lambda: (polls.append(1), aliases())[1]  # what the watcher calls once a poll
 
     async def poll(n: int) -> None:
-        """Let the watcher poll `n` more times (every 10 ms; at most 60 s on a loaded machine)."""
+        """Let the watcher poll `n` more times (every 1 ms: a poll is ~1 ms of CPU, the test waits for polls, not
+        for the clock; at most 60 s on a loaded machine)."""
         watcher = RegistryWatcher(state, reg)
         target, deadline = len(polls) + n, time.monotonic() + 60
         await watcher.start()
         while len(polls) < target and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.002)
         await watcher.close()
         assert len(polls) >= target
 

@@ -278,7 +278,8 @@ def test_requests_of_one_micro_batch_are_stored_in_one_transaction(profiled, tmp
     folder, _ = profiled
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     blobs = [calm(300 + i) for i in range(6)] + [noise(300 + i) for i in range(2)]
-    with serving(_settings(folder, url, batch_max_wait_ms=300)) as (client, app, key):
+    # the batch closes when all 8 images are in (batch_max_size), or after 1 s: the window is a bound, not a wait
+    with serving(_settings(folder, url, batch_max_wait_ms=1000, batch_max_size=len(blobs))) as (client, app, key):
         def one(i):
             r = client.post("/v1/predict", files=[("file", (f"c{i}.jpg", blobs[i]))])
             assert r.status_code == 200, r.text
@@ -403,11 +404,13 @@ class Receiver:
         self.server.server_close()
 
 
-def _wait(predicate, timeout=60.0):
+def _wait(predicate, timeout=60.0, every=0.02):
+    """Until `predicate()`, checked `every` seconds: 20 ms where a check is a GET /v1/monitor (a few ms of the
+    service's CPU, beside the monitor run it waits for), 10 ms for the receiver's own list."""
     deadline = time.time() + timeout
     while not predicate():
         assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 def test_alert_fires_after_two_drifted_windows_survives_a_restart_and_is_delivered_signed(profiled, database_url):
@@ -417,7 +420,7 @@ def test_alert_fires_after_two_drifted_windows_survives_a_restart_and_is_deliver
     receiver = Receiver(SECRET)
     # the monitor runs in the background after every WINDOW predictions; 2 webhook attempts per run
     settings = _settings(folder, database_url, monitor_every=WINDOW, alert_webhook_url=receiver.url,
-                         alert_webhook_secret=SECRET, alert_webhook_attempts=2, alert_webhook_backoff_s=0.05)
+                         alert_webhook_secret=SECRET, alert_webhook_attempts=2, alert_webhook_backoff_s=0.01)
     try:
         with serving(settings) as (client, app, key):
             assert client.get("/v1/monitor", headers={"X-API-Key": ""}).status_code == 401
@@ -435,7 +438,7 @@ def test_alert_fires_after_two_drifted_windows_survives_a_restart_and_is_deliver
             _wait(lambda: next(a for a in blocks() if a["name"] == "drift")["significant_streak"] == 1)
             assert client.get("/v1/monitor").json()["open_alerts"] == []  # one drifted window is not enough
             _predict(client, [noise(200 + i) for i in range(WINDOW)], "noise")
-            _wait(lambda: len(receiver.seen) >= 2)
+            _wait(lambda: len(receiver.seen) >= 2, every=0.01)
             status = client.get("/v1/monitor").json()
             block = status["windows"]["block"]
             assert status["open_alerts"] == ["drift"] and block["significant"] is True
@@ -461,7 +464,7 @@ def test_alert_fires_after_two_drifted_windows_survives_a_restart_and_is_deliver
 
         receiver.plan = [503]  # the new process: its first attempt fails, the retry (after backoff) succeeds
         with serving(settings) as (client, app, key):
-            _wait(lambda: any(s["status"] == 204 for s in receiver.seen))
+            _wait(lambda: any(s["status"] == 204 for s in receiver.seen), every=0.01)
             _wait(lambda: client.get("/v1/monitor").json()["alerts"][0]["pending"] == [])
             monitor = app.state.sightline.monitor
             assert monitor.run_once() == []  # the same windows again: nothing counted twice, no new event

@@ -20,15 +20,17 @@ def _bundle(root: Path, seed: int, version: str, *, onnx: bool = True) -> Path:
 
 @contextmanager
 def _registry_serving(registry_root: Path, url: str, **overrides):
-    """uvicorn on a free loopback port serving the registry's champion (alias polled every 0.1 s); yields the URL."""
+    """uvicorn on a free loopback port serving the registry's champion (alias polled every 0.1 s); yields the URL
+    and the app."""
     from sightline.serve.app import create_app
     from sightline.serve.settings import Settings
 
     settings = Settings(registry=registry_root, database_url=url, **{
         "registry_poll_s": 0.1, "rate_limit_per_minute": 0, "key_cache_s": 0, "batch_max_wait_ms": 5, "threads": 1,
         "monitor": False, **overrides})
-    with started(create_app(settings)) as port:
-        yield f"http://127.0.0.1:{port}"
+    app = create_app(settings)
+    with started(app) as port:
+        yield f"http://127.0.0.1:{port}", app
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,8 @@ def registry_server(tmp_path_factory):
     key = store.create_key("client")
     store.close()
     try:
-        with _registry_serving(root / "registry", url) as base:
-            yield base, key, registry, url
+        with _registry_serving(root / "registry", url) as (base, app):
+            yield base, key, registry, url, app
     finally:
         registry.close()
 
@@ -82,11 +84,13 @@ def _stream(base: str, key: str, clients: int = 6):
             t.join(timeout=60)
 
 
-def _wait_until(condition, timeout_s: float, what: str) -> None:
+def _wait_until(condition, timeout_s: float, what: str, every: float = 0.05) -> None:
+    """Until `condition()`; checked `every` seconds (10 ms for a read of the test's own lists, 50 ms where a check
+    is a request to the service under load)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"{what} within {timeout_s:.0f} s"
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 def _switch_under_load(base: str, key: str, move, target: str) -> list:
@@ -113,7 +117,7 @@ def _switch_under_load(base: str, key: str, move, target: str) -> list:
 
 
 def test_promote_and_rollback_under_load_fail_no_request(registry_server) -> None:
-    base, key, registry, url = registry_server
+    base, key, registry, url, _ = registry_server
     ready = httpx.get(f"{base}/readyz", verify=tls()).json()
     assert ready["model"]["registry_version"] == "v1" and ready["model"]["version"] == "1"
     _switch_under_load(base, key, lambda: registry.promote("v2", reason="test"), "v2")
@@ -132,23 +136,38 @@ def test_promote_and_rollback_under_load_fail_no_request(registry_server) -> Non
     assert stored == {f"1+v1.{h1}", f"2+v2.{h2}"}
 
 
-def test_version_without_onnx_keeps_the_old_model_with_one_log_line(registry_server, caplog) -> None:
-    base, key, registry, _ = registry_server
+def test_version_without_onnx_keeps_the_old_model_with_one_log_line(registry_server, caplog, monkeypatch) -> None:
+    base, key, registry, _, app = registry_server
     before = httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"]
+    # the watcher polls every 10 ms in this test (its own copy of the settings) and counts its polls: the test waits
+    # for polls, not for the clock (it slept 2 x 0.5 s, five 0.1 s polls each)
+    watcher = app.state.sightline.watcher
+    monkeypatch.setattr(watcher, "settings", watcher.settings.model_copy(update={"registry_poll_s": 0.01}))
+    polls: list[int] = []
+    aliases = watcher.registry.aliases
+    monkeypatch.setattr(watcher.registry, "aliases", lambda: (polls.append(1), aliases())[1])  # once a poll
+
+    def more_polls(n: int) -> None:
+        """`n` whole polls that began after this call (poll n + 1 begins once poll n has ended)."""
+        target = len(polls) + n + 1
+        _wait_until(lambda: len(polls) >= target, 15, f"{n} more polls", every=0.01)
+
     with caplog.at_level(logging.INFO, logger="sightline.serve"):
         registry.promote("v3", reason="no onnx")
         _wait_until(lambda: any("cannot be served" in rec.getMessage() for rec in caplog.records), 15,
-                    "no log line about v3")
-        time.sleep(0.5)  # several more polls (every 0.1 s): the line is not repeated
+                    "no log line about v3", every=0.01)
+        more_polls(5)  # several more polls: the line is not repeated
         r = httpx.post(f"{base}/v1/predict", files=[("file", ("a.jpg", encode(photo(1))))],
                        headers={"X-API-Key": key}, verify=tls())
     assert r.status_code == 200 and r.json()["model"]["registry_version"] == before
     assert httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"] == before
     lines = [rec.getMessage() for rec in caplog.records if "cannot be served" in rec.getMessage()]
     assert len(lines) == 1 and "v3" in lines[0] and "model.onnx" in lines[0], lines
+    swaps = watcher.swaps
     registry.rollback(reason="back")  # the alias returns to what is served: no swap, no new line
-    time.sleep(0.5)
+    more_polls(5)
     assert httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"] == before
+    assert watcher.swaps == swaps
 
 
 def test_monitoring_follows_the_new_versions_reference_profile(tmp_path) -> None:
@@ -166,14 +185,14 @@ def test_monitoring_follows_the_new_versions_reference_profile(tmp_path) -> None
         store = Store(url)
         key = store.create_key("ops", ["predict", "review"])
         store.close()
-        with _registry_serving(tmp_path / "registry", url, monitor=True) as base:
+        with _registry_serving(tmp_path / "registry", url, monitor=True) as (base, _):
             headers = {"X-API-Key": key}
             assert httpx.get(f"{base}/v1/monitor", headers=headers, verify=tls()).json()["enabled"] is False
             registry.promote(v2.ref)
             deadline = time.time() + 15
             while httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"] != v2.ref:
                 assert time.time() < deadline, "no switch within 15 s"
-                time.sleep(0.1)
+                time.sleep(0.02)
             status = httpx.get(f"{base}/v1/monitor", headers=headers, verify=tls()).json()
             assert status["enabled"] is True
             assert status["profile"]["fingerprint"] == profile_fingerprint(Path(v2.path))

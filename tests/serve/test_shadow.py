@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
-from serve_tiny import CLASSES, encode, make_bundle, photo, predict, serving
+from serve_tiny import CLASSES, encode, make_bundle, photo, predict
+from serve_tiny import serving as _serving
 
 from sightline.storage.shadow import ShadowLog
 from sightline.storage.store import Store
@@ -27,6 +28,13 @@ def bundles(tmp_path_factory):
     return {"champion": make_bundle(root, seed=0, version="1", folder="champion"),
             "challenger": make_bundle(root, seed=1, version="2", folder="challenger"),
             "twin": make_bundle(root, seed=0, version="1", folder="twin")}
+
+
+def serving(bundle, **overrides):
+    """serve_tiny.serving with no batching window: these tests send one request at a time, and each waited the
+    helper's 5 ms window for images that never came (~100 requests in this file). Images already queued still join
+    the batch, so a request's own images are still inferred together."""
+    return _serving(bundle, batch_max_wait_ms=0, **overrides)
 
 
 def _db(tmp_path, name: str) -> tuple[str, dict[str, str]]:
@@ -56,7 +64,7 @@ def _settle(c: httpx.Client, key: str, *, timeout: float = 60) -> dict:
         if s["queue"]["pending"] == 0 and done == s["since_start"]["sampled"]:
             return s
         assert time.time() < deadline, f"the shadow queue did not drain: {s}"
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def _answers(c: httpx.Client, key: str, requests: list[list[bytes]]) -> list[dict]:

@@ -46,15 +46,17 @@ def _shadow_rows(rng: random.Random, predictions: list[dict], version: str) -> l
 
 
 def _label_some(store: Store, rng: random.Random, predictions: list[dict], share: float) -> None:
-    """Labels, overrides and undos as reviewers make them."""
+    """Labels, overrides and undos as reviewers make them. Each prediction's current label is the store's own answer
+    to the last change, kept on its dict (a get_prediction before each change was 1.2 ms, ~700 a run)."""
     for p in predictions:
         if rng.random() >= share:
             continue
-        current = store.get_prediction(p["id"])["reviewed_label"]
+        current = p.get("reviewed_label")
         if current is not None and rng.random() < 0.3:
-            store.clear_label(p["id"], reviewer="ann")
+            row = store.clear_label(p["id"], reviewer="ann")
         else:
-            store.record_label(p["id"], rng.choice([*CLASSES, "unknown"]), reviewer="ann", override=True)
+            row = store.record_label(p["id"], rng.choice([*CLASSES, "unknown"]), reviewer="ann", override=True)
+        p["reviewed_label"] = row["reviewed_label"]
 
 
 def _brute(log: ShadowLog, version: str) -> dict:

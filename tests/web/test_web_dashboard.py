@@ -170,10 +170,11 @@ def test_confidence_histogram_per_block_shares_one_scale(tmp_path):
     empty.close()
 
 
-def test_dashboard_registry_moves_and_shadow_summary(tmp_path):
+def test_dashboard_registry_moves_and_shadow_summary(tmp_path, caplog):
     """serve --registry (champion v1) --shadow challenger (v2): the dashboard lists the champion's moves with the
     serving one marked, follows a promote, flags a move to a version that cannot be served, and summarises shadow
     mode as GET /v1/shadow does, with both models' accuracy on reviewer-labelled shadowed items."""
+    import logging
     import time
 
     import httpx
@@ -191,11 +192,23 @@ def test_dashboard_registry_moves_and_shadow_summary(tmp_path):
     store = Store(url)
     ann, client = store.create_key("ann", ["review"]), store.create_key("client")
     settings = Settings(registry=tmp_path / "registry", database_url=url, shadow="challenger", shadow_sample=1.0,
-                        registry_poll_s=0.3, rate_limit_per_minute=0, key_cache_s=0, batch_max_wait_ms=5, threads=1,
-                        monitor=False)
+                        registry_poll_s=0.02, rate_limit_per_minute=0, key_cache_s=0, batch_max_wait_ms=5, threads=1,
+                        monitor=False)  # a poll reads the aliases: 0.2 ms of CPU
+    app = create_app(settings)
+    polls: list[int] = []
+
+    def more_polls(n: int) -> None:
+        """Until the watcher has made `n` whole polls that began after this call (poll n + 1 begins after poll n)."""
+        target, deadline = len(polls) + n + 1, time.time() + 15
+        while len(polls) < target:
+            assert time.time() < deadline, f"{n} more polls"
+            time.sleep(0.01)
+
     try:
-        with started(create_app(settings)) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}",
-                                                                 timeout=30, verify=tls()) as c:
+        with started(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, verify=tls()) as c:
+            watcher = app.state.sightline.watcher
+            aliases = watcher.registry.aliases
+            watcher.registry.aliases = lambda: (polls.append(1), aliases())[1]  # what the watcher calls once a poll
             for i in range(4):
                 r = c.post("/v1/predict", files=[("file", (f"{i}.jpg", encode(photo(i, 40, 32))))],
                            headers={"X-API-Key": client})
@@ -203,7 +216,7 @@ def test_dashboard_registry_moves_and_shadow_summary(tmp_path):
             deadline = time.time() + 60
             while (s := c.get("/v1/shadow", headers={"X-API-Key": ann}).json())["since_start"].get("scored", 0) < 4:
                 assert time.time() < deadline, s
-                time.sleep(0.05)
+                time.sleep(0.02)
             rows = ShadowLog(store).rows()
             assert len(rows) == 4
             store.record_label(rows[0]["prediction_id"], rows[0]["champion_label"], reviewer="ann")
@@ -238,14 +251,19 @@ def test_dashboard_registry_moves_and_shadow_summary(tmp_path):
             deadline = time.time() + 15
             while c.get("/v1/model").json()["registry"]["version"] != "v2":
                 assert time.time() < deadline, "no switch to v2"
-                time.sleep(0.1)
+                time.sleep(0.02)
             dash = c.get("/ui/dashboard").text
             assert moves(dash) == ['"current" data-move="3"', '"past" data-move="1"']  # move 2: the challenger's
             row = dash.split('data-move="3"')[1].split("</tr>")[0]
             assert "<td>v1</td><td>v2 <span class=\"now\">serving</span></td><td>pets 2</td>" in row
             assert "better on production" in row and "1 switch since start" in dash
-            registry.add(make_bundle(tmp_path, seed=2, version="3", folder="b3", onnx=False), alias="champion")
-            time.sleep(1.0)  # a few polls: v3 has no ONNX file, v2 keeps serving
+            with caplog.at_level(logging.ERROR, logger="sightline.serve"):
+                registry.add(make_bundle(tmp_path, seed=2, version="3", folder="b3", onnx=False), alias="champion")
+                deadline = time.time() + 15
+                while not any("v3" in r.getMessage() and "cannot be served" in r.getMessage() for r in caplog.records):
+                    assert time.time() < deadline, "the watcher did not refuse v3"
+                    time.sleep(0.01)
+                more_polls(3)  # a few polls after it refused v3 (no ONNX file): v2 keeps serving
             dash = c.get("/ui/dashboard").text
             assert "The alias champion points to v3, which is not serving" in dash
             assert moves(dash)[:2] == ['"past" data-move="4"', '"current" data-move="3"']
