@@ -165,6 +165,8 @@ def audit_cmd(
         if found:
             first = found[0]
             example = ", ".join(first.paths[:2]) if first.paths else str(first.detail.get("ratio", ""))
+            if kind in ("unreadable", "ignored"):
+                example = f"{first.paths[0]}: {first.detail['reason']}"
             if kind == "class_imbalance":
                 example = f"max/min {first.detail['ratio']}: {first.detail['training']}"
             if kind == "split_missing_class":
@@ -176,8 +178,8 @@ def audit_cmd(
             if kind == "label_issue":
                 d = first.detail
                 example = f"{first.paths[0]}: {d['given']} -> {d['suggested']} (p {d['p_suggested']:.2f})"
-        style = "" if not found else ("yellow" if kind in ("class_imbalance", "mixed_color_modes", "label_issue",
-                                                                 "split_missing_class", "similar_class_names")
+        style = "" if not found else ("yellow" if kind in ("ignored", "class_imbalance", "mixed_color_modes",
+                                                           "label_issue", "split_missing_class", "similar_class_names")
                                       else "red")
         count = f"[{style}]{len(found)}[/]" if style else "0"
         if kind == "label_issue" and (check is None or check.skipped):

@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 KINDS = (
-    "unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels", "split_leakage",
+    "unreadable", "ignored", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels", "split_leakage",
     "split_missing_class", "similar_class_names", "blurry", "too_small", "extreme_aspect", "class_imbalance",
     "mixed_color_modes", "label_issue",
 )
@@ -148,7 +148,9 @@ def similar_class_names(labels: Sequence[str]) -> list[Finding]:
 def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (), max_distance: int = DEFAULT_MAX_DISTANCE,
                   train_split: str | None = "train") -> list[Finding]:
     """All findings for per-image records (one `describe_images` pass) plus the scan's skipped files."""
-    findings = [Finding("unreadable", [s["path"]], {"reason": s["reason"]}) for s in skipped]
+    # a file that is no readable image is `unreadable` (and quarantined); a folder or link the layout does not use
+    # (production/, a folder beside the splits, a link out of the dataset) is `ignored`: said, never moved
+    findings = [Finding(s.get("kind", "unreadable"), [s["path"]], {"reason": s["reason"]}) for s in skipped]
     findings += [Finding("corrupt", [r.relpath], {"reason": r.error}) for r in records if r.error]
     good = [r for r in records if not r.error]
     if not good:

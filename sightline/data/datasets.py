@@ -25,6 +25,13 @@ __all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "lo
            "region_path", "region_files", "refuse_out_inside_splits", "split_hint"]
 
 SPLITS = ("train", "val", "test")
+# DATA/production/<class>/: labelled production images `sightline feedback export` holds out for `sightline
+# challenge` to measure on; beside the splits, never trained on
+PRODUCTION = "production"
+PRODUCTION_REASON = ("held-out production images (from `sightline feedback export`) that `sightline challenge` "
+                     "measures on; not a split, never trained on")
+# Dataset.skipped kinds: a file that is not a readable image, or a file or folder the layout does not use
+UNREADABLE, IGNORED = "unreadable", "ignored"
 MASK_SUFFIX = ".mask.png"  # binary mask beside the image: <stem>.mask.png
 VOC_SUFFIX = ".xml"  # Pascal VOC boxes beside the image: <stem>.xml
 REGION_SUFFIXES = (MASK_SUFFIX, VOC_SUFFIX)  # the order region_path prefers
@@ -49,7 +56,7 @@ class Dataset:
     layout: str  # "split" | "flat"
     classes: list[str]  # sorted class names
     samples: list[Sample]  # only files whose header is a supported image (no full decode)
-    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: files not used, and why
+    skipped: list[dict] = field(default_factory=list)  # {"path", "kind", "reason"}: what is not used, and why
 
     def split(self, name: str) -> list[Sample]:
         """Samples of one split ("train" | "val" | "test"); in the flat layout, every sample for name=None."""
@@ -112,12 +119,13 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[
             sub = base / d
             if sub.is_symlink():
                 if not _inside(sub, root):
-                    skipped.append({"path": sub.relative_to(root).as_posix(), "reason": "symlinked folder points outside the dataset root; refused"})
+                    skipped.append({"path": sub.relative_to(root).as_posix(), "kind": IGNORED,
+                                    "reason": "symlinked folder points outside the dataset root; refused"})
                     continue
                 target, here = sub.resolve(), base.resolve()
                 inside = trail | {here} | {p for p in here.parents if p == top or top in p.parents}
                 if any(target == d or target in d.parents for d in inside):  # walking it would never end
-                    skipped.append({"path": sub.relative_to(root).as_posix(),
+                    skipped.append({"path": sub.relative_to(root).as_posix(), "kind": IGNORED,
                                     "reason": "symlinked folder points back to a folder that holds it (a loop); ignored"})
                     continue
                 out.extend(_walk_files(sub, root, skipped, inside))  # os.walk does not descend into symlinked dirs
@@ -129,7 +137,8 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[
                 continue
             p = base / name
             if p.is_symlink() and not _inside(p, root):
-                skipped.append({"path": p.relative_to(root).as_posix(), "reason": "symlink points outside the dataset root; refused"})
+                skipped.append({"path": p.relative_to(root).as_posix(), "kind": UNREADABLE,  # a sample's file
+                                "reason": "symlink points outside the dataset root; refused"})
                 continue
             out.append(p)
     return out
@@ -141,7 +150,8 @@ def _class_dirs(parent: Path, root: Path, skipped: list[dict]) -> list[Path]:
         if _hidden(d.name) or not d.is_dir():
             continue
         if d.is_symlink() and not _inside(d, root):
-            skipped.append({"path": d.relative_to(root).as_posix(), "reason": "symlinked class folder points outside the dataset root; refused"})
+            skipped.append({"path": d.relative_to(root).as_posix(), "kind": IGNORED,
+                            "reason": "symlinked class folder points outside the dataset root; refused"})
             continue
         dirs.append(d)
     return dirs
@@ -211,7 +221,9 @@ def scan_dataset(
     if layout == "split":
         for d in sorted(root.iterdir()):
             if d.is_dir() and not _hidden(d.name) and d.name not in SPLITS:
-                skipped.append({"path": d.name, "reason": "folder is not a split (train/val/test) in the split layout; ignored"})
+                reason = (PRODUCTION_REASON if d.name == PRODUCTION
+                          else "folder is not a split (train/val/test) in the split layout; ignored")
+                skipped.append({"path": d.name, "kind": IGNORED, "reason": reason})
         for s in present:
             groups.extend((s, d) for d in _class_dirs(root / s, root, skipped))
     else:
@@ -232,7 +244,7 @@ def scan_dataset(
     for (split, label, p), (_, info) in zip(files, probed):
         rel = p.relative_to(root).as_posix()
         if isinstance(info, str):
-            skipped.append({"path": rel, "reason": info})
+            skipped.append({"path": rel, "kind": UNREADABLE, "reason": info})
             continue
         samples.append(
             Sample(

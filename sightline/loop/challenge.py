@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 
 from sightline.bundle import Bundle, load_bundle
-from sightline.data.datasets import REGION_SUFFIXES, scan_dataset
+from sightline.data.datasets import PRODUCTION, REGION_SUFFIXES, scan_dataset  # PRODUCTION: DATA/production/<class>/
 from sightline.errors import BundleError, DatasetError, UserInputError
 from sightline.progress import ProgressFn
 from sightline.spec import ProblemSpec, Promotion, find_spec, load_spec
 
 __all__ = ["PRODUCTION", "challenge", "check_same_classes", "production_files"]
 
-PRODUCTION = "production"  # DATA/production/<class>/<image>: labelled production images
 
 
 def check_same_classes(champion: Bundle, challenger: Bundle) -> None:

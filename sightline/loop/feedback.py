@@ -28,12 +28,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sightline.data.datasets import PRODUCTION
 from sightline.errors import DatasetError, UserInputError
 from sightline.progress import ProgressFn
 
 __all__ = ["export_feedback", "LINEAGE_COLUMNS", "PRODUCTION"]
 
-PRODUCTION = "production"  # = sightline.loop.challenge.PRODUCTION
 LINEAGE_COLUMNS = ("origin", "parent_version", "prediction_ids", "reviewers")
 _EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/bmp": ".bmp", "image/tiff": ".tif", "image/webp": ".webp",
         "image/gif": ".gif"}

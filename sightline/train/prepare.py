@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sightline.data.datasets import PRODUCTION
 from sightline.errors import DatasetError
 from sightline.train.blocks import build_system, single_process, training_precision, unreadable_images_hint
 from sightline.train.config import TrainConfig
@@ -129,9 +130,12 @@ def prepare(data_dir: str | Path, cfg: TrainConfig, *, say: Callable[[str], None
 
     say = say or (lambda message: None)
     dataset, balance = _scan(data_dir, cfg)
-    if dataset.skipped:  # not images, unreadable, refused: left out of training, and said so
-        first = dataset.skipped[0]
-        say(f"warning: {len(dataset.skipped)} file(s) under {data_dir} are not used (e.g. {first['path']}: "
+    # not images, unreadable, refused, beside the splits: left out of training, and said so; production/ is left
+    # out by design (feedback export's held-out images for `sightline challenge`), so it is no warning
+    unused = [s for s in dataset.skipped if s["path"] != PRODUCTION]
+    if unused:
+        first = unused[0]
+        say(f"warning: {len(unused)} file(s) or folder(s) under {data_dir} are not used (e.g. {first['path']}: "
             f"{first['reason']}); `sightline data audit {data_dir}` lists them all")
     for split, why in (("train", "the model cannot learn them"),
                        ("val", "early stopping, calibration and thresholds never see them")):

@@ -227,3 +227,43 @@ def test_class_names_that_differ_only_in_case_or_encoding_are_flagged(tmp_path: 
     assert exc.value.code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["counts"]["similar_class_names"] == 1
+
+
+def test_production_and_other_unused_folders_are_ignored_not_unreadable(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`sightline feedback export` writes DATA/production/<class>/ beside the splits; the audit of that dataset
+    reported 'unreadable: production' (a red finding, as for a broken image). A folder the layout does not use is
+    `ignored`, with its reason; only a file that is no readable image is `unreadable`."""
+    data = tmp_path / "data"
+    for split in ("train", "val", "production"):
+        _tiny(data / split, {"a": 3, "b": 3})
+    (data / "docs").mkdir()
+    (data / "train" / "a" / "broken.png").write_text("not a picture")
+    code, out, err = _run(["data", "audit", str(data), "--json", "--no-labels", "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    by_kind = {k: {f["paths"][0]: f["detail"]["reason"] for f in report["findings"] if f["kind"] == k}
+               for k in ("unreadable", "ignored")}
+    assert list(by_kind["unreadable"]) == ["train/a/broken.png"]
+    assert set(by_kind["ignored"]) == {"production", "docs"}
+    assert "sightline challenge" in by_kind["ignored"]["production"]
+    assert report["counts"]["unreadable"] == 1 and report["counts"]["ignored"] == 2
+    assert report["n_images"] == 12  # production/ is not read as part of the splits
+
+
+def test_training_does_not_warn_about_the_production_folder(tmp_path: Path) -> None:
+    """production/ is left out of training by design; a folder beside the splits still gets the warning."""
+    from sightline.train.config import TrainConfig
+    from sightline.train.prepare import prepare
+
+    data = tmp_path / "data"
+    for split in ("train", "val", "production"):
+        _tiny(data / split, {"a": 3, "b": 3})
+    cfg = TrainConfig(model="test_efficientnet", weights="none", input_size=32, batch_size=4, num_workers=0)
+    said: list[str] = []
+    prepare(data, cfg, say=said.append, probe=False)
+    assert not [line for line in said if "not used" in line], said
+    (data / "docs").mkdir()
+    said.clear()
+    prepare(data, cfg, say=said.append, probe=False)
+    assert [line for line in said if "1 file(s) or folder(s)" in line and "docs" in line], said
