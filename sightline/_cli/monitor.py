@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         from contextlib import nullcontext
 
         from sightline.bundle import resolve_bundle_dir
-        from sightline.monitor.report import add_bundle_match, kept_images, write_report
+        from sightline.monitor.report import add_bundle_match, kept_images, raised_by, write_report
         from sightline.serve.monitoring import build_report
         from sightline.serve.settings import database_url, load_monitor_settings
         from sightline.storage.images import LocalImageStore
@@ -105,7 +105,11 @@ def register(app: typer.Typer) -> None:
         for name, alert in report["alerts"].items():
             if alert["active"] and alert["about_this_bundle"]:
                 console.print(f"[bold red]alert raised:[/] {name} (since window {alert['fired_at']})", highlight=False)
-            elif alert["active"]:
+            elif alert["active"] and alert.get("attributed_by") == "profile":  # the row names the model
+                mine = report["profile"]["fingerprint"]
+                console.print(f"the service's alert {name} is raised (since window {alert['fired_at']}) by another "
+                              f"model, {raised_by(alert)}, not by this bundle (profile {mine})", highlight=False)
+            elif alert["active"]:  # a row written before alerts recorded their model
                 console.print(f"the service's alert {name} is raised (since window {alert['fired_at']}), not by this "
                               "bundle's predictions: none are in the database", highlight=False)
         console.print(f"wrote {json_path} and {html_path}", highlight=False)

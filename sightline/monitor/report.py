@@ -11,8 +11,10 @@ windows whose image statistics differ significantly from the reference (each win
 per shifted statistic: `monitor.windows.summarize`).
 
 `add_bundle_match` says whether the stored predictions come from the bundle given at all (its name and version, as
-the service stores them, or its reference profile's fingerprint): the service's alerts are the database's, not
-the bundle's, so a report on a bundle the service never served says so and marks those alerts as another model's.
+the service stores them, or its reference profile's fingerprint), and whose each alert is: an alert row records the
+profile fingerprint of the model whose windows raised it, so the alert is the bundle's exactly when that is the
+bundle's profile (`alert_about_bundle`); only a row written before alerts recorded it (fingerprint None) falls back
+to "the bundle's when any stored prediction is the bundle's".
 
 Example:
     >>> images = LocalImageStore("runs/demo/bundle/images")
@@ -35,8 +37,8 @@ if TYPE_CHECKING:
 
     from sightline.storage.images import ImageStore
 
-__all__ = ["add_bundle_match", "bundle_match", "stored_models", "plots", "thumbnail", "thumbnails", "kept_images",
-           "render_html", "write_report"]
+__all__ = ["add_bundle_match", "alert_about_bundle", "raised_by", "bundle_match", "stored_models", "plots",
+           "thumbnail", "thumbnails", "kept_images", "render_html", "write_report"]
 
 TESTS = ("softmax_ks", "feature_mmd", "image_stats", "class_mix", "unknown_rate")
 MAX_HISTOGRAMS = 12  # the confidence histograms of the last this many windows
@@ -212,7 +214,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("sightline.monitor", "templates"),
                              autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(fmt=_fmt, label=_label)
+    env.filters.update(fmt=_fmt, label=_label, raised_by=raised_by)
     env.globals.update(significant_tests=_significant_tests)
     return env
 
@@ -334,18 +336,39 @@ def bundle_match(bundle: dict[str, Any], fingerprint: str, models: list[dict[str
     return {"matched": matched, "n_matching": n, "n_profile": n_profile, "models": models, "message": message}
 
 
+def alert_about_bundle(alert: dict[str, Any], fingerprint: str, matched: bool) -> tuple[bool, str]:
+    """Whether `alert` (a report's alert, with the "profile" its row records) is about the bundle whose profile
+    is `fingerprint`, and how that was decided: "profile" (the fingerprints are equal, or not), or "predictions"
+    for a row written before alerts recorded their model (profile None): then it is the bundle's when any stored
+    prediction is (`matched`, `bundle_match`'s answer), as before."""
+    if alert.get("profile") is None:
+        return matched, "predictions"
+    return alert["profile"] == fingerprint, "profile"
+
+
 def add_bundle_match(report: dict[str, Any], database_url: str) -> dict[str, Any]:
     """Add "bundle_match" (`bundle_match`'s answer) to `build_report`'s report, its message first among the
-    messages, and "about_this_bundle" to each alert (False when no stored prediction is the bundle's). Returns
-    the report."""
-    models, n_profile = stored_models(database_url, report["profile"]["fingerprint"])
-    match = bundle_match(report["bundle"], report["profile"]["fingerprint"], models, n_profile)
+    messages, and to each alert "about_this_bundle" and "attributed_by" (`alert_about_bundle`). Returns the
+    report."""
+    fingerprint = report["profile"]["fingerprint"]
+    models, n_profile = stored_models(database_url, fingerprint)
+    match = bundle_match(report["bundle"], fingerprint, models, n_profile)
     report["bundle_match"] = match
     if match["message"]:
         report["messages"].insert(0, match["message"])
     for alert in report["alerts"].values():
-        alert["about_this_bundle"] = match["matched"]
+        alert["about_this_bundle"], alert["attributed_by"] = alert_about_bundle(alert, fingerprint, match["matched"])
     return report
+
+
+def raised_by(alert: dict[str, Any]) -> str:
+    """The model an alert row names, for a line or a table cell: "pets 1 (profile 0123...)", or "not recorded"
+    for a row written before alerts recorded their model."""
+    model = alert.get("model")
+    if alert.get("profile") is None:
+        return "not recorded"
+    who = f"{model['name']} {model['version']} " if model else ""
+    return f"{who}(profile {alert['profile']})"
 
 
 # --- the page -------------------------------------------------------------------------------------------------

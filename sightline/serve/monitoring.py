@@ -15,9 +15,11 @@ In the background (`Monitor`, an asyncio task of the app, the tests in a worker 
   - "hour" / "day": each closed calendar period (UTC), a minute after it ends -> alerts "drift_hour" / "drift_day";
 each window is tested against the profile (`monitor.windows.summarize`), kept in `monitor_windows`, set on the
 Prometheus gauges and counted by its alert (`monitor.alerts.AlertState`, persisted in `monitor_alerts` in the
-same transaction as the count, so a restart neither repeats nor loses an alert). Events then leave the alert's
-outbox through the sinks: the log (WARNING `sightline.alerts`), Prometheus and, when configured, a signed webhook
-(`serve.webhooks`); an event stays in the outbox until delivered, and is retried on the next run.
+same transaction as the count, so a restart neither repeats nor loses an alert; the row records the model whose
+windows raised it: profile fingerprint, model name and version, which `sightline monitor BUNDLE` compares with the
+bundle's profile). Events then leave the alert's outbox through the sinks: the log (WARNING `sightline.alerts`),
+Prometheus and, when configured, a signed webhook (`serve.webhooks`); an event stays in the outbox until delivered,
+and is retried on the next run.
 
 Example:
     >>> observer, why_not = open_observer(settings, bundle, engine)    # None + a one-line reason without profile
@@ -229,6 +231,9 @@ class Monitor:
         self.settings = settings
         self.metrics = metrics
         self.model = model
+        # what each alert row records of the model counting its windows (the columns' widths, as predictions')
+        self._owner = {"profile": observer.fingerprint, "name": str(model["name"])[:200],
+                       "version": str(model["version"])[:100]}
         self._lock = threading.Lock()
         self._last_recent: int | None = None
         self._restored = False
@@ -281,7 +286,7 @@ class Monitor:
             emitted[:] = [event] if event else []
             return jsonable(state.to_json())
 
-        new = self.store.update_alert(name, change)
+        new = self.store.update_alert(name, change, model=self._owner)
         self.metrics.alert_active.labels(name).set(1 if new["active"] else 0)
         for event in emitted:
             self.metrics.alert_events.labels(name, event["kind"]).inc()
@@ -442,7 +447,7 @@ class Monitor:
     def status(self) -> dict[str, Any]:
         """Latest window of each kind and every alert's state (blocking: call from a worker thread)."""
         s = self.settings
-        alerts = alert_views(self.store.alert_states())
+        alerts = alert_views(self.store.alert_states(), self.store.alert_models())
         return {
             "enabled": True,
             "message": None,
@@ -466,15 +471,19 @@ def _acknowledge(event_id: str):
     return change
 
 
-def alert_views(states: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def alert_views(states: dict[str, dict[str, Any]], models: dict[str, dict[str, Any]] | None = None
+                ) -> list[dict[str, Any]]:
     """`Store.alert_states()` -> what /v1/monitor and the dashboard show of each alert, by name: raised or not,
-    the windows that fired / cleared it, its streaks, the events still in its outbox, and a person's
-    acknowledgement ({by, at, note} or None)."""
+    the windows that fired / cleared it, its streaks, the events still in its outbox, a person's
+    acknowledgement ({by, at, note} or None), and, from `Store.alert_models()`, the model whose windows raised it
+    ("profile": fingerprint, "model": {name, version}; None when the row predates them or `models` is not given)."""
+    models = models or {}
     return [{"name": name, "active": bool(st.get("active")), "fired_at": st.get("fired_at"),
              "cleared_at": st.get("cleared_at"), "significant_streak": st.get("significant_streak", 0),
              "clean_streak": st.get("clean_streak", 0), "fire_after": st.get("fire_after"),
              "last_window": st.get("last_window"), "pending": [e["id"] for e in st.get("pending", [])],
-             "acknowledged": st.get("acknowledged")}
+             "acknowledged": st.get("acknowledged"), "profile": models.get(name, {}).get("profile"),
+             "model": models.get(name, {}).get("model")}
             for name, st in sorted(states.items())]
 
 
@@ -499,7 +508,7 @@ def acknowledge_alert(store: Store, name: str, *, by: str, note: str = "") -> di
         state.acknowledge_raised(by=by, at=at, note=note)
         return jsonable(state.to_json())
 
-    return alert_views({name: store.update_alert(name, change)})[0]
+    return alert_views({name: store.update_alert(name, change)}, store.alert_models())[0]
 
 
 # --- `sightline monitor` ------------------------------------------------------------------------------------------
@@ -538,6 +547,7 @@ def build_report(
         groups = store.signal_summary(since)
         rows = store.signal_rows(fp, since=since)
         alerts = store.alert_states()
+        owners = store.alert_models()
     finally:
         store.close()
     report: dict[str, Any] = {
@@ -552,8 +562,10 @@ def build_report(
         "n_predictions": total,
         "n_monitored": len(rows),
         "other_profiles": {k: v["n"] for k, v in groups.items() if k != fp},
+        # "profile" / "model": the model whose windows raised the alert (None: a row written before they were kept)
         "alerts": {name: {k: st.get(k) for k in ("active", "fired_at", "cleared_at", "significant_streak",
                                                   "last_window", "sequence")} | {"pending": len(st.get("pending", []))}
+                   | {"profile": owners.get(name, {}).get("profile"), "model": owners.get(name, {}).get("model")}
                    for name, st in sorted(alerts.items())},
         "windows": [],
         "messages": [],

@@ -10,7 +10,9 @@ Monitoring lives in tables of its own, so a database written before it needs no 
   prediction_signals  one row per monitored prediction, keyed by its id: projected features (float16 bytes),
                       calibrated softmax (float32 bytes), open-set score, unknown flag, image statistics (JSON)
   monitor_windows     each tested window's result (JSON), so /v1/monitor answers after a restart
-  monitor_alerts      each alert's `AlertState` (JSON): its outbox, and a person's acknowledgement while raised
+  monitor_alerts      each alert's `AlertState` (JSON): its outbox, and a person's acknowledgement while raised;
+                      and the model whose windows raised it (profile fingerprint, model name and version; NULL in
+                      rows written before these columns: `alert_models`)
 
 Roles, label history and kept images are side tables too (no ALTER of api_keys / predictions):
   api_key_roles       (key id, role) rows; a key without any row was made before roles existed and keeps what
@@ -34,6 +36,8 @@ missing as Store opens the database (ALTER TABLE ... ADD COLUMN with a default: 
 rewrite of the rows), once, with its backfill in the same transaction. kept_images.in_slice came in this way; rows of
 the version before it, which sampled accepted predictions only, are slice members exactly when their reason is
 "sample", which the backfill writes and `IN_SLICE` also accepts (a replica still on that version may write more).
+monitor_alerts.profile / model_name / model_version came in this way too, nullable and without a backfill: no row
+before them says which model counted it, so they stay NULL ("not recorded") until the monitor next counts it.
 """
 from __future__ import annotations
 
@@ -203,6 +207,9 @@ IN_SLICE = or_(KeptImage.in_slice == true(), KeptImage.reason == SAMPLE_REASON)
 _ADDED_COLUMNS: tuple[tuple[str, str, Any], ...] = (
     ("kept_images", "in_slice",
      KeptImage.__table__.update().where(KeptImage.reason == SAMPLE_REASON).values(in_slice=True)),
+    ("monitor_alerts", "profile", None),  # nullable, no backfill: NULL says "written before the column"
+    ("monitor_alerts", "model_name", None),
+    ("monitor_alerts", "model_version", None),
 )
 
 
@@ -286,6 +293,11 @@ class MonitorAlert(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     state: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # the model whose windows raised the alert (while raised), else the last one that counted a window in it;
+    # NULL: a row written before these columns (or by a caller that names no model)
+    profile: Mapped[str | None] = mapped_column(String(16), nullable=True)  # its reference profile's fingerprint
+    model_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 @dataclass(frozen=True)
@@ -407,12 +419,16 @@ class Store:
                 continue
             col = Base.metadata.tables[table].c[column]
             kind = col.type.compile(dialect=self.engine.dialect)
-            default = col.server_default.arg.compile(dialect=self.engine.dialect)  # type: ignore[union-attr]
+            if col.server_default is None:  # a nullable column: old rows read NULL
+                assert col.nullable, f"{table}.{column}: an added NOT NULL column needs a server default"
+                rest = ""
+            else:
+                default = col.server_default.arg.compile(dialect=self.engine.dialect)  # type: ignore[union-attr]
+                rest = f" NOT NULL DEFAULT {default}"
             exists = "IF NOT EXISTS " if self.engine.dialect.name == "postgresql" else ""
             try:
                 with self._write(), self.engine.begin() as conn:
-                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {exists}{column} {kind} NOT NULL "
-                                      f"DEFAULT {default}"))
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {exists}{column} {kind}{rest}"))
                     if backfill is not None:
                         conn.execute(backfill)
             except OperationalError as exc:
@@ -754,10 +770,28 @@ class Store:
         with self.engine.connect() as conn:
             return {r[0]: r[1] for r in conn.execute(select(MonitorAlert.name, MonitorAlert.state))}
 
-    def update_alert(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
+    def alert_models(self) -> dict[str, dict[str, Any]]:
+        """{alert name: {"profile": fingerprint, "model": {"name", "version"}}} of the model each alert row
+        records (see MonitorAlert); both None for a row written before the columns existed."""
+        a = MonitorAlert
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(a.name, a.profile, a.model_name, a.model_version)).all()
+        return {r[0]: {"profile": r[1],
+                       "model": None if r[2] is None else {"name": r[2], "version": r[3]}} for r in rows}
+
+    def update_alert(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any]], *,
+                     model: dict[str, str] | None = None) -> dict[str, Any]:
         """Read alert `name`'s state (None when new), apply `change`, write the result back, in one transaction
-        that locks the row (PostgreSQL: SELECT ... FOR UPDATE, so replicas take turns); returns the new state."""
+        that locks the row (PostgreSQL: SELECT ... FOR UPDATE, so replicas take turns); returns the new state.
+        `model` ({"profile", "name", "version"}: the model whose window is counted) is recorded in the row,
+        except while an alert raised before this change is still raised: the model that raised it keeps it
+        (None: the row's model is left as it is, e.g. for a person's acknowledgement or a delivered event)."""
         from sqlalchemy.exc import IntegrityError
+
+        def owner(current: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+            if model is None or (current is not None and current.get("active") and new.get("active")):
+                return {}
+            return {"profile": model["profile"], "model_name": model["name"], "model_version": model["version"]}
 
         for attempt in range(2):  # a replica may insert the same new alert at the same moment: read it again
             try:
@@ -767,10 +801,11 @@ class Store:
                     ).scalar_one_or_none()
                     new = change(current)
                     if current is None:
-                        conn.execute(insert(MonitorAlert), [{"name": name, "state": new, "updated": _now()}])
+                        conn.execute(insert(MonitorAlert),
+                                     [{"name": name, "state": new, "updated": _now(), **owner(current, new)}])
                     else:
                         conn.execute(MonitorAlert.__table__.update().where(MonitorAlert.name == name)
-                                     .values(state=new, updated=_now()))
+                                     .values(state=new, updated=_now(), **owner(current, new)))
                     return new
             except IntegrityError:
                 if attempt:
