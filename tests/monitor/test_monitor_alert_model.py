@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_tiny import CLASSES, make_bundle, pg_options, postgres_url
+from serve_tiny import CLASSES, fresh_database, make_bundle
 
 from sightline.monitor.alerts import AlertState
 from sightline.storage.store import Store
@@ -25,22 +24,8 @@ OTHER = "0123456789abcdef"  # the challenger's profile fingerprint
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request, tmp_path):
     """A fresh database: a SQLite file, or a schema of its own in SIGHTLINE_TEST_DATABASE_URL's database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'sightline.db'}"
-        return
-    import sqlalchemy as sa
-
-    base = postgres_url()
-    schema = f"sl_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield pg_options(base, schema)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

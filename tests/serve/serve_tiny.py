@@ -63,6 +63,29 @@ def open_store(kind: str, tmp_path: Path) -> Iterator:
         admin.dispose()
 
 
+@contextmanager
+def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh database: a SQLite file in tmp_path, or a schema of its own in SIGHTLINE_TEST_DATABASE_URL's
+    database (dropped afterwards), so tests running at the same time on one server never see each other's tables;
+    pytest.skip with the reason when PostgreSQL is unreachable."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'sightline.db'}"
+        return
+    import sqlalchemy as sa
+
+    base = postgres_url()
+    schema = f"sl_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield pg_options(base, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
 def pg_options(url: str, schema: str | None = None) -> str:
     """`url` with the libpq options the tests connect with: `schema` as the search path, and synchronous_commit
     off, so a commit does not wait for its WAL record to reach the disk (0.4 instead of 5 ms a commit here, and

@@ -14,7 +14,6 @@ import json
 import shutil
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_tiny import cached, calm, make_bundle, noise, pg_options, postgres_url, start_server, tls
+from serve_tiny import cached, calm, fresh_database, make_bundle, noise, start_server, tls
 
 from sightline.bundle import load_bundle
 
@@ -80,22 +79,8 @@ def profiled(tmp_path_factory):
 def database_url(request, tmp_path):
     """A fresh database: a SQLite file, or a schema of its own in SIGHTLINE_TEST_DATABASE_URL's database (dropped
     afterwards), so tests running at the same time on the same server never see each other's tables."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'sightline.db'}"
-        return
-    import sqlalchemy as sa
-
-    base = postgres_url()
-    schema = f"sl_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield pg_options(base, schema)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 def _settings(bundle, url, **kw):
