@@ -98,10 +98,13 @@ class TimeBudget(L.Callback):
     After each epoch (training + validation) the epochs still affordable are counted from the latest epoch's
     duration, keeping `reserve_s` plus one validation for the final evaluation; the Trainer's `max_epochs`
     and the system's schedule (`set_planned_epochs`) follow. `max_epochs` of the Trainer is the upper bound.
-    `plan` records the decisions; `say` receives the one-line notices (too short for one epoch)."""
+    `plan` records the decisions; `say` receives the one-line notices (too short for one epoch). `clock` is
+    time.perf_counter unless a caller (a test) drives the hooks with its own: replacing the process-wide
+    time.perf_counter instead stopped the clock of every thread, the ones a test leaves running included."""
 
     def __init__(self, budget_s: float, *, started: float, reserve_s: float = 2.0,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
         self.budget_s = float(budget_s)
         self.started = started
         self.reserve_s = reserve_s
@@ -124,7 +127,7 @@ class TimeBudget(L.Callback):
         self.upper = int(trainer.max_epochs or 1)
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.epoch_started = time.perf_counter()
+        self.epoch_started = self.clock()
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -132,7 +135,7 @@ class TimeBudget(L.Callback):
         # run needs one validated epoch to keep a model.
         if self.epoch_s or self.warned or batch_idx > 1:
             return
-        now = time.perf_counter()
+        now = self.clock()
         if batch_idx == 0:
             self.first_batch_end = now  # the first batch also pays for warm-up: not a typical one
             return
@@ -153,15 +156,15 @@ class TimeBudget(L.Callback):
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.val_started = time.perf_counter()
+            self.val_started = self.clock()
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.val_started is not None and not trainer.sanity_checking:
-            self.val_s = time.perf_counter() - self.val_started
+            self.val_s = self.clock() - self.val_started
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # Lightning validates before on_train_epoch_end of the same epoch: this epoch's time includes it.
-        now = time.perf_counter()
+        now = self.clock()
         self.epoch_s.append(now - self.epoch_started)
         done = trainer.current_epoch + 1
         if len(self.epoch_s) == 1 and now > self.started + self.budget_s and not self.warned:

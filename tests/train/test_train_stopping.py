@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from sightline._cli.common import run_command
 from sightline.cli import app
 from sightline.errors import UserInputError
-from sightline.train import stopping
 from sightline.train.fit import train
 from sightline.train.stopping import (TimeBudget, format_duration, loss_floor, parse_duration, saturation_stopping,
                                       stop_reason)
@@ -90,13 +89,12 @@ class _Clock:
         return self.now
 
 
-def _fake_run(monkeypatch: pytest.MonkeyPatch, budget_s: float, *, first_batch: float, batch: float, val: float,
+def _fake_run(budget_s: float, *, first_batch: float, batch: float, val: float,
               max_epochs: int = 10, batches: int = 10) -> tuple[TimeBudget, SimpleNamespace, list[int], list[str]]:
     """Drive TimeBudget's hooks with a fake clock: 5 s of preparation, then epochs of `batches` batches."""
     clock = _Clock()
-    monkeypatch.setattr(stopping.time, "perf_counter", clock)
     notices: list[str] = []
-    budget = TimeBudget(budget_s, started=0.0, reserve_s=2.0, say=notices.append)
+    budget = TimeBudget(budget_s, started=0.0, reserve_s=2.0, say=notices.append, clock=clock)
     trainer = SimpleNamespace(max_epochs=max_epochs, current_epoch=0, num_training_batches=batches,
                               fit_loop=SimpleNamespace(max_epochs=max_epochs), should_stop=False, sanity_checking=False)
     planned: list[int] = []
@@ -116,23 +114,23 @@ def _fake_run(monkeypatch: pytest.MonkeyPatch, budget_s: float, *, first_batch: 
     return budget, trainer, planned, notices
 
 
-def test_time_budget_plans_epochs_from_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_time_budget_plans_epochs_from_the_first() -> None:
     # Epoch 1: 4 + 9 x 2 + 2 (val) = 24 s, ending at 29 s; later epochs 22 s. Deadline 100 - 2 (reserve) - 2 (one
     # more validation, for the final one) = 96 s.
-    budget, trainer, planned, notices = _fake_run(monkeypatch, 100, first_batch=4, batch=2, val=2)
+    budget, trainer, planned, notices = _fake_run(100, first_batch=4, batch=2, val=2)
     assert planned[0] == 1 + (96 - 29) // 24 == 3  # planned from the first epoch's time ...
     # ... re-planned from the faster second one (ends at 51 s; two more of 22 s end at 95 s <= 96 s), then kept.
     assert planned == [3, 4] and trainer.current_epoch == 4 and trainer.fit_loop.max_epochs == 4
     assert notices == [] and budget.summary()["epoch_seconds"] == [24.0, 22.0, 22.0, 22.0]
 
 
-def test_time_budget_never_plans_past_max_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, trainer, planned, _ = _fake_run(monkeypatch, 10_000, first_batch=1, batch=1, val=1, max_epochs=4)
+def test_time_budget_never_plans_past_max_epochs() -> None:
+    _, trainer, planned, _ = _fake_run(10_000, first_batch=1, batch=1, val=1, max_epochs=4)
     assert trainer.current_epoch == 4 and max(planned) == 4
 
 
-def test_budget_shorter_than_one_epoch_says_what_happens(monkeypatch: pytest.MonkeyPatch) -> None:
-    budget, trainer, _, notices = _fake_run(monkeypatch, 20, first_batch=4, batch=2, val=2)
+def test_budget_shorter_than_one_epoch_says_what_happens() -> None:
+    budget, trainer, _, notices = _fake_run(20, first_batch=4, batch=2, val=2)
     assert trainer.current_epoch == 1  # one epoch is still trained, then it stops
     assert len(notices) == 1 and notices[0] == budget.notice
     assert notices[0] == ("time budget 20s is shorter than what ran before it (5s) plus one epoch (about 22s here): "
