@@ -311,3 +311,26 @@ def _sections_in_chromium(base: str, key: str) -> None:
         assert page.locator("#shadow-accuracy").inner_text().startswith(("2: champion", "3: champion"))
         assert page.locator("#confidence rect.bar").count() == 10  # 4 predictions: one block of 500
     assert errors == []
+
+
+def test_the_alerts_table_says_which_model_raised_each(bundle, tmp_path):
+    """An alert row records the model whose windows raised it; the dashboard showed none of it, so with a champion
+    and a challenger (or several models) on one database nobody could tell whose drift it was."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    ann = store.create_key("ann", ["review"])
+    _count(store, "drift_day", [True, True])  # counted before alerts recorded a model: "not recorded"
+    other = {"profile": "0123456789abcdef", "name": "pets", "version": "7"}
+    for significant in (True, True):
+        def change(current, significant=significant):
+            state = AlertState.from_json(current) if current else AlertState(name="drift")
+            state.update(window_id=(state.last_window or 0) + 1, significant=significant)
+            return state.to_json()
+
+        store.update_alert("drift", change, model=other)
+    with serving(bundle, database_url=store.url) as c:
+        _signin(c, ann)
+        dash = c.get("/ui/dashboard").text
+    cell = {name: dash.split(f'data-alert="{name}"')[1].split('class="raised-by">')[1].split("</td>")[0]
+            for name in ("drift", "drift_day")}
+    assert cell == {"drift": "pets 7 (profile 0123456789abcdef)", "drift_day": "not recorded"}
+    store.close()

@@ -383,7 +383,8 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
                                    high=high, window=settings.monitor_window),
             "mix": class_mix_history(store, classes, size=settings.monitor_window, reference=reference),
             "history": p_value_history(store, status["profile"]["fingerprint"]) if status is not None else [],
-            "alerts": alert_views(store.alert_states()),  # persisted: shown with monitoring off too
+            # persisted: shown with monitoring off too, with the model whose windows raised each
+            "alerts": alert_views(store.alert_states(), store.alert_models()),
             "registry": (model_history(state.watcher.registry, settings.alias, served.registry_version)
                          if state.watcher is not None else None),
             "shadow": _shadow_status(shadow) if shadow is not None else None,
@@ -395,7 +396,8 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
     serving = {**served.model_ref(), "stored_as": served.stored_version,
                "started": datetime.fromtimestamp(state.started, timezone.utc).isoformat(timespec="seconds"),
                "swaps": state.watcher.swaps if state.watcher is not None else 0}
-    return _render("dashboard.html", session=session, monitor=status, windows=windows,
+    own_profile = status["profile"]["fingerprint"] if status is not None else None  # "this model" in the alerts
+    return _render("dashboard.html", session=session, monitor=status, windows=windows, own_profile=own_profile,
                    message=served.monitor_message, classes=classes,
                    filters={"decision": decision, "label": label, "band": band},
                    model=f"{served.bundle.name} {served.bundle.version}", serving=serving,
