@@ -160,6 +160,7 @@ class RegistryWatcher:
         self._retiring: set[asyncio.Task] = set()
         self._refused: int | None = None  # the version id last found unservable (logged once, until the alias moves)
         self.swaps = 0
+        self.polls = 0  # polls ended (each read the aliases, whatever came of it): what a caller can wait on
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="sightline-registry-watcher")
@@ -185,6 +186,7 @@ class RegistryWatcher:
             except Exception as exc:  # noqa: BLE001 - a database hiccup must not stop the watcher or the service
                 log.warning("registry check failed (%s: %s); still serving %s", type(exc).__name__, exc,
                             self.state.served.stored_version)
+            self.polls += 1
 
     async def check(self) -> bool:
         """One poll: swap when the alias moved to a servable version. True when a swap happened."""

@@ -219,6 +219,15 @@ class _TenMsSleeps:
         return await asyncio.sleep(min(delay, 0.01), result)
 
 
+def more_polls(watcher, n: int, *, timeout_s: float = 15.0) -> None:
+    """Until the registry watcher has made `n` whole polls that began after this call (a poll under way now ends
+    first and is not one of them), at most `timeout_s`: a test waits for polls, not for the clock."""
+    target, deadline = watcher.polls + n + 1, time.monotonic() + timeout_s
+    while watcher.polls < target:
+        assert time.monotonic() < deadline, f"{n} more registry polls within {timeout_s:.0f} s"
+        time.sleep(0.01)
+
+
 def start_server(app):
     """uvicorn serving `app` on a free loopback port in a daemon thread, once it accepts connections; returns
     (server, thread, port). Stop it with `server.should_exit = True` and `thread.join(...)`."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_tiny import encode, make_bundle, photo, started, tls
+from serve_tiny import encode, make_bundle, more_polls, photo, started, tls
 
 
 def _bundle(root: Path, seed: int, version: str, *, onnx: bool = True) -> Path:
@@ -139,24 +139,15 @@ def test_promote_and_rollback_under_load_fail_no_request(registry_server) -> Non
 def test_version_without_onnx_keeps_the_old_model_with_one_log_line(registry_server, caplog, monkeypatch) -> None:
     base, key, registry, _, app = registry_server
     before = httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"]
-    # the watcher polls every 10 ms in this test (its own copy of the settings) and counts its polls: the test waits
-    # for polls, not for the clock (it slept 2 x 0.5 s, five 0.1 s polls each)
+    # the watcher polls every 10 ms in this test (its own copy of the settings); the test waits for its polls, not
+    # for the clock (it slept 2 x 0.5 s, five 0.1 s polls each)
     watcher = app.state.sightline.watcher
     monkeypatch.setattr(watcher, "settings", watcher.settings.model_copy(update={"registry_poll_s": 0.01}))
-    polls: list[int] = []
-    aliases = watcher.registry.aliases
-    monkeypatch.setattr(watcher.registry, "aliases", lambda: (polls.append(1), aliases())[1])  # once a poll
-
-    def more_polls(n: int) -> None:
-        """`n` whole polls that began after this call (poll n + 1 begins once poll n has ended)."""
-        target = len(polls) + n + 1
-        _wait_until(lambda: len(polls) >= target, 15, f"{n} more polls", every=0.01)
-
     with caplog.at_level(logging.INFO, logger="sightline.serve"):
         registry.promote("v3", reason="no onnx")
         _wait_until(lambda: any("cannot be served" in rec.getMessage() for rec in caplog.records), 15,
                     "no log line about v3", every=0.01)
-        more_polls(5)  # several more polls: the line is not repeated
+        more_polls(watcher, 5)  # several more polls: the line is not repeated
         r = httpx.post(f"{base}/v1/predict", files=[("file", ("a.jpg", encode(photo(1))))],
                        headers={"X-API-Key": key}, verify=tls())
     assert r.status_code == 200 and r.json()["model"]["registry_version"] == before
@@ -165,7 +156,7 @@ def test_version_without_onnx_keeps_the_old_model_with_one_log_line(registry_ser
     assert len(lines) == 1 and "v3" in lines[0] and "model.onnx" in lines[0], lines
     swaps = watcher.swaps
     registry.rollback(reason="back")  # the alias returns to what is served: no swap, no new line
-    more_polls(5)
+    more_polls(watcher, 5)
     assert httpx.get(f"{base}/v1/model", verify=tls()).json()["registry"]["version"] == before
     assert watcher.swaps == swaps
 

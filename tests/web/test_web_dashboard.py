@@ -178,7 +178,7 @@ def test_dashboard_registry_moves_and_shadow_summary(tmp_path, caplog):
     import time
 
     import httpx
-    from serve_tiny import encode, photo, started, tls
+    from serve_tiny import encode, more_polls, photo, started, tls
 
     from sightline.loop.registry import Registry
     from sightline.serve.app import create_app
@@ -195,20 +195,9 @@ def test_dashboard_registry_moves_and_shadow_summary(tmp_path, caplog):
                         registry_poll_s=0.02, rate_limit_per_minute=0, key_cache_s=0, batch_max_wait_ms=5, threads=1,
                         monitor=False)  # a poll reads the aliases: 0.2 ms of CPU
     app = create_app(settings)
-    polls: list[int] = []
-
-    def more_polls(n: int) -> None:
-        """Until the watcher has made `n` whole polls that began after this call (poll n + 1 begins after poll n)."""
-        target, deadline = len(polls) + n + 1, time.time() + 15
-        while len(polls) < target:
-            assert time.time() < deadline, f"{n} more polls"
-            time.sleep(0.01)
-
     try:
         with started(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, verify=tls()) as c:
             watcher = app.state.sightline.watcher
-            aliases = watcher.registry.aliases
-            watcher.registry.aliases = lambda: (polls.append(1), aliases())[1]  # what the watcher calls once a poll
             for i in range(4):
                 r = c.post("/v1/predict", files=[("file", (f"{i}.jpg", encode(photo(i, 40, 32))))],
                            headers={"X-API-Key": client})
@@ -263,7 +252,7 @@ def test_dashboard_registry_moves_and_shadow_summary(tmp_path, caplog):
                 while not any("v3" in r.getMessage() and "cannot be served" in r.getMessage() for r in caplog.records):
                     assert time.time() < deadline, "the watcher did not refuse v3"
                     time.sleep(0.01)
-                more_polls(3)  # a few polls after it refused v3 (no ONNX file): v2 keeps serving
+                more_polls(watcher, 3)  # a few polls after it refused v3 (no ONNX file): v2 keeps serving
             dash = c.get("/ui/dashboard").text
             assert "The alias champion points to v3, which is not serving" in dash
             assert moves(dash)[:2] == ['"past" data-move="4"', '"current" data-move="3"']
