@@ -59,6 +59,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    Select,
     String,
     case,
     create_engine,
@@ -80,7 +81,7 @@ from sightline.errors import SightlineError, UserInputError, one_line
 __all__ = ["Store", "PredictionRecord", "ApiKeyRole", "LabelHistory", "KeptImage", "ShadowPrediction", "ShadowTotal",
            "LabelConflictError", "ROLES", "LEGACY_ROLES", "PredictionSignal", "MonitorWindow", "MonitorAlert",
            "ApiKey", "ApiKeyInfo", "hash_key", "safe_url", "KEY_PREFIX", "DECISIONS", "QUEUED_DECISIONS", "QUEUE_SQL",
-           "IN_SLICE", "SAMPLE_REASON", "truth_counts", "check_sqlite_file"]
+           "review_conditions", "IN_SLICE", "SAMPLE_REASON", "truth_counts", "check_sqlite_file"]
 
 KEY_PREFIX = "sl_"
 _LOOKUP_CHARS = 8  # characters after KEY_PREFIX stored in clear to find the row; the rest is only hashed
@@ -368,6 +369,22 @@ def _foreign_tables(url: str, exc: Exception) -> str:
             "to start one.")
 
 
+def review_conditions(sample: bool = False) -> list[Any]:
+    """What waits for a reviewer, as WHERE clauses over predictions (and, with `sample`, kept_images): the queue
+    (QUEUE_SQL, the condition of ix_predictions_queue as written, so a database can read the index alone) or the
+    unlabelled members of the random slice whose image is kept. The one definition the store's list and count and
+    the review page's queries share."""
+    if not sample:
+        return [text(QUEUE_SQL)]
+    return [PredictionRecord.reviewed_label.is_(None), IN_SLICE, KeptImage.evicted.is_(None)]
+
+
+def _review_items(q: Select, sample: bool) -> Select:
+    if sample:
+        q = q.join(KeptImage, KeptImage.prediction_id == PredictionRecord.id)
+    return q.where(*review_conditions(sample))
+
+
 class Store:
     """Database access for the service and the `keys` commands. Thread-safe; methods are blocking (call
     them from a worker thread in async code)."""
@@ -573,15 +590,17 @@ class Store:
         `sample`, instead the unlabelled members of the random slice whose image is kept, whatever their decision
         (drawn from all predictions: labelled, it measures production accuracy without the queue's bias towards
         hard cases; a queued member is in both lists, and a label given in either counts for both)."""
-        q = select(PredictionRecord).where(PredictionRecord.reviewed_label.is_(None))
-        if sample:
-            q = q.join(KeptImage, KeptImage.prediction_id == PredictionRecord.id).where(
-                IN_SLICE, KeptImage.evicted.is_(None))
-        else:
-            q = q.where(PredictionRecord.decision.in_(QUEUED_DECISIONS))
+        q = _review_items(select(PredictionRecord), sample)
         with self._sessions() as session:
             rows = session.scalars(q.order_by(PredictionRecord.id).limit(limit).offset(offset)).all()
         return [r.to_dict() for r in rows]
+
+    def review_count(self, *, sample: bool = False) -> int:
+        """How many items `review_queue(sample=sample)` would list without a limit, in one COUNT (the queue's from
+        the partial index ix_predictions_queue alone)."""
+        q = _review_items(select(func.count()).select_from(PredictionRecord), sample)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
 
     def record_label(
         self, prediction_id: int, label: str, *, reviewer: str | None = None, override: bool = False

@@ -14,7 +14,6 @@ from sqlalchemy import event, text
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from serve_tiny import make_bundle, open_store, serving
 
-from sightline.serve.web.queue import waiting
 from sightline.storage.store import Store
 
 
@@ -64,7 +63,7 @@ def test_the_review_page_says_how_many_wait_beyond_the_fifty_shown(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_waiting_counts_what_the_store_lists(kind, tmp_path):
+def test_the_review_count_is_what_the_store_lists(kind, tmp_path):
     with open_store(kind, tmp_path) as store:
         ids = _add(store, ["review", "unknown", "accept"] * 4)
         store.record_label(ids[0], "cat", reviewer="ann")  # a labelled review and a labelled accepted prediction
@@ -78,10 +77,10 @@ def test_waiting_counts_what_the_store_lists(kind, tmp_path):
             seen.append(statement)
 
         event.listen(store.engine, "before_cursor_execute", record)
-        assert waiting(store) == 7
+        assert store.review_count() == 7
         event.remove(store.engine, "before_cursor_execute", record)
         assert len(store.review_queue(limit=500)) == 7
-        assert waiting(store, sample=True) == len(store.review_queue(limit=500, sample=True)) == 4
+        assert store.review_count(sample=True) == len(store.review_queue(limit=500, sample=True)) == 4
         if kind == "sqlite":  # one pass over the partial index, not over the table
             with store.engine.connect() as conn:
                 plan = " ".join(r[-1] for r in conn.execute(text(f"EXPLAIN QUERY PLAN {seen[-1]}")))

@@ -7,25 +7,18 @@ stored top-k). k-center greedy on the stored projected features (prediction_sign
 of them, seeded by the most uncertain; items without features follow by margin. The slice `random` is the
 store's random slice, drawn from every prediction whatever its decision (sightline.storage.images), oldest first:
 its labels measure production accuracy without bias. A queued prediction in the slice shows in both lists.
-`waiting` counts what waits in all (the page shows at most `limit`), with the same filter, in one COUNT.
+`Store.review_count` counts what waits in all (the page shows at most `limit`), with the same filter.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, func, select, text
+from sqlalchemy import Select, select
 
-from sightline.storage.store import (
-    IN_SLICE,
-    QUEUE_SQL,
-    KeptImage,
-    PredictionRecord,
-    PredictionSignal,
-    Store,
-)
+from sightline.storage.store import KeptImage, PredictionRecord, PredictionSignal, Store, review_conditions
 
-__all__ = ["candidates", "k_center_greedy", "margin", "ordered_queue", "waiting"]
+__all__ = ["candidates", "k_center_greedy", "margin", "ordered_queue"]
 
 
 def margin(probabilities: np.ndarray | None, top_k: list[dict[str, Any]]) -> float:
@@ -60,24 +53,9 @@ def candidates(*, limit: int, sample: bool = False) -> Select:
     q = (select(p.id, p.created, p.filename, p.label, p.confidence, p.top_k, p.decision, p.model_version,
                 s.probabilities, s.projected, s.ood_score, k.evicted, k.sha256)
          .outerjoin(s, s.prediction_id == p.id).outerjoin(k, k.prediction_id == p.id))
-    if sample:
-        return (q.where(p.reviewed_label.is_(None), IN_SLICE, k.evicted.is_(None))
-                .order_by(p.id).limit(limit))
-    # the partial index's own condition, as written, so SQLite reads that index in order (no sort)
-    return q.where(text(QUEUE_SQL)).order_by(p.confidence, p.id).limit(limit)
-
-
-def waiting(store: Store, *, sample: bool = False) -> int:
-    """How many unlabelled items wait in all: the queue (counted from ix_predictions_queue alone: its condition as
-    written, as `candidates` reads it) or (`sample`) the random slice's members whose image is kept."""
-    p, k = PredictionRecord, KeptImage
-    if sample:
-        q = (select(func.count()).select_from(p).join(k, k.prediction_id == p.id)
-             .where(p.reviewed_label.is_(None), IN_SLICE, k.evicted.is_(None)))
-    else:
-        q = select(func.count()).select_from(p).where(text(QUEUE_SQL))
-    with store.engine.connect() as conn:
-        return int(conn.execute(q).scalar_one())
+    q = q.where(*review_conditions(sample))
+    # the queue: the partial index's own condition, as written, so SQLite reads that index in order (no sort)
+    return q.order_by(p.id).limit(limit) if sample else q.order_by(p.confidence, p.id).limit(limit)
 
 
 def ordered_queue(store: Store, *, limit: int = 50, pool: int = 4, sample: bool = False) -> list[dict[str, Any]]:

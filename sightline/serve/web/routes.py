@@ -198,7 +198,7 @@ async def review_page(request: Request, slice: str = "queue") -> Response:
     session = await _live_session(request)
     if session is None:
         return _to_signin()
-    from sightline.serve.web.queue import ordered_queue, waiting
+    from sightline.serve.web.queue import ordered_queue
 
     state = _state(request)
     sample = slice == "random"
@@ -206,7 +206,7 @@ async def review_page(request: Request, slice: str = "queue") -> Response:
     def work() -> tuple[list[dict[str, Any]], int]:
         items = ordered_queue(state.store, limit=REVIEW_PAGE, sample=sample)
         # max: a label given between the two reads must not make "50 of 49"
-        return items, max(len(items), waiting(state.store, sample=sample))
+        return items, max(len(items), state.store.review_count(sample=sample))
 
     items, total = await anyio.to_thread.run_sync(work)
     classes = list(state.bundle.classes)
