@@ -222,8 +222,12 @@ def test_concurrent_requests_are_batched_and_all_stored(server):
 def test_review_queue_and_ground_truth(server):
     c, key = server["client"], server["keys"]["alice"]
     pid = _post(c, key, [("r.jpg", encode(_photo(seed=9), "JPEG"))]).json()["predictions"][0]["id"]
-    queue = c.get("/v1/review", params={"limit": 500}, headers={"X-API-Key": key}).json()
+    r = c.get("/v1/review", params={"limit": 500}, headers={"X-API-Key": key})
+    queue = r.json()
     assert pid in [item["id"] for item in queue]
+    assert int(r.headers["X-Total-Count"]) == len(queue)  # the whole queue fits in one page of 500
+    r = c.get("/v1/review", params={"limit": 1, "offset": 1}, headers={"X-API-Key": key})
+    assert len(r.json()) <= 1 and int(r.headers["X-Total-Count"]) == len(queue)  # a page of one: the same total
     assert c.post(f"/v1/review/{pid}", json={"label": "wolf"}, headers={"X-API-Key": key}).status_code == 422
     assert c.post("/v1/review/999999", json={"label": "dog"}, headers={"X-API-Key": key}).status_code == 404
     r = c.post(f"/v1/review/{pid}", json={"label": "dog"}, headers={"X-API-Key": key})

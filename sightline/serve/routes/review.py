@@ -17,10 +17,13 @@ router = APIRouter(tags=["review"])
 _AUTH = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse, "description": "The key lacks the review role."}}
 
 
-@router.get("/v1/review", response_model=list[ReviewItem], responses=_AUTH)
+@router.get("/v1/review", response_model=list[ReviewItem], responses={
+    **_AUTH, 200: {"headers": {"X-Total-Count": {"description": "How many items wait in all (the list is one page of "
+                                                 "them: `limit` from `offset`).", "schema": {"type": "integer"}}}}})
 async def review_queue(
     state: StateDep,
     key: ReviewKeyDep,
+    response: Response,
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=PREDICTION_ID_MAX),  # a larger one overflowed in the database driver (500)
     which: Literal["queue", "random"] = Query(
@@ -30,9 +33,17 @@ async def review_queue(
 ) -> list[ReviewItem]:
     """Predictions with decision "review" or "unknown" and no reviewer label yet, oldest first (`slice=random`:
     instead the unlabelled members of the random slice whose image is kept, drawn from all predictions, accepted,
-    review and unknown alike; a queued member is in both lists)."""
-    rows = await anyio.to_thread.run_sync(
-        lambda: state.store.review_queue(limit=limit, offset=offset, sample=which == "random"))
+    review and unknown alike; a queued member is in both lists). The header X-Total-Count says how many wait in
+    all."""
+    sample = which == "random"
+
+    def work() -> tuple[list[dict], int]:
+        rows = state.store.review_queue(limit=limit, offset=offset, sample=sample)
+        # max: a label given between the two reads must not make the total smaller than what this page shows
+        return rows, max(offset + len(rows), state.store.review_count(sample=sample))
+
+    rows, total = await anyio.to_thread.run_sync(work)
+    response.headers["X-Total-Count"] = str(total)
     return [ReviewItem(**r) for r in rows]
 
 
