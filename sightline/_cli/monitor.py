@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from rich.markup import escape
+
 from sightline._cli.common import console, fail, print_json
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([mhdw])$")
@@ -97,7 +99,7 @@ def register(app: typer.Typer) -> None:
             print_json(report)
             return
         for message in report["messages"]:
-            console.print(f"[yellow]note:[/] {message}", highlight=False)
+            console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
         tested = [w for w in report["windows"] if w["tested"]]
         drifted = [w for w in tested if w["significant"]]
         console.print(f"{report['n_monitored']} monitored predictions, {len(report['windows'])} windows, "
@@ -108,11 +110,11 @@ def register(app: typer.Typer) -> None:
             elif alert["active"] and alert.get("attributed_by") == "profile":  # the row names the model
                 mine = report["profile"]["fingerprint"]
                 console.print(f"the service's alert {name} is raised (since window {alert['fired_at']}) by another "
-                              f"model, {raised_by(alert)}, not by this bundle (profile {mine})", highlight=False)
+                              f"model, {escape(raised_by(alert))}, not by this bundle (profile {mine})", highlight=False)
             elif alert["active"]:  # a row written before alerts recorded their model
                 console.print(f"the service's alert {name} is raised (since window {alert['fired_at']}), not by this "
                               "bundle's predictions: none are in the database", highlight=False)
-        console.print(f"wrote {json_path} and {html_path}", highlight=False)
+        console.print(escape(f"wrote {json_path} and {html_path}"), highlight=False)
 
 
 def _existing_database(database: str) -> str:

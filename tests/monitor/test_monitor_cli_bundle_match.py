@@ -92,3 +92,19 @@ def test_match_by_version_registry_version_or_profile():
     assert "m 0 (10 predictions), m 1 (9 predictions)" in line and "m 4 (6 predictions) and 2 more;" in line
     assert "\n" not in line
     assert bundle_match(pets2, "f" * 16, [], 0)["message"] is None  # an empty database says so elsewhere
+
+
+def test_names_and_paths_with_brackets_print_as_they_are(served_v1, run_cli, tmp_path):
+    """Model names, the notes that quote them and the report's paths are the user's text, not rich markup: '[/]'
+    in a stored model name was a MarkupError traceback, and a folder 'r [v2]' printed as 'r '."""
+    folder, url = served_v1
+    store = Store(url)
+    store.add_predictions([{"request_id": "r", "filename": "x.jpg", "input_sha256": "0" * 64, "model_name": "pets[/]",
+                            "model_version": "[bold]9", "label": "cat", "confidence": 0.5, "top_k": [],
+                            "decision": "review", "latency_ms": 1.0}])
+    store.close()
+    out_dir = tmp_path / "r [v2]"
+    code, cap = run_cli(["monitor", str(folder), "--database", url, "--out", str(out_dir)])
+    out = "".join(cap.out.split())
+    assert code == 0 and "Traceback" not in cap.err, cap.err
+    assert "pets[/][bold]9(1predictions)" in out and "".join(str(out_dir / "monitor.json").split()) in out
