@@ -110,7 +110,8 @@ def register(app: typer.Typer) -> None:
             elif alert["active"] and alert.get("attributed_by") == "profile":  # the row names the model
                 mine = report["profile"]["fingerprint"]
                 console.print(f"the service's alert {name} is raised (since window {alert['fired_at']}) by another "
-                              f"model, {escape(raised_by(alert))}, not by this bundle (profile {mine})", highlight=False)
+                              f"model, {escape(raised_by(alert))}, not by this bundle (profile {mine})",
+                              highlight=False)
             elif alert["active"]:  # a row written before alerts recorded their model
                 console.print(f"the service's alert {name} is raised (since window {alert['fired_at']}), not by this "
                               "bundle's predictions: none are in the database", highlight=False)
