@@ -228,6 +228,8 @@ def test_review_queue_and_ground_truth(server):
     assert int(r.headers["X-Total-Count"]) == len(queue)  # the whole queue fits in one page of 500
     r = c.get("/v1/review", params={"limit": 1, "offset": 1}, headers={"X-API-Key": key})
     assert len(r.json()) <= 1 and int(r.headers["X-Total-Count"]) == len(queue)  # a page of one: the same total
+    r = c.get("/v1/review", params={"offset": 10**9}, headers={"X-API-Key": key})
+    assert r.json() == [] and int(r.headers["X-Total-Count"]) == len(queue)  # past the end: still the count
     assert c.post(f"/v1/review/{pid}", json={"label": "wolf"}, headers={"X-API-Key": key}).status_code == 422
     assert c.post("/v1/review/999999", json={"label": "dog"}, headers={"X-API-Key": key}).status_code == 404
     r = c.post(f"/v1/review/{pid}", json={"label": "dog"}, headers={"X-API-Key": key})

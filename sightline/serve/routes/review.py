@@ -39,8 +39,10 @@ async def review_queue(
 
     def work() -> tuple[list[dict], int]:
         rows = state.store.review_queue(limit=limit, offset=offset, sample=sample)
-        # max: a label given between the two reads must not make the total smaller than what this page shows
-        return rows, max(offset + len(rows), state.store.review_count(sample=sample))
+        # a label given between the two reads must not make the total smaller than what this page shows; a page
+        # past the end shows nothing, and the total is the count
+        count = state.store.review_count(sample=sample)
+        return rows, max(offset + len(rows), count) if rows else count
 
     rows, total = await anyio.to_thread.run_sync(work)
     response.headers["X-Total-Count"] = str(total)
