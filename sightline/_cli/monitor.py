@@ -104,7 +104,8 @@ def register(app: typer.Typer) -> None:
         drifted = [w for w in tested if w["significant"]]
         console.print(f"{report['n_monitored']} monitored predictions, {len(report['windows'])} windows, "
                       f"{len(tested)} tested, {len(drifted)} significant", highlight=False)
-        for name, alert in report["alerts"].items():
+        alerts = [*report["alerts"].items(), *((a["name"], a) for a in report["other_alerts"])]
+        for name, alert in alerts:
             if alert["active"] and alert["about_this_bundle"]:
                 console.print(f"[bold red]alert raised:[/] {name} (since window {alert['fired_at']})", highlight=False)
             elif alert["active"] and alert.get("attributed_by") == "profile":  # the row names the model

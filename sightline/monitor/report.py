@@ -11,10 +11,10 @@ windows whose image statistics differ significantly from the reference (each win
 per shifted statistic: `monitor.windows.summarize`).
 
 `add_bundle_match` says whether the stored predictions come from the bundle given at all (its name and version, as
-the service stores them, or its reference profile's fingerprint), and whose each alert is: an alert row records the
-profile fingerprint of the model whose windows raised it, so the alert is the bundle's exactly when that is the
-bundle's profile (`alert_about_bundle`); only a row written before alerts recorded it (fingerprint None) falls back
-to "the bundle's when any stored prediction is the bundle's".
+the service stores them, or its reference profile's fingerprint), and whose each alert is: alert state is kept per
+model, keyed by the profile fingerprint of the model whose windows it counts, so the alert is the bundle's exactly
+when that is the bundle's profile (`alert_about_bundle`); only a row written before alerts recorded it (fingerprint
+None) falls back to "the bundle's when any stored prediction is the bundle's".
 
 Example:
     >>> images = LocalImageStore("runs/demo/bundle/images")
@@ -348,15 +348,15 @@ def alert_about_bundle(alert: dict[str, Any], fingerprint: str, matched: bool) -
 
 def add_bundle_match(report: dict[str, Any], database_url: str) -> dict[str, Any]:
     """Add "bundle_match" (`bundle_match`'s answer) to `build_report`'s report, its message first among the
-    messages, and to each alert "about_this_bundle" and "attributed_by" (`alert_about_bundle`). Returns the
-    report."""
+    messages, and to each alert ("alerts" and "other_alerts") "about_this_bundle" and "attributed_by"
+    (`alert_about_bundle`). Returns the report."""
     fingerprint = report["profile"]["fingerprint"]
     models, n_profile = stored_models(database_url, fingerprint)
     match = bundle_match(report["bundle"], fingerprint, models, n_profile)
     report["bundle_match"] = match
     if match["message"]:
         report["messages"].insert(0, match["message"])
-    for alert in report["alerts"].values():
+    for alert in [*report["alerts"].values(), *report.get("other_alerts", [])]:
         alert["about_this_bundle"], alert["attributed_by"] = alert_about_bundle(alert, fingerprint, match["matched"])
     return report
 

@@ -15,11 +15,13 @@ In the background (`Monitor`, an asyncio task of the app, the tests in a worker 
   - "hour" / "day": each closed calendar period (UTC), a minute after it ends -> alerts "drift_hour" / "drift_day";
 each window is tested against the profile (`monitor.windows.summarize`), kept in `monitor_windows`, set on the
 Prometheus gauges and counted by its alert (`monitor.alerts.AlertState`, persisted in `monitor_alerts` in the
-same transaction as the count, so a restart neither repeats nor loses an alert; the row records the model whose
-windows raised it: profile fingerprint, model name and version, which `sightline monitor BUNDLE` compares with the
-bundle's profile). Events then leave the alert's outbox through the sinks: the log (WARNING `sightline.alerts`),
-Prometheus and, when configured, a signed webhook (`serve.webhooks`); an event stays in the outbox until delivered,
-and is retried on the next run.
+same transaction as the count, so a restart neither repeats nor loses an alert). Alert state is kept per model:
+a row is keyed by (alert name, the profile fingerprint of the model whose windows it counts) and records the model's
+name and version, so a service counts, restores and delivers only its own model's alerts (replicas of one model
+share its rows and take turns), while /v1/monitor and the dashboard list every model's, and `sightline monitor
+BUNDLE` tells the bundle's own from others'. Events then leave the alert's outbox through the sinks: the log
+(WARNING `sightline.alerts`), Prometheus and, when configured, a signed webhook (`serve.webhooks`); an event stays
+in the outbox until delivered, and is retried on the next run.
 
 Example:
     >>> observer, why_not = open_observer(settings, bundle, engine)    # None + a one-line reason without profile
@@ -274,7 +276,8 @@ class Monitor:
                     m.monitor_p_value.labels(kind, name).set(test["p_value"])
 
     def _count(self, name: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
-        """Count one window in alert `name` (persisted in the same transaction); the events it emitted."""
+        """Count one window in this model's alert `name` (persisted in the same transaction); the events it
+        emitted."""
         k = self.settings.monitor_consecutive
         emitted: list[dict[str, Any]] = []
 
@@ -298,7 +301,7 @@ class Monitor:
         for summary in latest.values():
             self._gauges(summary)
         self._last_recent = latest.get("recent", {}).get("key")
-        for name, state in self.store.alert_states().items():
+        for name, state in self.store.alert_states(self.observer.fingerprint).items():
             self.metrics.alert_active.labels(name).set(1 if state.get("active") else 0)
         self._restored = True
 
@@ -310,7 +313,7 @@ class Monitor:
             now = time.time() if now is None else now
             fp, size = self.observer.fingerprint, self.settings.monitor_window
             events: list[dict[str, Any]] = []
-            states = self.store.alert_states()
+            states = self.store.alert_states(fp)  # this model's alerts only: another's windows are not ours
             after = (states.get(ALERT_NAMES["block"]) or {}).get("last_window")
             limit = size * MAX_BLOCKS_PER_RUN
             rows = self.store.signal_rows(fp, after_id=after, limit=limit)
@@ -354,23 +357,29 @@ class Monitor:
             return events
 
     # --- sinks ------------------------------------------------------------------------------------------------
-    def _payload(self, event: dict[str, Any]) -> dict[str, Any]:
+    def _payload(self, event: dict[str, Any], own: bool) -> dict[str, Any]:
+        model = self.model if own else event.get("detail", {}).get("model")  # a row of no recorded model
         return {"type": f"sightline.alert.{event['kind']}",
                 "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "data": {**event, "model": self.model}}
+                "data": {**event, "model": model}}
 
     async def deliver_pending(self) -> int:
-        """Send every event in the alerts' outboxes through the sinks, oldest first per alert; an event is
-        acknowledged (dropped from the outbox) once the log line is written and, when configured, the webhook
-        answered 2xx. Returns how many events are still pending."""
+        """Send every event in this model's alerts' outboxes through the sinks, oldest first per alert, and those
+        of rows that recorded no model (written before alerts were kept per model: events raised before an
+        upgrade are still delivered); an event is acknowledged (dropped from the outbox) once the log line is
+        written and, when configured, the webhook answered 2xx. Returns how many events are still pending."""
         import anyio
 
         from sightline.serve.webhooks import deliver
+        from sightline.storage.store import NO_PROFILE
 
         s = self.settings
-        states = await anyio.to_thread.run_sync(self.store.alert_states)
+        fp = self.observer.fingerprint
+        own = await anyio.to_thread.run_sync(self.store.alert_states, fp)
+        unowned = await anyio.to_thread.run_sync(self.store.alert_states, NO_PROFILE)
         left = 0
-        for name, state in sorted(states.items()):
+        for profile, name, state in [(fp, n, st) for n, st in sorted(own.items())] + [
+                (NO_PROFILE, n, st) for n, st in sorted(unowned.items())]:
             blocked = False
             for event in state.get("pending", []):
                 if blocked or self._stopping:
@@ -381,14 +390,15 @@ class Monitor:
                                       event["detail"].get("kind"), event["window_id"], event["detail"])
                     self._logged.add(event["id"])
                 if self._key is not None and s.alert_webhook_url:
-                    ok = await deliver(s.alert_webhook_url, self._key, event["id"], self._payload(event),
+                    ok = await deliver(s.alert_webhook_url, self._key, event["id"], self._payload(event, profile == fp),
                                        attempts=s.alert_webhook_attempts, backoff_s=s.alert_webhook_backoff_s,
                                        timeout_s=s.alert_webhook_timeout_s, stop=lambda: self._stopping)
                     self.metrics.webhook_deliveries.labels("delivered" if ok else "failed").inc()
                     if not ok:
                         blocked, left = True, left + 1  # later events of this alert wait: order matters
                         continue
-                await anyio.to_thread.run_sync(self.store.update_alert, name, _acknowledge(event["id"]))
+                await anyio.to_thread.run_sync(lambda: self.store.update_alert(name, _acknowledge(event["id"]),
+                                                                               profile=profile))
         self.metrics.alert_outbox.set(left)
         return left
 
@@ -445,9 +455,10 @@ class Monitor:
 
     # --- what /v1/monitor shows -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Latest window of each kind and every alert's state (blocking: call from a worker thread)."""
+        """Latest window of each kind and every model's alerts, this model's first ("open_alerts": this model's
+        raised ones, which POST .../ack acts on) (blocking: call from a worker thread)."""
         s = self.settings
-        alerts = alert_views(self.store.alert_states(), self.store.alert_models())
+        alerts = alert_views(self.store.alert_rows(), own=self.observer.fingerprint)
         return {
             "enabled": True,
             "message": None,
@@ -458,7 +469,7 @@ class Monitor:
                          "webhook": bool(s.alert_webhook_url)},
             "windows": self.store.latest_windows(self.observer.fingerprint),
             "alerts": alerts,
-            "open_alerts": [a["name"] for a in alerts if a["active"]],
+            "open_alerts": [a["name"] for a in alerts if a["active"] and a["this_model"]],
         }
 
 
@@ -471,20 +482,20 @@ def _acknowledge(event_id: str):
     return change
 
 
-def alert_views(states: dict[str, dict[str, Any]], models: dict[str, dict[str, Any]] | None = None
-                ) -> list[dict[str, Any]]:
-    """`Store.alert_states()` -> what /v1/monitor and the dashboard show of each alert, by name: raised or not,
-    the windows that fired / cleared it, its streaks, the events still in its outbox, a person's
-    acknowledgement ({by, at, note} or None), and, from `Store.alert_models()`, the model whose windows raised it
-    ("profile": fingerprint, "model": {name, version}; None when the row predates them or `models` is not given)."""
-    models = models or {}
-    return [{"name": name, "active": bool(st.get("active")), "fired_at": st.get("fired_at"),
-             "cleared_at": st.get("cleared_at"), "significant_streak": st.get("significant_streak", 0),
-             "clean_streak": st.get("clean_streak", 0), "fire_after": st.get("fire_after"),
-             "last_window": st.get("last_window"), "pending": [e["id"] for e in st.get("pending", [])],
-             "acknowledged": st.get("acknowledged"), "profile": models.get(name, {}).get("profile"),
-             "model": models.get(name, {}).get("model")}
-            for name, st in sorted(states.items())]
+def alert_views(rows: list[dict[str, Any]], *, own: str | None = None) -> list[dict[str, Any]]:
+    """`Store.alert_rows()` -> what /v1/monitor and the dashboard show of each alert of each model: raised or not,
+    the windows that fired / cleared it, its streaks, the events still in its outbox, a person's acknowledgement
+    ({by, at, note} or None), the model whose windows it counts ("profile": fingerprint, "model": {name,
+    version}; None for a row that recorded no model) and "this_model": its profile is `own` (the serving
+    model's). The serving model's alerts first, by name; then the others by name and profile."""
+    views = [{"name": r["name"], "active": bool(st.get("active")), "fired_at": st.get("fired_at"),
+              "cleared_at": st.get("cleared_at"), "significant_streak": st.get("significant_streak", 0),
+              "clean_streak": st.get("clean_streak", 0), "fire_after": st.get("fire_after"),
+              "last_window": st.get("last_window"), "pending": [e["id"] for e in st.get("pending", [])],
+              "acknowledged": st.get("acknowledged"), "profile": r["profile"], "model": r["model"],
+              "this_model": own is not None and r["profile"] == own}
+             for r in rows for st in [r["state"]]]
+    return sorted(views, key=lambda v: (not v["this_model"], v["name"], v["profile"] or ""))
 
 
 class UnknownAlertError(SightlineError):
@@ -493,25 +504,53 @@ class UnknownAlertError(SightlineError):
     status_code = 404
 
 
-def acknowledge_alert(store: Store, name: str, *, by: str, note: str = "") -> dict[str, Any]:
-    """A person (`by`: the API key's name) acknowledges raised alert `name`, with an optional note; persisted in
+def acknowledge_alert(store: Store, name: str, *, profile: str, by: str, note: str = "") -> dict[str, Any]:
+    """A person (`by`: the API key's name) acknowledges raised alert `name` of the model whose profile
+    fingerprint is `profile` ('': a row that recorded no model), with an optional note; persisted in
     `monitor_alerts` in one locked read-modify-write with the monitor's own updates, so a restart keeps it and
     a concurrent window count is not lost. Returns the alert as `alert_views` shows it. UnknownAlertError (404)
-    for a name the database does not hold (nothing is written), AlertNotRaisedError (409) when the alert is not
-    raised or is acknowledged already."""
+    when that model holds no alert of that name (nothing is written), AlertNotRaisedError (409) when the alert
+    is not raised or is acknowledged already."""
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def change(current: dict[str, Any] | None) -> dict[str, Any]:
         if current is None:  # raising rolls the transaction back: no row is created for an unknown name
-            raise UnknownAlertError(f"no alert named {name!r}; GET /v1/monitor lists the alerts.")
+            whose = f"profile {profile}" if profile else "no recorded model"
+            raise UnknownAlertError(f"no alert named {name!r} of this model ({whose}); GET /v1/monitor lists the "
+                                    "alerts.")
         state = AlertState.from_json(current)
         state.acknowledge_raised(by=by, at=at, note=note)
         return jsonable(state.to_json())
 
-    return alert_views({name: store.update_alert(name, change)}, store.alert_models())[0]
+    store.update_alert(name, change, profile=profile)
+    row = next(r for r in store.alert_rows() if r["name"] == name and (r["profile"] or "") == profile)
+    return alert_views([row], own=profile or None)[0]
 
 
 # --- `sightline monitor` ------------------------------------------------------------------------------------------
+def _report_alerts(rows: list[dict[str, Any]], fingerprint: str) -> dict[str, Any]:
+    """`Store.alert_rows()` -> the report's "alerts" ({name: alert}, one a name: the bundle's own row first, then
+    one that recorded no model, then another model's) and "other_alerts" (every row not there, each with its
+    "name"; empty when each name has one row, as before alerts were kept per model)."""
+    def view(row: dict[str, Any]) -> dict[str, Any]:
+        st = row["state"]
+        return ({k: st.get(k) for k in ("active", "fired_at", "cleared_at", "significant_streak", "last_window",
+                                        "sequence")}
+                | {"pending": len(st.get("pending", [])), "profile": row["profile"], "model": row["model"]})
+
+    def rank(row: dict[str, Any]) -> tuple[int, str]:
+        return (0 if row["profile"] == fingerprint else 1 if row["profile"] is None else 2, row["profile"] or "")
+
+    alerts: dict[str, dict[str, Any]] = {}
+    others: list[dict[str, Any]] = []
+    for row in sorted(rows, key=lambda r: (r["name"], *rank(r))):
+        if row["name"] in alerts:
+            others.append({"name": row["name"], **view(row)})
+        else:
+            alerts[row["name"]] = view(row)
+    return {"alerts": alerts, "other_alerts": others}
+
+
 def build_report(
     bundle_dir: str | Path,
     database_url: str,
@@ -546,8 +585,7 @@ def build_report(
         recent = store.count_predictions(since) if since is not None else total
         groups = store.signal_summary(since)
         rows = store.signal_rows(fp, since=since)
-        alerts = store.alert_states()
-        owners = store.alert_models()
+        alert_rows = store.alert_rows()
     finally:
         store.close()
     report: dict[str, Any] = {
@@ -562,11 +600,9 @@ def build_report(
         "n_predictions": total,
         "n_monitored": len(rows),
         "other_profiles": {k: v["n"] for k, v in groups.items() if k != fp},
-        # "profile" / "model": the model whose windows raised the alert (None: a row written before they were kept)
-        "alerts": {name: {k: st.get(k) for k in ("active", "fired_at", "cleared_at", "significant_streak",
-                                                  "last_window", "sequence")} | {"pending": len(st.get("pending", []))}
-                   | {"profile": owners.get(name, {}).get("profile"), "model": owners.get(name, {}).get("model")}
-                   for name, st in sorted(alerts.items())},
+        # by name: this bundle's alert, else one the service recorded no model for, else another model's; every
+        # other row in "other_alerts" ("profile" / "model": the model whose windows it counts; None: not recorded)
+        **_report_alerts(alert_rows, fp),
         "windows": [],
         "messages": [],
     }

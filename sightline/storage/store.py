@@ -11,8 +11,8 @@ Monitoring lives in tables of its own, so a database written before it needs no 
                       calibrated softmax (float32 bytes), open-set score, unknown flag, image statistics (JSON)
   monitor_windows     each tested window's result (JSON), so /v1/monitor answers after a restart
   monitor_alerts      each alert's `AlertState` (JSON): its outbox, and a person's acknowledgement while raised;
-                      and the model whose windows raised it (profile fingerprint, model name and version; NULL in
-                      rows written before these columns: `alert_models`)
+                      one row per alert and model: keyed by (name, profile fingerprint), with the model's name
+                      and version (`alert_rows`)
 
 Roles, label history and kept images are side tables too (no ALTER of api_keys / predictions):
   api_key_roles       (key id, role) rows; a key without any row was made before roles existed and keeps what
@@ -36,8 +36,14 @@ missing as Store opens the database (ALTER TABLE ... ADD COLUMN with a default: 
 rewrite of the rows), once, with its backfill in the same transaction. kept_images.in_slice came in this way; rows of
 the version before it, which sampled accepted predictions only, are slice members exactly when their reason is
 "sample", which the backfill writes and `IN_SLICE` also accepts (a replica still on that version may write more).
-monitor_alerts.profile / model_name / model_version came in this way too, nullable and without a backfill: no row
-before them says which model counted it, so they stay NULL ("not recorded") until the monitor next counts it.
+monitor_alerts.model_name / model_version came in this way too, nullable and without a backfill, and so did
+monitor_alerts.profile, which is now part of the table's key (`_key_alerts_by_model`): alert state is kept per
+(name, profile), so each model counts its own windows into its own rows (replicas of one model share them and take
+turns). A database whose monitor_alerts is keyed by name alone is upgraded as Store opens it, once, in one
+transaction that holds the database's write lock (SQLite: BEGIN IMMEDIATE and a table rebuild; PostgreSQL: an
+advisory lock and a new primary key), so two processes opening it at once upgrade it once: every row is kept, and
+a row that recorded no model (written before the column, profile NULL) gets NO_PROFILE ('', "not recorded"), which
+no service owns: shown, acknowledgeable, never counted into.
 """
 from __future__ import annotations
 
@@ -80,8 +86,8 @@ from sightline.errors import SightlineError, UserInputError, one_line
 
 __all__ = ["Store", "PredictionRecord", "ApiKeyRole", "LabelHistory", "KeptImage", "ShadowPrediction", "ShadowTotal",
            "LabelConflictError", "ROLES", "LEGACY_ROLES", "PredictionSignal", "MonitorWindow", "MonitorAlert",
-           "ApiKey", "ApiKeyInfo", "hash_key", "safe_url", "KEY_PREFIX", "DECISIONS", "QUEUED_DECISIONS", "QUEUE_SQL",
-           "review_conditions", "IN_SLICE", "SAMPLE_REASON", "truth_counts", "check_sqlite_file"]
+           "NO_PROFILE", "ApiKey", "ApiKeyInfo", "hash_key", "safe_url", "KEY_PREFIX", "DECISIONS", "QUEUED_DECISIONS",
+           "QUEUE_SQL", "review_conditions", "IN_SLICE", "SAMPLE_REASON", "truth_counts", "check_sqlite_file"]
 
 KEY_PREFIX = "sl_"
 _LOOKUP_CHARS = 8  # characters after KEY_PREFIX stored in clear to find the row; the rest is only hashed
@@ -208,7 +214,7 @@ IN_SLICE = or_(KeptImage.in_slice == true(), KeptImage.reason == SAMPLE_REASON)
 _ADDED_COLUMNS: tuple[tuple[str, str, Any], ...] = (
     ("kept_images", "in_slice",
      KeptImage.__table__.update().where(KeptImage.reason == SAMPLE_REASON).values(in_slice=True)),
-    ("monitor_alerts", "profile", None),  # nullable, no backfill: NULL says "written before the column"
+    ("monitor_alerts", "profile", None),  # NOT NULL DEFAULT '': NO_PROFILE says "written before the column"
     ("monitor_alerts", "model_name", None),
     ("monitor_alerts", "model_version", None),
 )
@@ -286,17 +292,21 @@ class MonitorWindow(Base):
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+NO_PROFILE = ""  # monitor_alerts.profile of a row that recorded no model (written before the column): no one's
+
+
 class MonitorAlert(Base):
-    """The persisted `sightline.monitor.alerts.AlertState` of one alert, outbox (`pending`) included."""
+    """The persisted `sightline.monitor.alerts.AlertState` of one alert of one model, outbox (`pending`) included:
+    keyed by (name, profile), the reference-profile fingerprint of the model whose windows it counts."""
 
     __tablename__ = "monitor_alerts"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    profile: Mapped[str] = mapped_column(String(16), primary_key=True, default=NO_PROFILE,
+                                         server_default=text("''"))
     state: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    # the model whose windows raised the alert (while raised), else the last one that counted a window in it;
-    # NULL: a row written before these columns (or by a caller that names no model)
-    profile: Mapped[str | None] = mapped_column(String(16), nullable=True)  # its reference profile's fingerprint
+    # the model's name and version as it last counted a window; NULL: a row written before these columns
     model_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
@@ -418,6 +428,7 @@ class Store:
         try:
             Base.metadata.create_all(self.engine)
             self._add_columns()
+            self._key_alerts_by_model()
             self._add_indexes()
         except (OperationalError, ProgrammingError) as exc:  # unreachable server, a SQLite path in a missing
             # folder, PostgreSQL refusing the schema (ProgrammingError: a traceback before), or tables not ours
@@ -451,6 +462,51 @@ class Store:
             except OperationalError as exc:
                 if "duplicate column" not in str(exc.orig or exc).lower():
                     raise
+
+    def _alerts_keyed_by_name(self, conn: Any) -> bool:
+        return inspect(conn).get_pk_constraint("monitor_alerts")["constrained_columns"] == ["name"]
+
+    def _key_alerts_by_model(self) -> None:
+        """Upgrade a monitor_alerts keyed by name alone to the (name, profile) key (see the module docstring): in
+        one transaction under the database's write lock, checked again inside it, so a second process that
+        opens the database at the same moment finds it done. No row is lost: NULL profiles become NO_PROFILE."""
+        with self.engine.connect() as conn:
+            if not self._alerts_keyed_by_name(conn):
+                return
+        table = MonitorAlert.__table__
+        if self.is_sqlite:
+            from sqlalchemy import MetaData
+            from sqlalchemy.schema import CreateTable
+
+            new = table.to_metadata(MetaData(), name="monitor_alerts_new")
+            columns = "name, profile, state, updated, model_name, model_version"
+            with self._write(), self.engine.connect() as conn:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the file's write lock, held to the commit
+                try:
+                    if self._alerts_keyed_by_name(conn):
+                        conn.exec_driver_sql("DROP TABLE IF EXISTS monitor_alerts_new")  # left by nothing: a guard
+                        conn.execute(CreateTable(new))
+                        conn.exec_driver_sql(
+                            f"INSERT INTO monitor_alerts_new ({columns}) SELECT name, COALESCE(profile, ''), state, "
+                            "updated, model_name, model_version FROM monitor_alerts")
+                        conn.exec_driver_sql("DROP TABLE monitor_alerts")
+                        conn.exec_driver_sql("ALTER TABLE monitor_alerts_new RENAME TO monitor_alerts")
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+            return
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('sightline.monitor_alerts'))"))
+            if not self._alerts_keyed_by_name(conn):
+                return
+            key = inspect(conn).get_pk_constraint("monitor_alerts")["name"]
+            conn.execute(table.update().where(table.c.profile.is_(None)).values(profile=NO_PROFILE))
+            conn.execute(text("ALTER TABLE monitor_alerts ALTER COLUMN profile SET DEFAULT '', "
+                              "ALTER COLUMN profile SET NOT NULL"))
+            conn.execute(text(f'ALTER TABLE monitor_alerts DROP CONSTRAINT "{key}", '
+                              "ADD PRIMARY KEY (name, profile)"))
 
     def _add_indexes(self) -> None:
         """Indexes of the predictions table declared after databases were made: `create_all` creates missing
@@ -784,47 +840,51 @@ class Store:
         with self.engine.connect() as conn:
             return {r[0]: r[1] for r in conn.execute(q)}
 
-    def alert_states(self) -> dict[str, dict[str, Any]]:
-        """{alert name: persisted AlertState JSON}."""
+    def alert_states(self, profile: str = NO_PROFILE) -> dict[str, dict[str, Any]]:
+        """{alert name: persisted AlertState JSON} of the model whose reference profile is `profile` (its
+        fingerprint; NO_PROFILE: the rows that recorded no model)."""
+        q = select(MonitorAlert.name, MonitorAlert.state).where(MonitorAlert.profile == profile)
         with self.engine.connect() as conn:
-            return {r[0]: r[1] for r in conn.execute(select(MonitorAlert.name, MonitorAlert.state))}
+            return {r[0]: r[1] for r in conn.execute(q)}
 
-    def alert_models(self) -> dict[str, dict[str, Any]]:
-        """{alert name: {"profile": fingerprint, "model": {"name", "version"}}} of the model each alert row
-        records (see MonitorAlert); both None for a row written before the columns existed."""
+    def alert_rows(self) -> list[dict[str, Any]]:
+        """Every alert of every model, by name then profile: [{"name", "profile" (fingerprint; None for a row that
+        recorded no model), "model" ({"name", "version"} or None), "state" (AlertState JSON)}]."""
         a = MonitorAlert
         with self.engine.connect() as conn:
-            rows = conn.execute(select(a.name, a.profile, a.model_name, a.model_version)).all()
-        return {r[0]: {"profile": r[1],
-                       "model": None if r[2] is None else {"name": r[2], "version": r[3]}} for r in rows}
+            rows = conn.execute(select(a.name, a.profile, a.model_name, a.model_version, a.state)
+                                .order_by(a.name, a.profile)).all()
+        return [{"name": r[0], "profile": r[1] or None, "model": None if r[2] is None else {"name": r[2],
+                                                                                          "version": r[3]},
+                 "state": r[4]} for r in rows]
 
     def update_alert(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any]], *,
-                     model: dict[str, str] | None = None) -> dict[str, Any]:
+                     model: dict[str, str] | None = None, profile: str | None = None) -> dict[str, Any]:
         """Read alert `name`'s state (None when new), apply `change`, write the result back, in one transaction
-        that locks the row (PostgreSQL: SELECT ... FOR UPDATE, so replicas take turns); returns the new state.
-        `model` ({"profile", "name", "version"}: the model whose window is counted) is recorded in the row,
-        except while an alert raised before this change is still raised: the model that raised it keeps it
-        (None: the row's model is left as it is, e.g. for a person's acknowledgement or a delivered event)."""
+        that locks the row (PostgreSQL: SELECT ... FOR UPDATE, so replicas of one model take turns); returns the
+        new state. The row is `model`'s ({"profile", "name", "version"}: the model whose window is counted; its
+        name and version are recorded), else `profile`'s (a person's acknowledgement, a delivered event: the
+        row's model is left as it is), else the row that records no model (NO_PROFILE)."""
         from sqlalchemy.exc import IntegrityError
 
-        def owner(current: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-            if model is None or (current is not None and current.get("active") and new.get("active")):
-                return {}
-            return {"profile": model["profile"], "model_name": model["name"], "model_version": model["version"]}
-
+        if model is not None:
+            assert model["profile"], "a model counting windows has a profile fingerprint"
+            key, recorded = model["profile"], {"model_name": model["name"], "model_version": model["version"]}
+        else:
+            key, recorded = NO_PROFILE if profile is None else profile, {}
+        row = (MonitorAlert.name == name) & (MonitorAlert.profile == key)
         for attempt in range(2):  # a replica may insert the same new alert at the same moment: read it again
             try:
                 with self._write(), self.engine.begin() as conn:
                     current = conn.execute(
-                        select(MonitorAlert.state).where(MonitorAlert.name == name).with_for_update()
-                    ).scalar_one_or_none()
+                        select(MonitorAlert.state).where(row).with_for_update()).scalar_one_or_none()
                     new = change(current)
                     if current is None:
                         conn.execute(insert(MonitorAlert),
-                                     [{"name": name, "state": new, "updated": _now(), **owner(current, new)}])
+                                     [{"name": name, "profile": key, "state": new, "updated": _now(), **recorded}])
                     else:
-                        conn.execute(MonitorAlert.__table__.update().where(MonitorAlert.name == name)
-                                     .values(state=new, updated=_now(), **owner(current, new)))
+                        conn.execute(MonitorAlert.__table__.update().where(row)
+                                     .values(state=new, updated=_now(), **recorded))
                     return new
             except IntegrityError:
                 if attempt:

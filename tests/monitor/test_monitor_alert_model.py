@@ -72,15 +72,18 @@ def test_the_model_that_raised_an_alert_keeps_it_until_it_clears(url):
         champion = {"profile": "a" * 16, "name": "pets", "version": "2"}
         challenger = {"profile": OTHER, "name": "pets", "version": "1"}
         store.update_alert("drift", _count(True), model=champion)
-        assert store.alert_models()["drift"] == {"profile": "a" * 16, "model": {"name": "pets", "version": "2"}}
+        assert [(r["profile"], r["model"]) for r in store.alert_rows()] == [("a" * 16, {"name": "pets",
+                                                                                         "version": "2"})]
         store.update_alert("drift", _count(True), model=champion)  # raised by the champion
-        store.update_alert("drift", _count(True), model=challenger)  # still raised: the champion's
-        store.update_alert("drift", _count(True), model=None)  # a person's ack, a delivered event: no model
-        assert store.alert_models()["drift"]["profile"] == "a" * 16
+        store.update_alert("drift", _count(True), model=challenger)  # counted in the challenger's own row
+        store.update_alert("drift", _count(True), profile="a" * 16)  # a person's ack, a delivered event: no model
+        assert store.alert_states("a" * 16)["drift"]["active"] is True  # still the champion's, still raised
         store.update_alert("drift", _count(False), model=challenger)
-        store.update_alert("drift", _count(False), model=challenger)  # cleared: the last to count names it
-        assert store.alert_states()["drift"]["active"] is False
-        assert store.alert_models()["drift"]["model"] == {"name": "pets", "version": "1"}
+        store.update_alert("drift", _count(False), model=challenger)  # the challenger's windows never clear it
+        assert store.alert_states("a" * 16)["drift"]["active"] is True
+        assert store.alert_states(OTHER)["drift"]["active"] is False
+        assert {r["profile"]: r["model"] for r in store.alert_rows()} == {
+            "a" * 16: {"name": "pets", "version": "2"}, OTHER: {"name": "pets", "version": "1"}}
     finally:
         store.close()
 
@@ -103,14 +106,15 @@ def test_a_database_made_before_the_columns_opens_and_reads_its_alerts(url):
         store = Store(url)
         try:
             assert store.alert_states() == {"drift": state.to_json()}
-            assert store.alert_models() == {"drift": {"profile": None, "model": None}}
+            assert [(r["name"], r["profile"], r["model"]) for r in store.alert_rows()] == [("drift", None, None)]
         finally:
             store.close()
     store = Store(url)
     try:
         store.update_alert("drift", _count(False), model={"profile": OTHER, "name": "pets", "version": "1"})
-        assert store.alert_models()["drift"]["profile"] is None  # still raised: who raised it is not known
-        assert store.alert_states()["drift"]["clean_streak"] == 1
+        # still raised and not counted into: who raised it is not known, the model counts in a row of its own
+        assert store.alert_states()["drift"] == state.to_json()
+        assert store.alert_states(OTHER)["drift"]["clean_streak"] == 1
     finally:
         store.close()
 
@@ -133,7 +137,7 @@ def test_the_service_monitor_records_its_model_and_v1_monitor_shows_it(url, tmp_
         assert status["open_alerts"] == ["drift"]
         assert status["alerts"][0]["profile"] == fp and status["alerts"][0]["model"] == {"name": "pets",
                                                                                           "version": "2"}
-        acked = acknowledge_alert(store, "drift", by="bob")
+        acked = acknowledge_alert(store, "drift", profile=fp, by="bob")
         assert acked["acknowledged"]["by"] == "bob" and acked["profile"] == fp  # the ack keeps the model
     finally:
         store.close()

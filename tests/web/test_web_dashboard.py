@@ -8,6 +8,7 @@ shadow-mode summary matching GET /v1/shadow, absent without --shadow."""
 from __future__ import annotations
 
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -26,15 +27,34 @@ def bundle(tmp_path_factory):
     return make_bundle(tmp_path_factory.mktemp("dash"))
 
 
-def _count(store: Store, name: str, verdicts) -> None:
-    """Count windows in alert `name` the way the monitor does (one locked read-modify-write each)."""
+def _count(store: Store, name: str, verdicts, model=None) -> None:
+    """Count windows in alert `name` the way the monitor does (one locked read-modify-write each), as `model`'s."""
     for significant in verdicts:
         def change(current):
             state = AlertState.from_json(current) if current else AlertState(name=name)
             state.update(window_id=(state.last_window or 0) + 1, significant=significant)
             return state.to_json()
 
-        store.update_alert(name, change)
+        store.update_alert(name, change, model=model)
+
+
+def _profiled(bundle, tmp_path):
+    """A copy of the bundle with a reference profile from random arrays of its feature width, and its fingerprint:
+    served with monitoring on, the alerts counted with that fingerprint are the serving model's."""
+    import shutil
+
+    from sightline.bundle import load_bundle
+    from sightline.inference import open_engine
+    from sightline.monitor.reference import build_reference
+    from sightline.serve.monitoring import profile_fingerprint
+
+    folder = tmp_path / "profiled"
+    shutil.copytree(bundle, folder, ignore=shutil.ignore_patterns("sightline.db*"))
+    with open_engine(load_bundle(folder), backend="onnx", threads=1) as engine:
+        width = engine.run(np.zeros((1, 3, 32, 32), dtype=np.float32)).features.shape[1]
+    rng = np.random.default_rng(0)
+    build_reference(rng.normal(size=(40, 3)), rng.normal(size=(40, width)), classes=CLASSES).save(folder)
+    return folder, profile_fingerprint(folder)
 
 
 def _signin(c, key: str) -> str:
@@ -45,24 +65,33 @@ def _signin(c, key: str) -> str:
 
 
 def test_acknowledge_through_the_api_persists_across_a_restart_and_ends_when_the_alert_clears(bundle, tmp_path):
+    served, fp = _profiled(bundle, tmp_path)  # the ack API acts on the serving model's alerts
+    own = {"profile": fp, "name": "pets", "version": "1"}
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     client, ann, bob = store.create_key("client"), store.create_key("ann", ["review"]), store.create_key("bob", ["review"])
-    _count(store, "drift", [True, True])  # raised
-    _count(store, "drift_hour", [True, True])
-    _count(store, "drift_day", [True])  # one significant window: not raised
-    before = store.alert_states()
+    _count(store, "drift", [True, True], own)  # raised
+    _count(store, "drift_hour", [True, True], own)
+    _count(store, "drift_day", [True], own)  # one significant window: not raised
+    _count(store, "drift", [True], {**own, "profile": "0123456789abcdef"})  # another model's drift: untouched here
+    other = store.alert_states("0123456789abcdef")
     url = "/v1/monitor/alerts/{}/ack"
-    with serving(bundle, database_url=store.url) as c:
+    monitored = {"database_url": store.url, "monitor": True, "monitor_calendar": ""}
+    with serving(served, **monitored) as c:
+        deadline = time.monotonic() + 30  # the monitor delivers the fired events once it starts: then compare
+        while any(st["pending"] for st in store.alert_states(fp).values()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        before = store.alert_states(fp)
         assert c.post(url.format("drift")).status_code == 401
         r = c.post(url.format("drift"), headers={"X-API-Key": client})
         assert r.status_code == 403 and "'review' role" in r.json()["detail"]
         r = c.post(url.format("nope"), headers={"X-API-Key": ann})
-        assert r.status_code == 404 and r.json()["detail"] == "no alert named 'nope'; GET /v1/monitor lists the alerts."
+        assert r.status_code == 404 and r.json()["detail"] == (f"no alert named 'nope' of this model (profile {fp}); "
+                                                               "GET /v1/monitor lists the alerts.")
         r = c.post(url.format("drift_day"), headers={"X-API-Key": ann})
         assert r.status_code == 409 and "not raised" in r.json()["detail"]
         r = c.post(url.format("drift_hour"), headers={"X-API-Key": ann}, json={"note": "x" * 501})
         assert r.status_code == 400 and "\n" not in r.json()["detail"] and "500" in r.json()["detail"]
-        assert store.alert_states() == before  # nothing written by a refusal, no row for the unknown name
+        assert store.alert_states(fp) == before  # nothing written by a refusal, no row for the unknown name
         t0 = datetime.now(timezone.utc)
         r = c.post(url.format("drift"), headers={"X-API-Key": ann}, json={"note": " seen ", "by": "mallory"})
         assert r.status_code == 200, r.text
@@ -75,35 +104,36 @@ def test_acknowledge_through_the_api_persists_across_a_restart_and_ends_when_the
         assert r.status_code == 409 and "acknowledged already by ann" in r.json()["detail"]
         r = c.post(url.format("drift_hour"), headers={"X-API-Key": bob})  # no body: no note
         assert r.status_code == 200 and r.json()["acknowledged"]["note"] == ""
-    assert store.alert_states()["drift"]["acknowledged"] == ack
-    with serving(bundle, database_url=store.url) as c:  # a restart keeps it
+    assert store.alert_states(fp)["drift"]["acknowledged"] == ack
+    assert store.alert_states("0123456789abcdef") == other  # the other model's alert of that name is untouched
+    with serving(served, **monitored) as c:  # a restart keeps it
         csrf = _signin(c, bob)
         dash = c.get("/ui/dashboard").text
         assert f"acknowledged by ann at {ack['at']}</span>: <q>seen</q>" in dash
         assert 'action="/ui/alerts/drift/ack"' not in dash and 'action="/ui/alerts/drift_day/ack"' not in dash
-        _count(store, "drift", [False, False])  # the monitor clears it: the acknowledgement goes with it
-        assert store.alert_states()["drift"]["acknowledged"] is None
+        _count(store, "drift", [False, False], own)  # the monitor clears it: the acknowledgement goes with it
+        assert store.alert_states(fp)["drift"]["acknowledged"] is None
         dash = c.get("/ui/dashboard").text
         row = dash.split('data-alert="drift"')[1].split("</tr>")[0]
         assert "<td>cleared</td>" in row and "acknowledged by" not in row
-        _count(store, "drift", [True, True])  # raised again: a person must look again
+        _count(store, "drift", [True, True], own)  # raised again: a person must look again
         assert 'action="/ui/alerts/drift/ack"' in c.get("/ui/dashboard").text
         assert c.post("/ui/alerts/drift/ack", data={"note": "n"}).status_code == 403  # no CSRF token
         assert c.post("/ui/alerts/drift/ack", data={"csrf": "forged"}).status_code == 403
-        assert store.alert_states()["drift"]["acknowledged"] is None
-        r = c.post("/ui/alerts/drift/ack", data={"csrf": csrf, "note": "on it", "by": "mallory"},
+        assert store.alert_states(fp)["drift"]["acknowledged"] is None
+        r = c.post("/ui/alerts/drift/ack", data={"csrf": csrf, "note": "on it", "by": "mallory", "profile": fp},
                    follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/ui/dashboard#alerts"
-        assert store.alert_states()["drift"]["acknowledged"]["by"] == "bob"
-        assert store.alert_states()["drift"]["acknowledged"]["note"] == "on it"
-        r = c.post("/ui/alerts/drift/ack", data={"csrf": csrf})
+        assert store.alert_states(fp)["drift"]["acknowledged"]["by"] == "bob"
+        assert store.alert_states(fp)["drift"]["acknowledged"]["note"] == "on it"
+        r = c.post("/ui/alerts/drift/ack", data={"csrf": csrf, "profile": fp})
         assert r.status_code == 409 and r.text == (f"alert 'drift' was acknowledged already by bob at "
-                                                   f"{store.alert_states()['drift']['acknowledged']['at']}.")
+                                                   f"{store.alert_states(fp)['drift']['acknowledged']['at']}.")
         assert c.post("/ui/alerts/gone/ack", data={"csrf": csrf}).status_code == 404
         c.cookies.clear()
         r = c.post("/ui/alerts/drift_day/ack", data={"csrf": csrf}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/ui/signin"
-    assert store.alert_states()["drift_day"]["acknowledged"] is None
+    assert store.alert_states(fp)["drift_day"]["acknowledged"] is None
     store.close()
 
 

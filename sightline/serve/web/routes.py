@@ -375,6 +375,7 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
     reference = next((w["reference_class_mix"] for w in stored.values() if w.get("reference_class_mix")), None)
     shadow = getattr(request.app.state, "shadow", None)
     settings = state.settings
+    own_profile = status["profile"]["fingerprint"] if status is not None else None  # "this model" in the alerts
 
     def work() -> dict[str, Any]:
         store = state.store
@@ -383,8 +384,8 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
                                    high=high, window=settings.monitor_window),
             "mix": class_mix_history(store, classes, size=settings.monitor_window, reference=reference),
             "history": p_value_history(store, status["profile"]["fingerprint"]) if status is not None else [],
-            # persisted: shown with monitoring off too, with the model whose windows raised each
-            "alerts": alert_views(store.alert_states(), store.alert_models()),
+            # every model's, persisted: shown with monitoring off too, with the model whose windows each counts
+            "alerts": alert_views(store.alert_rows(), own=own_profile),
             "registry": (model_history(state.watcher.registry, settings.alias, served.registry_version)
                          if state.watcher is not None else None),
             "shadow": _shadow_status(shadow) if shadow is not None else None,
@@ -396,7 +397,6 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
     serving = {**served.model_ref(), "stored_as": served.stored_version,
                "started": datetime.fromtimestamp(state.started, timezone.utc).isoformat(timespec="seconds"),
                "swaps": state.watcher.swaps if state.watcher is not None else 0}
-    own_profile = status["profile"]["fingerprint"] if status is not None else None  # "this model" in the alerts
     return _render("dashboard.html", session=session, monitor=status, windows=windows, own_profile=own_profile,
                    message=served.monitor_message, classes=classes,
                    filters={"decision": decision, "label": label, "band": band},
@@ -405,9 +405,11 @@ async def dashboard(request: Request, decision: str = "", label: str = "", band:
 
 
 @router.post("/alerts/{name}/ack")
-async def acknowledge_alert(request: Request, name: str, csrf: str = Form(""), note: str = Form("")) -> Response:
-    """The dashboard's acknowledge form: who is the session's key name (never a form field); back to the
-    dashboard's alerts on success, one line with the status otherwise."""
+async def acknowledge_alert(request: Request, name: str, csrf: str = Form(""), note: str = Form(""),
+                            profile: str = Form("")) -> Response:
+    """The dashboard's acknowledge form, for the row it is on: alert `name` of the model whose profile fingerprint
+    is `profile` ('': a row that recorded no model). Who is the session's key name (never a form field); back to
+    the dashboard's alerts on success, one line with the status otherwise."""
     session = await _live_session(request)
     if session is None:
         return _to_signin()
@@ -417,7 +419,8 @@ async def acknowledge_alert(request: Request, name: str, csrf: str = Form(""), n
 
     store = _state(request).store
     try:
-        await anyio.to_thread.run_sync(lambda: record(store, name, by=session["name"], note=note))
+        await anyio.to_thread.run_sync(lambda: record(store, name, profile=profile, by=session["name"],
+                                                              note=note))
     except SightlineError as exc:
         return Response(str(exc), status_code=exc.status_code, media_type="text/plain")
     return RedirectResponse("/ui/dashboard#alerts", status_code=303)
