@@ -88,37 +88,6 @@ def test_the_model_that_raised_an_alert_keeps_it_until_it_clears(url):
         store.close()
 
 
-def test_a_database_made_before_the_columns_opens_and_reads_its_alerts(url):
-    """monitor_alerts made without profile / model_name / model_version (an earlier version): Store adds them
-    (NULL in the old row), the alert reads as before, and the next count records the model."""
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url)
-    stamp = "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql" else "DATETIME"
-    state = AlertState(name="drift", active=True, fired_at=2, last_window=2, significant_streak=2, sequence=1)
-    with engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE monitor_alerts (name VARCHAR(64) NOT NULL PRIMARY KEY, "
-                             f"state JSON NOT NULL, updated {stamp} NOT NULL)"))
-        conn.execute(sa.text("INSERT INTO monitor_alerts VALUES (:n, :s, CURRENT_TIMESTAMP)"),
-                     {"n": "drift", "s": json.dumps(state.to_json())})
-    engine.dispose()
-    for _ in range(2):  # the second open finds the columns there
-        store = Store(url)
-        try:
-            assert store.alert_states() == {"drift": state.to_json()}
-            assert [(r["name"], r["profile"], r["model"]) for r in store.alert_rows()] == [("drift", None, None)]
-        finally:
-            store.close()
-    store = Store(url)
-    try:
-        store.update_alert("drift", _count(False), model={"profile": OTHER, "name": "pets", "version": "1"})
-        # still raised and not counted into: who raised it is not known, the model counts in a row of its own
-        assert store.alert_states()["drift"] == state.to_json()
-        assert store.alert_states(OTHER)["drift"]["clean_streak"] == 1
-    finally:
-        store.close()
-
-
 def test_the_service_monitor_records_its_model_and_v1_monitor_shows_it(url, tmp_path):
     from sightline.monitor.reference import load_reference
     from sightline.serve.metrics import ServiceMetrics

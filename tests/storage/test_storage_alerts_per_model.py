@@ -37,13 +37,15 @@ def _count(significant: bool):
     return change
 
 
-def _old_table(url: str, *, model_columns: bool) -> dict:
-    """A database whose monitor_alerts an earlier version made (primary key `name`), with a raised alert in it (the
-    other tables as now: two stores opening it race on the alerts' upgrade only); the alert's state."""
+def _old_table(url: str, *, model_columns: bool, others: bool = True) -> dict:
+    """A database whose monitor_alerts an earlier version made (primary key `name`), with a raised alert in it (with
+    `others`, the other tables as now: two stores opening it race on the alerts' upgrade only; without, the alerts'
+    table alone); the alert's state."""
     from sightline.storage.store import Base
 
     engine = sa.create_engine(url)
-    Base.metadata.create_all(engine, tables=[t for t in Base.metadata.sorted_tables if t.name != "monitor_alerts"])
+    if others:
+        Base.metadata.create_all(engine, tables=[t for t in Base.metadata.sorted_tables if t.name != "monitor_alerts"])
     stamp = "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql" else "DATETIME"
     extra = ", profile VARCHAR(16), model_name VARCHAR(200), model_version VARCHAR(100)" if model_columns else ""
     state = AlertState(name="drift", active=True, fired_at=2, last_window=2, significant_streak=2, sequence=1)
@@ -57,6 +59,27 @@ def _old_table(url: str, *, model_columns: bool) -> dict:
                                  "'pets', '2')"), {"s": json.dumps({"name": "drift_day"}), "p": A})
     engine.dispose()
     return state.to_json()
+
+
+def test_an_alerts_table_alone_from_before_the_columns_opens_and_its_row_is_never_counted_into(url):
+    """monitor_alerts made without profile / model_name / model_version, and no other table (an earlier version):
+    Store adds them, the alert reads as before, and a model counting windows counts into a row of its own."""
+    old = _old_table(url, model_columns=False, others=False)
+    for _ in range(2):  # the second open finds the columns there
+        store = Store(url)
+        try:
+            assert store.alert_states() == {"drift": old}
+            assert [(r["name"], r["profile"], r["model"]) for r in store.alert_rows()] == [("drift", None, None)]
+        finally:
+            store.close()
+    store = Store(url)
+    try:
+        store.update_alert("drift", _count(False), model={"profile": A, "name": "pets", "version": "1"})
+        # still raised and not counted into: who raised it is not known, the model counts in a row of its own
+        assert store.alert_states()["drift"] == old
+        assert store.alert_states(A)["drift"]["clean_streak"] == 1
+    finally:
+        store.close()
 
 
 def _key(store: Store) -> list[str]:
