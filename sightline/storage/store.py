@@ -51,6 +51,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -80,7 +81,7 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
 from sightline.errors import SightlineError, UserInputError, one_line
 
@@ -426,17 +427,35 @@ class Store:
         # SQLite allows one writer at a time; serialising writes here avoids "database is locked" under load.
         self._write_lock = threading.Lock() if self.is_sqlite else None
         try:
-            Base.metadata.create_all(self.engine)
-            self._add_columns()
-            self._key_alerts_by_model()
-            self._add_indexes()
-        except (OperationalError, ProgrammingError) as exc:  # unreachable server, a SQLite path in a missing
-            # folder, PostgreSQL refusing the schema (ProgrammingError: a traceback before), or tables not ours
+            self._set_up_schema()
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:  # unreachable server, a SQLite path in
+            # a missing folder, PostgreSQL refusing the schema (ProgrammingError: a traceback before), tables not ours
             self.engine.dispose()  # no pooled connection left open behind the error
             why = str(exc.orig or exc)
             if "no such column" in why or ("column" in why and "does not exist" in why):
                 raise UserInputError(_foreign_tables(url, exc)) from None
             raise UserInputError(f"database {safe_url(url)} cannot be opened ({one_line(exc.orig or exc)}).") from None
+
+    def _set_up_schema(self) -> None:
+        """Create the tables and indexes a database lacks and upgrade what an earlier version made; every step is
+        idempotent. Processes opening one new database at once (replicas starting together, a CLI command beside
+        the service) race on the same CREATE TABLE: the loser's statement fails (SQLite: "already exists" or
+        "database is locked"; PostgreSQL: a duplicate pg_type row) and its transaction is rolled back, so the
+        set-up runs again and finds the winner's tables. Four stores opening a new database at once had failed
+        every time, on both."""
+        for attempt in range(5):
+            try:
+                Base.metadata.create_all(self.engine)
+                self._add_columns()
+                self._key_alerts_by_model()
+                self._add_indexes()
+                return
+            except (OperationalError, ProgrammingError, IntegrityError) as exc:
+                why = str(exc.orig or exc).lower()
+                lost = any(s in why for s in ("already exists", "database is locked", "pg_type_typname_nsp_index"))
+                if not lost or attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def _add_columns(self) -> None:
         """Add the columns of `_ADDED_COLUMNS` that a database made by an earlier version lacks (see the module
@@ -865,8 +884,6 @@ class Store:
         new state. The row is `model`'s ({"profile", "name", "version"}: the model whose window is counted; its
         name and version are recorded), else `profile`'s (a person's acknowledgement, a delivered event: the
         row's model is left as it is), else the row that records no model (NO_PROFILE)."""
-        from sqlalchemy.exc import IntegrityError
-
         if model is not None:
             assert model["profile"], "a model counting windows has a profile fingerprint"
             key, recorded = model["profile"], {"model_name": model["name"], "model_version": model["version"]}

@@ -145,3 +145,30 @@ def test_two_processes_opening_an_old_database_at_once_upgrade_it_once(url):
     finally:
         for s in stores:
             s.close()
+
+
+def test_stores_opening_a_new_database_at_once_all_open_it(url):
+    """Replicas starting together (or a CLI command beside the service) on a new database: each Store creates the
+    tables; the losers of the race on CREATE TABLE failed ("table api_keys already exists", "database is locked";
+    on PostgreSQL an IntegrityError traceback on a duplicate pg_type row), four stores at once every time."""
+    errors: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def open_it() -> None:
+        try:
+            barrier.wait()
+            Store(url).close()
+        except Exception as exc:  # noqa: BLE001 - any failure is what the test reports
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    store = Store(url)
+    try:
+        assert _key(store) == ["name", "profile"] and store.alert_rows() == []
+    finally:
+        store.close()
