@@ -33,6 +33,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -504,6 +505,10 @@ class UnknownAlertError(SightlineError):
     status_code = 404
 
 
+_ALERT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # what an alert's name can be (drift, drift_hour, ...)
+_PROFILE = re.compile(r"(?:[0-9a-f]{16})?")  # a profile fingerprint, or '' (a row that recorded no model)
+
+
 def acknowledge_alert(store: Store, name: str, *, profile: str, by: str, note: str = "") -> dict[str, Any]:
     """A person (`by`: the API key's name) acknowledges raised alert `name` of the model whose profile
     fingerprint is `profile` ('': a row that recorded no model), with an optional note; persisted in
@@ -511,6 +516,10 @@ def acknowledge_alert(store: Store, name: str, *, profile: str, by: str, note: s
     a concurrent window count is not lost. Returns the alert as `alert_views` shows it. UnknownAlertError (404)
     when that model holds no alert of that name (nothing is written), AlertNotRaisedError (409) when the alert
     is not raised or is acknowledged already."""
+    if not _ALERT_NAME.fullmatch(name) or not _PROFILE.fullmatch(profile):
+        # no row can have them (and PostgreSQL refuses a NUL in a query: a 500 before), so nothing is read
+        raise UnknownAlertError(f"no alert named {name[:64]!r} of the model with profile {profile[:16]!r}; GET "
+                                "/v1/monitor lists the alerts.")
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def change(current: dict[str, Any] | None) -> dict[str, Any]:

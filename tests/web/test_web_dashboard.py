@@ -353,3 +353,27 @@ def test_the_alerts_table_says_which_model_raised_each(bundle, tmp_path):
             for name in ("drift", "drift_day")}
     assert cell == {"drift": "pets 7 (profile 0123456789abcdef)", "drift_day": "not recorded"}
     store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_ack_form_naming_no_possible_alert_is_404_in_one_line(bundle, tmp_path, kind):
+    """The ack form carries the row's profile; a tampered one (a NUL byte: PostgreSQL refuses it in a query, a 500
+    before; 5,000 characters, echoed whole) or an alert name no alert can have is 404 in one short line."""
+    from serve_tiny import fresh_database
+
+    from sightline.serve.monitoring import UnknownAlertError, acknowledge_alert
+
+    with fresh_database(kind, tmp_path) as url:
+        store = Store(url)
+        ann = store.create_key("ann", ["review"])
+        with serving(bundle, database_url=store.url) as c:
+            csrf = _signin(c, ann)
+            for name, profile in (("drift", "\x00"), ("drift", "x" * 5000), ("dr\x00ift", ""), ("d" * 500, "")):
+                r = c.post(f"/ui/alerts/{name.replace(chr(0), '%00')}/ack", data={"csrf": csrf, "profile": profile},
+                           follow_redirects=False)
+                assert r.status_code == 404 and "\n" not in r.text and len(r.text) < 200, r.text
+            assert c.get("/ui/dashboard").status_code == 200  # still serving
+        with pytest.raises(UnknownAlertError, match="GET /v1/monitor lists the alerts"):
+            acknowledge_alert(store, "drift", profile="\x00", by="ann")
+        assert store.alert_rows() == []  # nothing written
+        store.close()
