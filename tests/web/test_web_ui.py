@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,12 @@ def test_session_cookie_signed_and_expiring(monkeypatch):
     body, mac = cookie.split(".")
     assert signer.verify(body[:-2] + "xx." + mac) is None  # tampered payload
     assert SessionSigner(b"other" * 8).verify(cookie) is None  # another secret
-    monkeypatch.setattr(time, "time", lambda: 1e12)
+    # the session module's clock only: replacing time.time itself moves every thread's clock
+    from types import SimpleNamespace
+
+    from sightline.serve.web import session
+
+    monkeypatch.setattr(session, "time", SimpleNamespace(time=lambda: 1e12))
     assert signer.verify(cookie) is None  # expired
 
 
