@@ -183,3 +183,33 @@ def test_a_bundle_with_a_long_name_and_version_still_stores_its_answers(tmp_path
         with store.engine.connect() as conn:
             rows = conn.execute(text("SELECT model_name, model_version FROM predictions")).all()
         assert [tuple(row) for row in rows] == [("n" * 200, "v" * 100)]
+
+
+def _signed_in(client, key: str):
+    """A second client on the service, signed in to the web app with `key`; returns (client, its CSRF token)."""
+    import httpx
+
+    web = httpx.Client(base_url=client.base_url, timeout=30)
+    page = web.get("/ui/signin")
+    web.post("/ui/signin", data={"key": key, "csrf": page.text.split('name="csrf" value="')[1].split('"')[0]})
+    review = web.get("/ui/review")
+    return web, review.text.split('name="csrf-token" content="')[1].split('"')[0]
+
+
+def test_tokens_with_characters_beyond_ascii_are_refused_not_500(service):
+    """hmac.compare_digest raises TypeError on a str with a non-ASCII character: a CSRF form field or header, or a
+    session cookie's signature, with one answered 500 with a traceback on every form and page of the web app."""
+    client, keys = service
+    r = client.post("/ui/signin", data={"key": keys["review"], "csrf": "é"}, headers={"Cookie": "sl_csrf=abc"})
+    assert r.status_code == 400 and "The form expired" in r.text
+    r = client.get("/ui/review", headers={"Cookie": "sl_session=abc.dé".encode()}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/signin"
+    web, csrf = _signed_in(client, keys["review"])
+    try:
+        assert web.post("/ui/label", json={"id": 1, "label": "cat"}, headers={"X-CSRF-Token": "é".encode("latin-1")}
+                        ).status_code == 403
+        assert web.post("/ui/alerts/x/ack", data={"csrf": "é"}).status_code == 403
+        assert web.post("/ui/signout", data={"csrf": "ü"}).status_code == 403
+        assert web.get("/ui/review").status_code == 200  # still signed in
+    finally:
+        web.close()

@@ -12,7 +12,6 @@ engine on the kept image: no schema change and no cost on the prediction path; o
 """
 from __future__ import annotations
 
-import hmac
 import io
 import math
 import secrets
@@ -31,7 +30,7 @@ from sightline.errors import SightlineError
 from sightline.serve.schemas import PREDICTION_ID_MAX, PredictionId
 from sightline.serve.state import ServiceState
 from sightline.storage.store import UNKNOWN_LABEL, LabelConflictError
-from sightline.serve.web.session import COOKIE, CSRF_COOKIE, SessionSigner, load_secret
+from sightline.serve.web.session import COOKIE, CSRF_COOKIE, SessionSigner, load_secret, same_token
 
 __all__ = ["CSP", "UiHeaders", "router"]
 
@@ -134,7 +133,7 @@ async def _live_session(request: Request) -> dict[str, Any] | None:
 
 
 def _csrf_ok(session: dict[str, Any], token: str | None) -> bool:
-    return bool(token) and hmac.compare_digest(str(session.get("csrf", "")), str(token))
+    return bool(token) and same_token(token, session.get("csrf", ""))
 
 
 def _to_signin() -> RedirectResponse:
@@ -164,7 +163,7 @@ async def signin_form(request: Request) -> Response:
 @router.post("/signin")
 async def signin(request: Request, key: str = Form(""), csrf: str = Form("")) -> Response:
     cookie = request.cookies.get(CSRF_COOKIE, "")
-    if not cookie or not hmac.compare_digest(cookie, csrf):
+    if not cookie or not same_token(csrf, cookie):
         return _signin_page("The form expired; sign in again.", 400)
     state = _state(request)
     info = await anyio.to_thread.run_sync(state.store.verify_key, key.strip()) if key.strip() else None

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COOKIE", "CSRF_COOKIE", "SessionSigner", "load_secret"]
+__all__ = ["COOKIE", "CSRF_COOKIE", "SessionSigner", "load_secret", "same_token"]
 
 COOKIE = "sl_session"
 CSRF_COOKIE = "sl_csrf"  # before sign-in: double-submit token for the sign-in form
@@ -45,6 +45,14 @@ def load_secret(folder: Path) -> bytes:
     return secret
 
 
+def same_token(presented: object, expected: object) -> bool:
+    """Constant-time equality of two tokens as text. `hmac.compare_digest` raises TypeError on a str with any
+    non-ASCII character, and a cookie, a form field or a header is whatever the client sent: compare UTF-8 bytes
+    (surrogatepass: JSON can carry a lone surrogate), so a forged token is a mismatch, never a 500."""
+    return hmac.compare_digest(str(presented).encode("utf-8", "surrogatepass"),
+                               str(expected).encode("utf-8", "surrogatepass"))
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -71,7 +79,7 @@ class SessionSigner:
         if not cookie or cookie.count(".") != 1:
             return None
         body, mac = cookie.split(".")
-        if not hmac.compare_digest(mac, self._mac(body)):
+        if not same_token(mac, self._mac(body)):
             return None
         try:
             payload = json.loads(_unb64(body))
