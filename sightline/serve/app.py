@@ -231,6 +231,17 @@ def create_app(settings: Settings) -> FastAPI:
                                            "parsed; send multipart/form-data with the boundary its Content-Type "
                                            "names, each part with at most 8 headers of at most 4 KB each (a "
                                            "filename under about 4,000 characters)."}, status_code=400)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer when reading a body raised anything but a JSON syntax error: a JSON body that is not
+            # UTF-8 (UnicodeDecodeError) or nested beyond Python's recursion limit (RecursionError). Same status
+            # and words as the syntax error above: to the client both are "not valid JSON".
+            cause = exc.__cause__
+            why = ("it is not UTF-8 text" if isinstance(cause, UnicodeDecodeError) else
+                   "it is nested too deeply" if isinstance(cause, RecursionError) else
+                   f"it cannot be read ({type(cause).__name__})")
+            return JSONResponse({"detail": f"{request.method} {request.url.path}: the body is not valid JSON ({why});"
+                                           " send a JSON object in UTF-8 with Content-Type: application/json."},
+                                status_code=422)
         if exc.status_code == 400 and isinstance(exc.detail, str):  # Starlette's other multipart refusals
             where, detail = f"{request.method} {request.url.path}", exc.detail
             if detail.startswith("Too many files."):  # its cap is 1,000 parts; ours is far lower: say ours
