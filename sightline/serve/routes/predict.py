@@ -56,7 +56,9 @@ async def predict(
             413,
             f"{len(file)} images in one request; the limit is {s.max_images_per_request}. Split the request.",
         )
-    names = [f.filename or f"file{i}" for i, f in enumerate(file)]
+    # PostgreSQL refuses a NUL in a text column: a filename with one failed the INSERT of every request stored in
+    # the same transaction (a 500 for them all, nothing kept). U+FFFD marks where it was, here and in the answer.
+    names = [(f.filename or f"file{i}").replace("\0", "\ufffd") for i, f in enumerate(file)]
     blobs = [await f.read() for f in file]
     served = state.served  # this request finishes on the model it started with, even across a registry swap
     with served.use():
