@@ -20,12 +20,19 @@ __all__ = [
     "MonitorStatus",
     "PREDICTION_ID_MAX",
     "PredictionId",
+    "shown_label",
 ]
 
 # The largest id a database row can hold (a signed 64-bit integer in SQLite and PostgreSQL): a larger one in a URL
 # or a body is refused as input (422) instead of overflowing in the database driver (500).
 PREDICTION_ID_MAX = 2**63 - 1
 PredictionId = Annotated[int, Path(ge=1, le=PREDICTION_ID_MAX, description="A prediction's id, as /v1/predict answered it.")]
+
+
+def shown_label(label: str, limit: int = 64) -> str:
+    """A client's label as an error message quotes it: its first `limit` characters (a 100,000-character label came
+    back whole in the one-line answer)."""
+    return repr(label) if len(label) <= limit else f"{label[:limit]!r}... ({len(label):,} characters)"
 
 
 class ModelRef(BaseModel):

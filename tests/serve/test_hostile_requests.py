@@ -227,3 +227,17 @@ def test_tokens_with_characters_beyond_ascii_are_refused_not_500(service):
         assert web.get("/ui/review").status_code == 200  # still signed in
     finally:
         web.close()
+
+
+def test_a_long_label_is_quoted_short(service):
+    """A 100,000-character label came back whole in the one-line 422, from the API and the web app."""
+    client, keys = service
+    detail = _one_line(client.post("/v1/review/1", json={"label": "x" * 100_000},
+                                   headers={"X-API-Key": keys["review"]}), 422, "'xxxx", "(100,000 characters)")
+    assert len(detail) < 300, detail
+    web, csrf = _signed_in(client, keys["review"])
+    try:
+        r = web.post("/ui/label", json={"id": 1, "label": "y" * 100_000}, headers={"X-CSRF-Token": csrf})
+        assert len(_one_line(r, 422, "'yyyy", "(100,000 characters)")) < 300
+    finally:
+        web.close()

@@ -9,7 +9,8 @@ import anyio
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from sightline.serve.deps import ReviewKeyDep, StateDep
-from sightline.serve.schemas import PREDICTION_ID_MAX, ErrorResponse, PredictionId, ReviewItem, ReviewLabel
+from sightline.serve.schemas import (PREDICTION_ID_MAX, ErrorResponse, PredictionId, ReviewItem, ReviewLabel,
+                                     shown_label)
 from sightline.storage.store import UNKNOWN_LABEL
 
 router = APIRouter(tags=["review"])
@@ -59,8 +60,8 @@ async def record_label(prediction_id: PredictionId, body: ReviewLabel, state: St
     already labelled prediction answers 409 unless `override` is true; every change is kept in the label history."""
     allowed = [*state.bundle.classes, UNKNOWN_LABEL]
     if body.label not in allowed:
-        raise HTTPException(422, f"label {body.label!r} is not one of the model's classes or {UNKNOWN_LABEL!r}: "
-                                 f"{allowed}.")
+        raise HTTPException(422, f"label {shown_label(body.label)} is not one of the model's classes or "
+                                 f"{UNKNOWN_LABEL!r}: {allowed}.")
     row = await anyio.to_thread.run_sync(
         lambda: state.store.record_label(prediction_id, body.label, reviewer=key.name, override=body.override)
     )

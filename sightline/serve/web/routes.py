@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, Field
 
 from sightline.errors import SightlineError
-from sightline.serve.schemas import PREDICTION_ID_MAX, PredictionId
+from sightline.serve.schemas import PREDICTION_ID_MAX, PredictionId, shown_label
 from sightline.serve.state import ServiceState
 from sightline.storage.store import UNKNOWN_LABEL, LabelConflictError
 from sightline.serve.web.session import COOKIE, CSRF_COOKIE, SessionSigner, load_secret, same_token
@@ -240,7 +240,7 @@ async def label(request: Request, body: LabelBody) -> JSONResponse:
     state = _state(request)
     allowed = [*state.bundle.classes, UNKNOWN_LABEL]
     if body.label not in allowed:
-        return JSONResponse({"detail": f"label {body.label!r} is not one of {allowed}."}, status_code=422)
+        return JSONResponse({"detail": f"label {shown_label(body.label)} is not one of {allowed}."}, status_code=422)
     try:
         row = await anyio.to_thread.run_sync(
             lambda: state.store.record_label(body.id, body.label, reviewer=session["name"]))
