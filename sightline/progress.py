@@ -74,8 +74,14 @@ def rich_progress(*, console=None, transient: bool = True, enabled: bool = True)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = console or Console(stderr=True)
+    if transient and not (console.is_terminal or console.is_jupyter):
+        # not a terminal (a pipe, a log file, a test's capture): rich draws nothing there but a newline when the bar
+        # stops, so an error after it read "\nerror: ..." (two lines); a transient bar would show nothing anyway
+        yield None
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console or Console(stderr=True), transient=transient) as bar:
+    with Progress(*columns, console=console, transient=transient) as bar:
         tasks: dict[str, int] = {}
 
         def update(event: ProgressEvent) -> None:
