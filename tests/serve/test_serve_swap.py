@@ -191,3 +191,31 @@ def test_monitoring_follows_the_new_versions_reference_profile(tmp_path) -> None
                            verify=tls())
             assert r.status_code == 200 and r.json()["model"]["registry_version"] == v2.ref
             assert r.json()["predictions"][0]["ood_score"] is not None  # the new profile scores the answers
+
+
+def test_the_web_app_serving_a_registry_on_postgresql_keeps_its_session_secret_beside_the_registry(tmp_path,
+                                                                                                 monkeypatch):
+    """No bundle folder and no SQLite file to keep the session secret beside: every /ui page was a 500 (TypeError
+    on the bundle folder None). The secret is kept beside the registry's copies, as the kept images are."""
+    from serve_tiny import fresh_database
+
+    from sightline.loop.registry import Registry
+    from sightline.serve.web.session import load_secret
+    from sightline.storage.store import Store
+
+    monkeypatch.delenv("SIGHTLINE_SESSION_SECRET", raising=False)
+    with fresh_database("postgresql", tmp_path) as url:
+        with Registry(url, root=tmp_path / "registry") as registry:
+            registry.add(_bundle(tmp_path, 0, "1"), alias="champion")
+        store = Store(url)
+        key = store.create_key("ann", ["review"])
+        store.close()
+        with _registry_serving(tmp_path / "registry", url) as (base, _), httpx.Client(base_url=base, timeout=30,
+                                                                                         verify=tls()) as c:
+            page = c.get("/ui/signin")
+            assert page.status_code == 200, page.text
+            csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+            assert c.post("/ui/signin", data={"key": key, "csrf": csrf}).status_code == 303
+            assert c.get("/ui/review").status_code == 200
+    assert (tmp_path / "session_secret").is_file()
+    assert len(load_secret(None)) == 32  # no folder at all (a registry at a URL): this process's own secret

@@ -87,14 +87,28 @@ def _state(request: Request) -> ServiceState:
 def _signer(request: Request) -> SessionSigner:
     signer = getattr(request.app.state, "sightline_web_signer", None)
     if signer is None:
-        from sightline.bundle import resolve_bundle_dir
-
-        settings = _state(request).settings
-        folder = (Path(settings.resolved_database_url().removeprefix("sqlite:///")).parent
-                  if settings.resolved_database_url().startswith("sqlite:///") else resolve_bundle_dir(settings.bundle))
-        signer = SessionSigner(load_secret(folder))
+        signer = SessionSigner(load_secret(_secret_folder(_state(request).settings)))
         request.app.state.sightline_web_signer = signer
     return signer
+
+
+def _secret_folder(settings: Any) -> Path | None:
+    """Where the session secret is kept: beside a SQLite database, else in the bundle folder, else beside a local
+    registry's copies (as the kept images); None when there is no such folder (a server database and a registry
+    at a URL). Serving a registry on PostgreSQL, every /ui page was a 500 here (the bundle folder was None)."""
+    from sqlalchemy.engine import make_url
+
+    from sightline.bundle import resolve_bundle_dir
+    from sightline.storage.images import is_url
+
+    url = make_url(settings.resolved_database_url())
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).expanduser().resolve().parent
+    if settings.bundle is not None:
+        return resolve_bundle_dir(settings.bundle)
+    if settings.registry is not None and not is_url(str(settings.registry)):
+        return Path(settings.registry).expanduser().resolve().parent
+    return None
 
 
 def _session(request: Request) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import time
@@ -23,11 +24,17 @@ CSRF_COOKIE = "sl_csrf"  # before sign-in: double-submit token for the sign-in f
 SECRET_FILE = "session_secret"
 
 
-def load_secret(folder: Path) -> bytes:
-    """SIGHTLINE_SESSION_SECRET, else `folder/session_secret` (created with 32 random bytes when missing)."""
+def load_secret(folder: Path | None) -> bytes:
+    """SIGHTLINE_SESSION_SECRET, else `folder/session_secret` (created with 32 random bytes when missing); without
+    a folder, a secret of this process only (logged: sessions end when it stops)."""
     env = os.environ.get("SIGHTLINE_SESSION_SECRET")
     if env:
         return env.encode()
+    if folder is None:
+        logging.getLogger("sightline.serve").warning(
+            "web app sessions end when this process stops: no local folder keeps a session secret (a server database "
+            "and a registry at a URL); set SIGHTLINE_SESSION_SECRET, the same on every replica.")
+        return secrets.token_bytes(32)
     path = folder / SECRET_FILE
     try:
         return bytes.fromhex(path.read_text().strip())
