@@ -119,6 +119,26 @@ def test_quarantine_takes_an_images_region_files_along(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["c2.png", "c2.xml"]  # another image's region stays
 
 
+def test_a_second_quarantine_of_the_same_name_keeps_the_first(tmp_path: Path) -> None:
+    """A later audit quarantining a new file under a name already in .quarantine/ moved it onto the first one: the
+    file quarantined first was replaced, lost, while the log listed both at the same place."""
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (folder / "x.png").write_bytes(b"first")
+    (folder / "x.mask.png").write_bytes(b"first mask")
+    quarantine(tmp_path, [Finding("corrupt", ["a/x.png"])], [])
+    (folder / "x.png").write_bytes(b"second")
+    (folder / "x.xml").write_bytes(b"second boxes")
+    (folder / "y.png").write_bytes(b"another")
+    (folder / "y.xml").write_bytes(b"its boxes")
+    (tmp_path / ".quarantine" / "a" / "y.xml").write_bytes(b"an older image's boxes")
+    moves = quarantine(tmp_path, [Finding("corrupt", ["a/x.png", "a/y.png"])], [])
+    assert [m["to"] for m in moves] == [".quarantine/a/x-1.png", ".quarantine/a/y-1.png"]
+    held = {p.name: p.read_bytes() for p in (tmp_path / ".quarantine" / "a").iterdir()}
+    assert held == {"x.png": b"first", "x.mask.png": b"first mask", "x-1.png": b"second", "x-1.xml": b"second boxes",
+                    "y.xml": b"an older image's boxes", "y-1.png": b"another", "y-1.xml": b"its boxes"}
+
+
 # --- command line and bad input -------------------------------------------------------------------------------
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
