@@ -68,8 +68,22 @@ class Dataset:
         return {c: counts.get(c, 0) for c in self.classes}
 
 
+# A folder of file-system metadata, never images: __MACOSX/ holds the AppleDouble `._name` files a zip made on a Mac
+# carries. Unzipped beside the class folders it was read as a class whose every file is hidden, and the whole
+# dataset was refused ("class folder '__MACOSX' holds no usable image"). Listed in `skipped` as ignored.
+METADATA_DIRS = {"__MACOSX": "macOS archive metadata (made when zipping on a Mac), not images; ignored"}
+
+
 def _hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+def _metadata_dir(path: Path, root: Path, skipped: list[dict]) -> bool:
+    """True (and the folder listed in `skipped`) for a metadata folder such as __MACOSX."""
+    reason = METADATA_DIRS.get(path.name)
+    if reason is not None:
+        skipped.append({"path": path.relative_to(root).as_posix(), "kind": IGNORED, "reason": reason})
+    return reason is not None
 
 
 def _is_annotation(name: str) -> bool:
@@ -117,6 +131,8 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[
             if _hidden(d):
                 continue
             sub = base / d
+            if _metadata_dir(sub, root, skipped):
+                continue
             if sub.is_symlink():
                 if not _inside(sub, root):
                     skipped.append({"path": sub.relative_to(root).as_posix(), "kind": IGNORED,
@@ -147,7 +163,7 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[
 def _class_dirs(parent: Path, root: Path, skipped: list[dict]) -> list[Path]:
     dirs = []
     for d in sorted(parent.iterdir()):
-        if _hidden(d.name) or not d.is_dir():
+        if _hidden(d.name) or not d.is_dir() or _metadata_dir(d, root, skipped):
             continue
         if d.is_symlink() and not _inside(d, root):
             skipped.append({"path": d.relative_to(root).as_posix(), "kind": IGNORED,
@@ -221,8 +237,8 @@ def scan_dataset(
     if layout == "split":
         for d in sorted(root.iterdir()):
             if d.is_dir() and not _hidden(d.name) and d.name not in SPLITS:
-                reason = (PRODUCTION_REASON if d.name == PRODUCTION
-                          else "folder is not a split (train/val/test) in the split layout; ignored")
+                reason = (PRODUCTION_REASON if d.name == PRODUCTION else METADATA_DIRS.get(d.name)
+                          or "folder is not a split (train/val/test) in the split layout; ignored")
                 skipped.append({"path": d.name, "kind": IGNORED, "reason": reason})
         for s in present:
             groups.extend((s, d) for d in _class_dirs(root / s, root, skipped))

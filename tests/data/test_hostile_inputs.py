@@ -181,3 +181,19 @@ def test_predict_inputs_follow_a_symlinked_folder_once_and_end_on_a_loop(tmp_pat
     found = expand_inputs([tmp_path / "in"])
     assert sorted(p.relative_to(tmp_path / "in").as_posix() for p in found) == [
         "0.png", "gone.jpg", "linked/0.png", "linked/1.png"]
+
+
+@pytest.mark.parametrize("where", ["", "train/", "train/cat/"])
+def test_a_macos_metadata_folder_is_ignored_and_listed(tmp_path, where):
+    """A dataset zipped on a Mac unzips with __MACOSX/ (AppleDouble `._name` files) beside the class folders: it was
+    read as a class with no usable image and the whole dataset refused; inside a class its files were hidden anyway."""
+    for split in ("train/", "val/") if where else ("",):
+        _images(tmp_path / f"{split}cat", 2)
+        _images(tmp_path / f"{split}dog", 2, seed=1)
+    junk = tmp_path / where / "__MACOSX" / "cat"
+    junk.mkdir(parents=True)
+    (junk / "._0.png").write_bytes(b"\0\x05\x16\x07" + b"\0" * 60)
+    ds = scan_dataset(tmp_path)
+    assert ds.classes == ["cat", "dog"] and len(ds.samples) == (8 if where else 4)
+    listed = [s for s in ds.skipped if s["path"] == f"{where}__MACOSX"]
+    assert len(listed) == 1 and listed[0]["kind"] == "ignored" and "macOS" in listed[0]["reason"]
