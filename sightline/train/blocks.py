@@ -194,6 +194,7 @@ def build_trainer(cfg: TrainConfig, run: Path, dm: Any, *, progress: bool, start
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from sightline.train.stopping import TimeBudget, parse_duration, saturation_stopping
 
@@ -212,16 +213,25 @@ def build_trainer(cfg: TrainConfig, run: Path, dm: Any, *, progress: bool, start
         all_callbacks.append(budget)
     if progress:
         all_callbacks.append(RichProgressBar(leave=True))
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes, strategy=cfg.strategy,
-        precision=training_precision(cfg), max_epochs=cfg.epochs,
-        max_time=timedelta(seconds=cfg.max_time_s) if cfg.max_time_s else None,
-        callbacks=all_callbacks, deterministic=cfg.deterministic, default_root_dir=run,
-        logger=[TensorBoardLogger(run, name="logs", version="tensorboard", default_hp_metric=False),
-                CSVLogger(run, name="logs", version="csv")],
-        log_every_n_steps=max(1, min(10, len(dm.train_set) // cfg.batch_size)),
-        num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=progress,
-    )
+    loggers = [TensorBoardLogger(run, name="logs", version="tensorboard", default_hp_metric=False),
+               CSVLogger(run, name="logs", version="csv")]
+    precision = training_precision(cfg)
+    try:
+        trainer = L.Trainer(
+            accelerator=cfg.accelerator, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes,
+            strategy=cfg.strategy, precision=precision, max_epochs=cfg.epochs,
+            max_time=timedelta(seconds=cfg.max_time_s) if cfg.max_time_s else None,
+            callbacks=all_callbacks, deterministic=cfg.deterministic, default_root_dir=run, logger=loggers,
+            log_every_n_steps=max(1, min(10, len(dm.train_set) // cfg.batch_size)),
+            num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=progress,
+        )
+    except (MisconfigurationException, ValueError, TypeError) as exc:
+        # Lightning checks the hardware settings here and raised its own exception with a traceback: --strategy
+        # nonsense or fsdp on a CPU, --devices 0,1 (GPU ids) on a CPU, deepspeed not installed.
+        raise UserInputError(
+            f"Lightning refused the hardware settings (--accelerator {cfg.accelerator}, --devices {cfg.devices}, "
+            f"--strategy {cfg.strategy}, --num-nodes {cfg.num_nodes}, precision {precision}): "
+            f"{one_line(exc).rstrip('.')}; change them, or leave them at auto.") from None
     return TrainerParts(trainer, checkpoint, stopping, budget)
 
 

@@ -183,8 +183,9 @@ class TrainConfig(BaseModel):
     @field_validator("devices")
     @classmethod
     def _devices(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|\d+|\d+(,\d+)+", value.replace(" ", "")):
-            raise ValueError("must be 'auto', a count such as 2, or a list such as 0,1")
+        # a count of 0 devices is nothing to train on (Lightning's MisconfigurationException traceback)
+        if not re.fullmatch(r"auto|0*[1-9]\d*|\d+(,\d+)+", value.replace(" ", "")):
+            raise ValueError("must be 'auto', a count of 1 or more such as 2, or a list of GPU ids such as 0,1")
         return value
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:

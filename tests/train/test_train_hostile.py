@@ -95,3 +95,22 @@ def test_training_again_into_a_run_drops_the_old_bundles_exports(tmp_path):
     train(tmp_path / "data", run, model="test_efficientnet", weights="none", input_size=32, epochs=1,
           num_workers=0, progress=False, reference=False)
     assert sorted(p.name for p in (run / "bundle").iterdir()) == ["model.json", "weights.safetensors"]
+
+
+@pytest.mark.parametrize(("hardware", "words"), [
+    ({"strategy": "nonsense"}, "invalid strategy name"),
+    ({"devices": "0,1", "accelerator": "cpu"}, "CPUAccelerator"),  # GPU ids on a CPU
+])
+def test_hardware_lightning_refuses_is_one_line(tmp_path, hardware, words):
+    """--strategy nonsense, fsdp on a CPU or GPU ids on a CPU: Lightning's ValueError / TypeError /
+    MisconfigurationException came out of the Trainer as a traceback (exit 1)."""
+    from types import SimpleNamespace
+
+    from sightline.errors import UserInputError
+    from sightline.train.blocks import build_trainer
+    from sightline.train.config import TrainConfig
+
+    cfg = TrainConfig(model="test_efficientnet", weights="none", precision="32-true", **hardware)
+    dm = SimpleNamespace(train_set=[0] * 8, classes=["a", "b"])
+    with pytest.raises(UserInputError, match=rf"Lightning refused the hardware settings .*{words}.*; change them"):
+        build_trainer(cfg, tmp_path, dm, progress=False)
