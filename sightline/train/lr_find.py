@@ -111,6 +111,16 @@ class _Sweep(L.Callback):
             trainer.should_stop = True
 
 
+def _check_sweep(min_lr: float, max_lr: float, steps: int) -> None:
+    """UserInputError unless 0 < min_lr < max_lr, both finite (--max-lr inf was a math domain error traceback after
+    the data was prepared), and steps >= 2."""
+    from sightline.errors import UserInputError
+
+    if not (0 < min_lr < max_lr < math.inf) or steps < 2:
+        raise UserInputError(f"lr range test: need 0 < --min-lr ({min_lr}) < --max-lr ({max_lr}), both finite, and "
+                             f"--steps ({steps}) >= 2.")
+
+
 def lr_range_test(system: L.LightningModule, datamodule: L.LightningDataModule, *, steps: int = 100,
                   min_lr: float = 1e-6, max_lr: float = 1.0, diverge: float = 4.0, accelerator: str = "auto",
                   precision: str = "32-true", out: str | Path | None = None) -> LrFinding:
@@ -122,10 +132,7 @@ def lr_range_test(system: L.LightningModule, datamodule: L.LightningDataModule, 
         >>> finding = lr_range_test(system, dm, steps=100, out="runs/r1")
         >>> finding.suggestion    # e.g. 2.1e-03: pass as TrainConfig.lr
     """
-    from sightline.errors import UserInputError
-
-    if not (0 < min_lr < max_lr) or steps < 2:
-        raise UserInputError(f"lr range test: need 0 < min_lr ({min_lr}) < max_lr ({max_lr}) and steps ({steps}) >= 2.")
+    _check_sweep(min_lr, max_lr, steps)
     saved = copy.deepcopy(system.state_dict())
     # The sweep sets every rate before each step, after the system's own schedule has set it: the sweep wins.
     sweep = _Sweep(min_lr, max_lr, steps, diverge)
@@ -191,6 +198,7 @@ def find_lr(data_dir: str | Path, out_dir: str | Path, *, config: Any = None, st
     from sightline.data.datasets import refuse_out_inside_splits
     from sightline.train.prepare import prepare
 
+    _check_sweep(min_lr, max_lr, steps)  # before the data is read and the model built
     refuse_out_inside_splits(out_dir, data_dir)  # lr_find.png there would become an image of a class
     say = choice_printer(progress)
     cfg = resolve_config(config, overrides)

@@ -60,7 +60,7 @@ def test_lr_find_command_and_train_with_lr_auto(tmp_path: Path, capsys: pytest.C
     assert (tmp_path / "lr" / "lr_find.png").is_file()
     assert run_command(app, ["lr-find", str(data), "--out", str(tmp_path / "lr"), "--min-lr", "1", "--max-lr", "0.1",
                              *tiny]) == 2
-    assert "min_lr" in capsys.readouterr().err
+    assert "--min-lr (1.0)" in capsys.readouterr().err
 
     from sightline.train.fit import train
 
@@ -89,3 +89,16 @@ def test_lr_find_out_inside_a_split_is_refused(tmp_path: Path, capsys) -> None:
                              "--weights", "none", "--input-size", "32", "--steps", "3"])
     assert code == 2 and "inside the dataset's train/ folder" in capsys.readouterr().err
     assert not (data / "train" / "lr").exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--max-lr", "inf"), ("--min-lr", "nan"), ("--steps", "1")])
+def test_a_sweep_out_of_range_is_one_line_before_the_data_is_read(tmp_path: Path, capsys, monkeypatch, option,
+                                                                  value) -> None:
+    """--max-lr inf passed the check (0 < min < max) and died in the sweep's first step with 'math domain error', a
+    traceback after the data was prepared."""
+    import sightline.train.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "prepare", lambda *a, **k: pytest.fail("the data was read first"))
+    code = run_command(app, ["lr-find", str(tmp_path), "--out", str(tmp_path / "lr"), option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and f"{option} ({value})" in err and "both finite" in err
