@@ -168,8 +168,10 @@ def distill(
                                         resolve_config)
     from sightline.train.prepare import prepare
 
-    if not 0.0 <= alpha <= 1.0 or temperature <= 0:
-        raise UserInputError(f"alpha={alpha} must be in [0, 1] and temperature={temperature} positive.")
+    # an infinite temperature makes the soft-target loss NaN: a student trained on it, without a word
+    if not 0.0 <= alpha <= 1.0 or not 0 < temperature < float("inf"):
+        raise UserInputError(f"--alpha {alpha} must be in [0, 1] and --temperature {temperature} a finite positive "
+                             "number (default 2).")
     teacher_bundle = load_bundle(teacher_run)
     # the student's bundle goes to out_dir/bundle: the teacher's own run would lose its bundle to it
     teacher_dir, out = Path(teacher_bundle.path).resolve(), Path(out_dir).resolve()

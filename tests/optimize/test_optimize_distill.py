@@ -90,3 +90,17 @@ def test_distill_into_the_teachers_folder_is_refused(tmp_path, run_cli, make_dat
     assert "the teacher's" in out.err and "--out" in out.err
     assert (tmp_path / "teacher" / "bundle" / "model.json").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "teacher").iterdir()) == ["bundle"]
+
+
+
+@pytest.mark.parametrize(("option", "value"), [("temperature", float("inf")), ("temperature", 0.0),
+                                               ("alpha", float("nan"))])
+def test_distill_refuses_a_temperature_or_alpha_out_of_range(tmp_path, option, value):
+    """temperature=inf (`--temperature inf`) made the soft-target loss NaN from the first step: a student was trained
+    and written on it, exit 0, without a word."""
+    from sightline.errors import UserInputError
+    from sightline.train.distill import distill
+
+    with pytest.raises(UserInputError, match=rf"--{option} {value} must be|--temperature {value} a finite"):
+        distill(tmp_path / "teacher", tmp_path / "data", tmp_path / "student", **{option: value})
+    assert not (tmp_path / "student").exists()
