@@ -14,7 +14,9 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,7 +31,7 @@ from sightline import __version__
 from sightline.errors import SightlineError, validation_message
 from sightline.serve.settings import Settings
 
-__all__ = ["create_app", "BodyLimitMiddleware"]
+__all__ = ["create_app", "BodyLimitMiddleware", "RequestId"]
 
 log = logging.getLogger("sightline.serve")
 
@@ -95,6 +97,36 @@ class BodyLimitMiddleware:
                 path = getattr(route, "path", None) or "unmatched"  # never a raw path: labels must stay few
                 self.metrics.requests.labels(scope["method"], path, str(status_holder["status"])).inc()
                 self.metrics.latency.labels(path).observe(time.perf_counter() - t0)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")  # what a caller's X-Request-ID may be (the stored column: 32)
+
+
+class RequestId:
+    """Pure ASGI middleware: `X-Request-ID` on every answer (DESIGN.md, HTTP API), 413 and 401 included. A caller's
+    own X-Request-ID is kept when it is 1-32 letters, digits, '.', '_' or '-'; anything else (too long, spaces, a
+    second one) is replaced by a new id, so what is echoed and stored is never the caller's arbitrary text. The id
+    is in `request.state.request_id`; /v1/predict stores it with every prediction of the request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = [v for k, v in scope["headers"] if k == b"x-request-id"]
+        text = given[0].decode("latin-1") if len(given) == 1 else ""
+        request_id = text if _REQUEST_ID.fullmatch(text) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 async def _send_json(send: Any, status: int, detail: str) -> None:
@@ -273,6 +305,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(UiHeaders)  # strict Content-Security-Policy and friends on /ui answers only
     app.add_middleware(KeyGate)  # key, role, rate limit from the headers, before the body (inside the size cap)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(RequestId)  # outermost: every answer carries the id, the body limit's 413 included
     return app
 
 

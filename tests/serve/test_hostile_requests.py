@@ -20,6 +20,7 @@ def service(tmp_path_factory):
     keys = {"predict": store.create_key("p", ["predict"]), "review": store.create_key("r", ["predict", "review"])}
     store.close()
     with serving(bundle, database_url=url, max_images_per_request=2) as client:
+        client.database_url = url  # for the tests that read what was stored
         yield client, keys
 
 
@@ -241,3 +242,28 @@ def test_a_long_label_is_quoted_short(service):
         assert len(_one_line(r, 422, "'yyyy", "(100,000 characters)")) < 300
     finally:
         web.close()
+
+
+@pytest.mark.parametrize("given, kept", [
+    (None, False), ("req-42_a.b", True), ("x" * 33, False), ("two words", False), ("id\u00e9", False),
+])
+def test_every_answer_has_a_request_id_and_predictions_store_it(service, given, kept):
+    """DESIGN.md's HTTP API: X-Request-ID on every answer (none had one). A caller's id is kept when it is short and
+    plain; the predictions of the request are stored with the id the answer names."""
+    client, keys = service
+    headers = {} if given is None else {"X-Request-ID": given.encode("latin-1")}
+    jpeg = encode(photo(0, 40, 32), "JPEG")
+    predict = {**headers, "X-API-Key": keys["predict"]}
+    answers = [client.get("/healthz", headers=headers), client.get("/v1/review", headers=headers),  # 200, 401
+               client.post("/v1/predict", files=[("file", (f"{i}.jpg", jpeg)) for i in range(3)], headers=predict),
+               client.post("/v1/predict", files=[("file", ("a.jpg", jpeg))], headers=predict)]
+    assert [r.status_code for r in answers] == [200, 401, 413, 200]
+    ids = [r.headers["x-request-id"] for r in answers]
+    assert all(ids) and (ids == [given] * 4 if kept else len(set(ids)) == 4 and given not in ids)
+    from sightline.storage.store import Store
+
+    store = Store(client.database_url)
+    try:
+        assert store.get_prediction(answers[-1].json()["predictions"][0]["id"])["request_id"] == ids[-1]
+    finally:
+        store.close()

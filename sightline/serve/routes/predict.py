@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from fastapi import APIRouter, File, HTTPException, UploadFile
+from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 
 from sightline.errors import CorruptImageError, SightlineError
 from sightline.monitor.observe import load_observed
@@ -41,6 +41,7 @@ _ERRORS = {
 
 @router.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS)
 async def predict(
+    request: Request,
     state: StateDep,
     key: ApiKeyDep,
     file: list[UploadFile] = File(..., description="One or more images (repeat the `file` field)."),
@@ -61,11 +62,14 @@ async def predict(
     names = [(f.filename or f"file{i}").replace("\0", "\ufffd") for i, f in enumerate(file)]
     blobs = [await f.read() for f in file]
     served = state.served  # this request finishes on the model it started with, even across a registry swap
+    # the answer's X-Request-ID (serve.app.RequestId), stored with each prediction of this request
+    request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
     with served.use():
-        return await _predict(state, served, key, names, blobs, t0)
+        return await _predict(state, served, key, names, blobs, t0, request_id)
 
 
-async def _predict(state, served, key, names: list[str], blobs: list[bytes], t0: float) -> PredictResponse:
+async def _predict(state, served, key, names: list[str], blobs: list[bytes], t0: float,
+                   request_id: str) -> PredictResponse:
     observer, engine = served.observer, served.engine
 
     def decode_all():  # CPU work, off the event loop; raises ImageError subclasses (415 / 413 / 422)
@@ -88,7 +92,6 @@ async def _predict(state, served, key, names: list[str], blobs: list[bytes], t0:
     # logits, features and CAMs of one forward pass (with a profile: and each row's open-set score)
     output = await served.batcher.submit_many(arrays)
     latency_ms = (time.perf_counter() - t0) * 1000
-    request_id = uuid.uuid4().hex
 
     def decide() -> _Stored:  # decisions and open-set scores: the rows of the store step
         preds = engine.decide(output if observer is None else output.output, names)
