@@ -143,7 +143,9 @@ def _verified_png(im: Image.Image, label: str) -> Image.Image:
     `PngImageFile.verify`; `Image.open` checked the chunks before it) on the PNG's bytes in memory, and returns
     the image to decode from those same bytes: a file is read once. `im` is `_open`'s header-only image."""
     fp = im.fp
-    assert fp is not None and im.tile, "a PNG not decoded yet"
+    assert fp is not None, "a PNG not decoded yet"
+    if not im.tile:  # IHDR then IEND: a header with no image data (an AssertionError that stopped predict and audit)
+        raise CorruptImageError(f"{label}: corrupt PNG data (no image data chunk, IDAT); re-export or remove the file")
     in_memory = isinstance(fp, io.BytesIO)  # an upload
     if in_memory:
         data = fp.getvalue()  # no copy

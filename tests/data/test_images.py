@@ -327,6 +327,19 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def test_png_without_image_data_is_corrupt(tmp_path: Path) -> None:
+    """IHDR then IEND, no IDAT (45 bytes): the header reads, then decoding hit an internal assert, an AssertionError
+    that stopped `predict`'s batch and `data audit` with a traceback."""
+    header = _png_header_only(10, 10)
+    without_idat = header[:8 + 25] + header[-12:]  # signature, IHDR (25 bytes with length and CRC), IEND
+    path = tmp_path / "empty.png"
+    path.write_bytes(without_idat)
+    assert _header(path) == ("PNG", 10, 10)
+    for source in (path, without_idat):
+        with pytest.raises(CorruptImageError, match=r"corrupt PNG data \(no image data.*re-export or remove"):
+            load_image(source)
+
+
 def test_png_with_valid_checksums_but_corrupt_image_data_is_corrupt(tmp_path: Path) -> None:
     """The CRC check passes (recomputed after the damage); the decoder's error must still reach the caller, not
     leave a half-decoded image behind."""
