@@ -23,9 +23,10 @@ __all__ = [
     "shown_label",
 ]
 
-# The largest id a database row can hold (a signed 64-bit integer in SQLite and PostgreSQL): a larger one in a URL
-# or a body is refused as input (422) instead of overflowing in the database driver (500).
-PREDICTION_ID_MAX = 2**63 - 1
+# The largest id a prediction row can have: the id column is an Integer, 32-bit on PostgreSQL (SQLite's is 64-bit,
+# but the same service runs on both). A larger id in a URL or a body is refused as input (422) instead of
+# overflowing in the database driver (a 500: above 2**63 - 1 on both, above 2**31 - 1 on PostgreSQL).
+PREDICTION_ID_MAX = 2**31 - 1
 PredictionId = Annotated[int, Path(ge=1, le=PREDICTION_ID_MAX, description="A prediction's id, as /v1/predict answered it.")]
 
 
