@@ -545,9 +545,10 @@ class Registry:
                 raise UserInputError(f"alias '{text}' points to no version yet; `sightline registry promote VERSION "
                                      f"--alias {text}` sets it.")
             row = conn.execute(select(v).where(v.c.id == vid)).first()
-        elif (number := text.lower().lstrip("v")).isascii() and number.isdigit() and int(number) < 2**63:
-            # ASCII only ("v²" is a digit to str.isdigit, not to int) and within a database integer (v99...9
-            # overflowed in the driver): anything else is looked up as a hash prefix, then named as unknown
+        elif (number := text.lower().lstrip("v")).isascii() and number.isdigit() and int(number) < 2**31:
+            # ASCII only ("v²" is a digit to str.isdigit, not to int) and within the id column (an Integer: 32-bit on
+            # PostgreSQL, where v2147483648 overflowed in the driver): anything else is looked up as a hash prefix,
+            # then named as unknown
             row = conn.execute(select(v).where(v.c.id == int(number))).first()
         if row is None and text not in ALIASES and len(text) >= 6 and \
                 all(ch in "0123456789abcdef" for ch in text.lower()):

@@ -213,6 +213,8 @@ def test_bad_input_is_one_line_and_changes_nothing(registry: Registry, bundles: 
         (lambda: registry.promote("v42"), r"unknown version 'v42' \(registered: v1\)"),
         (lambda: registry.promote("nonsense"), "unknown version 'nonsense'"),
         (lambda: registry.promote("v" + "9" * 23), "unknown version 'v9999"),  # overflowed the driver before
+        (lambda: registry.resolve(f"v{2**31}"), f"unknown version 'v{2**31}'"),  # PostgreSQL's id column: 32-bit
+        (lambda: registry.promote(str(2**63 - 2)), f"unknown version '{2**63 - 2}'"),
         (lambda: registry.promote("v\u00b2"), "unknown version 'v\u00b2'"),  # a digit to isdigit, not to int
         (lambda: registry.resolve("challenger"), "alias 'challenger' points to no version yet"),
         (lambda: registry.promote("v1", alias="production"), "unknown alias 'production'; use champion or challenger"),
