@@ -47,6 +47,7 @@ CLASS_SHARES = (0.70, 0.12, 0.10, 0.08)  # imbalanced like a production line
 TEXTURES = ("brushed", "cast", "woven", "painted")
 SPLIT_SHARES = (("train", 0.70), ("val", 0.15), ("test", 0.15))
 JPEG_QUALITY = 92
+MAX_SIZE = 4096  # image side: a few (2, size, size) grids of int64 per image, 268 MB each at this size
 
 SPEC_YAML = """\
 # Problem definition for the synthetic surface-inspection data (read by sightline.spec).
@@ -371,8 +372,8 @@ def synthesize(
     texture_pool = _texture_pool(textures)
     if seed < 0:  # numpy's generators take 0 .. any size; a negative one was a ValueError traceback
         raise UserInputError(f"--seed {seed} must be 0 or more.")
-    if n < 20 or size < 32:
-        raise UserInputError(f"need n >= 20 images of size >= 32 pixels (got n={n}, size={size})")
+    if n < 20 or not 32 <= size <= MAX_SIZE:  # --size 100000 was a MemoryError traceback (a 149 GiB grid)
+        raise UserInputError(f"need n >= 20 images of size 32 to {MAX_SIZE} pixels (got n={n}, size={size})")
     if plant_issues and n < MIN_N_PLANTED:
         raise UserInputError(f"--plant-issues needs n >= {MIN_N_PLANTED} (got n={n}): the planted problems are copies "
                              "and edits of existing training images")

@@ -147,3 +147,10 @@ def test_plant_issues_on_too_few_images_is_refused_before_writing(tmp_path) -> N
     with pytest.raises(UserInputError, match="--plant-issues needs n"):
         synthesize(tmp_path / "s", n=MIN_N_PLANTED - 1, size=32, plant_issues=True)
     assert not (tmp_path / "s").exists()  # nothing half-written to trip the next attempt
+
+
+def test_a_size_no_memory_holds_is_refused_before_any_work(tmp_path: Path, run_cli) -> None:
+    """`data synth OUT --size 100000` was a numpy MemoryError traceback (a 149 GiB grid for the first image)."""
+    code, out = run_cli(["data", "synth", str(tmp_path / "out"), "--size", "100000"])
+    assert code == 2 and "Traceback" not in out.err and "size 32 to 4096 pixels (got n=1000, size=100000)" in out.err
+    assert not (tmp_path / "out").exists()
