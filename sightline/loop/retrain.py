@@ -63,7 +63,8 @@ def retrain(
     beside the champion's RUN folder).
 
     Refused with a one-line error, before any training and with nothing written: DATA's dataset version equals
-    the champion's (no new labels), DATA's classes differ from the champion's, OUT already holds a bundle.
+    the champion's (no new labels), DATA's classes differ from the champion's, OUT already holds a bundle or
+    is a file.
 
     Returns {"run", "bundle", "version", "champion", "champion_version", "champion_dataset_version",
     "dataset_version", "config_from", "overrides", "val"}.
@@ -95,6 +96,8 @@ def retrain(
                                                                              f"{version[:8]}")
     if (out_dir / "bundle" / "model.json").exists():
         raise UserInputError(f"'{out_dir}' already holds a bundle; pass --out to a new folder. Nothing was trained.")
+    if out_dir.exists() and not out_dir.is_dir():  # found only after training had begun (and said so) before
+        raise UserInputError(f"--out '{out_dir}' is a file; pass --out a new folder. Nothing was trained.")
 
     run_dir = train(data, out_dir, config=config, progress=progress)
     if not (run_dir / "bundle" / "model.json").is_file():  # a non-zero DDP rank: rank 0 writes the bundle

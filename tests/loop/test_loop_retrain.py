@@ -33,7 +33,8 @@ def champion(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def test_retrain_uses_the_champions_settings_on_the_new_data(data: Path, champion: Path, tmp_path: Path) -> None:
+def test_retrain_uses_the_champions_settings_on_the_new_data(data: Path, champion: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     new = tmp_path / "data-v2"
     shutil.copytree(data, new)
     write_images(new, {"train": 1}, seed=7)  # two reviewed images: one per class
@@ -55,6 +56,11 @@ def test_retrain_uses_the_champions_settings_on_the_new_data(data: Path, champio
 
     with pytest.raises(UserInputError, match="already holds a bundle; pass --out to a new folder"):
         retrain(champion, new, out=tmp_path / "challenger", progress=False)
+    (tmp_path / "a-file").write_text("notes\n")  # refused once training had begun, after its first line of output
+    assert run_command(app, ["retrain", str(champion), "--data", str(new), "--out", str(tmp_path / "a-file")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: --out") and captured.err.count("\n") == 1 and "is a file" in captured.err
+    assert captured.out == "" and (tmp_path / "a-file").read_text() == "notes\n"
 
 
 def test_refusals_train_nothing(data: Path, champion: Path, tmp_path: Path,
