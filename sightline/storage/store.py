@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -92,6 +93,7 @@ __all__ = ["Store", "PredictionRecord", "ApiKeyRole", "LabelHistory", "KeptImage
 
 KEY_PREFIX = "sl_"
 _LOOKUP_CHARS = 8  # characters after KEY_PREFIX stored in clear to find the row; the rest is only hashed
+_KEY_TEXT = re.compile(r"[A-Za-z0-9_-]+")  # what a key is made of (KEY_PREFIX + secrets.token_urlsafe)
 DECISIONS = ("accept", "review", "unknown")  # a prediction's decision (sightline.decision, the open-set score)
 QUEUED_DECISIONS = tuple(d for d in DECISIONS if d != "accept")  # decisions that put a prediction in the review queue
 # The review queue (unlabelled, not accepted) as SQL text: the condition of the partial index ix_predictions_queue and
@@ -589,6 +591,8 @@ class Store:
     def verify_key(self, key: str) -> ApiKeyInfo | None:
         """The key's owner when the key exists and is not revoked, else None (constant-time hash compare)."""
         if not key.startswith(KEY_PREFIX) or len(key) < len(KEY_PREFIX) + _LOOKUP_CHARS + 8:
+            return None
+        if not _KEY_TEXT.fullmatch(key):  # no key has other characters; PostgreSQL refused a NUL in the lookup (500)
             return None
         with self._sessions() as session:
             row = session.scalars(

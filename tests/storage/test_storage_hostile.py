@@ -95,3 +95,17 @@ def sys_path_serve() -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # serve_tiny
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_presented_key_with_characters_no_key_has_is_unknown(tmp_path, kind):
+    """The web app's sign-in form takes any text as the key: one with a NUL byte in its first characters reached
+    PostgreSQL's lookup and was a 500 (DataError); it is an unknown key, as any other that no one was given."""
+    sys_path_serve()
+    from serve_tiny import open_store
+
+    with open_store(kind, tmp_path) as store:
+        key = store.create_key("ann", ["review"])
+        for presented in ("sl_aaa\x00" + "a" * 30, key[:6] + "\x00" + key[7:], key + "\x00", key + " é"):
+            assert store.verify_key(presented) is None
+        assert store.verify_key(key).name == "ann"
