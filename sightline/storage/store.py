@@ -570,6 +570,11 @@ class Store:
             raise UserInputError("the key name is empty; give it the name of the client or person.")
         if len(name) > NAME_MAX:  # PostgreSQL refused the INSERT (a traceback); SQLite kept it
             raise UserInputError(f"the key name is {len(name)} characters long; use at most {NAME_MAX}.")
+        if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in name):
+            # the name is the reviewer in one-line answers ("already labelled 'cat' by NAME"), `keys list` and the
+            # exports: a newline or a tab in it broke them (and PostgreSQL refuses a NUL)
+            raise UserInputError(f"the key name {name[:40]!r} holds a control character (a newline, a tab...); use "
+                                 "printable text.")
         granted = parse_roles(roles)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self._write(), Session(self.engine) as session, session.begin():

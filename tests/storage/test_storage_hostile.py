@@ -48,6 +48,12 @@ def test_a_key_name_too_long_for_its_column_is_one_line(tmp_path, kind):
             store.create_key("n" * 300, ["review"])
         assert store.list_keys() == []
         assert store.verify_key(store.create_key("n" * 200, ["review"])).name == "n" * 200
+        # the reviewer's name in one-line answers ("already labelled 'cat' by NAME"): a newline split them
+        for name in ("ann\nsmith", "ann\tsmith", "ann\x00", "ann\x85"):
+            with pytest.raises(UserInputError, match="holds a control character"):
+                store.create_key(name, ["review"])
+        assert store.verify_key(store.create_key("Zoë Ö'Brien 😀", ["review"])).name == "Zoë Ö'Brien 😀"
+        assert len(store.list_keys()) == 2
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
