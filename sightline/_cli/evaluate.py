@@ -95,6 +95,8 @@ def evaluate_cmd(
         said = first["reason"] if Path(first["path"]).name in first["reason"] else f"{first['path']}: {first['reason']}"
         console.print(f"  [yellow]{len(m['unreadable'])} file(s) could not be read and were left out[/] (e.g. "
                       f"{escape(said)})", highlight=False)
+    if m.get("warning"):
+        console.print(f"  [yellow]warning:[/] {escape(m['warning'])}", highlight=False)
     for key, path in m["files"].items():
         console.print(escape(f"  {key}: {path}"), highlight=False)
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sightline.bundle import Bundle, Preprocessing, load_bundle, resolve_bundle_dir
-from sightline.errors import BundleError, DatasetError, UserInputError
+from sightline.errors import BundleError, DatasetError, UserInputError, one_line
 from sightline.evaluate.figures import Fitted, fit_on_val, split_figures
 from sightline.evaluate.options import EvaluateOptions, resolve_options
 from sightline.evaluate.result import HEADLINE_KEYS, EvaluationResult, SeedSummary, write_json
@@ -493,7 +493,15 @@ def _open_set(engine: Engine, bundle: Bundle, scored: _Scored, fitted: Fitted, r
         return profile
 
     if options.reference and options.update_bundle and job.n_val > 0:
-        profile = build(save=True)
+        try:
+            profile = build(save=True)
+        except DatasetError as exc:  # too few readable val images: the metrics stand; only the profile is missing
+            if options.ood is not None:
+                raise
+            note = (f"no reference profile written ({one_line(exc).rstrip('.')}); the bundle keeps the one it had, if "
+                    "any, and `sightline monitor` needs one")
+            result.warning = f"{result.warning} {note}" if result.warning else note
+            return
     elif options.ood is None:
         return
     else:  # --ood with the profile the bundle holds; one built from val (not saved) for a bundle without one

@@ -72,3 +72,30 @@ def test_a_split_folder_given_as_data_says_to_pass_the_parent(tmp_path):
         tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
     with pytest.raises(DatasetError, match="pass its parent folder"):
         evaluate(tmp_path / "bundle", tmp_path / "data" / "val", report=False, update_bundle=False)
+
+
+def test_a_val_split_too_small_for_the_reference_profile_keeps_the_metrics(tmp_path):
+    """One readable val image: evaluate computed every figure, then stopped at the monitor's reference profile (it
+    needs two) with exit 2 and wrote nothing, while `train` on the same data had said "`sightline evaluate` writes
+    one". The figures are now written, with a warning that the profile is missing."""
+    import torch
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.evaluate.run import evaluate
+    from sightline.models.factory import create_model
+
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", "ab"), ("val", "a"), ("test", "ab")):
+        for c in classes:
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(1 if split == "val" else 2):
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.png")
+    torch.manual_seed(0)
+    Bundle("test_efficientnet", ["a", "b"], Preprocessing(32), name="t", version="1").save(
+        tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    result = evaluate(tmp_path / "bundle", tmp_path / "data", robustness=False, report=False, n_bootstrap=10,
+                      gallery_per_group=0, out=tmp_path / "eval")
+    assert result.n_images == 4 and (tmp_path / "eval" / "metrics.json").is_file()
+    assert "no reference profile written (only 1 image(s)" in result.warning
+    assert not (tmp_path / "bundle" / "reference.npz").exists()
