@@ -251,6 +251,14 @@ def create_app(settings: Settings) -> FastAPI:
             field = str(not_file.get("loc", ("body", "file"))[1])
             return JSONResponse({"detail": f"{where}: form field '{field}' must be a file upload (a multipart part "
                                            "with a filename), not text."}, status_code=422)
+        sent = request.headers.get("content-type", "")
+        not_json = next((e for e in exc.errors() if tuple(e.get("loc", ())) == ("body",)
+                         and e.get("type") in ("model_attributes_type", "dict_type")), None)
+        if not_json is not None and "json" not in sent.lower():
+            # a JSON object sent as text/plain, as a form, or with no Content-Type is not parsed: it arrives as bytes,
+            # and "body must be a mapping of key: value" did not say that the header was what to change
+            return JSONResponse({"detail": f"{where}: the body must be a JSON object sent with Content-Type: "
+                                           f"application/json (it came with {_shown_type(sent)})."}, status_code=422)
         return JSONResponse({"detail": validation_message(_Errors(exc), where=where)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -307,6 +315,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestId)  # outermost: every answer carries the id, the body limit's 413 included
     return app
+
+
+def _shown_type(content_type: str) -> str:
+    """A request's Content-Type as an error quotes it: its media type alone, at most 60 characters."""
+    media = content_type.split(";", 1)[0].strip()
+    return f"Content-Type: {media[:60]!r}" if media else "no Content-Type"
 
 
 class _Errors:

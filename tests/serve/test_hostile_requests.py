@@ -77,6 +77,18 @@ def test_mistyped_json_fields_are_named(service, body, words):
     _one_line(r, 422, *words)
 
 
+@pytest.mark.parametrize("content_type, shown", [
+    ("text/plain; charset=utf-8", "Content-Type: 'text/plain'"), (None, "no Content-Type"),
+    ("application/x-www-form-urlencoded", "Content-Type: 'application/x-www-form-urlencoded'"),
+])
+def test_a_json_body_with_another_content_type_says_to_send_the_header(service, content_type, shown):
+    """The body was right and the header was not: the answer said "body must be a mapping of key: value"."""
+    client, keys = service
+    headers = {"X-API-Key": keys["review"], **({"Content-Type": content_type} if content_type else {})}
+    r = client.post("/v1/review/1", content=b'{"label": "cat"}', headers=headers)
+    _one_line(r, 422, "POST /v1/review/1", "Content-Type: application/json", shown)
+
+
 @pytest.mark.parametrize("query, words", [
     ("limit=0", ("query.limit", ">= 1")), ("limit=100000", ("query.limit", "<= 500")),
     ("limit=abc", ("query.limit", "whole number")), ("offset=-1", ("query.offset", ">= 0")),
