@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import subprocess
@@ -94,10 +95,23 @@ class Bundle:
             if not isinstance(value, str) or not value.strip():
                 raise BundleError(f"{where}: {key}={value!r} must be non-empty text (in quotes, e.g. \"{key}\": "
                                   f"\"3\"); edit model.json or export the bundle again.")
+        classes = [str(c) for c in data["classes"]]
+        if len(set(classes)) != len(classes):  # two outputs under one name: every decision about it is ambiguous
+            twice = sorted({c for c in classes if classes.count(c) > 1})
+            raise BundleError(f"{where}: 'classes' lists {', '.join(map(repr, twice))} more than once; each output "
+                              "needs its own name. Copy the bundle folder again from the run, or train again.")
+        temperature = data.get("temperature", 1.0)  # logits / 0 or NaN: NaN confidences; below 0: inverted ranks
+        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        if not (number and 0 < temperature < math.inf):
+            raise BundleError(f"{where}: temperature={temperature!r} must be a positive number; set it to 1.0 "
+                              "(uncalibrated) and run `sightline evaluate` to fit it, or copy the bundle folder again.")
+        if not isinstance(data.get("thresholds", {}), dict):
+            raise BundleError(f"{where}: 'thresholds' must be a JSON object; set it to {{}} and run `sightline "
+                              "evaluate` to choose them, or copy the bundle folder again.")
         known = {f for f in cls.__dataclass_fields__ if f != "path"}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
-        kwargs["classes"] = [str(c) for c in data["classes"]]
+        kwargs["classes"] = classes
         return cls(**kwargs, path=path)
 
     def save(self, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:

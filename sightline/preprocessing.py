@@ -2,6 +2,7 @@
 `pretrained_cfg`. The lowest layer of the package: data, models, the bundle and the inference core all read it."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         try:
-            return cls(
+            pre = cls(
                 input_size=int(data["input_size"]),
                 mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
                 std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
@@ -60,3 +61,9 @@ class Preprocessing:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"model.json 'preprocessing' is invalid ({exc}); re-export the bundle.") from exc
+        finite = all(math.isfinite(v) for v in (*pre.mean, *pre.std))
+        if len(pre.mean) != 3 or len(pre.std) != 3 or not finite or min(pre.std) <= 0:
+            # a std of 0 gave NaN confidences for every image; one mean value was broadcast over the 3 channels
+            raise BundleError(f"model.json 'preprocessing': mean={list(pre.mean)} and std={list(pre.std)} must be 3 "
+                              "finite numbers each (R, G, B), std above 0; re-export the bundle.")
+        return pre
