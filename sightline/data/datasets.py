@@ -154,7 +154,8 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[
             p = base / name
             if p.is_symlink() and not _inside(p, root):
                 skipped.append({"path": p.relative_to(root).as_posix(), "kind": UNREADABLE,  # a sample's file
-                                "reason": "symlink points outside the dataset root; refused"})
+                                "reason": "symlink points outside the dataset root; refused (copy the file in, "
+                                          "e.g. cp -L)"})
                 continue
             out.append(p)
     return out
@@ -273,7 +274,12 @@ def scan_dataset(
     for split, d in groups:
         if per_folder[(split, d.name)] == 0:
             where = d.relative_to(root).as_posix()
-            raise DatasetError(f"class folder '{where}' holds no usable image; add images or remove the folder")
+            # what the folder does hold, and why none of it is used: a folder of symlinks to images elsewhere (each
+            # refused) was told to "add images", though it held nothing else
+            refused = [s for s in skipped if s["path"].startswith(f"{where}/")]
+            held = (f" ({len(refused)} file(s) there not used, e.g. {refused[0]['path']}: {refused[0]['reason']})"
+                    if refused else "")
+            raise DatasetError(f"class folder '{where}' holds no usable image{held}; add images or remove the folder")
     classes = sorted({d.name for _, d in groups})
     if len(classes) < 2:
         found = f"only '{classes[0]}'" if classes else "none"

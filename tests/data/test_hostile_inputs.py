@@ -197,3 +197,19 @@ def test_a_macos_metadata_folder_is_ignored_and_listed(tmp_path, where):
     assert ds.classes == ["cat", "dog"] and len(ds.samples) == (8 if where else 4)
     listed = [s for s in ds.skipped if s["path"] == f"{where}__MACOSX"]
     assert len(listed) == 1 and listed[0]["kind"] == "ignored" and "macOS" in listed[0]["reason"]
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_a_class_folder_with_nothing_usable_says_what_it_holds(tmp_path):
+    """A class folder of symlinks to photos elsewhere (each refused), or of HEIC photos, was told "holds no usable
+    image; add images", as if it were empty: now the count and the first file's reason come with it."""
+    from sightline.errors import DatasetError
+
+    _images(tmp_path / "elsewhere", 2)
+    _images(tmp_path / "data" / "cat", 2)
+    (tmp_path / "data" / "dog").mkdir()
+    for i in range(2):
+        os.symlink(tmp_path / "elsewhere" / f"{i}.png", tmp_path / "data" / "dog" / f"{i}.png")
+    with pytest.raises(DatasetError, match=r"class folder 'dog' holds no usable image \(2 file\(s\) there not used, "
+                                           r"e\.g\. dog/0\.png: symlink points outside the dataset root; .*cp -L"):
+        scan_dataset(tmp_path / "data")
