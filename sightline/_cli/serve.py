@@ -112,9 +112,19 @@ def register(app: typer.Typer) -> None:
             what += f", settings from {settings.spec} beneath SIGHTLINE_* variables"
         store = _store(settings.bundle, settings.resolved_database_url())
         if settings.require_api_key and not store.list_keys():
-            err_console.print("no API key yet: create one with `sightline keys create NAME --bundle BUNDLE`.")
+            # the database this service reads: `--bundle BUNDLE` put a key given --database where it never looked
+            import shlex
+
+            from sightline.storage.store import safe_url
+
+            where = (f"--database-url {shlex.quote(safe_url(settings.database_url))}" if settings.database_url
+                     else f"--bundle {shlex.quote(str(settings.bundle))}")
+            err_console.print(f"no API key yet: create one with `sightline keys create NAME {where}`.",
+                              highlight=False, markup=False)
         store.close()
-        err_console.print(f"serving {what} on http://{settings.host}:{settings.port} (docs at /docs)")
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 address in a URL
+        err_console.print(f"serving {what} on http://{host}:{settings.port} (docs at /docs)", highlight=False,
+                          markup=False)
         uvicorn.run(
             create_app(settings),
             host=settings.host,

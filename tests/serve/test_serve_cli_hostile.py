@@ -117,3 +117,17 @@ def test_keys_refuse_an_in_memory_database(run_cli, url):
     code, out = run_cli(["keys", "create", "ann", "--database-url", url])
     assert code == 2 and "is an in-memory database: the key would be lost" in _last_error(out)
     assert "sl_" not in out.out
+
+
+def test_the_start_lines_name_the_database_and_an_ipv6_address_as_a_url(run_cli, bundle, tmp_path, monkeypatch):
+    """Given --database, the advice was `keys create NAME --bundle BUNDLE`, which puts the key in the bundle's own
+    database, one this service never reads (every request then 401); and http://::1:8000 is no URL."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # the start lines only, no server
+    db = tmp_path / "elsewhere.sqlite"
+    code, out = run_cli(["serve", str(bundle), "--database", str(db), "--host", "::1", "--port", "0"])
+    assert code == 0, out.err
+    text = " ".join(out.err.split())
+    assert f"`sightline keys create NAME --database-url sqlite:///{db.resolve()}`" in text, text
+    assert "on http://[::1]:0 " in text
