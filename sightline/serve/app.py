@@ -289,9 +289,11 @@ def create_app(settings: Settings) -> FastAPI:
                                                f"{settings.max_images_per_request}. Split the request."},
                                     status_code=413)
             if detail.startswith(("Missing boundary", "Too many fields.", "Field exceeded", "Part exceeded")):
-                return JSONResponse({"detail": f"{where}: {detail[:1].lower()}{detail[1:-1]}; send multipart/form-"
-                                               "data with a boundary in its Content-Type and only the file "
-                                               "field(s), each image as a file upload."}, status_code=400)
+                fix = ("send multipart/form-data with a boundary in its Content-Type and only the file field(s), each "
+                       "image as a file upload." if request.url.path == "/v1/predict" else  # the web app's forms:
+                       "send the form's own fields as its page does (a few, each under 1 MB).")
+                return JSONResponse({"detail": f"{where}: {detail[:1].lower()}{detail[1:-1]}; {fix}"},
+                                    status_code=400)
         return await http_exception_handler(request, exc)
 
     from sightline.serve.batching import BatcherClosedError

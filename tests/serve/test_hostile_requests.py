@@ -180,6 +180,14 @@ def test_multipart_refused_by_the_parser_is_one_line_naming_the_fix(service, kwa
     assert status == 413 or "multipart/form-data" in detail
 
 
+@pytest.mark.parametrize("kwargs", [{"data": {f"f{i}": "x" for i in range(1001)}}, {"data": {"key": "k" * 1_100_000}}])
+def test_a_web_form_refused_by_the_parser_is_not_told_to_send_images(service, kwargs):
+    """The web app's forms got /v1/predict's advice ("only the file field(s), each image as a file upload")."""
+    client, _ = service
+    detail = _one_line(client.post("/ui/signin", **kwargs), 400, "POST /ui/signin", "the form's own fields")
+    assert "image" not in detail and "file" not in detail
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_bundle_with_a_long_name_and_version_still_stores_its_answers(tmp_path, kind):
     """model.json name over 200 and version over 100 characters (the columns' widths): on PostgreSQL every predict
