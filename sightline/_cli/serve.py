@@ -21,6 +21,8 @@ def _store(bundle: Path | None, database_url: str | None, *, keeps: str | None =
 
     bundle = bundle or (Path(os.environ["SIGHTLINE_BUNDLE"]) if os.environ.get("SIGHTLINE_BUNDLE") else None)
     url = resolve_url(database_url or os.environ.get("SIGHTLINE_DATABASE_URL"), bundle)
+    if "://" not in url:  # a plain path: a SQLite file, as `serve --database`, `registry` and `feedback` take it
+        url = f"sqlite:///{Path(url).expanduser().resolve()}"
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -137,7 +139,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(keys, name="keys")
 
     bundle_opt = typer.Option(None, "--bundle", help="Bundle whose database to use (or SIGHTLINE_BUNDLE).")
-    url_opt = typer.Option(None, "--database-url", help="SQLAlchemy URL (or SIGHTLINE_DATABASE_URL).")
+    url_opt = typer.Option(None, "--database-url", help="SQLAlchemy URL or SQLite file path (or "
+                           "SIGHTLINE_DATABASE_URL).")
 
     @keys.command("create")
     def keys_create(

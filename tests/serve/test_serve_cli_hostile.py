@@ -119,6 +119,17 @@ def test_keys_refuse_an_in_memory_database(run_cli, url):
     assert "sl_" not in out.out
 
 
+def test_keys_take_a_sqlite_file_path_as_serve_does(run_cli, tmp_path, monkeypatch):
+    """`serve --database state/db.sqlite` takes a path; `keys create --database-url state/db.sqlite` answered
+    "database URL '<unparseable>' cannot be used", naming neither the value nor the fix."""
+    monkeypatch.chdir(tmp_path)
+    code, out = run_cli(["keys", "create", "ann", "--database-url", "db.sqlite", "--json"])
+    assert code == 0, out.err
+    assert (tmp_path / "db.sqlite").is_file()
+    code, out = run_cli(["keys", "list", "--database-url", str(tmp_path / "db.sqlite"), "--json"])
+    assert code == 0 and "ann" in out.out
+
+
 def test_the_start_lines_name_the_database_and_an_ipv6_address_as_a_url(run_cli, bundle, tmp_path, monkeypatch):
     """Given --database, the advice was `keys create NAME --bundle BUNDLE`, which puts the key in the bundle's own
     database, one this service never reads (every request then 401); and http://::1:8000 is no URL."""
