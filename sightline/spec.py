@@ -305,10 +305,13 @@ def write_spec_template(data_dir: str | Path, classes: list[str], *, overwrite: 
     path = Path(data_dir) / SPEC_FILE
     if path.exists() and not overwrite:
         raise SpecError(f"{path} already exists; edit it, or pass --force to replace it.")
+    def scalar(name: str) -> str:  # quoted where YAML would read it as something else: yes, null, 'a: b', #c, [x]
+        return yaml.safe_dump([name], default_flow_style=True, allow_unicode=True, width=1 << 30).strip()[1:-1]
+
     cost_lines = "".join(
-        f"  # {c}: {{false_positive: 1, false_negative: 1}}\n" for c in classes
+        f"  # {scalar(c)}: {{false_positive: 1, false_negative: 1}}\n" for c in classes
     )
-    target_lines = "".join(f"  # - {{metric: recall, class: {c}, min: 0.95}}\n" for c in classes)
+    target_lines = "".join(f"  # - {{metric: recall, class: {scalar(c)}, min: 0.95}}\n" for c in classes)
     text = _TEMPLATE.format(
         class_list=", ".join(classes),
         task="Describe in one sentence what the model decides (edit me).",

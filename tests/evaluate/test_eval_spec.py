@@ -114,6 +114,21 @@ def test_template_lists_classes_is_valid_and_never_clobbers(tmp_path):
         write_spec_template(tmp_path, ["a", "b"])
 
 
+def test_template_lines_for_any_class_name_read_back_as_that_name(tmp_path):
+    """`init` wrote class names bare into the commented cost and target lines: uncommented, 'yes' read back as true,
+    'null' as null, 'a: b' and '[x]' were not valid YAML and '#c' a comment."""
+    import re
+
+    classes = ["yes", "null", "on", "1e3", "a: b", "#c", "[x]", "'q", '"dq', "fourmi é", "crack"]
+    text = write_spec_template(tmp_path, classes).read_text()
+    opened = re.sub(r"^(\s*)# (- \{metric: recall|\S.*: \{false_positive)", r"\1\2", text, flags=re.M)
+    (tmp_path / "sightline.yaml").write_text(opened)
+    spec = load_spec(tmp_path / "sightline.yaml")
+    assert sorted(spec.costs) == sorted(["default", *classes])
+    assert sorted(t.class_name for t in spec.targets if t.class_name) == sorted(classes)
+    assert "class: crack," in text and "class: fourmi é," in text  # plain names stay bare
+
+
 def test_a_data_folder_stands_for_its_sightline_yaml(tmp_path):
     # `evaluate --spec DATA` reads DATA/sightline.yaml, as `serve --spec` and `monitor --spec` do.
     (tmp_path / "sightline.yaml").write_text("task: sort parts\n")
