@@ -7,6 +7,7 @@ that is furthest below its target share: the class proportions follow `ratios` a
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections import Counter, defaultdict
@@ -115,6 +116,8 @@ def place_file(src: Path, dst: Path, *, link: bool = True) -> bool:
     """Hard-link src to dst (when `link`), or copy when linking is impossible or not wanted. True when linked.
     A symlinked src is placed as the file it points to: os.link on Linux links the symlink itself, which pointed
     back into the source (refused by training as outside its root) or dangled when relative."""
+    if dst.exists() or dst.is_symlink():  # os.link would fail and copy2 write through dst: into a hard-linked source
+        raise FileExistsError(errno.EEXIST, "already placed; not replaced", str(dst))
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
         try:
@@ -207,7 +210,13 @@ def split_dataset(
             dst = work / rel
             if dst.exists():  # the same file name under one class in two source splits
                 stem = dst.stem.encode()[:200].decode(errors="ignore")  # within the 255-byte name limit
-                dst = dst.with_name(f"{stem}__{sample.split}{dst.suffix}")
+                # a free name: train/a/x.jpg, val/a/x.jpg and train/a/x__val.jpg all exist in some datasets. Placing
+                # val's x.jpg onto the x__val.jpg just linked overwrote it, and through the hard link the source
+                # file: one image lost from OUT, another replaced in SRC.
+                n, dst = 0, dst.with_name(f"{stem}__{sample.split}{dst.suffix}")
+                while dst.exists():
+                    n += 1
+                    dst = dst.with_name(f"{stem}__{sample.split}-{n}{dst.suffix}")
                 rel = dst.relative_to(work)
             did_link = place_file(sample.path, dst, link=link)
             linked += int(did_link)

@@ -217,6 +217,22 @@ def test_a_long_name_in_two_source_splits_is_placed_under_a_name_that_fits(tmp_p
     assert all(len(p.name.encode()) <= 255 for p in (tmp_path / "out").rglob("*"))
 
 
+def test_a_renamed_name_taken_by_another_image_never_replaces_it(tmp_path: Path) -> None:
+    """train/a/x.png, val/a/x.png and train/a/x__val.png: val's x.png, renamed x__val.png, was placed onto the
+    x__val.png just hard-linked, so the copy wrote through the link into the source: one image missing from OUT and
+    another source file replaced."""
+    for split in ("train", "val"):
+        _make(tmp_path / "raw" / split, {"a": 2, "b": 2})
+    _img(100).save(tmp_path / "raw" / "train" / "a" / "x.png")
+    _img(101).save(tmp_path / "raw" / "val" / "a" / "x.png")
+    _img(102).save(tmp_path / "raw" / "train" / "a" / "x__val.png")
+    before = _snapshot(tmp_path / "raw")
+    result = split_dataset(tmp_path / "raw", tmp_path / "out", ratios=(1, 0, 0), max_distance=-1)
+    assert _snapshot(tmp_path / "raw") == before  # the source is never modified
+    placed = sorted(_snapshot(tmp_path / "out" / "train").values())
+    assert result.n_images == 11 and placed == sorted(before.values())
+
+
 def test_a_class_too_small_for_every_split_is_named(tmp_path: Path, run_cli) -> None:
     """Two images of 'rare' cannot fill train, val and test: the split said nothing, and the class's val and test
     figures were simply missing from every later report."""
