@@ -8,9 +8,10 @@ import typer
 from sightline._cli.common import console, err_console, fail, print_json
 
 
-def _store(bundle: Path | None, database_url: str | None, *, keeps: str | None = None):
+def _store(bundle: Path | None, database_url: str | None, *, keeps: str | None = None, creates: bool = True):
     """The service's database. `keeps`: what this command writes there for later (its keys), refused in an
-    in-memory SQLite database, which forgets it when the command ends."""
+    in-memory SQLite database, which forgets it when the command ends. A plain path is a SQLite file; unless
+    `creates`, one that does not exist is refused (a typo made an empty database and listed nothing)."""
     import os
 
     from sqlalchemy.engine import make_url
@@ -22,6 +23,9 @@ def _store(bundle: Path | None, database_url: str | None, *, keeps: str | None =
     bundle = bundle or (Path(os.environ["SIGHTLINE_BUNDLE"]) if os.environ.get("SIGHTLINE_BUNDLE") else None)
     url = resolve_url(database_url or os.environ.get("SIGHTLINE_DATABASE_URL"), bundle)
     if "://" not in url:  # a plain path: a SQLite file, as `serve --database`, `registry` and `feedback` take it
+        if not creates and not Path(url).expanduser().exists():
+            raise fail(f"database file '{url}' does not exist; pass the service's database (--database-url, a "
+                       "SQLite file or a sqlite:/// or postgresql:// URL, or SIGHTLINE_DATABASE_URL).")
         url = f"sqlite:///{Path(url).expanduser().resolve()}"
     try:
         parsed = make_url(url)
@@ -170,7 +174,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """List keys (name, prefix, created, revoked); the keys themselves are not stored."""
-        rows = _store(bundle, database_url, keeps="the keys").list_keys()
+        rows = _store(bundle, database_url, keeps="the keys", creates=False).list_keys()
         if as_json:
             print_json(rows)
             return
@@ -186,7 +190,7 @@ def register(app: typer.Typer) -> None:
         database_url: str | None = url_opt,
     ) -> None:
         """Revoke keys; the service refuses them within a few seconds (its key cache)."""
-        n = _store(bundle, database_url, keeps="the revocation").revoke_key(name)
+        n = _store(bundle, database_url, keeps="the revocation", creates=False).revoke_key(name)
         if n == 0:
             raise fail(f"no active key named or prefixed '{name}'; see `sightline keys list`.")
         console.print(f"revoked {n} key(s) for {name}")

@@ -128,6 +128,10 @@ def test_keys_take_a_sqlite_file_path_as_serve_does(run_cli, tmp_path, monkeypat
     assert (tmp_path / "db.sqlite").is_file()
     code, out = run_cli(["keys", "list", "--database-url", str(tmp_path / "db.sqlite"), "--json"])
     assert code == 0 and "ann" in out.out
+    for command in (["list"], ["revoke", "ann"]):  # reading a typo made an empty database there
+        code, out = run_cli(["keys", *command, "--database-url", "typo.sqlite"])
+        assert code == 2 and "database file 'typo.sqlite' does not exist" in _last_error(out)
+        assert not (tmp_path / "typo.sqlite").exists()
 
 
 def test_the_start_lines_name_the_database_and_an_ipv6_address_as_a_url(run_cli, bundle, tmp_path, monkeypatch):
