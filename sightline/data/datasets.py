@@ -174,6 +174,20 @@ def _class_dirs(parent: Path, root: Path, skipped: list[dict]) -> list[Path]:
     return dirs
 
 
+def _classes_named_like_splits(root: Path, present: list[str]) -> bool:
+    """True when the folders named train/val/test are classes of a flat layout: none holds a folder, at least one
+    holds files, and DATA has other (class) folders beside them. A vehicle dataset with a class "train" was read as
+    the split layout and refused with "needs at least two class folders in train/val/test, found none"."""
+    def entries(folder: Path) -> list[Path]:
+        return [p for p in folder.iterdir() if not _hidden(p.name)]
+
+    inside = [entries(root / s) for s in present]
+    if any(p.is_dir() for found in inside for p in found) or not any(inside):
+        return False
+    others = [d for d in entries(root) if d.is_dir() and d.name not in SPLITS and d.name not in METADATA_DIRS]
+    return bool(others)
+
+
 def _probe(path: Path) -> tuple[Path, object]:
     try:
         info = image_info(path)
@@ -232,6 +246,8 @@ def scan_dataset(
     root = root.resolve()
     skipped: list[dict] = []
     present = [s for s in SPLITS if (root / s).is_dir()]
+    if present and _classes_named_like_splits(root, present):
+        present = []  # DATA/{train,car,bus}/ of images: a class named "train", not the split layout
     layout = "split" if present else "flat"
     # (split, class folder) pairs
     groups: list[tuple[str | None, Path]] = []
@@ -243,6 +259,10 @@ def scan_dataset(
                 skipped.append({"path": d.name, "kind": IGNORED, "reason": reason})
         for s in present:
             groups.extend((s, d) for d in _class_dirs(root / s, root, skipped))
+            # an image straight in train/ has no class: it was left out without a word
+            skipped.extend({"path": f.relative_to(root).as_posix(), "kind": IGNORED,
+                            "reason": f"file directly in {s}/, outside any class folder; move it into {s}/<class>/"}
+                           for f in sorted((root / s).iterdir()) if not _hidden(f.name) and _is_file(f))
     else:
         groups.extend((None, d) for d in _class_dirs(root, root, skipped))
     missing = [s for s in require_splits if s not in present]

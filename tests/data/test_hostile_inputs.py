@@ -213,3 +213,26 @@ def test_a_class_folder_with_nothing_usable_says_what_it_holds(tmp_path):
     with pytest.raises(DatasetError, match=r"class folder 'dog' holds no usable image \(2 file\(s\) there not used, "
                                            r"e\.g\. dog/0\.png: symlink points outside the dataset root; .*cp -L"):
         scan_dataset(tmp_path / "data")
+
+
+def test_a_class_named_train_in_the_flat_layout_is_a_class(tmp_path):
+    """DATA/{train,car,bus}/ of images (vehicles): the train/ folder made it the split layout, car/ and bus/ were
+    ignored as "not a split", and the dataset refused: "needs at least two class folders in train/val/test"."""
+    for i, c in enumerate(("train", "car", "bus")):
+        _images(tmp_path / c, 2, seed=i)
+    ds = scan_dataset(tmp_path)
+    assert ds.layout == "flat" and ds.classes == ["bus", "car", "train"] and len(ds.samples) == 6
+
+
+def test_an_image_straight_in_a_split_folder_is_listed(tmp_path):
+    """DATA/train/x.png (no class folder) was left out of every stage without a word."""
+    for split in ("train", "val"):
+        _images(tmp_path / split / "cat", 2)
+        _images(tmp_path / split / "dog", 2, seed=1)
+    _images(tmp_path / "train" / "stray", 1)
+    (tmp_path / "train" / "stray" / "0.png").rename(tmp_path / "train" / "x.png")
+    (tmp_path / "train" / "stray").rmdir()
+    ds = scan_dataset(tmp_path)
+    assert ds.layout == "split" and len(ds.samples) == 8
+    listed = {s["path"]: s["reason"] for s in ds.skipped}
+    assert "outside any class folder; move it into train/<class>/" in listed["train/x.png"]
