@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sightline.data.images import DEFAULT_MAX_PIXELS, image_info
+from sightline.data.inputs import IMAGE_SUFFIXES, looks_like_image
 from sightline.errors import DatasetError, ImageError, UserInputError
 
 __all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version",
@@ -265,6 +266,11 @@ def scan_dataset(
                            for f in sorted((root / s).iterdir()) if not _hidden(f.name) and _is_file(f))
     else:
         groups.extend((None, d) for d in _class_dirs(root, root, skipped))
+    # an image beside the class folders has no class (sightline.yaml, manifest.csv and notes are not images)
+    skipped.extend({"path": f.name, "kind": IGNORED, "reason": "image at the top level, outside any class folder; "
+                    f"move it into {'train/' if layout == 'split' else ''}<class>/"}
+                   for f in sorted(root.iterdir()) if not _hidden(f.name) and _is_file(f)
+                   and (f.suffix.lower() in IMAGE_SUFFIXES or looks_like_image(f)))
     missing = [s for s in require_splits if s not in present]
     if missing:
         hint = split_hint(root) if layout == "flat" else "add the folder or re-split the data"

@@ -236,3 +236,16 @@ def test_an_image_straight_in_a_split_folder_is_listed(tmp_path):
     assert ds.layout == "split" and len(ds.samples) == 8
     listed = {s["path"]: s["reason"] for s in ds.skipped}
     assert "outside any class folder; move it into train/<class>/" in listed["train/x.png"]
+
+
+@pytest.mark.parametrize("split", ["", "train/"])
+def test_an_image_beside_the_class_folders_is_listed(tmp_path, split):
+    """DATA/x.jpg (no class folder) was left out without a word; notes and sightline.yaml beside it are not images."""
+    for s in (split, "val/") if split else ("",):
+        _images(tmp_path / s / "cat", 2)
+        _images(tmp_path / s / "dog", 2, seed=1)
+    Image.new("RGB", (24, 24), (200, 30, 30)).save(tmp_path / "x.jpg")
+    (tmp_path / "sightline.yaml").write_text("task: x\n")
+    (tmp_path / "README.md").write_text("notes")
+    listed = {s["path"]: s["reason"] for s in scan_dataset(tmp_path).skipped}
+    assert set(listed) == {"x.jpg"} and f"move it into {split}<class>/" in listed["x.jpg"]
