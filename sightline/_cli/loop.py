@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from sightline._cli.common import console, err_console, existing_path, print_json
 
@@ -51,14 +52,16 @@ def feedback_export_cmd(
     added = summary["added"]
     parts = [f"{split} +{sum(c.values())}" for split, c in added.items()]
     console.print(f"{out}: dataset {summary['dataset_version']} from {summary['parent_version']} "
-                  f"({summary['parent_files_linked']} parent files linked; {', '.join(parts)})", highlight=False)
+                  f"({summary['parent_files_linked']} parent files linked; {', '.join(parts)})", highlight=False,
+                  markup=False)
     skipped = summary["skipped"]
     console.print(f"  not placed: {len(skipped['unknown_label'])} labelled unknown, {len(skipped['image_missing'])} "
                   f"without their image, {len(skipped['duplicates_of_parent'])} copies of parent images, "
-                  f"{len(summary['conflicts'])} conflicting labels (feedback.json lists them)", highlight=False)
+                  f"{len(summary['conflicts'])} conflicting labels (feedback.json lists them)", highlight=False,
+                  markup=False)
     if "audit" in summary:
         counts = ", ".join(f"{k} {v}" for k, v in summary["audit"]["counts"].items()) or "no findings"
-        console.print(f"  audit: {counts} ({summary['audit']['out']})", highlight=False)
+        console.print(f"  audit: {counts} ({summary['audit']['out']})", highlight=False, markup=False)
 
 
 def retrain_cmd(
@@ -88,11 +91,12 @@ def retrain_cmd(
     val = result["val"] or {}
     console.print(f"challenger {result['bundle']} (version {result['version']}, dataset {result['dataset_version']}; "
                   f"champion {result['champion_version']} was on {result['champion_dataset_version']})",
-                  highlight=False)
+                  highlight=False, markup=False)
     if val:
         console.print(f"  val ({val['n_images']} images): accuracy {val['accuracy']:.4f}, macro-F1 "
-                      f"{val['macro_f1']:.4f}; settings from {result['config_from']}", highlight=False)
-    console.print(f"next: sightline challenge {result['champion']} {result['bundle']} --data {data}", highlight=False)
+                      f"{val['macro_f1']:.4f}; settings from {result['config_from']}", highlight=False, markup=False)
+    console.print(f"next: sightline challenge {result['champion']} {result['bundle']} --data {data}", highlight=False,
+                  markup=False)
 
 
 def challenge_cmd(
@@ -144,10 +148,10 @@ def challenge_cmd(
         word = "[green]PROMOTE[/]" if verdict["promote"] else "[red]DO NOT PROMOTE[/]"
         console.print(f"verdict: {word}")
         for reason in verdict["reasons"]:
-            console.print(f"  - {reason}", highlight=False)
-        console.print(f"  {result['files']['html']}", highlight=False)
+            console.print(f"  - {reason}", highlight=False, markup=False)
+        console.print(f"  {result['files']['html']}", highlight=False, markup=False)
         if recorded is not None:
-            console.print(f"  recorded in the registry as challenge {recorded}", highlight=False)
+            console.print(f"  recorded in the registry as challenge {recorded}", highlight=False, markup=False)
     if not verdict["promote"]:
         raise typer.Exit(1)
 
@@ -199,10 +203,10 @@ def registry_add(
         return
     what = "registered" if added.created else "already registered"
     console.print(f"{what}: {v.ref} {v.name} {v.model_version} ({v.architecture}), hash {v.bundle_hash[:12]}, "
-                  f"dataset {v.dataset_version or 'unknown'}, {_metrics(v)}", highlight=False)
-    console.print(f"  files: {v.path}", highlight=False)
+                  f"dataset {v.dataset_version or 'unknown'}, {_metrics(v)}", highlight=False, markup=False)
+    console.print(f"  files: {v.path}", highlight=False, markup=False)
     if move is not None:
-        console.print(f"  {move.alias}: {move.from_ref or '(unset)'} -> {move.to_ref}", highlight=False)
+        console.print(f"  {move.alias}: {move.from_ref or '(unset)'} -> {move.to_ref}", highlight=False, markup=False)
 
 
 @registry_app.command("list")
@@ -226,9 +230,10 @@ def registry_list(database: Optional[str] = DatabaseOpt, as_json: bool = JsonOpt
         table.add_column(col, no_wrap=col in ("version", "hash", "test acc"))
     for v in versions:
         acc = (v.test_metrics or {}).get("accuracy")
-        table.add_row(v.ref, ", ".join(by_id.get(v.id, [])), f"{v.name} {v.model_version}", v.bundle_hash[:10],
+        table.add_row(v.ref, ", ".join(by_id.get(v.id, [])), escape(f"{v.name} {v.model_version}"),
+                      v.bundle_hash[:10],
                       v.dataset_version or "-", f"{acc:.3f}" if acc is not None else "-",
-                      f"{v.added_at[:10]} {v.added_by}")
+                      escape(f"{v.added_at[:10]} {v.added_by}"))  # a cell is markup too
     console.print(table)
 
 
@@ -248,18 +253,18 @@ def registry_show(
         print_json({**v.to_dict(), "aliases": aliases, "last_challenge": last, "intact": intact})
         return
     console.print(f"{v.ref}: {v.name} {v.model_version} ({v.architecture}); aliases: {', '.join(aliases) or 'none'}",
-                  highlight=False)
+                  highlight=False, markup=False)
     console.print(f"  hash {v.bundle_hash}; files {v.path} ({'intact' if intact else 'CHANGED OR MISSING'})",
-                  highlight=False)
+                  highlight=False, markup=False)
     console.print(f"  dataset {v.dataset_version or 'unknown'}; {_metrics(v)}; classes {', '.join(v.classes)}",
-                  highlight=False)
+                  highlight=False, markup=False)
     console.print(f"  added {v.added_at} by {v.added_by} from {v.source}" + (f": {v.reason}" if v.reason else ""),
-                  highlight=False)
+                  highlight=False, markup=False)
     if last is None:
-        console.print("  never challenged", highlight=False)
+        console.print("  never challenged", highlight=False, markup=False)
     else:
         console.print(f"  last challenge {last['at']}: {'passed' if last['promote'] else 'FAILED'}: "
-                      f"{'; '.join(last['reasons'])}", highlight=False)
+                      f"{'; '.join(last['reasons'])}", highlight=False, markup=False)
 
 
 @registry_app.command("promote")
@@ -320,7 +325,8 @@ def _warn_unservable(registry: Any, move: Any) -> None:
     if not (Path(version.path) / "model.onnx").is_file():
         err_console.print(f"[yellow]warning:[/] {version.ref} has no model.onnx: a server following {move.alias} "
                           f"keeps serving {move.from_ref or 'nothing'} until it has one; run `sightline export "
-                          f"{version.source}` and `sightline registry add` it again.", highlight=False, soft_wrap=True)
+                          f"{escape(str(version.source))}` and `sightline registry add` it again.", highlight=False,
+                          soft_wrap=True)
 
 
 def _print_move(move: Any, as_json: bool) -> None:
@@ -328,6 +334,6 @@ def _print_move(move: Any, as_json: bool) -> None:
         print_json(move.to_dict())
         return
     forced = " [red](forced past a failed challenge)[/]" if move.forced else ""
-    why = f": {move.reason}" if move.reason else ""
-    console.print(f"{move.at} {move.alias} {move.action} {move.from_ref or '(unset)'} -> {move.to_ref} by "
-                  f"{move.by}{why}{forced}", highlight=False)
+    why = f": {escape(move.reason)}" if move.reason else ""  # --by and --reason are the user's: "[/x]" was a
+    console.print(f"{move.at} {move.alias} {move.action} {move.from_ref or '(unset)'} -> {move.to_ref} by "  # traceback
+                  f"{escape(move.by)}{why}{forced}", highlight=False)

@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
             if not b.onnx_path.is_file():
                 from sightline.optimize.export import export
 
-                err_console.print(f"{b.onnx_path} is missing: exporting it now (parity checked) ...")
+                err_console.print(f"{b.onnx_path} is missing: exporting it now (parity checked) ...", markup=False)
                 export(settings.bundle)
             what = f"{b.name} v{b.version}"
         _preflight(settings, b)
@@ -164,7 +164,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json({"name": name, "roles": list(roles), "key": key})
         else:
-            err_console.print(f"API key for {name}, roles {', '.join(roles)} (shown once; send it as X-API-Key):")
+            # markup off: a name is the user's text ("[/x]" was a MarkupError after the key was stored, never shown)
+            err_console.print(f"API key for {name}, roles {', '.join(roles)} (shown once; send it as X-API-Key):",
+                              markup=False, highlight=False)
             typer.echo(key)
 
     @keys.command("list")
@@ -181,7 +183,7 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             state = f"revoked {r['revoked']:%Y-%m-%d %H:%M}" if r["revoked"] else "active"
             console.print(f"{r['id']:>4}  {r['name']:<24} {r['prefix']}...  {','.join(r['roles']):<22} "
-                          f"created {r['created']:%Y-%m-%d %H:%M}  {state}")
+                          f"created {r['created']:%Y-%m-%d %H:%M}  {state}", markup=False, highlight=False)
 
     @keys.command("revoke")
     def keys_revoke(
@@ -193,7 +195,7 @@ def register(app: typer.Typer) -> None:
         n = _store(bundle, database_url, keeps="the revocation", creates=False).revoke_key(name)
         if n == 0:
             raise fail(f"no active key named or prefixed '{name}'; see `sightline keys list`.")
-        console.print(f"revoked {n} key(s) for {name}")
+        console.print(f"revoked {n} key(s) for {name}", markup=False, highlight=False)
 
 
 def _preflight(settings, bundle) -> None:

@@ -286,7 +286,7 @@ def test_cli_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
         out, err = capsys.readouterr()
         return code, out, err
 
-    code, out, _ = cli("add", str(bundles[0]), "--alias", "champion", "--by", "ana", "--reason", "first")
+    code, out, _ = cli("add", str(bundles[0]), "--alias", "champion", "--by", "[b]ana", "--reason", "first")
     assert code == 0 and "registered: v1" in out and "champion: (unset) -> v1" in out
     assert cli("add", str(bundles[1]))[0] == 0
     code, out, _ = cli("promote", "v2", "--reason", "wins on production", "--json")
@@ -295,10 +295,17 @@ def test_cli_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     assert [(v["ref"], v["aliases"]) for v in json.loads(out)] == [("v1", []), ("v2", ["champion"])]
     code, out, _ = cli("show", "champion", "--json")
     assert json.loads(out)["ref"] == "v2" and json.loads(out)["intact"] is True
-    assert cli("rollback", "--reason", "drift alert")[0] == 0
+    # --by and --reason are the user's text, printed through rich: "[/x]" was a MarkupError traceback (exit 1) after
+    # the move was recorded, "[red]" vanished from the line
+    code, out, err = cli("rollback", "--reason", "drift alert [/x]", "--by", "[red]ana")
+    assert code == 0 and "by [red]ana: drift alert [/x]" in out, err
+    code, out, _ = cli("history")
+    assert "by [red]ana: drift alert [/x]" in out
+    code, out, _ = cli("list")  # a table cell is markup too
+    assert code == 0 and "[b]ana" in out
     code, out, _ = cli("history", "--json")
     assert [(m["action"], m["to_ref"], m["reason"]) for m in json.loads(out)] == [
-        ("promote", "v1", "first"), ("promote", "v2", "wins on production"), ("rollback", "v1", "drift alert")]
+        ("promote", "v1", "first"), ("promote", "v2", "wins on production"), ("rollback", "v1", "drift alert [/x]")]
 
     for args, message in ((("promote", "v9"), "unknown version 'v9'"), (("rollback",), "cannot roll back"),
                           (("promote", "v1", "--alias", "prod"), "unknown alias 'prod'"),

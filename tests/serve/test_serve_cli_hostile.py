@@ -134,6 +134,19 @@ def test_keys_take_a_sqlite_file_path_as_serve_does(run_cli, tmp_path, monkeypat
         assert not (tmp_path / "typo.sqlite").exists()
 
 
+def test_key_names_that_look_like_markup_are_printed_as_given(run_cli, tmp_path):
+    """`keys create "[/x]"` stored the key, then failed printing its name (a rich MarkupError traceback): the key
+    was never shown, and every `keys list` after failed the same way; "[red]ann" lost its first five characters."""
+    db = str(tmp_path / "db.sqlite")
+    for name in ("[/x]", "[red]ann"):
+        code, out = run_cli(["keys", "create", name, "--database-url", db])
+        assert code == 0 and out.out.startswith("sl_") and f"API key for {name}," in out.err, out.err
+    code, out = run_cli(["keys", "list", "--database-url", db])
+    assert code == 0 and "[/x]" in out.out and "[red]ann" in out.out, out.err
+    code, out = run_cli(["keys", "revoke", "[/x]", "--database-url", db])
+    assert code == 0 and "revoked 1 key(s) for [/x]" in out.out
+
+
 def test_the_start_lines_name_the_database_and_an_ipv6_address_as_a_url(run_cli, bundle, tmp_path, monkeypatch):
     """Given --database, the advice was `keys create NAME --bundle BUNDLE`, which puts the key in the bundle's own
     database, one this service never reads (every request then 401); and http://::1:8000 is no URL."""
