@@ -378,8 +378,9 @@ def _evaluate_one(
         scored.logits, y, dec, classes, fitted=fitted, problem=job.problem, options=job.options, n_val=job.n_val,
         # files of the split the scan already refused (not images, unreadable, too large) with those that failed
         # to decode: both are left out of the figures, and metrics.json and the report say so
-        unreadable=scored.failed + [f for f in job.dataset.skipped
-                                    if f["path"].split("/", 1)[0] == job.options.split],
+        unreadable=[_relative(f, job.dataset.root) for f in scored.failed] + [
+            {"path": f["path"], "reason": f["reason"]} for f in job.dataset.skipped
+            if f["path"].split("/", 1)[0] == job.options.split],
         model={"name": bundle.name, "version": bundle.version, "architecture": bundle.architecture,
                "path": str(bundle.path), "dataset_version": bundle.dataset_version},
         data={"root": str(job.data_dir), "n_val": job.n_val, "device": job.device},
@@ -456,6 +457,15 @@ def _store_in_bundle(bundle: Bundle, result: EvaluationResult, fitted: Fitted) -
         figures["pointing_game"] = result.pointing_game["overall"]
     bundle.metrics[result.split] = figures
     bundle.write_json()
+
+
+def _relative(failed: dict[str, str], root: Path) -> dict[str, str]:
+    """A decode failure's path relative to the dataset root, as the scan's refusals and the manifest name files
+    (metrics.json's `unreadable` mixed absolute paths with relative ones)."""
+    try:
+        return {**failed, "path": Path(failed["path"]).relative_to(root).as_posix()}
+    except ValueError:
+        return failed
 
 
 def _builds_reference(bundle: Bundle, job: _Job) -> bool:

@@ -23,13 +23,17 @@ def test_refused_files_of_the_split_are_listed_as_unreadable(tmp_path):
     (tmp_path / "data" / "test" / "a" / "notes.txt").write_text("not an image")
     (tmp_path / "data" / "test" / "b" / "zero.png").write_bytes(b"")
     (tmp_path / "data" / "val" / "a" / "readme.txt").write_text("another split: not this evaluation's")
+    png = (tmp_path / "data" / "test" / "a" / "0.png").read_bytes()
+    (tmp_path / "data" / "test" / "b" / "cut.png").write_bytes(png[: len(png) // 2])  # a header, then cut short
     torch.manual_seed(0)
     bundle = Bundle("test_efficientnet", ["a", "b"], Preprocessing(32), name="t", version="1")
     bundle.save(tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
     result = evaluate(tmp_path / "bundle", tmp_path / "data", robustness=False, report=False, update_bundle=False,
                       n_bootstrap=10, gallery_per_group=0, reference=False, out=tmp_path / "eval")
     listed = {row["path"]: row["reason"] for row in result.unreadable}
-    assert set(listed) == {"test/a/notes.txt", "test/b/zero.png"}
+    # relative to the dataset, as the manifest names files, whether the scan refused them or decoding failed
+    assert set(listed) == {"test/a/notes.txt", "test/b/zero.png", "test/b/cut.png"}
+    assert all(set(row) == {"path", "reason"} for row in result.unreadable)
     assert "not a supported image" in listed["test/a/notes.txt"] and "empty (0 bytes)" in listed["test/b/zero.png"]
     assert result.n_images == 6
 
