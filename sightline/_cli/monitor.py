@@ -129,7 +129,7 @@ def _existing_database(database: str) -> str:
         database = f"sqlite:///{Path(database).expanduser().resolve()}"
     try:
         parsed = make_url(database)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return database  # the store says what is wrong with it
     name = parsed.database
     if parsed.get_backend_name() == "sqlite" and name and name != ":memory:" and not Path(name).exists():

@@ -29,7 +29,7 @@ def _store(bundle: Path | None, database_url: str | None, *, keeps: str | None =
         url = f"sqlite:///{Path(url).expanduser().resolve()}"
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         parsed = None  # not a URL at all: Store says so in its own words
     if keeps and parsed is not None and parsed.get_backend_name() == "sqlite" and (
             parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"):

@@ -42,18 +42,18 @@ UNKNOWN_LABEL = "unknown"
 
 def _default_images(url: str) -> Path | None:
     """The service keeps images in <bundle>/images beside <bundle>/sightline.db: beside a SQLite file."""
-    from sqlalchemy.engine import make_url
+    from sightline.storage.store import parse_database_url
 
-    parsed = make_url(url)
+    parsed = parse_database_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return None
     return Path(parsed.database).expanduser().resolve().parent / "images"
 
 
 def _sqlite_file(url: str) -> Path | None:
-    from sqlalchemy.engine import make_url
+    from sightline.storage.store import parse_database_url
 
-    parsed = make_url(url)
+    parsed = parse_database_url(url)  # a malformed URL (a port that is not a number) is one line, not a traceback
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         return Path(parsed.database).expanduser()
     return None

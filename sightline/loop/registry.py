@@ -42,6 +42,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sightline.errors import SightlineError, UserInputError, one_line
 from sightline.loop.schema import registry_tables
 from sightline.storage.images import is_url
+from sightline.storage.store import url_problem
 
 __all__ = ["ALIASES", "DATABASE_ENV", "CACHE_ENV", "Registry", "Version", "Move", "Added", "database_url",
            "default_root", "cache_root", "current_user"]
@@ -74,7 +75,7 @@ def default_root(url: str) -> Path | None:
     server database (PostgreSQL), which has no folder beside it."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number; the engine says so
         return None
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
@@ -180,7 +181,7 @@ def _safe(url: str) -> str:
     """The URL without its password, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "(malformed URL)"
 
 
@@ -210,8 +211,9 @@ class Registry:
             kwargs["connect_args"] = {"timeout": 30}
         try:
             self.engine: Engine = create_engine(url, **kwargs)
-        except (ArgumentError, ImportError) as exc:  # malformed URL, or a driver that is not installed
-            raise UserInputError(f"database URL {_safe(url)} cannot be used ({one_line(exc)}); check --database or "
+        except (ArgumentError, ValueError, ImportError) as exc:  # malformed URL (a port that is not a number: a
+            # traceback before), or a driver that is not installed
+            raise UserInputError(f"database URL {_safe(url)} cannot be used ({url_problem(exc)}); check --database or "
                                  f"{DATABASE_ENV} (PostgreSQL needs `pip install 'sightline[postgres]'`).") from None
         if url.startswith("sqlite"):
             from sightline.storage.store import check_sqlite_file

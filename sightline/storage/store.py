@@ -410,9 +410,10 @@ class Store:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         try:
             self.engine = create_engine(url, **kwargs)
-        except (ArgumentError, ImportError) as exc:  # malformed URL, or a driver that is not installed
+        except (ArgumentError, ValueError, ImportError) as exc:  # malformed URL (ValueError: a port that is not a
+            # number, a traceback before), or a driver that is not installed
             raise UserInputError(
-                f"database URL {safe_url(url)} cannot be used ({one_line(exc)}); check SIGHTLINE_DATABASE_URL or "
+                f"database URL {safe_url(url)} cannot be used ({url_problem(exc)}); check SIGHTLINE_DATABASE_URL or "
                 "--database-url (PostgreSQL needs `pip install 'sightline[postgres]'`)."
             ) from None
         if self.is_sqlite:
@@ -952,8 +953,26 @@ def safe_url(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: SQLAlchemy's int() of a port that is not a number
         return "'<unparseable>'"
+
+
+def url_problem(exc: BaseException) -> str:
+    """What is wrong with a database URL that SQLAlchemy refused, in a few words."""
+    if isinstance(exc, ValueError) and not isinstance(exc, ArgumentError) and "int()" in str(exc):
+        return "its port is not a number"
+    return one_line(exc)
+
+
+def parse_database_url(url: str) -> Any:
+    """`url` as a SQLAlchemy URL; UserInputError (one line, the password hidden) when it is none."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise UserInputError(f"database URL {safe_url(url)} cannot be used ({url_problem(exc)}); check --database "
+                             "or SIGHTLINE_DATABASE_URL.") from None
 
 
 def _aware(value: datetime | None) -> datetime | None:

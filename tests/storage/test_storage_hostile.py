@@ -115,3 +115,26 @@ def test_a_presented_key_with_characters_no_key_has_is_unknown(tmp_path, kind):
         for presented in ("sl_aaa\x00" + "a" * 30, key[:6] + "\x00" + key[7:], key + "\x00", key + " é"):
             assert store.verify_key(presented) is None
         assert store.verify_key(key).name == "ann"
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://ann:secret@db.example:54x2/sightline",
+                                 "postgresql+psycopg://ann:secret@[::1:5432/sightline"])
+def test_a_database_url_whose_port_is_not_a_number_is_one_line_everywhere(url, tmp_path):
+    """SQLAlchemy raises ValueError (not ArgumentError) for such a port: `keys`, `registry`, `feedback export`,
+    `monitor` and `serve` ended in a traceback. The password never reaches the message."""
+    from PIL import Image
+
+    from sightline.loop.feedback import export_feedback
+    from sightline.loop.registry import Registry
+    from sightline.storage.store import Store
+
+    data = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        for label in ("cat", "dog"):
+            (data / split / label).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(data / split / label / "a.png")
+    for open_it in (lambda: Store(url), lambda: Registry(url, root=tmp_path / "registry"),
+                    lambda: export_feedback(url, data, tmp_path / "out", images=tmp_path, audit=False)):
+        with pytest.raises(UserInputError, match="its port is not a number") as info:
+            open_it()
+        assert "secret" not in str(info.value) and "\n" not in str(info.value)
