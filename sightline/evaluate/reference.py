@@ -37,15 +37,15 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sightline.errors import BundleError, DatasetError, ImageError, UserInputError
+from sightline.errors import BundleError, DatasetError, ImageError, UserInputError, one_line
 
 if TYPE_CHECKING:
     from sightline.bundle import Bundle
@@ -244,7 +244,7 @@ def build_bundle_reference(
             "architecture": bundle.architecture, "model_version": bundle.version,
             "built": {"mode": "full" if stored is None else "refresh", "reason": why}}
     t0 = time.perf_counter()
-    with Steps(progress, "reference: profile and open-set choice", None):
+    with Steps(progress, "reference: profile and open-set choice", None), _too_few_images(dataset):
         from sightline.monitor.reference import build_reference, refresh_reference
 
         if stored is not None and stored.bank is not None:
@@ -314,17 +314,30 @@ def _bank_rows(dataset: Dataset, classes: list[str], cap: int, *, seed: int) -> 
     return rows, labels
 
 
+@contextmanager
+def _too_few_images(dataset: Dataset) -> Iterator[None]:
+    """The profile's own minimums (4 val images without a training side, 3 rows for a covariance) as a DatasetError
+    naming the dataset: `train` and `evaluate` then go on without a profile and say why. As a UserInputError from
+    deep inside, it stopped `train` after training (exit 2, the bundle without a profile) and `evaluate` entirely."""
+    try:
+        yield
+    except UserInputError as exc:
+        raise DatasetError(f"'{dataset.root}' has too few images for the reference profile ({one_line(exc)}); add "
+                           "images to train/ and val/") from None
+
+
 def _score_bank(engine: Engine, dataset: Dataset, rows: np.ndarray, labels: np.ndarray, *, batch_size: int,
                 progress: ProgressFn | None) -> tuple[np.ndarray | None, np.ndarray | None, list[dict[str, Any]]]:
     """Features, labels and image statistics of the training images at `rows` that decode (None, None, [] without
-    any, or with fewer than 2). Unreadable files are left out, as in the rest of the reference."""
+    any, or with fewer than 3: the relative Mahalanobis score's covariance needs 3; the profile is then built without
+    a training side). Unreadable files are left out, as in the rest of the reference."""
     if rows.size == 0:
         return None, None, []
     train = dataset.split("train")
     scored = score_val([engine], [train[i] for i in rows], corrupt_images=0, batch_size=batch_size,
                        progress=progress, task="reference: train sample (k-NN bank)")
     out = scored.outputs[0]
-    if out.features is None or len(out) < 2:
+    if out.features is None or len(out) < 3:
         return None, None, []
     position = {id(s): j for j, s in enumerate(train)}
     decoded = np.array([position[id(s)] for s in scored.samples], dtype=np.int64)

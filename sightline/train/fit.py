@@ -252,7 +252,8 @@ def _write_reference(bundle: Any, dataset: Any, cfg: TrainConfig, say: Any) -> N
         profile = build_bundle_reference(bundle, dataset, seed=EvaluateOptions().seed,
                                          device="cpu" if cfg.accelerator == "cpu" else None)
     except DatasetError as exc:
-        say(f"no reference profile ({exc}); `sightline evaluate` writes one")
+        say(f"no reference profile ({exc}); the bundle works without it, and `sightline evaluate` writes one when "
+            "the data allows")
         return
     choice = profile.ood_choice
     if choice is not None:

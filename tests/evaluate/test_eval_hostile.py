@@ -3,6 +3,7 @@ in metrics.json's `unreadable` beside those that failed to decode (they were lef
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -103,3 +104,35 @@ def test_a_val_split_too_small_for_the_reference_profile_keeps_the_metrics(tmp_p
     assert result.n_images == 4 and (tmp_path / "eval" / "metrics.json").is_file()
     assert "no reference profile written (only 1 image(s)" in result.warning
     assert not (tmp_path / "bundle" / "reference.npz").exists()
+
+
+@pytest.mark.parametrize(("n_train", "n_val", "built"), [(2, 2, False), (2, 4, True)])
+def test_a_dataset_too_small_for_the_reference_profile(tmp_path, n_train, n_val, built):
+    """Two training images: 'relative Mahalanobis needs at least 3 training rows', then with the bank left out 'the
+    reference needs at least 4 validation images', both UserInputErrors from deep inside that stopped `train` after
+    training (exit 2) and `evaluate` entirely. Two training images now build a profile without a training side; too
+    few val images are a DatasetError naming the dataset, which train and evaluate turn into a note."""
+    import torch
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.data.datasets import scan_dataset
+    from sightline.errors import DatasetError
+    from sightline.evaluate.reference import build_bundle_reference
+    from sightline.models.factory import create_model
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n // 2):
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.png")
+    torch.manual_seed(0)
+    bundle = Bundle("test_efficientnet", ["a", "b"], Preprocessing(32), name="t", version="1")
+    bundle.save(tmp_path / "bundle", create_model("test_efficientnet", 2, weights="none").state_dict())
+    dataset = scan_dataset(tmp_path / "data")
+    if built:
+        assert build_bundle_reference(bundle, dataset, per_kind=2, photos=False, save=False) is not None
+    else:
+        with pytest.raises(DatasetError, match=r"has too few images for the reference profile .*add images"):
+            build_bundle_reference(bundle, dataset, per_kind=2, photos=False, save=False)
