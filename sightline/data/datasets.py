@@ -69,10 +69,18 @@ class Dataset:
         return {c: counts.get(c, 0) for c in self.classes}
 
 
-# A folder of file-system metadata, never images: __MACOSX/ holds the AppleDouble `._name` files a zip made on a Mac
-# carries. Unzipped beside the class folders it was read as a class whose every file is hidden, and the whole
-# dataset was refused ("class folder '__MACOSX' holds no usable image"). Listed in `skipped` as ignored.
-METADATA_DIRS = {"__MACOSX": "macOS archive metadata (made when zipping on a Mac), not images; ignored"}
+# Folders of file-system or archive metadata, never images of the dataset: __MACOSX/ holds the AppleDouble `._name`
+# files a zip made on a Mac carries; unzipped beside the class folders it was read as a class whose every file is
+# hidden, and the whole dataset was refused ("class folder '__MACOSX' holds no usable image"). The same for a
+# Synology share's @eaDir/ (its thumbnails would even have been read as images) or a USB drive's Windows folders.
+# Listed in `skipped` as ignored.
+METADATA_DIRS = {
+    "__MACOSX": "macOS archive metadata (made when zipping on a Mac), not images; ignored",
+    "@eaDir": "Synology NAS thumbnails and metadata, not images of the dataset; ignored",
+    "$RECYCLE.BIN": "Windows recycle bin; ignored",
+    "System Volume Information": "Windows file-system metadata; ignored",
+    "lost+found": "file-system recovery folder; ignored",
+}
 
 
 def _hidden(name: str) -> bool:

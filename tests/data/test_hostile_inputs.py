@@ -184,7 +184,7 @@ def test_predict_inputs_follow_a_symlinked_folder_once_and_end_on_a_loop(tmp_pat
 
 
 @pytest.mark.parametrize("where", ["", "train/", "train/cat/"])
-def test_a_macos_metadata_folder_is_ignored_and_listed(tmp_path, where):
+def test_a_metadata_folder_like_macosx_or_eadir_is_ignored_and_listed(tmp_path, where):
     """A dataset zipped on a Mac unzips with __MACOSX/ (AppleDouble `._name` files) beside the class folders: it was
     read as a class with no usable image and the whole dataset refused; inside a class its files were hidden anyway."""
     for split in ("train/", "val/") if where else ("",):
@@ -193,10 +193,12 @@ def test_a_macos_metadata_folder_is_ignored_and_listed(tmp_path, where):
     junk = tmp_path / where / "__MACOSX" / "cat"
     junk.mkdir(parents=True)
     (junk / "._0.png").write_bytes(b"\0\x05\x16\x07" + b"\0" * 60)
+    _images(tmp_path / where / "@eaDir" / "0.png", 1)  # a Synology share's thumbnails: real images, not data
     ds = scan_dataset(tmp_path)
     assert ds.classes == ["cat", "dog"] and len(ds.samples) == (8 if where else 4)
-    listed = [s for s in ds.skipped if s["path"] == f"{where}__MACOSX"]
-    assert len(listed) == 1 and listed[0]["kind"] == "ignored" and "macOS" in listed[0]["reason"]
+    listed = {s["path"]: s for s in ds.skipped}
+    assert listed[f"{where}__MACOSX"]["kind"] == "ignored" and "macOS" in listed[f"{where}__MACOSX"]["reason"]
+    assert "Synology" in listed[f"{where}@eaDir"]["reason"]
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
