@@ -3,6 +3,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_help_and_version(run_cli):
     code, out = run_cli(["--help"])
@@ -12,8 +14,29 @@ def test_help_and_version(run_cli):
 
 
 def test_unknown_command_exits_2(run_cli):
-    code, _ = run_cli(["no-such-command"])
-    assert code == 2
+    code, out = run_cli(["no-such-command"])
+    assert code == 2 and out.err == "error: No such command 'no-such-command'; see 'sightline --help'.\n"
+
+
+@pytest.mark.parametrize("args, said", [
+    (["train", "d", "--epochs", "abc"], "Invalid value for '--epochs'"),
+    (["data", "split", "a", "--out", "b"], "No such option: --out"),
+    (["monitor", "b", "--alpha", "nan"], "Invalid value for '--alpha'"),
+    (["keys", "create"], "Missing argument 'name'"),
+])
+def test_a_usage_error_is_one_line_naming_the_option_and_the_help_to_read(run_cli, args, said):
+    """Click printed a usage line, a hint and a boxed message (5 lines or more) for these; the mistake is the
+    user's like any other, so one line, exit code 2, before any work."""
+    code, out = run_cli(args)
+    command = " ".join(a for a in args[:2] if a in ("train", "data", "split", "monitor", "keys", "create"))
+    assert code == 2 and out.out == ""
+    assert out.err.count("\n") == 1 and out.err.startswith(f"error: {said}")
+    assert out.err.endswith(f"; see 'sightline {command} --help'.\n")
+
+
+def test_no_command_prints_the_help(run_cli):
+    code, out = run_cli([])
+    assert code == 2 and "Usage: sightline" in out.out and out.err == ""
 
 
 def test_help_does_not_import_torch():

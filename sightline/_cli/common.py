@@ -60,14 +60,23 @@ def _command(app: typer.Typer) -> Any:
 def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
     """Run the typer app; turn SightlineError into one line and exit code 2, never a traceback.
 
-    Usage errors (unknown option, missing argument) are typer's own and also exit with 2."""
+    Usage errors (an unknown option, a value that does not parse, a missing argument) are click's, found before the
+    command runs: one line too, with the command's --help to read, and exit code 2 (click printed a usage line, a
+    hint and a boxed message, five lines or more)."""
     from sightline.errors import SightlineError, one_line
 
     try:
-        _command(app)(args=argv, prog_name="sightline")
+        code = _command(app).main(args=argv, prog_name="sightline", standalone_mode=False)
     except SightlineError as exc:
         err_console.print(f"[bold red]error:[/] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
+    except typer.TyperException as exc:  # click's own exceptions (typer ships click inside)
+        if type(exc).__name__ != "NoArgsIsHelpError":  # `sightline data` alone: typer has printed its help
+            err_console.print(f"[bold red]error:[/] {escape(usage_error(exc))}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except typer.Abort:  # end of input at a prompt
+        err_console.print("aborted")
+        return 1
     except OSError as exc:
         # A path the user gave that is a file where a folder is needed (or the reverse), that cannot be written, is
         # too long, or whose disk is full or read-only: theirs to fix, so one line naming it instead of a
@@ -82,7 +91,17 @@ def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    return 0
+    # Not standalone, click returns what the command returned, or a typer.Exit's code (the commands return None)
+    return code if isinstance(code, int) else 0
+
+
+def usage_error(exc: Exception) -> str:
+    """One line for a click usage error: its message, then which --help to read."""
+    message = " ".join(str(getattr(exc, "format_message", exc.__str__)()).split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return message + "."
+    return f"{message}; see '{ctx.command_path} --help'."
 
 
 def path_error(exc: OSError) -> str:
