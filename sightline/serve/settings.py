@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MonitorSettings", "Settings", "database_url", "load_settings", "load_monitor_settings", "spec_settings"]
 
+# A thread count above this is a typo (SIGHTLINE_THREADS=100000 made ONNX Runtime start 100,000 threads, and the
+# process was killed for memory); the largest machines have a few hundred cores.
+MAX_THREADS = 1024
+
 
 def spec_settings(spec: ProblemSpec) -> dict[str, Any]:
     """The settings (`Settings` names) a problem definition sets: the keys its `monitor:` section writes, and
@@ -97,7 +101,7 @@ class Settings(MonitorSettings):
     )
     shadow_queue_bytes: int = Field(64 * 2**20, ge=1, description="Bytes of waiting sampled requests at most.")
     shadow_threads: int = Field(
-        1, ge=1, description="ONNX Runtime threads of the challenger (it shares the cores with serving)."
+        1, ge=1, le=MAX_THREADS, description="ONNX Runtime threads of the challenger (it shares the cores with serving)."
     )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<bundle>/sightline.db. postgresql+psycopg://... scales."
@@ -109,14 +113,19 @@ class Settings(MonitorSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="Largest image, width x height (413 above).")
     rate_limit_per_minute: int = Field(600, ge=0, description="Requests per minute per API key (429 above); 0 = off.")
     batch_max_size: int = Field(32, ge=1, description="Most images coalesced into one inference call.")
-    batch_max_wait_ms: float = Field(4.0, ge=0, description="How long the first image waits for others to join.")
+    batch_max_wait_ms: float = Field(
+        4.0, ge=0, le=10_000, description="How long the first image waits for others to join (at most 10 s)."
+    )
     review_confidence: float | None = Field(
         None, ge=0, le=1, description="Override the bundle's review threshold (answers less sure go to review)."
     )
     top_k: int = Field(3, ge=1)
-    threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads; default all usable cores.")
+    threads: int | None = Field(
+        None, ge=1, le=MAX_THREADS, description="ONNX Runtime intra-op threads; default all usable cores."
+    )
     decode_threads: int | None = Field(
-        None, ge=1, description="Requests decoding images at once; default the usable cores (more only adds contention)."
+        None, ge=1, le=MAX_THREADS,
+        description="Requests decoding images at once; default the usable cores (more only adds contention)."
     )
     require_api_key: bool = Field(True, description="Turn off only for local experiments.")
     key_cache_s: float = Field(5.0, ge=0, description="How long a verified key is trusted before re-checking.")

@@ -23,6 +23,16 @@ def test_bad_settings_and_database_urls_are_one_line_errors(tmp_path, capsys) ->
     assert exc.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("name, value", [("threads", 100_000), ("decode_threads", 100_000),
+                                         ("shadow_threads", 5_000), ("batch_max_wait_ms", 1e9)])
+def test_thread_counts_and_the_batching_wait_have_an_upper_bound(monkeypatch, name, value) -> None:
+    """SIGHTLINE_THREADS=100000 started 100,000 ONNX Runtime threads and the service was killed for memory (exit
+    137); a wait of 1e9 ms held every request's answer for 11 days. Both are typos to name at start."""
+    monkeypatch.setenv(f"SIGHTLINE_{name.upper()}", str(value))
+    with pytest.raises(UserInputError, match=f"SIGHTLINE_{name.upper()}.*less than or equal"):
+        load_settings()
+
+
 def test_serve_spec_names_a_file_or_its_data_folder_and_a_bad_one_is_one_line(tmp_path, capsys, monkeypatch) -> None:
     """`sightline serve --spec PATH`: a missing file, a data folder without sightline.yaml or an invalid section is
     one line and exit code 2, before anything is loaded."""
