@@ -25,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -266,6 +267,13 @@ def _evaluate_runs(
         if out is not None:
             refuse_out_inside_splits(out, data_dir)
     bundles = [load_bundle(p) for p in paths]
+    for bundle in bundles if options.update_bundle else ():
+        # a bundle on a read-only share or mount: every figure was computed, then writing model.json failed and
+        # nothing was written, metrics.json included
+        if bundle.path is not None and not os.access(bundle.path, os.W_OK):
+            raise UserInputError(f"the bundle folder '{bundle.path}' cannot be written, and evaluate stores the fitted "
+                                 "temperature, thresholds and figures in it; pass --no-update to leave it as it is, "
+                                 "or copy the bundle somewhere writable.")
     data_dir = Path(data_dir)
     dataset = scan_dataset(data_dir)
     for bundle in bundles:

@@ -2,6 +2,8 @@
 in metrics.json's `unreadable` beside those that failed to decode (they were left out without a word)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -136,3 +138,20 @@ def test_a_dataset_too_small_for_the_reference_profile(tmp_path, n_train, n_val,
     else:
         with pytest.raises(DatasetError, match=r"has too few images for the reference profile .*add images"):
             build_bundle_reference(bundle, dataset, per_kind=2, photos=False, save=False)
+
+
+def test_a_bundle_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A bundle on a read-only share: every figure was computed, then writing model.json failed (PermissionError)
+    and nothing was written, metrics.json included; --no-update, which would have worked, went unsaid."""
+    import os
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.errors import UserInputError
+    from sightline.evaluate import run as run_module
+
+    Bundle("test_efficientnet", ["a", "b"], Preprocessing(32)).save(tmp_path / "bundle")
+    writable = os.access
+    monkeypatch.setattr(run_module.os, "access", lambda path, mode: False if Path(path) == tmp_path / "bundle"
+                        else writable(path, mode))  # chmod does not stop root, who runs some test machines
+    with pytest.raises(UserInputError, match=r"bundle folder .* cannot be written.*pass --no-update"):
+        run_module.evaluate(tmp_path / "bundle", tmp_path / "no-data-read-yet")
