@@ -727,6 +727,34 @@ class Store:
                 _label_changed(session, prediction_id, old, None)
             return row.to_dict()
 
+    def undo_label(self, prediction_id: int, *, reviewer: str | None) -> dict[str, Any] | None:
+        """Undo `reviewer`'s last change of a prediction's label, in one transaction (the row locked): back to the
+        label before it and to *its* reviewer and time (an override undone is the first reviewer's label again, not
+        the undoer's), or to unlabelled. Kept in label_history like any change. None when the prediction does not
+        exist; LabelConflictError when its last change is not this reviewer's, or is itself an undo (a label removed,
+        or the change before it reversed by the same reviewer)."""
+        h = LabelHistory
+        with self._write(), Session(self.engine, expire_on_commit=False) as session, session.begin():
+            row = session.get(PredictionRecord, prediction_id, with_for_update=True)
+            if row is None:
+                return None
+            last, before = (session.scalars(select(h).where(h.prediction_id == prediction_id)
+                                            .order_by(h.id.desc()).limit(2)).all() + [None, None])[:2]
+            # an undo is not undone in turn (that would redo): it is the change before it, reversed, by its reviewer
+            undo = before is not None and (last.reviewer, last.old_label, last.new_label or None) == (
+                before.reviewer, before.new_label, before.old_label)
+            if last is None or last.reviewer != reviewer or last.new_label == "" or undo:
+                raise LabelConflictError(f"nothing of yours to undo on prediction {prediction_id}.")
+            old, label = row.reviewed_label, last.old_label
+            session.add(LabelHistory(prediction_id=prediction_id, changed=_now(), reviewer=reviewer,
+                                     old_label=old, new_label=label or "", old_reviewer=row.reviewer))
+            row.reviewed_label = label
+            row.reviewer = last.old_reviewer if label is not None else None
+            row.reviewed = (before.changed if before is not None and before.new_label == label else _now()) \
+                if label is not None else None
+            _label_changed(session, prediction_id, old, label)
+            return row.to_dict()
+
     def label_history(self, prediction_id: int | None = None) -> list[dict[str, Any]]:
         """Label changes, oldest first (of one prediction, or all)."""
         q = select(LabelHistory).order_by(LabelHistory.id)

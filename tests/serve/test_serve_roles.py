@@ -68,6 +68,30 @@ def test_label_refused_twice_without_override_and_every_change_kept(store):
     assert store.record_label(pid + 1000, "dog", reviewer="ann") is None and len(store.label_history()) == 2
 
 
+def test_undo_gives_back_the_label_and_its_reviewer_before_the_undoers_change(store):
+    """ann labels dog, bob overrides with fox, bob undoes: dog is ann's label again (the undo recorded bob as the
+    reviewer of ann's label). Nobody undoes another's change, an undo is not undone, and a first label undone
+    leaves the item unlabelled; every step stays in the history."""
+    pid = _prediction(store)
+    store.record_label(pid, "dog", reviewer="ann")
+    first = store.get_prediction(pid)["reviewed"]
+    store.record_label(pid, "fox", reviewer="bob", override=True)
+    with pytest.raises(LabelConflictError, match=f"nothing of yours to undo on prediction {pid}"):
+        store.undo_label(pid, reviewer="ann")
+    row = store.undo_label(pid, reviewer="bob")
+    assert (row["reviewed_label"], row["reviewer"], row["reviewed"]) == ("dog", "ann", first)
+    with pytest.raises(LabelConflictError):  # an undo is not undone in turn (that would be a redo)
+        store.undo_label(pid, reviewer="bob")
+    assert [(h["new_label"], h["reviewer"], h["old_reviewer"]) for h in store.label_history(pid)] == [
+        ("dog", "ann", None), ("fox", "bob", "ann"), ("dog", "bob", "bob")]
+    other = _prediction(store)
+    store.record_label(other, "cat", reviewer="ann")
+    assert store.undo_label(other, reviewer="ann")["reviewed_label"] is None  # a first label undone: unlabelled
+    with pytest.raises(LabelConflictError):
+        store.undo_label(other, reviewer="ann")
+    assert store.undo_label(pid + 1000, reviewer="ann") is None
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     bundle = make_bundle(tmp_path_factory.mktemp("roles"))

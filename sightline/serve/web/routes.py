@@ -280,15 +280,13 @@ async def undo(request: Request, body: UndoBody) -> JSONResponse:
     store = _state(request).store
 
     def work() -> dict[str, Any] | JSONResponse:
-        history = store.label_history(body.id)
-        if not history or history[-1]["reviewer"] != session["name"] or history[-1]["new_label"] == "":
-            return JSONResponse({"detail": f"nothing of yours to undo on prediction {body.id}."}, status_code=409)
-        previous = history[-1]["old_label"]
-        if previous is None:
-            row = store.clear_label(body.id, reviewer=session["name"])
-        else:
-            row = store.record_label(body.id, previous, reviewer=session["name"], override=True)
-        return {"id": body.id, "label": row["reviewed_label"] if row else None}
+        try:
+            row = store.undo_label(body.id, reviewer=session["name"])
+        except LabelConflictError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=409)
+        if row is None:
+            return JSONResponse({"detail": f"no prediction with id {body.id}."}, status_code=404)
+        return {"id": body.id, "label": row["reviewed_label"]}
 
     result = await anyio.to_thread.run_sync(work)
     return result if isinstance(result, JSONResponse) else JSONResponse(result)
