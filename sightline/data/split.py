@@ -8,6 +8,7 @@ that is furthest below its target share: the class proportions follow `ratios` a
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 from collections import Counter, defaultdict
@@ -161,8 +162,9 @@ def split_dataset(
         >>> result.counts["test"]
         {'crack': 6, 'ok': 105, ...}
     """
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
-        raise UserInputError(f"ratios must be three non-negative train/val/test shares, got {ratios}")
+    # nan passed `r < 0` and sent every image to train; 1e308 twice made the sum inf and every share 0 (an even split)
+    if len(ratios) != 3 or not all(0 <= r < math.inf for r in ratios) or not 0 < sum(ratios) < math.inf:
+        raise UserInputError(f"ratios must be three non-negative, finite train/val/test shares, got {ratios}")
     if seed < 0:  # numpy's generators take 0 .. any size; a negative one was a ValueError traceback
         raise UserInputError(f"--seed {seed} must be 0 or more.")
     src_root = Path(src)

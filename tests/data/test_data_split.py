@@ -233,6 +233,15 @@ def test_a_renamed_name_taken_by_another_image_never_replaces_it(tmp_path: Path)
     assert result.n_images == 11 and placed == sorted(before.values())
 
 
+@pytest.mark.parametrize("ratios", ["nan,1,1", "inf,1,1", "1e308,1e308,1"])
+def test_ratios_that_are_not_finite_are_refused(tmp_path: Path, run_cli, ratios: str) -> None:
+    """nan passed the non-negative check and sent every image to train; 1e308 twice made the total inf, every share 0,
+    and the split came out even."""
+    code, out = run_cli(["data", "split", str(_make(tmp_path / "raw", {"a": 3, "b": 3})), str(tmp_path / "out"),
+                         "--ratios", ratios])
+    assert code == 2 and "non-negative, finite train/val/test shares" in out.err and not (tmp_path / "out").exists()
+
+
 def test_a_class_too_small_for_every_split_is_named(tmp_path: Path, run_cli) -> None:
     """Two images of 'rare' cannot fill train, val and test: the split said nothing, and the class's val and test
     figures were simply missing from every later report."""
