@@ -30,6 +30,11 @@ Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 # memory (--input-size 100000 ran until the kernel killed the process)
 Pixels = Annotated[int, Field(ge=16, le=2048)]
 Share = Annotated[float, Field(ge=0.1, le=1.0)]
+# dropout, stochastic depth, label smoothing: 1.5 was a ValueError / RuntimeError traceback from torch mid-run
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+# weight decay, the backbone's rate scale, warm-up epochs: NaN or a negative value trained without a word (NaN
+# weights, or the backbone climbing its loss)
+NonNegativeFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Schedule = Literal["cosine", "plateau"]
 Augment = Literal["light", "strong", "none"]
 Balance = Literal["auto", "none", "weights", "sampler"]
@@ -63,8 +68,8 @@ class TrainConfig(BaseModel):
     input_size: Pixels | Literal["auto"] | None = "auto"  # square input side in px; "auto": the model's pretrained
     #   size (224 for Lite0), or for smaller images the smallest size a short probe finds as accurate (from the
     #   native size up; sightline.train.input_size); None = the model's pretrained size
-    drop_rate: float = 0.2  # dropout before the classifier
-    drop_path_rate: float = 0.1  # stochastic depth in the blocks
+    drop_rate: Probability = 0.2  # dropout before the classifier
+    drop_path_rate: Probability = 0.1  # stochastic depth in the blocks
     # --- optimisation ---
     epochs: Count = 6  # upper bound; training stops sooner when validation saturates (patience, ceiling) or the
     #   time budget says so; hymenoptera (243 photos, Lite0 224 px) is at 0.95-0.97 val accuracy after 2
@@ -72,14 +77,14 @@ class TrainConfig(BaseModel):
     lr: PositiveFloat | Literal["auto"] = 1e-3  # peak learning rate of the head; the backbone gets
     #   lr * backbone_lr_scale. "auto": a learning-rate range test picks it (sightline.train.lr_find; RUN/lr_find.png)
     lr_find_steps: Count = 100  # batches in that range test at most (fastai's 100); it restores the weights after
-    backbone_lr_scale: float = 0.1  # pretrained layers move 10x slower than the fresh head (1.0 from scratch)
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to norms and biases)
+    backbone_lr_scale: NonNegativeFloat = 0.1  # pretrained layers move 10x slower than the fresh head (1.0 from scratch)
+    weight_decay: NonNegativeFloat = 0.01  # AdamW decoupled weight decay (not applied to norms and biases)
     schedule: Schedule = "cosine"  # "cosine": linear warm-up then cosine to 0; "plateau": x0.1 when val stalls
-    warmup_epochs: float = 0.25  # linear warm-up length for "cosine", in epochs. A quarter: fine-tuning sets are
+    warmup_epochs: NonNegativeFloat = 0.25  # linear warm-up length for "cosine", in epochs. A quarter: fine-tuning sets are
     #   often a few batches an epoch (hymenoptera: 8), and a whole epoch of warm-up spent most of the first one at a
     #   low rate. Hymenoptera, seeds 0-2, bf16 and fp32: test 439/462 (0.950) against 434/462 (0.939) with 1.0, and
     #   4 of 6 runs stopped after 2 epochs, their first already at the best validation score (2 of 6 with 1.0)
-    label_smoothing: float = 0.1  # cross-entropy label smoothing
+    label_smoothing: Probability = 0.1  # cross-entropy label smoothing
     freeze_epochs: NonNegative = 0  # train only the head for this many epochs, then unfreeze the backbone
     small_image_recipe: bool = True  # images smaller than the model's pretrained size and upsampled to be trained
     #   (far from what the ImageNet weights saw) train with SMALL_IMAGE_RECIPE's values where those move the backbone

@@ -23,6 +23,12 @@ from sightline.train.config import TrainConfig, load_config
         ({"seed": 2**32}, f"seed={2**32} must be <= {2**32 - 1}."),
         ({"max_time_s": -5}, "max_time_s=-5 must be > 0"),
         ({"freeze_epochs": -2}, "freeze_epochs=-2 must be >= 0."),
+        # config.yaml-only fields: torch tracebacks mid-run (the first two), or trained on without a word
+        ({"label_smoothing": 2}, "label_smoothing=2 must be < 1."),
+        ({"drop_rate": 1.5}, "drop_rate=1.5 must be < 1."),
+        ({"weight_decay": float("nan")}, "weight_decay=nan must be a finite number."),
+        ({"backbone_lr_scale": -1}, "backbone_lr_scale=-1 must be >= 0."),
+        ({"warmup_epochs": -3}, "warmup_epochs=-3 must be >= 0."),
     ],
 )
 def test_out_of_range_options_are_one_line(options: dict, message: str) -> None:
