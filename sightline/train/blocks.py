@@ -196,7 +196,7 @@ def build_trainer(cfg: TrainConfig, run: Path, dm: Any, *, progress: bool, start
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from sightline.train.stopping import TimeBudget, parse_duration, saturation_stopping
+    from sightline.train.stopping import DivergenceCheck, TimeBudget, parse_duration, saturation_stopping
 
     ckpt_dir = run / "checkpoints"
     for old in ckpt_dir.glob("best*.ckpt"):
@@ -206,7 +206,8 @@ def build_trainer(cfg: TrainConfig, run: Path, dm: Any, *, progress: bool, start
                                  auto_insert_metric_name=False)
     stopping = saturation_stopping(cfg.monitor, patience=cfg.patience, num_classes=len(dm.classes),
                                    label_smoothing=cfg.label_smoothing)
-    all_callbacks: list[Any] = [checkpoint, stopping, LearningRateMonitor(logging_interval="epoch"), *callbacks]
+    all_callbacks: list[Any] = [checkpoint, stopping, LearningRateMonitor(logging_interval="epoch"), DivergenceCheck(),
+                                *callbacks]
     budget = None
     if cfg.time_budget:
         budget = TimeBudget(parse_duration(cfg.time_budget), started=started or time.perf_counter(), say=say)

@@ -19,7 +19,8 @@ import lightning as L
 
 from sightline.errors import UserInputError
 
-__all__ = ["parse_duration", "format_duration", "loss_floor", "saturation_stopping", "stop_reason", "TimeBudget"]
+__all__ = ["parse_duration", "format_duration", "loss_floor", "saturation_stopping", "stop_reason", "DivergenceCheck",
+           "TimeBudget"]
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)?", re.IGNORECASE)
 _SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, None: 1.0}
@@ -90,6 +91,23 @@ def stop_reason(stopping: Any, *, epochs_run: int, max_epochs: int, budget: Time
     if budget is not None and budget.planned is not None and epochs_run < max_epochs:
         return f"time budget: {epochs_run} epochs planned to fit in {format_duration(budget.budget_s)}"
     return f"max epochs: all {epochs_run} run"
+
+
+class DivergenceCheck(L.Callback):
+    """Stops the run with a one-line UserInputError when an epoch's training loss is NaN or infinite. A rate far too
+    high (--lr 1e30) made every weight NaN in the first epoch; the model then answered one class for every image,
+    validation still gave a finite score, and train wrote that bundle and exited 0. Checked once an epoch, on the
+    logged mean, so no step waits on the device for it."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for key, what in (("train_loss_epoch", "training"), ("val_loss", "validation")):  # val: the weights after
+            loss = trainer.callback_metrics.get(key)  # the epoch's last step (one step an epoch on a small set)
+            if loss is not None and not math.isfinite(float(loss)):
+                lr = getattr(pl_module.hparams, "lr", None)
+                raise UserInputError(f"training diverged: the {what} loss of epoch {trainer.current_epoch} is "
+                                     f"{float(loss)}; no bundle was written. Lower the learning rate (--lr"
+                                     f"{f', now {lr:g}' if isinstance(lr, float) else ''}; e.g. a tenth) or pass "
+                                     "--lr auto, and train again.")
 
 
 class TimeBudget(L.Callback):

@@ -159,3 +159,28 @@ def test_cli_bad_budget_and_tiny_budget_are_one_line(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "time budget 0.1s is shorter" in line]
     assert len(lines) == 1 and "training one epoch and stopping there" in lines[0]
+
+
+@pytest.mark.parametrize("key", ["train_loss_epoch", "val_loss"])
+def test_a_diverged_run_stops_with_one_line_and_no_bundle(key: str) -> None:
+    """--lr 1e30 made every weight NaN in the first epoch; the model then answered one class for every image, the
+    validation score stayed finite, and train wrote that bundle and exited 0."""
+    from sightline.train.stopping import DivergenceCheck
+
+    check = DivergenceCheck()
+    trainer = SimpleNamespace(callback_metrics={key: torch.tensor(float("nan"))}, current_epoch=0)
+    with pytest.raises(UserInputError, match=r"training diverged: the .* loss of epoch 0 is nan; no bundle was "
+                                             r"written\. Lower the learning rate \(--lr, now 1e\+30"):
+        check.on_train_epoch_end(trainer, SimpleNamespace(hparams=SimpleNamespace(lr=1e30)))
+    trainer.callback_metrics = {"train_loss_epoch": torch.tensor(0.7), "val_loss": torch.tensor(0.6)}
+    check.on_train_epoch_end(trainer, SimpleNamespace(hparams=SimpleNamespace(lr=1e-3)))  # a finite run goes on
+
+
+def test_every_training_run_checks_for_divergence(tmp_path: Path) -> None:
+    from sightline.train.blocks import build_trainer
+    from sightline.train.config import TrainConfig
+    from sightline.train.stopping import DivergenceCheck
+
+    cfg = TrainConfig(model="test_efficientnet", weights="none", precision="32-true", accelerator="cpu")
+    parts = build_trainer(cfg, tmp_path, SimpleNamespace(train_set=[0] * 8, classes=["a", "b"]), progress=False)
+    assert any(isinstance(c, DivergenceCheck) for c in parts.trainer.callbacks)
