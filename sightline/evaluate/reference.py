@@ -316,14 +316,16 @@ def _bank_rows(dataset: Dataset, classes: list[str], cap: int, *, seed: int) -> 
 
 @contextmanager
 def _too_few_images(dataset: Dataset) -> Iterator[None]:
-    """The profile's own minimums (4 val images without a training side, 3 rows for a covariance) as a DatasetError
-    naming the dataset: `train` and `evaluate` then go on without a profile and say why. As a UserInputError from
-    deep inside, it stopped `train` after training (exit 2, the bundle without a profile) and `evaluate` entirely."""
+    """What the profile's build refuses (its minimums: 4 val images without a training side, 3 rows for a
+    covariance; outputs that are not finite) as a DatasetError naming the dataset: `train` and `evaluate` then go on
+    without a profile and say why. As a UserInputError from deep inside, it stopped `train` after training (exit 2,
+    the bundle without a profile) and `evaluate` entirely."""
     try:
         yield
     except UserInputError as exc:
-        raise DatasetError(f"'{dataset.root}' has too few images for the reference profile ({one_line(exc)}); add "
-                           "images to train/ and val/") from None
+        why = one_line(exc).rstrip(".")
+        fix = "; add images to train/ and val/" if "at least" in why else ""
+        raise DatasetError(f"the reference profile cannot be built from '{dataset.root}' ({why}){fix}") from None
 
 
 def _score_bank(engine: Engine, dataset: Dataset, rows: np.ndarray, labels: np.ndarray, *, batch_size: int,

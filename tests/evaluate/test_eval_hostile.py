@@ -136,7 +136,7 @@ def test_a_dataset_too_small_for_the_reference_profile(tmp_path, n_train, n_val,
     if built:
         assert build_bundle_reference(bundle, dataset, per_kind=2, photos=False, save=False) is not None
     else:
-        with pytest.raises(DatasetError, match=r"has too few images for the reference profile .*add images"):
+        with pytest.raises(DatasetError, match=r"reference profile cannot be built from .*needs at least .*; add images"):
             build_bundle_reference(bundle, dataset, per_kind=2, photos=False, save=False)
 
 
