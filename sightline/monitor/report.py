@@ -168,6 +168,10 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
             label="label-free (mean calibrated top-1 probability)")
     ax.fill_between(x, [e["low"] if e["n"] else np.nan for e in est], [e["high"] if e["n"] else np.nan for e in est],
                     alpha=0.2)
+    shifted = [i for i, e in enumerate(est) if e.get("reliable") is False and e["n"]]
+    if shifted:  # the estimate assumes validation's calibration, which the window's drift breaks
+        ax.plot(shifted, [est[i]["expected_accuracy"] for i in shifted], "o", ms=10, mfc="white", mec="red", mew=2,
+                label="not reliable: the window drifted (label a sample)")
     measured = [(i, w["measured_accuracy"]) for i, w in enumerate(windows) if w.get("measured_accuracy")]
     if measured:
         mi = np.array([i for i, _ in measured])
@@ -201,6 +205,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _unreliable(windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The windows whose label-free accuracy is marked not reliable (they drifted: `monitor.windows`)."""
+    return [w for w in windows if (w.get("expected_accuracy") or {}).get("reliable") is False]
+
+
 def _significant_tests(window: dict[str, Any]) -> str:
     return ", ".join(k for k, t in window.get("tests", {}).items() if t.get("significant"))
 
@@ -215,7 +224,7 @@ def _environment() -> jinja2.Environment:
                              autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=_fmt, label=_label, raised_by=raised_by)
-    env.globals.update(significant_tests=_significant_tests)
+    env.globals.update(significant_tests=_significant_tests, unreliable=_unreliable)
     return env
 
 

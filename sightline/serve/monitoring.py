@@ -217,6 +217,8 @@ def _detail(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary.get(k) for k in ("kind", "key", "start", "end", "n", "p_value", "unknown_rate",
                                         "mean_confidence")} | {
         "expected_accuracy": (summary.get("expected_accuracy") or {}).get("expected_accuracy"),
+        # False when the window drifted: the estimate assumes validation's calibration (monitor.windows)
+        "expected_accuracy_reliable": (summary.get("expected_accuracy") or {}).get("reliable"),
         "significant_tests": sorted(name for name, t in summary.get("tests", {}).items() if t.get("significant")),
     }
 
