@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sightline.data.images import DEFAULT_MAX_PIXELS, image_info
-from sightline.data.inputs import IMAGE_SUFFIXES, looks_like_image
+from sightline.data.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, looks_like_image
 from sightline.errors import DatasetError, ImageError, UserInputError
 
 __all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version",
@@ -33,7 +33,6 @@ PRODUCTION_REASON = ("held-out production images (from `sightline feedback expor
                      "measures on; not a split, never trained on")
 # Dataset.skipped kinds: a file that is not a readable image, or a file or folder the layout does not use
 UNREADABLE, IGNORED = "unreadable", "ignored"
-MASK_SUFFIX = ".mask.png"  # binary mask beside the image: <stem>.mask.png
 VOC_SUFFIX = ".xml"  # Pascal VOC boxes beside the image: <stem>.xml
 REGION_SUFFIXES = (MASK_SUFFIX, VOC_SUFFIX)  # the order region_path prefers
 

@@ -20,6 +20,7 @@ __all__ = ["looks_like_image", "expand_inputs"]
 # Names a user means as images: a folder's file named so is always listed (an error row if it is not one we read).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
                             ".heic", ".heif", ".avif"})
+MASK_SUFFIX = ".mask.png"  # binary mask beside an image (<stem>.mask.png): a region file, never an input itself
 # Leading bytes of the formats sightline decodes (sightline.data.images.ALLOWED_FORMATS).
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")
 
@@ -38,8 +39,6 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Files as given, folders searched recursively for images (by content or an image's file name, masks beside
     images left out), glob patterns expanded; in order, each file once. A pattern that matches nothing raises
     UserInputError."""
-    from sightline.data.datasets import MASK_SUFFIX
-
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
