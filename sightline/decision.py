@@ -15,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Decisions", "softmax", "decide"]
+__all__ = ["Decisions", "softmax", "decide", "UNKNOWN_LABEL"]
+
+# A reviewer's label for an image no class fits ("not a valid item"), beside the model's classes in the review
+# queue; so no class may have this name (train refuses it), or a label would mean two things.
+UNKNOWN_LABEL = "unknown"
 
 
 @dataclass

@@ -84,6 +84,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
+from sightline.decision import UNKNOWN_LABEL  # a reviewer's label for "not a valid item" (no class fits)
 from sightline.errors import SightlineError, UserInputError, one_line
 
 __all__ = ["Store", "PredictionRecord", "ApiKeyRole", "LabelHistory", "KeptImage", "ShadowPrediction", "ShadowTotal",
@@ -104,7 +105,6 @@ QUEUED_DECISIONS = tuple(d for d in DECISIONS if d != "accept")  # decisions tha
 QUEUE_SQL = "reviewed_label IS NULL AND decision <> 'accept'"
 ROLES = ("predict", "review", "admin")
 LEGACY_ROLES = frozenset({"predict", "review"})  # keys made before roles: any key could predict and work the queue
-UNKNOWN_LABEL = "unknown"  # a reviewer's label for "not a valid item" (no class fits)
 SAMPLE_REASON = "sample"  # kept_images.reason of an accepted prediction kept only because it is in the random slice
 
 

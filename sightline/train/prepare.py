@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sightline.data.datasets import PRODUCTION
+from sightline.decision import UNKNOWN_LABEL
 from sightline.errors import DatasetError
 from sightline.train.blocks import build_system, single_process, training_precision, unreadable_images_hint
 from sightline.train.config import TrainConfig
@@ -40,6 +41,9 @@ def _scan(data_dir: str | Path, cfg: TrainConfig) -> tuple[Any, str]:
                            "a classifier needs at least two classes.")
     if not dataset.split("val"):
         raise DatasetError(f"dataset '{dataset.root}' has an empty val/ split; run `sightline data split`.")
+    if UNKNOWN_LABEL in dataset.classes:  # before any work: the review queue gives this label to no class
+        raise DatasetError(f"dataset '{dataset.root}' has a class named '{UNKNOWN_LABEL}', the label reviewers give "
+                           "an image no class fits; rename that folder (e.g. 'unknown_object') in every split.")
     balance = choose_balance({c: counts.get(c, 0) for c in dataset.classes if counts.get(c, 0) > 0}, cfg.balance)
     return dataset, balance
 

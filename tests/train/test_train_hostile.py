@@ -114,3 +114,16 @@ def test_hardware_lightning_refuses_is_one_line(tmp_path, hardware, words):
     dm = SimpleNamespace(train_set=[0] * 8, classes=["a", "b"])
     with pytest.raises(UserInputError, match=rf"Lightning refused the hardware settings .*{words}.*; change them"):
         build_trainer(cfg, tmp_path, dm, progress=False)
+
+
+def test_a_class_named_like_the_reviewers_unknown_label_is_refused_before_any_work(tmp_path, run_cli):
+    """A class 'unknown' trained and served, but in the review queue 'unknown' is also the label for an image no
+    class fits: feedback export left those images out (as not a valid item), so the class never got new examples."""
+    for split in ("train", "val"):
+        for i, c in enumerate(("cat", "unknown")):
+            _images(tmp_path / "data" / split / c, 2, seed=i)
+    code, out = run_cli(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model",
+                         "test_efficientnet", "--weights", "none"])
+    assert code == 2 and len(out.err.strip().splitlines()) == 1
+    assert "class named 'unknown'" in out.err and "rename that folder" in out.err
+    assert not (tmp_path / "run").exists()
