@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         from contextlib import nullcontext
 
         from sightline.bundle import resolve_bundle_dir
-        from sightline.monitor.report import add_bundle_match, kept_images, raised_by, write_report
+        from sightline.monitor.report import add_bundle_match, kept_images, raised_by, verdict, write_report
         from sightline.serve.monitoring import build_report
         from sightline.serve.settings import database_url, load_monitor_settings
         from sightline.storage.images import LocalImageStore
@@ -92,6 +92,7 @@ def register(app: typer.Typer) -> None:
                               consecutive=ms.monitor_consecutive, permutations=ms.monitor_permutations)
         report["spec"] = str(ms.spec) if ms.spec is not None else None  # where the window settings came from
         add_bundle_match(report, url)  # the alerts are the database's: says when no prediction is this bundle's
+        report["verdict"] = verdict(report)  # what happened, in sentences: the page and the summary below open with it
         kept = images or Path(os.environ.get("SIGHTLINE_IMAGE_STORE") or folder / "images")
         with kept_images(url, LocalImageStore(kept)) if kept.is_dir() else nullcontext() as fetch:
             json_path, html_path = write_report(report, out or folder.parent / "monitor", fetch=fetch)
@@ -100,6 +101,8 @@ def register(app: typer.Typer) -> None:
             return
         for message in report["messages"]:
             console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
+        for i, line in enumerate(report["verdict"]):
+            console.print(("" if i < 2 else "  - ") + escape(line), highlight=False)
         tested = [w for w in report["windows"] if w["tested"]]
         drifted = [w for w in tested if w["significant"]]
         console.print(f"{report['n_monitored']} monitored predictions, {len(report['windows'])} windows, "

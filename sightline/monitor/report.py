@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from sightline.storage.images import ImageStore
 
-__all__ = ["add_bundle_match", "alert_about_bundle", "raised_by", "bundle_match", "stored_models", "plots",
+__all__ = ["verdict", "add_bundle_match", "alert_about_bundle", "raised_by", "bundle_match", "stored_models", "plots",
            "thumbnail", "thumbnails", "kept_images", "render_html", "write_report"]
 
 TESTS = ("softmax_ks", "feature_mmd", "image_stats", "class_mix", "unknown_rate")
@@ -228,6 +228,114 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+# --- what happened, in words ------------------------------------------------------------------------------------
+STAT_WORDS = {  # how an operator reads each image statistic (monitor.stats)
+    "width": "image width (px)", "height": "image height (px)", "aspect": "aspect ratio (width / height)",
+    "brightness": "brightness (0 black - 1 white)", "contrast": "contrast", "sharpness": "sharpness (low: blurred)",
+    "flat_share": "share of flat, featureless areas (padding, a covered lens, clipped highlights)",
+    "bytes_per_pixel": "file size per pixel (compression)", "jpeg_quality": "JPEG quality",
+    "mode": "colour mode", "format": "file format",
+}
+
+
+def _num(value: float) -> str:
+    """A statistic as a person reads it: 200 px, 1.33, 0.047."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) >= 1 else _fmt(value)
+
+
+def _stat_words(name: str, shift: dict[str, Any]) -> str:
+    what = STAT_WORDS.get(name, name)
+    if "window_median" in shift:
+        return f"{what} {_num(shift['window_median'])} (reference {_num(shift['reference_median'])}; medians)"
+    ref = shift.get("reference_share")
+    return (f"{what} mostly {shift.get('window_top')} ({shift.get('window_share', 0):.0%} of the window"
+            + (f", {ref:.0%} of the reference)" if ref is not None else ")"))
+
+
+def _window_words(w: dict[str, Any]) -> list[str]:
+    """What differs in one tested window, one sentence per finding, in the order an operator acts on them."""
+    tests, out = w.get("tests") or {}, []
+    sig = {name for name, t in tests.items() if t.get("significant")}
+    if "unknown_rate" in sig:
+        out.append(f"{w['unknown_rate']:.0%} of its images were rejected as 'unknown': unlike anything the model was "
+                   f"trained on (validation: {w['reference_unknown_rate']:.1%}). Look at them in the review queue.")
+    if "class_mix" in sig:
+        mix = ", ".join(f"{c} {share:.0%} (reference {w['reference_class_mix'].get(c, 0.0):.0%})"
+                        for c, share in w["class_mix"].items())
+        out.append(f"The model predicts a different mix of classes: {mix}. Either what is photographed changed, or "
+                   "the model is misreading it.")
+    if "image_stats" in sig:
+        parts = [pt["name"] for pt in tests["image_stats"].get("parts", []) if pt.get("significant")]
+        shifts = w.get("image_stats") or {}
+        said = "; ".join(_stat_words(name, shifts[name]) for name in parts if name in shifts)
+        out.append(f"The images themselves changed: {said}. Check the camera, lighting, focus, or what produces "
+                   "the files.")
+    if sig & {"feature_mmd", "softmax_ks"}:
+        how = [] if "feature_mmd" not in sig else ["the features it extracts differ from validation's"]
+        if "softmax_ks" in sig:
+            how.append(f"its confidence differs (mean {_fmt(w.get('mean_confidence'), 2)}, validation "
+                       f"{_fmt(w.get('reference_mean_confidence'), 2)})")
+        out.append(f"The model sees these images differently: {' and '.join(how)}.")
+    est = w.get("expected_accuracy") or {}
+    if est.get("expected_accuracy") is not None:
+        line = (f"Label-free accuracy estimate {est['expected_accuracy']:.2f} (95 % interval {est['low']:.2f}-"
+                f"{est['high']:.2f})")
+        out.append(line + (": not reliable under this shift; label a random sample of the window to measure it."
+                           if est.get("reliable") is False else "."))
+    measured = w.get("measured_accuracy")
+    if measured and measured.get("accuracy") is not None:
+        out.append(f"Reviewers labelled {measured['n']} of its images: {measured['accuracy']:.2f} right (those come "
+                   "from the review queue, not a random sample).")
+    return out
+
+
+def verdict(report: dict[str, Any]) -> list[str]:
+    """What the report found, in plain sentences for the person who acts on it: first line the verdict (alert
+    raised, drift without an alert, no drift, or nothing tested yet), then what differs in the last window that
+    drifted, and whether the newest tested window is back to normal. [] when there are no windows (the report's
+    messages say why)."""
+    windows = report.get("windows") or []
+    if not windows:
+        return []
+    w = report["window"]
+    alpha, k = w["alpha"], w["consecutive"]
+    tested = [x for x in windows if x["tested"]]
+    drifted = [x for x in tested if x["significant"]]
+    raised = sorted(name for name, a in (report.get("alerts") or {}).items()
+                    if a.get("active") and a.get("about_this_bundle", True))
+    if not tested and raised:
+        return [f"ALERT raised by the service ({', '.join(raised)}); none of the {len(windows)} windows here has the "
+                f"{w['min_window']} predictions a drift test needs, so they do not show why (widen --since)."]
+    if not tested:
+        which = "the only window has fewer than" if len(windows) == 1 else f"none of the {len(windows)} windows has"
+        return [f"No conclusion yet: {which} the {w['min_window']} predictions a drift test needs; nothing was "
+                "tested and no alert can be raised from them."]
+    untested = len(windows) - len(tested)
+    skipped = f" ({untested} smaller window{'s' if untested > 1 else ''} not tested)" if untested else ""
+    if raised:
+        head = (f"ALERT raised by the service ({', '.join(raised)}): {len(drifted)} of {len(tested)} tested windows "
+                f"differ from the reference (the validation images){skipped}.")
+    elif not drifted:
+        return [f"No drift: none of the {len(tested)} tested windows differs from the reference (the validation "
+                f"images) at alpha = {alpha:g}{skipped}. No alert."]
+    elif any(x.get("alert_active") for x in windows):
+        head = (f"Drift: {len(drifted)} of {len(tested)} tested windows differ from the reference, {k} in a row: "
+                f"the alert's rule is met{skipped}.")
+    else:
+        head = (f"No alert: {len(drifted)} of {len(tested)} tested windows differ from the reference, never {k} in a "
+                f"row{skipped}. Without drift about {alpha:.0%} of windows differ by chance.")
+    last = drifted[-1] if drifted else None
+    lines = [head]
+    if last is not None:
+        lines.append(f"In window {_label(last)} ({last['n']} predictions, {last['start']} to {last['end']}; p = "
+                     f"{_fmt(last['p_value'])}):")
+        lines += _window_words(last)
+        newest = tested[-1]
+        if newest is not last:
+            lines.append(f"The newest tested window, {_label(newest)}, is consistent with the reference.")
+    return lines
+
+
 # --- example thumbnails ---------------------------------------------------------------------------------------
 Fetch = Callable[[int], "bytes | None"]  # prediction id -> the kept image's bytes, None when not kept (or evicted)
 
@@ -392,8 +500,9 @@ def render_html(report: dict[str, Any], images: dict[str, str] | None = None, *,
     else:
         note = ("No example thumbnails: no window has a significant image-statistic shift, or the service kept none "
                 "of the images that show it (it keeps review and unknown images and a sample of accepted ones).")
+    said = report["verdict"] if "verdict" in report else verdict(report)
     return _environment().get_template("monitor.html.j2").render(r=report, figs=figs, titles=_PLOT_TITLES,
-                                                                 thumbs=thumbs, thumbs_note=note)
+                                                                 thumbs=thumbs, thumbs_note=note, verdict=said)
 
 
 def write_report(report: dict[str, Any], out: str | Path, *, fetch: Fetch | None = None) -> tuple[Path, Path]:

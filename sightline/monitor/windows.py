@@ -185,7 +185,7 @@ def summarize(
 
     Keys: kind, key, start, end, first_id, last_id, n, tested, reason, significant (None when not tested),
     p_value, alpha, correction, min_window, tests {name: DriftResult JSON}, unknown_rate, reference_unknown_rate,
-    mean_confidence, expected_accuracy (with `reliable`: False when the window drifted, None when not tested, and
+    mean_confidence, reference_mean_confidence (validation's), expected_accuracy (with `reliable`: False when the window drifted, None when not tested, and
     `caveat`), measured_accuracy (None without reviewer labels), class_mix,
     reference_class_mix, confidence_hist {edges, counts, reference}, image_stats {statistic: shift; a statistic the
     image-statistics test found significant also has `examples`, prediction ids of its most shifted images}."""
@@ -206,6 +206,7 @@ def summarize(
         "unknown_rate": float(batch.unknown.mean()) if n and has_ood else None,
         "reference_unknown_rate": profile.ood_choice.val_flag_rate if has_ood else None,
         "mean_confidence": float(top.mean()) if n else None,
+        "reference_mean_confidence": float(ref_probs.max(axis=1).mean()),
         "class_mix": _shares(probs.argmax(axis=1), classes) if n else {},
         "reference_class_mix": _shares(ref_probs.argmax(axis=1), classes),
         "confidence_hist": {"edges": edges.tolist(), "counts": np.histogram(top, edges)[0].tolist(),

@@ -54,3 +54,45 @@ def test_label_free_accuracy_is_marked_not_reliable_when_the_window_drifted():
     page = render_html(report, images={"accuracy": ""})
     assert page.count("(not reliable: drifted)") == 1
     assert "The label-free accuracy of 1 of 3 windows is\nnot reliable" in page
+
+
+def _report(windows, alerts=None):
+    return {"bundle": {"name": "m", "version": "1", "path": "b", "classes": CLASSES},
+            "profile": {"fingerprint": "0" * 16, "n_images": 200}, "database": "sqlite://", "since": None,
+            "created": "now", "n_monitored": 0, "n_predictions": 0, "messages": [], "alerts": alerts or {},
+            "window": {"kind": "block", "size": 60, "min_window": 50, "alpha": 0.05, "consecutive": 2},
+            "windows": windows}
+
+
+def test_the_report_opens_with_what_happened_in_words():
+    from sightline.monitor.report import verdict
+
+    profile = _profile()
+    clean = summarize(profile, _batch(60, 1), kind="block", key=60, permutations=50)
+    bees = _batch(60, 4, shift=3.0, unknown=0.8, brightness=0.15)
+    bees.probabilities[:] = [0.1, 0.9]  # every image read as a bee
+    drifted = summarize(profile, bees, kind="block", key=120)
+    small = summarize(profile, _batch(20, 3), kind="block", key=140)
+
+    assert verdict(_report([])) == []
+    assert verdict(_report([small]))[0].startswith("No conclusion yet: the only window has fewer than the 50")
+    assert verdict(_report([clean, small])) == [
+        "No drift: none of the 1 tested windows differs from the reference (the validation images) at alpha = 0.05 "
+        "(1 smaller window not tested). No alert."]
+    drifted["alert_active"] = True
+    raised = {"drift": {"active": True, "about_this_bundle": True}}
+    lines = verdict(_report([drifted, clean], raised))
+    assert lines[0] == ("ALERT raised by the service (drift): 1 of 2 tested windows differ from the reference (the "
+                        "validation images).")
+    assert lines[1].startswith("In window 1-60 (60 predictions, 1970-01-01T00:00:00+00:00 to")
+    text = "\n".join(lines)
+    assert "were rejected as 'unknown'" in text and "validation: 1.0%" in text
+    assert "bees 100% (reference" in text  # the class mix
+    assert "brightness (0 black - 1 white) 0.145 (reference 0.439; medians)" in text
+    assert "not reliable under this shift" in text
+    assert lines[-1] == "The newest tested window, 1-60, is consistent with the reference."
+    page = render_html(_report([drifted, clean]) | {"verdict": lines}, images={})
+    assert 'class="verdict alarm"' in page and "ALERT raised by the service (drift)" in page
+    # another model's raised alert is not this bundle's: the verdict speaks of the windows only
+    other = {"drift": {"active": True, "about_this_bundle": False}}
+    assert verdict(_report([drifted, clean], other))[0].startswith("Drift: 1 of 2 tested windows differ")
