@@ -108,6 +108,7 @@ class Bundle:
         if not isinstance(data.get("thresholds", {}), dict):
             raise BundleError(f"{where}: 'thresholds' must be a JSON object; set it to {{}} and run `sightline "
                               "evaluate` to choose them, or copy the bundle folder again.")
+        _check_thresholds(data.get("thresholds", {}), classes, where)
         known = {f for f in cls.__dataclass_fields__ if f != "path"}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
@@ -224,3 +225,24 @@ def code_version() -> str:
         return __version__
     commit = out.stdout.strip()
     return f"{__version__}+g{commit}" if out.returncode == 0 and commit else __version__
+
+
+def _check_thresholds(thresholds: dict[str, Any], classes: list[str], where: str) -> None:
+    """A review confidence or class threshold is a probability: 1.5 (a typo of 0.15?) sent every answer to review,
+    and a class threshold above 1 or of a class the model does not have could never apply, all without a word."""
+    def probability(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+    review = thresholds.get("review_confidence")
+    if review is not None and not probability(review):
+        raise BundleError(f"{where}: thresholds.review_confidence={review!r} must be a probability from 0 to 1 (or "
+                          "null: no review); edit model.json or run `sightline evaluate` to choose it.")
+    per_class = thresholds.get("class_thresholds")
+    per_class = {} if per_class is None else per_class
+    if not isinstance(per_class, dict):
+        raise BundleError(f"{where}: thresholds.class_thresholds must be a JSON object of class: probability.")
+    for name, value in per_class.items():
+        if name not in classes or not (value is None or probability(value)):
+            raise BundleError(f"{where}: thresholds.class_thresholds[{str(name)[:64]!r}]={value!r}: each key must be "
+                              "one of the classes and each value a probability from 0 to 1; edit model.json "
+                              "or run `sightline evaluate` to choose them.")

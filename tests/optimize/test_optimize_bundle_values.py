@@ -25,6 +25,11 @@ GOOD = {"format_version": 1, "architecture": "test_efficientnet", "classes": ["a
     ({"thresholds": "x"}, "'thresholds' must be a JSON object"),
     ({"preprocessing": {**GOOD["preprocessing"], "std": [0, 0, 0]}}, "std above 0"),
     ({"preprocessing": {**GOOD["preprocessing"], "mean": [0.5]}}, "must be 3 finite numbers each"),
+    ({"thresholds": {"review_confidence": 1.5}}, "review_confidence=1.5 must be a probability from 0 to 1"),
+    ({"thresholds": {"review_confidence": "0.5"}}, "review_confidence='0.5' must be a probability"),
+    ({"thresholds": {"class_thresholds": {"c": 0.9}}}, "class_thresholds['c']=0.9: each key must be one of"),
+    ({"thresholds": {"class_thresholds": {"a": 2}}}, "class_thresholds['a']=2"),
+    ({"thresholds": {"class_thresholds": []}}, "class_thresholds must be a JSON object"),
 ])
 def test_unusable_values_are_one_line(tmp_path, change, words):
     (tmp_path / "model.json").write_text(json.dumps({**GOOD, **change}))
@@ -34,8 +39,11 @@ def test_unusable_values_are_one_line(tmp_path, change, words):
 
 
 def test_usable_values_still_load(tmp_path):
-    (tmp_path / "model.json").write_text(json.dumps({**GOOD, "temperature": 2}))
-    assert load_bundle(tmp_path).temperature == 2
+    thresholds = {"review_confidence": 0.6, "class_thresholds": {"b": 0.3}}
+    (tmp_path / "model.json").write_text(json.dumps({**GOOD, "temperature": 2, "thresholds": thresholds}))
+    assert load_bundle(tmp_path).temperature == 2 and load_bundle(tmp_path).thresholds == thresholds
+    (tmp_path / "model.json").write_text(json.dumps({**GOOD, "thresholds": {"review_confidence": None}}))
+    assert load_bundle(tmp_path).thresholds == {"review_confidence": None}
 
 
 def test_predict_refuses_a_zero_temperature(tmp_path, run_cli):
