@@ -82,8 +82,13 @@ METADATA_DIRS = {
 }
 
 
+# Files Windows writes into any folder of pictures it has shown (thumbnail caches, folder settings): never images,
+# skipped like a dot-file (Thumbs.db was listed as an unreadable image in every class folder a Windows user opened)
+_SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"})
+
+
 def _hidden(name: str) -> bool:
-    return name.startswith(".")
+    return name.startswith(".") or name.lower() in _SYSTEM_FILES
 
 
 def _metadata_dir(path: Path, root: Path, skipped: list[dict]) -> bool:

@@ -40,6 +40,8 @@ def _flat(root: Path, per_class: dict[str, int]) -> Path:
 def test_flat_layout_skips_hidden_refuses_escaping_symlinks_and_reports_non_images(tmp_path: Path) -> None:
     root = _flat(tmp_path / "data", {"ants": 3, "bees": 2})
     (root / "ants" / ".DS_Store").write_bytes(b"junk")
+    (root / "ants" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0junk")  # Windows' thumbnail cache: skipped alike
+    (root / "bees" / "desktop.ini").write_text("[.ShellClassInfo]\n")
     _save(root / ".quarantine" / "x" / "q.png", _img(99))  # hidden folder: not a class
     (root / "bees" / "notes.jpg").write_text("not an image")
     outside = _save(tmp_path / "elsewhere" / "secret.png", _img(100))
@@ -56,6 +58,7 @@ def test_flat_layout_skips_hidden_refuses_escaping_symlinks_and_reports_non_imag
     reasons = {d["path"]: d["reason"] for d in ds.skipped}
     assert "outside the dataset root" in reasons["bees/link.png"]
     assert "not a supported image" in reasons["bees/notes.jpg"]
+    assert not any(p.endswith(("Thumbs.db", "desktop.ini")) for p in reasons)
     assert all(not s.relpath.split("/")[-1].startswith(".") for s in ds.samples)
     ant0 = next(s for s in ds.samples if s.relpath == "ants/ants_0.png")
     assert ant0.region == root / "ants" / "ants_0.mask.png" and ant0.split is None
