@@ -23,6 +23,7 @@ def test_unknown_command_exits_2(run_cli):
     (["data", "split", "a", "--out", "b"], "No such option: --out"),
     (["monitor", "b", "--alpha", "nan"], "Invalid value for '--alpha'"),
     (["keys", "create"], "Missing argument 'name'"),
+    (["data", "split", "a", "b", "--max-distance", "64"], "Invalid value for '--max-distance'"),  # all one group
 ])
 def test_a_usage_error_is_one_line_naming_the_option_and_the_help_to_read(run_cli, args, said):
     """Click printed a usage line, a hint and a boxed message (5 lines or more) for these; the mistake is the

@@ -10,6 +10,10 @@ from rich.markup import escape
 from sightline._cli.common import console, existing_path, fail, print_json
 from sightline.progress import rich_progress
 
+# Unrelated images' perceptual hashes differ in about 32 of their 63 bits (binomial, sd ~4): above 20, chance pairs
+# joined as near duplicates (at 64 every image was one group, all sent to train with only warnings)
+MAX_DISTANCE = 20
+
 data_app = typer.Typer(help="Make, split and audit image datasets.", no_args_is_help=True)
 
 
@@ -24,7 +28,7 @@ def split_cmd(
     out: Path = typer.Argument(..., help="New folder for the split layout OUT/{train,val,test}/<class>/."),
     ratios: str = typer.Option("0.7,0.15,0.15", help="train,val,test shares."),
     seed: int = typer.Option(0, help="Random seed: same seed + same data = same split."),
-    max_distance: int = typer.Option(8, help="Perceptual-hash bits within which images count as near duplicates (-1: exact only)."),
+    max_distance: int = typer.Option(8, min=-1, max=MAX_DISTANCE, help="Perceptual-hash bits (of 63) within which images count as near duplicates (-1: exact only; unrelated images differ in about 32)."),
     copy: bool = typer.Option(False, "--copy", help="Copy files instead of hard-linking them."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -122,7 +126,7 @@ def audit_cmd(
     data: Path = typer.Argument(..., help="Dataset folder (split or flat layout)."),
     out: Optional[Path] = typer.Option(None, help="Folder for audit.json, audit.html and manifest.csv [default: DATA/.audit]."),
     quarantine: bool = typer.Option(False, "--quarantine", help="Move flagged files into DATA/.quarantine/ (logged, never deleted)."),
-    max_distance: int = typer.Option(8, help="Perceptual-hash bits within which images count as near duplicates."),
+    max_distance: int = typer.Option(8, min=-1, max=MAX_DISTANCE, help="Perceptual-hash bits (of 63) within which images count as near duplicates (unrelated images differ in about 32)."),
     labels: bool = typer.Option(True, "--labels/--no-labels", help="Look for likely-mislabeled images (confident "
                                 "learning on a pretrained backbone's features; runs when classes have at least 10 "
                                 "images each). Suggestions only: nothing is relabelled."),
