@@ -286,6 +286,11 @@ def _window_words(w: dict[str, Any]) -> list[str]:
     if measured and measured.get("accuracy") is not None:
         out.append(f"Reviewers labelled {measured['n']} of its images: {measured['accuracy']:.2f} right (those come "
                    "from the review queue, not a random sample).")
+        none = measured.get("not_a_class") or {}
+        if none.get("n"):
+            out.append(f"Reviewers said {none['n']} of them show none of the classes; the service had rejected "
+                       f"{none['rejected']} of those as 'unknown' and given a class to the other "
+                       f"{none['n'] - none['rejected']}.")
     return out
 
 

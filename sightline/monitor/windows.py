@@ -31,12 +31,14 @@ from sightline.monitor.estimate import expected_accuracy, measured_accuracy
 from sightline.monitor.reference import ReferenceProfile
 from sightline.monitor.stats import CATEGORICAL, CONTINUOUS, stats_columns
 
-__all__ = ["KINDS", "PERIOD_SECONDS", "Batch", "blocks", "periods", "summarize", "jsonable"]
+__all__ = ["KINDS", "PERIOD_SECONDS", "NO_LABEL", "NOT_A_CLASS", "Batch", "blocks", "periods", "summarize", "jsonable"]
 
 KINDS = ("recent", "block", "hour", "day")
 PERIOD_SECONDS = {"hour": 3600, "day": 86400}
 CONFIDENCE_BINS = 10
 EXAMPLES = 12  # prediction ids kept per shifted image statistic, most shifted first (the report shows kept images)
+NO_LABEL = -1  # Batch.reviewed where no reviewer labelled the prediction
+NOT_A_CLASS = -2  # Batch.reviewed where the reviewer's label is 'unknown': the image shows none of the classes
 
 
 @dataclass
@@ -50,7 +52,8 @@ class Batch:
     unknown: np.ndarray  # (n,) bool open-set flag
     ood: np.ndarray  # (n,) float64 open-set score, NaN where the profile chose none
     image_stats: list[dict[str, Any]] = field(default_factory=list)  # n dicts (`monitor.stats.image_stats`)
-    reviewed: np.ndarray | None = None  # (n,) int64 class index of a reviewer's label, -1 where none
+    # (n,) int64 class index of a reviewer's label, NO_LABEL (-1) where none, NOT_A_CLASS (-2) for 'unknown'
+    reviewed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -186,7 +189,8 @@ def summarize(
     Keys: kind, key, start, end, first_id, last_id, n, tested, reason, significant (None when not tested),
     p_value, alpha, correction, min_window, tests {name: DriftResult JSON}, unknown_rate, reference_unknown_rate,
     mean_confidence, reference_mean_confidence (validation's), expected_accuracy (with `reliable`: False when the window drifted, None when not tested, and
-    `caveat`), measured_accuracy (None without reviewer labels), class_mix,
+    `caveat`), measured_accuracy (None without reviewer labels; a label
+    'unknown' is right where the service flagged the image unknown, counted in `not_a_class` {n, rejected}), class_mix,
     reference_class_mix, confidence_hist {edges, counts, reference}, image_stats {statistic: shift; a statistic the
     image-statistics test found significant also has `examples`, prediction ids of its most shifted images}."""
     n = len(batch)
@@ -216,9 +220,13 @@ def summarize(
         "image_stats": _stat_shifts(cols, profile.stats_reference) if n else {},
     }
     if batch.reviewed is not None and n:
-        labelled = batch.reviewed >= 0
+        labelled = batch.reviewed != NO_LABEL
         if labelled.any():
-            measured = measured_accuracy(probs[labelled].argmax(axis=1), batch.reviewed[labelled])
+            # a reviewer's 'unknown' (no trained class) is right only where the service said unknown too
+            none = batch.reviewed == NOT_A_CLASS
+            predicted = np.where(none & batch.unknown, NOT_A_CLASS, probs.argmax(axis=1))
+            measured = measured_accuracy(predicted[labelled], batch.reviewed[labelled])
+            measured["not_a_class"] = {"n": int(none.sum()), "rejected": int((none & batch.unknown).sum())}
             measured["expected_on_labelled"] = float(top[labelled].mean())
             measured["note"] = ("reviewer labels come from the review queue (low confidence and unknown "
                                 "predictions), not a random sample: compare with expected_on_labelled, the "

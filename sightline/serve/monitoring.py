@@ -44,12 +44,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sightline.decision import softmax
+from sightline.decision import UNKNOWN_LABEL, softmax
 from sightline.errors import BundleError, SightlineError, UserInputError
 from sightline.monitor.alerts import AlertState
 from sightline.monitor.ood import OpenSetScorer
 from sightline.monitor.reference import REFERENCE_FILE, ReferenceProfile, load_reference
-from sightline.monitor.windows import PERIOD_SECONDS, Batch, blocks, jsonable, periods, summarize
+from sightline.monitor.windows import (
+    NO_LABEL,
+    NOT_A_CLASS,
+    PERIOD_SECONDS,
+    Batch,
+    blocks,
+    jsonable,
+    periods,
+    summarize,
+)
 
 if TYPE_CHECKING:
     from sightline.bundle import Bundle
@@ -203,7 +212,10 @@ def batch_from_rows(rows: Sequence[dict[str, Any]], profile: ReferenceProfile) -
         unknown=np.array([bool(r["unknown"]) for r in rows], dtype=bool),
         ood=np.array([np.nan if r["ood_score"] is None else r["ood_score"] for r in rows], dtype=np.float64),
         image_stats=[dict(r["image_stats"] or {}) for r in rows],
-        reviewed=np.array([index.get(r["reviewed_label"], -1) if r["reviewed_label"] else -1 for r in rows],
+        # 'unknown' (the image shows none of the classes) -> NOT_A_CLASS: it was dropped, so a reviewer's verdict
+        # on images of no trained class never reached measured accuracy
+        reviewed=np.array([NOT_A_CLASS if r["reviewed_label"] == UNKNOWN_LABEL else
+                           index.get(r["reviewed_label"], NO_LABEL) if r["reviewed_label"] else NO_LABEL for r in rows],
                           dtype=np.int64),
     )
 

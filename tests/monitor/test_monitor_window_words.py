@@ -96,3 +96,27 @@ def test_the_report_opens_with_what_happened_in_words():
     # another model's raised alert is not this bundle's: the verdict speaks of the windows only
     other = {"drift": {"active": True, "about_this_bundle": False}}
     assert verdict(_report([drifted, clean], other))[0].startswith("Drift: 1 of 2 tested windows differ")
+
+
+def test_a_reviewers_unknown_label_counts_in_measured_accuracy():
+    """Reviewers label images of no trained class 'unknown'; those labels were read as no label at all, so a
+    window of clip art the model called bees had no measured accuracy. Now one is right where the service said
+    unknown too."""
+    from datetime import datetime, timezone
+
+    from sightline.serve.monitoring import batch_from_rows
+
+    profile = _profile()
+    n = 60
+    probs = np.tile(np.float32([0.2, 0.8]), (n, 1))
+    labels = ["unknown"] * 10 + ["bees"] * 4 + ["ants"] * 2 + [None] * (n - 16)
+    flagged = [True] * 6 + [False] * (n - 6)  # 6 of the 10 'unknown' images rejected, 4 called bees
+    rows = [{"prediction_id": i + 1, "created": datetime(2026, 1, 1, tzinfo=timezone.utc),
+             "probabilities": probs[i].tobytes(), "projected": np.zeros(C, np.float16).tobytes(),
+             "unknown": flagged[i], "ood_score": 1.0, "image_stats": {}, "reviewed_label": labels[i]}
+            for i in range(n)]
+    batch = batch_from_rows(rows, profile)
+    assert batch.reviewed[:10].tolist() == [-2] * 10 and batch.reviewed[16:].max() == -1
+    m = summarize(profile, batch, kind="block", key=n, min_window=100)["measured_accuracy"]
+    assert m["n"] == 16 and m["accuracy"] == (6 + 4) / 16  # 6 rejected unknowns and 4 bees right, 2 ants wrong
+    assert m["not_a_class"] == {"n": 10, "rejected": 6}
