@@ -227,12 +227,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Distil a trained teacher into a smaller/faster student; report accuracy and latency of both."""
         from sightline.bundle import load_bundle
-        from sightline.optimize.export import recorded_data_dir
+        from sightline.optimize.export import recorded_data
         from sightline.train.distill import distill
 
-        data = data or recorded_data_dir(run, load_bundle(run))
-        if data is None or not data.is_dir():
-            raise fail("pass --data DATA (split layout): the run does not record where its dataset is.")
+        gone = None
+        if data is None:
+            data, gone = recorded_data(run, load_bundle(run))
+        if data is None:
+            raise fail(f"pass --data DATA (split layout): the run's dataset '{gone}' is not there any more." if gone
+                       else "pass --data DATA (split layout): the run does not record where its dataset is.")
+        if not data.is_dir():
+            raise fail(f"--data '{data}' is not a folder; pass the dataset (split layout).")
         out = out or run.with_name(f"{run.name}-distilled-{student}")
         report = distill(run, data, out, student=student, input_size=input_size, epochs=epochs,
                          temperature=temperature, alpha=alpha, weights=weights, progress=not as_json)

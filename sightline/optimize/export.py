@@ -21,7 +21,7 @@ import numpy as np
 from sightline.bundle import Bundle, load_bundle, resolve_bundle_dir
 from sightline.errors import BundleError, DatasetError, UserInputError
 
-__all__ = ["export", "export_onnx", "check_parity", "ParityError", "recorded_data_dir"]
+__all__ = ["export", "export_onnx", "check_parity", "ParityError", "recorded_data"]
 
 OPSET = 18
 # fp32 ONNX Runtime vs PyTorch on CPU agree to ~1e-5 on logits; 1e-3 (relative to the logit scale) leaves room
@@ -119,8 +119,10 @@ def check_parity(model, onnx_path: Path, inputs: np.ndarray, *, tol: float = PAR
     }
 
 
-def recorded_data_dir(run_or_bundle: str | Path, bundle: Bundle) -> Path | None:
-    """The dataset folder the run was trained on, when the run recorded it (bundle extra or RUN/config.*)."""
+def recorded_data(run_or_bundle: str | Path, bundle: Bundle) -> tuple[Path | None, str | None]:
+    """(the dataset folder the run was trained on, when the run recorded it (bundle extra or RUN/config.*) and it
+    is there; the folder it recorded when none is: moved or deleted since, for a message that says so instead of
+    "not recorded")."""
     candidates: list[Any] = []
     for key in ("train", "config", "training"):
         section = bundle.extra.get(key)
@@ -142,10 +144,11 @@ def recorded_data_dir(run_or_bundle: str | Path, bundle: Bundle) -> Path | None:
                 continue
             if isinstance(data, dict):
                 candidates += [data.get("data_dir"), data.get("data")]
-    for value in candidates:
-        if isinstance(value, str) and Path(value).is_dir():
-            return Path(value)
-    return None
+    recorded = [value for value in candidates if isinstance(value, str) and value]
+    for value in recorded:
+        if Path(value).is_dir():
+            return Path(value), None
+    return None, (recorded[0] if recorded else None)
 
 
 def export(
@@ -169,10 +172,13 @@ def export(
     Raises ParityError (and removes the bad file) when ONNX and PyTorch disagree.
     Returns the dict stored as `model.json["extra"]["export"]`."""
     bundle = load_bundle(run_or_bundle)
+    gone = None
     if data_dir is None:
-        data_dir = recorded_data_dir(run_or_bundle, bundle)
+        data_dir, gone = recorded_data(run_or_bundle, bundle)
+    moved = f"the run's dataset '{gone}' is not there any more" if gone else "no dataset given or recorded"
     if int8 and data_dir is None:
-        raise DatasetError("int8 export needs validation images for calibration; pass --data DATA (split layout).")
+        raise DatasetError(f"int8 export needs validation images for calibration ({moved}); pass --data DATA "
+                           "(split layout).")
     if int8 and quant_format not in ("qdq", "qoperator"):
         raise UserInputError(f"--format {quant_format!r} is unknown; use qdq or qoperator.")
     model = bundle.load_model("cpu")
@@ -193,7 +199,7 @@ def export(
         source = f"{Path(data_dir)}/val"
     else:
         inputs = np.random.default_rng(0).standard_normal((8, 3, s, s)).astype(np.float32)
-        source = "random inputs (no dataset given)"
+        source = f"random inputs ({moved}; pass --data DATA to check on real images)"
 
     t0 = time.perf_counter()
     export_onnx(model, bundle.onnx_path, s, opset=opset)

@@ -217,9 +217,21 @@ def test_int8_without_data_is_refused_before_anything_is_written(tmp_path):
 
     model = create_model("test_efficientnet", 2, weights="none")
     folder = Bundle("test_efficientnet", CLASSES, Preprocessing(32)).save(tmp_path / "b", model.state_dict())
-    with pytest.raises(DatasetError, match="--data"):
+    with pytest.raises(DatasetError, match="no dataset given or recorded.*--data"):
         export(folder, int8=True)
     assert not (folder / "model.onnx").exists() and "export" not in load_bundle(folder).extra
+    # a run whose dataset has moved since training: said so, not "no dataset" (export and distill alike)
+    (tmp_path / "config.yaml").write_text(f"data_dir: {tmp_path / 'moved'}\n")
+    with pytest.raises(DatasetError, match=f"the run's dataset '{tmp_path / 'moved'}' is not there any more"):
+        export(folder, int8=True)
+
+
+def test_distill_names_a_recorded_dataset_that_has_moved(tmp_path, run_cli):
+    model = create_model("test_efficientnet", 2, weights="none")
+    Bundle("test_efficientnet", CLASSES, Preprocessing(32)).save(tmp_path / "bundle", model.state_dict())
+    (tmp_path / "config.yaml").write_text(f"data_dir: {tmp_path / 'moved'}\n")
+    code, out = run_cli(["distill", str(tmp_path), "--student", "test_efficientnet"])
+    assert code == 2 and f"the run's dataset '{tmp_path / 'moved'}' is not there any more" in out.err
 
 
 def test_bench_refuses_batch_sizes_below_one(exported):
