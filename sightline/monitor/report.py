@@ -181,6 +181,13 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
                     label="measured on reviewer labels (Wilson 95 %)")
         ax.plot(mi - 0.1, [m["expected_on_labelled"] for _, m in measured], "^", color="grey",
                 label="label-free on the same labelled images")
+        sliced = [(i, m["random_slice"]) for i, m in measured if (m.get("random_slice") or {}).get("n")]
+        if sliced:
+            si = np.array([i for i, _ in sliced])
+            acc = np.array([m["accuracy"] for _, m in sliced])
+            err = np.array([[m["accuracy"] - m["low"], m["high"] - m["accuracy"]] for _, m in sliced]).T
+            ax.errorbar(si + 0.2, acc, yerr=err, fmt="D", color="darkgreen", capsize=3,
+                        label="measured on the random slice (unbiased, Wilson 95 %)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7, loc="lower left")
     out["accuracy"] = _png(fig)
@@ -286,6 +293,11 @@ def _window_words(w: dict[str, Any]) -> list[str]:
     if measured and measured.get("accuracy") is not None:
         out.append(f"Reviewers labelled {measured['n']} of its images: {measured['accuracy']:.2f} right (those come "
                    "from the review queue, not a random sample).")
+        rs = measured.get("random_slice") or {}
+        if rs.get("n"):
+            out.append(f"On the random slice (unbiased): {rs['accuracy']:.2f} right of {rs['n']} labelled (95 % "
+                       f"interval {rs['low']:.2f}-{rs['high']:.2f}; {rs['members']} of the window's predictions are in "
+                       "the slice).")
         none = measured.get("not_a_class") or {}
         if none.get("n"):
             out.append(f"Reviewers said {none['n']} of them show none of the classes; the service had rejected "

@@ -54,6 +54,8 @@ class Batch:
     image_stats: list[dict[str, Any]] = field(default_factory=list)  # n dicts (`monitor.stats.image_stats`)
     # (n,) int64 class index of a reviewer's label, NO_LABEL (-1) where none, NOT_A_CLASS (-2) for 'unknown'
     reviewed: np.ndarray | None = None
+    # (n,) bool: the prediction is in the service's random slice (drawn whatever its decision), None when unknown
+    in_slice: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -63,7 +65,8 @@ class Batch:
         return Batch(ids=self.ids[idx], times=self.times[idx], probabilities=self.probabilities[idx],
                      projected=self.projected[idx], unknown=self.unknown[idx], ood=self.ood[idx],
                      image_stats=[self.image_stats[i] for i in idx] if self.image_stats else [],
-                     reviewed=None if self.reviewed is None else self.reviewed[idx])
+                     reviewed=None if self.reviewed is None else self.reviewed[idx],
+                     in_slice=None if self.in_slice is None else self.in_slice[idx])
 
 
 def blocks(n_rows: int, size: int) -> list[slice]:
@@ -190,7 +193,8 @@ def summarize(
     p_value, alpha, correction, min_window, tests {name: DriftResult JSON}, unknown_rate, reference_unknown_rate,
     mean_confidence, reference_mean_confidence (validation's), expected_accuracy (with `reliable`: False when the window drifted, None when not tested, and
     `caveat`), measured_accuracy (None without reviewer labels; a label
-    'unknown' is right where the service flagged the image unknown, counted in `not_a_class` {n, rejected}), class_mix,
+    'unknown' is right where the service flagged the image unknown, counted in `not_a_class` {n, rejected}; `random_slice`: the same on the
+    labelled members of the service's random slice, unbiased, when the batch knows them), class_mix,
     reference_class_mix, confidence_hist {edges, counts, reference}, image_stats {statistic: shift; a statistic the
     image-statistics test found significant also has `examples`, prediction ids of its most shifted images}."""
     n = len(batch)
@@ -231,6 +235,12 @@ def summarize(
             measured["note"] = ("reviewer labels come from the review queue (low confidence and unknown "
                                 "predictions), not a random sample: compare with expected_on_labelled, the "
                                 "label-free estimate on the same images")
+            if batch.in_slice is not None:
+                # the random slice's labelled members: drawn whatever the decision, so their accuracy is the
+                # window's without the queue's bias (what the label-free estimate's caveat asks a person to label)
+                chosen = labelled & batch.in_slice
+                measured["random_slice"] = {"members": int(batch.in_slice.sum()),
+                                            **measured_accuracy(predicted[chosen], batch.reviewed[chosen])}
             summary["measured_accuracy"] = measured
     if n < min_window:
         summary.update(tested=False, significant=None, p_value=None, correction="bonferroni", tests={},

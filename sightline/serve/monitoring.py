@@ -574,6 +574,16 @@ def _report_alerts(rows: list[dict[str, Any]], fingerprint: str) -> dict[str, An
     return {"alerts": alerts, "other_alerts": others}
 
 
+def _slice_members(store: Store) -> np.ndarray:
+    """(m,) int64 ids of the predictions in the service's random slice (`sightline.storage.store.IN_SLICE`)."""
+    from sqlalchemy import select
+
+    from sightline.storage.store import IN_SLICE, KeptImage
+
+    with store.engine.connect() as conn:
+        return np.fromiter(conn.scalars(select(KeptImage.prediction_id).where(IN_SLICE)), dtype=np.int64)
+
+
 def build_report(
     bundle_dir: str | Path,
     database_url: str,
@@ -609,6 +619,7 @@ def build_report(
         groups = store.signal_summary(since)
         rows = store.signal_rows(fp, since=since)
         alert_rows = store.alert_rows()
+        in_slice = _slice_members(store)
     finally:
         store.close()
     report: dict[str, Any] = {
@@ -645,6 +656,7 @@ def build_report(
     if not rows:
         return report
     batch = batch_from_rows(rows, profile)
+    batch.in_slice = np.isin(batch.ids, in_slice)
     if window == "block":
         parts = [(int(batch.ids[p][-1]), p, None, None) for p in blocks(len(batch), size)]
         tail = len(batch) % size

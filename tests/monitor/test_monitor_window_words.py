@@ -120,3 +120,35 @@ def test_a_reviewers_unknown_label_counts_in_measured_accuracy():
     m = summarize(profile, batch, kind="block", key=n, min_window=100)["measured_accuracy"]
     assert m["n"] == 16 and m["accuracy"] == (6 + 4) / 16  # 6 rejected unknowns and 4 bees right, 2 ants wrong
     assert m["not_a_class"] == {"n": 10, "rejected": 6}
+
+
+def test_the_random_slice_measures_the_windows_accuracy_apart_from_the_queue(tmp_path):
+    """The review queue holds the hard images, so accuracy on its labels is biased low; the service's random slice
+    is drawn whatever the decision, and the report now measures accuracy on its labelled members apart."""
+    from sightline.serve.monitoring import _slice_members
+    from sightline.storage.store import Store
+
+    profile = _profile()
+    n = 60
+    batch = _batch(n, 5)
+    batch.probabilities[:] = [0.1, 0.9]  # every image read as a bee
+    batch.reviewed = np.full(n, -1)
+    batch.reviewed[:10] = 0  # the queue: 10 hard images, all ants (wrong)
+    batch.reviewed[10:18] = [1] * 7 + [0]  # the slice: 8 labelled members, 7 right
+    batch.in_slice = np.zeros(n, bool)
+    batch.in_slice[10:22] = True  # 12 members, 4 not labelled yet
+    m = summarize(profile, batch, kind="block", key=n, min_window=100)["measured_accuracy"]
+    assert m["n"] == 18 and m["accuracy"] == 7 / 18
+    rs = m["random_slice"]
+    assert rs["members"] == 12 and rs["n"] == 8 and rs["accuracy"] == 7 / 8 and rs["low"] < 7 / 8 < rs["high"]
+    assert batch.take(slice(10, 14)).in_slice.all()
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        store.add_kept_images([{"prediction_id": i, "sha256": "0" * 64, "reason": reason, "content_type": "image/png",
+                                "size": 1, "in_slice": flag}
+                               for i, reason, flag in ((1, "review", False), (2, "review", True), (3, "sample", False),
+                                                       (4, "sample", True), (5, "unknown", False))])
+        assert sorted(_slice_members(store).tolist()) == [2, 3, 4]  # an old 'sample' row is a member too
+    finally:
+        store.close()
