@@ -633,12 +633,15 @@ class Registry:
         v = self.tables["versions"]
         return self._version(conn.execute(select(v).where(v.c.id == version_id)).one())
 
-    @staticmethod
-    def _version(row: Row) -> Version:
+    def _version(self, row: Row) -> Version:
         path, artifact = row.path, None
         if is_url(path):  # the registry lives at an fsspec URL: `path` is where the local copy goes
             artifact = path
             path = str(cache_root(path.rstrip("/").rsplit("/", 1)[0]) / row.bundle_hash)
+        elif self.remote is None and self.root is not None and (self.root / row.bundle_hash).is_dir():
+            # the copy is ROOT/<hash>; `row.path` is where ROOT was when the version was added, so a registry folder
+            # moved or copied with its database (to another disk or machine) still serves its own copies
+            path = str(self.root / row.bundle_hash)
         return Version(id=row.id, bundle_hash=row.bundle_hash, name=row.name, model_version=row.model_version,
                        architecture=row.architecture, classes=list(row.classes), dataset_version=row.dataset_version,
                        test_metrics=row.test_metrics, path=path, source=row.source,

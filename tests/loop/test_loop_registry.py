@@ -376,3 +376,19 @@ def test_an_alias_does_not_move_to_a_version_with_other_classes(registry: Regist
     Bundle("test_efficientnet", ["light", "dark"], Preprocessing(32), dataset_version="swapped").save(
         swapped, create_model("test_efficientnet", 2, weights="none").state_dict())
     assert registry.add(swapped, alias="champion").move is not None
+
+
+def test_a_registry_folder_moved_with_its_database_serves_its_own_copies(tmp_path: Path, bundles: list[Path]) -> None:
+    # the rows keep the absolute path a copy had when added; after `mv state elsewhere` every version read as
+    # "missing or changed" (promote, rollback and `serve --registry` refused), and after a copy (`cp -a`) the new
+    # registry silently served the old folder's files
+    (tmp_path / "state").mkdir()
+    with Registry(f"sqlite:///{tmp_path / 'state' / 'sightline.db'}") as reg:
+        reg.add(bundles[0], alias="champion")
+        reg.add(bundles[1])
+    (tmp_path / "state").rename(tmp_path / "moved")
+    with Registry(f"sqlite:///{tmp_path / 'moved' / 'sightline.db'}") as reg:
+        champion = reg.resolve("champion")
+        assert Path(champion.path).parent == tmp_path / "moved" / "registry"
+        assert reg.intact(champion) and [Path(v.path).parent for v in reg.versions()] == [reg.root] * 2
+        assert reg.promote("v2").to_ref == "v2" and reg.rollback().to_ref == "v1"
