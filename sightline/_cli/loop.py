@@ -95,7 +95,11 @@ def retrain_cmd(
     if val:
         console.print(f"  val ({val['n_images']} images): accuracy {val['accuracy']:.4f}, macro-F1 "
                       f"{val['macro_f1']:.4f}; settings from {result['config_from']}", highlight=False, markup=False)
-    console.print(f"next: sightline challenge {result['champion']} {result['bundle']} --data {data}", highlight=False,
+    # evaluate (temperature, thresholds) and export (the served ONNX) rewrite the bundle, so its content hash: a
+    # verdict recorded before them is kept against a hash that `registry promote` never sees
+    run_dir = result["run"]
+    console.print(f"next: sightline evaluate {run_dir} --data {data} && sightline export {run_dir} --int8, then "
+                  f"sightline challenge {result['champion']} {run_dir} --data {data} --database URL", highlight=False,
                   markup=False)
 
 
@@ -129,6 +133,7 @@ def challenge_cmd(
                            batch_size=batch_size, progress=progress)
     recorded = None
     if database:
+        _warn_unfinished(challenger)
         from sightline.loop.registry import Registry, database_url
 
         with Registry(database_url(database)) as registry:
@@ -316,6 +321,23 @@ def registry_history(
         console.print("no alias has moved yet.")
     for m in moves:
         _print_move(m, False)
+
+
+def _warn_unfinished(challenger: Path) -> None:
+    """A warning line when the challenger is not yet evaluated (no test metrics) or exported (no model.onnx): either
+    step rewrites it, so the verdict recorded now is kept against a content hash the registered bundle will not
+    have, and `registry promote` would not see it (a failed challenger passed the gate as "never challenged")."""
+    from sightline.bundle import ONNX, load_bundle
+
+    bundle = load_bundle(challenger)
+    assert bundle.path is not None
+    missing = ([] if isinstance(bundle.metrics, dict) and "test" in bundle.metrics else ["evaluated"]) + (
+        [] if (bundle.path / ONNX).is_file() else ["exported"])
+    if missing:
+        err_console.print(f"[yellow]warning:[/] the challenger {escape(str(bundle.path))} is not yet "
+                          f"{' or '.join(missing)}; doing so gives it a new content hash, which this verdict does not "
+                          "cover, so `registry promote` would not see it: evaluate and export the challenger, then "
+                          "run the challenge again.", highlight=False, soft_wrap=True)
 
 
 def _warn_unservable(registry: Any, move: Any) -> None:

@@ -209,3 +209,33 @@ def test_class_order_may_differ(data: Path, good: Path, tmp_path: Path, no_plots
         assert {c: r["challenger"] for c, r in s["per_class_recall"].items()} == {"dark": 1.0, "light": 1.0}
     # Equal on production is not "better": the production check fails, and says why.
     assert result["verdict"]["checks"][2]["passed"] is False and "no different" in result["verdict"]["reasons"][0]
+
+
+def test_recording_the_verdict_of_an_unfinished_challenger_warns(good: Path, lazy: Path, tmp_path: Path,
+                                                                 monkeypatch, capsys) -> None:
+    """`retrain` said "next: sightline challenge"; evaluate and export came after, each rewriting the bundle, so the
+    recorded verdict was kept against a hash no registered version had and a failed challenger was promoted as
+    "never challenged". Recording it for a challenger not yet evaluated or exported now says so."""
+    import shutil
+
+    from sightline.loop import challenge as challenge_module
+
+    def scored(champion, challenger, data, **kwargs):  # the verdict as `challenge` returns it, without scoring
+        return {"champion": {"bundle_hash": bundle_hash(champion)},
+                "challenger": {"bundle_hash": bundle_hash(challenger)}, "rule": {}, "data": str(data), "splits": {}, "files": {"html": "challenge.html"},
+                "verdict": {"promote": False, "reasons": ["worse"]}}
+
+    monkeypatch.setattr(challenge_module, "challenge", scored)
+    args = ["--data", str(tmp_path), "--database", f"sqlite:///{tmp_path / 'sightline.db'}"]
+    assert run_command(app, ["challenge", str(good), str(lazy), *args]) == 1
+    err = capsys.readouterr().err
+    assert "is not yet evaluated or exported" in err and "run the challenge again" in err, err
+
+    finished = tmp_path / "finished"
+    shutil.copytree(lazy, finished)
+    bundle = load_bundle(finished)
+    bundle.metrics = {**bundle.metrics, "test": {"split": "test", "n_images": 20, "accuracy": 0.5}}
+    bundle.write_json()
+    (finished / "model.onnx").write_bytes(b"not read by the challenge")
+    assert run_command(app, ["challenge", str(good), str(finished), *args]) == 1
+    assert "warning" not in capsys.readouterr().err

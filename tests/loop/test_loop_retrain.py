@@ -92,3 +92,17 @@ def test_refusals_train_nothing(data: Path, champion: Path, tmp_path: Path,
 
 def test_next_version() -> None:
     assert [next_version(v) for v in ("1", "9", "1.4", "2024.10", "beta")] == ["2", "10", "1.5", "2024.11", "beta.1"]
+
+
+def test_retrain_names_evaluate_and_export_before_the_challenge(tmp_path: Path, monkeypatch, capsys) -> None:
+    from sightline.loop import retrain as retrain_module
+
+    (tmp_path / "champion").mkdir()
+    (tmp_path / "new").mkdir()
+    run = str(tmp_path / "challenger")
+    monkeypatch.setattr(retrain_module, "retrain", lambda *a, **k: {
+        "run": run, "bundle": f"{run}/bundle", "version": "2", "champion": str(tmp_path / "champion"),
+        "champion_version": "1", "champion_dataset_version": "aaa", "dataset_version": "bbb", "val": None})
+    assert run_command(app, ["retrain", str(tmp_path / "champion"), "--data", str(tmp_path / "new")]) == 0
+    nxt = capsys.readouterr().out.splitlines()[-1]
+    assert nxt.index("sightline evaluate") < nxt.index("sightline export") < nxt.index("sightline challenge"), nxt
