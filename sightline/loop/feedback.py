@@ -136,11 +136,14 @@ def export_feedback(
         else:
             by_sha[r["sha256"]].append(r)
     if not by_sha:
+        # labels whose images are all gone want the right image store, not more labelling
+        todo = (f"{image_root} does not hold their images: pass --images the service's image store "
+                "(SIGHTLINE_IMAGE_STORE)" if skipped["image_missing"] else "label items in the review queue first")
         raise UserInputError(
             f"no reviewed labels to export from {_safe(database)}: {len(rows) + len(never_kept)} labelled "
             "prediction(s), "
             f"{len(skipped['unknown_label'])} labelled 'unknown', {len(skipped['image_missing'])} without their "
-            "image; label items in the review queue first. Nothing was written."
+            f"image; {todo}. Nothing was written."
         )
 
     # exact copies of parent images: the parent's file (and label) stands

@@ -245,3 +245,21 @@ def test_labels_of_predictions_whose_image_was_not_kept_are_counted(tmp_path, ca
     summary = json.loads((tmp_path / "v2" / "feedback.json").read_text())
     assert summary["skipped"]["image_missing"] == [ids[1]] and summary["skipped"]["unknown_label"] == [ids[2]]
     assert summary["added"] == {"train": {"dark": 1}}
+
+
+def test_labels_whose_images_are_all_gone_point_to_the_image_store(tmp_path, capsys):
+    # every labelled image deleted from the store (or the wrong --images): the error said "label items in the review
+    # queue first" to a reviewer who had labelled them all
+    parent = write_images(tmp_path / "data", {"train": 2, "val": 1, "test": 1})
+    store, ids = _service(tmp_path / "svc", [("review", _png(45, 1)), ("review", _png(205, 2))])
+    store.record_label(ids[0], "dark", reviewer="ann")
+    store.record_label(ids[1], "unknown", reviewer="ann")
+    store.close()
+    for path in (tmp_path / "svc" / "images").rglob("*"):
+        if path.is_file():
+            path.unlink()
+    code, res = _run(capsys, "--database", f"sqlite:///{tmp_path / 'svc' / 'sightline.db'}", "--data", parent,
+                     "--out", tmp_path / "new", "--no-audit")
+    assert code == 2 and len(res.err.strip().splitlines()) == 1, res.err
+    assert "1 without their image" in res.err and "pass --images" in res.err and "review queue" not in res.err
+
