@@ -275,8 +275,8 @@ def _estimate_caveat(summary: dict[str, Any]) -> dict[str, Any]:
     if not summary["tested"]:
         return {"reliable": None, "caveat": None}
     shifted = [name for name, t in summary["tests"].items()
-               if t.get("significant") and (name in DRIVING or name == "unknown_rate")]
-    if not (summary["significant"] or "unknown_rate" in shifted):
+               if t.get("significant") and name in DRIVING]
+    if not summary["significant"]:
         return {"reliable": True, "caveat": None}
     return {"reliable": False, "caveat": (
         f"not reliable: this window differs from the reference ({', '.join(shifted)}), and the estimate assumes the "

@@ -225,3 +225,13 @@ def test_unknown_rate_false_alarms_stay_below_alpha_when_validation_set_the_thre
     # a window with a fifth of its images above the threshold still reads as one
     assert unknown_rate_test(100, 500, 1 / 76, 76).p_value < 1e-4
     assert unknown_rate_test(10, 50, 1 / 76, 76).p_value < 1e-3
+
+
+def test_a_rise_in_unknown_images_alone_makes_the_window_significant():
+    """Images of no trained class through the same camera and file pipeline leave image statistics, features and
+    softmax of the rest alone: only the unknown rate moves, and it explained drift without raising it, so a window
+    a fifth unknown (validation 1 %) raised no alert."""
+    profile = _profile()
+    results = [_trial(profile, seed, 80, unknown_rate=0.2) for seed in range(20)]
+    assert all(r.tests["unknown_rate"].significant for r in results)
+    assert np.mean([r.significant for r in results]) >= 0.9
