@@ -139,6 +139,18 @@ def _describe(bundle: Bundle) -> dict[str, Any]:
             "input_size": bundle.preprocessing.input_size}
 
 
+def _refuse_unfinished(bundle: Bundle) -> None:
+    """UserInputError for a bundle that an interrupted `retrain` left behind (the champion's version string, no
+    lineage): running the same retrain again finishes it."""
+    from sightline.loop.retrain import UNFINISHED
+
+    assert bundle.path is not None
+    run = bundle.path.parent if bundle.path.name == "bundle" else bundle.path
+    if (run / UNFINISHED).is_file():
+        raise UserInputError(f"{bundle.path} is from a retrain that did not finish (interrupted or still running: "
+                             f"{run / UNFINISHED}); run the same `sightline retrain ... --out {run}` again.")
+
+
 def _default_out(challenger: Bundle) -> Path:
     folder = challenger.path
     assert folder is not None
@@ -177,6 +189,7 @@ def challenge(
         bad = f"--seed {seed} must be 0 or more" if seed < 0 else f"n_resamples={n_resamples} must be 1 or more"
         raise UserInputError(f"{bad}.")
     a, b = load_bundle(champion), load_bundle(challenger)
+    _refuse_unfinished(b)
     check_same_classes(a, b)
     data = Path(data)
     rule, rule_file = _rule(spec, data)

@@ -21,6 +21,11 @@ from sightline.errors import BundleError, DatasetError, UserInputError
 
 __all__ = ["champion_config", "next_version", "retrain"]
 
+# In RUN while a retrain is under way: training writes RUN/bundle/ before its last step (the reference profile, some
+# seconds), and the challenger's name, version and lineage are set after it, so a bundle beside this file is one that
+# a Ctrl-C or a crash left unfinished (the champion's version string, no lineage) and a new retrain replaces it.
+UNFINISHED = ".retrain-unfinished"
+
 
 def _run_dir(bundle: Bundle) -> Path:
     assert bundle.path is not None
@@ -63,8 +68,8 @@ def retrain(
     beside the champion's RUN folder).
 
     Refused with a one-line error, before any training and with nothing written: DATA's dataset version equals
-    the champion's (no new labels), DATA's classes differ from the champion's, OUT already holds a bundle or
-    is a file.
+    the champion's (no new labels), DATA's classes differ from the champion's, OUT already holds a bundle (other
+    than one an interrupted retrain left unfinished, which is trained again) or is a file.
 
     Returns {"run", "bundle", "version", "champion", "champion_version", "champion_dataset_version",
     "dataset_version", "config_from", "overrides", "val"}.
@@ -94,12 +99,23 @@ def retrain(
                              "first. Nothing was trained.")
     out_dir = Path(out) if out is not None else _run_dir(champion).with_name(f"{_run_dir(champion).name}-retrain-"
                                                                              f"{version[:8]}")
-    if (out_dir / "bundle" / "model.json").exists():
+    if (out_dir / "bundle" / "model.json").exists() and not (out_dir / UNFINISHED).is_file():
         raise UserInputError(f"'{out_dir}' already holds a bundle; pass --out to a new folder. Nothing was trained.")
     if out_dir.exists() and not out_dir.is_dir():  # found only after training had begun (and said so) before
         raise UserInputError(f"--out '{out_dir}' is a file; pass --out a new folder. Nothing was trained.")
 
-    run_dir = train(data, out_dir, config=config, progress=progress)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / UNFINISHED).write_text(f"retrain of {champion.path} on {data} under way; a bundle here is not a "
+                                      "finished challenger\n")
+    try:
+        run_dir = train(data, out_dir, config=config, progress=progress)
+    except BaseException:
+        if not (out_dir / "bundle" / "model.json").exists():  # no bundle to flag as unfinished
+            (out_dir / UNFINISHED).unlink(missing_ok=True)
+            if created and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+        raise
     if not (run_dir / "bundle" / "model.json").is_file():  # a non-zero DDP rank: rank 0 writes the bundle
         return {"run": str(run_dir)}
     bundle = load_bundle(run_dir)
@@ -109,6 +125,7 @@ def retrain(
                                "champion_dataset_version": champion.dataset_version, "config_from": config_from,
                                "overrides": overrides}
     bundle.write_json()
+    (run_dir / UNFINISHED).unlink(missing_ok=True)
     return {"run": str(run_dir), "bundle": str(bundle.path), "version": bundle.version, "champion": str(champion.path),
             "champion_version": champion.version, "champion_dataset_version": champion.dataset_version,
             "dataset_version": bundle.dataset_version, "config_from": config_from, "overrides": overrides,

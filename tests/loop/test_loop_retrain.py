@@ -106,3 +106,48 @@ def test_retrain_names_evaluate_and_export_before_the_challenge(tmp_path: Path, 
     assert run_command(app, ["retrain", str(tmp_path / "champion"), "--data", str(tmp_path / "new")]) == 0
     nxt = capsys.readouterr().out.splitlines()[-1]
     assert nxt.index("sightline evaluate") < nxt.index("sightline export") < nxt.index("sightline challenge"), nxt
+
+
+def test_a_retrain_interrupted_after_its_bundle_is_written_runs_again(data: Path, champion: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training writes RUN/bundle/ before its reference profile (seconds on real photos); a Ctrl-C there left a
+    bundle with the champion's version string and no lineage, and running the retrain again was refused ("already
+    holds a bundle"). The same retrain now replaces it, and `challenge` refuses the unfinished one meanwhile."""
+    from sightline.loop.challenge import challenge
+    from sightline.train import fit
+
+    new = tmp_path / "data-v2"
+    shutil.copytree(data, new)
+    write_images(new, {"train": 1}, seed=7)
+    calls = []
+
+    def fake_train(data_dir, out_dir, *, config, progress):  # the bundle as `train` writes it, then maybe Ctrl-C
+        shutil.copytree(champion / "bundle", Path(out_dir) / "bundle", dirs_exist_ok=True)
+        bundle = load_bundle(out_dir)
+        bundle.dataset_version = dataset_version(scan_dataset(data_dir))
+        bundle.write_json()
+        calls.append(out_dir)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return Path(out_dir)
+
+    monkeypatch.setattr(fit, "train", fake_train)
+    out = tmp_path / "challenger"
+    with pytest.raises(KeyboardInterrupt):
+        retrain(champion, new, out=out, progress=False)
+    assert load_bundle(out).version == "4"  # the champion's: not a challenger yet
+    with pytest.raises(UserInputError, match="did not finish"):
+        challenge(champion, out, new)
+    result = retrain(champion, new, out=out, progress=False)
+    assert len(calls) == 2 and load_bundle(out).version == result["version"] == "5"
+    assert load_bundle(out).extra["retrain"]["champion_version"] == "4"
+    with pytest.raises(UserInputError, match="already holds a bundle"):  # a finished one stays refused
+        retrain(champion, new, out=out, progress=False)
+
+    def failing_train(data_dir, out_dir, *, config, progress):
+        raise DatasetError("bad data")
+
+    monkeypatch.setattr(fit, "train", failing_train)
+    with pytest.raises(DatasetError):
+        retrain(champion, new, out=tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()  # nothing written when training fails before its bundle
