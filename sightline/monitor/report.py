@@ -253,10 +253,13 @@ def _num(value: float) -> str:
 def _stat_words(name: str, shift: dict[str, Any]) -> str:
     what = STAT_WORDS.get(name, name)
     if "window_median" in shift:
+        medians = f"{_num(shift['window_median'])}, reference {_num(shift['reference_median'])}"
+        if abs(shift.get("shift_iqr") or 0.0) < 0.25:  # a few images differ (a mix), the typical one does not
+            return f"{what} of some images (the median is about the same: {medians})"
         return f"{what} {_num(shift['window_median'])} (reference {_num(shift['reference_median'])}; medians)"
     ref = shift.get("reference_share")
-    return (f"{what} mostly {shift.get('window_top')} ({shift.get('window_share', 0):.0%} of the window"
-            + (f", {ref:.0%} of the reference)" if ref is not None else ")"))
+    return (f"{what} {shift.get('window_top')} for {shift.get('window_share', 0):.0%} of the window"
+            + (f" ({ref:.0%} of the reference)" if ref is not None else ""))
 
 
 def _window_words(w: dict[str, Any]) -> list[str]:

@@ -152,3 +152,16 @@ def test_the_random_slice_measures_the_windows_accuracy_apart_from_the_queue(tmp
         assert sorted(_slice_members(store).tolist()) == [2, 3, 4]  # an old 'sample' row is a member too
     finally:
         store.close()
+
+
+def test_a_statistic_that_moved_for_some_images_only_is_not_read_as_unchanged():
+    """A window a fifth clip art: the KS test on width is significant while the median width is the photos' 250
+    px, and the report read 'image width (px) 250 (reference 250; medians)', a change that shows none."""
+    from sightline.monitor.report import _stat_words
+
+    mixed = {"window_median": 250.0, "reference_median": 250.0, "shift_iqr": 0.0}
+    assert _stat_words("width", mixed) == "image width (px) of some images (the median is about the same: 250, reference 250)"
+    moved = {"window_median": 0.16, "reference_median": 0.47, "shift_iqr": -3.1}
+    assert _stat_words("brightness", moved) == "brightness (0 black - 1 white) 0.160 (reference 0.470; medians)"
+    fmt = {"window_top": "JPEG", "window_share": 0.8, "reference_share": 1.0}
+    assert _stat_words("format", fmt) == "file format JPEG for 80% of the window (100% of the reference)"
