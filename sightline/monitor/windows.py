@@ -191,10 +191,11 @@ def summarize(
 
     Keys: kind, key, start, end, first_id, last_id, n, tested, reason, significant (None when not tested),
     p_value, alpha, correction, min_window, tests {name: DriftResult JSON}, unknown_rate, reference_unknown_rate,
-    mean_confidence, reference_mean_confidence (validation's), expected_accuracy (with `reliable`: False when the window drifted, None when not tested, and
-    `caveat`), measured_accuracy (None without reviewer labels; a label
-    'unknown' is right where the service flagged the image unknown, counted in `not_a_class` {n, rejected}; `random_slice`: the same on the
-    labelled members of the service's random slice, unbiased, when the batch knows them), class_mix,
+    mean_confidence, reference_mean_confidence (validation's), expected_accuracy (with `reliable`: False when the
+    window drifted, None when not tested, and `caveat`), measured_accuracy (None without reviewer labels; a label
+    'unknown' is right where the service flagged the image unknown, counted in `not_a_class` {n, rejected};
+    `random_slice`: the same on the labelled members of the service's random slice, unbiased, when the batch knows
+    them), class_mix,
     reference_class_mix, confidence_hist {edges, counts, reference}, image_stats {statistic: shift; a statistic the
     image-statistics test found significant also has `examples`, prediction ids of its most shifted images}."""
     n = len(batch)
