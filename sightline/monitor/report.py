@@ -338,9 +338,13 @@ def verdict(report: dict[str, Any]) -> list[str]:
     elif not drifted:
         return [f"No drift: none of the {len(tested)} tested windows differs from the reference (the validation "
                 f"images) at alpha = {alpha:g}{skipped}. No alert."]
-    elif any(x.get("alert_active") for x in windows):
+    elif windows[-1].get("alert_active"):
         head = (f"Drift: {len(drifted)} of {len(tested)} tested windows differ from the reference, {k} in a row: "
                 f"the alert's rule is met{skipped}.")
+    elif fired := [x for x in windows if x.get("alert_event") == "fired"]:
+        head = (f"Drift that has passed: {len(drifted)} of {len(tested)} tested windows differ from the reference; "
+                f"{k} in a row met the alert's rule at window {_label(fired[-1])}, and {k} clean windows cleared it"
+                f"{skipped}. No alert now.")
     else:
         head = (f"No alert: {len(drifted)} of {len(tested)} tested windows differ from the reference, never {k} in a "
                 f"row{skipped}. Without drift about {alpha:.0%} of windows differ by chance.")

@@ -96,7 +96,13 @@ def test_the_report_opens_with_what_happened_in_words():
     assert 'class="verdict alarm"' in page and "ALERT raised by the service (drift)" in page
     # another model's raised alert is not this bundle's: the verdict speaks of the windows only
     other = {"drift": {"active": True, "about_this_bundle": False}}
-    assert verdict(_report([drifted, clean], other))[0].startswith("Drift: 1 of 2 tested windows differ")
+    assert verdict(_report([clean, drifted], other))[0].startswith("Drift: 1 of 2 tested windows differ")
+    # raised, then cleared by clean windows: said so, not that the rule is met
+    passed = [drifted, dict(drifted, alert_event="fired"), dict(clean, alert_active=True),
+              dict(clean, alert_active=False, alert_event="cleared")]
+    assert verdict(_report(passed, {"drift": {"active": False, "about_this_bundle": True}}))[0] == (
+        "Drift that has passed: 2 of 4 tested windows differ from the reference; 2 in a row met the alert's rule at "
+        "window 1-60, and 2 clean windows cleared it. No alert now.")
 
 
 def test_a_reviewers_unknown_label_counts_in_measured_accuracy():
