@@ -388,6 +388,7 @@ class Registry:
         for column, value in (("name", b.name), ("model_version", str(b.version)), ("architecture", b.architecture),
                               ("dataset_version", b.dataset_version), ("added_by", by)):
             _check_width(v.c[column], value, "--by" if column == "added_by" else f"{b.path}/model.json {column}")
+        _check_readable(b.path)
         digest = bundle_hash(b.path)
         if alias == "champion" and not force:
             _refuse_failed(self.last_challenge(digest), f"{b.path}")
@@ -669,6 +670,32 @@ def _refuse_other_classes(classes: list[str], current: Version, alias: str, what
             f"{what} has classes {list(classes)}, the {alias} {current.ref} has {list(current.classes)}: a server "
             f"following {alias} would answer with other labels; nothing changed. Pass --force to move it anyway "
             "(a new set of classes is a new service: serve it from its own database).")
+
+
+def _check_readable(folder: Path) -> None:
+    """UserInputError when the weights or an ONNX graph of the bundle at `folder` cannot be parsed (a truncated copy,
+    a failed download): registered, it became an immutable version that no server could load and that
+    `challenge` and `retrain` refused. Headers and protobuf only; a few tens of milliseconds."""
+    import onnx
+    from safetensors import SafetensorError, safe_open
+
+    from sightline.bundle import ONNX, ONNX_INT8, WEIGHTS
+
+    try:
+        with safe_open(str(folder / WEIGHTS), "np"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        raise UserInputError(f"{folder / WEIGHTS} is damaged ({one_line(exc)}); copy the bundle again from its run "
+                             "(or train again). Nothing was added.") from None
+    for name in (ONNX, ONNX_INT8):
+        if (folder / name).is_file():
+            try:
+                if not onnx.load(str(folder / name), load_external_data=False).graph.node:
+                    raise ValueError("no graph in it")  # an empty file parses as an empty model
+            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: any of them is damage
+                raise UserInputError(f"{folder / name} is damaged ({one_line(exc)}); run `sightline export` "
+                                     f"{'--int8 ' if name == ONNX_INT8 else ''}on the bundle again. Nothing was "
+                                     "added.") from None
 
 
 def _check_width(column: Any, value: Any, what: str) -> None:

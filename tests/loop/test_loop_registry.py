@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import uuid
 from pathlib import Path
@@ -34,6 +35,15 @@ def _bundle(folder: Path, seed: int, **fields) -> Path:
     Bundle("test_efficientnet", ["dark", "light"], Preprocessing(32), dataset_version=f"data{seed}",
            **fields).save(folder, model.state_dict())
     return folder
+
+
+def _tiny_onnx() -> bytes:
+    """A valid ONNX graph (one Identity node), for tests where a bundle's model.onnx only has to be there."""
+    from onnx import TensorProto, helper
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy")
+    return helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])) \
+        .SerializeToString()
 
 
 def _postgres_or_skip() -> str:
@@ -336,7 +346,7 @@ def test_cli_warns_when_an_alias_moves_to_a_version_a_server_cannot_load(tmp_pat
     # a retrained bundle registered before `sightline export`: the server following champion keeps the old model
     # (no model.onnx) while `registry show champion` names the new one; before, the promotion said nothing
     db = f"sqlite:///{tmp_path / 'sightline.db'}"
-    (bundles[0] / "model.onnx").write_bytes(b"onnx")  # only its presence matters here
+    (bundles[0] / "model.onnx").write_bytes(_tiny_onnx())  # only its presence matters here
     assert run_command(app, ["registry", "add", str(bundles[0]), "--alias", "champion", "--database", db]) == 0
     assert "warning" not in capsys.readouterr().err
     assert run_command(app, ["registry", "add", str(bundles[1]), "--database", db]) == 0
@@ -344,7 +354,7 @@ def test_cli_warns_when_an_alias_moves_to_a_version_a_server_cannot_load(tmp_pat
     out, err = capsys.readouterr()
     assert "champion promote v1 -> v2" in out
     assert "warning: v2 has no model.onnx" in err and "keeps serving v1" in err and "sightline export" in err
-    (bundles[2] / "model.onnx").write_bytes(b"onnx")
+    (bundles[2] / "model.onnx").write_bytes(_tiny_onnx())
     assert run_command(app, ["registry", "add", str(bundles[2]), "--alias", "champion", "--database", db]) == 0
     assert "warning" not in capsys.readouterr().err
     # the rollback meant to take v3 off the air leaves it serving
@@ -392,3 +402,21 @@ def test_a_registry_folder_moved_with_its_database_serves_its_own_copies(tmp_pat
         assert Path(champion.path).parent == tmp_path / "moved" / "registry"
         assert reg.intact(champion) and [Path(v.path).parent for v in reg.versions()] == [reg.root] * 2
         assert reg.promote("v2").to_ref == "v2" and reg.rollback().to_ref == "v1"
+
+
+@pytest.mark.parametrize("damage", ["weights", "onnx"])
+def test_a_bundle_with_damaged_files_is_not_registered(tmp_path: Path, bundles: list[Path], damage: str) -> None:
+    # a truncated copy was registered as an immutable version (and made champion), which no server could load and
+    # `challenge` / `retrain` refused; refused now, before anything is copied
+    bundle = tmp_path / "damaged"
+    shutil.copytree(bundles[0], bundle)
+    if damage == "weights":
+        data = (bundle / "weights.safetensors").read_bytes()
+        (bundle / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    else:
+        (bundle / "model.onnx").write_bytes(_tiny_onnx()[:-5])  # a graph cut short
+    (tmp_path / "state").mkdir()
+    with Registry(f"sqlite:///{tmp_path / 'state' / 'sightline.db'}") as reg:
+        with pytest.raises(UserInputError, match="is damaged .* Nothing was added"):
+            reg.add(bundle, alias="champion")
+        assert reg.versions() == [] and not (tmp_path / "state" / "registry").exists()
