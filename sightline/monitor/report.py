@@ -102,9 +102,11 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     untested = [i for i, w in enumerate(windows) if not w["tested"]]
     if untested:
         ax.plot(untested, [1.0] * len(untested), "x", color="grey", label="not tested (too few predictions)")
+    ax.axhline(P_FLOOR, color="grey", ls=":", lw=1, label=f"p below {P_FLOOR:g} drawn here")
     ax.set_yscale("log")
     ax.set_ylim(P_FLOOR / 2, 1.5)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    # beside the axes: inside, it covered the floor, where a strong drift's p-values are drawn
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     out["p_values"] = _png(fig)
 
     shown = windows[-MAX_HISTOGRAMS:]

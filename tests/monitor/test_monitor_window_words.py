@@ -3,6 +3,7 @@ window drifted, and the report opens with what happened."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sightline.monitor.ood import OODChoice
 from sightline.monitor.reference import ReferenceProfile
@@ -173,3 +174,32 @@ def test_a_statistic_that_moved_for_some_images_only_is_not_read_as_unchanged():
     assert _stat_words("brightness", moved) == "brightness (0 black - 1 white) 0.160 (reference 0.470; medians)"
     fmt = {"window_top": "JPEG", "window_share": 0.8, "reference_share": 1.0}
     assert _stat_words("format", fmt) == "file format JPEG for 80% of the window (100% of the reference)"
+
+
+def test_the_p_value_legend_leaves_the_floor_visible(monkeypatch):
+    """A strong drift's p-values sit at the plot's floor (1e-6), where the legend was drawn, over them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sightline.monitor import report as report_module
+
+    profile = _profile()
+    drifted = summarize(profile, _batch(60, 2, shift=3.0, unknown=0.8), kind="block", key=60)
+    figures = []
+
+    class First(Exception):  # the p-value plot is drawn first: stop there
+        pass
+
+    def keep(fig):
+        figures.append(fig)
+        raise First
+
+    monkeypatch.setattr(report_module, "_png", keep)
+    with pytest.raises(First):
+        report_module.plots(_report([drifted, drifted]))
+    fig = figures[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= frame.x1 - 1  # beside the axes, not over the floor
+    assert any("drawn here" in t.get_text() for t in ax.get_legend().get_texts())
