@@ -192,6 +192,10 @@ def challenge(
     _refuse_unfinished(b)
     check_same_classes(a, b)
     data = Path(data)
+    from sightline.loop.retrain import refuse_run_folder
+
+    refuse_run_folder(data, "the dataset with the frozen test/ split (the folder `sightline feedback export --out` "
+                            "wrote, or the champion's dataset).")
     rule, rule_file = _rule(spec, data)
     splits = _splits(data, a.classes)
     from sightline.loop.content import bundle_hash

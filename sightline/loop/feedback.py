@@ -94,6 +94,10 @@ def export_feedback(
     if not 0 <= val_ratio < 1:
         raise UserInputError(f"--val-ratio must be in [0, 1), got {val_ratio}.")
     data, out = Path(data), Path(out)
+    from sightline.loop.retrain import refuse_run_folder
+
+    refuse_run_folder(data, "the dataset the champion was trained on (split layout: train/val/test). Nothing was "
+                            "written.")
     parent = scan_dataset(data, require_splits=("train", "val", "test"))
     out_abs = out.resolve()
     if out_abs == parent.root or parent.root in out_abs.parents:

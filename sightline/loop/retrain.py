@@ -47,6 +47,13 @@ def champion_config(bundle: Bundle) -> tuple[Any, str]:
                       f"{path} does not exist; train the challenger with `sightline train NEWDATA --config FILE`.")
 
 
+def refuse_run_folder(data: Path, instead: str) -> None:
+    """UserInputError when --data is a RUN or bundle folder: read as a flat dataset, it was answered with advice to
+    `sightline data split` it (a dataset of the run's files). `instead` says what --data should be."""
+    if (data / "model.json").is_file() or (data / "bundle" / "model.json").is_file():
+        raise UserInputError(f"'{data}' is a RUN or bundle folder, not a dataset; pass --data {instead}")
+
+
 def next_version(version: str) -> str:
     """The challenger's version string: trailing digits counted up ("1" -> "2", "1.4" -> "1.5"), else ".1" added."""
     found = re.search(r"(\d+)$", version)
@@ -84,9 +91,8 @@ def retrain(
     config, config_from = champion_config(champion)
     config = config.with_overrides(**overrides)
     data = Path(data)
-    if (data / "model.json").is_file() or (data / "bundle" / "model.json").is_file():  # read as a flat dataset
-        raise UserInputError(f"'{data}' is a RUN or bundle folder, not a dataset; pass --data the new dataset version "
-                             "(the folder `sightline feedback export --out` wrote). Nothing was trained.")
+    refuse_run_folder(data, "the new dataset version (the folder `sightline feedback export --out` wrote). Nothing "
+                            "was trained.")
     dataset = scan_dataset(data, require_splits=("train", "val"))
     if set(dataset.classes) != set(champion.classes):
         raise DatasetError(f"'{data}' has classes {dataset.classes} but the champion {champion.path} has "

@@ -15,7 +15,7 @@ from sightline._cli.common import run_command
 from sightline.bundle import load_bundle
 from sightline.cli import app
 from sightline.decision import softmax
-from sightline.errors import BundleError, DatasetError
+from sightline.errors import BundleError, DatasetError, UserInputError
 from sightline.loop.challenge import challenge
 from sightline.loop.content import bundle_hash
 
@@ -222,7 +222,8 @@ def test_recording_the_verdict_of_an_unfinished_challenger_warns(good: Path, laz
 
     def scored(champion, challenger, data, **kwargs):  # the verdict as `challenge` returns it, without scoring
         return {"champion": {"bundle_hash": bundle_hash(champion)},
-                "challenger": {"bundle_hash": bundle_hash(challenger)}, "rule": {}, "data": str(data), "splits": {}, "files": {"html": "challenge.html"},
+                "challenger": {"bundle_hash": bundle_hash(challenger)}, "rule": {}, "data": str(data),
+                "splits": {}, "files": {"html": "challenge.html"},
                 "verdict": {"promote": False, "reasons": ["worse"]}}
 
     monkeypatch.setattr(challenge_module, "challenge", scored)
@@ -239,3 +240,11 @@ def test_recording_the_verdict_of_an_unfinished_challenger_warns(good: Path, laz
     (finished / "model.onnx").write_bytes(b"not read by the challenge")
     assert run_command(app, ["challenge", str(good), str(finished), *args]) == 1
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_run_folder_as_data_is_named_as_such(good: Path, lazy: Path) -> None:
+    # before: "has no test split (flat layout); run `sightline data split RUN NEW`", advice that would have made a
+    # dataset of the run's files
+    for wrong in (good, good.parent):
+        with pytest.raises(UserInputError, match="is a RUN or bundle folder, not a dataset"):
+            challenge(good, lazy, wrong)

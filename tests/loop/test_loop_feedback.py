@@ -263,3 +263,15 @@ def test_labels_whose_images_are_all_gone_point_to_the_image_store(tmp_path, cap
     assert code == 2 and len(res.err.strip().splitlines()) == 1, res.err
     assert "1 without their image" in res.err and "pass --images" in res.err and "review queue" not in res.err
 
+
+
+def test_a_run_folder_as_data_is_named_as_such(tmp_path, capsys):
+    # before: "has no train/val/test split (flat layout); run `sightline data split RUN NEW`"
+    run = tmp_path / "run"
+    (run / "bundle").mkdir(parents=True)
+    (run / "bundle" / "model.json").write_text("{}")
+    for wrong in (run, run / "bundle"):
+        code, res = _run(capsys, "--database", f"sqlite:///{tmp_path / 'db.sqlite'}", "--data", wrong, "--out",
+                         tmp_path / "new")
+        assert code == 2 and "is a RUN or bundle folder, not a dataset" in res.err and "data split" not in res.err
+    assert not (tmp_path / "new").exists()
