@@ -145,8 +145,17 @@ async def retire(served: Served, *, timeout_s: float = 60.0) -> None:
 
 def registry_version(registry: Registry, alias: str) -> Version:
     """The version `alias` points to now, its copy fetched; UserInputError when it is not set or its copy is bad.
-    Only this alias is resolved: a bad remote copy of another alias (a challenger) does not stop the service."""
-    return registry.resolve(alias)
+    Only this alias is resolved: a bad remote copy of another alias (a challenger) does not stop the service. A copy
+    changed since it was added (its hash checked) is refused: served, another model answered under this version's
+    name and hash."""
+    from sightline.errors import UserInputError
+
+    version = registry.resolve(alias)
+    if not registry.intact(version):
+        raise UserInputError(f"{alias} is {version.ref}, whose files at {version.path} are missing or changed since it "
+                             f"was added; `sightline registry add {version.source}` restores them, or promote "
+                             "another version.")
+    return version
 
 
 class RegistryWatcher:

@@ -420,3 +420,19 @@ def test_a_bundle_with_damaged_files_is_not_registered(tmp_path: Path, bundles: 
         with pytest.raises(UserInputError, match="is damaged .* Nothing was added"):
             reg.add(bundle, alias="champion")
         assert reg.versions() == [] and not (tmp_path / "state" / "registry").exists()
+
+
+def test_serve_refuses_a_champion_whose_copy_changed(tmp_path: Path, bundles: list[Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # a registry copy changed after it was added (files made writable and replaced): `serve --registry` served the
+    # changed files while /readyz and every answer named the registered version and hash
+    (tmp_path / "state").mkdir()
+    db = f"sqlite:///{tmp_path / 'state' / 'sightline.db'}"
+    with Registry(db) as reg:
+        copy = Path(reg.add(bundles[0], alias="champion").version.path)
+    (copy / "model.json").chmod(stat.S_IRUSR | stat.S_IWUSR)
+    meta = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**meta, "temperature": 5.0}))
+    assert run_command(app, ["serve", "--registry", str(tmp_path / "state" / "registry"), "--database", db]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "champion is v1, whose files at" in err and "missing or changed" in err, err
