@@ -175,7 +175,8 @@ def challenge(
     challenge.json holds.
 
     Bad input (bundles with different classes, no test split, a class folder the models do not know, a broken
-    sightline.yaml) raises a one-line SightlineError before anything is scored or written.
+    sightline.yaml, a registry copy as the challenger without `out`) raises a one-line SightlineError before
+    anything is scored or written.
 
     Example:
         >>> r = challenge("runs/champion", "runs/retrain", "data-v2", n_resamples=2000)
@@ -204,6 +205,9 @@ def challenge(
     if bundle_hash(a.path) == bundle_hash(b.path):  # scored, it "passed" every check and was verdict PROMOTE
         raise UserInputError(f"the champion {champion} and the challenger {challenger} are the same model (same "
                              "bundle hash); pass the retrained RUN as the challenger.")
+    if out is None and b.path.name == bundle_hash(b.path):  # a registry copy, named by its hash: immutable
+        raise UserInputError(f"the challenger {challenger} is a registry copy, which stays as it was added; pass "
+                             "--out DIR for challenge.json and challenge.html.")
     out_dir = Path(out) if out is not None else _default_out(b)
 
     comparisons: dict[str, dict[str, Any]] = {}

@@ -248,3 +248,15 @@ def test_a_run_folder_as_data_is_named_as_such(good: Path, lazy: Path) -> None:
     for wrong in (good, good.parent):
         with pytest.raises(UserInputError, match="is a RUN or bundle folder, not a dataset"):
             challenge(good, lazy, wrong)
+
+
+def test_a_registry_copy_as_challenger_needs_out(data: Path, good: Path, lazy: Path, tmp_path: Path) -> None:
+    # the report went into the registry's copy (ROOT/<hash>/challenge/), inside a version meant to stay as added
+    from sightline.loop.registry import Registry
+
+    (tmp_path / "state").mkdir()
+    with Registry(f"sqlite:///{tmp_path / 'state' / 'sightline.db'}") as reg:
+        copy = Path(reg.add(lazy).version.path)
+    with pytest.raises(UserInputError, match="is a registry copy.*pass --out DIR"):
+        challenge(good, copy, data)
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in lazy.iterdir())
