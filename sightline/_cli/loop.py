@@ -204,9 +204,11 @@ def registry_add(
             _warn_unservable(registry, added.move)
     v, move = added.version, added.move
     if as_json:
-        print_json({"version": v.to_dict(), "created": added.created, "move": move.to_dict() if move else None})
+        print_json({"version": v.to_dict(), "created": added.created, "restored": added.restored,
+                    "move": move.to_dict() if move else None})
         return
-    what = "registered" if added.created else "already registered"
+    what = "registered" if added.created else (
+        "already registered, its copy restored (it was missing or changed)" if added.restored else "already registered")
     console.print(f"{what}: {v.ref} {v.name} {v.model_version} ({v.architecture}), hash {v.bundle_hash[:12]}, "
                   f"dataset {v.dataset_version or 'unknown'}, {_metrics(v)}", highlight=False, markup=False)
     console.print(f"  files: {v.path}", highlight=False, markup=False)

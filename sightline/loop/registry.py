@@ -175,6 +175,7 @@ class Added:
     version: Version
     created: bool  # False: this content was registered before; nothing was copied
     move: Move | None = None  # the alias move `add(alias=...)` made
+    restored: bool = False  # registered before, and its copy (missing or changed) was copied again from the bundle
 
 
 def _safe(url: str) -> str:
@@ -401,13 +402,14 @@ class Registry:
             added = Added(self._version(found), created=False)
             if self.remote is None and not self.intact(added.version):  # its copy was damaged: restore it
                 self._copy(b.path, digest)
+                added = Added(self._version(found), created=False, restored=True)  # ROOT/<hash> now
         else:
             added = self._insert(b, digest, by=by, reason=reason)
         current = self.aliases().get(alias) if alias is not None else None
         if alias is None or (current is not None and current.id == added.version.id):
             return added
         move = self.promote(added.version.ref, alias=alias, by=by, reason=reason, force=force)
-        return Added(added.version, added.created, move)
+        return Added(added.version, added.created, move, added.restored)
 
     def record_challenge(self, result: dict[str, Any], *, by: str | None = None) -> int:
         """Keep a challenge's verdict (what sightline.loop.challenge.challenge returns) against the challenger's

@@ -259,7 +259,8 @@ def test_a_version_whose_files_are_gone_is_not_promoted_until_added_again(regist
     assert "\n" not in str(info.value) and _state(registry) == before
 
     again = registry.add(bundles[1])
-    assert not again.created and registry.intact(v2)
+    assert not again.created and again.restored and registry.intact(v2)  # before: "already registered", no more
+    assert not registry.add(bundles[1]).restored
     registry.promote("v2")
     v1 = registry.resolve("v1")
     Path(v1.path).chmod(0o755)
