@@ -103,6 +103,13 @@ def retrain(
         raise UserInputError(f"'{data}' is dataset version {version}, the one the champion {champion.path} was "
                              "trained on: no new labels; export reviewed labels with `sightline feedback export` "
                              "first. Nothing was trained.")
+    if out is None:
+        from sightline.loop.content import bundle_hash
+
+        assert champion.path is not None
+        if champion.path.name == bundle_hash(champion.path):  # a registry copy (ROOT/<hash>): the RUN went into ROOT
+            raise UserInputError(f"the champion {run} is a registry copy; pass --out DIR for the challenger's RUN "
+                                 "folder (beside it would be inside the registry). Nothing was trained.")
     out_dir = Path(out) if out is not None else _run_dir(champion).with_name(f"{_run_dir(champion).name}-retrain-"
                                                                              f"{version[:8]}")
     if (out_dir / "bundle" / "model.json").exists() and not (out_dir / UNFINISHED).is_file():

@@ -151,3 +151,18 @@ def test_a_retrain_interrupted_after_its_bundle_is_written_runs_again(data: Path
     with pytest.raises(DatasetError):
         retrain(champion, new, out=tmp_path / "never", progress=False)
     assert not (tmp_path / "never").exists()  # nothing written when training fails before its bundle
+
+
+def test_a_registry_copy_as_champion_needs_out(data: Path, champion: Path, tmp_path: Path) -> None:
+    # `retrain ROOT/<hash>` (the champion as the registry keeps it) put the challenger's RUN beside it, inside ROOT
+    from sightline.loop.registry import Registry
+
+    new = tmp_path / "data-v2"
+    shutil.copytree(data, new)
+    write_images(new, {"train": 1}, seed=7)
+    (tmp_path / "state").mkdir()
+    with Registry(f"sqlite:///{tmp_path / 'state' / 'sightline.db'}") as reg:
+        copy = Path(reg.add(champion).version.path)
+    with pytest.raises(UserInputError, match="is a registry copy; pass --out DIR"):
+        retrain(copy, new, progress=False)
+    assert [p.name for p in copy.parent.iterdir()] == [copy.name]
