@@ -343,14 +343,21 @@ def _warn_unfinished(challenger: Path) -> None:
 
 
 def _warn_unservable(registry: Any, move: Any) -> None:
-    """A warning line when the alias now points at a version without model.onnx: a server following the alias
-    cannot load it and keeps serving its model, while the registry names the new one."""
+    """A warning line when the alias now points at a version without model.onnx, or without model.int8.onnx where
+    the version it replaced had one (a server run with --int8 is likely): a server following the alias cannot load
+    it and keeps serving its model, while the registry names the new one."""
     version = registry.resolve(move.to_ref)
-    if not (Path(version.path) / "model.onnx").is_file():
-        err_console.print(f"[yellow]warning:[/] {version.ref} has no model.onnx: a server following {move.alias} "
-                          f"keeps serving {move.from_ref or 'nothing'} until it has one; run `sightline export "
-                          f"{escape(str(version.source))}` and `sightline registry add` it again.", highlight=False,
-                          soft_wrap=True)
+    missing, export = "model.onnx", "sightline export"
+    if (Path(version.path) / "model.onnx").is_file():
+        before = {v.ref: v for v in registry.versions()}.get(move.from_ref)  # not fetched from an fsspec registry
+        if before is None or not (Path(before.path) / "model.int8.onnx").is_file() or \
+                (Path(version.path) / "model.int8.onnx").is_file():
+            return
+        missing, export = f"model.int8.onnx (which {before.ref} has)", "sightline export --int8"
+    err_console.print(f"[yellow]warning:[/] {version.ref} has no {missing}: a server following {move.alias} keeps "
+                      f"serving {move.from_ref or 'nothing'} until it has one; run `{export} "
+                      f"{escape(str(version.source))}` and `sightline registry add` it again.", highlight=False,
+                      soft_wrap=True)
 
 
 def _print_move(move: Any, as_json: bool) -> None:

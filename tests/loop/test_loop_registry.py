@@ -437,3 +437,20 @@ def test_serve_refuses_a_champion_whose_copy_changed(tmp_path: Path, bundles: li
     assert run_command(app, ["serve", "--registry", str(tmp_path / "state" / "registry"), "--database", db]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "champion is v1, whose files at" in err and "missing or changed" in err, err
+
+
+def test_cli_warns_when_the_new_version_lacks_the_int8_graph_the_old_one_had(tmp_path: Path, bundles: list[Path],
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # a server run with --int8 refuses a version without model.int8.onnx and keeps the old model, while the
+    # registry names the new one; the promotion said nothing since model.onnx was there
+    db = f"sqlite:///{tmp_path / 'sightline.db'}"
+    for b in bundles:
+        (b / "model.onnx").write_bytes(_tiny_onnx())
+    (bundles[0] / "model.int8.onnx").write_bytes(_tiny_onnx())
+    assert run_command(app, ["registry", "add", str(bundles[0]), "--alias", "champion", "--database", db]) == 0
+    assert run_command(app, ["registry", "add", str(bundles[1]), "--alias", "champion", "--database", db]) == 0
+    err = capsys.readouterr().err
+    assert "warning: v2 has no model.int8.onnx (which v1 has)" in err and "keeps serving v1" in err, err
+    assert "sightline export --int8" in err
+    assert run_command(app, ["registry", "add", str(bundles[2]), "--alias", "champion", "--database", db]) == 0
+    assert "warning" not in capsys.readouterr().err  # v2 had none either: no --int8 server to speak of
