@@ -230,6 +230,8 @@ def export_feedback(
                         "duplicates_of_parent": duplicates},
             "conflicts": conflicts,
         }
+        # written with the data, so a Ctrl-C during the audit (minutes on a large set) still leaves the summary
+        (tmp / "feedback.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if out.exists():  # an empty folder
             out.rmdir()
         os.replace(tmp, out)
@@ -241,7 +243,7 @@ def export_feedback(
 
         result = audit_dataset(out, html=True)
         summary["audit"] = {"out": str(result.out), "counts": {k: v for k, v in result.counts.items() if v}}
-    (out / "feedback.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (out / "feedback.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 

@@ -275,3 +275,25 @@ def test_a_run_folder_as_data_is_named_as_such(tmp_path, capsys):
                          tmp_path / "new")
         assert code == 2 and "is a RUN or bundle folder, not a dataset" in res.err and "data split" not in res.err
     assert not (tmp_path / "new").exists()
+
+
+def test_an_export_interrupted_during_its_audit_keeps_its_summary(tmp_path, capsys, monkeypatch):
+    # feedback.json was written after the audit: a Ctrl-C there left the new dataset without its summary (which
+    # labels went where, what was skipped), and a second run was refused since --out was no longer empty
+    from sightline.data import audit
+
+    parent = write_images(tmp_path / "data", {"train": 2, "val": 1, "test": 1})
+    store, ids = _service(tmp_path / "svc", [("review", _png(45, 1)), ("review", _png(205, 2))])
+    store.record_label(ids[0], "dark", reviewer="ann")
+    store.record_label(ids[1], "unknown", reviewer="ann")
+    store.close()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audit, "audit_dataset", interrupted)
+    code, _ = _run(capsys, "--database", f"sqlite:///{tmp_path / 'svc' / 'sightline.db'}", "--data", parent, "--out",
+                   tmp_path / "new")
+    assert code == 130  # as a Ctrl-C ends a command
+    summary = json.loads((tmp_path / "new" / "feedback.json").read_text())
+    assert summary["added"] == {"train": {"dark": 1}} and summary["skipped"]["unknown_label"] == [ids[1]]
