@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sightline.data.datasets import PRODUCTION
+from sightline.decision import UNKNOWN_LABEL
 from sightline.errors import DatasetError, UserInputError
 from sightline.progress import ProgressFn
 
@@ -37,7 +38,6 @@ __all__ = ["export_feedback", "LINEAGE_COLUMNS", "PRODUCTION"]
 LINEAGE_COLUMNS = ("origin", "parent_version", "prediction_ids", "reviewers")
 _EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/bmp": ".bmp", "image/tiff": ".tif", "image/webp": ".webp",
         "image/gif": ".gif"}
-UNKNOWN_LABEL = "unknown"
 
 
 def _default_images(url: str) -> Path | None:
