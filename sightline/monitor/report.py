@@ -174,22 +174,21 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     if shifted:  # the estimate assumes validation's calibration, which the window's drift breaks
         ax.plot(shifted, [est[i]["expected_accuracy"] for i in shifted], "o", ms=10, mfc="white", mec="red", mew=2,
                 label="not reliable: the window drifted (label a sample)")
+    def measured_bars(points: list[tuple[int, dict]], shift: float, **style: Any) -> None:
+        """Accuracy measured at windows `points` [(window index, {accuracy, low, high})], Wilson 95 % bars."""
+        acc = np.array([m["accuracy"] for _, m in points])
+        err = np.array([[m["accuracy"] - m["low"], m["high"] - m["accuracy"]] for _, m in points]).T
+        ax.errorbar(np.array([i for i, _ in points]) + shift, acc, yerr=err, capsize=3, **style)
+
     measured = [(i, w["measured_accuracy"]) for i, w in enumerate(windows) if w.get("measured_accuracy")]
     if measured:
-        mi = np.array([i for i, _ in measured])
-        acc = np.array([m["accuracy"] for _, m in measured])
-        err = np.array([[m["accuracy"] - m["low"], m["high"] - m["accuracy"]] for _, m in measured]).T
-        ax.errorbar(mi + 0.1, acc, yerr=err, fmt="s", color="darkred", capsize=3,
-                    label="measured on reviewer labels (Wilson 95 %)")
-        ax.plot(mi - 0.1, [m["expected_on_labelled"] for _, m in measured], "^", color="grey",
-                label="label-free on the same labelled images")
+        measured_bars(measured, 0.1, fmt="s", color="darkred", label="measured on reviewer labels (Wilson 95 %)")
+        ax.plot(np.array([i for i, _ in measured]) - 0.1, [m["expected_on_labelled"] for _, m in measured], "^",
+                color="grey", label="label-free on the same labelled images")
         sliced = [(i, m["random_slice"]) for i, m in measured if (m.get("random_slice") or {}).get("n")]
         if sliced:
-            si = np.array([i for i, _ in sliced])
-            acc = np.array([m["accuracy"] for _, m in sliced])
-            err = np.array([[m["accuracy"] - m["low"], m["high"] - m["accuracy"]] for _, m in sliced]).T
-            ax.errorbar(si + 0.2, acc, yerr=err, fmt="D", color="darkgreen", capsize=3,
-                        label="measured on the random slice (unbiased, Wilson 95 %)")
+            measured_bars(sliced, 0.2, fmt="D", color="darkgreen",
+                          label="measured on the random slice (unbiased, Wilson 95 %)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7, loc="lower left")
     out["accuracy"] = _png(fig)

@@ -7,7 +7,7 @@ import pytest
 
 from sightline.monitor.ood import OODChoice
 from sightline.monitor.reference import ReferenceProfile
-from sightline.monitor.report import render_html
+from sightline.monitor.report import plots, render_html
 from sightline.monitor.windows import Batch, summarize
 
 CLASSES = ["ants", "bees"]
@@ -150,6 +150,8 @@ def test_the_random_slice_measures_the_windows_accuracy_apart_from_the_queue(tmp
     rs = m["random_slice"]
     assert rs["members"] == 12 and rs["n"] == 8 and rs["accuracy"] == 7 / 8 and rs["low"] < 7 / 8 < rs["high"]
     assert batch.take(slice(10, 14)).in_slice.all()
+    window = summarize(profile, batch, kind="block", key=n, min_window=100)
+    assert "accuracy" in plots(_report([window, window]))  # both measurements drawn
 
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     try:
