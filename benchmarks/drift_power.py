@@ -9,7 +9,8 @@ For each bundle:
    `Engine.crop` -> forward pass): the clean TEST images, each test image under every shift, and far
    out-of-domain images (the other dataset's val + test photos: never seen by the stand-in choice);
 3. windows are rows drawn from those pools and tested with `sightline.monitor.drift.check_window` (BBSD KS on the
-   calibrated softmax, MMD on the projected features, image statistics; Bonferroni over the three; alpha 0.05).
+   calibrated softmax, MMD on the projected features, image statistics, the unknown rate; Bonferroni over the
+   four; alpha 0.05).
    A window holds distinct images when the pool has enough (a subsample of an i.i.d. sample is an i.i.d. sample)
    and is drawn with replacement otherwise (`--replace`: always). With replacement, a window of n from a pool of N
    images is not an i.i.d. sample: it inherits the pool's own chance deviation from val, and the tests, which take
@@ -334,8 +335,8 @@ def print_result(name: str, r: dict, windows: list[int]) -> None:
     print("  resplit".ljust(16) + "".join(f"{r['false_alarms_resplit'][n]['per_window']:9.1%}" for n in windows)
           + "   per window, reference drawn afresh from val + stream each time")
     n = 200 if 200 in windows else windows[-1]
-    print(f"share of windows of {n} each test flagged (driving: softmax_ks, feature_mmd, image_stats; class_mix and "
-          "unknown_rate explain):")
+    print(f"share of windows of {n} each test flagged (driving: softmax_ks, feature_mmd, image_stats, "
+          "unknown_rate; class_mix explains):")
     for shift, row in [("clean", {n: r["false_alarms"][n]}), ("clean resplit", {n: r["false_alarms_resplit"][n]}),
                        *r["detection"].items()]:
         tests = row[n]["tests"]
