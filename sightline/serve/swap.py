@@ -198,7 +198,7 @@ class RegistryWatcher:
             self.polls += 1
 
     async def check(self) -> bool:
-        """One poll: swap when the alias moved to a servable version. True when a swap happened."""
+        """One poll: swap when the alias moved to a servable version (its copy intact). True when a swap happened."""
         from sightline.bundle import load_bundle
         from sightline.errors import one_line
 
@@ -208,6 +208,11 @@ class RegistryWatcher:
         if version is None or version.bundle_hash == current.bundle_hash or version.id == self._refused:
             return False
         try:
+            # hashed as at start (registry_version): a copy changed since it was added would answer under this
+            # version's name and hash; once a move, off the event loop (tens of ms for a Lite0 bundle)
+            if not await anyio.to_thread.run_sync(self.registry.intact, version):
+                raise FileNotFoundError(f"its files at {version.path} are missing or changed since it was added "
+                                        f"(`sightline registry add {version.source}` restores them)")
             bundle = await anyio.to_thread.run_sync(load_bundle, version.path)
             path = onnx_file(self.settings, bundle)
             if not path.is_file():

@@ -219,3 +219,30 @@ def test_the_web_app_serving_a_registry_on_postgresql_keeps_its_session_secret_b
             assert c.get("/ui/review").status_code == 200
     assert (tmp_path / "session_secret").is_file()
     assert len(load_secret(None)) == 32  # no folder at all (a registry at a URL): this process's own secret
+
+
+def test_the_watcher_does_not_swap_to_a_copy_changed_after_the_move(tmp_path, caplog) -> None:
+    """`serve --registry` checks the champion's copy at start; the watcher did not when the alias moved: a copy
+    changed between the promote and the poll would have answered under the new version's name and hash."""
+    import asyncio
+    import os
+    import types
+
+    from sightline.loop.registry import Registry
+    from sightline.serve.swap import RegistryWatcher
+
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", root=tmp_path / "copies")
+    v1 = registry.add(_bundle(tmp_path, 0, "1"), alias="champion").version
+    v2 = registry.add(_bundle(tmp_path / "b", 1, "2")).version
+    registry.promote(v2.ref)
+    changed = Path(v2.path) / "model.json"
+    os.chmod(changed, 0o644)
+    changed.write_text(changed.read_text().replace('"2"', '"2x"', 1))
+    settings = types.SimpleNamespace(alias="champion", int8=False, registry_poll_s=1.0)
+    served = types.SimpleNamespace(bundle_hash=v1.bundle_hash, stored_version=f"1+{v1.ref}")
+    watcher = RegistryWatcher(types.SimpleNamespace(settings=settings, served=served), registry)
+    with caplog.at_level(logging.ERROR, logger="sightline.serve"):
+        assert asyncio.run(watcher.check()) is False
+    assert watcher.swaps == 0 and served.bundle_hash == v1.bundle_hash
+    assert any("changed since it was added" in r.getMessage() and v2.ref in r.getMessage() for r in caplog.records)
+    registry.close()
