@@ -128,8 +128,11 @@ def robustness_suite(
 
 
 def failure_modes(result: dict[str, Any], *, floor: float = 0.9, drop: float = 0.05) -> list[str]:
-    """Plain sentences: for each corruption, the lowest severity at which accuracy falls below `floor` (when the
-    clean accuracy is above it) or more than `drop` below the clean accuracy."""
+    """Plain sentences: for each corruption, the lowest severity at which accuracy falls more than `drop` below
+    the clean accuracy, said as falling below `floor` when it crosses it (and the clean accuracy was above).
+
+    Crossing `floor` alone is not enough: with a clean accuracy just above it, a dip of one or two images (on the
+    60 to 100 images the suite runs on) would be reported as a failure mode."""
     clean = result.get("clean_accuracy")
     if clean is None:
         return []
@@ -138,17 +141,18 @@ def failure_modes(result: dict[str, Any], *, floor: float = 0.9, drop: float = 0
         words = name.replace("_", " ")
         for row in rows:
             acc = row["accuracy"]
+            if clean - acc <= drop + 1e-9:  # within `drop` of clean (the epsilon: 0.93 - 0.05 is not 0.88)
+                continue
             if clean >= floor > acc:
                 sentences.append(
                     f"Accuracy falls below {floor:.0%} ({acc:.1%}) under {words} of severity {row['severity']}."
                 )
                 break
-            if acc < clean - drop:
-                sentences.append(
-                    f"Accuracy drops from {clean:.1%} to {acc:.1%} under {words} of severity {row['severity']}"
-                    f" ({row['flip_rate']:.0%} of predictions change)."
-                )
-                break
+            sentences.append(
+                f"Accuracy drops from {clean:.1%} to {acc:.1%} under {words} of severity {row['severity']}"
+                f" ({row['flip_rate']:.0%} of predictions change)."
+            )
+            break
     if not sentences:
         worst = max(rows[-1]["flip_rate"] for rows in result["results"].values()) if result["results"] else 0.0
         sentences.append(
