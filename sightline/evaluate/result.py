@@ -106,7 +106,8 @@ class EvaluationResult(Mapping[str, Any]):
     review: Review
     thresholds: dict[str, Any]  # choose_thresholds (sightline.evaluate.thresholds): what the bundle enforces
     expected_cost: float | None  # mean cost per image under sightline.yaml's costs
-    targets: list[dict[str, Any]]  # check_targets: target, metric, class, min, max, value, val_value, passed
+    # check_targets: target, metric, class, min, max, value, val_value, passed, n, low, high, conclusive
+    targets: list[dict[str, Any]]
     spec: SpecInfo | None
     warning: str | None = None  # e.g. thresholds chosen on the split being reported
     unreadable: list[dict[str, str]]  # {"path", "reason"} of the split's files that could not be read

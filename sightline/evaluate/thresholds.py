@@ -43,13 +43,16 @@ def decision_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], spec: ProblemSpec | None = None
 ) -> dict[str, Any]:
     """The values targets can name, computed from decisions: overall accuracy, balanced_accuracy, macro_f1,
-    expected_cost, and per class recall, precision, f1, false_positive_rate."""
+    expected_cost, and per class recall, precision, f1, false_positive_rate. `counts` holds [successes, images]
+    behind each share that is a proportion (accuracy; per class recall, precision, false_positive_rate), so a
+    target's verdict can say how many images it rests on."""
     k = len(classes)
     cm = confusion(y_true, y_pred, k).astype(np.float64)
     out: dict[str, Any] = headline_from_confusion(cm)
     out["expected_cost"] = expected_cost(y_true, y_pred, classes, spec or ProblemSpec())
     per: dict[str, dict[str, float]] = {}
     n = cm.sum()
+    counts: dict[str, Any] = {"accuracy": [int(np.trace(cm)), int(n)], "per_class": {}}
     for i, c in enumerate(classes):
         tp = cm[i, i]
         pos = cm[i].sum()
@@ -64,7 +67,13 @@ def decision_metrics(
             "f1": float(f1),
             "false_positive_rate": float((pred - tp) / neg) if neg else 0.0,
         }
+        counts["per_class"][c] = {
+            "recall": [int(tp), int(pos)],
+            "precision": [int(tp), int(pred)],
+            "false_positive_rate": [int(pred - tp), int(neg)],
+        }
     out["per_class"] = per
+    out["counts"] = counts
     return out
 
 
@@ -199,12 +208,31 @@ def check_targets(
     test: dict[str, Any],
     val: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Pass/fail per target. `test` / `val` are decision_metrics() outputs; the verdict is the test value."""
+    """Pass/fail per target. `test` / `val` are decision_metrics() outputs; the verdict is the test value.
+
+    For a share that is a proportion (accuracy, recall, precision, false_positive_rate) the row also carries `n`
+    (the images it is a share of), its 95 % Wilson interval `low` / `high`, and `conclusive`: whether the whole
+    interval lies on the verdict's side of the target (a recall of 25/26 = 0.96 passes ">= 0.9", but its interval
+    0.81-0.99 does not rule out 0.85). None where the metric is not a simple proportion."""
+    from sightline.monitor.estimate import wilson_interval
+
     if spec is None:
         return []
     out = []
     for t in spec.targets:
         value = _value(test, t)
+        passed = bool(t.passes(value))
+        counts = test.get("counts", {})
+        k_n = counts.get("per_class", {}).get(t.class_name, {}) if t.class_name else counts
+        k_n = k_n.get(t.metric) if isinstance(k_n, dict) else None
+        n = low = high = conclusive = None
+        if k_n is not None:
+            n = k_n[1]
+            low, high = wilson_interval(k_n[0], n)
+            lo = -np.inf if t.min is None else t.min
+            hi = np.inf if t.max is None else t.max
+            # passed: the whole interval lies inside [min, max]; failed: none of it does
+            conclusive = bool(lo <= low and high <= hi) if passed else bool(high < lo or low > hi)
         out.append(
             {
                 "target": t.describe(),
@@ -214,7 +242,11 @@ def check_targets(
                 "max": t.max,
                 "value": value,
                 "val_value": None if val is None else _value(val, t),
-                "passed": bool(t.passes(value)),
+                "passed": passed,
+                "n": n,
+                "low": low,
+                "high": high,
+                "conclusive": conclusive,
             }
         )
     return out

@@ -169,3 +169,22 @@ def test_review_threshold_reaches_accuracy_goal_with_most_coverage():
     assert (d.labels[lower] == y[lower]).mean() < 0.9
     given = choose_thresholds(logits, y, CLASSES, spec=parse_spec({"review_below_confidence": 0.7}))
     assert given["review_confidence"] == 0.7
+
+
+def test_targets_say_how_many_images_a_verdict_rests_on():
+    # The demo run: 25 of 26 cracks found passes "recall >= 0.9", but 26 images cannot rule out 0.85.
+    classes = ["ok", "crack"]
+    y = np.array([0] * 200 + [1] * 26)
+    pred = y.copy()
+    pred[200] = 0  # one crack missed
+    pred[:5] = 1  # five ok parts called crack: fpr 5/200
+    spec = parse_spec({"targets": [{"metric": "recall", "class": "crack", "min": 0.9},
+                                   {"metric": "false_positive_rate", "class": "crack", "max": 0.1},
+                                   {"metric": "accuracy", "min": 0.99},
+                                   {"metric": "f1", "class": "crack", "min": 0.5}]})
+    recall, fpr, acc, f1 = check_targets(spec, classes, test=decision_metrics(y, pred, classes, spec))
+    assert recall["passed"] and recall["n"] == 26 and recall["conclusive"] is False
+    assert recall["low"] == pytest.approx(0.8116, abs=1e-3) and recall["high"] == pytest.approx(0.9932, abs=1e-3)
+    assert fpr["passed"] and fpr["n"] == 200 and fpr["conclusive"] is True and fpr["high"] < 0.1
+    assert not acc["passed"] and acc["n"] == 226 and acc["conclusive"] is True  # 220/226: interval under 0.99
+    assert f1["n"] is None and f1["conclusive"] is None  # not a simple proportion: no interval

@@ -120,3 +120,21 @@ def test_model_card_is_markdown_not_html(tmp_path):
     assert f"**Task**: Find {HOSTILE}." in card  # Markdown keeps the text as written
     assert "## Failure modes (corruption suite on 6 test images)\n\n- Accuracy falls under blur.\n" in card
     assert "\n\n\n" not in card  # no stray blank lines from the template's blocks
+
+
+def test_a_target_passed_on_few_images_says_so_in_report_and_card(tmp_path):
+    passed = {"target": "recall of b >= 0.9", "metric": "recall", "class": "b", "min": 0.9, "max": None,
+              "value": 25 / 26, "val_value": 0.885, "passed": True, "n": 26, "low": 0.8116, "high": 0.9932,
+              "conclusive": False}
+    r = _result(["a", "b"], targets=[passed])
+    text = " ".join(re.sub(r"<[^>]+>", " ", render_section("summary", r)).split())
+    assert "0.962 0.812 – 0.993 (26) 0.885 PASS not conclusive" in text
+    assert "Not conclusive: the 95 % Wilson interval of the test figure reaches the other side" in text
+    bundle = Bundle("test_efficientnet", ["a", "b"], preprocessing=Preprocessing(input_size=32))
+    bundle.path = tmp_path
+    card = write_model_card(r, bundle).read_text()
+    assert ("- PASS: recall of b >= 0.9 (got 0.962, 95 % CI 0.812 – 0.993 on 26 images); not conclusive: the"
+            " interval reaches the other side of the target\n") in card
+    # A row from before the interval was recorded (no n) renders as it did.
+    old = {k: v for k, v in passed.items() if k not in ("n", "low", "high", "conclusive")}
+    assert "not conclusive" not in render_section("summary", _result(["a", "b"], targets=[old]))
