@@ -31,7 +31,7 @@ from PIL import Image
 from sightline.errors import UserInputError
 from sightline.progress import ProgressFn, Steps
 
-__all__ = ["WINDOW", "DemoService", "StreamItem", "loop_commands", "make_stream", "print_summary", "replay"]
+__all__ = ["WINDOW", "DemoService", "StreamItem", "frame_size", "loop_commands", "make_stream", "print_summary", "replay"]
 
 WINDOW = 100  # predictions per monitor window in the demo (the service's default is 500)
 DRIFT = "blur"  # the camera fault of the drifted phase (sightline.evaluate.robustness)
@@ -130,6 +130,19 @@ def _as_frames(folder: Path, items: list[StreamItem]) -> list[StreamItem]:
     return moved
 
 
+def frame_size(data: str | Path) -> int:
+    """The side, px, of the demo data's test images (the most common one): the stream's camera takes frames of
+    that size. Not the model's input size: the monitor compares image sizes with the data's, so frames at the
+    input size would raise the drift alert on the clean phase already."""
+    sizes: Counter[tuple[int, int]] = Counter()
+    for path in sorted(Path(data, "test").glob("*/*.jpg")):
+        with Image.open(path) as im:
+            sizes[im.size] += 1
+    if not sizes:
+        raise UserInputError(f"'{data}/test' holds no .jpg images; run `sightline demo` again to remake it.")
+    return max(sizes.most_common(1)[0][0])
+
+
 def _request(url: str, *, key: str | None = None, body: bytes | None = None, content_type: str | None = None,
              timeout: float = 30.0) -> dict[str, Any]:
     headers = {"X-API-Key": key} if key else {}
@@ -199,7 +212,6 @@ class DemoService:
                  window: int = WINDOW, say: Callable[[str], None] = print) -> None:
         import uvicorn
 
-        from sightline.bundle import load_bundle
         from sightline.loop.registry import Registry
         from sightline.serve.app import create_app
         from sightline.serve.settings import load_settings
@@ -212,7 +224,7 @@ class DemoService:
                                  f"`sightline demo --out {out}` first, or `sightline demo --serve` to do both.")
         _check_port(host, port)
         self.out, self.seed, self.say, self.window = out, seed, say, window
-        self.size = int(load_bundle(run).preprocessing.input_size)
+        self.size = frame_size(data)
         service = out / "service"
         service.mkdir(exist_ok=True)
         self.url = f"sqlite:///{(service / 'sightline.db').resolve()}"

@@ -29,3 +29,15 @@ def test_the_stream_is_clean_then_drifted_with_unknown_images(tmp_path: Path) ->
     assert [i.path.read_bytes() for i in stream] == [i.path.read_bytes() for i in again]  # seeded
     with pytest.raises(UserInputError, match="not empty"):
         serve_demo.make_stream(tmp_path / "t", size=48, seed=5)
+
+
+def test_the_camera_takes_frames_of_the_datas_size_not_the_models_input_size(tmp_path: Path) -> None:
+    # the demo trains at 112 px on 128 px images; frames at 112 px made the monitor's image-size test raise the
+    # drift alert on the clean phase, before the camera went out of focus
+    for i, side in enumerate([40, 40, 40, 56]):  # one odd size (a planted problem) does not decide it
+        (tmp_path / "data" / "test" / "ok").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (side, side)).save(tmp_path / "data" / "test" / "ok" / f"ok_{i}.jpg")
+    Image.new("L", (32, 32)).save(tmp_path / "data" / "test" / "ok" / "ok_0.mask.png")
+    assert serve_demo.frame_size(tmp_path / "data") == 40
+    with pytest.raises(UserInputError, match="no .jpg images"):
+        serve_demo.frame_size(tmp_path / "empty")
