@@ -126,7 +126,9 @@ def test_a_target_passed_on_few_images_says_so_in_report_and_card(tmp_path):
     passed = {"target": "recall of b >= 0.9", "metric": "recall", "class": "b", "min": 0.9, "max": None,
               "value": 25 / 26, "val_value": 0.885, "passed": True, "n": 26, "low": 0.8116, "high": 0.9932,
               "conclusive": False}
-    r = _result(["a", "b"], targets=[passed])
+    failed = {**passed, "target": "accuracy >= 0.99", "metric": "accuracy", "class": None, "min": 0.99, "value": 0.9,
+              "passed": False, "n": 100, "low": 0.826, "high": 0.945, "conclusive": True}
+    r = _result(["a", "b"], targets=[passed, failed])
     text = " ".join(re.sub(r"<[^>]+>", " ", render_section("summary", r)).split())
     assert "0.962 0.812 – 0.993 (26) 0.885 PASS not conclusive" in text
     assert "Not conclusive: the 95 % Wilson interval of the test figure reaches the other side" in text
@@ -134,7 +136,8 @@ def test_a_target_passed_on_few_images_says_so_in_report_and_card(tmp_path):
     bundle.path = tmp_path
     card = write_model_card(r, bundle).read_text()
     assert ("- PASS: recall of b >= 0.9 (got 0.962, 95 % CI 0.812 – 0.993 on 26 images); not conclusive: the"
-            " interval reaches the other side of the target\n") in card
+            " interval reaches the other side of the target\n"
+            "- FAIL: accuracy >= 0.99 (got 0.900, 95 % CI 0.826 – 0.945 on 100 images)\n\n## Decisions") in card
     # A row from before the interval was recorded (no n) renders as it did.
     old = {k: v for k, v in passed.items() if k not in ("n", "low", "high", "conclusive")}
     assert "not conclusive" not in render_section("summary", _result(["a", "b"], targets=[old]))
