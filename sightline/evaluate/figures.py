@@ -139,7 +139,8 @@ def review_block(y: np.ndarray, decisions: Decisions, fitted: Fitted, *, chosen_
 
 def struggling_classes(result: EvaluationResult, classes: list[str]) -> list[Struggling]:
     """Classes whose recall or precision is clearly worse than the rest (below 0.8 or 10 points under macro),
-    worst first, each with the class it is most confused with."""
+    worst first, each with the class its images are most often predicted as (`confused_with`, what costs recall)
+    and the class whose images are most often predicted as it (`taken_from`, what costs precision)."""
     cm = np.asarray(result.confusion_matrix["matrix"])
     macro_r = result.macro_recall
     out: list[Struggling] = []
@@ -152,6 +153,10 @@ def struggling_classes(result: EvaluationResult, classes: list[str]) -> list[Str
             row = cm[i].copy()
             row[i] = 0
             confused = classes[int(row.argmax())] if row.sum() else None
+            col = cm[:, i].copy()
+            col[i] = 0
             out.append({"class": c, "recall": pc["recall"], "precision": pc["precision"], "f1": pc["f1"],
-                        "confused_with": confused, "n_confused": int(row.max()) if row.sum() else 0})
+                        "confused_with": confused, "n_confused": int(row.max()) if row.sum() else 0,
+                        "taken_from": classes[int(col.argmax())] if col.sum() else None,
+                        "n_taken_from": int(col.max()) if col.sum() else 0})
     return sorted(out, key=lambda d: d["f1"])

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 __all__ = ["EvaluationResult", "Review", "SpecInfo", "Struggling", "ModelInfo", "DataInfo", "SeedSummary",
            "HEADLINE_KEYS", "write_json"]
@@ -42,9 +42,11 @@ class SpecInfo(TypedDict):
 
 
 # A class clearly behind the rest (recall or precision below 0.8, or recall 10 points under macro), with the class
-# it is most often predicted as. Functional form: one key is "class".
+# it is most often predicted as (its misses) and the class most often predicted as it (its false alarms).
+# Functional form: one key is "class".
 Struggling = TypedDict("Struggling", {
-    "class": str, "recall": float, "precision": float, "f1": float, "confused_with": str | None, "n_confused": int})
+    "class": str, "recall": float, "precision": float, "f1": float, "confused_with": str | None, "n_confused": int,
+    "taken_from": NotRequired[str | None], "n_taken_from": NotRequired[int]})
 
 
 class ModelInfo(TypedDict):
