@@ -94,12 +94,17 @@ def plots(r: EvaluationResult) -> dict[str, str]:
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
         for key, label, color in (("before", f"before (ECE {r.ece_uncalibrated:.3f})", "tab:orange"),
                                   ("after", f"after T={r.temperature:.2f} (ECE {r.ece:.3f})", "tab:blue")):
-            pts = [(c, a) for c, a in zip(rel[key]["confidence"], rel[key]["accuracy"]) if c is not None]
+            pts = [(c, a, k) for c, a, k in zip(rel[key]["confidence"], rel[key]["accuracy"], rel[key]["count"])
+                   if c is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", color=color, label=label)
+                conf, acc, count = zip(*pts)
+                # Marker area follows the images in the bin: a bin of 1 image at accuracy 0 or 1 must not look
+                # as weighty as the bin holding most of the split (digits: 1 and 217 of 265).
+                ax.plot(conf, acc, color=color, lw=1, alpha=0.6, label=label)
+                ax.scatter(conf, acc, s=[max(4.0, 400.0 * k / sum(count)) for k in count], color=color, zorder=3)
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
-        ax.set_title("Reliability diagram")
+        ax.set_title("Reliability diagram (marker area = images in the bin)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         out["reliability"] = figure_png(fig)

@@ -165,3 +165,21 @@ def test_a_class_weak_on_precision_names_the_class_taken_for_it(tmp_path):
     bundle.path = tmp_path
     card = write_model_card(replace(r, struggling_classes=[five]), bundle).read_text()
     assert "- five: recall 93%, precision 74%, most often confused with six, three most often taken for it\n" in card
+
+
+def test_reliability_markers_are_sized_by_the_images_in_their_bin(monkeypatch):
+    # A bin of 1 image at accuracy 0 drawn like the bin holding most of the split read as bad calibration.
+    import matplotlib.pyplot as plt
+
+    import sightline.evaluate.report as report
+
+    drawn = {}
+    monkeypatch.setattr(report, "figure_png", lambda fig, **kw: drawn.setdefault(len(drawn), fig) and "png")
+    rel = {"confidence": [None, 0.45, 0.99], "accuracy": [None, 0.0, 0.99], "count": [0, 1, 217],
+           "bin_center": [0.1, 0.5, 0.9]}
+    r = _result(["a", "b"], reliability={"before": rel, "after": rel})
+    report.plots(r)
+    fig = next(f for f in drawn.values() if f.axes[0].get_title().startswith("Reliability diagram"))
+    sizes = [list(c.get_sizes()) for c in fig.axes[0].collections]
+    plt.close("all")
+    assert sizes and all(s[1] > 50 * s[0] for s in sizes)
