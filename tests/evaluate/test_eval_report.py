@@ -183,3 +183,19 @@ def test_reliability_markers_are_sized_by_the_images_in_their_bin(monkeypatch):
     sizes = [list(c.get_sizes()) for c in fig.axes[0].collections]
     plt.close("all")
     assert sizes and all(s[1] > 50 * s[0] for s in sizes)
+
+
+def test_calibration_section_says_whether_the_review_goal_holds_on_test():
+    # The digits run: r = 0.45 was chosen for 95 % accuracy on val (95.0 %); on test the kept predictions are 93.5 %.
+    rule = "lowest confidence whose accepted val predictions reach 95.0 % accuracy"
+    review = {"target_accuracy": 0.95, "rule": rule, "reachable": True, "val_coverage": 0.9739,
+              "val_accuracy_accepted": 0.9502}
+    r = _result(["a", "b"], thresholds={"review_confidence": 0.45, "review": review},
+                review={**_result(["a", "b"]).review, "review_confidence": 0.45, "coverage": 0.9849,
+                        "accuracy_accepted": 0.9349, "n_review": 4})
+    text = " ".join(re.sub(r"<[^>]+>", " ", render_section("calibration", r, figs={"reliability": "x"})).split())
+    assert ("Predictions less confident than 0.45 go to a person (lowest confidence whose accepted val predictions"
+            " reach 95.0 % accuracy: 95.0 % accurate on the 97.4 % of val kept). On test: 93.5 % accurate on the"
+            " 98.5 % kept, 4 of 12 images to review; below the 95.0 % goal .") in text
+    met = replace(r, review={**r.review, "accuracy_accepted": 0.96})
+    assert "goal" not in render_section("calibration", met, figs={"reliability": "x"})
