@@ -199,3 +199,13 @@ def test_calibration_section_says_whether_the_review_goal_holds_on_test():
             " 98.5 % kept, 4 of 12 images to review; below the 95.0 % goal .") in text
     met = replace(r, review={**r.review, "accuracy_accepted": 0.96})
     assert "goal" not in render_section("calibration", met, figs={"reliability": "x"})
+
+
+def test_model_card_review_share_matches_the_report(tmp_path):
+    # The digits run: 4 of 265 to review is 1.5 % in the report; the card rounded it to "2%".
+    r = _result(["a", "b"], n_images=265, review={**_result(["a", "b"]).review, "coverage": 261 / 265, "n_review": 4})
+    bundle = Bundle("test_efficientnet", ["a", "b"], preprocessing=Preprocessing(input_size=32))
+    bundle.path = tmp_path
+    card = write_model_card(r, bundle).read_text()
+    assert "go to human review: 1.5 % of test images (4 of 265);" in card
+    assert "sent to human review" in render_section("summary", r) and "1.5 %" in render_section("summary", r)
