@@ -31,7 +31,8 @@ from PIL import Image
 from sightline.errors import UserInputError
 from sightline.progress import ProgressFn, Steps
 
-__all__ = ["WINDOW", "DemoService", "StreamItem", "frame_size", "loop_commands", "make_stream", "print_summary", "replay"]
+__all__ = ["WINDOW", "DemoService", "StreamItem", "frame_size", "loop_commands", "make_stream", "print_summary",
+           "queue_size", "replay"]
 
 WINDOW = 100  # predictions per monitor window in the demo (the service's default is 500)
 DRIFT = "blur"  # the camera fault of the drifted phase (sightline.evaluate.robustness)
@@ -157,6 +158,14 @@ def _request(url: str, *, key: str | None = None, body: bytes | None = None, con
         raise UserInputError(f"{url} answered {exc.code}: {detail}") from None
 
 
+def queue_size(base: str, key: str) -> int:
+    """How many predictions wait in the service's review queue: the X-Total-Count of GET /v1/review (a page holds
+    at most 500, and the queue grows with each `demo --serve` on the same folder)."""
+    req = urllib.request.Request(f"{base}/v1/review?limit=1", headers={"X-API-Key": key})
+    with urllib.request.urlopen(req, timeout=30.0) as response:
+        return int(response.headers["X-Total-Count"])
+
+
 def _post_image(base: str, key: str, path: Path) -> dict[str, Any]:
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
@@ -279,12 +288,11 @@ class DemoService:
         except UserInputError:
             pass  # the summary says what the monitor has seen so far
         status = _request(f"{self.base}/v1/monitor", key=self.reviewer)
-        queue = _request(f"{self.base}/v1/review?limit=500", key=self.reviewer)
         return {
             "url": f"{self.base}/ui", "review": f"{self.base}/ui/review", "dashboard": f"{self.base}/ui/dashboard",
             "champion": self.champion, "keys": str(self.keys_file), "reviewer_key": self.reviewer,
             "camera_key": self.camera, "decisions": replayed["decisions"],
-            "open_alerts": status.get("open_alerts", []), "review_queue": len(queue) if isinstance(queue, list) else 0,
+            "open_alerts": status.get("open_alerts", []), "review_queue": queue_size(self.base, self.reviewer),
             "commands": loop_commands(self.out, self.url),
         }
 

@@ -41,3 +41,28 @@ def test_the_camera_takes_frames_of_the_datas_size_not_the_models_input_size(tmp
     assert serve_demo.frame_size(tmp_path / "data") == 40
     with pytest.raises(UserInputError, match="no .jpg images"):
         serve_demo.frame_size(tmp_path / "empty")
+
+
+def test_the_queue_size_is_the_services_total_not_one_pages_length() -> None:
+    # a page of /v1/review holds at most 500; a third `demo --serve` on the same folder passed that and was told
+    # "500 images wait in the review queue"
+    import http.server
+    import threading
+
+    class Queue(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            assert self.headers["X-API-Key"] == "k"
+            self.send_response(200)
+            self.send_header("X-Total-Count", "812")
+            self.end_headers()
+            self.wfile.write(b"[{}]")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Queue) as server:
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        try:
+            assert serve_demo.queue_size(f"http://127.0.0.1:{server.server_address[1]}", "k") == 812
+        finally:
+            server.shutdown()
