@@ -317,6 +317,9 @@ def loop_commands(out: Path, url: str) -> list[str]:
     return [
         f"sightline feedback export --database {url} --data {out / 'data'} --out {out / 'data-v2'}",
         f"sightline retrain {out / 'run'} --data {out / 'data-v2'} --out {out / 'run-v2'}",
+        # evaluated before the challenge: evaluating fits the calibration and changes the bundle's content hash,
+        # which the challenge's verdict names (`challenge` warns on an unevaluated challenger)
+        f"sightline evaluate {out / 'run-v2'} --data {out / 'data-v2'}",
         f"sightline export {out / 'run-v2'} --int8 --data {out / 'data-v2'}",
         f"sightline challenge {out / 'run'} {out / 'run-v2'} --data {out / 'data-v2'} --database {url}",
         f"sightline registry add {out / 'run-v2'} --database {url} --alias champion "
