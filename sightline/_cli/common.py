@@ -53,8 +53,23 @@ def refuse_empty_inputs(items: list[str], accepted: str) -> None:
 @functools.cache
 def _command(app: typer.Typer) -> Any:
     """The click command typer builds from `app`'s functions, built once a process: calling `app` builds it again
-    every time (about 14 ms; a program that calls `main` many times, the test suite above all, paid it each time)."""
-    return typer.main.get_command(app)
+    every time (about 14 ms; a program that calls `main` many times, the test suite above all, paid it each time).
+    Ctrl-C inside a command leaves it as `_Interrupted`: typer turns a KeyboardInterrupt into a silent exit 130."""
+    command = typer.main.get_command(app)
+    invoke = command.invoke
+
+    def invoke_interruptible(ctx: Any) -> Any:
+        try:
+            return invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
+
+    command.invoke = invoke_interruptible
+    return command
+
+
+class _Interrupted(Exception):
+    """Ctrl-C during a command, carried past typer (which would exit 130 without a word) to `run_command`."""
 
 
 def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
@@ -88,7 +103,7 @@ def run_command(app: typer.Typer, argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted):
         err_console.print("interrupted")
         return 130
     # Not standalone, click returns what the command returned, or a typer.Exit's code (the commands return None)

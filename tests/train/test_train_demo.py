@@ -57,6 +57,20 @@ def test_cli_demo_passes_seed_and_rejects_a_used_folder(tmp_path: Path, capsys: 
     assert "not empty" in err and "Traceback" not in err
 
 
+def test_ctrl_c_during_the_demo_says_so_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # typer turns a KeyboardInterrupt into exit 130 without a word: Ctrl-C during `demo --serve`'s replay (or any
+    # command without its own handler) ended with no line at all
+    def interrupted(out: Path, **kw: object) -> dict[str, str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "d")])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
 def test_the_stand_in_reviewer_confirms_only_planted_wrong_labels() -> None:
     issues = [LabelIssue(0, "crack/crack_mislabel2.jpg", "crack", "ok", 0.02, 0.9),
               LabelIssue(1, "spot/spot_0007.jpg", "spot", "ok", 0.05, 0.8),  # flagged, not planted
