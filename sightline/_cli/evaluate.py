@@ -70,7 +70,7 @@ def evaluate_cmd(
                       f"accuracy of the rest {review['accuracy_accepted'] or 0:.3f}", highlight=False)
     for t in m["targets"]:
         mark = "[green]PASS[/]" if t["passed"] else "[red]FAIL[/]"
-        console.print(f"  {mark} {escape(str(t['target']))} (got {t['value']:.3f})", highlight=False)
+        console.print(f"  {mark} {escape(target_line(t))}", highlight=False)
     if m.get("pointing_game"):
         pg = m["pointing_game"]
         console.print(escape(f"  pointing game {pg['overall']:.2f}; likely shortcut: {pg['shortcut_classes'] or 'none'}"),
@@ -143,3 +143,13 @@ def init_cmd(
     path = write_spec_template(data, dataset.classes, overwrite=force)
     console.print(escape(f"wrote {path}: answer its questions (task, metric, costs, targets), then run "
                          "`sightline evaluate`."), highlight=False)
+
+
+def target_line(t: dict) -> str:
+    """A target of sightline.yaml as the summary says it after PASS / FAIL: the figure, and for a share of images its
+    95 % interval and count, with the report's 'not conclusive' when the interval reaches the other side."""
+    got = f"got {t['value']:.3f}"
+    if t.get("n"):
+        got += f", 95% CI {t['low']:.3f}-{t['high']:.3f} on {t['n']} images"
+    doubt = "; not conclusive: the interval reaches the other side of the target" if t.get("conclusive") is False else ""
+    return f"{t['target']} ({got}){doubt}"

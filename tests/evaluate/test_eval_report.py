@@ -209,3 +209,16 @@ def test_model_card_review_share_matches_the_report(tmp_path):
     card = write_model_card(r, bundle).read_text()
     assert "go to human review: 1.5 % of test images (4 of 265);" in card
     assert "sent to human review" in render_section("summary", r) and "1.5 %" in render_section("summary", r)
+
+
+def test_the_command_lines_summary_gives_a_targets_interval_as_the_report_does():
+    """`sightline evaluate` printed 'PASS recall of crack >= 0.9 (got 0.962)' for 25 of 26 images, where the report
+    and model card say the interval reaches below the target."""
+    from sightline._cli.evaluate import target_line
+
+    doubtful = {"target": "recall of crack >= 0.9", "value": 25 / 26, "n": 26, "low": 0.812, "high": 0.993,
+                "conclusive": False, "passed": True}
+    assert target_line(doubtful) == ("recall of crack >= 0.9 (got 0.962, 95% CI 0.812-0.993 on 26 images); not "
+                                     "conclusive: the interval reaches the other side of the target")
+    assert target_line({"target": "ece <= 0.05", "value": 0.031, "n": None, "conclusive": None}) == \
+        "ece <= 0.05 (got 0.031)"
