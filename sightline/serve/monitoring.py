@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ADD_PROFILE", "ALERT_NAMES", "Scored", "Observer", "Monitor", "open_observer", "profile_fingerprint",
            "no_profile_message", "batch_from_rows", "build_report", "alert_views", "acknowledge_alert",
-           "UnknownAlertError"]
+           "UnknownAlertError", "alert_words"]
 
 log = logging.getLogger("sightline.monitor")
 alert_log = logging.getLogger("sightline.alerts")
@@ -233,6 +233,28 @@ def _detail(summary: dict[str, Any]) -> dict[str, Any]:
         "expected_accuracy_reliable": (summary.get("expected_accuracy") or {}).get("reliable"),
         "significant_tests": sorted(name for name, t in summary.get("tests", {}).items() if t.get("significant")),
     }
+
+
+def alert_words(detail: dict[str, Any], window_id: Any) -> str:
+    """An alert event's window in one line an operator reads (the log printed the detail as a Python dict): which
+    window, its p-value and the tests that found a change, its unknown rate, confidence and label-free accuracy."""
+    def number(key: str, fmt: str) -> str | None:
+        value = detail.get(key)
+        return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    parts = [f"{detail.get('kind') or 'window'} {detail.get('key') or window_id}"
+             + (f" ({detail['n']} predictions)" if detail.get("n") else "")]
+    if number("p_value", ".2g") is not None:
+        tests = ", ".join(detail.get("significant_tests") or []) or "none"
+        parts.append(f"p {number('p_value', '.2g')}, changed: {tests}")
+    if number("unknown_rate", ".1%") is not None:
+        parts.append(f"unknown {number('unknown_rate', '.1%')}")
+    if number("mean_confidence", ".2f") is not None:
+        parts.append(f"mean confidence {number('mean_confidence', '.2f')}")
+    if number("expected_accuracy", ".2f") is not None:
+        caveat = " (not reliable: the window drifted)" if detail.get("expected_accuracy_reliable") is False else ""
+        parts.append(f"label-free accuracy {number('expected_accuracy', '.2f')}{caveat}")
+    return "; ".join(parts)
 
 
 # --- the background monitor ---------------------------------------------------------------------------------------
@@ -401,8 +423,8 @@ class Monitor:
                     left += 1
                     continue
                 if event["id"] not in self._logged:
-                    alert_log.warning("alert %s %s (event %s, window %s %s): %s", name, event["kind"], event["id"],
-                                      event["detail"].get("kind"), event["window_id"], event["detail"])
+                    alert_log.warning("alert %s %s (event %s): %s", name, event["kind"], event["id"],
+                                      alert_words(event["detail"], event["window_id"]))
                     self._logged.add(event["id"])
                 if self._key is not None and s.alert_webhook_url:
                     ok = await deliver(s.alert_webhook_url, self._key, event["id"], self._payload(event, profile == fp),

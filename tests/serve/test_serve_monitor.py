@@ -539,3 +539,16 @@ def test_webhook_delivery_gives_up_after_its_attempts_and_never_raises():
         receiver.close()
     # nothing listens there any more: a connection error is a failed attempt, not an exception
     assert asyncio.run(deliver(receiver.url, parse_secret(SECRET), "e-2", {}, attempts=2, backoff_s=0.01)) is False
+
+
+def test_an_alert_event_is_logged_in_words_not_as_a_dict():
+    """The service's log (and `demo --serve`'s output) printed each alert event's window as a Python dict."""
+    from sightline.serve.monitoring import alert_words
+
+    detail = {"kind": "block", "key": "800", "n": 200, "p_value": 3.2e-61, "unknown_rate": 0.12,
+              "mean_confidence": 0.713, "expected_accuracy": 0.79, "expected_accuracy_reliable": False,
+              "significant_tests": ["feature_mmd", "image_stats"], "model": {"name": "pets"}}
+    assert alert_words(detail, 7) == ("block 800 (200 predictions); p 3.2e-61, changed: feature_mmd, image_stats; "
+                                      "unknown 12.0%; mean confidence 0.71; label-free accuracy 0.79 (not reliable: "
+                                      "the window drifted)")
+    assert alert_words({}, 7) == "window 7"  # an event from before these fields: still one line
