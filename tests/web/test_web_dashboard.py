@@ -338,6 +338,7 @@ def test_the_alerts_table_says_which_model_raised_each(bundle, tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     ann = store.create_key("ann", ["review"])
     _count(store, "drift_day", [True, True])  # counted before alerts recorded a model: "not recorded"
+    _count(store, "drift_hour", [True, True, False, False, True, True])  # fired at 2, cleared at 4, fired again at 6
     other = {"profile": "0123456789abcdef", "name": "pets", "version": "7"}
     for significant in (True, True):
         def change(current, significant=significant):
@@ -352,6 +353,10 @@ def test_the_alerts_table_says_which_model_raised_each(bundle, tmp_path):
     cell = {name: dash.split(f'data-alert="{name}"')[1].split('class="raised-by">')[1].split("</td>")[0]
             for name in ("drift", "drift_day")}
     assert cell == {"drift": "pets 7 (profile 0123456789abcdef)", "drift_day": "not recorded"}
+    # raised again: the row read "fired at window 6, cleared at window 4", the last clearing, before this firing
+    row = dash.split('data-alert="drift_hour"')[1].split("</tr>")[0]
+    cells = [c.split("</td>")[0].strip() for c in row.split("<td")[1:]]
+    assert cells[:2] == ['>drift_hour', '>raised'] and cells[3:5] == [">6", ">"]
     store.close()
 
 
