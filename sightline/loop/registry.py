@@ -738,6 +738,11 @@ def _listing(fs: Any, base: str) -> tuple[tuple[str, ...], ...]:
 
 
 def _make_writable(folder: Path) -> None:
+    """What a copy holds made removable by its owner before it is deleted: files read-write, folders (someone put
+    one there) traversable as well; a symlink is left alone, since chmod follows it (a link planted in a copy would
+    have had its target, anywhere on the machine, made owner-only)."""
     for path in folder.iterdir():
-        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+        if path.is_symlink():
+            continue
+        path.chmod(stat.S_IRWXU if path.is_dir() else stat.S_IRUSR | stat.S_IWUSR)
 

@@ -272,6 +272,28 @@ def test_a_version_whose_files_are_gone_is_not_promoted_until_added_again(regist
     assert _state(registry) == before
 
 
+def test_replacing_a_damaged_copy_leaves_what_its_links_point_to_alone(tmp_path: Path, registry: Registry,
+                                                                      bundles: list[Path]) -> None:
+    """A copy someone changed is replaced when the bundle is added again; the files in it were made owner-only
+    first with a chmod that follows symlinks, so a link put there changed the mode of its target elsewhere, and a
+    folder put there lost its execute bit (for a non-root owner, the copy could then not be removed)."""
+    v1 = registry.add(bundles[0]).version
+    copy = Path(v1.path)
+    copy.chmod(0o755)
+    outside = tmp_path / "shared.txt"
+    outside.write_text("not the registry's")
+    outside.chmod(0o644)
+    os.symlink(outside, copy / "notes.txt")
+    (copy / "extra").mkdir()
+    (copy / "extra" / "x").write_text("x")
+    (copy / "model.json").chmod(0o644)
+    (copy / "model.json").write_text("{}")
+    assert not registry.intact(v1)
+    assert registry.add(bundles[0]).restored and registry.intact(v1)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644 and outside.read_text() == "not the registry's"
+    assert not (copy / "extra").exists() and not (copy / "notes.txt").is_symlink()
+
+
 def test_fields_wider_than_their_columns_are_refused_before_anything_is_copied(registry: Registry,
                                                                               tmp_path: Path) -> None:
     """A model.json name over 200 characters, or --by over 200: PostgreSQL refused the row with a DataError
