@@ -94,6 +94,7 @@ def register(app: typer.Typer) -> None:
         with open_engine(load_bundle(bundle), backend="onnx-int8" if int8 else "onnx") as engine:
             if features is not None:
                 engine.require_features()
+                width = engine.backend.feature_dim  # D, for a (0, D) file when no image is readable
             with rich_progress(console=err_console) as progress:
                 rows = engine.predict_files(paths, batch_size=batch_size, keep_outputs=features is not None,
                                             progress=progress)
@@ -101,7 +102,8 @@ def register(app: typer.Typer) -> None:
             import numpy as np
 
             kept = [r for r in rows if r.output is not None]
-            dim = kept[0].output.features.shape[1] if kept else 0
+            # no readable image: still (0, D), so a reader stacking several files need not special-case it
+            dim = kept[0].output.features.shape[1] if kept else (width or 0)
             matrix = np.concatenate([r.output.features for r in kept]) if kept else np.zeros((0, dim), np.float32)
             features.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(features, features=matrix.astype(np.float32),

@@ -145,6 +145,11 @@ class Backend:
     def close(self) -> None:
         """Release what the backend holds; safe to call twice."""
 
+    @property
+    def feature_dim(self) -> int | None:
+        """D of the (N, D) features `run` returns, when known before a batch has run."""
+        return None
+
 
 class TorchBackend(Backend):
     """PyTorch inference of an nn.Module in eval mode, channels-last (measured on 2 CPU cores with Lite0 at 224 px:
@@ -210,6 +215,12 @@ class OnnxBackend(Backend):
     @property
     def has_features(self) -> bool:
         return "features" in self.outputs
+
+    @property
+    def feature_dim(self) -> int | None:
+        """D of the (N, D) features output as the graph states it (None without features or a stated width)."""
+        shape = next((o.shape for o in self.session.get_outputs() if o.name == "features"), None)
+        return shape[1] if shape is not None and len(shape) == 2 and isinstance(shape[1], int) else None
 
     @property
     def providers(self) -> list[str]:

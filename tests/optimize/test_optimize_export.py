@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -163,6 +164,20 @@ def test_predict_cli_csv_and_json(exported, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["predict", str(run), str(tmp_path / "nothing*.jpg")])
     assert exc.value.code == 2
+    # --features: the readable images' pooled features from the same pass, in the order of their rows; with no
+    # readable image still (0, D) (it was (0, 0))
+    session = ort.InferenceSession(str(run / "bundle" / "model.onnx"))
+    width = next(o.shape[1] for o in session.get_outputs() if o.name == "features")
+    for inputs, n in ((folder, 2), (folder / "broken.jpg", 0)):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(["predict", str(run), str(inputs), "--out", str(tmp_path / "p.csv"), "--features",
+                  str(tmp_path / "f.npz")])
+        assert exc.value.code == 0
+        saved = np.load(tmp_path / "f.npz")
+        assert saved["features"].shape == (n, width) and saved["features"].dtype == np.float32
+        assert [Path(f).name for f in saved["filenames"]] == sorted(p.name for p in folder.iterdir()
+                                                                    if p.name != "broken.jpg")[:n]
 
 
 def test_bench_reports_every_backend(exported, monkeypatch):
