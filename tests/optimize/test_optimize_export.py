@@ -174,10 +174,10 @@ def test_predict_cli_csv_and_json(exported, tmp_path, capsys):
             main(["predict", str(run), str(inputs), "--out", str(tmp_path / "p.csv"), "--features",
                   str(tmp_path / "f.npz")])
         assert exc.value.code == 0
-        saved = np.load(tmp_path / "f.npz")
-        assert saved["features"].shape == (n, width) and saved["features"].dtype == np.float32
-        assert [Path(f).name for f in saved["filenames"]] == sorted(p.name for p in folder.iterdir()
-                                                                    if p.name != "broken.jpg")[:n]
+        with np.load(tmp_path / "f.npz") as saved:
+            assert saved["features"].shape == (n, width) and saved["features"].dtype == np.float32
+            assert [Path(f).name for f in saved["filenames"]] == sorted(p.name for p in folder.iterdir()
+                                                                        if p.name != "broken.jpg")[:n]
 
 
 def test_bench_reports_every_backend(exported, monkeypatch):
