@@ -128,8 +128,9 @@ def _existing_database(database: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    if "://" not in database:
-        database = f"sqlite:///{Path(database).expanduser().resolve()}"
+    from sightline.storage.store import as_database_url
+
+    database = as_database_url(database)
     try:
         parsed = make_url(database)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number

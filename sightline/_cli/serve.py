@@ -18,15 +18,14 @@ def _store(bundle: Path | None, database_url: str | None, *, keeps: str | None =
     from sqlalchemy.exc import ArgumentError
 
     from sightline.serve.settings import database_url as resolve_url
-    from sightline.storage.store import Store
+    from sightline.storage.store import Store, as_database_url
 
     bundle = bundle or (Path(os.environ["SIGHTLINE_BUNDLE"]) if os.environ.get("SIGHTLINE_BUNDLE") else None)
     url = resolve_url(database_url or os.environ.get("SIGHTLINE_DATABASE_URL"), bundle)
-    if "://" not in url:  # a plain path: a SQLite file, as `serve --database`, `registry` and `feedback` take it
-        if not creates and not Path(url).expanduser().exists():
-            raise fail(f"database file '{url}' does not exist; pass the service's database (--database-url, a "
-                       "SQLite file or a sqlite:/// or postgresql:// URL, or SIGHTLINE_DATABASE_URL).")
-        url = f"sqlite:///{Path(url).expanduser().resolve()}"
+    if "://" not in url and not creates and not Path(url).expanduser().exists():  # a plain path: a SQLite file
+        raise fail(f"database file '{url}' does not exist; pass the service's database (--database-url, a "
+                   "SQLite file or a sqlite:/// or postgresql:// URL, or SIGHTLINE_DATABASE_URL).")
+    url = as_database_url(url)
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
@@ -81,8 +80,10 @@ def register(app: typer.Typer) -> None:
                 overrides[name] = value
         if int8:
             overrides["int8"] = True
-        if database is not None and "://" not in database:  # a plain path: a SQLite file
-            overrides["database_url"] = f"sqlite:///{Path(database).expanduser().resolve()}"
+        if database is not None:  # a plain path: a SQLite file
+            from sightline.storage.store import as_database_url
+
+            overrides["database_url"] = as_database_url(database)
         settings = load_settings(**overrides)
         if settings.registry is not None:
             from sightline.loop.registry import Registry

@@ -65,9 +65,9 @@ def database_url(url: str | None) -> str:
     if not url:
         raise UserInputError(f"no database: pass --database URL (e.g. sqlite:///state/sightline.db, the service's "
                              f"database) or set {DATABASE_ENV}.")
-    if "://" not in url:  # a plain path: a SQLite file
-        return f"sqlite:///{Path(url).expanduser().resolve()}"
-    return url
+    from sightline.storage.store import as_database_url
+
+    return as_database_url(url)
 
 
 def default_root(url: str) -> Path | None:

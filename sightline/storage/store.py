@@ -56,6 +56,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -89,7 +90,7 @@ from sightline.errors import SightlineError, UserInputError, one_line
 
 __all__ = ["Store", "PredictionRecord", "ApiKeyRole", "LabelHistory", "KeptImage", "ShadowPrediction", "ShadowTotal",
            "LabelConflictError", "ROLES", "LEGACY_ROLES", "PredictionSignal", "MonitorWindow", "MonitorAlert",
-           "NO_PROFILE", "ApiKey", "ApiKeyInfo", "hash_key", "safe_url", "KEY_PREFIX", "DECISIONS", "QUEUED_DECISIONS",
+           "NO_PROFILE", "ApiKey", "ApiKeyInfo", "hash_key", "safe_url", "as_database_url", "KEY_PREFIX", "DECISIONS", "QUEUED_DECISIONS",
            "QUEUE_SQL", "review_conditions", "IN_SLICE", "SAMPLE_REASON", "truth_counts", "check_sqlite_file"]
 
 KEY_PREFIX = "sl_"
@@ -973,6 +974,12 @@ def _label_changed(session: Session, prediction_id: int, old: str | None, new: s
             conn.execute(t.__table__.update().where(t.challenger_version == version).values(
                 labelled=t.labelled + n, champion_right=t.champion_right + champion,
                 challenger_right=t.challenger_right + challenger))
+
+
+def as_database_url(text: str) -> str:
+    """A SQLAlchemy URL as given, or a plain path as the SQLite file it names: what every --database option and
+    SIGHTLINE_DATABASE_URL take."""
+    return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
 def safe_url(url: str) -> str:
