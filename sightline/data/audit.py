@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from sightline.data.balance import choose_balance, class_ratio
-from sightline.data.datasets import (REGION_SUFFIXES, SPLITS, Dataset, refuse_out_inside_splits, region_files,
+from sightline.data.datasets import (SPLITS, Dataset, free_name, refuse_out_inside_splits, region_files,
                                      scan_dataset)
 from sightline.data.findings import AuditResult, Finding  # re-exported: part of this module's API
 from sightline.data.label_issues import LabelCheck, write_suggestions
@@ -216,20 +216,6 @@ def _keeper(paths: list[str], splits: dict[str, str | None]) -> str:
     return (train or paths)[0]
 
 
-def _free_name(dst: Path) -> Path:
-    """`dst`, or `<stem>-1<suffix>`, `-2`, ... when a file an earlier audit quarantined already holds the name (a move
-    onto it replaced that file: quarantined, then lost). Region files follow the image's new stem."""
-    def taken(path: Path) -> bool:
-        return path.is_symlink() or any(p.exists() for p in (path, *(path.with_name(path.stem + s)
-                                                                    for s in REGION_SUFFIXES)))
-
-    candidate, n = dst, 0
-    while taken(candidate):
-        n += 1
-        candidate = dst.with_name(f"{dst.stem}-{n}{dst.suffix}")
-    return candidate
-
-
 def quarantine(root: str | Path, findings: Sequence[Finding], records: Sequence[ImageRecord]) -> list[dict]:
     """Move flagged files into ROOT/.quarantine/<relpath> (with their region files) and append to
     ROOT/.quarantine/log.jsonl. One copy of each duplicate / leakage group stays; conflicting-label groups go
@@ -255,7 +241,7 @@ def quarantine(root: str | Path, findings: Sequence[Finding], records: Sequence[
         # never carried off wholesale.
         if not (src.is_symlink() or src.is_file()):
             continue
-        dst = _free_name(qdir / rel)
+        dst = free_name(qdir / rel)  # an earlier audit's quarantined file keeps its name
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src), str(dst))
         moves.append({"time": stamp, "path": rel, "kind": kind, "to": dst.relative_to(root).as_posix()})

@@ -23,7 +23,7 @@ from sightline.data.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, looks_like_image
 from sightline.errors import DatasetError, ImageError, UserInputError
 
 __all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version",
-           "region_path", "region_files", "refuse_out_inside_splits", "split_hint"]
+           "region_path", "region_files", "free_name", "refuse_out_inside_splits", "split_hint"]
 
 SPLITS = ("train", "val", "test")
 # DATA/production/<class>/: labelled production images `sightline feedback export` holds out for `sightline
@@ -108,6 +108,19 @@ def region_files(image: Path) -> dict[str, Path]:
     REGION_SUFFIXES order. What travels with an image when it is copied or moved."""
     candidates = ((suffix, image.with_name(image.stem + suffix)) for suffix in REGION_SUFFIXES)
     return {suffix: path for suffix, path in candidates if _is_file(path)}
+
+
+def free_name(dst: Path) -> Path:
+    """`dst`, or `<stem>-1<suffix>`, `-2`, ... when the name is taken, by a file or by a region file of that stem
+    (<stem>.mask.png, <stem>.xml): the image's region files follow its new stem, so they must be free too."""
+    def taken(path: Path) -> bool:  # lexists: a dangling link takes the name too; a name too long is no error
+        return any(os.path.lexists(p) for p in (path, *(path.with_name(path.stem + s) for s in REGION_SUFFIXES)))
+
+    candidate, n = dst, 0
+    while taken(candidate):
+        n += 1
+        candidate = dst.with_name(f"{dst.stem}-{n}{dst.suffix}")
+    return candidate
 
 
 def _is_file(path: Path) -> bool:

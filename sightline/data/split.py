@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sightline.data.datasets import SPLITS, Dataset, Sample, region_files, scan_dataset
+from sightline.data.datasets import SPLITS, Dataset, Sample, free_name, region_files, scan_dataset
 from sightline.data.hashing import near_duplicate_pairs
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.errors import UserInputError
@@ -215,10 +215,7 @@ def split_dataset(
                 # a free name: train/a/x.jpg, val/a/x.jpg and train/a/x__val.jpg all exist in some datasets. Placing
                 # val's x.jpg onto the x__val.jpg just linked overwrote it, and through the hard link the source
                 # file: one image lost from OUT, another replaced in SRC.
-                n, dst = 0, dst.with_name(f"{stem}__{sample.split}{dst.suffix}")
-                while dst.exists():
-                    n += 1
-                    dst = dst.with_name(f"{stem}__{sample.split}-{n}{dst.suffix}")
+                dst = free_name(dst.with_name(f"{stem}__{sample.split}{dst.suffix}"))
                 rel = dst.relative_to(work)
             did_link = place_file(sample.path, dst, link=link)
             linked += int(did_link)
