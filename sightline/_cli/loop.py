@@ -7,7 +7,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from sightline._cli.common import console, err_console, existing_path, print_json
+from sightline._cli.common import console, err_console, existing_path, fail, print_json
 
 DATABASE_HELP = ("The service database (SQLAlchemy URL such as sqlite:///state/sightline.db or "
                  "postgresql+psycopg://..., or a SQLite file path).")
@@ -104,8 +104,10 @@ def retrain_cmd(
 
 
 def challenge_cmd(
-    champion: Path = typer.Argument(..., help="The champion: RUN or bundle folder."),
-    challenger: Path = typer.Argument(..., help="The challenger: RUN or bundle folder."),
+    champion: str = typer.Argument(..., help="The champion: RUN or bundle folder, or with --database a registry "
+                                   "version (v1), alias (champion) or hash prefix."),
+    challenger: str = typer.Argument(..., help="The challenger: RUN or bundle folder, or with --database a registry "
+                                     "version, alias (challenger) or hash prefix (then pass --out)."),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset with the frozen test/ split (and production/)."),
     spec: Optional[Path] = typer.Option(None, "--spec", help="Problem definition with the promotion: rule "
                                         "(default: DATA/sightline.yaml, else the default rule)."),
@@ -116,7 +118,11 @@ def challenge_cmd(
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     database: Optional[str] = typer.Option(None, "--database", envvar="SIGHTLINE_DATABASE_URL",
                                            help=DATABASE_HELP + " When given, the verdict is recorded in the "
-                                           "registry, where it gates `registry promote`."),
+                                           "registry, where it gates `registry promote`, and the models may be "
+                                           "named by their registry version or alias."),
+    root: Optional[str] = typer.Option(None, "--root", envvar="SIGHTLINE_REGISTRY", help="The registry's folder of "
+                                       "copies, for a version named by its registry reference (default: as for "
+                                       "`sightline registry`)."),
     as_json: bool = typer.Option(False, "--json", help="Print challenge.json to stdout instead of a summary."),
 ) -> None:
     """Champion vs challenger on the frozen test (+ production) images -> verdict, challenge.json, challenge.html.
@@ -125,15 +131,15 @@ def challenge_cmd(
     from sightline.loop.challenge import challenge
     from sightline.progress import rich_progress
 
-    existing_path(champion, "champion")
-    existing_path(challenger, "challenger")
+    champion_dir = _model_folder(champion, "champion", database, root)
+    challenger_dir = _model_folder(challenger, "challenger", database, root)
     existing_path(data, "dataset")
     with rich_progress(enabled=not as_json) as progress:
-        result = challenge(champion, challenger, data, spec=spec, out=out, n_resamples=bootstrap, seed=seed,
+        result = challenge(champion_dir, challenger_dir, data, spec=spec, out=out, n_resamples=bootstrap, seed=seed,
                            batch_size=batch_size, progress=progress)
     recorded = None
     if database:
-        _warn_unfinished(challenger)
+        _warn_unfinished(challenger_dir)
         from sightline.loop.registry import Registry, database_url
 
         with Registry(database_url(database)) as registry:
@@ -161,10 +167,40 @@ def challenge_cmd(
         raise typer.Exit(1)
 
 
+def _model_folder(given: str, what: str, database: str | None, root: str | None) -> Path:
+    """The folder of the model `given` names: a RUN or bundle folder when one exists there, else (with a database)
+    the registry's copy of the version, alias or hash prefix it names. One-line error when it is neither."""
+    from sightline.errors import UserInputError
+
+    path = Path(given)
+    if given.strip() and path.exists():  # a folder wins over a reference of the same name ('champion' in cwd)
+        return path
+    if not database:
+        raise fail(f"{what} '{given}' is not a folder; pass a RUN or bundle folder, or name a registry version "
+                   "(v3, champion, challenger, a hash prefix) with --database URL (or SIGHTLINE_DATABASE_URL).")
+    from sightline.loop.registry import Registry, database_url
+
+    try:
+        with Registry(database_url(database), root=root) as registry:
+            version = registry.resolve(given)
+            intact = registry.intact(version)
+    except UserInputError as exc:
+        raise fail(f"{what} '{given}' is not a folder, nor a registry version: {exc}") from None
+    if not intact:  # scored, the verdict would be about files that are not the version's
+        raise fail(f"{what} {version.ref}'s files at {version.path} are missing or changed; `sightline registry add "
+                   f"{version.source}` restores them.")
+    err_console.print(f"{what}: {version.ref} ({given}) = {version.path}", highlight=False, markup=False,
+                      soft_wrap=True)
+    return Path(version.path)
+
+
 # --- registry ---------------------------------------------------------------------------------------------------
 DatabaseOpt = typer.Option(None, "--database", envvar="SIGHTLINE_DATABASE_URL", help=DATABASE_HELP)
-RootOpt = typer.Option(None, "--root", help="Folder or fsspec URL (s3://bucket/registry) for the registry's "
-                       "copies of bundles (default: registry/ beside a SQLite database).")
+# every registry command takes --root, as `serve --registry` takes the same folder (and the same variable): a registry
+# folder moved away from registry/ beside its database, or kept at an fsspec URL, is named the same way everywhere
+RootOpt = typer.Option(None, "--root", envvar="SIGHTLINE_REGISTRY", help="Folder or fsspec URL (s3://bucket/registry) "
+                       "for the registry's copies of bundles, as `serve --registry` takes it (default: "
+                       "SIGHTLINE_REGISTRY, else registry/ beside a SQLite database).")
 ByOpt = typer.Option(None, "--by", help="Who does it, for the log (default: the OS user).")
 ReasonOpt = typer.Option(None, "--reason", help="Why, for the log.")
 AliasOpt = typer.Option("champion", "--alias", help="champion or challenger.")
@@ -217,11 +253,12 @@ def registry_add(
 
 
 @registry_app.command("list")
-def registry_list(database: Optional[str] = DatabaseOpt, as_json: bool = JsonOpt) -> None:
+def registry_list(database: Optional[str] = DatabaseOpt, root: Optional[str] = RootOpt,
+                  as_json: bool = JsonOpt) -> None:
     """Every version, with the aliases that point to it."""
     from rich.table import Table
 
-    with _open(database) as registry:
+    with _open(database, root) as registry:
         versions, aliases = registry.versions(), registry.aliases()
     by_id: dict[int, list[str]] = {}
     for alias, v in aliases.items():
@@ -248,10 +285,11 @@ def registry_list(database: Optional[str] = DatabaseOpt, as_json: bool = JsonOpt
 def registry_show(
     version: str = typer.Argument(..., help="A version (v3), an alias (champion) or a hash prefix."),
     database: Optional[str] = DatabaseOpt,
+    root: Optional[str] = RootOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """One version: provenance, test metrics, aliases, its last challenge, and whether its files are intact."""
-    with _open(database) as registry:
+    with _open(database, root) as registry:
         v = registry.resolve(version)
         aliases = [a for a, got in registry.aliases().items() if got.id == v.id]
         last = registry.last_challenge(v.bundle_hash)
@@ -279,6 +317,7 @@ def registry_promote(
     version: str = typer.Argument(..., help="A version (v3) or a hash prefix."),
     alias: str = AliasOpt,
     database: Optional[str] = DatabaseOpt,
+    root: Optional[str] = RootOpt,
     by: Optional[str] = ByOpt,
     reason: Optional[str] = ReasonOpt,
     force: bool = typer.Option(False, "--force", help="Promote a version whose last challenge failed (logged as "
@@ -286,7 +325,7 @@ def registry_promote(
     as_json: bool = JsonOpt,
 ) -> None:
     """Point an alias (default champion) at a version; refused when its last challenge failed, unless --force."""
-    with _open(database) as registry:
+    with _open(database, root) as registry:
         move = registry.promote(version, alias=alias, by=by, reason=reason, force=force)
         _warn_unservable(registry, move)
     _print_move(move, as_json)
@@ -296,12 +335,13 @@ def registry_promote(
 def registry_rollback(
     alias: str = AliasOpt,
     database: Optional[str] = DatabaseOpt,
+    root: Optional[str] = RootOpt,
     by: Optional[str] = ByOpt,
     reason: Optional[str] = ReasonOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Move an alias (default champion) back to the version it pointed to before its last promotion."""
-    with _open(database) as registry:
+    with _open(database, root) as registry:
         move = registry.rollback(alias=alias, by=by, reason=reason)
         _warn_unservable(registry, move)
     _print_move(move, as_json)
@@ -311,10 +351,11 @@ def registry_rollback(
 def registry_history(
     alias: Optional[str] = typer.Option(None, "--alias", help="Only this alias (default: all)."),
     database: Optional[str] = DatabaseOpt,
+    root: Optional[str] = RootOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Every alias move, oldest first: what moved, from and to which version, who, when, why."""
-    with _open(database) as registry:
+    with _open(database, root) as registry:
         moves = registry.history(alias)
     if as_json:
         print_json([m.to_dict() for m in moves])

@@ -1,0 +1,100 @@
+"""The models of `challenge` named by their registry version or alias (as `serve --registry` and `registry promote`
+name them), and `--root` on every registry command (as `registry add` and `serve --registry` take it)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from loop_tiny import make_bundle
+
+from sightline._cli.common import run_command
+from sightline.cli import app
+from sightline.loop.registry import Registry
+
+
+@pytest.fixture(scope="module")
+def pair(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(good, lazy): an accurate bundle and one that answers "light" for everything."""
+    base = tmp_path_factory.mktemp("pair")
+    good = base / "good" / "bundle"
+    make_bundle(good, data / "train", seed=0, version="2")
+    lazy = base / "lazy" / "bundle"
+    make_bundle(lazy, data / "train", seed=1, thresholds={"class_thresholds": {"light": 0.0}})
+    return good, lazy
+
+
+@pytest.fixture
+def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sightline.loop import report
+
+    monkeypatch.setattr(report, "plots", lambda result, bootstrap_samples: {"difference": "", "recall": ""})
+
+
+def test_challenge_takes_registry_versions_and_aliases(data: Path, pair: tuple[Path, Path], tmp_path: Path,
+                                                        no_plots: None, capsys: pytest.CaptureFixture[str]) -> None:
+    # before: "error: champion 'champion' does not exist; check the path." for `challenge champion v2`
+    good, lazy = pair
+    db = f"sqlite:///{tmp_path / 'sightline.db'}"
+    assert run_command(app, ["registry", "add", str(lazy), "--alias", "champion", "--database", db]) == 0
+    assert run_command(app, ["registry", "add", str(good), "--database", db]) == 0
+    capsys.readouterr()
+    out = tmp_path / "challenge"
+    assert run_command(app, ["challenge", "champion", "v2", "--data", str(data), "--out", str(out), "--bootstrap",
+                             "200", "--database", db, "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    with Registry(db) as reg:
+        v1, v2 = reg.resolve("v1"), reg.resolve("v2")
+        assert reg.last_challenge(v2.bundle_hash)["promote"] is True  # recorded against the registered version
+    assert (result["champion"]["path"], result["challenger"]["path"]) == (v1.path, v2.path)
+    assert "champion: v1 (champion)" in captured.err and "challenger: v2 (v2)" in captured.err
+    # the default output folder would be inside the registry's copy: --out is asked for, nothing is written there
+    assert run_command(app, ["challenge", "v1", "v2", "--data", str(data), "--database", db]) == 2
+    assert "is a registry copy" in capsys.readouterr().err
+    assert sorted(p.name for p in Path(v2.path).iterdir()) == sorted(p.name for p in good.iterdir())
+
+
+def test_challenge_refs_are_one_line_errors(data: Path, pair: tuple[Path, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.delenv("SIGHTLINE_DATABASE_URL", raising=False)
+    good, _ = pair
+    db = f"sqlite:///{tmp_path / 'sightline.db'}"
+    assert run_command(app, ["challenge", "v1", str(good), "--data", str(data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'v1' is not a folder" in err and "--database" in err
+    assert run_command(app, ["challenge", "v7", str(good), "--data", str(data), "--database", db]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown version 'v7'" in err
+    assert run_command(app, ["challenge", "champion", str(good), "--data", str(data), "--database", db]) == 2
+    assert "alias 'champion' points to no version yet" in capsys.readouterr().err
+
+
+def test_every_registry_command_takes_root(pair: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    # a registry folder given with `add --root` and moved later: promote, rollback, show and list had no --root, so
+    # they looked for the copies where they were when added and refused them as "missing or changed"
+    good, lazy = pair
+    db = f"sqlite:///{tmp_path / 'sightline.db'}"
+    first = tmp_path / "copies"
+    for bundle in (lazy, good):
+        assert run_command(app, ["registry", "add", str(bundle), "--alias", "champion", "--database", db, "--root",
+                                 str(first)]) == 0
+    moved = tmp_path / "elsewhere"
+    first.rename(moved)
+    capsys.readouterr()
+    assert run_command(app, ["registry", "rollback", "--database", db]) == 2
+    assert "missing or changed" in capsys.readouterr().err
+    root = ["--database", db, "--root", str(moved)]
+    assert run_command(app, ["registry", "rollback", *root]) == 0
+    assert run_command(app, ["registry", "promote", "v2", *root]) == 0
+    capsys.readouterr()
+    assert run_command(app, ["registry", "show", "champion", "--json", *root]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["intact"] and Path(shown["path"]).parent == moved
+    assert run_command(app, ["registry", "list", "--json", *root]) == 0
+    assert {Path(v["path"]).parent for v in json.loads(capsys.readouterr().out)} == {moved}
+    assert run_command(app, ["registry", "history", *root]) == 0
+    # as `serve --registry` reads SIGHTLINE_REGISTRY, so do the registry commands
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIGHTLINE_REGISTRY", str(moved))
+        assert run_command(app, ["registry", "rollback", "--database", db]) == 0
