@@ -31,7 +31,7 @@ from sightline import __version__
 from sightline.errors import SightlineError, validation_message
 from sightline.serve.settings import Settings
 
-__all__ = ["create_app", "BodyLimitMiddleware", "RequestId"]
+__all__ = ["create_app", "BodyLimitMiddleware", "MultipartEnd", "RequestId"]
 
 log = logging.getLogger("sightline.serve")
 
@@ -97,6 +97,62 @@ class BodyLimitMiddleware:
                 path = getattr(route, "path", None) or "unmatched"  # never a raw path: labels must stay few
                 self.metrics.requests.labels(scope["method"], path, str(status_holder["status"])).inc()
                 self.metrics.latency.labels(path).observe(time.perf_counter() - t0)
+
+
+class MultipartEnd:
+    """Pure ASGI middleware: 400 for a multipart/form-data body that ends before its close delimiter
+    (CRLF "--boundary--"). python-multipart stops at the end of the bytes without saying whether the body was
+    complete, and Starlette keeps the parts finished so far: a body cut off in its second image (a client that
+    gave up, a proxy's timeout, a hand-built request without the closing line) answered 200 with one prediction,
+    the second image silently dropped. The delimiter is looked for as the body streams (the last few bytes of
+    each chunk kept), and the refusal is raised from `receive` at the body's last chunk, before the parser
+    finishes, so the route never runs. A body without a boundary is left to Starlette ("Missing boundary")."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        close = _close_delimiter(scope) if scope["type"] == "http" else None
+        if close is None:
+            await self.app(scope, receive, send)
+            return
+        seen = opened = False
+        tail = b"\r\n"  # at the very start the delimiter has no CRLF before it (a body of no parts)
+
+        async def checked_receive() -> dict:
+            nonlocal seen, opened, tail
+            message = await receive()
+            if message["type"] != "http.request" or seen:
+                return message
+            window = tail + message.get("body", b"")
+            seen = close in window
+            opened = opened or close[2:-2] in window
+            tail = window[-(len(close) - 1):]
+            # a body that never names its boundary is not cut off: the parser says it cannot be read (another
+            # boundary) or the route names the field it lacks (an empty body)
+            if opened and not seen and not message.get("more_body", False):
+                raise StarletteHTTPException(
+                    400, f"{scope.get('method', 'POST')} {scope.get('path', '')}: the multipart body ends before its "
+                         f"closing boundary line ({close.strip().decode('latin-1')[:80]!r}): it was cut off or "
+                         "built without that line, and nothing of it was used; send the whole request again.")
+            return message
+
+        await self.app(scope, checked_receive, send)
+
+
+def _close_delimiter(scope: dict) -> bytes | None:
+    """CRLF + "--" + boundary + "--" of a multipart/form-data request, as Starlette's parser reads its
+    Content-Type; None for any other request, or one without a boundary."""
+    from python_multipart.multipart import parse_options_header
+
+    value = next((v for k, v in scope.get("headers", []) if k == b"content-type"), None)
+    if value is None:
+        return None
+    media, params = parse_options_header(value)
+    boundary = params.get(b"boundary")
+    if media != b"multipart/form-data" or not boundary:
+        return None
+    return b"\r\n--" + boundary + b"--"
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")  # what a caller's X-Request-ID may be (the stored column: 32)
@@ -313,6 +369,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.add_middleware(ShadowTap)  # innermost: hands a sample of answered predict requests to the challenger
     app.add_middleware(UiHeaders)  # strict Content-Security-Policy and friends on /ui answers only
+    app.add_middleware(MultipartEnd)  # a multipart body cut off before its close delimiter: 400, never half used
     app.add_middleware(KeyGate)  # key, role, rate limit from the headers, before the body (inside the size cap)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestId)  # outermost: every answer carries the id, the body limit's 413 included

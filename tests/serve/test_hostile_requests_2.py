@@ -1,0 +1,74 @@
+"""More hostile requests, found by attacking a running service: each answers a 4xx with one line naming the
+problem, never a 500 and never a 200 that quietly used part of what was sent."""
+from __future__ import annotations
+
+import pytest
+from serve_tiny import encode, make_bundle, photo, serving
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from sightline.storage.store import Store
+
+    root = tmp_path_factory.mktemp("hostile2")
+    bundle = make_bundle(root)
+    url = f"sqlite:///{root / 'db.sqlite'}"
+    store = Store(url)
+    keys = {"predict": store.create_key("p", ["predict"]), "review": store.create_key("r", ["predict", "review"])}
+    with serving(bundle, database_url=url) as client:
+        yield client, keys, store
+    store.close()
+
+
+def _one_line(response, status: int, *words: str) -> str:
+    assert response.status_code == status, (response.status_code, response.text)
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail, detail
+    for word in words:
+        assert word in detail, (word, detail)
+    return detail
+
+
+JPEG = encode(photo(0, 40, 32), "JPEG")
+
+
+def _part(name: bytes) -> bytes:
+    return b'--b\r\nContent-Disposition: form-data; name="file"; filename="' + name + b'"\r\n\r\n' + JPEG
+
+
+@pytest.mark.parametrize("body", [
+    _part(b"one.jpg") + b"\r\n" + _part(b"two.jpg"),  # cut in the second image
+    _part(b"one.jpg") + b"\r\n" + _part(b"two.jpg") + b"\r\n--b",  # cut inside the close delimiter
+    _part(b"one.jpg") + b'\r\n--b\r\nContent-Disposition: form-data; name="fi',  # cut in the second part's header
+    _part(b"one.jpg") + b"\r\n--b\r\n",  # no close delimiter at all
+])
+def test_a_multipart_body_cut_off_is_refused_not_half_used(service, body):
+    """The parser stops at the end of the bytes and Starlette keeps the parts finished so far: two images were sent,
+    the second cut off, and the answer was 200 with one prediction (the second silently dropped)."""
+    client, keys, store = service
+    before = store.count_predictions()
+    r = client.post("/v1/predict", content=body,
+                    headers={"X-API-Key": keys["predict"], "Content-Type": "multipart/form-data; boundary=b"})
+    _one_line(r, 400, "POST /v1/predict", "ends before its closing boundary line ('--b--')", "send the whole request")
+    assert store.count_predictions() == before
+
+
+def test_a_whole_body_streamed_in_small_chunks_is_answered(service):
+    """The close delimiter split across the chunks of a chunked upload (no Content-Length) is still found."""
+    client, keys, store = service
+    body = _part(b"one.jpg") + b"\r\n" + _part(b"two.jpg") + b"\r\n--b--\r\n"
+
+    def chunks():
+        for i in range(0, len(body), 3):
+            yield body[i:i + 3]
+
+    before = store.count_predictions()
+    r = client.post("/v1/predict", content=chunks(),
+                    headers={"X-API-Key": keys["predict"], "Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 200, r.text
+    assert [p["filename"] for p in r.json()["predictions"]] == ["one.jpg", "two.jpg"]
+    assert store.count_predictions() == before + 2
+    # an empty multipart body is not cut off: it names the missing field, as before
+    r = client.post("/v1/predict", content=b"",
+                    headers={"X-API-Key": keys["predict"], "Content-Type": "multipart/form-data; boundary=b"})
+    _one_line(r, 422, "body.file is missing")
