@@ -246,6 +246,24 @@ def _progress_fn(progress: ProgressFn | bool | None) -> Iterator[ProgressFn | No
         yield progress or None
 
 
+def _refuse_registry_copies(bundles: list[Bundle], outs: list[Path | None], options: EvaluateOptions) -> None:
+    """UserInputError for a registry's copy of a version (ROOT/<hash>/) that evaluate would write into: updating it
+    rewrote its model.json and reference.npz, so the registry then called the version "changed" and `serve
+    --registry` refused to start; the default output folder is inside it too."""
+    from sightline.loop.content import is_registry_copy
+
+    for bundle, out in zip(bundles, outs):
+        if bundle.path is None or not is_registry_copy(bundle.path):
+            continue
+        if options.update_bundle:
+            raise UserInputError(f"'{bundle.path}' is a registry copy, which must stay as it was added (its hash is "
+                                 "checked before it is served); evaluate the RUN it was added from (`sightline registry "
+                                 "show` names it) and add it again, or pass --no-update --out DIR.")
+        if out is None:
+            raise UserInputError(f"'{bundle.path}' is a registry copy, which stays as it was added; pass --out DIR for "
+                                 "metrics.json and report.html.")
+
+
 def _evaluate_runs(
     paths: list[Path],
     data_dir: str | Path,
@@ -267,6 +285,7 @@ def _evaluate_runs(
         if out is not None:
             refuse_out_inside_splits(out, data_dir)
     bundles = [load_bundle(p) for p in paths]
+    _refuse_registry_copies(bundles, outs, options)
     for bundle in bundles if options.update_bundle else ():
         # a bundle on a read-only share or mount: every figure was computed, then writing model.json failed and
         # nothing was written, metrics.json included
