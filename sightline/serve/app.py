@@ -334,7 +334,9 @@ def create_app(settings: Settings) -> FastAPI:
             cause = exc.__cause__
             why = ("it is not UTF-8 text" if isinstance(cause, UnicodeDecodeError) else
                    "it is nested too deeply" if isinstance(cause, RecursionError) else
-                   f"it cannot be read ({type(cause).__name__})")
+                   # Python refuses to read a whole number of over 4,300 digits (int_max_str_digits)
+                   "a number in it has over 4,300 digits" if isinstance(cause, ValueError)
+                   and "digits" in str(cause) else f"it cannot be read ({type(cause).__name__})")
             return JSONResponse({"detail": f"{request.method} {request.url.path}: the body is not valid JSON ({why});"
                                            " send a JSON object in UTF-8 with Content-Type: application/json."},
                                 status_code=422)

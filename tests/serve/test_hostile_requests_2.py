@@ -72,3 +72,19 @@ def test_a_whole_body_streamed_in_small_chunks_is_answered(service):
     r = client.post("/v1/predict", content=b"",
                     headers={"X-API-Key": keys["predict"], "Content-Type": "multipart/form-data; boundary=b"})
     _one_line(r, 422, "body.file is missing")
+
+
+def test_a_json_number_of_thousands_of_digits_says_so(service):
+    """Python refuses to read an integer of over 4,300 digits: the answer was 'it cannot be read (ValueError)'."""
+    client, keys, _ = service
+    r = client.post("/v1/review/1", content=b'{"label": "cat", "override": ' + b"9" * 5000 + b"}",
+                    headers={"X-API-Key": keys["review"], "Content-Type": "application/json"})
+    _one_line(r, 422, "POST /v1/review/1", "not valid JSON", "a number in it has over 4,300 digits")
+
+
+def test_an_alert_name_is_quoted_short_with_monitoring_off(service):
+    """Without a reference profile the acknowledge route quoted the whole name: 5,000 characters in one line."""
+    client, keys, _ = service
+    detail = _one_line(client.post("/v1/monitor/alerts/" + "a" * 5000 + "/ack", headers={"X-API-Key": keys["review"]}),
+                       404, "no alert named 'aaaa", "(5,000 characters)")
+    assert len(detail) < 400, detail

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from sightline.serve.deps import ReviewKeyDep, StateDep
-from sightline.serve.schemas import ErrorResponse, MonitorStatus
+from sightline.serve.schemas import ErrorResponse, MonitorStatus, shown_label
 
 router = APIRouter(tags=["monitor"])
 
@@ -44,7 +44,7 @@ async def acknowledge(name: str, state: StateDep, key: ReviewKeyDep, body: Alert
 
     monitor = state.monitor
     if monitor is None:  # no profile: this model counts no windows, so it has no alert
-        raise UnknownAlertError(f"no alert named {name!r} of this model: {state.monitor_message}")
+        raise UnknownAlertError(f"no alert named {shown_label(name)} of this model: {state.monitor_message}")
     profile = monitor.observer.fingerprint
     note = body.note if body is not None else ""
     return await anyio.to_thread.run_sync(
