@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
         import json
 
         from sightline.bundle import load_bundle
+        from sightline.data.inputs import shown_name
         from sightline.inference import open_engine
         from sightline.progress import rich_progress
 
@@ -107,11 +108,12 @@ def register(app: typer.Typer) -> None:
             matrix = np.concatenate([r.output.features for r in kept]) if kept else np.zeros((0, dim), np.float32)
             features.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(features, features=matrix.astype(np.float32),
-                                filenames=np.array([r.filename for r in kept]))
+                                filenames=np.array([shown_name(r.filename) for r in kept]))
             err_console.print(escape(f"features ({len(kept)} x {dim}, float32) of the readable images written to "
                                      f"{features}"))
         if fmt == "json":
-            text = json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
+            text = json.dumps([{**r.to_dict(), "filename": shown_name(r.filename),
+                                "error": shown_name(r.error) if r.error else r.error} for r in rows], indent=2) + "\n"
         else:
             buf = io.StringIO()
             writer = csv.writer(buf)
@@ -119,7 +121,8 @@ def register(app: typer.Typer) -> None:
             for r in rows:
                 top = ";".join(f"{t['label']}:{t['confidence']:.4f}" for t in r.top_k)
                 conf = f"{r.confidence:.6f}" if r.confidence is not None else ""
-                writer.writerow([r.filename, r.label or "", conf, r.decision or "", top, r.error or ""])
+                writer.writerow([shown_name(r.filename), r.label or "", conf, r.decision or "", top,
+                                 shown_name(r.error or "")])
             text = buf.getvalue()
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +156,7 @@ def register(app: typer.Typer) -> None:
         blobs = None
         if images is not None:
             from sightline.data.images import load_image
+            from sightline.data.inputs import shown_name
             from sightline.errors import ImageError, one_line
 
             files = expand_inputs([str(images)])  # 'x.jpg' that holds no image is tried, and said to be left out
@@ -163,7 +167,7 @@ def register(app: typer.Typer) -> None:
                 try:
                     load_image(f, draft=(256, 256))
                 except ImageError as exc:
-                    left_out.append(one_line(exc))
+                    left_out.append(shown_name(one_line(exc)))
                     continue
                 blobs.append(f.read_bytes())
             if not blobs:

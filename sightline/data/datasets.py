@@ -19,11 +19,11 @@ import numpy as np
 from PIL import Image
 
 from sightline.data.images import DEFAULT_MAX_PIXELS, image_info
-from sightline.data.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, looks_like_image
+from sightline.data.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, looks_like_image, shown_name
 from sightline.errors import DatasetError, ImageError, UserInputError
 
 __all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version",
-           "region_path", "region_files", "free_name", "refuse_out_inside_splits", "split_hint"]
+           "region_path", "region_files", "free_name", "refuse_out_inside_splits", "split_hint", "shown_name"]
 
 SPLITS = ("train", "val", "test")
 # DATA/production/<class>/: labelled production images `sightline feedback export` holds out for `sightline
@@ -89,6 +89,29 @@ _SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "des
 
 def _hidden(name: str) -> bool:
     return name.startswith(".") or name.lower() in _SYSTEM_FILES
+
+
+def _undecodable(name: str) -> bool:
+    """True when a file or folder name is not valid UTF-8 (os.fsdecode left surrogates in it)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_RENAME = "its name is not valid UTF-8 ({}); rename it, e.g. `convmv -f latin1 -t utf8 -r --notest DATA`"
+
+
+def _refuse_name(path: Path, root: Path, kind: str, skipped: list[dict]) -> bool:
+    """True (and the path listed in `skipped` under `kind`) for a file or folder whose name is not UTF-8: it could
+    not be written into the manifest, the audit or a bundle's class names."""
+    if not _undecodable(path.name):
+        return False
+    rel = shown_name(path.relative_to(root).as_posix())
+    what = "folder" if kind == IGNORED else "file"
+    skipped.append({"path": rel, "kind": kind, "reason": f"{what} not used: " + _RENAME.format(shown_name(path.name))})
+    return True
 
 
 def _metadata_dir(path: Path, root: Path, skipped: list[dict]) -> bool:
@@ -157,7 +180,7 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[
             if _hidden(d):
                 continue
             sub = base / d
-            if _metadata_dir(sub, root, skipped):
+            if _metadata_dir(sub, root, skipped) or _refuse_name(sub, root, IGNORED, skipped):
                 continue
             if sub.is_symlink():
                 if not _inside(sub, root):
@@ -178,6 +201,8 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[
             if _hidden(name) or _is_annotation(name):
                 continue
             p = base / name
+            if _refuse_name(p, root, UNREADABLE, skipped):
+                continue
             if p.is_symlink() and not _inside(p, root):
                 skipped.append({"path": p.relative_to(root).as_posix(), "kind": UNREADABLE,  # a sample's file
                                 "reason": "symlink points outside the dataset root; refused (copy the file in, "
@@ -190,7 +215,8 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[
 def _class_dirs(parent: Path, root: Path, skipped: list[dict]) -> list[Path]:
     dirs = []
     for d in sorted(parent.iterdir()):
-        if _hidden(d.name) or not d.is_dir() or _metadata_dir(d, root, skipped):
+        if (_hidden(d.name) or not d.is_dir() or _metadata_dir(d, root, skipped)
+                or _refuse_name(d, root, IGNORED, skipped)):
             continue
         if d.is_symlink() and not _inside(d, root):
             skipped.append({"path": d.relative_to(root).as_posix(), "kind": IGNORED,
@@ -321,6 +347,8 @@ def scan_dataset(
             )
         )
 
+    for entry in skipped:  # a stray file or folder beside the classes may carry a non-UTF-8 name too
+        entry["path"] = shown_name(entry["path"])
     per_folder = Counter((s.split, s.label) for s in samples)
     for split, d in groups:
         if per_folder[(split, d.name)] == 0:

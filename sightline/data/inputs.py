@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sightline.errors import UserInputError
 
-__all__ = ["looks_like_image", "expand_inputs"]
+__all__ = ["looks_like_image", "expand_inputs", "shown_name"]
 
 # Names a user means as images: a folder's file named so is always listed (an error row if it is not one we read).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
@@ -23,6 +23,19 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".
 MASK_SUFFIX = ".mask.png"  # binary mask beside an image (<stem>.mask.png): a region file, never an input itself
 # Leading bytes of the formats sightline decodes (sightline.data.images.ALLOWED_FORMATS).
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def shown_name(name: str | Path) -> str:
+    """A path as text that any file, terminal or JSON can hold. The bytes of a name that are not UTF-8 (a Latin-1
+    `caf\\xe9.jpg` from an old camera or a zip made on Windows), which Python carries as lone surrogates, become
+    `\\xNN` escapes; other names are returned as they are. Writing the raw name into manifest.csv, audit.html or
+    the predictions raised UnicodeEncodeError after the whole run."""
+    text = os.fspath(name)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file name produced
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def looks_like_image(path: Path) -> bool:

@@ -37,7 +37,7 @@ def explain_files(
     from PIL import Image
 
     from sightline.bundle import load_bundle
-    from sightline.data.inputs import expand_inputs
+    from sightline.data.inputs import expand_inputs, shown_name
     from sightline.data.datasets import refuse_out_inside_splits
     from sightline.explain.cam import crop_cams, method_class, overlay
     from sightline.inference import TorchBackend, load_crops, open_engine
@@ -54,7 +54,9 @@ def explain_files(
         given = ", ".join(f"'{p}'" for p in images) or "(nothing given)"
         raise UserInputError(f"no image in {given}; give image files or a folder that holds some.")
     inputs = load_crops(paths, bundle.preprocessing)
-    rows: list[dict[str, Any]] = [{"path": f["path"], "error": f["reason"]} for f in inputs.failed]
+    # names as text a terminal and JSON can hold (a non-UTF-8 file name raised UnicodeEncodeError)
+    rows: list[dict[str, Any]] = [{"path": shown_name(f["path"]), "error": shown_name(f["reason"])}
+                                  for f in inputs.failed]
     if not len(inputs.crops):
         return rows
     with open_engine(bundle, backend="torch", device=device) as engine:
@@ -72,7 +74,7 @@ def explain_files(
         side_by_side = np.concatenate([crop, np.full((crop.shape[0], 4, 3), 255, np.uint8),
                                        overlay(crop, cams[k])], axis=1)
         # a name near the 255-byte limit of most file systems leaves room for '-N.<method>.png'
-        stem = path.stem.encode()[:200].decode(errors="ignore")
+        stem = shown_name(path.stem).encode()[:200].decode(errors="ignore")
         dest = out / f"{stem}.{tag}.png"
         n = 1
         while dest.exists() and any(r.get("overlay") == str(dest) for r in rows):
@@ -80,7 +82,7 @@ def explain_files(
             n += 1
         Image.fromarray(side_by_side).save(dest)
         rows.append({
-            "path": str(path),
+            "path": shown_name(path),
             "predicted": predictions[k].label,
             "confidence": predictions[k].confidence,
             "decision": predictions[k].decision,

@@ -1,0 +1,57 @@
+"""Datasets as they arrive from the field: file and folder names that are not UTF-8, link loops, tiny classes."""
+from __future__ import annotations
+
+import json
+import os
+
+from PIL import Image
+
+from sightline.data.audit import audit_dataset
+from sightline.data.datasets import UNREADABLE, IGNORED, scan_dataset
+from sightline.data.inputs import shown_name
+
+
+def _image(path, colour=(120, 40, 40)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (24, 24), colour).save(path)
+
+
+def _latin1_dataset(root):
+    """Flat layout; 'ants/caf\\xe9.jpg' and the class folder 'b\\xe9es' named in Latin-1 (as a zip made on Windows
+    or an old camera leaves them on Linux)."""
+    for i in range(3):
+        _image(root / "ants" / f"{i}.png", (30 * i, 40, 40))
+        _image(root / "bees" / f"{i}.png", (40, 30 * i, 200))
+    Image.new("RGB", (24, 24), (1, 2, 3)).save(os.path.join(os.fsencode(root / "ants"), b"caf\xe9.png"))
+    os.makedirs(os.path.join(os.fsencode(root), b"b\xe9es"))
+    Image.new("RGB", (24, 24), (9, 9, 9)).save(os.path.join(os.fsencode(root), b"b\xe9es", b"x.png"))
+    return root
+
+
+def test_shown_name_escapes_only_bytes_that_are_not_utf8():
+    assert shown_name(os.fsdecode(b"ants/caf\xe9.jpg")) == "ants/caf\\xe9.jpg"
+    assert shown_name("wespe ü/ä b.jpg") == "wespe ü/ä b.jpg"
+
+
+def test_scan_lists_names_that_are_not_utf8_with_what_to_do(tmp_path):
+    """They reached manifest.csv (audit, split) as lone surrogates: UnicodeEncodeError, a traceback after the whole
+    decoding pass. They are listed as not used, named with \\x escapes, with the advice to rename them."""
+    ds = scan_dataset(_latin1_dataset(tmp_path / "data"))
+    assert ds.classes == ["ants", "bees"]
+    assert len(ds.samples) == 6
+    by_path = {s["path"]: s for s in ds.skipped}
+    assert by_path["ants/caf\\xe9.png"]["kind"] == UNREADABLE
+    assert by_path["b\\xe9es"]["kind"] == IGNORED
+    assert all("not valid UTF-8" in by_path[p]["reason"] and "rename" in by_path[p]["reason"] for p in by_path)
+    for entry in ds.skipped:
+        entry["path"].encode("utf-8")  # no lone surrogate left
+
+
+def test_audit_of_names_that_are_not_utf8_writes_its_files(tmp_path):
+    data = _latin1_dataset(tmp_path / "data")
+    result = audit_dataset(data, out=tmp_path / "audit", label_check=None)
+    assert (tmp_path / "audit" / "manifest.csv").read_text(encoding="utf-8").count("\n") == 7  # header + 6
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text(encoding="utf-8"))
+    paths = [p for f in report["findings"] for p in f["paths"]]
+    assert "ants/caf\\xe9.png" in paths and "b\\xe9es" in paths
+    assert result.root is not None
