@@ -4,6 +4,8 @@ Exact duplicates (same sha256) and near duplicates (perceptual hashes within `ma
 groups with union-find, and a whole group goes to one split, so the same picture never sits in train and test.
 Groups are assigned class by class (a group counts for its majority label), largest first, each to the split
 that is furthest below its target share: the class proportions follow `ratios` as closely as whole groups allow.
+A tie between splits goes to the one furthest below its share of the whole dataset, so small classes that each
+round the same way do not leave a split empty.
 """
 from __future__ import annotations
 
@@ -94,6 +96,7 @@ def assign_groups(
         top = min(lab for lab, c in majority if c == majority[0][1])  # ties broken by name: deterministic
         by_class[top].append(g)
     out = [-1] * len(labels)
+    placed = np.zeros(len(ratios_arr))  # items of every class so far, per split
     for label in sorted(by_class):
         class_groups = by_class[label]
         order = rng.permutation(len(class_groups))
@@ -103,8 +106,14 @@ def assign_groups(
         assigned = np.zeros(len(ratios_arr))
         for g in shuffled:
             need = ratios_arr * total - assigned
-            k = int(np.argmax(need))  # first split with the largest shortfall: train before val before test
+            # Among the splits with the class's largest shortfall, the one furthest below its share of the whole
+            # dataset, then train before val before test. A tie broken within the class alone always went the
+            # same way: 15 classes of 4 images (70/15/15) each went 3/1/0, so test had none of the 60 images.
+            tied = np.flatnonzero(need >= need.max() - 1e-9)
+            overall = ratios_arr * (placed.sum() + len(g)) - placed
+            k = int(tied[np.argmax(overall[tied])])
             assigned[k] += len(g)
+            placed[k] += len(g)
             for i in g:
                 out[i] = k
     return out
