@@ -72,7 +72,9 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 def _files_under(folder: Path) -> list[Path]:
     """The non-hidden files under `folder`, symlinked folders followed (as the dataset scan does; rglob did not,
-    and their images were left out without a word), each real folder walked once, so a link loop ends."""
+    and their images were left out without a word), each real folder walked once, so a link loop ends. A link to a
+    folder that holds the one it sits in (DATA/ants/loop -> ..) is a loop and not followed, as in the dataset scan:
+    it led out of `folder`, and `predict DATA/ants` predicted every other class's images too."""
     seen: set[str] = set()
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -81,9 +83,17 @@ def _files_under(folder: Path) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not _loops_back(os.path.join(dirpath, d), real)]
         for name in filenames:  # a broken link named like an image is kept: its row says it cannot be read
             full = os.path.join(dirpath, name)
             if not name.startswith(".") and (os.path.isfile(full) or os.path.islink(full)):
                 files.append(Path(full))
     return files
+
+
+def _loops_back(sub: str, here: str) -> bool:
+    """True when `sub` is a symlink to `here` (a real path) or to a folder above it."""
+    if not os.path.islink(sub):
+        return False
+    target = os.path.realpath(sub)
+    return here == target or here.startswith(target.rstrip(os.sep) + os.sep)

@@ -72,3 +72,19 @@ def test_many_small_classes_still_give_every_split_its_share():
     assert abs(per_split[1] - per_split[2]) <= 1
     for c in range(15):  # within a class the proportions still follow the ratios as closely as 4 images allow
         assert Counter(k for k, lab in zip(where, labels) if lab == f"class{c:02d}")[0] == 3
+
+
+def test_a_link_back_to_a_parent_folder_does_not_widen_the_inputs(tmp_path):
+    """DATA/ants/loop -> .. (a link loop, as a backup tool or a careless `ln -s` leaves): `predict DATA/ants` walked
+    the link up to DATA and predicted the bees too. The dataset scan calls it a loop and ignores it; so do inputs.
+    A link to a folder elsewhere is still followed."""
+    from sightline.data.inputs import expand_inputs
+
+    _image(tmp_path / "data" / "ants" / "a.png")
+    _image(tmp_path / "data" / "bees" / "b.png")
+    _image(tmp_path / "more" / "m.png")
+    os.symlink("..", tmp_path / "data" / "ants" / "loop")
+    os.symlink(tmp_path / "data" / "ants", tmp_path / "data" / "ants" / "self")
+    os.symlink(tmp_path / "more", tmp_path / "data" / "ants" / "more")
+    found = sorted(p.relative_to(tmp_path / "data" / "ants").as_posix() for p in expand_inputs([tmp_path / "data" / "ants"]))
+    assert found == ["a.png", "more/m.png"]
