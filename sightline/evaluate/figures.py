@@ -106,8 +106,9 @@ def split_figures(
             "task": problem.task,
             "primary_metric": problem.primary_metric,
         },
-        warning=("thresholds and temperature were chosen on the split being reported (val): optimistic."
-                 if options.split == "val" else None),
+        warning=" ".join(filter(None, (
+            "thresholds and temperature were chosen on the split being reported (val): optimistic."
+            if options.split == "val" else None, _absent_classes(figures["per_class"], options.split)))) or None,
         unreadable=unreadable,
         struggling_classes=[],
         explain_method=options.method,
@@ -116,6 +117,19 @@ def split_figures(
     )
     result.struggling_classes = struggling_classes(result, classes)
     return result
+
+
+def _absent_classes(per_class: dict[str, dict[str, Any]], split: str) -> str | None:
+    """What to say when the evaluated split has no image of some classes: their recall and F1 read 0.000 in every
+    table (undefined, 0 as sklearn's zero_division=0) and macro-F1 averages those zeros in, so a test split without
+    'wasps' reported 'wasps recall 0.000' as if the model never found one, and said nothing else."""
+    absent = [c for c, pc in per_class.items() if pc["support"] == 0]
+    if not absent:
+        return None
+    names = ", ".join(f"'{c}'" for c in absent)
+    return (f"{split} has no image of {names}: recall and F1 there are undefined (shown as 0) and pull macro-F1 "
+            f"down; add {split} images of {'it' if len(absent) == 1 else 'them'} or re-split the data "
+            "(`sightline data split`).")
 
 
 def review_block(y: np.ndarray, decisions: Decisions, fitted: Fitted, *, chosen_on: str) -> Review:

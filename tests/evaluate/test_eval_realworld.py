@@ -1,0 +1,36 @@
+"""evaluate on datasets as they arrive from the field."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def test_a_class_missing_from_the_evaluated_split_is_said(tmp_path):
+    """A dataset split elsewhere whose test/ has no 'c' images: the table read 'c: recall 0.000, F1 0.000' as if the
+    model never found one, macro-F1 counted that 0, and nothing said the class had no test image."""
+    import torch
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.evaluate.run import evaluate
+    from sightline.models.factory import create_model
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for c in ("a", "b", "c"):
+            if split == "test" and c == "c":
+                continue
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.png")
+    torch.manual_seed(0)
+    Bundle("test_efficientnet", ["a", "b", "c"], Preprocessing(32), name="t", version="1").save(
+        tmp_path / "bundle", create_model("test_efficientnet", 3, weights="none").state_dict())
+    result = evaluate(tmp_path / "bundle", tmp_path / "data", robustness=False, report=False, update_bundle=False,
+                      n_bootstrap=10, gallery_per_group=0, reference=False, out=tmp_path / "eval")
+    assert result.per_class["c"]["support"] == 0
+    assert result.warning is not None and "test has no image of 'c'" in result.warning
+    assert "re-split" in result.warning
+    from sightline.evaluate.figures import _absent_classes
+
+    assert _absent_classes({"a": {"support": 3}, "b": {"support": 1}}, "val") is None
