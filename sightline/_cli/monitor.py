@@ -75,7 +75,8 @@ def register(app: typer.Typer) -> None:
         from contextlib import nullcontext
 
         from sightline.bundle import resolve_bundle_dir
-        from sightline.monitor.report import add_bundle_match, kept_images, raised_by, verdict, write_report
+        from sightline.monitor.report import (add_bundle_match, kept_images, raised_by, verdict, verdict_blocks,
+                                              write_report)
         from sightline.serve.monitoring import build_report
         from sightline.serve.settings import database_url, load_monitor_settings
         from sightline.storage.images import LocalImageStore
@@ -101,12 +102,17 @@ def register(app: typer.Typer) -> None:
             return
         for message in report["messages"]:
             console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
-        for i, line in enumerate(report["verdict"]):
-            console.print(("" if i < 2 else "  - ") + escape(line), highlight=False)
-        tested = [w for w in report["windows"] if w["tested"]]
+        for text, items in verdict_blocks(report["verdict"]):
+            console.print(escape(text), highlight=False)
+            for item in items:
+                console.print(f"  - {escape(item)}", highlight=False)
+        complete = [w for w in report["windows"] if not w.get("partial")]  # as the verdict and the service count
+        tested = [w for w in complete if w["tested"]]
         drifted = [w for w in tested if w["significant"]]
-        console.print(f"{report['n_monitored']} monitored predictions, {len(report['windows'])} windows, "
-                      f"{len(tested)} tested, {len(drifted)} significant", highlight=False)
+        filling = len(report["windows"]) - len(complete)
+        console.print(f"{report['n_monitored']} monitored predictions, {len(complete)} windows, {len(tested)} tested, "
+                      f"{len(drifted)} significant" + ("; and the newest window, still filling, not counted until "
+                                                       "complete" if filling else ""), highlight=False)
         alerts = [*report["alerts"].items(), *((a["name"], a) for a in report["other_alerts"])]
         for name, alert in alerts:
             if alert["active"] and alert["about_this_bundle"]:

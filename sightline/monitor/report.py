@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from sightline.storage.images import ImageStore
 
-__all__ = ["verdict", "add_bundle_match", "alert_about_bundle", "raised_by", "bundle_match", "stored_models", "plots",
+__all__ = ["verdict", "verdict_blocks", "add_bundle_match", "alert_about_bundle", "raised_by", "bundle_match", "stored_models", "plots",
            "thumbnail", "thumbnails", "kept_images", "render_html", "write_report"]
 
 TESTS = ("softmax_ks", "feature_mmd", "image_stats", "class_mix", "unknown_rate")
@@ -46,6 +46,7 @@ P_FLOOR = 1e-6  # p-values are drawn no lower than this on the log axis
 THUMB_SIDE = 96  # thumbnails fit in this many pixels a side (JPEG, about 3 KB each)
 THUMBS_PER_STATISTIC = 4  # kept images shown per shifted statistic and window
 THUMB_WINDOWS = 6  # the last this many windows with a shifted statistic get thumbnails
+MAX_NAMED_WINDOWS = 8  # the verdict names at most this many of the windows that differ (the latest ones)
 MODELS_NAMED = 5  # the models a "no prediction matches" line names (most predictions first)
 MAX_PIXELS = 40_000_000  # a kept file announcing more pixels is not decoded for a thumbnail (the service's cap)
 
@@ -312,12 +313,34 @@ def _window_words(w: dict[str, Any]) -> list[str]:
 
 def verdict(report: dict[str, Any]) -> list[str]:
     """What the report found, in plain sentences for the person who acts on it: first line the verdict (alert
-    raised, drift without an alert, no drift, or nothing tested yet), then what differs in the last window that
-    drifted, and whether the newest tested window is back to normal. [] when there are no windows (the report's
-    messages say why)."""
+    raised, drift without an alert, no drift, or nothing tested yet), then which windows drifted and what differs in
+    the last of them, and whether the newest tested window is back to normal. Only complete windows count, as the
+    service counts them; a window still filling (the trailing partial block, the current hour or day) gets a line
+    of its own. [] when there are no windows (the report's messages say why)."""
     windows = report.get("windows") or []
     if not windows:
         return []
+    settled = [x for x in windows if not x.get("partial")]
+    lines = _settled_verdict(report, settled) if settled else [
+        "No conclusion yet: no window is complete; the service tests a window and counts it toward an alert once it "
+        "is."]
+    return lines + [line for x in windows if x.get("partial") for line in _filling_words(report, x)]
+
+
+def verdict_blocks(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """The verdict's lines as (sentence, its findings) for display: a line starting with "- " is a finding of the
+    sentence before it (the CLI indents it, the page lists it)."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line.startswith("- ") and blocks:
+            blocks[-1][1].append(line[2:])
+        else:
+            blocks.append((line, []))
+    return blocks
+
+
+def _settled_verdict(report: dict[str, Any], windows: list[dict[str, Any]]) -> list[str]:
+    """The verdict over complete windows (see `verdict`)."""
     w = report["window"]
     alpha, k = w["alpha"], w["consecutive"]
     tested = [x for x in windows if x["tested"]]
@@ -351,14 +374,35 @@ def verdict(report: dict[str, Any]) -> list[str]:
                 f"row{skipped}. Without drift about {alpha:.0%} of windows differ by chance.")
     last = drifted[-1] if drifted else None
     lines = [head]
+    if len(drifted) > 1:  # only the last one's findings follow: name them all, so none reads as the only one
+        named = [f"{_label(x)} (p = {_fmt(x['p_value'])})" for x in drifted[-MAX_NAMED_WINDOWS:]]
+        earlier = len(drifted) - len(named)
+        lines.append(f"The windows that differ: {', '.join(named)}" + (f", and {earlier} earlier" if earlier else "")
+                     + ".")
     if last is not None:
-        lines.append(f"In window {_label(last)} ({last['n']} predictions, {last['start']} to {last['end']}; p = "
-                     f"{_fmt(last['p_value'])}):")
-        lines += _window_words(last)
+        lines.append(f"In {'the latest, ' if len(drifted) > 1 else ''}window {_label(last)} ({last['n']} predictions, "
+                     f"{last['start']} to {last['end']}; p = {_fmt(last['p_value'])}):")
+        lines += [f"- {line}" for line in _window_words(last)]
         newest = tested[-1]
         if newest is not last:
             lines.append(f"The newest tested window, {_label(newest)}, is consistent with the reference.")
     return lines
+
+
+def _filling_words(report: dict[str, Any], x: dict[str, Any]) -> list[str]:
+    """A window still filling (marked partial by build_report): what it shows so far, and that it is not counted."""
+    size = report["window"].get("size")
+    if x.get("kind") == "block":
+        what = f"is still filling ({x['n']} of {size} predictions)" if size else f"is still filling ({x['n']})"
+    else:
+        what = f"is still open (until {x['end']}; {x['n']} predictions so far)"
+    head = f"The newest window, {_label(x)}, {what}"
+    if not x["tested"]:
+        return [f"{head}: too few predictions to test yet; it is tested and counted toward an alert once complete."]
+    if not x["significant"]:
+        return [f"{head}: consistent with the reference so far; it counts toward an alert once complete."]
+    return [f"{head}: it already differs from the reference (p = {_fmt(x['p_value'])}), not yet counted toward an "
+            "alert (the service counts it once complete):", *(f"- {line}" for line in _window_words(x))]
 
 
 # --- example thumbnails ---------------------------------------------------------------------------------------
@@ -527,7 +571,8 @@ def render_html(report: dict[str, Any], images: dict[str, str] | None = None, *,
                 "of the images that show it (it keeps review and unknown images and a sample of accepted ones).")
     said = report["verdict"] if "verdict" in report else verdict(report)
     return _environment().get_template("monitor.html.j2").render(r=report, figs=figs, titles=_PLOT_TITLES,
-                                                                 thumbs=thumbs, thumbs_note=note, verdict=said)
+                                                                 thumbs=thumbs, thumbs_note=note, verdict=said,
+                                                                 blocks=verdict_blocks(said))
 
 
 def write_report(report: dict[str, Any], out: str | Path, *, fetch: Fetch | None = None) -> tuple[Path, Path]:

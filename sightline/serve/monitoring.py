@@ -694,7 +694,9 @@ def build_report(
         summary = summarize(profile, batch.take(part), kind=window, key=key, start=start, end=end, alpha=alpha,
                             min_window=min_window, permutations=permutations)
         summary["partial"] = (window == "block" and summary["n"] < size) or (end is not None and end > now)
-        event = state.update(window_id=key, significant=summary["significant"])
+        # a window still filling is shown and tested, but the replay counts it toward the alert only once complete,
+        # as the service does (it fired the replay's alert on a trailing block of a few predictions)
+        event = None if summary["partial"] else state.update(window_id=key, significant=summary["significant"])
         summary["alert_active"] = state.active
         summary["alert_event"] = event["kind"] if event else None
         report["windows"].append(summary)

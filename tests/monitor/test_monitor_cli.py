@@ -374,3 +374,28 @@ def test_thumbnails_of_shifted_statistics_come_from_kept_images(served, run_cli,
     assert code == 0, cap.err
     page = (tmp_path / "bare" / "monitor.html").read_text()
     assert "data:image/jpeg" not in page and "made without the service&#39;s image store" in page
+
+
+def test_a_window_still_filling_is_shown_but_not_counted_toward_the_alert(served, run_cli, tmp_path, no_plots):
+    """Blocks of 50: 1-50 calm, 51-100 mostly noise, and 101-120 (20 of 50, noise) still filling. The replay fired
+    the alert on that trailing block (2 significant in a row), which the service never counts until it is full, and
+    the verdict then said the alert's rule was met and described only that partial block."""
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", served["url"], "--out", str(tmp_path / "r"),
+                         "--size", "50", "--min-window", "20", "--json"])
+    assert code == 0, cap.err
+    report = json.loads(cap.out)
+    windows = report["windows"]
+    assert [(w["n"], w["partial"], w["significant"]) for w in windows] == [
+        (50, False, False), (50, False, True), (20, True, True)]
+    assert [w["alert_event"] for w in windows] == [None, None, None] and not windows[-1]["alert_active"]
+    lines = report["verdict"]
+    assert lines[0].startswith("No alert: 1 of 2 tested windows differ from the reference, never 2 in a row")
+    assert lines[1].startswith("In window ") and "(50 predictions" in lines[1]
+    filling = [line for line in lines if line.startswith("The newest window, ")]
+    assert filling == [next(line for line in lines if "still filling (20 of 50 predictions): it already differs"
+                            in line and "not yet counted toward an alert" in line)]
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", served["url"], "--out", str(tmp_path / "s"),
+                         "--size", "50", "--min-window", "20"])
+    assert code == 0, cap.err
+    assert ("120 monitored predictions, 2 windows, 1 tested" not in cap.out
+            and "2 windows, 2 tested, 1 significant; and the newest window, still filling, not counted" in cap.out)
