@@ -360,6 +360,19 @@ def create_app(settings: Settings) -> FastAPI:
     async def _closing(request: Request, exc: BatcherClosedError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
+    from sqlalchemy.exc import OperationalError
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        # SQLite locked past its 30 s busy timeout (another process writing), PostgreSQL down or restarting: the
+        # answer was a plain-text 500 and a traceback per request. It is the service's state, not the request's
+        # fault, and it passes: 503 with Retry-After, as /readyz says, and one log line naming the cause.
+        cause = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+        why = cause[0][:200] if cause else type(exc).__name__
+        log.error("%s %s: the database is unavailable: %s", request.method, request.url.path, why)
+        return JSONResponse({"detail": f"the database is busy or unreachable ({why}); the request was not completed, "
+                                       "retry it later."}, status_code=503, headers={"Retry-After": "5"})
+
     for router in (health.router, model.router, predict.router, review.router, monitor.router, shadow_route.router):
         app.include_router(router)
     from sightline.serve.web.routes import UiHeaders
