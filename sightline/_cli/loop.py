@@ -238,6 +238,7 @@ def registry_add(
         added = registry.add(bundle, by=by, reason=reason, alias=alias, force=force)
         if added.move is not None:
             _warn_unservable(registry, added.move)
+            _warn_other_classes(registry, added.move)
     v, move = added.version, added.move
     if as_json:
         print_json({"version": v.to_dict(), "created": added.created, "restored": added.restored,
@@ -328,6 +329,7 @@ def registry_promote(
     with _open(database, root) as registry:
         move = registry.promote(version, alias=alias, by=by, reason=reason, force=force)
         _warn_unservable(registry, move)
+        _warn_other_classes(registry, move)
     _print_move(move, as_json)
 
 
@@ -344,6 +346,7 @@ def registry_rollback(
     with _open(database, root) as registry:
         move = registry.rollback(alias=alias, by=by, reason=reason)
         _warn_unservable(registry, move)
+        _warn_other_classes(registry, move)
     _print_move(move, as_json)
 
 
@@ -381,6 +384,26 @@ def _warn_unfinished(challenger: Path) -> None:
                           f"{' or '.join(missing)}; doing so gives it a new content hash, which this verdict does not "
                           "cover, so `registry promote` would not see it: evaluate and export the challenger, then "
                           "run the challenge again.", highlight=False, soft_wrap=True)
+
+
+def _warn_other_classes(registry: Any, move: Any) -> None:
+    """A warning line when the alias moved between versions with other classes: a rollback is not refused for it
+    (it undoes a promotion that --force let through, and is what an operator reaches for when the new model is
+    wrong), and a forced promotion said only what a promotion says; a server following the alias answers with the
+    other labels from now on."""
+    if move.from_ref is None:
+        return
+    versions = {v.ref: v for v in registry.versions()}
+    before, after = versions.get(move.from_ref), versions.get(move.to_ref)
+    if before is None or after is None or set(before.classes) == set(after.classes):
+        return
+    gone, new = sorted(set(before.classes) - set(after.classes)), sorted(set(after.classes) - set(before.classes))
+    change = "; ".join(([f"no longer answers {', '.join(gone)}"] if gone else []) +
+                       ([f"now answers {', '.join(new)}"] if new else []))
+    text = (f"{move.alias} moved from {before.ref} (classes {', '.join(before.classes)}) to {after.ref} (classes "
+            f"{', '.join(after.classes)}): a server following {move.alias} {change} from now on; run `sightline "
+            f"monitor` against {after.ref}'s bundle.")
+    err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def _warn_unservable(registry: Any, move: Any) -> None:

@@ -98,3 +98,34 @@ def test_every_registry_command_takes_root(pair: tuple[Path, Path], tmp_path: Pa
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SIGHTLINE_REGISTRY", str(moved))
         assert run_command(app, ["registry", "rollback", "--database", db]) == 0
+
+
+def test_moving_an_alias_to_other_classes_says_so(pair: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    # a rollback to a version with other classes (undoing a forced promotion) was silent: the server following the
+    # alias changed its labels without a word; it is allowed (it is the undo) and warns, as does the forced promotion
+    import torch
+
+    from sightline.bundle import Bundle
+    from sightline.models.factory import create_model
+    from sightline.preprocessing import Preprocessing
+
+    good, _ = pair
+    other = tmp_path / "other" / "bundle"
+    torch.manual_seed(3)
+    Bundle("test_efficientnet", ["dark", "light", "grey"], Preprocessing(32)).save(
+        other, create_model("test_efficientnet", 3, weights="none").state_dict())
+    db = ["--database", f"sqlite:///{tmp_path / 'sightline.db'}"]
+    assert run_command(app, ["registry", "add", str(good), "--alias", "champion", *db]) == 0
+    assert run_command(app, ["registry", "add", str(other), *db]) == 0
+    capsys.readouterr()
+    assert run_command(app, ["registry", "promote", "v2", *db]) == 2  # refused without --force, as before
+    capsys.readouterr()
+    assert run_command(app, ["registry", "promote", "v2", "--force", *db]) == 0
+    err = capsys.readouterr().err
+    assert "champion moved from v1 (classes dark, light) to v2 (classes dark, light, grey)" in err
+    assert "now answers grey" in err
+    assert run_command(app, ["registry", "rollback", *db]) == 0
+    moved = [line for line in capsys.readouterr().err.splitlines() if "champion moved from" in line]
+    assert len(moved) == 1 and "from v2" in moved[0] and "no longer answers grey" in moved[0]
+    assert run_command(app, ["registry", "promote", "v2", "--force", "--json", *db]) == 0
+    json.loads(capsys.readouterr().out)  # the warning goes to stderr: --json stays JSON
