@@ -62,7 +62,9 @@ def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> tupl
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # the interval holds p exactly: at 0 of n (n of n) rounding left the bound at 2.8e-17 (0.9999999999999999), the
+    # error bar accuracy - low came out negative and the monitor report's plot refused it with a traceback
+    return float(min(p, max(0.0, centre - half))), float(max(p, min(1.0, centre + half)))
 
 
 def measured_accuracy(predicted: np.ndarray, labels: np.ndarray, *, confidence: float = 0.95) -> dict[str, Any]:
