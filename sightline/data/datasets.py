@@ -168,6 +168,17 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
+_ORPHAN_REGION = ("region file with no image of its stem beside it, so no image uses it; name it <stem>.mask.png or "
+                  "<stem>.xml (suffix in lower case) after its image, e.g. IMG_1.xml for IMG_1.JPG")
+
+
+def _claimed(name: str, stems: set[str]) -> bool:
+    """True when region_path finds the annotation `name` for an image whose stem is in `stems` (the names of the
+    files beside it): `IMG_1.XML` or `IMG_1.Mask.png` were left out as annotations but never read as one, and
+    `IMG_1.jpg.xml` matched no image; each was dropped without a word."""
+    return any(name.endswith(suffix) and name[: -len(suffix)] in stems for suffix in REGION_SUFFIXES)
+
+
 def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[Path] = frozenset()) -> list[Path]:
     """Every non-hidden file under `folder`, without following symlinks that leave `root` or lead back to a folder
     this walk is inside (`trail`: the real paths of the folders it came through to reach `folder`)."""
@@ -197,8 +208,14 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[
                 continue
             keep.append(d)
         dirnames[:] = keep
+        stems = {Path(name).stem for name in filenames if not _hidden(name) and not _is_annotation(name)}
         for name in sorted(filenames):
-            if _hidden(name) or _is_annotation(name):
+            if _hidden(name):
+                continue
+            if _is_annotation(name):
+                if not _claimed(name, stems):
+                    skipped.append({"path": (base / name).relative_to(root).as_posix(), "kind": IGNORED,
+                                    "reason": _ORPHAN_REGION})
                 continue
             p = base / name
             if _refuse_name(p, root, UNREADABLE, skipped):

@@ -88,3 +88,27 @@ def test_a_link_back_to_a_parent_folder_does_not_widen_the_inputs(tmp_path):
     os.symlink(tmp_path / "more", tmp_path / "data" / "ants" / "more")
     found = sorted(p.relative_to(tmp_path / "data" / "ants").as_posix() for p in expand_inputs([tmp_path / "data" / "ants"]))
     assert found == ["a.png", "more/m.png"]
+
+
+def test_a_region_file_no_image_uses_is_listed(tmp_path):
+    """Annotations are left out of the images by their suffix in any case, but read only as '<stem>.xml' or
+    '<stem>.mask.png' beside the image: 'IMG_2.XML' from a Windows tool or 'IMG_3.jpg.xml' was dropped without a
+    word and the image had no region. They are listed as ignored with how to name them."""
+    from sightline.data.datasets import IGNORED
+
+    root = tmp_path / "data"
+    for i in range(1, 4):
+        _image(root / "a" / f"IMG_{i}.JPG")
+        _image(root / "b" / f"{i}.png")
+    voc = "<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>"
+    (root / "a" / "IMG_1.xml").write_text(voc)
+    (root / "a" / "IMG_2.XML").write_text(voc)
+    (root / "a" / "IMG_3.jpg.xml").write_text(voc)
+    _image(root / "b" / "1.mask.png", (255, 255, 255))
+    _image(root / "b" / "9.mask.png", (255, 255, 255))
+    ds = scan_dataset(root)
+    regions = {s.relpath: s.region for s in ds.samples}
+    assert regions["a/IMG_1.JPG"] is not None and regions["b/1.png"] is not None
+    listed = {s["path"]: s for s in ds.skipped}
+    assert set(listed) == {"a/IMG_2.XML", "a/IMG_3.jpg.xml", "b/9.mask.png"}
+    assert all(s["kind"] == IGNORED and "no image uses it" in s["reason"] for s in listed.values())
