@@ -15,8 +15,9 @@ Finding kinds (each finding is {"kind", "paths", "detail"}; paths relative to th
   blurry              variance of the Laplacian far below the dataset's own (robust z-score of its log)
   too_small           shorter side below max(16, 1/4 of the dataset's median shorter side)
   extreme_aspect      width/height (or height/width) above 3
-  similar_class_names class names that differ only in case, accents' encoding or width ('Ants' and 'ants'; 'café'
-                      typed and 'café' from a Mac's file system): two classes where one was meant
+  similar_class_names class names that differ only in case, accents' encoding, width or spacing ('Ants' and 'ants';
+                      'café' typed and 'café' from a Mac's file system; 'bees ' and 'bees'; 'golden_retriever' and
+                      'golden retriever'): two classes where one was meant
   class_imbalance     max/min class count at or above BALANCE_NONE_BELOW (1.5), with what training will do
   mixed_color_modes   files stored in more than one colour mode (e.g. RGB and greyscale)
   label_issue         likely mislabeled: the given label contradicted by out-of-fold probabilities (confident
@@ -133,17 +134,21 @@ def missing_classes(pairs: Sequence[tuple[str | None, str]]) -> list[Finding]:
 
 
 def similar_class_names(labels: Sequence[str]) -> list[Finding]:
-    """`similar_class_names` findings: one per group of class names equal once Unicode-normalised (NFKC) and
-    case-folded, which a person reads as one class and training learns as several."""
+    """`similar_class_names` findings: one per group of class names equal once Unicode-normalised (NFKC),
+    case-folded and with spaces, '_' and '-' counted alike (a run of them as one, none at either end), which a person
+    reads as one class and training learns as several: 'bees ' (a trailing space, invisible in every listing) beside
+    'bees', or 'golden_retriever' from one source beside 'golden retriever' from another, were not found."""
+    import re
     import unicodedata
 
     groups: dict[str, list[str]] = {}
     for label in sorted(set(labels)):
-        groups.setdefault(unicodedata.normalize("NFKC", label).casefold(), []).append(label)
+        key = re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFKC", label).casefold()).strip()
+        groups.setdefault(key, []).append(label)
     return [Finding("similar_class_names", [], {
         "classes": names,
         "advice": "merge the folders if they hold one class, or rename one so the names differ in more than "
-                  "case or encoding"}) for names in groups.values() if len(names) > 1]
+                  "case, spacing or encoding"}) for names in groups.values() if len(names) > 1]
 
 
 def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (), max_distance: int = DEFAULT_MAX_DISTANCE,

@@ -112,3 +112,14 @@ def test_a_region_file_no_image_uses_is_listed(tmp_path):
     listed = {s["path"]: s for s in ds.skipped}
     assert set(listed) == {"a/IMG_2.XML", "a/IMG_3.jpg.xml", "b/9.mask.png"}
     assert all(s["kind"] == IGNORED and "no image uses it" in s["reason"] for s in listed.values())
+
+
+def test_class_names_that_differ_only_in_spacing_are_found():
+    """'bees  ' (trailing spaces, invisible in every listing and in the split table) beside 'bees', and
+    'golden_retriever' from one source beside 'golden retriever' from another: two classes where one was meant,
+    trained as two, and the audit's similar_class_names check said nothing."""
+    from sightline.data.audit import similar_class_names
+
+    found = [f.detail["classes"] for f in similar_class_names(
+        ["bees", "bees  ", "golden retriever", "Golden_Retriever", "ants", "ant", "t-rex", "trex"])]
+    assert sorted(found) == [["Golden_Retriever", "golden retriever"], ["bees", "bees  "]]
