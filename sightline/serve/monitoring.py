@@ -556,6 +556,13 @@ def acknowledge_alert(store: Store, name: str, *, profile: str, by: str, note: s
         # no row can have them (and PostgreSQL refuses a NUL in a query: a 500 before), so nothing is read
         raise UnknownAlertError(f"no alert named {name[:64]!r} of the model with profile {profile[:16]!r}; GET "
                                 "/v1/monitor lists the alerts.")
+    try:
+        note.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON can carry half of a UTF-16 surrogate pair ("\ud800"): stored in the alert, it made this answer and
+        # every later GET /v1/monitor and dashboard a 500 (their text cannot be encoded), so nothing is written
+        raise UserInputError(f"the note holds {note[exc.start]!r} at character {exc.start + 1}, half of a UTF-16 "
+                             "surrogate pair, which is not text; send the note as UTF-8 text.") from None
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def change(current: dict[str, Any] | None) -> dict[str, Any]:
