@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
         from sightline.storage.images import LocalImageStore
 
         folder = resolve_bundle_dir(bundle)
+        copy = _registry_copy(folder, database, out)
         if database is not None:  # named on purpose: a typo must not read as "no predictions yet"
             database = _existing_database(database)
         url = database_url(database or os.environ.get("SIGHTLINE_DATABASE_URL"), folder)
@@ -94,7 +95,9 @@ def register(app: typer.Typer) -> None:
         report["spec"] = str(ms.spec) if ms.spec is not None else None  # where the window settings came from
         add_bundle_match(report, url)  # the alerts are the database's: says when no prediction is this bundle's
         report["verdict"] = verdict(report)  # what happened, in sentences: the page and the summary below open with it
-        kept = images or Path(os.environ.get("SIGHTLINE_IMAGE_STORE") or folder / "images")
+        # where the service keeps them: beside the registry's folder for a registry copy (as `serve --registry`)
+        kept = images or Path(os.environ.get("SIGHTLINE_IMAGE_STORE") or
+                              (folder.parent.parent if copy else folder) / "images")
         with kept_images(url, LocalImageStore(kept)) if kept.is_dir() else nullcontext() as fetch:
             json_path, html_path = write_report(report, out or folder.parent / "monitor", fetch=fetch)
         if as_json:
@@ -126,6 +129,25 @@ def register(app: typer.Typer) -> None:
                 console.print(f"the service's alert {name} is raised (since window {alert['fired_at']}), not by this "
                               "bundle's predictions: none are in the database", highlight=False)
         console.print(escape(f"wrote {json_path} and {html_path}"), highlight=False)
+
+
+def _registry_copy(folder: Path, database: str | None, out: Path | None) -> bool:
+    """Whether `folder` is a registry's copy of a version (ROOT/<hash>/); one-line error when the command would then
+    read or write inside the registry: with no database it opened (and created, empty) ROOT/<hash>/sightline.db and
+    said no prediction was served, and the report went to ROOT/monitor/, shared by every version."""
+    import os
+
+    from sightline.loop.content import is_registry_copy
+
+    if not is_registry_copy(folder):
+        return False
+    if not (database or os.environ.get("SIGHTLINE_DATABASE_URL")):
+        raise fail(f"'{folder}' is a registry copy, which holds no database; pass --database (the service's, as given "
+                   "to `sightline serve --registry`) or set SIGHTLINE_DATABASE_URL.")
+    if out is None:
+        raise fail(f"'{folder}' is a registry copy, which stays as it was added; pass --out DIR for monitor.json and "
+                   "monitor.html.")
+    return True
 
 
 def _existing_database(database: str) -> str:

@@ -399,3 +399,27 @@ def test_a_window_still_filling_is_shown_but_not_counted_toward_the_alert(served
     assert code == 0, cap.err
     assert ("120 monitored predictions, 2 windows, 1 tested" not in cap.out
             and "2 windows, 2 tested, 1 significant; and the newest window, still filling, not counted" in cap.out)
+
+
+def test_a_registry_copy_is_monitored_from_the_service_database_only(served, run_cli, tmp_path, no_plots,
+                                                                      monkeypatch):
+    # with no database it opened (and created, empty) ROOT/<hash>/sightline.db inside the registered version and
+    # said "the database holds no predictions yet"; the report went to ROOT/monitor, shared by every version
+    from sightline.loop.registry import Registry
+
+    monkeypatch.delenv("SIGHTLINE_DATABASE_URL", raising=False)
+    shutil.copy(served["url"].removeprefix("sqlite:///"), tmp_path / "sightline.db")
+    url = f"sqlite:///{tmp_path / 'sightline.db'}"
+    with Registry(url) as reg:
+        copy = Path(reg.add(served["bundle"], alias="champion").version.path)
+    before = sorted(p.name for p in copy.iterdir())
+    code, cap = run_cli(["monitor", str(copy)])
+    assert code == 2 and "is a registry copy, which holds no database; pass --database" in cap.err
+    code, cap = run_cli(["monitor", str(copy), "--database", url])
+    assert code == 2 and "is a registry copy, which stays as it was added; pass --out DIR" in cap.err
+    assert sorted(p.name for p in copy.iterdir()) == before and sorted(p.name for p in copy.parent.iterdir()) == [
+        copy.name]
+    code, cap = run_cli(["monitor", str(copy), "--database", url, "--out", str(tmp_path / "r"), "--size",
+                         str(BLOCK), "--min-window", str(BLOCK), "--json"])
+    assert code == 0, cap.err
+    assert json.loads(cap.out)["n_monitored"] == 120 and sorted(p.name for p in copy.iterdir()) == before
