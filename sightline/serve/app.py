@@ -352,6 +352,14 @@ def create_app(settings: Settings) -> FastAPI:
                        "send the form's own fields as its page does (a few, each under 1 MB).")
                 return JSONResponse({"detail": f"{where}: {detail[:1].lower()}{detail[1:-1]}; {fix}"},
                                     status_code=400)
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 405 and exc.detail == "Method Not Allowed":  # the router's own: say which to use
+            allow = (exc.headers or {}).get("Allow", "")
+            return JSONResponse({"detail": f"{where}: this route does not take {request.method}; use {allow}."},
+                                status_code=405, headers=exc.headers)
+        if exc.status_code == 404 and exc.detail == "Not Found":  # no route matched (the routes' own 404s say more)
+            return JSONResponse({"detail": f"{where}: no such route; /openapi.json lists the API, /ui is the web "
+                                           "app."}, status_code=404)
         return await http_exception_handler(request, exc)
 
     from sightline.serve.batching import BatcherClosedError

@@ -115,3 +115,16 @@ def test_a_database_that_is_locked_or_down_is_503_not_a_plain_500(service, monke
     monkeypatch.undo()  # and the service answers again once the database does
     ok = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], headers={"X-API-Key": keys["predict"]})
     assert ok.status_code == 200, ok.text
+
+
+def test_a_wrong_method_or_path_says_what_to_use(service):
+    """The router's own refusals were 'Method Not Allowed' and 'Not Found', naming neither the request nor the fix."""
+    client, keys, _ = service
+    r = client.get("/v1/predict", headers={"X-API-Key": keys["predict"]})
+    _one_line(r, 405, "GET /v1/predict: this route does not take GET; use POST.")
+    assert r.headers["allow"] == "POST"
+    _one_line(client.delete("/healthz"), 405, "DELETE /healthz", "use GET")
+    _one_line(client.get("/v2/predict"), 404, "GET /v2/predict: no such route", "/openapi.json")
+    # a route's own 404 keeps its words
+    _one_line(client.post("/v1/review/999999", json={"label": "cat"}, headers={"X-API-Key": keys["review"]}), 404,
+              "no prediction with id 999999")
