@@ -82,11 +82,25 @@ def _production_check(production: dict[str, Any] | None, rule: Promotion) -> Che
     better = m["challenger_only"] > m["champion_only"]
     ok = better and m["p_value"] < rule.production_p
     words = "better" if better else ("worse" if m["challenger_only"] < m["champion_only"] else "no different")
-    return Check("production", ok,
-                 f"production accuracy {acc['champion']:.3f} -> {acc['challenger']:.3f} ({_pts(acc['difference'])}, "
-                 f"{acc['n_images']} images): {words}, challenger alone right on {m['challenger_only']} vs champion "
-                 f"alone on {m['champion_only']}, McNemar p={m['p_value']:.3g}; needed better with "
-                 f"p < {rule.production_p:g}")
+    detail = (f"production accuracy {acc['champion']:.3f} -> {acc['challenger']:.3f} ({_pts(acc['difference'])}, "
+              f"{acc['n_images']} images): {words}, challenger alone right on {m['challenger_only']} vs champion "
+              f"alone on {m['champion_only']}, McNemar p={m['p_value']:.3g}; needed better with p < {rule.production_p:g}")
+    need = _fewest_discordant(rule.production_p)
+    disagree = m["challenger_only"] + m["champion_only"]
+    if not ok and disagree < need:  # no result on so few images passes: say so, or it reads as the challenger's fault
+        detail += (f", which takes at least {need} images on which exactly one model is right ({disagree} here): "
+                   "label more of the service's random slice (feedback export puts it in production/) and challenge "
+                   "again")
+    return Check("production", ok, detail)
+
+
+def _fewest_discordant(p: float) -> int:
+    """The fewest discordant images on which McNemar's exact two-sided test can give a p-value below `p` (all of
+    them for one model: p = 2 * 0.5 ** n)."""
+    n = 1
+    while 2 * 0.5 ** n >= p and n < 1000:
+        n += 1
+    return n
 
 
 def decide_promotion(test: dict[str, Any], production: dict[str, Any] | None, rule: Promotion) -> Verdict:
