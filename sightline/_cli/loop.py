@@ -65,7 +65,8 @@ def feedback_export_cmd(
 
 
 def retrain_cmd(
-    run: Path = typer.Argument(..., help="The champion: a RUN folder or its bundle/ folder."),
+    run: str = typer.Argument(..., help="The champion: a RUN folder or its bundle/ folder, or with --database a "
+                              "registry version, alias (champion) or hash prefix (then pass --out)."),
     data: Path = typer.Option(..., "--data", "-d", help="The new dataset version (split layout, e.g. from "
                               "`sightline feedback export`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="RUN folder for the challenger "
@@ -74,15 +75,21 @@ def retrain_cmd(
     seed: Optional[int] = typer.Option(None, help="Override the champion's seed."),
     accelerator: Optional[str] = typer.Option(None, help="Override: auto | cpu | gpu."),
     workers: Optional[int] = typer.Option(None, help="Override: DataLoader worker processes."),
+    database: Optional[str] = typer.Option(None, "--database", envvar="SIGHTLINE_DATABASE_URL",
+                                           help=DATABASE_HELP + " Only to name the champion by its registry version "
+                                           "or alias."),
+    root: Optional[str] = typer.Option(None, "--root", envvar="SIGHTLINE_REGISTRY", help="The registry's folder of "
+                                       "copies (default: as for `sightline registry`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train a challenger on a new dataset version with the champion's settings (refused without new labels)."""
     from sightline.loop.retrain import retrain
 
-    existing_path(run, "champion")
+    champion = _model_folder(run, "champion", database, root)
     existing_path(data, "dataset")
     given = {"epochs": epochs, "seed": seed, "accelerator": accelerator, "num_workers": workers}
-    result = retrain(run, data, out=out, progress=not as_json, **{k: v for k, v in given.items() if v is not None})
+    result = retrain(champion, data, out=out, progress=not as_json,
+                     **{k: v for k, v in given.items() if v is not None})
     if as_json:
         print_json(result)
         return
@@ -99,7 +106,7 @@ def retrain_cmd(
     # verdict recorded before them is kept against a hash that `registry promote` never sees
     run_dir = result["run"]
     console.print(f"next: sightline evaluate {run_dir} --data {data} && sightline export {run_dir} --int8, then "
-                  f"sightline challenge {result['champion']} {run_dir} --data {data} --database URL", highlight=False,
+                  f"sightline challenge {run} {run_dir} --data {data} --database URL", highlight=False,
                   markup=False)
 
 

@@ -129,3 +129,33 @@ def test_moving_an_alias_to_other_classes_says_so(pair: tuple[Path, Path], tmp_p
     assert len(moved) == 1 and "from v2" in moved[0] and "no longer answers grey" in moved[0]
     assert run_command(app, ["registry", "promote", "v2", "--force", "--json", *db]) == 0
     json.loads(capsys.readouterr().out)  # the warning goes to stderr: --json stays JSON
+
+
+def test_retrain_takes_the_champion_by_its_registry_alias(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys) -> None:
+    # `sightline retrain champion` answered "champion 'champion' does not exist"; it now resolves the alias, and the
+    # registry copy it names asks for --out (its RUN would go inside the registry) before anything is trained
+    from sightline.loop import retrain as retrain_module
+
+    champion = tmp_path / "run" / "bundle"
+    make_bundle(champion, data / "train", seed=2, extra={"train": {"config": {}}})  # the training config it records
+    db = f"sqlite:///{tmp_path / 'sightline.db'}"
+    assert run_command(app, ["registry", "add", str(champion), "--alias", "champion", "--database", db]) == 0
+    capsys.readouterr()
+    assert run_command(app, ["retrain", "champion", "--data", str(data), "--database", db]) == 2
+    err = capsys.readouterr().err
+    assert "champion: v1 (champion) = " in err and "is a registry copy; pass --out DIR" in err
+    seen = {}
+
+    def fake_retrain(run, data, *, out=None, progress=True, **overrides):  # training itself is retrain's own test
+        seen.update(run=Path(run), out=out)
+        return {"run": str(out)}
+
+    monkeypatch.setattr(retrain_module, "retrain", fake_retrain)
+    assert run_command(app, ["retrain", "v1", "--data", str(data), "--database", db, "--out",
+                             str(tmp_path / "r2")]) == 0
+    with Registry(db) as reg:
+        assert seen == {"run": Path(reg.resolve("v1").path), "out": tmp_path / "r2"}
+    monkeypatch.delenv("SIGHTLINE_DATABASE_URL", raising=False)
+    assert run_command(app, ["retrain", "champion", "--data", str(data)]) == 2
+    assert "'champion' is not a folder" in capsys.readouterr().err
