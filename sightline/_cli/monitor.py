@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("monitor")
     def monitor_cmd(
-        bundle: Path = typer.Argument(..., help="RUN or bundle folder (with its reference profile, reference.npz)."),
+        bundle: Path = typer.Argument(..., help="RUN or bundle folder (with its reference profile, reference.npz), "
+                                      "or with a database a registry version or alias (champion) (then pass --out)."),
         database: str | None = typer.Option(
             None, "--database", "--database-url",
             help="SQLAlchemy URL of the service's database (default SIGHTLINE_DATABASE_URL, else the bundle's "
@@ -81,6 +82,11 @@ def register(app: typer.Typer) -> None:
         from sightline.serve.settings import database_url, load_monitor_settings
         from sightline.storage.images import LocalImageStore
 
+        given = database or os.environ.get("SIGHTLINE_DATABASE_URL")
+        if not bundle.exists() and given:  # `monitor champion`: the version the service follows
+            from sightline._cli.loop import _model_folder
+
+            bundle = _model_folder(str(bundle), "bundle", given, os.environ.get("SIGHTLINE_REGISTRY"))
         folder = resolve_bundle_dir(bundle)
         copy = _registry_copy(folder, database, out)
         if database is not None:  # named on purpose: a typo must not read as "no predictions yet"

@@ -423,3 +423,8 @@ def test_a_registry_copy_is_monitored_from_the_service_database_only(served, run
                          str(BLOCK), "--min-window", str(BLOCK), "--json"])
     assert code == 0, cap.err
     assert json.loads(cap.out)["n_monitored"] == 120 and sorted(p.name for p in copy.iterdir()) == before
+    # the version the service follows, by its alias (it answered "'champion' does not exist")
+    code, cap = run_cli(["monitor", "champion", "--database", url, "--out", str(tmp_path / "c"), "--size",
+                         str(BLOCK), "--min-window", str(BLOCK), "--json"])
+    assert code == 0, cap.err
+    assert json.loads(cap.out)["bundle"]["path"] == str(copy) and "bundle: v1 (champion)" in cap.err
