@@ -15,6 +15,8 @@ the same pixels for the same bytes:
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 import zlib
 from contextlib import ExitStack, contextmanager
@@ -60,6 +62,19 @@ def _describe(source: ImageSource, name: str | None) -> str:
     return "<uploaded bytes>"
 
 
+def _refuse_special(path: str | Path, label: str) -> None:
+    """NotAnImageError for a named pipe, socket or device (or a link to one): opening a FIFO to read its header
+    waited for a writer forever, so a capture tool's pipe named like an image hung `sightline data audit` (its
+    report's thumbnails) and `predict` without a word. Other stat errors are left to `open` to report."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a folder: open() says so (IsADirectoryError)
+        raise NotAnImageError(f"{label}: not a regular file (a named pipe, socket or device), never an image; "
+                              "remove it")
+
+
 @contextmanager
 def _open(source: ImageSource, label: str) -> Iterator[Image.Image]:
     """Open lazily (header only); the file handle is ours, so a loaded image stays valid after the `with`.
@@ -70,6 +85,7 @@ def _open(source: ImageSource, label: str) -> Iterator[Image.Image]:
     with ExitStack() as stack:
         try:
             if isinstance(source, (str, Path)):
+                _refuse_special(source, label)
                 fp: BinaryIO = stack.enter_context(open(source, "rb"))
             else:
                 fp = io.BytesIO(bytes(source))

@@ -123,3 +123,25 @@ def test_class_names_that_differ_only_in_spacing_are_found():
     found = [f.detail["classes"] for f in similar_class_names(
         ["bees", "bees  ", "golden retriever", "Golden_Retriever", "ants", "ant", "t-rex", "trex"])]
     assert sorted(found) == [["Golden_Retriever", "golden retriever"], ["bees", "bees  "]]
+
+
+def test_a_named_pipe_in_a_class_folder_is_listed_not_waited_on(tmp_path):
+    """A FIFO named like an image (left by a capture tool): opening it to read a header waited for a writer forever,
+    so the scan, the audit report's thumbnails and predict hung without a word. It is refused before it is opened."""
+    import pytest
+
+    from sightline.data.images import load_image
+    from sightline.errors import NotAnImageError
+
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        _image(root / c / "1.png")
+    os.mkfifo(root / "a" / "pipe.jpg")
+    ds = scan_dataset(root)
+    assert len(ds.samples) == 2
+    assert [(s["path"], s["kind"]) for s in ds.skipped] == [("a/pipe.jpg", UNREADABLE)]
+    assert "named pipe" in ds.skipped[0]["reason"]
+    with pytest.raises(NotAnImageError, match="pipe.jpg: not a regular file"):
+        load_image(root / "a" / "pipe.jpg")
+    audit_dataset(root, out=tmp_path / "audit", dataset=ds)  # the report draws a thumbnail of each finding
+    assert "pipe.jpg" in (tmp_path / "audit" / "audit.html").read_text(encoding="utf-8")
