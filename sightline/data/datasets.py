@@ -265,7 +265,8 @@ def _probe(path: Path) -> tuple[Path, object]:
     except OSError as exc:  # e.g. a broken symlink or an I/O error
         return path, f"unreadable ({exc.strerror or exc})"
     if info.width * info.height > DEFAULT_MAX_PIXELS:  # load_image would refuse it
-        return path, f"{info.width}x{info.height} is above the {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixel cap"
+        return path, (f"{info.width}x{info.height} is above the {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixel cap; "
+                      "downscale it (e.g. `mogrify -resize 7000x7000 FILE`) or remove it")
     return path, info
 
 

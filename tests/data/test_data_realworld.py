@@ -145,3 +145,17 @@ def test_a_named_pipe_in_a_class_folder_is_listed_not_waited_on(tmp_path):
         load_image(root / "a" / "pipe.jpg")
     audit_dataset(root, out=tmp_path / "audit", dataset=ds)  # the report draws a thumbnail of each finding
     assert "pipe.jpg" in (tmp_path / "audit" / "audit.html").read_text(encoding="utf-8")
+
+
+def test_an_image_above_the_pixel_cap_is_listed_with_what_to_do(tmp_path, monkeypatch):
+    """A 10000x10000 scan was listed as '10000x10000 is above the 50 megapixel cap' and nothing more."""
+    from sightline.data import datasets
+
+    monkeypatch.setattr(datasets, "DEFAULT_MAX_PIXELS", 1000)  # a small file stands in for a huge one
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        _image(root / c / "1.png")
+    Image.new("L", (40, 30), 128).save(root / "a" / "big.png")
+    ds = scan_dataset(root)
+    assert [s["path"] for s in ds.skipped] == ["a/big.png"]
+    assert "40x30 is above" in ds.skipped[0]["reason"] and "downscale it" in ds.skipped[0]["reason"]
