@@ -2,9 +2,14 @@
 and the monitor's answers and the dashboard keep working."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
-from test_web_dashboard import _count, _profiled, _signin
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from serve_tiny import fresh_database, make_bundle, serving
+from test_web_dashboard import _count, _profiled, _signin
 
 from sightline.storage.store import Store
 

@@ -22,34 +22,79 @@ __all__ = ["COOKIE", "CSRF_COOKIE", "SessionSigner", "load_secret", "same_token"
 COOKIE = "sl_session"
 CSRF_COOKIE = "sl_csrf"  # before sign-in: double-submit token for the sign-in form
 SECRET_FILE = "session_secret"
+log = logging.getLogger("sightline.serve")
+SECRET_BYTES = 32  # a new secret's length
+_MIN_SECRET_BYTES = 16  # a kept secret shorter than this (an empty file, a few bytes) is damaged, never used
 
 
 def load_secret(folder: Path | None) -> bytes:
     """SIGHTLINE_SESSION_SECRET, else `folder/session_secret` (created with 32 random bytes when missing); without
-    a folder, a secret of this process only (logged: sessions end when it stops)."""
+    a folder, a secret of this process only (logged: sessions end when it stops).
+
+    The file is written whole before it appears under its name (a private temporary file, then a hard link), so a
+    process reading it never sees it half written, and of several processes creating it at once one wins and all
+    use its secret. A damaged file (empty after a crash or a full disk, not hex, under 16 bytes) is replaced with a
+    new secret and a warning: read as it was, an empty file was the empty HMAC key, with which anyone could sign a
+    session for any reviewer."""
     env = os.environ.get("SIGHTLINE_SESSION_SECRET")
     if env:
         return env.encode()
     if folder is None:
-        logging.getLogger("sightline.serve").warning(
+        log.warning(
             "web app sessions end when this process stops: no local folder keeps a session secret (a server database "
             "and a registry at a URL); set SIGHTLINE_SESSION_SECRET, the same on every replica.")
-        return secrets.token_bytes(32)
+        return secrets.token_bytes(SECRET_BYTES)
     path = folder / SECRET_FILE
+    for _ in range(3):  # another process may replace a damaged file meanwhile: read again what is there then
+        secret, damaged = _read_secret(path)
+        if secret is not None:
+            return secret
+        # a missing file is created only if it is still missing (another process's, made since, is kept)
+        _write_secret(path, replace=damaged)
+    raise RuntimeError(f"{path}: the session secret could not be read back after writing it")  # pragma: no cover
+
+
+def _read_secret(path: Path) -> tuple[bytes | None, bool]:
+    """(the kept secret, False); (None, False) when the file is missing; (None, True) when it is damaged (logged)."""
     try:
-        return bytes.fromhex(path.read_text().strip())
+        text = path.read_text(encoding="ascii", errors="replace").strip()
     except FileNotFoundError:
-        pass
-    folder.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return None, False
     try:
-        os.write(fd, secret.hex().encode())
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    return secret
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    if len(secret) >= _MIN_SECRET_BYTES:
+        return secret, False
+    log.warning("%s is damaged (%s); a new session secret replaces it, and browser sessions signed before end.",
+                path, "empty" if not text else f"not a hex secret of at least {_MIN_SECRET_BYTES} bytes")
+    return None, True
+
+
+def _write_secret(path: Path, *, replace: bool) -> None:
+    """A new secret at `path`, owner-only (0600), whole or not at all. Without `replace` an existing file (another
+    process's, written whole) is kept."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{SECRET_FILE}-")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_bytes(SECRET_BYTES).hex())
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails when the name exists: the first process to get there wins
+            except FileExistsError:
+                pass
+            except OSError:  # a filesystem without hard links
+                if not path.exists():
+                    os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def same_token(presented: object, expected: object) -> bool:
