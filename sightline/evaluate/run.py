@@ -295,10 +295,10 @@ def _evaluate_runs(
                                  "or copy the bundle somewhere writable.")
     data_dir = Path(data_dir)
     dataset = scan_dataset(data_dir)
+    if dataset.layout != "split":  # before the classes: DATA/test given for DATA lacks the classes test/ lacks
+        raise DatasetError(f"'{data_dir}' is in the flat layout; {split_hint(data_dir)}.")
     for bundle in bundles:
         check_classes(bundle.classes, dataset.classes, data_dir=data_dir)
-    if dataset.layout != "split":
-        raise DatasetError(f"'{data_dir}' is in the flat layout; {split_hint(data_dir)}.")
     samples = dataset.split(options.split)
     if not samples:
         raise DatasetError(f"'{data_dir}' has no images in {options.split}/; pick another --split or add images.")

@@ -34,3 +34,24 @@ def test_a_class_missing_from_the_evaluated_split_is_said(tmp_path):
     from sightline.evaluate.figures import _absent_classes
 
     assert _absent_classes({"a": {"support": 3}, "b": {"support": 1}}, "val") is None
+
+
+def test_a_split_folder_given_for_the_dataset_is_named_as_such(tmp_path):
+    """`evaluate RUN --data DATA/test` where test/ lacks a class: 'classes of the model and of DATA/test differ:
+    model has ['c'] that the dataset lacks' sent the user after the classes; the hint that DATA/test is a split
+    of DATA, and to pass DATA, came only when every class happened to be there."""
+    import pytest
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.errors import DatasetError
+    from sightline.evaluate.run import evaluate
+    from sightline.models.factory import create_model
+
+    for c in ("a", "b"):
+        (tmp_path / "data" / "test" / c).mkdir(parents=True)
+        Image.new("RGB", (24, 24), (40, 90, 200)).save(tmp_path / "data" / "test" / c / "0.png")
+    Bundle("test_efficientnet", ["a", "b", "c"], Preprocessing(32), name="t", version="1").save(
+        tmp_path / "bundle", create_model("test_efficientnet", 3, weights="none").state_dict())
+    with pytest.raises(DatasetError, match="looks like the test/ split of a dataset: pass its parent folder"):
+        evaluate(tmp_path / "bundle", tmp_path / "data" / "test", robustness=False, report=False,
+                 update_bundle=False, reference=False, out=tmp_path / "eval")
