@@ -190,12 +190,11 @@ def _model_folder(given: str, what: str, database: str | None, root: str | None)
     try:
         with Registry(database_url(database), root=root) as registry:
             version = registry.resolve(given)
-            intact = registry.intact(version)
+            hint = None if registry.intact(version) else registry.restore_hint(version)
     except UserInputError as exc:
         raise fail(f"{what} '{given}' is not a folder, nor a registry version: {exc}") from None
-    if not intact:  # scored, the verdict would be about files that are not the version's
-        raise fail(f"{what} {version.ref}'s files at {version.path} are missing or changed; `sightline registry add "
-                   f"{version.source}` restores them.")
+    if hint is not None:  # scored, the verdict would be about files that are not the version's
+        raise fail(f"{what} {version.ref}'s files at {version.path} are missing or changed; {hint}.")
     err_console.print(f"{what}: {version.ref} ({given}) = {version.path}", highlight=False, markup=False,
                       soft_wrap=True)
     return Path(version.path)

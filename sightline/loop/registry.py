@@ -371,6 +371,17 @@ class Registry:
                 return False
         return _hash_or_none(Path(version.path)) == version.bundle_hash
 
+    def restore_hint(self, version: Version) -> str:
+        """How to restore a version whose copy is missing or changed, for messages: `registry add SOURCE` while the
+        folder it was added from still has its content hash; otherwise that command would register a new version
+        (after `sightline evaluate` or `export` rewrote the source) and restore nothing, so it is not advised."""
+        source = Path(version.source)
+        if _hash_or_none(source) == version.bundle_hash:
+            return f"`sightline registry add {version.source}` restores them, or promote another version"
+        state = "is gone" if not source.exists() else "has changed since it was added (evaluate or export rewrites it)"
+        return (f"the folder it was added from, {version.source}, {state}, so adding it would register a new version, "
+                f"not restore {version.ref}: promote another version, or add a bundle with the same files")
+
     # --- writing ----------------------------------------------------------------------------------------------
     def add(self, bundle: str | Path, *, by: str | None = None, reason: str | None = None, alias: str | None = None,
             force: bool = False) -> Added:
@@ -465,8 +476,7 @@ class Registry:
         could not be served (a running service would keep its model; a restarted one would not start)."""
         if not self.intact(version):
             raise UserInputError(f"{version.ref}'s files at {version.artifact or version.path} are missing or changed; "
-                                 f"nothing changed. `sightline registry add {version.source}` restores them from "
-                                 "the same bundle.")
+                                 f"nothing changed. {self.restore_hint(version)}.")
 
     def _insert(self, b: Any, digest: str, *, by: str | None, reason: str | None) -> Added:
         v = self.tables["versions"]

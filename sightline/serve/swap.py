@@ -153,8 +153,7 @@ def registry_version(registry: Registry, alias: str) -> Version:
     version = registry.resolve(alias)
     if not registry.intact(version):
         raise UserInputError(f"{alias} is {version.ref}, whose files at {version.path} are missing or changed since it "
-                             f"was added; `sightline registry add {version.source}` restores them, or promote "
-                             "another version.")
+                             f"was added; {registry.restore_hint(version)}.")
     return version
 
 
@@ -211,8 +210,9 @@ class RegistryWatcher:
             # hashed as at start (registry_version): a copy changed since it was added would answer under this
             # version's name and hash; once a move, off the event loop (tens of ms for a Lite0 bundle)
             if not await anyio.to_thread.run_sync(self.registry.intact, version):
+                hint = await anyio.to_thread.run_sync(self.registry.restore_hint, version)
                 raise FileNotFoundError(f"its files at {version.path} are missing or changed since it was added "
-                                        f"(`sightline registry add {version.source}` restores them)")
+                                        f"({hint})")
             bundle = await anyio.to_thread.run_sync(load_bundle, version.path)
             path = onnx_file(self.settings, bundle)
             if not path.is_file():

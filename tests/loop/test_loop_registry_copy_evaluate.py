@@ -37,3 +37,33 @@ def test_evaluate_refuses_a_registry_copy(data: Path, tmp_path: Path, capsys: py
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "registry copy" in err
         assert _files(copy) == before and reg.intact(version) and bundle_hash(copy) == version.bundle_hash
+
+
+def test_the_restore_advice_holds_only_while_the_source_is_unchanged(data: Path, tmp_path: Path) -> None:
+    # a damaged copy's message said `registry add SOURCE` restores it; after `evaluate` rewrote SOURCE (its
+    # temperature, its reference profile) that command registered a new version and the damaged one stayed damaged
+    import os
+    import stat
+    from dataclasses import replace
+
+    from sightline.bundle import load_bundle
+
+    source = tmp_path / "run" / "bundle"
+    make_bundle(source, data / "train", seed=0)
+    (tmp_path / "state").mkdir()
+    with Registry(f"sqlite:///{tmp_path / 'state' / 'sightline.db'}") as reg:
+        v1 = reg.add(source, alias="champion").version
+        reg.add(make_bundle(tmp_path / "other" / "bundle", data / "train", seed=1).path, alias="champion")
+        model_json = Path(v1.path) / "model.json"
+        os.chmod(model_json, stat.S_IRUSR | stat.S_IWUSR)
+        model_json.write_text(model_json.read_text().replace('"temperature": 1.0', '"temperature": 2.0'))
+        assert not reg.intact(v1)
+        with pytest.raises(UserInputError, match=r"`sightline registry add .*` restores them, or promote another"):
+            reg.rollback()
+        bundle = load_bundle(source)
+        bundle.temperature = 0.5  # what evaluate does to the source
+        bundle.write_json()
+        with pytest.raises(UserInputError, match=r"has changed since it was added .* so adding it would register a "
+                                                 r"new version, not restore v1: promote another version"):
+            reg.rollback()
+        assert "is gone" in reg.restore_hint(replace(v1, source=str(tmp_path / "nowhere")))
