@@ -119,9 +119,9 @@ def register(app: typer.Typer) -> None:
         tested = [w for w in complete if w["tested"]]
         drifted = [w for w in tested if w["significant"]]
         filling = len(report["windows"]) - len(complete)
-        console.print(f"{report['n_monitored']} monitored predictions, {len(complete)} windows, {len(tested)} tested, "
-                      f"{len(drifted)} significant" + ("; and the newest window, still filling, not counted until "
-                                                       "complete" if filling else ""), highlight=False)
+        console.print(f"{report['n_monitored']} monitored predictions, {len(report['windows'])} windows, {len(tested)} "
+                      f"tested, {len(drifted)} significant" + ("; the newest window, still filling, is not counted "
+                                                               "until complete" if filling else ""), highlight=False)
         alerts = [*report["alerts"].items(), *((a["name"], a) for a in report["other_alerts"])]
         for name, alert in alerts:
             if alert["active"] and alert["about_this_bundle"]:
