@@ -54,6 +54,20 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
 _EXIF_ORIENTATION = 0x0112
 
 
+# Leading bytes of the formats we read (BMP's two are too weak to tell a damaged image from a text file).
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+               (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"))
+
+
+def _signature(head: bytes) -> str | None:
+    """The format whose signature `head` starts with, or None. A scientific camera's float RGB TIFF or a PNG cut
+    after its signature was 'not JPEG, PNG, BMP, TIFF or WebP', which sent the user to check the format they had
+    used rather than the file."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
+
+
 def _describe(source: ImageSource, name: str | None) -> str:
     if name is not None:
         return name
@@ -93,6 +107,13 @@ def _open(source: ImageSource, label: str) -> Iterator[Image.Image]:
         except UnidentifiedImageError:
             if fp.seek(0, io.SEEK_END) == 0:
                 raise NotAnImageError(f"{label}: the content is empty (0 bytes); re-save or re-send the image") from None
+            fp.seek(0)
+            started = _signature(fp.read(12))
+            if started is not None:
+                raise CorruptImageError(
+                    f"{label}: starts like a {started} file but cannot be decoded (a damaged header, or a variant "
+                    "Pillow does not read, such as a floating-point RGB or packed 12-bit TIFF); re-save it as an "
+                    "8-bit PNG or JPEG, or remove it") from None
             raise NotAnImageError(
                 f"{label}: not a supported image (the content is not JPEG, PNG, BMP, TIFF or WebP)"
             ) from None

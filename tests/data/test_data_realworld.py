@@ -159,3 +159,32 @@ def test_an_image_above_the_pixel_cap_is_listed_with_what_to_do(tmp_path, monkey
     ds = scan_dataset(root)
     assert [s["path"] for s in ds.skipped] == ["a/big.png"]
     assert "40x30 is above" in ds.skipped[0]["reason"] and "downscale it" in ds.skipped[0]["reason"]
+
+
+# a 2x2 float32 RGB TIFF (tifffile.imwrite(np.zeros((2, 2, 3), np.float32), photometric="rgb")): Pillow cannot read it
+FLOAT_RGB_TIFF = (
+    "49492a00080000000f000001040001000000020000000101040001000000020000000201030003000000c2000000030103000100000001"
+    "0000000601030001000000020000001101040001000000f000000015010300010000000300000016010400010000000200000017010400"
+    "01000000300000001a01050001000000c80000001b01050001000000d00000001c01030001000000010000002801030001000000010000"
+    "00310102000c000000d80000005301030003000000e4000000000000002000200020000100000001000000010000000100000074696666"
+    "66696c652e7079000300030003" + "00" * 55)
+
+
+def test_a_file_that_starts_like_an_image_but_does_not_decode_says_so(tmp_path):
+    """A float RGB TIFF from a scientific camera (Pillow cannot read it) or a PNG cut after its signature was
+    'not a supported image (the content is not JPEG, PNG, BMP, TIFF or WebP)', wrong about the file and no help;
+    it is a corrupt or unreadable TIFF/PNG, with what to do (CorruptImageError: the API's 422, not 415)."""
+    import pytest
+
+    from sightline.data.images import load_image
+    from sightline.errors import CorruptImageError, NotAnImageError
+
+    (tmp_path / "float.tif").write_bytes(bytes.fromhex(FLOAT_RGB_TIFF))
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    (tmp_path / "notes.tif").write_text("lab notes, not a scan")
+    with pytest.raises(CorruptImageError, match=r"float.tif: starts like a TIFF file .* re-save it as an 8-bit"):
+        load_image(tmp_path / "float.tif")
+    with pytest.raises(CorruptImageError, match="cut.png: starts like a PNG file"):
+        load_image(tmp_path / "cut.png")
+    with pytest.raises(NotAnImageError, match="notes.tif: not a supported image"):
+        load_image(tmp_path / "notes.tif")
