@@ -128,3 +128,18 @@ def test_a_wrong_method_or_path_says_what_to_use(service):
     # a route's own 404 keeps its words
     _one_line(client.post("/v1/review/999999", json={"label": "cat"}, headers={"X-API-Key": keys["review"]}), 404,
               "no prediction with id 999999")
+
+
+@pytest.mark.parametrize("field", ["files", "image", "file[]"])
+def test_an_upload_under_another_field_name_is_refused_not_dropped(service, field):
+    """Two images as `file` and a third as `files` (a typo, or a client library's array convention) answered 200
+    with two predictions: the third image was dropped without a word. Text fields beside them are still ignored."""
+    client, keys, store = service
+    before = store.count_predictions()
+    r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG)), (field, ("c.jpg", JPEG)), ("file", ("b.jpg", JPEG))],
+                    headers={"X-API-Key": keys["predict"]})
+    _one_line(r, 422, "the upload 'c.jpg' is in form field", repr(field), "send every image as a `file` field")
+    assert store.count_predictions() == before
+    r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], data={"note": "a text field"},
+                    headers={"X-API-Key": keys["predict"]})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1, r.text
