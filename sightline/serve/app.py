@@ -369,17 +369,21 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-    @app.exception_handler(OperationalError)
-    async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
-        # SQLite locked past its 30 s busy timeout (another process writing), PostgreSQL down or restarting: the
-        # answer was a plain-text 500 and a traceback per request. It is the service's state, not the request's
-        # fault, and it passes: 503 with Retry-After, as /readyz says, and one log line naming the cause.
-        cause = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # SQLite locked past its 30 s busy timeout (another process writing), PostgreSQL down or restarting, every
+        # pooled connection busy for 30 s: the answer was a plain-text 500 and a traceback per request. It is the
+        # service's state, not the request's fault, and it passes: 503 with Retry-After and one log line naming it.
+        orig = getattr(exc, "orig", None)
+        cause = str(orig if orig is not None else exc).strip().splitlines()
         why = cause[0][:200] if cause else type(exc).__name__
         log.error("%s %s: the database is unavailable: %s", request.method, request.url.path, why)
         return JSONResponse({"detail": f"the database is busy or unreachable ({why}); the request was not completed, "
                                        "retry it later."}, status_code=503, headers={"Retry-After": "5"})
+
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(PoolTimeoutError, _database_unavailable)
 
     for router in (health.router, model.router, predict.router, review.router, monitor.router, shadow_route.router):
         app.include_router(router)

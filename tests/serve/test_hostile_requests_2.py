@@ -90,27 +90,34 @@ def test_an_alert_name_is_quoted_short_with_monitoring_off(service):
     assert len(detail) < 400, detail
 
 
-@pytest.mark.parametrize("route", ["predict", "label"])
-def test_a_database_that_is_locked_or_down_is_503_not_a_plain_500(service, monkeypatch, route):
-    """SQLite locked past its busy timeout by another process (or PostgreSQL restarting) made every request a
-    plain-text 500 'Internal Server Error' with a traceback in the log; it is a JSON 503 with Retry-After."""
+@pytest.mark.parametrize("route, why", [
+    ("predict", "database is locked"), ("label", "database is locked"),
+    ("predict", "QueuePool limit of size 5 overflow 10 reached"),
+])
+def test_a_database_that_is_locked_or_down_is_503_not_a_plain_500(service, monkeypatch, route, why):
+    """SQLite locked past its busy timeout by another process (or PostgreSQL restarting, or every pooled connection
+    busy) made every request a plain-text 500 'Internal Server Error' with a traceback in the log; it is a JSON 503
+    with Retry-After."""
     import sqlite3
 
     from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
     from sightline.storage.store import Store
 
     client, keys, _ = service
 
     def locked(*args, **kwargs):
-        raise OperationalError("INSERT INTO predictions ...", {}, sqlite3.OperationalError("database is locked"))
+        if why.startswith("QueuePool"):
+            raise PoolTimeoutError(f"{why}, connection timed out, timeout 30.00")
+        raise OperationalError("INSERT INTO predictions ...", {}, sqlite3.OperationalError(why))
 
     monkeypatch.setattr(Store, "add_predictions" if route == "predict" else "record_label", locked)
     if route == "predict":
         r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], headers={"X-API-Key": keys["predict"]})
     else:
         r = client.post("/v1/review/1", json={"label": "cat"}, headers={"X-API-Key": keys["review"]})
-    _one_line(r, 503, "the database is busy or unreachable (database is locked)", "retry it later")
+    _one_line(r, 503, f"the database is busy or unreachable ({why}", "retry it later")
     assert r.headers["retry-after"] == "5"
     monkeypatch.undo()  # and the service answers again once the database does
     ok = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], headers={"X-API-Key": keys["predict"]})
