@@ -172,6 +172,12 @@ def export(
     Raises ParityError (and removes the bad file) when ONNX and PyTorch disagree.
     Returns the dict stored as `model.json["extra"]["export"]`."""
     bundle = load_bundle(run_or_bundle)
+    from sightline.loop.content import is_registry_copy
+
+    if bundle.path is not None and is_registry_copy(bundle.path):  # rewritten, it no longer matched its hash
+        raise UserInputError(f"'{bundle.path}' is a registry copy, which must stay as it was added (its hash is checked "
+                             "before it is served); export the RUN it was added from (`sightline registry show` names "
+                             "it) and add it again.")
     gone = None
     if data_dir is None:
         data_dir, gone = recorded_data(run_or_bundle, bundle)

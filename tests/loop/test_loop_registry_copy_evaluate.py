@@ -67,3 +67,18 @@ def test_the_restore_advice_holds_only_while_the_source_is_unchanged(data: Path,
                                                  r"new version, not restore v1: promote another version"):
             reg.rollback()
         assert "is gone" in reg.restore_hint(replace(v1, source=str(tmp_path / "nowhere")))
+
+
+def test_export_refuses_a_registry_copy(data: Path, tmp_path: Path) -> None:
+    # export replaced the copy's model.onnx and model.json, as evaluate did
+    from sightline.optimize.export import export
+
+    source = tmp_path / "run" / "bundle"
+    make_bundle(source, data / "train", seed=0)
+    (tmp_path / "state").mkdir()
+    with Registry(f"sqlite:///{tmp_path / 'state' / 'sightline.db'}") as reg:
+        version = reg.add(source).version
+        before = _files(Path(version.path))
+        with pytest.raises(UserInputError, match="is a registry copy.*export the RUN it was added from"):
+            export(version.path, data_dir=data)
+        assert _files(Path(version.path)) == before and reg.intact(version)
