@@ -529,10 +529,20 @@ def alert_views(rows: list[dict[str, Any]], *, own: str | None = None) -> list[d
               "cleared_at": st.get("cleared_at"), "significant_streak": st.get("significant_streak", 0),
               "clean_streak": st.get("clean_streak", 0), "fire_after": st.get("fire_after"),
               "last_window": st.get("last_window"), "pending": [e["id"] for e in st.get("pending", [])],
-              "acknowledged": st.get("acknowledged"), "profile": r["profile"], "model": r["model"],
+              "acknowledged": _shown_ack(st.get("acknowledged")), "profile": r["profile"], "model": r["model"],
               "this_model": own is not None and r["profile"] == own}
              for r in rows for st in [r["state"]]]
     return sorted(views, key=lambda v: (not v["this_model"], v["name"], v["profile"] or ""))
+
+
+def _shown_ack(ack: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An acknowledgement as shown: its note with any half of a UTF-16 surrogate pair as U+FFFD. `acknowledge_alert`
+    refuses such a note now, but one stored before made every /v1/monitor answer and dashboard a 500 (their text
+    cannot be encoded as UTF-8) until the row was repaired by hand."""
+    if not ack or not isinstance(ack.get("note"), str):
+        return ack
+    note = ack["note"].encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return {**ack, "note": note}
 
 
 class UnknownAlertError(SightlineError):

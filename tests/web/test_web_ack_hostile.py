@@ -42,3 +42,29 @@ def test_a_note_with_half_a_surrogate_pair_is_refused_and_nothing_breaks(bundle,
             r = c.post("/v1/monitor/alerts/drift/ack", json={"note": "seen é"}, headers={"X-API-Key": ann})
             assert r.status_code == 200 and r.json()["acknowledged"]["note"] == "seen é", r.text
         store.close()
+
+
+def test_a_note_stored_before_the_check_is_shown_not_a_500(bundle, tmp_path):
+    """A database that already holds such a note (written before it was refused): every GET /v1/monitor and every
+    dashboard load was a 500. The half pair is shown as U+FFFD."""
+    from sightline.monitor.alerts import AlertState
+
+    served, fp = _profiled(bundle, tmp_path)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    ann = store.create_key("ann", ["review"])
+    _count(store, "drift", [True, True], {"profile": fp, "name": "pets", "version": "1"})
+
+    def acknowledged(current):
+        state = AlertState.from_json(current)
+        state.acknowledged = {"by": "ann", "at": "2026-01-01T00:00:00+00:00", "note": "seen \ud800 it"}
+        return state.to_json()
+
+    store.update_alert("drift", acknowledged, profile=fp)
+    with serving(served, database_url=store.url, monitor=True, monitor_calendar="") as c:
+        r = c.get("/v1/monitor", headers={"X-API-Key": ann})
+        assert r.status_code == 200, r.text
+        assert [a["acknowledged"]["note"] for a in r.json()["alerts"] if a["name"] == "drift"] == ["seen \ufffd it"]
+        _signin(c, ann)
+        page = c.get("/ui/dashboard")
+        assert page.status_code == 200 and "seen \ufffd it" in page.text
+    store.close()
