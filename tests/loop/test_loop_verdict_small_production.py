@@ -31,3 +31,14 @@ def test_a_production_split_too_small_to_pass_is_named() -> None:
     # enough disagreement to decide: the sentence is as before
     worse = decide_promotion(test, _split(40, 1, 9, 0.02), Promotion())
     assert worse.reasons[-1].endswith("needed better with p < 0.05")
+
+
+def test_a_recall_drop_names_the_images_behind_its_points() -> None:
+    # -2.4 points read as a real loss; it is 1 image of 42, which the default rule (2 points) already refuses
+    test = _split(77, 0, 0, 1.0)
+    test["per_class_recall"] = {"bees": {"champion": 38 / 42, "challenger": 37 / 42, "change": -1 / 42,
+                                         "support": 42},
+                                "ants": {"champion": 0.5, "challenger": 0.6, "change": 0.1, "support": 35}}
+    v = decide_promotion(test, None, Promotion())
+    assert "recall fell on the frozen test for bees 0.905 -> 0.881 (-2.4 points, 42 images: 1 fewer recognised)" \
+        in v.reasons[0]
