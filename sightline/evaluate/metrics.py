@@ -153,21 +153,19 @@ def bootstrap_ci(
     """Percentile bootstrap intervals for accuracy, balanced_accuracy and macro_f1: images are resampled with
     replacement `n_resamples` times. Returns {metric: {low, high, level, n_resamples}}.
 
-    When every prediction is right (or every one wrong) every resample gives the same figure, and the percentile
-    interval collapsed to a point: 8 of 8 test images right read 'accuracy 1.000 (95% CI 1.000-1.000)', certainty
-    that 8 images cannot give. Then all three metrics equal the accuracy in any resample, so each gets the
-    accuracy's Wilson score interval (8 of 8: 0.676-1.000), and `method` says so."""
+    When every prediction is right (or every one wrong) every resample gives the same accuracy and balanced
+    accuracy (1, or 0), and their percentile intervals collapsed to a point: 8 of 8 test images right read
+    'accuracy 1.000 (95% CI 1.000-1.000)', certainty that 8 images cannot give. They get the accuracy's Wilson score
+    interval then (8 of 8: 0.676-1.000), and `method` says so; so does macro_f1 when every prediction is wrong (0 in
+    every resample). With every prediction right macro_f1 still varies (a resample can miss a class), so it keeps
+    its bootstrap interval."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     n = len(y_true)
     correct = int(np.sum(y_true == y_pred))
+    degenerate: tuple[str, ...] = ()
     if n and correct in (0, n):
-        from sightline.monitor.estimate import wilson_interval
-
-        low, high = wilson_interval(correct, n, confidence=level)
-        return {m: {"low": low, "high": high, "level": level, "n_resamples": 0,
-                    "method": f"Wilson score interval of {correct} of {n} right (every resample would be the same)"}
-                for m in HEADLINE}
+        degenerate = ("accuracy", "balanced_accuracy") + (("macro_f1",) if correct == 0 else ())
     rng = np.random.default_rng(seed)
     codes = y_true * k + y_pred
     values: dict[str, list[float]] = {m: [] for m in HEADLINE}
@@ -177,7 +175,7 @@ def bootstrap_ci(
         for m, v in headline_from_confusion(cm).items():
             values[m].append(v)
     alpha = (1.0 - level) / 2.0
-    return {
+    out = {
         m: {
             "low": float(np.nanquantile(v, alpha)),
             "high": float(np.nanquantile(v, 1.0 - alpha)),
@@ -186,6 +184,14 @@ def bootstrap_ci(
         }
         for m, v in values.items()
     }
+    if degenerate:
+        from sightline.monitor.estimate import wilson_interval
+
+        low, high = wilson_interval(correct, n, confidence=level)
+        for m in degenerate:
+            out[m] = {"low": low, "high": high, "level": level, "n_resamples": 0,
+                      "method": f"Wilson score interval of {correct} of {n} right (every resample gives the same)"}
+    return out
 
 
 def coverage_accuracy_curve(
