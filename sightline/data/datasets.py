@@ -23,7 +23,7 @@ from sightline.data.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, looks_like_image,
 from sightline.errors import DatasetError, ImageError, UserInputError
 
 __all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version",
-           "region_path", "region_files", "free_name", "refuse_out_inside_splits", "split_hint", "shown_name"]
+           "region_path", "region_files", "free_name", "refuse_out_inside_splits", "split_hint", "shown_name", "is_region_file"]
 
 SPLITS = ("train", "val", "test")
 # DATA/production/<class>/: labelled production images `sightline feedback export` holds out for `sightline
@@ -124,6 +124,12 @@ def _metadata_dir(path: Path, root: Path, skipped: list[dict]) -> bool:
 
 def _is_annotation(name: str) -> bool:
     return name.lower().endswith(REGION_SUFFIXES)
+
+
+def is_region_file(path: str) -> bool:
+    """True for a `Dataset.skipped` path that is a region file (listed because no image uses it), not an image:
+    what a stage counts as its split's unreadable images leaves it out."""
+    return _is_annotation(path.rsplit("/", 1)[-1])
 
 
 def region_files(image: Path) -> dict[str, Path]:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sightline.data.datasets import Dataset
+from sightline.data.datasets import Dataset, is_region_file
 from sightline.errors import DatasetError
 from sightline.preprocessing import Preprocessing
 
@@ -57,7 +57,7 @@ def load_split(
         raise DatasetError(f"no readable image in {dataset.root}/{split}; run `sightline data audit {dataset.root}`.")
     kept = [samples[i] for i in inputs.index]
     # files whose header already failed in the scan (paths relative to the dataset root)
-    unreadable = [d for d in dataset.skipped if Path(d["path"]).parts[:1] == (split,)]
+    unreadable = [d for d in dataset.skipped if Path(d["path"]).parts[:1] == (split,) and not is_region_file(d["path"])]
     return SplitCrops(
         inputs.crops,
         np.asarray([classes.index(s.label) for s in kept], dtype=np.int64),

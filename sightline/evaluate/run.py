@@ -390,6 +390,7 @@ def _evaluate_one(
 ) -> EvaluationResult:
     """Metrics, explanations, robustness and files for one run from its predictions (the steps of the module
     docstring)."""
+    from sightline.data.datasets import is_region_file
     from sightline.decision import decide
 
     started = time.perf_counter()
@@ -407,7 +408,7 @@ def _evaluate_one(
         # to decode: both are left out of the figures, and metrics.json and the report say so
         unreadable=[_relative(f, job.dataset.root) for f in scored.failed] + [
             {"path": f["path"], "reason": f["reason"]} for f in job.dataset.skipped
-            if f["path"].split("/", 1)[0] == job.options.split],
+            if f["path"].split("/", 1)[0] == job.options.split and not is_region_file(f["path"])],
         model={"name": bundle.name, "version": bundle.version, "architecture": bundle.architecture,
                "path": str(bundle.path), "dataset_version": bundle.dataset_version},
         data={"root": str(job.data_dir), "n_val": job.n_val, "device": job.device},

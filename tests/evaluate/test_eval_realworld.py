@@ -76,3 +76,19 @@ def test_a_small_perfect_test_split_gets_an_interval_not_a_point():
         assert wrong[m]["low"] == 0.0 and wrong[m]["high"] > 0.3
     one_off = bootstrap_ci(y, np.array([0, 0, 0, 1, 1, 1, 2, 0]), 3, n_resamples=200)
     assert "method" not in one_off["accuracy"] and one_off["accuracy"]["low"] < 0.875 <= one_off["accuracy"]["high"]
+
+
+def test_a_region_file_no_image_uses_is_not_an_unreadable_image_of_the_split(tmp_path):
+    """The scan lists a region file that no image claims (IMG_2.XML); evaluate and export count the split's listed
+    files as its unreadable images, and would have named an annotation as one."""
+    from sightline.data.splits import load_split
+    from sightline.preprocessing import Preprocessing
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            Image.new("RGB", (24, 24), (40, 90, 200)).save(tmp_path / "data" / split / c / "0.png")
+    (tmp_path / "data" / "test" / "a" / "0.XML").write_text("<annotation/>")
+    (tmp_path / "data" / "test" / "a" / "x.txt").write_text("notes")
+    crops = load_split(tmp_path / "data", "test", classes=["a", "b"], preprocessing=Preprocessing(16))
+    assert [d["path"] for d in crops.skipped] == ["test/a/x.txt"]
