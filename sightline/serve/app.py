@@ -368,22 +368,15 @@ def create_app(settings: Settings) -> FastAPI:
     async def _closing(request: Request, exc: BatcherClosedError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
-    from sqlalchemy.exc import OperationalError
-    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+    from sightline.serve.deps import DATABASE_DOWN, database_unavailable
 
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        # SQLite locked past its 30 s busy timeout (another process writing), PostgreSQL down or restarting, every
-        # pooled connection busy for 30 s: the answer was a plain-text 500 and a traceback per request. It is the
-        # service's state, not the request's fault, and it passes: 503 with Retry-After and one log line naming it.
-        orig = getattr(exc, "orig", None)
-        cause = str(orig if orig is not None else exc).strip().splitlines()
-        why = cause[0][:200] if cause else type(exc).__name__
-        log.error("%s %s: the database is unavailable: %s", request.method, request.url.path, why)
-        return JSONResponse({"detail": f"the database is busy or unreachable ({why}); the request was not completed, "
-                                       "retry it later."}, status_code=503, headers={"Retry-After": "5"})
+        # a locked, unreachable or exhausted database (serve.deps.DATABASE_DOWN): 503 with Retry-After, one log line
+        refusal = database_unavailable(exc, f"{request.method} {request.url.path}")
+        return JSONResponse({"detail": refusal.detail}, status_code=refusal.status_code, headers=refusal.headers)
 
-    app.add_exception_handler(OperationalError, _database_unavailable)
-    app.add_exception_handler(PoolTimeoutError, _database_unavailable)
+    for error in DATABASE_DOWN:
+        app.add_exception_handler(error, _database_unavailable)
 
     for router in (health.router, model.router, predict.router, review.router, monitor.router, shadow_route.router):
         app.include_router(router)

@@ -21,7 +21,7 @@ from sightline.serve.state import ServiceState
 from sightline.storage.store import ROLES, ApiKeyInfo, hash_key
 
 __all__ = ["get_state", "StateDep", "require_key", "require_role", "ApiKeyDep", "PredictKeyDep", "ReviewKeyDep",
-           "AdminKeyDep", "KeyGate", "ROUTE_ROLES"]
+           "AdminKeyDep", "KeyGate", "ROUTE_ROLES", "DATABASE_DOWN", "database_unavailable"]
 
 ANONYMOUS = ApiKeyInfo(id=0, name="anonymous", roles=frozenset(ROLES))  # SIGHTLINE_REQUIRE_API_KEY=false
 ROUTE_ROLES: tuple[tuple[str, str], ...] = (
@@ -33,6 +33,32 @@ ROUTE_ROLES: tuple[tuple[str, str], ...] = (
     ("/v1/registry", "admin"),
 )
 _SCOPE_KEY = "sightline_key"  # request.state attribute holding (role checked, ApiKeyInfo)
+
+
+def _database_errors() -> tuple[type[Exception], ...]:
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    return OperationalError, PoolTimeoutError
+
+
+# What the database raises when it is locked past SQLite's busy timeout (another process writing), down or
+# restarting (PostgreSQL), or when every pooled connection stayed busy past the pool's timeout: the service's state,
+# not the request's fault, and it passes.
+DATABASE_DOWN = _database_errors()
+
+
+def database_unavailable(exc: Exception, where: str) -> HTTPException:
+    """The 503 (Retry-After: 5) for a DATABASE_DOWN error, naming its cause in one line; logged once, without the
+    traceback. Each request answered a plain-text 500 and logged a traceback before."""
+    import logging
+
+    orig = getattr(exc, "orig", None)
+    cause = str(orig if orig is not None else exc).strip().splitlines()
+    why = cause[0][:200] if cause else type(exc).__name__
+    logging.getLogger("sightline.serve").error("%s: the database is unavailable: %s", where, why)
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the database is busy or unreachable ({why}); the "
+                         "request was not completed, retry it later.", headers={"Retry-After": "5"})
 
 
 def get_state(request: Request) -> ServiceState:
@@ -77,7 +103,10 @@ async def authorize(state: ServiceState, headers: Any, role: str) -> ApiKeyInfo:
         digest = hash_key(key)
         info = state.keys.get(digest)
         if info is None:
-            info = await anyio.to_thread.run_sync(state.store.verify_key, key)
+            try:
+                info = await anyio.to_thread.run_sync(state.store.verify_key, key)
+            except DATABASE_DOWN as exc:  # the gate runs outside the app's error handlers: answer 503 from here
+                raise database_unavailable(exc, f"API key check for {role!r}") from None
             if info is None:
                 raise HTTPException(
                     status.HTTP_401_UNAUTHORIZED,

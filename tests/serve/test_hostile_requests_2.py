@@ -150,3 +150,27 @@ def test_an_upload_under_another_field_name_is_refused_not_dropped(service, fiel
     r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], data={"note": "a text field"},
                     headers={"X-API-Key": keys["predict"]})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 1, r.text
+
+
+def test_a_database_down_while_checking_a_key_is_503_not_a_plain_500(service, monkeypatch):
+    """The key gate reads the key before any route runs (a middleware, outside the app's error handlers): with the
+    database locked or down there, every request with a key not yet cached was a plain-text 500."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from sightline.storage.store import Store
+
+    client, keys, _ = service
+
+    def down(*args, **kwargs):
+        raise OperationalError("SELECT api_keys ...", {}, sqlite3.OperationalError("unable to open database file"))
+
+    monkeypatch.setattr(Store, "verify_key", down)
+    r = client.get("/v1/review", headers={"X-API-Key": keys["review"]})
+    _one_line(r, 503, "the database is busy or unreachable (unable to open database file)", "retry it later")
+    assert r.headers["retry-after"] == "5"
+    r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], headers={"X-API-Key": keys["predict"]})
+    _one_line(r, 503, "unable to open database file")
+    monkeypatch.undo()
+    assert client.get("/v1/review", headers={"X-API-Key": keys["review"]}).status_code == 200
