@@ -101,9 +101,7 @@ def register(app: typer.Typer) -> None:
         report["spec"] = str(ms.spec) if ms.spec is not None else None  # where the window settings came from
         add_bundle_match(report, url)  # the alerts are the database's: says when no prediction is this bundle's
         report["verdict"] = verdict(report)  # what happened, in sentences: the page and the summary below open with it
-        # where the service keeps them: beside the registry's folder for a registry copy (as `serve --registry`)
-        kept = images or Path(os.environ.get("SIGHTLINE_IMAGE_STORE") or
-                              (folder.parent.parent if copy else folder) / "images")
+        kept = images or Path(os.environ.get("SIGHTLINE_IMAGE_STORE") or _default_images(folder, copy, url))
         with kept_images(url, LocalImageStore(kept)) if kept.is_dir() else nullcontext() as fetch:
             json_path, html_path = write_report(report, out or folder.parent / "monitor", fetch=fetch)
         if as_json:
@@ -135,6 +133,27 @@ def register(app: typer.Typer) -> None:
                 console.print(f"the service's alert {name} is raised (since window {alert['fired_at']}), not by this "
                               "bundle's predictions: none are in the database", highlight=False)
         console.print(escape(f"wrote {json_path} and {html_path}"), highlight=False)
+
+
+def _default_images(folder: Path, copy: bool, url: str) -> Path:
+    """Where the service keeps its images when SIGHTLINE_IMAGE_STORE is unset: BUNDLE/images for `serve BUNDLE`;
+    beside the registry's folder for a registry copy (as `serve --registry`), and so beside a SQLite database as well
+    when BUNDLE is the folder a served registry version was added from (as `feedback export` looks for them)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    first = (folder.parent.parent if copy else folder) / "images"
+    if first.is_dir():
+        return first
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return first
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        beside = Path(parsed.database).expanduser().resolve().parent / "images"
+        if beside.is_dir():
+            return beside
+    return first
 
 
 def _registry_copy(folder: Path, database: str | None, out: Path | None) -> bool:

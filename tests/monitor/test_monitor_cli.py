@@ -374,6 +374,14 @@ def test_thumbnails_of_shifted_statistics_come_from_kept_images(served, run_cli,
     assert code == 0, cap.err
     page = (tmp_path / "bare" / "monitor.html").read_text()
     assert "data:image/jpeg" not in page and "made without the service&#39;s image store" in page
+    # without --images, and no BUNDLE/images: the store beside the SQLite database (where `serve --registry` keeps
+    # it and `feedback export` looks); the page had no thumbnails and said it was made without the store
+    assert not (served["bundle"] / "images").exists()
+    code, cap = run_cli(["monitor", str(served["bundle"]), "--database", url, "--out", str(tmp_path / "beside"),
+                         "--size", str(BLOCK), "--min-window", str(BLOCK)])
+    assert code == 0, cap.err
+    page = (tmp_path / "beside" / "monitor.html").read_text()
+    assert set(int(pid) for pid in re.findall(r'<img alt="prediction (\d+)"', page)) == set(shown)
 
 
 def test_a_window_still_filling_is_shown_but_not_counted_toward_the_alert(served, run_cli, tmp_path, no_plots):
