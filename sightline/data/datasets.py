@@ -190,7 +190,14 @@ def _walk_files(folder: Path, root: Path, skipped: list[dict], trail: frozenset[
     this walk is inside (`trail`: the real paths of the folders it came through to reach `folder`)."""
     top = folder.resolve()
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+
+    def unreadable(exc: OSError) -> None:  # os.walk skipped a folder it could not list without a word
+        where = Path(exc.filename) if exc.filename else folder
+        skipped.append({"path": where.relative_to(root).as_posix() if _inside(where, root) else str(where),
+                        "kind": UNREADABLE, "reason": f"folder cannot be read ({exc.strerror or exc}), so its images "
+                                                      "are not used; check its permissions"})
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=unreadable):
         base = Path(dirpath)
         keep = []
         for d in sorted(dirnames):
@@ -379,7 +386,7 @@ def scan_dataset(
             where = d.relative_to(root).as_posix()
             # what the folder does hold, and why none of it is used: a folder of symlinks to images elsewhere (each
             # refused) was told to "add images", though it held nothing else
-            refused = [s for s in skipped if s["path"].startswith(f"{where}/")]
+            refused = [s for s in skipped if s["path"] == where or s["path"].startswith(f"{where}/")]
             held = (f" ({len(refused)} file(s) there not used, e.g. {refused[0]['path']}: {refused[0]['reason']})"
                     if refused else "")
             raise DatasetError(f"class folder '{where}' holds no usable image{held}; add images or remove the folder")

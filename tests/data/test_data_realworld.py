@@ -188,3 +188,36 @@ def test_a_file_that_starts_like_an_image_but_does_not_decode_says_so(tmp_path):
         load_image(tmp_path / "cut.png")
     with pytest.raises(NotAnImageError, match="notes.tif: not a supported image"):
         load_image(tmp_path / "notes.tif")
+
+
+def test_a_subfolder_that_cannot_be_read_is_listed(tmp_path, monkeypatch):
+    """A sub-folder of a class without read permission (copied from another user's share): os.walk skips a folder
+    it cannot list without a word, so its images were left out of every stage unsaid; a whole class folder so was
+    'holds no usable image; add images'. (Permissions are simulated: the tests may run as root.)"""
+    import pytest
+
+    from sightline.errors import DatasetError
+
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        _image(root / c / "1.png")
+    _image(root / "a" / "locked" / "2.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    ds = scan_dataset(root)
+    assert len(ds.samples) == 2
+    assert [(s["path"], s["kind"]) for s in ds.skipped] == [("a/locked", UNREADABLE)]
+    assert "Permission denied" in ds.skipped[0]["reason"] and "permissions" in ds.skipped[0]["reason"]
+
+    locked_class = tmp_path / "data2"
+    for c in ("a", "locked"):
+        _image(locked_class / c / "1.png")
+    with pytest.raises(DatasetError, match=r"'locked' holds no usable image \(1 file\(s\) there not used, e.g. "
+                                           r"locked: folder cannot be read \(Permission denied\)"):
+        scan_dataset(locked_class)
