@@ -92,3 +92,30 @@ def test_a_region_file_no_image_uses_is_not_an_unreadable_image_of_the_split(tmp
     (tmp_path / "data" / "test" / "a" / "x.txt").write_text("notes")
     crops = load_split(tmp_path / "data", "test", classes=["a", "b"], preprocessing=Preprocessing(16))
     assert [d["path"] for d in crops.skipped] == ["test/a/x.txt"]
+
+
+def test_the_report_and_card_say_n_a_for_a_class_without_an_image_in_the_split(tmp_path):
+    """The per-class tables read 'c: recall 0.000, F1 0.000' for a class with no test image, as if it were never
+    found; they say n/a, and why, while the figures (and metrics.json) keep sklearn's 0."""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_eval_report import _result
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.evaluate.report import render_section, write_model_card
+
+    r = _result(["a", "b", "c"])
+    per_class = {**r.per_class, "c": {**r.per_class["c"], "recall": 0.0, "f1": 0.0, "support": 0}}
+    r = replace(r, per_class=per_class)
+    table = render_section("per_class", r, figs={"confusion": ""})
+    assert table.count("n/a") == 3 and "no test image of the class" in table
+    rows = [line for line in table.splitlines() if line.startswith("<tr><td>")]
+    assert "n/a" not in rows[0] and rows[2].count("n/a") == 2
+    bundle = Bundle("test_efficientnet", ["a", "b", "c"], Preprocessing(32))
+    bundle.path = tmp_path
+    card = write_model_card(r, bundle).read_text()
+    assert "| c | " in card and "| n/a | n/a | 0 |" in card and "no test image of the class" in card
+    assert "n/a" not in render_section("per_class", _result(["a", "b"]), figs={"confusion": ""})
