@@ -84,7 +84,13 @@ def _refuse_special(path: str | Path, label: str) -> None:
         mode = os.stat(path).st_mode
     except OSError:
         return
-    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a folder: open() says so (IsADirectoryError)
+    if stat.S_ISDIR(mode):  # open() said 'Is a directory; check the path and its permissions'
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ImageError(f"{label}: a folder that cannot be read (permission denied), so its images are not "
+                             "used; check its permissions")
+        raise NotAnImageError(f"{label}: a folder, not an image file; pass the images in it, or the folder itself "
+                              "where a command searches folders")
+    if not stat.S_ISREG(mode):
         raise NotAnImageError(f"{label}: not a regular file (a named pipe, socket or device), never an image; "
                               "remove it")
 

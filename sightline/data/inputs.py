@@ -57,8 +57,10 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         path = Path(item)
         text = str(item)
         if path.is_dir():
-            found += sorted(p for p in _files_under(path) if not p.name.endswith(MASK_SUFFIX)
+            unlisted: list[Path] = []
+            found += sorted(p for p in _files_under(path, unlisted) if not p.name.endswith(MASK_SUFFIX)
                             and (p.suffix.lower() in IMAGE_SUFFIXES or looks_like_image(p)))
+            found += unlisted  # each gets its row: the folder cannot be read
         elif path.exists() or not any(ch in text for ch in "*?["):
             found.append(path)  # a missing plain path becomes an error row, like any unreadable file
         else:
@@ -70,14 +72,20 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return [p for p in found if not (p in seen or seen.add(p))]
 
 
-def _files_under(folder: Path) -> list[Path]:
+def _files_under(folder: Path, unlisted: list[Path] | None = None) -> list[Path]:
     """The non-hidden files under `folder`, symlinked folders followed (as the dataset scan does; rglob did not,
     and their images were left out without a word), each real folder walked once, so a link loop ends. A link to a
     folder that holds the one it sits in (DATA/ants/loop -> ..) is a loop and not followed, as in the dataset scan:
-    it led out of `folder`, and `predict DATA/ants` predicted every other class's images too."""
+    it led out of `folder`, and `predict DATA/ants` predicted every other class's images too. A folder that cannot
+    be listed (no permission) goes into `unlisted`, so that it is reported rather than left out unsaid."""
     seen: set[str] = set()
     files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+
+    def cannot_list(exc: OSError) -> None:  # os.walk skipped such a folder, and its images, without a word
+        if unlisted is not None:
+            unlisted.append(Path(exc.filename) if exc.filename else folder)
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=cannot_list):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []

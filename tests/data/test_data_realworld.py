@@ -221,3 +221,33 @@ def test_a_subfolder_that_cannot_be_read_is_listed(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match=r"'locked' holds no usable image \(1 file\(s\) there not used, e.g. "
                                            r"locked: folder cannot be read \(Permission denied\)"):
         scan_dataset(locked_class)
+
+
+def test_a_folder_predict_cannot_list_gets_its_error_row(tmp_path, monkeypatch):
+    """`predict RUN in/` with in/locked/ unreadable: os.walk left it and its images out without a word. The folder
+    is returned as an input, and decoding it says it cannot be read (permissions simulated: tests may run as
+    root). A folder given where a file is read says it is a folder, not 'Is a directory; check the path'."""
+    import pytest
+
+    from sightline.data.images import load_image
+    from sightline.data.inputs import expand_inputs
+    from sightline.errors import ImageError
+
+    _image(tmp_path / "in" / "1.png")
+    _image(tmp_path / "in" / "locked" / "2.png")
+    with pytest.raises(ImageError, match="locked: a folder, not an image file"):
+        load_image(tmp_path / "in" / "locked")
+    real_scandir, real_access = os.scandir, os.access
+    locked = os.fspath(tmp_path / "in" / "locked")
+
+    def scandir(path="."):
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != locked and real_access(path, mode))
+    found = expand_inputs([tmp_path / "in"])
+    assert [p.relative_to(tmp_path / "in").as_posix() for p in found] == ["1.png", "locked"]
+    with pytest.raises(ImageError, match="locked: a folder that cannot be read .* check its permissions"):
+        load_image(found[1])
