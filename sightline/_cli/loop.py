@@ -417,14 +417,16 @@ def _warn_unservable(registry: Any, move: Any) -> None:
     the version it replaced had one (a server run with --int8 is likely): a server following the alias cannot load
     it and keeps serving its model, while the registry names the new one."""
     version = registry.resolve(move.to_ref)
-    missing, export = "model.onnx", "sightline export"
+    missing, export, server = "model.onnx", "sightline export", f"a server following {move.alias}"
     if (Path(version.path) / "model.onnx").is_file():
         before = {v.ref: v for v in registry.versions()}.get(move.from_ref)  # not fetched from an fsspec registry
         if before is None or not (Path(before.path) / "model.int8.onnx").is_file() or \
                 (Path(version.path) / "model.int8.onnx").is_file():
             return
-        missing, export = f"model.int8.onnx (which {before.ref} has)", "sightline export --int8"
-    err_console.print(f"[yellow]warning:[/] {version.ref} has no {missing}: a server following {move.alias} keeps "
+        # only a server run with --int8 needs it: one without swapped as usual (the warning said every server stayed)
+        missing, export, server = (f"model.int8.onnx (which {before.ref} has)", "sightline export --int8",
+                                   f"a server following {move.alias} with --int8")
+    err_console.print(f"[yellow]warning:[/] {version.ref} has no {missing}: {server} keeps "
                       f"serving {move.from_ref or 'nothing'} until it has one; run `{export} "
                       f"{escape(str(version.source))}` and `sightline registry add` it again.", highlight=False,
                       soft_wrap=True)

@@ -3,6 +3,7 @@ name them), and `--root` on every registry command (as `registry add` and `serve
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,24 @@ def test_retrain_takes_the_champion_by_its_registry_alias(data: Path, tmp_path: 
     monkeypatch.delenv("SIGHTLINE_DATABASE_URL", raising=False)
     assert run_command(app, ["retrain", "champion", "--data", str(data)]) == 2
     assert "'champion' is not a folder" in capsys.readouterr().err
+
+
+def test_the_int8_warning_speaks_of_int8_servers_only(pair: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    # 'a server following champion keeps serving v1' was printed for a move to a version without model.int8.onnx,
+    # while the server of the hymenoptera loop (no --int8) swapped to it within seconds
+    from onnx import TensorProto, helper
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy")
+    graph = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    bundles = []
+    for i, b in enumerate(pair):
+        copy = tmp_path / f"b{i}"
+        shutil.copytree(b, copy)
+        (copy / "model.onnx").write_bytes(graph.SerializeToString())
+        bundles.append(copy)
+    (bundles[0] / "model.int8.onnx").write_bytes(graph.SerializeToString())
+    db = ["--database", f"sqlite:///{tmp_path / 'sightline.db'}"]
+    for b in bundles:
+        assert run_command(app, ["registry", "add", str(b), "--alias", "champion", "--force", *db]) == 0
+    err = capsys.readouterr().err
+    assert "v2 has no model.int8.onnx (which v1 has): a server following champion with --int8 keeps serving v1" in err
