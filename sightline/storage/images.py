@@ -336,8 +336,11 @@ class ImageKeeper:
                 if r["prediction_id"] not in done:
                     evict(r)
         if evicted:
-            store.mark_evicted(evicted)  # first the rows (a reader then stops asking for the file), then the files
-            gone = {r["sha256"] for r in rows if r["prediction_id"] in done and needed[r["sha256"]] == 0}
+            # first the rows (a reader then stops asking for the file), then the files; a prediction labelled since
+            # the rows were read is not marked, and its row, still live, keeps the file below
+            marked = set(store.mark_evicted(evicted))
+            evicted = [i for i in evicted if i in marked]
+            gone = {r["sha256"] for r in rows if r["prediction_id"] in marked}
             # a request may have kept the same bytes again since the rows were read: those files stay
             for sha in gone - store.live_image_shas(gone):
                 self.images.delete(sha)

@@ -825,11 +825,19 @@ class Store:
         with self.engine.connect() as conn:
             return set(conn.scalars(q))
 
-    def mark_evicted(self, prediction_ids: Sequence[int]) -> None:
-        if prediction_ids:
-            with self._write(), self.engine.begin() as conn:
-                conn.execute(KeptImage.__table__.update().where(KeptImage.prediction_id.in_(list(prediction_ids)))
-                             .values(evicted=_now()))
+    def mark_evicted(self, prediction_ids: Sequence[int]) -> list[int]:
+        """Mark the kept images of these predictions evicted (their files may go then), except those a reviewer
+        has labelled or that are evicted already; returns the ids marked. Retention chooses from rows it read
+        before: a label given since keeps its image, as labelled images always do (one UPDATE, so a label
+        committed before it is seen on SQLite and PostgreSQL alike)."""
+        if not prediction_ids:
+            return []
+        k, p = KeptImage, PredictionRecord
+        unlabelled = select(p.id).where(p.id.in_(list(prediction_ids)), p.reviewed_label.is_(None))
+        stmt = (k.__table__.update().where(k.prediction_id.in_(unlabelled), k.evicted.is_(None))
+                .values(evicted=_now()).returning(k.prediction_id))
+        with self._write(), self.engine.begin() as conn:
+            return sorted(conn.scalars(stmt))
 
     # --- monitoring ------------------------------------------------------------------------------------
     _SIGNAL_COLUMNS = (

@@ -112,9 +112,10 @@ def test_retention_keeps_a_file_kept_again_meanwhile_and_a_failed_write_never_fa
             return getattr(store, name)
 
         def mark_evicted(self, ids):
-            store.mark_evicted(ids)
+            marked = store.mark_evicted(ids)
             store.add_kept_images([{"prediction_id": _predictions(store, ["review"])[0], "sha256": sha,
                                     "reason": "review", "content_type": "application/octet-stream", "size": 10}])
+            return marked
 
     sha = hashlib.sha256(b"same bytes").hexdigest()
     assert keeper.enforce_retention(Racing()) == first and images.exists(sha)
