@@ -637,7 +637,8 @@ def build_report(
 ) -> dict[str, Any]:
     """Every window of the predictions monitored against `bundle_dir`'s reference profile (JSON-able): `window`
     "block" (consecutive blocks of `size`; a trailing partial block is shown, marked partial), "hour" or "day"
-    (UTC; the current period is included, marked open). Raises UserInputError when the bundle has no profile."""
+    (UTC; the current period is included, marked partial). A partial window is tested but, as in the service, not
+    counted toward the replayed alert. Raises UserInputError when the bundle has no profile."""
     from sightline.bundle import load_bundle
     from sightline.storage.store import Store, safe_url
 
