@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from sightline.serve.state import ServiceState
 from sightline.storage.store import ROLES, ApiKeyInfo, hash_key
@@ -35,17 +37,10 @@ ROUTE_ROLES: tuple[tuple[str, str], ...] = (
 _SCOPE_KEY = "sightline_key"  # request.state attribute holding (role checked, ApiKeyInfo)
 
 
-def _database_errors() -> tuple[type[Exception], ...]:
-    from sqlalchemy.exc import OperationalError
-    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
-    return OperationalError, PoolTimeoutError
-
-
 # What the database raises when it is locked past SQLite's busy timeout (another process writing), down or
 # restarting (PostgreSQL), or when every pooled connection stayed busy past the pool's timeout: the service's state,
 # not the request's fault, and it passes.
-DATABASE_DOWN = _database_errors()
+DATABASE_DOWN: tuple[type[Exception], ...] = (OperationalError, PoolTimeoutError)
 
 
 def database_unavailable(exc: Exception, where: str) -> HTTPException:
