@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sightline.data.findings import AuditResult, Finding
 from sightline.data.images import load_image
+from sightline.data.inputs import shown_name
 from sightline.errors import ImageError
 
 __all__ = ["write_html"]
@@ -52,7 +53,7 @@ def write_html(result: AuditResult, path: str | Path) -> Path:
     """Write the page for `result` (thumbnails read from `result.root`) and return its path."""
     esc = html.escape
     parts = [f"<!doctype html><meta charset='utf-8'><title>Sightline audit</title><style>{_CSS}</style>",
-             f"<h1>Data audit of <code>{esc(str(result.root))}</code></h1>",
+             f"<h1>Data audit of <code>{esc(shown_name(result.root))}</code></h1>",
              f"<p>{result.n_images} images. Class counts: {esc(json.dumps(result.class_counts))}</p>",
              "<table><tr><th>finding</th><th>count</th></tr>"]
     parts += [f"<tr><td><a href='#{k}'>{k}</a></td><td>{n}</td></tr>" for k, n in result.counts.items()]

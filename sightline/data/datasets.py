@@ -378,8 +378,9 @@ def scan_dataset(
             )
         )
 
-    for entry in skipped:  # a stray file or folder beside the classes may carry a non-UTF-8 name too
-        entry["path"] = shown_name(entry["path"])
+    for entry in skipped:  # a stray file or folder beside the classes may carry a non-UTF-8 name too, and a reason
+        entry["path"] = shown_name(entry["path"])  # names the file by its full path, the dataset's folder included
+        entry["reason"] = shown_name(entry["reason"])
     per_folder = Counter((s.split, s.label) for s in samples)
     for split, d in groups:
         if per_folder[(split, d.name)] == 0:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sightline.data.inputs import shown_name
+
 __all__ = ["Finding", "AuditResult"]
 
 
@@ -29,7 +31,7 @@ class AuditResult:
 
     def to_json(self) -> dict:
         return {
-            "root": str(self.root),
+            "root": shown_name(self.root),  # a folder named in Latin-1 has no UTF-8 text; its bytes are escaped
             "n_images": self.n_images,
             "counts": self.counts,
             "class_counts": self.class_counts,

@@ -251,3 +251,17 @@ def test_a_folder_predict_cannot_list_gets_its_error_row(tmp_path, monkeypatch):
     assert [p.relative_to(tmp_path / "in").as_posix() for p in found] == ["1.png", "locked"]
     with pytest.raises(ImageError, match="locked: a folder that cannot be read .* check its permissions"):
         load_image(found[1])
+
+
+def test_an_audit_of_a_dataset_in_a_folder_named_in_latin1_writes_its_report(tmp_path):
+    """DATA itself named in Latin-1 ('r\\xe9sultats/'): every reason names the file by its full path, and the
+    report's heading names DATA; audit.html could not be written (UnicodeEncodeError) after the whole audit."""
+    root = tmp_path / os.fsdecode(b"r\xe9sultats")
+    for c in ("a", "b"):
+        _image(root / c / "1.png")
+    (root / "a" / "zero.png").write_bytes(b"")
+    result = audit_dataset(root, out=tmp_path / "audit", label_check=None)
+    page = (tmp_path / "audit" / "audit.html").read_text(encoding="utf-8")
+    assert "r\\xe9sultats" in page and "zero.png" in page
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text(encoding="utf-8"))
+    assert report["root"].endswith("r\\xe9sultats") and result.n_images == 2
