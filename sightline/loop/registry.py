@@ -8,7 +8,8 @@ copied into the registry folder and made read-only, so a version cannot change a
 log tables refuse UPDATE and DELETE in the database itself (triggers), not only in this code.
 
 `promote` moves an alias to a version; moving `champion` to a version whose last challenge failed its rule is
-refused unless `force` (then logged as forced). `rollback` moves an alias back to the version it pointed to before
+refused unless `force` (then logged as forced); the challenge consulted is its last one against the champion it would
+replace, when there is one. `rollback` moves an alias back to the version it pointed to before
 its last promotion (promotions stack; a rollback pops one). Bad input (unknown version, unknown alias, nothing to
 roll back to) is a one-line UserInputError and changes nothing.
 
@@ -403,7 +404,8 @@ class Registry:
         _check_readable(b.path)
         digest = bundle_hash(b.path)
         if alias == "champion" and not force:
-            _refuse_failed(self.last_challenge(digest), f"{b.path}")
+            with self.engine.connect() as conn:
+                _refuse_failed(self._gate_challenge(conn, digest), f"{b.path}")
         with self.engine.connect() as conn:
             found = conn.execute(select(v).where(v.c.bundle_hash == digest)).first()
             current_id = self._alias_version(conn, alias) if alias is not None else None
@@ -446,7 +448,7 @@ class Registry:
             current = self._alias_version(conn, alias)
             if current == version.id:
                 raise UserInputError(f"{version.ref} is already the {alias}; nothing changed.")
-            last = self._last_challenge(conn, version.bundle_hash) if alias == "champion" else None
+            last = self._gate_challenge(conn, version.bundle_hash) if alias == "champion" else None
             if not force:
                 _refuse_failed(last, version.ref)
                 if current is not None:
@@ -609,9 +611,24 @@ class Registry:
             reason=reason, forced=forced, challenge_id=challenge_id)).inserted_primary_key[0]
         return self._move(conn, conn.execute(select(log).where(log.c.id == new_id)).one())
 
-    def _last_challenge(self, conn: Connection, bundle_hash: str) -> dict[str, Any] | None:
+    def _gate_challenge(self, conn: Connection, bundle_hash: str) -> dict[str, Any] | None:
+        """The challenge that gates making `bundle_hash` the champion: its latest one against the champion now, else
+        its latest one against any model. The latest alone let a pass against another, weaker model (any RUN folder
+        given as the champion) supersede a failed challenge against the champion it would replace."""
+        champion = self._alias_version(conn, "champion")
+        if champion is not None:
+            against = self._last_challenge(conn, bundle_hash, champion=self._version_by_id(conn, champion).bundle_hash)
+            if against is not None:
+                return against
+        return self._last_challenge(conn, bundle_hash)
+
+    def _last_challenge(self, conn: Connection, bundle_hash: str, *, champion: str | None = None
+                        ) -> dict[str, Any] | None:
         c = self.tables["challenges"]
-        row = conn.execute(select(c).where(c.c.challenger_hash == bundle_hash).order_by(c.c.id.desc()).limit(1)).first()
+        query = select(c).where(c.c.challenger_hash == bundle_hash)
+        if champion is not None:
+            query = query.where(c.c.champion_hash == champion)
+        row = conn.execute(query.order_by(c.c.id.desc()).limit(1)).first()
         if row is None:
             return None
         return {"id": row.id, "promote": bool(row.promote), "at": _iso(row.at), "reasons": list(row.reasons),
