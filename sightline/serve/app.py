@@ -124,10 +124,11 @@ class MultipartEnd:
             message = await receive()
             if message["type"] != "http.request" or seen:
                 return message
-            window = tail + message.get("body", b"")
-            seen = close in window
-            opened = opened or close[2:-2] in window
-            tail = window[-(len(close) - 1):]
+            body, keep = message.get("body", b""), len(close) - 1
+            seam = tail + body[:keep]  # a delimiter across two chunks; the chunk itself is searched in place (no copy)
+            seen = close in seam or close in body
+            opened = opened or close[2:-2] in seam or close[2:-2] in body
+            tail = body[-keep:] if len(body) >= keep else (tail + body)[-keep:]
             # a body that never names its boundary is not cut off: the parser says it cannot be read (another
             # boundary) or the route names the field it lacks (an empty body)
             if opened and not seen and not message.get("more_body", False):
