@@ -300,9 +300,12 @@ def registry_show(
         v = registry.resolve(version)
         aliases = [a for a, got in registry.aliases().items() if got.id == v.id]
         last = registry.last_challenge(v.bundle_hash)
+        gate = registry.gate_challenge(v.bundle_hash)
+        refs = {x.bundle_hash: x.ref for x in registry.versions()}
         intact = registry.intact(v)
     if as_json:
-        print_json({**v.to_dict(), "aliases": aliases, "last_challenge": last, "intact": intact})
+        print_json({**v.to_dict(), "aliases": aliases, "last_challenge": last, "gate_challenge": gate,
+                    "intact": intact})
         return
     console.print(f"{v.ref}: {v.name} {v.model_version} ({v.architecture}); aliases: {', '.join(aliases) or 'none'}",
                   highlight=False, markup=False)
@@ -315,8 +318,13 @@ def registry_show(
     if last is None:
         console.print("  never challenged", highlight=False, markup=False)
     else:
-        console.print(f"  last challenge {last['at']}: {'passed' if last['promote'] else 'FAILED'}: "
-                      f"{'; '.join(last['reasons'])}", highlight=False, markup=False)
+        for what, c in (("last challenge", last), ("the champion gate reads", gate)):
+            if c is None or (c is gate and c["id"] == last["id"]):
+                continue
+            against = refs.get(c["champion_hash"]) or f"an unregistered model ({c['champion_hash'][:12]})"
+            console.print(f"  {what} {c['at']} (challenge {c['id']}, against {against}): "
+                          f"{'passed' if c['promote'] else 'FAILED'}: {'; '.join(c['reasons'])}", highlight=False,
+                          markup=False)
 
 
 @registry_app.command("promote")

@@ -362,6 +362,12 @@ class Registry:
         with self.engine.connect() as conn:
             return self._last_challenge(conn, bundle_hash)
 
+    def gate_challenge(self, bundle_hash: str) -> dict[str, Any] | None:
+        """The challenge that gates making the bundle the champion (see `promote`); None when it was never
+        challenged."""
+        with self.engine.connect() as conn:
+            return self._gate_challenge(conn, bundle_hash)
+
     def intact(self, version: Version) -> bool:
         """Whether the registry's copy of `version` still has its hash (nobody changed the files); for a registry at
         an fsspec URL, the local copy (fetched first when missing)."""
