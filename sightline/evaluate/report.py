@@ -233,8 +233,11 @@ def render_report(r: EvaluationResult, *, gallery: list[dict[str, Any]]) -> str:
 
 def write_report(r: EvaluationResult, path: str | Path, *, gallery: list[dict[str, Any]]) -> Path:
     """Write the self-contained HTML report (`gallery`: explain_split's rows, [] for none); returns its path."""
+    from sightline.data.inputs import shown_name
+
     path = Path(path)
-    path.write_text(render_report(r, gallery=gallery))
+    # a path named in Latin-1 (the dataset's folder, an image) has no UTF-8 text: its bytes are written as \x escapes
+    path.write_text(shown_name(render_report(r, gallery=gallery)), encoding="utf-8")
     return path
 
 
@@ -242,6 +245,9 @@ def write_model_card(r: EvaluationResult, bundle: Bundle) -> Path:
     """MODEL_CARD.md in the bundle folder: intended use, data, headline metrics with CIs, targets, thresholds,
     calibration, failure modes in plain words, explainability findings, limits."""
     assert bundle.path is not None
+    from sightline.data.inputs import shown_name
+
     path = bundle.path / "MODEL_CARD.md"
-    path.write_text(_environment().get_template("model_card.md.j2").render(r=r, bundle=bundle))
+    path.write_text(shown_name(_environment().get_template("model_card.md.j2").render(r=r, bundle=bundle)),
+                    encoding="utf-8")
     return path

@@ -119,3 +119,27 @@ def test_the_report_and_card_say_n_a_for_a_class_without_an_image_in_the_split(t
     card = write_model_card(r, bundle).read_text()
     assert "| c | " in card and "| n/a | n/a | 0 |" in card and "no test image of the class" in card
     assert "n/a" not in render_section("per_class", _result(["a", "b"]), figs={"confusion": ""})
+
+
+def test_the_report_of_a_dataset_in_a_folder_named_in_latin1_is_written(tmp_path):
+    """`evaluate RUN --data r\\xe9sultats/`: every figure computed, then report.html could not be written
+    (UnicodeEncodeError) since it names the dataset's folder; the name is written with \\x escapes."""
+    import os
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_eval_report import _result
+
+    from sightline.bundle import Bundle, Preprocessing
+    from sightline.evaluate.report import write_model_card, write_report
+
+    folder = os.fsdecode(b"/data/r\xe9sultats")
+    r = _result(["a", "b"])
+    r = replace(r, data={**r.data, "root": folder}, model={**r.model, "path": folder + "/run/bundle"})
+    page = write_report(r, tmp_path / "report.html", gallery=[]).read_text(encoding="utf-8")
+    assert "/data/r\\xe9sultats" in page
+    bundle = Bundle("test_efficientnet", ["a", "b"], Preprocessing(32))
+    bundle.path = tmp_path
+    write_model_card(r, bundle).read_text(encoding="utf-8")
