@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
@@ -21,6 +22,7 @@ __all__ = [
     "PREDICTION_ID_MAX",
     "PredictionId",
     "shown_label",
+    "known_label",
 ]
 
 # The largest id a prediction row can have: the id column is an Integer, 32-bit on PostgreSQL (SQLite's is 64-bit,
@@ -34,6 +36,18 @@ def shown_label(label: str, limit: int = 64) -> str:
     """A client's label as an error message quotes it: its first `limit` characters (a 100,000-character label came
     back whole in the one-line answer)."""
     return repr(label) if len(label) <= limit else f"{label[:limit]!r}... ({len(label):,} characters)"
+
+
+def known_label(label: str, allowed: Sequence[str]) -> str | None:
+    """The one of `allowed` (the model's classes and 'unknown') that a client's `label` names, as `allowed` spells
+    it; None when none does. Compared in Unicode NFC: a label typed on some keyboards or read from a macOS folder
+    name comes decomposed ('café' as 'cafe' + U+0301), was refused, and the refusal quoted it and the class alike."""
+    if label in allowed:
+        return label
+    import unicodedata
+
+    wanted = unicodedata.normalize("NFC", label)
+    return next((a for a in allowed if unicodedata.normalize("NFC", a) == wanted), None)
 
 
 class ModelRef(BaseModel):

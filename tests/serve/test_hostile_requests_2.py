@@ -174,3 +174,37 @@ def test_a_database_down_while_checking_a_key_is_503_not_a_plain_500(service, mo
     _one_line(r, 503, "unable to open database file")
     monkeypatch.undo()
     assert client.get("/v1/review", headers={"X-API-Key": keys["review"]}).status_code == 200
+
+
+def test_a_decomposed_label_names_its_class(tmp_path):
+    """A class 'café' labelled as 'cafe' + U+0301 (typed so, or read from a macOS folder name) was refused with
+    "label 'café' is not one of ['café', ...]", the two looking the same. It is that class, stored as the model
+    spells it, from the API and the web app alike."""
+    import unicodedata
+
+    from sightline.bundle import load_bundle
+    from sightline.storage.store import Store
+
+    folder = make_bundle(tmp_path)
+    bundle = load_bundle(folder)
+    bundle.classes = ["café", "dog", "fox"]
+    bundle.write_json()
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    key = store.create_key("ann", ["predict", "review"])
+    decomposed = unicodedata.normalize("NFD", "café")
+    assert decomposed != "café"
+    with serving(folder, database_url=store.url) as client:
+        answer = client.post("/v1/predict", files=[("file", (f"{i}.jpg", JPEG)) for i in range(2)],
+                             headers={"X-API-Key": key})
+        first, second = (p["id"] for p in answer.json()["predictions"])
+        r = client.post(f"/v1/review/{first}", json={"label": decomposed}, headers={"X-API-Key": key})
+        assert r.status_code == 200 and r.json()["reviewed_label"] == "café", r.text
+        page = client.get("/ui/signin")
+        client.post("/ui/signin", data={"key": key, "csrf": page.text.split('name="csrf" value="')[1].split('"')[0]})
+        csrf = client.get("/ui/review").text.split('name="csrf-token" content="')[1].split('"')[0]
+        r = client.post("/ui/label", json={"id": second, "label": decomposed}, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200 and r.json()["label"] == "café", r.text
+        _one_line(client.post(f"/v1/review/{first}", json={"label": "cafe", "override": True},
+                              headers={"X-API-Key": key}), 422, "'cafe' is not one of")
+    assert [store.get_prediction(i)["reviewed_label"] for i in (first, second)] == ["café", "café"]
+    store.close()

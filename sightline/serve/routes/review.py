@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 
 from sightline.serve.deps import ReviewKeyDep, StateDep
 from sightline.serve.schemas import (PREDICTION_ID_MAX, ErrorResponse, PredictionId, ReviewItem, ReviewLabel,
-                                     shown_label)
+                                     known_label, shown_label)
 from sightline.storage.store import UNKNOWN_LABEL
 
 router = APIRouter(tags=["review"])
@@ -59,11 +59,12 @@ async def record_label(prediction_id: PredictionId, body: ReviewLabel, state: St
     """Store a reviewer's label for a prediction; it becomes ground truth for monitoring and retraining. An
     already labelled prediction answers 409 unless `override` is true; every change is kept in the label history."""
     allowed = [*state.bundle.classes, UNKNOWN_LABEL]
-    if body.label not in allowed:
+    label = known_label(body.label, allowed)
+    if label is None:
         raise HTTPException(422, f"label {shown_label(body.label)} is not one of the model's classes or "
                                  f"{UNKNOWN_LABEL!r}: {allowed}.")
     row = await anyio.to_thread.run_sync(
-        lambda: state.store.record_label(prediction_id, body.label, reviewer=key.name, override=body.override)
+        lambda: state.store.record_label(prediction_id, label, reviewer=key.name, override=body.override)
     )
     if row is None:
         raise HTTPException(404, f"no prediction with id {prediction_id}.")

@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, Field
 
 from sightline.errors import SightlineError
-from sightline.serve.schemas import PREDICTION_ID_MAX, PredictionId, shown_label
+from sightline.serve.schemas import PREDICTION_ID_MAX, PredictionId, known_label, shown_label
 from sightline.serve.state import ServiceState
 from sightline.storage.store import UNKNOWN_LABEL, LabelConflictError
 from sightline.serve.web.session import COOKIE, CSRF_COOKIE, SessionSigner, load_secret, same_token
@@ -253,11 +253,12 @@ async def label(request: Request, body: LabelBody) -> JSONResponse:
         return session
     state = _state(request)
     allowed = [*state.bundle.classes, UNKNOWN_LABEL]
-    if body.label not in allowed:
+    chosen = known_label(body.label, allowed)
+    if chosen is None:
         return JSONResponse({"detail": f"label {shown_label(body.label)} is not one of {allowed}."}, status_code=422)
     try:
         row = await anyio.to_thread.run_sync(
-            lambda: state.store.record_label(body.id, body.label, reviewer=session["name"]))
+            lambda: state.store.record_label(body.id, chosen, reviewer=session["name"]))
     except LabelConflictError:  # another reviewer labelled it first; the API's advice ("override") is not the page's
         current = await anyio.to_thread.run_sync(lambda: state.store.get_prediction(body.id)) or {}
         return JSONResponse({"detail": f"prediction {body.id} was labelled {current.get('reviewed_label')!r} by "
