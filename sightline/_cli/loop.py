@@ -278,7 +278,8 @@ def registry_list(database: Optional[str] = DatabaseOpt, root: Optional[str] = R
         return
     table = Table()
     for col in ("version", "aliases", "model", "hash", "dataset", "test acc", "added"):
-        table.add_column(col, no_wrap=col in ("version", "hash", "test acc"))
+        # fold, not "…": "challen…" or "sightli…" hid which alias or model a row is, in an 80-column terminal
+        table.add_column(col, no_wrap=col in ("version", "hash", "test acc"), overflow="fold")
     for v in versions:
         acc = (v.test_metrics or {}).get("accuracy")
         table.add_row(v.ref, ", ".join(by_id.get(v.id, [])), escape(f"{v.name} {v.model_version}"),

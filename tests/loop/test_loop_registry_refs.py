@@ -181,3 +181,14 @@ def test_the_int8_warning_speaks_of_int8_servers_only(pair: tuple[Path, Path], t
         assert run_command(app, ["registry", "add", str(b), "--alias", "champion", "--force", *db]) == 0
     err = capsys.readouterr().err
     assert "v2 has no model.int8.onnx (which v1 has): a server following champion with --int8 keeps serving v1" in err
+
+
+def test_registry_list_folds_instead_of_cutting(pair: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    # in 80 columns the aliases read "challen…" and the models "sightli…"
+    good, lazy = pair
+    db = ["--database", f"sqlite:///{tmp_path / 'sightline.db'}"]
+    assert run_command(app, ["registry", "add", str(good), "--alias", "challenger", *db]) == 0
+    capsys.readouterr()
+    assert run_command(app, ["registry", "list", *db]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "challeng" in out
