@@ -265,3 +265,28 @@ def test_an_audit_of_a_dataset_in_a_folder_named_in_latin1_writes_its_report(tmp
     assert "r\\xe9sultats" in page and "zero.png" in page
     report = json.loads((tmp_path / "audit" / "audit.json").read_text(encoding="utf-8"))
     assert report["root"].endswith("r\\xe9sultats") and result.n_images == 2
+
+
+def test_pillows_bomb_warning_is_not_printed_before_our_cap_decides(tmp_path, monkeypatch):
+    """A 100-megapixel scan made `sightline data audit` print Pillow's 'DecompressionBombWarning: ... could be
+    decompression bomb DOS attack' (no file named) before the pixel cap refused it in one line. Outside pytest's
+    error filter the warning is silenced; the cap (and Pillow's hard error at twice its limit) still decide.
+    Pillow's limit is lowered here so a small image stands in for a huge one."""
+    import warnings
+
+    import pytest
+    from PIL import Image as PILImage
+
+    from sightline.data import images
+    from sightline.errors import ImageTooLargeError
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("L", (40, 30), 128).save(tmp_path / "scan.png")  # 1200 px: above Pillow's limit, below twice it
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()  # as a command line run has them, not as pytest's "error"
+        warnings.simplefilter("always")
+        images._quiet_pillow_bomb_warning()
+        assert images.load_image(tmp_path / "scan.png").size == (40, 30)  # our cap (50 Mpx) lets it through
+        with pytest.raises(ImageTooLargeError, match="scan.png: 40x30 = 0.0 megapixels is above the cap"):
+            images.load_image(tmp_path / "scan.png", max_pixels=1000)
+    assert not [w for w in seen if issubclass(w.category, PILImage.DecompressionBombWarning)]
