@@ -256,7 +256,14 @@ def _stat_words(name: str, shift: dict[str, Any]) -> str:
     what = STAT_WORDS.get(name, name)
     if "window_median" in shift:
         medians = f"{_num(shift['window_median'])}, reference {_num(shift['reference_median'])}"
-        if abs(shift.get("shift_iqr") or 0.0) < 0.25:  # a few images differ (a mix), the typical one does not
+        if abs(shift.get("shift_iqr") or 0.0) < 0.25:  # the typical image is as before: the spread differs
+            spread, ref_spread = shift.get("window_iqr"), shift.get("reference_iqr")
+            if spread is not None and ref_spread and spread < 0.25 * ref_spread:  # e.g. one camera, one image size
+                return (f"{what} nearly the same in every image ({_num(shift['window_median'])}; the reference "
+                        f"varies, middle half {_num(ref_spread)} wide, median {_num(shift['reference_median'])})")
+            if spread is not None and ref_spread is not None and spread > 4 * max(ref_spread, 1e-12):
+                return (f"{what} varies far more than in the reference (middle half {_num(spread)} wide, reference "
+                        f"{_num(ref_spread)}; the median is about the same: {medians})")
             return f"{what} of some images (the median is about the same: {medians})"
         return f"{what} {_num(shift['window_median'])} (reference {_num(shift['reference_median'])}; medians)"
     ref = shift.get("reference_share")

@@ -138,8 +138,11 @@ def _stat_shifts(window: dict[str, np.ndarray], reference: dict[str, np.ndarray]
             continue
         q1, med, q3 = np.percentile(r, [25, 50, 75])
         scale = q3 - q1 if q3 > q1 else (float(r.std()) or abs(med) or 1.0)
+        w1, w3 = np.percentile(w, [25, 75])
         out[name] = {"window_median": float(np.median(w)), "reference_median": float(med),
-                     "shift_iqr": float((np.median(w) - med) / scale)}
+                     "shift_iqr": float((np.median(w) - med) / scale),
+                     # the spread, for the words: a window of one size of image differs in spread, not in "some images"
+                     "window_iqr": float(w3 - w1), "reference_iqr": float(q3 - q1)}
     for name in CATEGORICAL:
         if name not in window or name not in reference or window[name].size == 0:
             continue
