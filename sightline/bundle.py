@@ -28,7 +28,8 @@ from sightline.preprocessing import Preprocessing
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Preprocessing", "Bundle", "load_bundle", "resolve_bundle_dir", "code_version", "FORMAT_VERSION"]
+__all__ = ["Preprocessing", "Bundle", "load_bundle", "resolve_bundle_dir", "is_registry_copy", "code_version",
+           "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -187,6 +188,17 @@ def resolve_bundle_dir(path: str | Path) -> Path:
     if (path / "bundle" / MODEL_JSON).is_file():
         return path / "bundle"
     raise BundleError(f"'{path}' holds no {MODEL_JSON} (nor bundle/{MODEL_JSON}); pass a RUN or bundle folder.")
+
+
+def is_registry_copy(folder: str | Path) -> bool:
+    """Whether `folder` is a registry's copy of a version (sightline.loop.registry keeps each at ROOT/<bundle hash>/):
+    a folder named by 64 hex characters holding a model.json. Such a copy must stay as it was added (its hash is
+    checked before it is served or promoted), so commands that write into a bundle (evaluate, export) refuse it.
+    Nothing is hashed: a copy already changed is one too."""
+    folder = Path(folder)
+    name = folder.name
+    return (len(name) == 64 and all(ch in "0123456789abcdef" for ch in name)
+            and (folder / MODEL_JSON).is_file())
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -85,7 +85,7 @@ def retrain_cmd(
     """Train a challenger on a new dataset version with the champion's settings (refused without new labels)."""
     from sightline.loop.retrain import retrain
 
-    champion = _model_folder(run, "champion", database, root)
+    champion = model_folder(run, "champion", database, root)
     existing_path(data, "dataset")
     given = {"epochs": epochs, "seed": seed, "accelerator": accelerator, "num_workers": workers}
     result = retrain(champion, data, out=out, progress=not as_json,
@@ -138,8 +138,8 @@ def challenge_cmd(
     from sightline.loop.challenge import challenge
     from sightline.progress import rich_progress
 
-    champion_dir = _model_folder(champion, "champion", database, root)
-    challenger_dir = _model_folder(challenger, "challenger", database, root)
+    champion_dir = model_folder(champion, "champion", database, root)
+    challenger_dir = model_folder(challenger, "challenger", database, root)
     existing_path(data, "dataset")
     with rich_progress(enabled=not as_json) as progress:
         result = challenge(champion_dir, challenger_dir, data, spec=spec, out=out, n_resamples=bootstrap, seed=seed,
@@ -174,7 +174,7 @@ def challenge_cmd(
         raise typer.Exit(1)
 
 
-def _model_folder(given: str, what: str, database: str | None, root: str | None) -> Path:
+def model_folder(given: str, what: str, database: str | None, root: str | None) -> Path:
     """The folder of the model `given` names: a RUN or bundle folder when one exists there, else (with a database)
     the registry's copy of the version, alias or hash prefix it names. One-line error when it is neither."""
     from sightline.errors import UserInputError

@@ -84,9 +84,9 @@ def register(app: typer.Typer) -> None:
 
         given = database or os.environ.get("SIGHTLINE_DATABASE_URL")
         if not bundle.exists() and given:  # `monitor champion`: the version the service follows
-            from sightline._cli.loop import _model_folder
+            from sightline._cli.loop import model_folder
 
-            bundle = _model_folder(str(bundle), "bundle", given, os.environ.get("SIGHTLINE_REGISTRY"))
+            bundle = model_folder(str(bundle), "bundle", given, os.environ.get("SIGHTLINE_REGISTRY"))
         folder = resolve_bundle_dir(bundle)
         copy = _registry_copy(folder, database, out)
         if database is not None:  # named on purpose: a typo must not read as "no predictions yet"
@@ -162,7 +162,7 @@ def _registry_copy(folder: Path, database: str | None, out: Path | None) -> bool
     said no prediction was served, and the report went to ROOT/monitor/, shared by every version."""
     import os
 
-    from sightline.loop.content import is_registry_copy
+    from sightline.bundle import is_registry_copy
 
     if not is_registry_copy(folder):
         return False

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sightline.bundle import Bundle, Preprocessing, load_bundle, resolve_bundle_dir
+from sightline.bundle import Bundle, Preprocessing, is_registry_copy, load_bundle, resolve_bundle_dir
 from sightline.errors import BundleError, DatasetError, UserInputError, one_line
 from sightline.evaluate.figures import Fitted, fit_on_val, split_figures
 from sightline.evaluate.options import EvaluateOptions, resolve_options
@@ -250,8 +250,6 @@ def _refuse_registry_copies(bundles: list[Bundle], outs: list[Path | None], opti
     """UserInputError for a registry's copy of a version (ROOT/<hash>/) that evaluate would write into: updating it
     rewrote its model.json and reference.npz, so the registry then called the version "changed" and `serve
     --registry` refused to start; the default output folder is inside it too."""
-    from sightline.loop.content import is_registry_copy
-
     for bundle, out in zip(bundles, outs):
         if bundle.path is None or not is_registry_copy(bundle.path):
             continue

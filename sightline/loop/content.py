@@ -12,7 +12,7 @@ from pathlib import Path
 from sightline.bundle import MODEL_JSON, ONNX, ONNX_INT8, WEIGHTS, resolve_bundle_dir
 from sightline.errors import BundleError
 
-__all__ = ["HASHED_FILES", "bundle_hash", "hashed_files", "is_registry_copy"]
+__all__ = ["HASHED_FILES", "bundle_hash", "hashed_files"]
 
 HASHED_FILES = (MODEL_JSON, WEIGHTS, ONNX, ONNX_INT8)  # in this order; the ONNX ones only when present
 
@@ -38,13 +38,3 @@ def bundle_hash(folder: str | Path) -> str:
     lines = [f"{p.name}\t{_sha256(p)}" for p in hashed_files(folder)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
-
-def is_registry_copy(folder: str | Path) -> bool:
-    """Whether `folder` is a registry's copy of a version (sightline.loop.registry keeps each at ROOT/<bundle hash>/):
-    a folder named by 64 hex characters holding a model.json. Such a copy must stay as it was added (its hash is
-    checked before it is served or promoted), so commands that write into a bundle refuse it. Nothing is hashed: a
-    copy already changed is one too."""
-    folder = Path(folder)
-    name = folder.name
-    return (len(name) == 64 and all(ch in "0123456789abcdef" for ch in name)
-            and (folder / MODEL_JSON).is_file())

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sightline.bundle import Bundle, load_bundle, resolve_bundle_dir
+from sightline.bundle import Bundle, is_registry_copy, load_bundle, resolve_bundle_dir
 from sightline.errors import BundleError, DatasetError, UserInputError
 
 __all__ = ["export", "export_onnx", "check_parity", "ParityError", "recorded_data"]
@@ -172,8 +172,6 @@ def export(
     Raises ParityError (and removes the bad file) when ONNX and PyTorch disagree.
     Returns the dict stored as `model.json["extra"]["export"]`."""
     bundle = load_bundle(run_or_bundle)
-    from sightline.loop.content import is_registry_copy
-
     if bundle.path is not None and is_registry_copy(bundle.path):  # rewritten, it no longer matched its hash
         raise UserInputError(f"'{bundle.path}' is a registry copy, which must stay as it was added (its hash is checked "
                              "before it is served); export the RUN it was added from (`sightline registry show` names "

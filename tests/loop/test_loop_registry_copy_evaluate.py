@@ -12,7 +12,8 @@ from sightline._cli.common import run_command
 from sightline.cli import app
 from sightline.errors import UserInputError
 from sightline.evaluate.run import evaluate
-from sightline.loop.content import bundle_hash, is_registry_copy
+from sightline.bundle import is_registry_copy
+from sightline.loop.content import bundle_hash
 from sightline.loop.registry import Registry
 
 
