@@ -80,6 +80,45 @@ def _signature(head: bytes) -> str | None:
     return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
 
 
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+_OTHER_ADVICE = {
+    "an HTML page": "a download that failed saved its error page under an image's name; download the image again "
+                    "or remove the file",
+    "a ZIP archive": "extract the images into the class folder, then remove the archive",
+    "a HEIC/HEIF image (an iPhone's default format)": "convert it to JPEG (e.g. `heif-convert`), or have the iPhone "
+                                                      "save JPEG (Settings > Camera > Formats > Most Compatible)",
+}
+
+
+def _other_format(head: bytes) -> str | None:
+    """What a file that is no image we read is, when its first bytes say so: the formats a real folder holds
+    (an iPhone's HEIC, a web page saved as .jpg by a failed download, a GIF, a PDF, an archive), or None."""
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "an AVIF image"
+        if brand in _HEIF_BRANDS:
+            return "a HEIC/HEIF image (an iPhone's default format)"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "a GIF image"
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive"
+    if head.startswith((b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")):
+        return "a JPEG 2000 image"
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")):
+        return "a JPEG XL image"
+    if head.startswith(b"8BPS"):
+        return "a Photoshop document"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "an HTML page"
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in head.lower()):
+        return "an SVG drawing"
+    return None
+
+
 def _describe(source: ImageSource, name: str | None) -> str:
     if name is not None:
         return name
@@ -126,12 +165,18 @@ def _open(source: ImageSource, label: str) -> Iterator[Image.Image]:
             if fp.seek(0, io.SEEK_END) == 0:
                 raise NotAnImageError(f"{label}: the content is empty (0 bytes); re-save or re-send the image") from None
             fp.seek(0)
-            started = _signature(fp.read(12))
+            head = fp.read(64)
+            started = _signature(head)
             if started is not None:
                 raise CorruptImageError(
                     f"{label}: starts like a {started} file but cannot be decoded (a damaged header, or a variant "
                     "Pillow does not read, such as a floating-point RGB or packed 12-bit TIFF); re-save it as an "
                     "8-bit PNG or JPEG, or remove it") from None
+            kind = _other_format(head)
+            if kind is not None:  # what it is, and what to do: 'the content is not JPEG, ...' left both to guess
+                raise NotAnImageError(
+                    f"{label}: not a supported image: {kind}, while sightline reads JPEG, PNG, BMP, TIFF and WebP; "
+                    f"{_OTHER_ADVICE.get(kind, 'convert it to PNG or JPEG, or remove it')}") from None
             raise NotAnImageError(
                 f"{label}: not a supported image (the content is not JPEG, PNG, BMP, TIFF or WebP)"
             ) from None

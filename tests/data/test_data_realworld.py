@@ -1,9 +1,10 @@
-"""Datasets as they arrive from the field: file and folder names that are not UTF-8, link loops, tiny classes."""
+"""Datasets as they arrive from the field: names that are not UTF-8, link loops, tiny classes, odd files and formats."""
 from __future__ import annotations
 
 import json
 import os
 
+import pytest
 from PIL import Image
 
 from sightline.data.audit import audit_dataset
@@ -290,3 +291,22 @@ def test_pillows_bomb_warning_is_not_printed_before_our_cap_decides(tmp_path, mo
         with pytest.raises(ImageTooLargeError, match="scan.png: 40x30 = 0.0 megapixels is above the cap"):
             images.load_image(tmp_path / "scan.png", max_pixels=1000)
     assert not [w for w in seen if issubclass(w.category, PILImage.DecompressionBombWarning)]
+
+
+@pytest.mark.parametrize("name, content, kind, advice", [
+    ("IMG_0001.HEIC", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC/HEIF", "Most Compatible"),
+    ("cat.jpg", b"<!DOCTYPE html>\n<html><body>404 Not Found</body></html>", "an HTML page", "download the image again"),
+    ("photos.jpg", b"PK\x03\x04\x14\x00\x00\x00", "a ZIP archive", "extract the images"),
+    ("anim.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "a GIF image", "convert it to PNG or JPEG"),
+])
+def test_a_file_of_another_format_says_which_and_what_to_do(tmp_path, name, content, kind, advice):
+    """An iPhone's HEIC, the HTML error page a failed download saved as cat.jpg, a zip of photos: each was 'not a
+    supported image (the content is not JPEG, PNG, BMP, TIFF or WebP)', leaving the user to find out what it is."""
+    from sightline.data.images import load_image
+    from sightline.errors import NotAnImageError
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(NotAnImageError) as info:
+        load_image(tmp_path / name)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / name}: not a supported image: ") and kind in message and advice in message
