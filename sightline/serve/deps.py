@@ -44,7 +44,8 @@ DATABASE_DOWN: tuple[type[Exception], ...] = (OperationalError, PoolTimeoutError
 
 
 def database_unavailable(exc: Exception, where: str) -> HTTPException:
-    """The 503 (Retry-After: 5) for a DATABASE_DOWN error, naming its cause in one line; logged once, without the
+    """The 503 (Retry-After: 5) for a DATABASE_DOWN error, saying in one line which of the three it is; the
+    driver's own words (which name the database's host, port, file or user) go to the log only, once, without the
     traceback. Each request answered a plain-text 500 and logged a traceback before."""
     import logging
 
@@ -52,8 +53,14 @@ def database_unavailable(exc: Exception, where: str) -> HTTPException:
     cause = str(orig if orig is not None else exc).strip().splitlines()
     why = cause[0][:200] if cause else type(exc).__name__
     logging.getLogger("sightline.serve").error("%s: the database is unavailable: %s", where, why)
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the database is busy or unreachable ({why}); the "
-                         "request was not completed, retry it later.", headers={"Retry-After": "5"})
+    if isinstance(exc, PoolTimeoutError):
+        state = "every database connection is busy"
+    elif "locked" in why.lower() or "busy" in why.lower():
+        state = "the database is locked by another writer"
+    else:
+        state = "the database cannot be reached"
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{state}; the request was not completed, retry it "
+                         "later.", headers={"Retry-After": "5"})
 
 
 def get_state(request: Request) -> ServiceState:

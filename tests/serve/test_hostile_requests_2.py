@@ -90,14 +90,18 @@ def test_an_alert_name_is_quoted_short_with_monitoring_off(service):
     assert len(detail) < 400, detail
 
 
-@pytest.mark.parametrize("route, why", [
-    ("predict", "database is locked"), ("label", "database is locked"),
-    ("predict", "QueuePool limit of size 5 overflow 10 reached"),
+@pytest.mark.parametrize("route, why, state", [
+    ("predict", "database is locked", "the database is locked by another writer"),
+    ("label", "database is locked", "the database is locked by another writer"),
+    ("predict", "QueuePool limit of size 5 overflow 10 reached", "every database connection is busy"),
+    ("predict", 'connection to server at "10.1.2.3", port 5432 failed: Connection refused',
+     "the database cannot be reached"),
 ])
-def test_a_database_that_is_locked_or_down_is_503_not_a_plain_500(service, monkeypatch, route, why):
+def test_a_database_that_is_locked_or_down_is_503_not_a_plain_500(service, monkeypatch, route, why, state):
     """SQLite locked past its busy timeout by another process (or PostgreSQL restarting, or every pooled connection
     busy) made every request a plain-text 500 'Internal Server Error' with a traceback in the log; it is a JSON 503
-    with Retry-After."""
+    with Retry-After that says which, without the driver's words (they name the database's host and port: the log
+    has them)."""
     import sqlite3
 
     from sqlalchemy.exc import OperationalError
@@ -117,7 +121,8 @@ def test_a_database_that_is_locked_or_down_is_503_not_a_plain_500(service, monke
         r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], headers={"X-API-Key": keys["predict"]})
     else:
         r = client.post("/v1/review/1", json={"label": "cat"}, headers={"X-API-Key": keys["review"]})
-    _one_line(r, 503, f"the database is busy or unreachable ({why}", "retry it later")
+    _one_line(r, 503, f"{state}; the request was not completed, retry it later.")
+    assert "10.1.2.3" not in r.text and "5432" not in r.text
     assert r.headers["retry-after"] == "5"
     monkeypatch.undo()  # and the service answers again once the database does
     ok = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], headers={"X-API-Key": keys["predict"]})
@@ -131,6 +136,10 @@ def test_a_wrong_method_or_path_says_what_to_use(service):
     _one_line(r, 405, "GET /v1/predict: this route does not take GET; use POST.")
     assert r.headers["allow"] == "POST"
     _one_line(client.delete("/healthz"), 405, "DELETE /healthz", "use GET")
+    # load balancers and uptime checkers probe with HEAD: the health routes answer it as GET does, without a body
+    for path in ("/healthz", "/readyz"):
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b"", (path, head.status_code, head.text)
     _one_line(client.get("/v2/predict"), 404, "GET /v2/predict: no such route", "/openapi.json")
     # a route's own 404 keeps its words
     _one_line(client.post("/v1/review/999999", json={"label": "cat"}, headers={"X-API-Key": keys["review"]}), 404,
@@ -168,10 +177,10 @@ def test_a_database_down_while_checking_a_key_is_503_not_a_plain_500(service, mo
 
     monkeypatch.setattr(Store, "verify_key", down)
     r = client.get("/v1/review", headers={"X-API-Key": keys["review"]})
-    _one_line(r, 503, "the database is busy or unreachable (unable to open database file)", "retry it later")
+    _one_line(r, 503, "the database cannot be reached; the request was not completed, retry it later.")
     assert r.headers["retry-after"] == "5"
     r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], headers={"X-API-Key": keys["predict"]})
-    _one_line(r, 503, "unable to open database file")
+    _one_line(r, 503, "the database cannot be reached")
     monkeypatch.undo()
     assert client.get("/v1/review", headers={"X-API-Key": keys["review"]}).status_code == 200
 
