@@ -12,12 +12,16 @@ from sightline.serve.schemas import Health, ModelRef
 router = APIRouter(tags=["health"])
 
 
+# Load balancers and uptime checkers often probe with HEAD, which was a 405 (read as "down"): each health route
+# also answers HEAD, as its GET does without the body (kept out of the schema: one operation per path and method).
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
     """The process is alive (no dependency checked)."""
     return Health(status="ok")
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(state: StateDep) -> Response:
     """Ready to answer: the model is loaded and the database is reachable. 503 otherwise. Names the model
