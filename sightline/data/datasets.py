@@ -23,7 +23,7 @@ from sightline.data.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, looks_like_image,
 from sightline.errors import DatasetError, ImageError, UserInputError
 
 __all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version",
-           "region_path", "region_files", "free_name", "refuse_out_inside_splits", "split_hint", "shown_name", "is_region_file"]
+           "region_path", "region_files", "free_name", "refuse_out_inside_splits", "split_hint", "is_region_file"]
 
 SPLITS = ("train", "val", "test")
 # DATA/production/<class>/: labelled production images `sightline feedback export` holds out for `sightline

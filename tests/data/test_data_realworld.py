@@ -87,7 +87,8 @@ def test_a_link_back_to_a_parent_folder_does_not_widen_the_inputs(tmp_path):
     os.symlink("..", tmp_path / "data" / "ants" / "loop")
     os.symlink(tmp_path / "data" / "ants", tmp_path / "data" / "ants" / "self")
     os.symlink(tmp_path / "more", tmp_path / "data" / "ants" / "more")
-    found = sorted(p.relative_to(tmp_path / "data" / "ants").as_posix() for p in expand_inputs([tmp_path / "data" / "ants"]))
+    ants = tmp_path / "data" / "ants"
+    found = sorted(p.relative_to(ants).as_posix() for p in expand_inputs([ants]))
     assert found == ["a.png", "more/m.png"]
 
 
@@ -101,7 +102,8 @@ def test_a_region_file_no_image_uses_is_listed(tmp_path):
     for i in range(1, 4):
         _image(root / "a" / f"IMG_{i}.JPG")
         _image(root / "b" / f"{i}.png")
-    voc = "<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>"
+    voc = ("<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>"
+           "</annotation>")
     (root / "a" / "IMG_1.xml").write_text(voc)
     (root / "a" / "IMG_2.XML").write_text(voc)
     (root / "a" / "IMG_3.jpg.xml").write_text(voc)
