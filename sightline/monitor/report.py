@@ -328,9 +328,15 @@ def verdict(report: dict[str, Any]) -> list[str]:
     if not windows:
         return []
     settled = [x for x in windows if not x.get("partial")]
-    lines = _settled_verdict(report, settled) if settled else [
-        "No conclusion yet: no window is complete; the service tests a window and counts it toward an alert once it "
-        "is."]
+    raised = _raised(report)
+    if settled:
+        lines = _settled_verdict(report, settled)
+    elif raised:  # the service's alert stands whatever this report's windows show (an hour report of a block alert)
+        lines = [f"ALERT raised by the service ({', '.join(raised)}); no window here is complete yet, so they do not "
+                 "show why (widen --since, or use the service's window)."]
+    else:
+        lines = ["No conclusion yet: no window is complete; the service tests a window and counts it toward an alert "
+                 "once it is."]
     return lines + [line for x in windows if x.get("partial") for line in _filling_words(report, x)]
 
 
@@ -352,8 +358,7 @@ def _settled_verdict(report: dict[str, Any], windows: list[dict[str, Any]]) -> l
     alpha, k = w["alpha"], w["consecutive"]
     tested = [x for x in windows if x["tested"]]
     drifted = [x for x in tested if x["significant"]]
-    raised = sorted(name for name, a in (report.get("alerts") or {}).items()
-                    if a.get("active") and a.get("about_this_bundle", True))
+    raised = _raised(report)
     if not tested and raised:
         return [f"ALERT raised by the service ({', '.join(raised)}); none of the {len(windows)} windows here has the "
                 f"{w['min_window']} predictions a drift test needs, so they do not show why (widen --since)."]
@@ -394,6 +399,12 @@ def _settled_verdict(report: dict[str, Any], windows: list[dict[str, Any]]) -> l
         if newest is not last:
             lines.append(f"The newest tested window, {_label(newest)}, is consistent with the reference.")
     return lines
+
+
+def _raised(report: dict[str, Any]) -> list[str]:
+    """The names of the service's alerts raised about this bundle."""
+    return sorted(name for name, a in (report.get("alerts") or {}).items()
+                  if a.get("active") and a.get("about_this_bundle", True))
 
 
 def _filling_words(report: dict[str, Any], x: dict[str, Any]) -> list[str]:

@@ -47,3 +47,13 @@ def test_a_lone_window_still_filling_is_no_conclusion() -> None:
     assert small[0].startswith("No drift: none of the 1 tested windows differs")
     assert small[1] == ("The newest window, 61-70, is still filling (10 of 60 predictions): too few predictions to "
                         "test yet; it is tested and counted toward an alert once complete.")
+
+
+def test_an_alert_raised_by_the_service_heads_the_verdict_without_complete_windows() -> None:
+    # `monitor --window hour` in the first hour while the service's block alert is raised: the verdict read "No
+    # conclusion yet" above the open hour's drift
+    report = _report([_window(30, n=30, significant=True, partial=True)])
+    report["alerts"] = {"drift": {"active": True, "about_this_bundle": True}}
+    lines = verdict(report)
+    assert lines[0].startswith("ALERT raised by the service (drift); no window here is complete yet")
+    assert lines[1].startswith("The newest window, 1-30, is still filling")
