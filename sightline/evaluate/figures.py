@@ -6,7 +6,7 @@ Shapes: `logits` (N, K) raw model outputs; `y` (N,) int true class indices into 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +29,7 @@ class Fitted:
     thresholds: dict[str, Any]  # bundle.thresholds as choose_thresholds makes them
     val_metrics: dict[str, Any] | None  # decision_metrics on val; None without a val split
     review_val_curve: dict[str, Any] | None  # coverage vs accuracy on val, from the threshold search
+    val_missing: list[str] = field(default_factory=list)  # classes without a val image: fitted without them
 
 
 def fit_on_val(
@@ -56,7 +57,8 @@ def fit_on_val(
         temperature = float(bundle_temperature)
         thresholds = dict(bundle_thresholds)
     val_curve = (thresholds.get("review") or {}).pop("val_curve", None)
-    return Fitted(float(temperature), thresholds, val_metrics, val_curve)
+    missing = [] if y_val is None else [c for i, c in enumerate(classes) if not np.any(np.asarray(y_val) == i)]
+    return Fitted(float(temperature), thresholds, val_metrics, val_curve, missing)
 
 
 def split_figures(
@@ -108,7 +110,8 @@ def split_figures(
         },
         warning=" ".join(filter(None, (
             "thresholds and temperature were chosen on the split being reported (val): optimistic."
-            if options.split == "val" else None, _absent_classes(figures["per_class"], options.split)))) or None,
+            if options.split == "val" else None, _absent_classes(figures["per_class"], options.split),
+            _unfitted_classes(fitted.val_missing) if options.split != "val" else None))) or None,
         unreadable=unreadable,
         struggling_classes=[],
         explain_method=options.method,
@@ -130,6 +133,16 @@ def _absent_classes(per_class: dict[str, dict[str, Any]], split: str) -> str | N
     return (f"{split} has no image of {names}: recall and F1 there are undefined (shown as 0) and pull macro-F1 "
             f"down; add {split} images of {'it' if len(absent) == 1 else 'them'} or re-split the data "
             "(`sightline data split`).")
+
+
+def _unfitted_classes(missing: list[str]) -> str | None:
+    """What to say when val, where temperature and thresholds are chosen, has no image of some classes: they were
+    fitted without them (a class threshold from sightline.yaml cannot be chosen for them), and nothing said so."""
+    if not missing:
+        return None
+    names = ", ".join(f"'{c}'" for c in missing)
+    return (f"val has no image of {names}, so the temperature and thresholds were chosen without "
+            f"{'it' if len(missing) == 1 else 'them'}; add val images or re-split the data (`sightline data split`).")
 
 
 def review_block(y: np.ndarray, decisions: Decisions, fitted: Fitted, *, chosen_on: str) -> Review:

@@ -143,3 +143,17 @@ def test_the_report_of_a_dataset_in_a_folder_named_in_latin1_is_written(tmp_path
     bundle = Bundle("test_efficientnet", ["a", "b"], Preprocessing(32))
     bundle.path = tmp_path
     write_model_card(r, bundle).read_text(encoding="utf-8")
+
+
+def test_classes_missing_from_val_are_said_to_be_left_out_of_the_fit():
+    """val with only 'a' images (a hand-made split): the temperature and thresholds were fitted on it for every
+    class, and only training had warned. The evaluated split's warning says so."""
+    from sightline.evaluate.figures import _unfitted_classes, fit_on_val
+
+    rng = np.random.default_rng(0)
+    fitted = fit_on_val(rng.normal(size=(6, 3)), np.zeros(6, dtype=np.int64), ["a", "b", "c"], problem=None,
+                        bundle_temperature=1.0, bundle_thresholds={})
+    assert fitted.val_missing == ["b", "c"]
+    said = _unfitted_classes(fitted.val_missing)
+    assert said.startswith("val has no image of 'b', 'c', so the temperature and thresholds were chosen without them")
+    assert _unfitted_classes([]) is None
