@@ -116,11 +116,12 @@ def imbalance(counts: dict[str, int]) -> dict:
             "advice": "judge per-class recall, not accuracy; thresholds are chosen on val"}
 
 
-def missing_classes(pairs: Sequence[tuple[str | None, str]]) -> list[Finding]:
+def missing_classes(pairs: Sequence[tuple[str | None, str]], *, folders: Sequence[str] = ()) -> list[Finding]:
     """`split_missing_class` findings for (split, label) pairs of a split layout, one per split that lacks a class
     the dataset has (flat layout, split None: none). Counts every listed image, readable or not: a class whose
-    only val image is corrupt is flagged as `corrupt`, not here."""
-    splits = [s for s in SPLITS if any(split == s for split, _ in pairs)]
+    only val image is corrupt is flagged as `corrupt`, not here. `folders`: the split folders present, so an empty
+    test/ is flagged as lacking every class (it was not, and evaluate then found no test image)."""
+    splits = [s for s in SPLITS if s in folders or any(split == s for split, _ in pairs)]
     labels = sorted({label for _, label in pairs})
     out = []
     for split in splits:
@@ -152,8 +153,9 @@ def similar_class_names(labels: Sequence[str]) -> list[Finding]:
 
 
 def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (), max_distance: int = DEFAULT_MAX_DISTANCE,
-                  train_split: str | None = "train") -> list[Finding]:
-    """All findings for per-image records (one `describe_images` pass) plus the scan's skipped files."""
+                  train_split: str | None = "train", split_folders: Sequence[str] = ()) -> list[Finding]:
+    """All findings for per-image records (one `describe_images` pass) plus the scan's skipped files.
+    `split_folders`: the split layout's folders present (Dataset.split_folders), an empty one included."""
     # a file that is no readable image is `unreadable` (and quarantined); a folder or link the layout does not use
     # (production/, a folder beside the splits, a link out of the dataset) is `ignored`: said, never moved
     findings = [Finding(s.get("kind", "unreadable"), [s["path"]], {"reason": s["reason"]}) for s in skipped]
@@ -201,7 +203,7 @@ def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (
     if choose_balance(counts) != "none":
         findings.append(Finding("class_imbalance", [], info))
 
-    findings += missing_classes([(r.split, r.label) for r in records])
+    findings += missing_classes([(r.split, r.label) for r in records], folders=split_folders)
     findings += similar_class_names([r.label for r in records])
 
     modes = Counter(r.mode for r in good)
@@ -304,7 +306,7 @@ def audit_dataset(
     if out is not None:
         refuse_audit_out_in_data(Path(out), ds)
     records = describe_images(ds, workers=workers, progress=progress, task="auditing images")
-    findings = audit_records(records, skipped=ds.skipped, max_distance=max_distance)
+    findings = audit_records(records, skipped=ds.skipped, max_distance=max_distance, split_folders=ds.split_folders)
     if label_check is not None:
         findings += label_check.findings()
     counts = {k: sum(f.kind == k for f in findings) for k in KINDS}

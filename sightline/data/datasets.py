@@ -57,6 +57,7 @@ class Dataset:
     classes: list[str]  # sorted class names
     samples: list[Sample]  # only files whose header is a supported image (no full decode)
     skipped: list[dict] = field(default_factory=list)  # {"path", "kind", "reason"}: what is not used, and why
+    split_folders: list[str] = field(default_factory=list)  # the split layout's train/val/test folders present
 
     def split(self, name: str) -> list[Sample]:
         """Samples of one split ("train" | "val" | "test"); in the flat layout, every sample for name=None."""
@@ -396,7 +397,7 @@ def scan_dataset(
         found = f"only '{classes[0]}'" if classes else "none"
         where = "in train/val/test" if layout == "split" else "at the top level"
         raise DatasetError(f"dataset '{root}' needs at least two class folders {where}, found {found}")
-    return Dataset(root=root, layout=layout, classes=classes, samples=samples, skipped=skipped)
+    return Dataset(root=root, layout=layout, classes=classes, samples=samples, skipped=skipped, split_folders=present)
 
 
 def _voc_boxes(path: Path) -> tuple[list[tuple[float, float, float, float]], tuple[int, int] | None]:

@@ -312,3 +312,18 @@ def test_a_file_of_another_format_says_which_and_what_to_do(tmp_path, name, cont
         load_image(tmp_path / name)
     message = str(info.value)
     assert message.startswith(f"{tmp_path / name}: not a supported image: ") and kind in message and advice in message
+
+
+def test_an_empty_test_folder_is_flagged_as_lacking_every_class(tmp_path):
+    """DATA/test/ made but never filled: the audit found nothing (only splits holding images were checked), and
+    evaluate later stopped on 'no images in test/'."""
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            _image(root / split / c / "1.png")
+    (root / "test").mkdir()
+    result = audit_dataset(root, out=tmp_path / "audit", html=False)
+    missing = [f.detail for f in result.findings if f.kind == "split_missing_class"]
+    assert missing == [{"split": "test", "classes": ["a", "b"],
+                        "advice": "add test images of a, b or re-split the data (`sightline data split`)"}]
+    assert scan_dataset(root).split_folders == ["train", "val", "test"]
