@@ -147,6 +147,14 @@ def prepare(data_dir: str | Path, cfg: TrainConfig, *, say: Callable[[str], None
         if lacking:  # trained on anyway (a re-split may be impossible), but never in silence
             say(f"warning: {split}/ has no image of {', '.join(lacking)}: {why}; add {split} images of them or "
                 "re-split the data (`sightline data split`)")
+    from sightline.data.audit import similar_class_names
+
+    # 'Ants' in val/ beside 'ants' in train/ was only 'val/ has no image of ants' and 'train/ has no image of Ants',
+    # each true, neither naming the cause: one class spelled two ways, trained as two
+    for finding in similar_class_names(dataset.classes):
+        names = " and ".join(repr(c) for c in finding.detail["classes"])
+        say(f"warning: classes {names} differ only in case, spacing or encoding and are trained as different "
+            "classes; if they are one, give their folders one name")
     cache_ram, cache_why = _cache_budget(cfg, say)
     default = default_preprocessing(cfg.model).input_size
     run_probe = probe and cfg.input_size == "auto" and single_process(cfg)

@@ -127,3 +127,20 @@ def test_a_class_named_like_the_reviewers_unknown_label_is_refused_before_any_wo
     assert code == 2 and len(out.err.strip().splitlines()) == 1
     assert "class named 'unknown'" in out.err and "rename that folder" in out.err
     assert not (tmp_path / "run").exists()
+
+
+def test_classes_spelled_two_ways_are_said(tmp_path):
+    """'Ants' in val/ beside 'ants' in train/ (folders made by two people): training said 'val/ has no image of ants'
+    and 'train/ has no image of Ants', each true, neither naming the cause."""
+    from sightline.train.config import TrainConfig
+    from sightline.train.prepare import prepare
+
+    for split, classes in (("train", ("ants", "bees")), ("val", ("Ants", "bees"))):
+        for i, c in enumerate(classes):
+            _images(tmp_path / split / c, 2, seed=i)
+    said: list[str] = []
+    cfg = TrainConfig(model="test_efficientnet", weights="none", input_size=32, num_workers=0, cache_ram="off")
+    prepare(tmp_path, cfg, say=said.append, probe=False).dm.close()
+    warnings = [line for line in said if line.startswith("warning:")]
+    assert len(warnings) == 3
+    assert "classes 'Ants' and 'ants' differ only in case, spacing or encoding" in warnings[-1]
