@@ -237,11 +237,12 @@ def _check_pixels(im: Image.Image, label: str, max_pixels: int) -> None:
         )
 
 
-def _verified_png(im: Image.Image, label: str) -> Image.Image:
+def _verified_png(im: Image.Image, label: str) -> tuple[Image.Image, bytes]:
     """PNG chunks carry CRCs that Pillow's decoder does not check: a flipped bit in smooth image data can decode
     to wrong pixels without any error. Checks the CRC of every chunk from the first IDAT on (as
     `PngImageFile.verify`; `Image.open` checked the chunks before it) on the PNG's bytes in memory, and returns
-    the image to decode from those same bytes: a file is read once. `im` is `_open`'s header-only image."""
+    the image to decode from those same bytes, and the bytes: a file is read once. `im` is `_open`'s header-only
+    image."""
     fp = im.fp
     assert fp is not None, "a PNG not decoded yet"
     if not im.tile:  # IHDR then IEND: a header with no image data (an AssertionError that stopped predict and audit)
@@ -256,9 +257,73 @@ def _verified_png(im: Image.Image, label: str) -> Image.Image:
     try:
         chunks.fp.seek(im.tile[0][2] - 8)  # the first IDAT's length + type
         chunks.verify()
-        return im if in_memory else Image.open(io.BytesIO(data), formats=("PNG",))
+        return (im if in_memory else Image.open(io.BytesIO(data), formats=("PNG",))), data
     except _DECODE_ERRORS as exc:
         raise CorruptImageError(f"{label}: corrupt PNG data ({exc}); re-export or remove the file") from None
+
+
+# A PNG's rows by interlace pass: (first row, row step, first column, column step) of Adam7's seven passes
+_ADAM7 = ((0, 8, 0, 8), (0, 8, 4, 8), (4, 8, 0, 4), (0, 4, 2, 4), (2, 4, 0, 2), (0, 2, 1, 2), (1, 2, 0, 1))
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+
+
+def _png_rows(data: bytes, first_idat: int) -> tuple[int, int]:
+    """(rows the image data holds, rows the header announces) of a PNG, summed over its interlace passes, counted by
+    inflating its IDAT chunks from `first_idat` (the offset of the first one's length): about half the cost of a
+    decode, so only done when `_load_png`'s cheap check cannot tell."""
+    w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    bits = depth * _CHANNELS.get(colour, 4)
+    passes = _ADAM7 if interlace else ((0, 1, 0, 1),)
+    # (rows, bytes per row with its filter byte) of each pass that holds pixels
+    sizes = [(len(range(r0, h, dr)), 1 + (len(range(c0, w, dc)) * bits + 7) // 8) for r0, dr, c0, dc in passes]
+    sizes = [(rows, stride) for rows, stride in sizes if rows and stride > 1]
+    inflate, got, view, pos = zlib.decompressobj(), 0, memoryview(data), first_idat
+    try:
+        while pos + 8 <= len(data) and data[pos + 4 : pos + 8] == b"IDAT":
+            length = struct.unpack(">I", data[pos : pos + 4])[0]
+            got += len(inflate.decompress(view[pos + 8 : pos + 8 + length]))
+            pos += 12 + length
+    except zlib.error:
+        pass  # as many rows as came out before the damage
+    rows = 0
+    for count, stride in sizes:  # passes fill in order: a short stream ends inside one of them
+        rows += min(count, got // stride)
+        got -= count * stride
+        if got < 0:
+            break
+    return rows, sum(count for count, _ in sizes)
+
+
+def _load_png(im: Image.Image, data: bytes, label: str) -> None:
+    """Decode a PNG (`_verified_png`'s image and bytes), refusing one whose image data ends before its last row.
+
+    Pillow's decoder stops without an error when the compressed stream ends early (a partly written file whose
+    chunks are whole: 10 of 100 rows, the rest left black), and LOAD_TRUNCATED_IMAGES plays no part. Rows are
+    decoded top to bottom (the last interlace pass fills every odd row, top to bottom too), so the last row that
+    the final pass writes is only filled when every row before it was: it is pre-set to a pattern, and the image
+    is complete when the pattern is gone. Only when the decoded row equals the pattern (by chance) are the rows
+    counted, by inflating the image data again (`_png_rows`)."""
+    w, h = im.size
+    first_idat = im.tile[0][2] - 8  # (load empties the tile list)
+    interlaced = bool(im.info.get("interlace"))
+    last = h - 1 if not interlaced or h % 2 == 0 else h - 2  # the last row (of the last pass: an odd one)
+    row = None
+    if h > 1 or not interlaced:
+        size = len(Image.new(im.mode, (w, 1)).tobytes())
+        pattern = ((np.arange(size, dtype=np.uint32) * 2654435761) >> 11).astype(np.uint8).tobytes()
+        row = Image.frombytes(im.mode, (w, 1), pattern)
+        canvas = Image.core.new(im.mode, im.size)
+        canvas.paste(row.im, (0, last, w, last + 1))
+        im.im = canvas  # ImageFile.load decodes into it (it makes a new one only when there is none)
+    im.load()
+    if row is not None and im.crop((0, last, w, last + 1)).tobytes() != row.tobytes():
+        return
+    rows, expected = _png_rows(data, first_idat)
+    if rows < expected:
+        raise CorruptImageError(
+            f"{label}: truncated PNG data (its image data ends after {rows} of {expected} rows"
+            f"{' of its interlace passes' if interlaced else ''}, the rest would be black: a partly written file); "
+            "re-export or remove the file")
 
 
 @dataclass(frozen=True)
@@ -367,8 +432,9 @@ def load_image(
     with _open(source, label) as im:
         fmt = _check_format(im, label)
         _check_pixels(im, label, max_pixels)
+        png = None
         if fmt == "PNG":
-            im = _verified_png(im, label)
+            im, png = _verified_png(im, label)
         orientation = _orientation(im)
         try:
             if draft is not None and fmt == "JPEG":
@@ -376,7 +442,10 @@ def load_image(
                 if orientation in (5, 6, 7, 8):
                     dw, dh = dh, dw  # the request is in displayed pixels, the JPEG is stored rotated
                 im.draft(None, (int(dw), int(dh)))
-            im.load()
+            if png is not None:
+                _load_png(im, png, label)
+            else:
+                im.load()
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
             return to_rgb(im, fmt=fmt)

@@ -1,0 +1,107 @@
+"""Data integrity: images that decode to pixels they do not hold, copies the audit and the split must see, and what
+the scan and the quarantine say about the files they leave."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+from sightline.data.images import load_image
+from sightline.errors import CorruptImageError
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png(ihdr: bytes, idat: bytes, *, pieces: int = 1, plte: bytes = b"") -> bytes:
+    """A PNG of these chunks, its compressed image data cut into `pieces` IDAT chunks (each with a valid CRC)."""
+    step = -(-len(idat) // pieces)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + (_chunk(b"PLTE", plte) if plte else b"")
+            + b"".join(_chunk(b"IDAT", idat[i : i + step]) for i in range(0, len(idat), step)) + _chunk(b"IEND", b""))
+
+
+def _parts(png: bytes) -> tuple[bytes, bytes, bytes]:
+    """(IHDR data, PLTE data, all IDAT data joined) of a PNG."""
+    pos, found = 8, {b"IHDR": b"", b"PLTE": b"", b"IDAT": b""}
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
+        if kind in found:
+            found[kind] += png[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    return found[b"IHDR"], found[b"PLTE"], found[b"IDAT"]
+
+
+def _short_png(w: int = 20, h: int = 100, rows: int = 10) -> bytes:
+    """An RGB PNG whose header says w x h but whose (complete, CRC-valid) image data holds `rows` rows."""
+    raw = b"".join(b"\x00" + bytes([200]) * (w * 3) for _ in range(rows))
+    return _png(struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0), zlib.compress(raw))
+
+
+def test_png_whose_image_data_ends_early_is_corrupt_naming_the_file():
+    # Pillow decodes it without an error, rows 10..99 black: a partly written file trained as a half-black image
+    with pytest.raises(CorruptImageError, match=r"ants/half\.png: truncated PNG data .*after 10 of 100 rows"):
+        load_image(_short_png(), name="ants/half.png")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "1", "I;16"])
+@pytest.mark.parametrize("interlace", [False, True])
+def test_png_short_data_refused_and_whole_data_loaded_for_every_mode(mode: str, interlace: bool):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (9, 13, 3), dtype=np.uint8))
+    src = {"P": lambda: rgb.quantize(16), "I;16": lambda: Image.fromarray(rng.integers(0, 65536, (9, 13)).astype(np.uint16))
+           }.get(mode, lambda: rgb.convert(mode))()
+    buf = io.BytesIO()
+    src.save(buf, "PNG", interlace=interlace)
+    whole = buf.getvalue()
+    with Image.open(io.BytesIO(whole)) as ref:
+        expected = np.asarray(load_image(whole))
+        assert expected.shape == (ref.height, ref.width, 3)
+    ihdr, plte, idat = _parts(whole)
+    raw = zlib.decompress(idat)
+    # the same stream in 7-byte IDAT chunks (as streaming encoders write) decodes to the same pixels
+    assert np.array_equal(np.asarray(load_image(_png(ihdr, idat, pieces=max(1, len(idat) // 7), plte=plte))), expected)
+    w, h, depth, colour = struct.unpack(">IIBB", ihdr[:10])
+    stride = 1 + (w * depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour] + 7) // 8  # a full row and its filter byte
+    # streams that end at a row's end (one cut inside a row Pillow reports as truncated): the upper half of the
+    # rows, all but the last; interlaced, passes 1-6 (no odd row), all but the last row of pass 7
+    cuts = (len(raw) - (h // 2) * stride, len(raw) - stride) if interlace else (h // 2 * stride, (h - 1) * stride)
+    for keep in cuts:
+        with pytest.raises(CorruptImageError, match="truncated PNG data"):
+            load_image(_png(ihdr, zlib.compress(raw[:keep]), plte=plte))
+
+
+def test_png_whose_last_row_matches_the_check_pattern_still_loads(monkeypatch):
+    """The last row is pre-set to a pattern; an image whose last row holds that very pattern is counted instead."""
+    import sightline.data.images as images
+
+    w, h = 16, 5
+    size = w * 3
+    pattern = ((np.arange(size, dtype=np.uint32) * 2654435761) >> 11).astype(np.uint8)
+    a = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    a[-1] = pattern.reshape(w, 3)
+    buf = io.BytesIO()
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Software", "test")  # a tEXt chunk: the first IDAT is not right after IHDR
+    Image.fromarray(a).save(buf, "PNG", pnginfo=text)
+    assert _parts(buf.getvalue())[2] and buf.getvalue()[37:41] == b"tEXt"
+    counted = []
+    count = images._png_rows
+    monkeypatch.setattr(images, "_png_rows", lambda *args: counted.append(1) or count(*args))
+    assert np.array_equal(np.asarray(load_image(buf.getvalue())), a)
+    assert counted == [1]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "TIFF", "BMP"])
+def test_truncated_files_of_other_formats_are_corrupt(fmt: str):
+    # LOAD_TRUNCATED_IMAGES is off (sightline never sets it): Pillow raises, and load_image names the file
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 50, 3), dtype=np.uint8)).save(buf, fmt)
+    data = buf.getvalue()
+    with pytest.raises(CorruptImageError, match=r"^cut\.img: "):
+        load_image(data[: len(data) * 3 // 4], name="cut.img")
