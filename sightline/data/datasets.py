@@ -23,7 +23,8 @@ from sightline.data.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, looks_like_image,
 from sightline.errors import DatasetError, ImageError, UserInputError
 
 __all__ = ["SPLITS", "REGION_SUFFIXES", "Sample", "Dataset", "scan_dataset", "load_regions", "dataset_version",
-           "region_path", "region_files", "free_name", "refuse_out_inside_splits", "split_hint", "is_region_file"]
+           "region_path", "region_files", "free_name", "refuse_out_inside_splits", "split_hint", "is_region_file",
+           "unnamed"]
 
 SPLITS = ("train", "val", "test")
 # DATA/production/<class>/: labelled production images `sightline feedback export` holds out for `sightline
@@ -271,11 +272,17 @@ def _classes_named_like_splits(root: Path, present: list[str]) -> bool:
     return bool(others)
 
 
+def unnamed(message: str, name: str) -> str:
+    """An image error's message without the leading `name: ` it names the file by: a reason listed beside its path
+    (Dataset.skipped, an audit finding, a split's excluded) names the file once."""
+    return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
+
+
 def _probe(path: Path) -> tuple[Path, object]:
     try:
         info = image_info(path)
-    except ImageError as exc:
-        return path, str(exc)
+    except ImageError as exc:  # the message names the file by its full path; `skipped` lists it beside its path
+        return path, unnamed(str(exc), str(path))
     except OSError as exc:  # e.g. a broken symlink or an I/O error
         return path, f"unreadable ({exc.strerror or exc})"
     if info.width * info.height > DEFAULT_MAX_PIXELS:  # load_image would refuse it

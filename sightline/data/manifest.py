@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sightline.data.datasets import Dataset, Sample
+from sightline.data.datasets import Dataset, Sample, unnamed
 from sightline.data.hashing import phash, phash_hex, sha256_bytes
 from sightline.data.images import load_image
 from sightline.errors import ImageError
@@ -41,7 +41,7 @@ class ImageRecord:
     format: str
     mode: str  # stored colour mode ("RGB", "L", "CMYK", "P", ...)
     blur: float | None = None  # variance of the Laplacian of the grey image at ANALYSIS_SIDE (higher = sharper)
-    error: str | None = None  # why the pixels could not be decoded (truncated, corrupt, unreadable)
+    error: str | None = None  # why the pixels could not be decoded (truncated, corrupt, unreadable); not naming the file
 
     @property
     def phash_int(self) -> int:
@@ -66,13 +66,13 @@ def describe_one(sample: Sample) -> ImageRecord:
     try:
         data = sample.path.read_bytes()
     except OSError as exc:
-        record.error = f"{sample.relpath}: unreadable ({exc.strerror or exc})"
+        record.error = f"unreadable ({exc.strerror or exc})"
         return record
     record.sha256 = sha256_bytes(data)
     try:
         image = load_image(data, draft=(ANALYSIS_SIDE, ANALYSIS_SIDE), name=sample.relpath)
     except ImageError as exc:
-        record.error = str(exc)
+        record.error = unnamed(str(exc), sample.relpath)  # listed beside its relpath (audit finding, split's excluded)
         return record
     grey = image.convert("L")
     short = min(grey.size)

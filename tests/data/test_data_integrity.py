@@ -105,3 +105,38 @@ def test_truncated_files_of_other_formats_are_corrupt(fmt: str):
     data = buf.getvalue()
     with pytest.raises(CorruptImageError, match=r"^cut\.img: "):
         load_image(data[: len(data) * 3 // 4], name="cut.img")
+
+
+def _photo(seed: int, size: int = 48) -> Image.Image:
+    """A smooth, asymmetric picture (its pHash far from another seed's, and from its own mirror image)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    a = sum(np.sin(rng.uniform(1, 7) * x + rng.uniform(1, 7) * y + rng.uniform(0, 6)) * rng.uniform(0.5, 1) for _ in range(4))
+    a = a + 3 * x * rng.uniform(0.5, 1.5)  # brighter on one side: not its own mirror image
+    grey = (a - a.min()) / (a.max() - a.min()) * 255
+    return Image.fromarray(np.stack([grey, np.roll(grey, size // 3, axis=0), 255 - grey], axis=-1).astype(np.uint8))
+
+
+def _dataset(root: Path, per_class: int = 4) -> Path:
+    for c, cls in enumerate(("ants", "bees")):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            _photo(10 * c + i).save(root / cls / f"{cls}_{i}.png")
+    return root
+
+
+def test_scan_and_split_reasons_name_the_file_once(tmp_path: Path):
+    from sightline.data.datasets import scan_dataset
+    from sightline.data.split import split_dataset
+
+    root = _dataset(tmp_path / "raw")
+    Image.new("P", (8, 8)).save(root / "ants" / "x.gif")  # refused by the scan: not a supported image
+    (root / "bees" / "half.png").write_bytes(_short_png())  # a valid header, refused on decode
+    ds = scan_dataset(root)
+    (skip,) = ds.skipped
+    assert skip["path"] == "ants/x.gif" and skip["reason"].startswith("not a supported image: a GIF image")
+    assert str(tmp_path) not in skip["reason"] and "x.gif" not in skip["reason"]
+    result = split_dataset(root, tmp_path / "out", dataset=ds)
+    excluded = {e["path"]: e["reason"] for e in result.excluded}
+    assert set(excluded) == {"ants/x.gif", "bees/half.png"}
+    assert excluded["bees/half.png"].startswith("truncated PNG data") and "half.png" not in excluded["bees/half.png"]
