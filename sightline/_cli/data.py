@@ -202,3 +202,6 @@ def audit_cmd(
     if result.quarantined:
         console.print(escape(f"moved {len(result.quarantined)} files to {result.root / '.quarantine'} (log.jsonl lists "
                              "them)"), highlight=False)
+    for item in result.not_quarantined:  # flagged, not moved: said, or the user takes the folder for clean
+        console.print(f"[yellow]not moved:[/] {escape(item['path'])} ({escape(item['kind'])}): {escape(item['reason'])}",
+                      highlight=False)

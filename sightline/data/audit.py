@@ -27,6 +27,7 @@ Finding kinds (each finding is {"kind", "paths", "detail"}; paths relative to th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections import Counter
@@ -39,6 +40,7 @@ from sightline.data.balance import choose_balance, class_ratio
 from sightline.data.datasets import (SPLITS, Dataset, free_name, refuse_out_inside_splits, region_files,
                                      scan_dataset)
 from sightline.data.findings import AuditResult, Finding  # re-exported: part of this module's API
+from sightline.data.inputs import shown_name
 from sightline.data.label_issues import LabelCheck, write_suggestions
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
 from sightline.data.split import DEFAULT_MAX_DISTANCE, duplicate_groups
@@ -223,13 +225,37 @@ def _keeper(paths: list[str], splits: dict[str, str | None]) -> str:
     return (train or paths)[0]
 
 
-def quarantine(root: str | Path, findings: Sequence[Finding], records: Sequence[ImageRecord]) -> list[dict]:
+def _on_disk(root: Path, rel: str) -> Path | None:
+    """The file a finding's path names, or None. A name that is not UTF-8 is listed in its shown form (`caf\\xe9.jpg`,
+    `shown_name`), which is not its name on disk: each such part is matched to the one entry of its folder shown so."""
+    path = root / rel
+    if os.path.lexists(path):
+        return path
+    here = root
+    for part in rel.split("/"):
+        candidate = here / part
+        if not os.path.lexists(candidate):
+            try:
+                matches = [here / name for name in os.listdir(here) if shown_name(name) == part]
+            except OSError:
+                return None
+            if len(matches) != 1:
+                return None
+            candidate = matches[0]
+        here = candidate
+    return here
+
+
+def quarantine(root: str | Path, findings: Sequence[Finding], records: Sequence[ImageRecord], *,
+               stayed: list[dict] | None = None) -> list[dict]:
     """Move flagged files into ROOT/.quarantine/<relpath> (with their region files) and append to
     ROOT/.quarantine/log.jsonl. One copy of each duplicate / leakage group stays; conflicting-label groups go
-    entirely (nobody knows the right label). Nothing is deleted. Returns the moves made."""
+    entirely (nobody knows the right label). Nothing is deleted. Returns the moves made; a flagged path that is not
+    moved (a folder, gone, or the move failed) is appended to `stayed` as {"path", "kind", "reason"}."""
     root = Path(root)
     qdir = root / ".quarantine"
     splits = {r.relpath: r.split for r in records}
+    stayed = [] if stayed is None else stayed
     chosen: dict[str, str] = {}
     for f in findings:
         if f.kind not in QUARANTINE_KINDS:
@@ -243,15 +269,24 @@ def quarantine(root: str | Path, findings: Sequence[Finding], records: Sequence[
     moves = []
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     for rel, kind in sorted(chosen.items()):
-        src = root / rel
-        # Only files (and links) move: a folder the scan ignored (e.g. DATA/docs/ beside the splits) is reported,
-        # never carried off wholesale.
-        if not (src.is_symlink() or src.is_file()):
+        src = _on_disk(root, rel)  # a name that is not UTF-8 is flagged by its escaped form
+        if src is None:
+            stayed.append({"path": rel, "kind": kind, "reason": "not found under that name any more; nothing moved"})
             continue
-        dst = free_name(qdir / rel)  # an earlier audit's quarantined file keeps its name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(src), str(dst))
-        moves.append({"time": stamp, "path": rel, "kind": kind, "to": dst.relative_to(root).as_posix()})
+        # Only files (and links) move: a folder the scan ignored (e.g. DATA/docs/ beside the splits) or could not
+        # list is reported, never carried off wholesale.
+        if not (src.is_symlink() or src.is_file()):
+            stayed.append({"path": rel, "kind": kind, "reason": "a folder: only files are moved; fix or move it by hand"})
+            continue
+        dst = free_name(qdir / src.relative_to(root))  # an earlier audit's quarantined file keeps its name
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dst))
+        except OSError as exc:
+            stayed.append({"path": rel, "kind": kind, "reason": f"could not be moved ({exc.strerror or exc}); "
+                                                                   "check the permissions"})
+            continue
+        moves.append({"time": stamp, "path": rel, "kind": kind, "to": shown_name(dst.relative_to(root).as_posix())})
         for suffix, extra in region_files(src).items():
             shutil.move(str(extra), str(dst.with_name(dst.stem + suffix)))
     if moves:
@@ -292,7 +327,8 @@ def audit_dataset(
     """Audit a dataset folder (split or flat layout): write `audit.json`, `audit.html` and `manifest.csv` into
     `out` (default DATA/.audit, which scans ignore) and return the findings.
 
-    With `move_to_quarantine`, flagged files move to DATA/.quarantine/ (see `quarantine`); audit.json lists them.
+    With `move_to_quarantine`, flagged files move to DATA/.quarantine/ (see `quarantine`); audit.json lists them, and
+    those that stayed (`not_quarantined`, with the reason).
     `label_check` (the label check's result, made a layer up: sightline.train.label_audit.audit_labels) adds its
     ranked `label_issue` findings, its summary under "label_check" in audit.json, and `label_issues.csv` (review
     suggestions, `write_suggestions`); label issues are never quarantined.
@@ -326,7 +362,7 @@ def audit_dataset(
 
         write_html(result, out_dir / "audit.html")
     if move_to_quarantine:
-        result.quarantined = quarantine(ds.root, findings, records)
+        result.quarantined = quarantine(ds.root, findings, records, stayed=result.not_quarantined)
     (out_dir / "audit.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     result.out = out_dir
     return result

@@ -27,6 +27,7 @@ class AuditResult:
     class_counts: dict[str, int]
     out: Path | None = None  # folder with audit.json and audit.html
     quarantined: list[dict] = field(default_factory=list)
+    not_quarantined: list[dict] = field(default_factory=list)  # {path, kind, reason}: flagged, asked to move, stayed
     label_check: dict | None = None  # LabelCheck.summary() when the label check was asked for, else None
 
     def to_json(self) -> dict:
@@ -37,5 +38,6 @@ class AuditResult:
             "class_counts": self.class_counts,
             "findings": [asdict(f) for f in self.findings],
             "quarantined": self.quarantined,
+            "not_quarantined": self.not_quarantined,
             "label_check": self.label_check,
         }

@@ -140,3 +140,25 @@ def test_scan_and_split_reasons_name_the_file_once(tmp_path: Path):
     excluded = {e["path"]: e["reason"] for e in result.excluded}
     assert set(excluded) == {"ants/x.gif", "bees/half.png"}
     assert excluded["bees/half.png"].startswith("truncated PNG data") and "half.png" not in excluded["bees/half.png"]
+
+
+def test_quarantine_moves_a_file_named_in_latin1_and_says_what_stayed(tmp_path: Path):
+    import os
+
+    from sightline.data.audit import Finding, audit_dataset, quarantine
+
+    root = _dataset(tmp_path / "data")
+    latin1 = os.fsencode(root / "ants") + b"/caf\xe9.png"  # not UTF-8: flagged as unreadable (rename it)
+    _photo(99).save(latin1)
+    result = audit_dataset(root, move_to_quarantine=True, html=False)
+    (move,) = result.quarantined
+    assert move["path"] == "ants/caf\\xe9.png" and move["to"] == ".quarantine/ants/caf\\xe9.png"
+    assert not os.path.lexists(latin1) and os.path.isfile(os.fsencode(root / ".quarantine" / "ants") + b"/caf\xe9.png")
+    assert result.not_quarantined == [] and result.to_json()["not_quarantined"] == []
+    # a flagged folder (one the scan could not list) and a file gone since the audit stay, and are listed so
+    (root / "bees" / "locked").mkdir()
+    stayed: list[dict] = []
+    moves = quarantine(root, [Finding("unreadable", ["bees/locked"]), Finding("corrupt", ["bees/gone.png"])], [],
+                       stayed=stayed)
+    assert moves == [] and [s["path"] for s in stayed] == ["bees/gone.png", "bees/locked"]
+    assert "nothing moved" in stayed[0]["reason"] and "a folder" in stayed[1]["reason"]
