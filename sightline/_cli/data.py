@@ -179,11 +179,15 @@ def audit_cmd(
             if kind == "similar_class_names":
                 example = "; ".join(" / ".join(repr(c) for c in f.detail["classes"]) for f in found)
                 example += f": {first.detail['advice']}"
+            if kind == "multi_frame":
+                example = ", ".join(f"{p} ({first.detail['frames'][p]} frames)" for p in first.paths[:2])
+                example += f": {first.detail['note']}"
             if kind == "label_issue":
                 d = first.detail
                 example = f"{first.paths[0]}: {d['given']} -> {d['suggested']} (p {d['p_suggested']:.2f})"
         style = "" if not found else ("yellow" if kind in ("ignored", "class_imbalance", "mixed_color_modes",
-                                                           "label_issue", "split_missing_class", "similar_class_names")
+                                                           "multi_frame", "label_issue", "split_missing_class",
+                                                           "similar_class_names")
                                       else "red")
         count = f"[{style}]{len(found)}[/]" if style else "0"
         if kind == "label_issue" and (check is None or check.skipped):

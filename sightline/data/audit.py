@@ -20,6 +20,7 @@ Finding kinds (each finding is {"kind", "paths", "detail"}; paths relative to th
                       'golden retriever'): two classes where one was meant
   class_imbalance     max/min class count at or above BALANCE_NONE_BELOW (1.5), with what training will do
   mixed_color_modes   files stored in more than one colour mode (e.g. RGB and greyscale)
+  multi_frame         animated PNG/WebP or multi-page TIFF files: every stage uses the first frame (page) only
   label_issue         likely mislabeled: the given label contradicted by out-of-fold probabilities (confident
                       learning, sightline.data.label_issues); ranked, with the suggested label. Only when the
                       caller ran the label check and passed it in (`label_check=`); never moved, never relabelled
@@ -66,7 +67,7 @@ __all__ = [
 KINDS = (
     "unreadable", "ignored", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels", "split_leakage",
     "split_missing_class", "similar_class_names", "blurry", "too_small", "extreme_aspect", "class_imbalance",
-    "mixed_color_modes", "label_issue",
+    "mixed_color_modes", "multi_frame", "label_issue",
 )
 # Kinds whose files `quarantine` moves away (imbalance and colour modes are properties of the set, not of a file).
 QUARANTINE_KINDS = ("unreadable", "corrupt", "exact_duplicate", "near_duplicate", "conflicting_labels",
@@ -214,6 +215,12 @@ def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (
         findings.append(Finding("mixed_color_modes", sorted(r.relpath for r in good if r.mode != common),
                                 {"modes": dict(modes), "most_common": common,
                                  "note": "every image is converted to RGB on load; check the odd ones are not a different camera or source"}))
+    layered = sorted((r for r in records if r.frames > 1), key=lambda r: r.relpath)
+    if layered:  # training, evaluation and serving decode the first frame: the others were dropped without a word
+        findings.append(Finding("multi_frame", [r.relpath for r in layered], {
+            "frames": {r.relpath: r.frames for r in layered},
+            "note": "only the first frame (TIFF: page) of each is used by training, evaluation and serving; save the "
+                    "frames that matter as separate images, or check the first one is the right one"}))
     return findings
 
 

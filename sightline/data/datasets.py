@@ -49,6 +49,7 @@ class Sample:
     height: int = 0
     format: str = ""  # JPEG | PNG | BMP | TIFF | WEBP, by content
     mode: str = ""  # Pillow's stored colour mode, before conversion to RGB
+    frames: int = 1  # frames of an animated PNG/WebP, pages of a TIFF: only the first is ever decoded
 
 
 @dataclass
@@ -382,7 +383,7 @@ def scan_dataset(
         samples.append(
             Sample(
                 path=p, relpath=rel, label=label, split=split, region=region_path(p),
-                width=info.width, height=info.height, format=info.format, mode=info.mode,
+                width=info.width, height=info.height, format=info.format, mode=info.mode, frames=info.frames,
             )
         )
 

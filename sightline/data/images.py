@@ -329,12 +329,15 @@ def _load_png(im: Image.Image, data: bytes, label: str) -> None:
 @dataclass(frozen=True)
 class ImageInfo:
     """What the header says. width/height are in pixels after EXIF orientation; mode is Pillow's stored mode
-    ("RGB", "L", "CMYK", "P", "I;16", ...) before `load_image` turns it into RGB."""
+    ("RGB", "L", "CMYK", "P", "I;16", ...) before `load_image` turns it into RGB. frames: the frames of an animated
+    PNG or WebP, the pages of a TIFF (1 for a still image; a phone's multi-picture JPEG counts 1: its other pictures
+    are previews or depth maps); `load_image` decodes the first only."""
 
     format: str
     width: int
     height: int
     mode: str
+    frames: int = 1
 
 
 def image_info(source: ImageSource, *, name: str | None = None) -> ImageInfo:
@@ -348,7 +351,11 @@ def image_info(source: ImageSource, *, name: str | None = None) -> ImageInfo:
         w, h = im.size
         if _orientation(im) in (5, 6, 7, 8):
             w, h = h, w
-        return ImageInfo(fmt, w, h, im.mode)
+        try:  # a TIFF's pages are counted by walking its directories (headers only)
+            frames = 1 if fmt == "JPEG" else int(getattr(im, "n_frames", 1))
+        except _DECODE_ERRORS:
+            frames = 1  # a damaged later directory: the first page is what is decoded, and judged on its own
+        return ImageInfo(fmt, w, h, im.mode, frames)
 
 
 def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:

@@ -42,6 +42,7 @@ class ImageRecord:
     mode: str  # stored colour mode ("RGB", "L", "CMYK", "P", ...)
     blur: float | None = None  # variance of the Laplacian of the grey image at ANALYSIS_SIDE (higher = sharper)
     error: str | None = None  # why the pixels could not be decoded (truncated, corrupt, unreadable); not naming the file
+    frames: int = 1  # frames (animated PNG/WebP) or pages (TIFF) in the file; only the first is used
 
     @property
     def phash_int(self) -> int:
@@ -61,7 +62,7 @@ def describe_one(sample: Sample) -> ImageRecord:
     """Hash, fingerprint and measure one sample; decoding errors are recorded in `error`, never raised."""
     record = ImageRecord(
         relpath=sample.relpath, label=sample.label, split=sample.split, sha256="", width=sample.width,
-        height=sample.height, phash="", format=sample.format, mode=sample.mode,
+        height=sample.height, phash="", format=sample.format, mode=sample.mode, frames=sample.frames,
     )
     try:
         data = sample.path.read_bytes()

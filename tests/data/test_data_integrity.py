@@ -162,3 +162,21 @@ def test_quarantine_moves_a_file_named_in_latin1_and_says_what_stayed(tmp_path: 
                        stayed=stayed)
     assert moves == [] and [s["path"] for s in stayed] == ["bees/gone.png", "bees/locked"]
     assert "nothing moved" in stayed[0]["reason"] and "a folder" in stayed[1]["reason"]
+
+
+def test_audit_lists_animated_and_multi_page_files(tmp_path: Path):
+    from sightline.data.audit import audit_dataset
+    from sightline.data.images import image_info
+
+    root = _dataset(tmp_path / "data")
+    frames = [_photo(50 + i) for i in range(3)]
+    frames[0].save(root / "ants" / "moving.webp", save_all=True, append_images=frames[1:], lossless=True)
+    frames[0].save(root / "ants" / "moving.png", save_all=True, append_images=frames[1:])  # APNG
+    frames[0].save(root / "bees" / "pages.tif", save_all=True, append_images=frames[1:2])
+    frames[0].save(root / "bees" / "still.tif")
+    assert image_info(root / "ants" / "moving.webp").frames == 3 and image_info(root / "bees" / "still.tif").frames == 1
+    result = audit_dataset(root, html=False)
+    (finding,) = [f for f in result.findings if f.kind == "multi_frame"]
+    assert finding.detail["frames"] == {"ants/moving.png": 3, "ants/moving.webp": 3, "bees/pages.tif": 2}
+    assert finding.paths == sorted(finding.detail["frames"]) and "first frame" in finding.detail["note"]
+    assert result.counts["multi_frame"] == 1
