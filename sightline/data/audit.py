@@ -7,7 +7,8 @@ Finding kinds (each finding is {"kind", "paths", "detail"}; paths relative to th
   unreadable          not an image, unreadable, or a symlink leaving the root (from the scan)
   corrupt             a valid header but truncated or corrupt pixel data
   exact_duplicate     byte-identical files (same sha256), one finding per group
-  near_duplicate      perceptual hashes within `max_distance` bits (re-encoded, resized, brightened copies)
+  near_duplicate      perceptual hashes within `max_distance` bits (re-encoded, resized, brightened copies; a
+                      horizontally flipped copy too, against the mirror image's hash: detail "mirrored" names them)
   conflicting_labels  the same (or a near-identical) image under two or more labels
   split_leakage       the same (or a near-identical) image in two or more splits
   split_missing_class a class with images in the dataset but none in one of its splits (val without a class: early
@@ -44,7 +45,7 @@ from sightline.data.findings import AuditResult, Finding  # re-exported: part of
 from sightline.data.inputs import shown_name
 from sightline.data.label_issues import LabelCheck, write_suggestions
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
-from sightline.data.split import DEFAULT_MAX_DISTANCE, duplicate_groups
+from sightline.data.split import DEFAULT_MAX_DISTANCE, duplicate_groups, mirror_distance
 from sightline.errors import UserInputError
 from sightline.progress import ProgressFn
 
@@ -169,7 +170,8 @@ def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (
 
     sha = [r.sha256 for r in good]
     hashes = np.asarray([r.phash_int for r in good], dtype=np.uint64)
-    for group in duplicate_groups(sha, hashes, max_distance=max_distance):
+    mirrored = np.asarray([r.phash_mirror_int for r in good], dtype=np.uint64)
+    for group in duplicate_groups(sha, hashes, max_distance=max_distance, mirrored=mirrored):
         if len(group) < 2:
             continue
         members = sorted((good[i] for i in group), key=lambda r: r.relpath)
@@ -178,6 +180,9 @@ def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (
         splits = sorted({r.split for r in members if r.split})
         exact = len({r.sha256 for r in members}) == 1
         detail = {"labels": labels, "splits": splits}
+        flipped = _mirrored_members(members, max_distance)
+        if flipped:
+            detail["mirrored"] = flipped
         findings.append(Finding("exact_duplicate" if exact else "near_duplicate", paths, detail))
         if len(labels) > 1:
             findings.append(Finding("conflicting_labels", paths, {"labels": {r.relpath: r.label for r in members}}))
@@ -222,6 +227,19 @@ def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (
             "note": "only the first frame (TIFF: page) of each is used by training, evaluation and serving; save the "
                     "frames that matter as separate images, or check the first one is the right one"}))
     return findings
+
+
+def _mirrored_members(members: Sequence[ImageRecord], max_distance: int) -> list[str]:
+    """The relpaths of a duplicate group's images that match another member only as its mirror image (a
+    horizontally flipped copy), so the finding says why images that look different were grouped."""
+    out = []
+    for r in members:
+        others = [o for o in members if o is not r]
+        near = any(bin(r.phash_int ^ o.phash_int).count("1") <= max_distance or r.sha256 == o.sha256 for o in others)
+        if not near and any(bin(r.phash_int ^ o.phash_mirror_int).count("1") <= mirror_distance(max_distance)
+                            for o in others):
+            out.append(r.relpath)
+    return out
 
 
 # --- I/O ------------------------------------------------------------------------------------------------------

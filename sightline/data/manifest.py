@@ -2,7 +2,9 @@
 
 `describe_images` reads every file once (bytes -> sha256; JPEG decoded at reduced scale, at least 256 px) in a
 thread pool (Pillow and hashlib release the GIL), and returns one `ImageRecord` per sample. The manifest file
-(`manifest.csv`) holds relpath, label, split, sha256, width, height, phash, format and mode.
+(`manifest.csv`) holds relpath, label, split, sha256, width, height, phash, format and mode. The hash of the mirror
+image (`ImageRecord.phash_mirror`, for flipped copies) is used by the audit and the split in the same run and not
+written: the manifest's columns are what `feedback export` and other readers expect.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sightline.data.datasets import Dataset, Sample, unnamed
-from sightline.data.hashing import phash, phash_hex, sha256_bytes
+from sightline.data.hashing import phash_hex, phashes, sha256_bytes
 from sightline.data.images import load_image
 from sightline.errors import ImageError
 from sightline.progress import ProgressFn, Steps
@@ -43,10 +45,16 @@ class ImageRecord:
     blur: float | None = None  # variance of the Laplacian of the grey image at ANALYSIS_SIDE (higher = sharper)
     error: str | None = None  # why the pixels could not be decoded (truncated, corrupt, unreadable); not naming the file
     frames: int = 1  # frames (animated PNG/WebP) or pages (TIFF) in the file; only the first is used
+    phash_mirror: str = ""  # the perceptual hash of the horizontally flipped image (not in manifest.csv)
 
     @property
     def phash_int(self) -> int:
         return int(self.phash, 16) if self.phash else 0
+
+    @property
+    def phash_mirror_int(self) -> int:
+        """The mirror image's hash; the image's own when unknown (a record read back from manifest.csv)."""
+        return int(self.phash_mirror, 16) if self.phash_mirror else self.phash_int
 
 
 def laplacian_variance(grey: np.ndarray) -> float:
@@ -80,7 +88,8 @@ def describe_one(sample: Sample) -> ImageRecord:
     if short > ANALYSIS_SIDE:
         scale = ANALYSIS_SIDE / short
         grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BOX)
-    record.phash = phash_hex(phash(grey))
+    plain, mirrored = phashes(grey)
+    record.phash, record.phash_mirror = phash_hex(plain), phash_hex(mirrored)
     record.blur = laplacian_variance(np.asarray(grey))
     return record
 
