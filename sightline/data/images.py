@@ -56,8 +56,13 @@ BACKGROUND = (255, 255, 255)
 # for a 100-megapixel scan that the cap then refused with its own one-line reason. The warning is silenced (for
 # Pillow's module only); its hard error at twice the limit stays as the second line of defence. Under pytest's
 # "error" filter the warning is still an exception, which `_open` turns into ImageTooLargeError.
+# The same for a TIFF whose directory is missing (a compressed TIFF cut short: Pillow writes it after the pixels):
+# Pillow warned "UserWarning: Corrupt EXIF data. Expecting to read 2 bytes but only got 0.", naming no file, before
+# the one-line CorruptImageError that names it; where warnings are errors, the warning itself escaped load_image.
 def _quiet_pillow_bomb_warning() -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module=r"PIL\.Image")
+    warnings.filterwarnings("ignore", message=r"(Possibly )?[Cc]orrupt EXIF data", category=UserWarning,
+                            module=r"PIL\.TiffImagePlugin")
 
 
 _quiet_pillow_bomb_warning()
@@ -187,7 +192,7 @@ def _open(source: ImageSource, label: str) -> Iterator[Image.Image]:
             ) from None
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             raise ImageError(f"{label}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
-        except _DECODE_ERRORS as exc:
+        except (*_DECODE_ERRORS, UserWarning) as exc:  # UserWarning: Pillow's header warnings, raised as errors
             raise CorruptImageError(f"{label}: corrupt image header ({exc}); re-export or remove the file") from None
         yield im
 
