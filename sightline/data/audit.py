@@ -42,6 +42,7 @@ from sightline.data.balance import choose_balance, class_ratio
 from sightline.data.datasets import (SPLITS, Dataset, free_name, refuse_out_inside_splits, region_files,
                                      scan_dataset)
 from sightline.data.findings import AuditResult, Finding  # re-exported: part of this module's API
+from sightline.data.hashing import hamming_matrix
 from sightline.data.inputs import shown_name
 from sightline.data.label_issues import LabelCheck, write_suggestions
 from sightline.data.manifest import ImageRecord, describe_images, write_manifest
@@ -232,14 +233,14 @@ def audit_records(records: Sequence[ImageRecord], *, skipped: Sequence[dict] = (
 def _mirrored_members(members: Sequence[ImageRecord], max_distance: int) -> list[str]:
     """The relpaths of a duplicate group's images that match another member only as its mirror image (a
     horizontally flipped copy), so the finding says why images that look different were grouped."""
-    out = []
-    for r in members:
-        others = [o for o in members if o is not r]
-        near = any(bin(r.phash_int ^ o.phash_int).count("1") <= max_distance or r.sha256 == o.sha256 for o in others)
-        if not near and any(bin(r.phash_int ^ o.phash_mirror_int).count("1") <= mirror_distance(max_distance)
-                            for o in others):
-            out.append(r.relpath)
-    return out
+    plain = np.asarray([r.phash_int for r in members], dtype=np.uint64)
+    mirror = np.asarray([r.phash_mirror_int for r in members], dtype=np.uint64)
+    sha = np.asarray([r.sha256 for r in members])
+    near = (hamming_matrix(plain, plain) <= max_distance) | (sha[:, None] == sha[None, :])
+    flipped = hamming_matrix(plain, mirror) <= mirror_distance(max_distance)
+    np.fill_diagonal(near, False)
+    np.fill_diagonal(flipped, False)
+    return [r.relpath for r, n, f in zip(members, near.any(axis=1), flipped.any(axis=1)) if f and not n]
 
 
 # --- I/O ------------------------------------------------------------------------------------------------------
