@@ -6,7 +6,7 @@ demo's generator, then the same line with its camera out of focus (blur, severit
 out-of-distribution images (other-domain photographs that ship with scikit-image, and synthetic textures) mixed in.
 The monitor runs on windows of `WINDOW` predictions, so the drift alert is raised by the end of the stream; the
 unknown and uncertain images wait in the review queue. It prints where to look and the commands that close the
-loop (label -> feedback export -> retrain -> challenge -> promote), then serves until Ctrl-C.
+loop (label -> feedback export -> retrain -> evaluate -> export -> challenge -> promote), then serves until Ctrl-C.
 
 Everything lives under the demo folder: OUT/service (database, kept images, registry, keys.txt) and OUT/stream.
 """
@@ -289,7 +289,8 @@ class DemoService:
             pass  # the summary says what the monitor has seen so far
         status = _request(f"{self.base}/v1/monitor", key=self.reviewer)
         return {
-            "url": f"{self.base}/ui", "review": f"{self.base}/ui/review", "dashboard": f"{self.base}/ui/dashboard",
+            "url": f"{self.base}/ui", "review": f"{self.base}/ui/review",
+            "random": f"{self.base}/ui/review?slice=random", "dashboard": f"{self.base}/ui/dashboard",
             "champion": self.champion, "keys": str(self.keys_file), "reviewer_key": self.reviewer,
             "camera_key": self.camera, "decisions": replayed["decisions"],
             "open_alerts": status.get("open_alerts", []), "review_queue": queue_size(self.base, self.reviewer),
@@ -322,8 +323,12 @@ def loop_commands(out: Path, url: str) -> list[str]:
         f"sightline evaluate {out / 'run-v2'} --data {out / 'data-v2'}",
         f"sightline export {out / 'run-v2'} --int8 --data {out / 'data-v2'}",
         f"sightline challenge {out / 'run'} {out / 'run-v2'} --data {out / 'data-v2'} --database {url}",
-        f"sightline registry add {out / 'run-v2'} --database {url} --alias champion "
-        f"--reason 'won the challenge'   # the service switches within seconds",
+        # registered as the challenger first, then promoted: `registry add --alias champion` said "won the challenge"
+        # and "the service switches" while the gate refuses a challenger the challenge said DO NOT PROMOTE, which on
+        # the demo's few labelled production images it does unless the challenger is clearly better there
+        f"sightline registry add {out / 'run-v2'} --database {url} --alias challenger",
+        f"sightline registry promote challenger --database {url}   # the service switches within seconds; refused "
+        f"after DO NOT PROMOTE (--force promotes anyway, logged as forced)",
         f"sightline registry rollback --database {url}   # and back, if needed",
     ]
 
@@ -339,6 +344,7 @@ def print_summary(s: dict[str, Any], say: Callable[[str], None]) -> None:
     say(f"    review queue {s['review']}  |  dashboard {s['dashboard']}")
     say(f"reviewer key (review, admin): {s['reviewer_key']}")
     say(f"camera key (predict): {s['camera_key']}   (both saved in {s['keys']})")
-    say("label in the review queue (keys 1-9, u unknown, s skip, z undo), then close the loop:")
+    say(f"label the review queue (keys 1-9, u unknown, s skip, z undo) and the random slice {s['random']} (the "
+        f"challenge's production images: it promotes only a challenger clearly better there), then close the loop:")
     for command in s["commands"]:
         say(f"    {command}")

@@ -73,5 +73,5 @@ def test_the_loop_evaluates_the_challenger_before_exporting_and_challenging_it()
     # challenger uncalibrated (ECE 0.03 -> 0.35 in the demo)
     commands = serve_demo.loop_commands(Path("demo-run"), "sqlite:///db")
     steps = [c.split()[1] for c in commands]
-    assert steps == ["feedback", "retrain", "evaluate", "export", "challenge", "registry", "registry"]
+    assert steps == ["feedback", "retrain", "evaluate", "export", "challenge", "registry", "registry", "registry"]
     assert commands[2].startswith("sightline evaluate demo-run/run-v2 --data demo-run/data-v2")
