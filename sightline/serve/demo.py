@@ -31,8 +31,8 @@ from PIL import Image
 from sightline.errors import UserInputError
 from sightline.progress import ProgressFn, Steps
 
-__all__ = ["WINDOW", "DemoService", "StreamItem", "frame_size", "loop_commands", "make_stream", "print_summary",
-           "queue_size", "replay"]
+__all__ = ["WINDOW", "DemoService", "StreamItem", "champion", "frame_size", "loop_commands", "make_stream",
+           "print_summary", "queue_size", "replay"]
 
 WINDOW = 100  # predictions per monitor window in the demo (the service's default is 500)
 DRIFT = "blur"  # the camera fault of the drifted phase (sightline.evaluate.robustness)
@@ -239,7 +239,7 @@ class DemoService:
         self.url = f"sqlite:///{(service / 'sightline.db').resolve()}"
         registry_root = service / "registry"
         with Registry(self.url, root=registry_root) as registry:
-            self.champion = registry.add(run, alias="champion", by="demo", reason="the demo's model").version.ref
+            self.champion = champion(registry, run, say)
         store = Store(self.url)
         self.reviewer = store.create_key("demo-reviewer", ["review", "admin"])
         self.camera = store.create_key("demo-camera", ["predict"])
@@ -311,6 +311,21 @@ class DemoService:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def champion(registry: Any, run: Path, say: Callable[[str], None]) -> str:
+    """The version the demo serves: on the first `--serve` the demo's model (RUN), registered and made champion; on a
+    later one the champion as the loop left it, said in one line. Making RUN champion again each time rolled a
+    promoted challenger back without a word (and logged it as a promotion of "the demo's model")."""
+    current = registry.aliases().get("champion")
+    demo = registry.add(run, by="demo", reason="the demo's model").version
+    if current is None:
+        registry.promote(demo.ref, alias="champion", by="demo", reason="the demo's model")
+        return demo.ref
+    if current.id != demo.id:
+        say(f"serving the champion the loop left, {current.ref} ({current.name} {current.model_version}), not the "
+            f"demo's model {demo.ref} (`sightline registry promote {demo.ref} --database {registry.url}` serves it again)")
+    return current.ref
 
 
 def loop_commands(out: Path, url: str) -> list[str]:

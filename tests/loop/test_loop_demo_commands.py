@@ -14,7 +14,7 @@ from sightline.bundle import Bundle
 from sightline.cli import app
 from sightline.loop.registry import Registry
 from sightline.preprocessing import Preprocessing
-from sightline.serve.demo import loop_commands
+from sightline.serve.demo import champion, loop_commands
 
 
 def _run_folder(run: Path, seed: int) -> None:
@@ -74,3 +74,18 @@ def test_the_summary_sends_the_reviewer_to_the_random_slice_the_challenge_scores
                   lines.append)
     label = next(line for line in lines if line.startswith("label"))
     assert "u/ui/review?slice=random" in label and "production" in label
+
+
+def test_serving_the_demo_again_keeps_the_champion_the_loop_promoted(tmp_path: Path) -> None:
+    # each `demo --serve` made the demo's model champion again: after a promotion, the next `make demo-serve`
+    # rolled the service back to v1 without a word, logged as a promotion of "the demo's model"
+    _run_folder(tmp_path / "run", 0)
+    _run_folder(tmp_path / "run-v2", 1)
+    said: list[str] = []
+    with Registry(f"sqlite:///{tmp_path / 'sightline.db'}") as reg:
+        assert champion(reg, tmp_path / "run", said.append) == "v1" and said == []
+        assert champion(reg, tmp_path / "run", said.append) == "v1" and said == []  # served again: nothing moves
+        reg.add(tmp_path / "run-v2", alias="champion")
+        assert champion(reg, tmp_path / "run", said.append) == "v2"
+        assert reg.aliases()["champion"].ref == "v2" and [m.to_ref for m in reg.history("champion")] == ["v1", "v2"]
+    assert len(said) == 1 and "v2" in said[0] and "registry promote v1 --database sqlite:///" in said[0]
