@@ -256,10 +256,17 @@ class ImageKeeper:
         return self.record(store, self.select(ids, decisions, blobs))
 
     def select(self, ids: Sequence[int], decisions: Sequence[str], blobs: Sequence[bytes]) -> list[dict[str, Any]]:
-        """`keep` without the database: the draws, the files stored, and the kept-image rows to `record` (the
-        server records the rows of every request of a micro-batch in one transaction)."""
+        """`keep` without the database: the draws, the files stored, and the kept-image rows to `record`."""
+        return [{"prediction_id": ids[r.pop("row")], **r} for r in self.choose(decisions, blobs)]
+
+    def choose(self, decisions: Sequence[str], blobs: Sequence[bytes]) -> list[dict[str, Any]]:
+        """`select` before the predictions have ids: the draws and the files stored; each row names its prediction
+        by `row`, the index in `decisions`. The server writes these rows in the transaction that stores the
+        predictions (`Store.add_predictions(kept=...)`), so a prediction is never stored without them. A file
+        stored for a transaction that then fails stays, unreferenced (content-addressed: a retry stores the same
+        file again)."""
         rows = []
-        for pid, decision, blob in zip(ids, decisions, blobs):
+        for i, (decision, blob) in enumerate(zip(decisions, blobs)):
             with self._lock:
                 in_slice = self._rng.random() < self.keep_accepted
             if decision in QUEUED_DECISIONS:
@@ -270,25 +277,31 @@ class ImageKeeper:
                 continue
             try:
                 sha = self.images.put(blob)
-            except OSError as exc:  # a full or unwritable disk must not fail the prediction: it was answered
-                log.warning("image of prediction %s not kept: %s", pid, exc)
+            except OSError as exc:  # a full or unwritable disk must not fail the prediction: it is answered
+                log.warning("an image to keep (%s, %d bytes) was not kept: %s", reason, len(blob), exc)
                 continue
-            rows.append({"prediction_id": pid, "sha256": sha, "reason": reason, "content_type": content_type(blob),
+            rows.append({"row": i, "sha256": sha, "reason": reason, "content_type": content_type(blob),
                          "size": len(blob), "in_slice": in_slice})
         return rows
 
     def record(self, store: Any, rows: Sequence[dict[str, Any]]) -> int:
         """Write `select`'s rows (one transaction), then run retention when it is due; returns how many."""
         store.add_kept_images(rows)
-        if (self.max_bytes is not None or self.max_age_days is not None) and rows:
-            now = time.monotonic()
-            with self._lock:
-                due = now - self._last_retention >= self.retention_every_s
-                if due:
-                    self._last_retention = now
-            if due:
-                self.enforce_retention(store)
+        if rows:
+            self.retain_if_due(store)
         return len(rows)
+
+    def retain_if_due(self, store: Any) -> None:
+        """`enforce_retention` when a cap is set and retention_every_s has passed since the last run."""
+        if self.max_bytes is None and self.max_age_days is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            due = now - self._last_retention >= self.retention_every_s
+            if due:
+                self._last_retention = now
+        if due:
+            self.enforce_retention(store)
 
     def read(self, store: Any, prediction_id: int) -> tuple[bytes, str] | None:
         row = store.kept_image(prediction_id)

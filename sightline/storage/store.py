@@ -635,11 +635,15 @@ class Store:
 
     # --- predictions -----------------------------------------------------------------------------------
     def add_predictions(
-        self, rows: Iterable[dict[str, Any]], signals: Sequence[dict[str, Any] | None] | None = None
+        self, rows: Iterable[dict[str, Any]], signals: Sequence[dict[str, Any] | None] | None = None, *,
+        kept: Sequence[dict[str, Any]] = (),
     ) -> list[int]:
         """Insert prediction rows (PredictionRecord columns as dict keys) and, when given, their monitoring
-        signals (PredictionSignal columns without `prediction_id` / `created`; one per row, None to skip) in the
-        same transaction; returns the prediction ids, in order.
+        signals (PredictionSignal columns without `prediction_id` / `created`; one per row, None to skip) and their
+        kept-image rows (KeptImage columns, each with `row`: the index in `rows` of its prediction, instead of
+        `prediction_id`), all in ONE transaction: a prediction is stored with its kept image or not at all, so a
+        request answered 503 stored nothing and its retry does not store it twice. Returns the prediction ids, in
+        order.
 
         One Core INSERT ... RETURNING for all rows (no ORM objects): this runs once per request on the hot path."""
         rows = list(rows)
@@ -647,6 +651,8 @@ class Store:
             return []
         if signals is not None and len(signals) != len(rows):
             raise ValueError(f"{len(signals)} signal rows for {len(rows)} predictions")
+        if any(not 0 <= k["row"] < len(rows) for k in kept):
+            raise ValueError(f"a kept-image row names a prediction outside the {len(rows)} rows")
         created = _now()
         params = [{"created": created, **row} for row in rows]
         stmt = insert(PredictionRecord).returning(PredictionRecord.id, sort_by_parameter_order=True)
@@ -656,6 +662,9 @@ class Store:
                      for i, sig in zip(ids, signals or []) if sig is not None]
             if extra:
                 conn.execute(insert(PredictionSignal), extra)
+            if kept:
+                conn.execute(insert(KeptImage), [{"created": created, "prediction_id": ids[k["row"]],
+                                                  **{c: v for c, v in k.items() if c != "row"}} for k in kept])
             return ids
 
     def count_predictions(self, since: datetime | None = None) -> int:

@@ -6,6 +6,7 @@ are decided in one worker-thread hop and written in one transaction.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 import uuid
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from sightline.storage.store import Store
 
 router = APIRouter(tags=["predict"])
+log = logging.getLogger("sightline.serve")
 
 _ERRORS = {
     401: {"model": ErrorResponse, "description": "No API key, or an unknown or revoked one."},
@@ -174,46 +176,49 @@ def _store_step(store: Store) -> Coalescer:
 
 
 def _store_all(jobs: list[Callable[[], _Stored]]) -> list[Any]:
-    """Decide every request that came back from inference together, write all their prediction rows and signal
-    rows in ONE `add_predictions` transaction (one INSERT of each kind instead of one per request), then keep their
-    images (files per request; the kept-image rows of all of them in one more transaction, not one per request:
-    with that, keeping images took int8 serving from 141.5 to 126.2 req/s at 16 clients, benchmarks/serve_load.py
-    on an idle machine). SQLite, one core at load 3-5 (benchmarks/monitor_terms.py): 0.54-0.90 ms a request alone
-    without signals, 0.95-1.09 with; 0.21-0.29 and 0.28-0.33 ms each when 4 requests share a transaction.
-    Returns one (preds, scores, ids) per request, or the exception that request answers with."""
-    made: list[_Stored | BaseException] = []
+    """Decide every request that came back from inference together, store the files of the images they keep, then
+    write all their prediction rows, signal rows and kept-image rows in ONE `add_predictions` transaction (one
+    INSERT of each kind instead of one per request). One transaction, not one for predictions and another for the
+    kept images (as before): a failure of the second (the database locked or gone between them) answered 503 for
+    predictions already stored, and the client's retry stored them twice. Now a 503 stored nothing, and a 200
+    stored everything; it also saves a commit and a write-lock turn per micro-batch. Retention runs after the
+    commit; its failure is logged and does not fail requests whose answers are stored. (Keeping images, their
+    rows then in a second transaction, took int8 serving from 141.5 to 126.2 req/s at 16 clients, benchmarks/
+    serve_load.py on an idle machine.) SQLite, one core at load 3-5 (benchmarks/monitor_terms.py): 0.54-0.90 ms a
+    request alone without signals, 0.95-1.09 with; 0.21-0.29 and 0.28-0.33 ms each when 4 requests share a
+    transaction. Returns one (preds, scores, ids) per request, or the exception that request answers with."""
+    made: list[tuple[_Stored, list[dict[str, Any]]] | BaseException] = []
     for job in jobs:
         try:
-            made.append(job())
-        except Exception as exc:  # noqa: BLE001 - that request answers 5xx; the others are stored
+            stored = job()
+            # the files of the images it keeps, before the transaction (no lock held while writing them); the rows
+            # name their prediction by its index in this request's rows until the INSERT gives it an id
+            kept = stored.images.choose([p.decision for p in stored.preds], stored.blobs) if stored.images else []
+            made.append((stored, kept))
+        except Exception as exc:  # noqa: BLE001 - that request answers 5xx and stores nothing; the others are stored
             made.append(exc)
-    ok = [m for m in made if isinstance(m, _Stored)]
-    assert len({id(m.store) for m in ok}) <= 1, "one coalesced step per store"
-    rows = [r for m in ok for r in m.rows]
-    signals = None
-    if any(m.signals is not None for m in ok):  # a model swap can mix requests with and without monitoring
-        signals = [s for m in ok for s in (m.signals if m.signals is not None else [None] * len(m.rows))]
-    ids = ok[0].store.add_predictions(rows, signals) if rows else []
+    ok = [m for m in made if not isinstance(m, BaseException)]
+    assert len({id(m.store) for m, _ in ok}) <= 1, "one coalesced step per store"
+    rows, kept_rows, signals = [], [], None
+    for m, kept in ok:
+        kept_rows += [{**k, "row": k["row"] + len(rows)} for k in kept]
+        rows += m.rows
+    if any(m.signals is not None for m, _ in ok):  # a model swap can mix requests with and without monitoring
+        signals = [s for m, _ in ok for s in (m.signals if m.signals is not None else [None] * len(m.rows))]
+    ids = ok[0][0].store.add_predictions(rows, signals, kept=kept_rows) if rows else []
     results: list[Any] = []
-    kept: dict[int, tuple[Any, list[int], list[dict[str, Any]]]] = {}  # keeper -> (keeper, result slots, rows)
     start = 0
     for m in made:
-        if not isinstance(m, _Stored):
+        if isinstance(m, BaseException):
             results.append(m)
             continue
-        mine, start = ids[start:start + len(m.rows)], start + len(m.rows)
+        stored, _ = m
+        mine, start = ids[start:start + len(stored.rows)], start + len(stored.rows)
+        results.append((stored.preds, stored.scores, mine))
+    keepers = {id(m.images): m.images for m, kept in ok if kept}
+    for keeper in keepers.values():  # retention after the commit: the answers are stored whatever it does
         try:
-            if m.images is not None:  # review/unknown images and the random slice: files now, rows below
-                keeper = kept.setdefault(id(m.images), (m.images, [], []))
-                keeper[2].extend(m.images.select(mine, [p.decision for p in m.preds], m.blobs))
-                keeper[1].append(len(results))
-            results.append((m.preds, m.scores, mine))
-        except Exception as exc:  # noqa: BLE001 - as the request's own write would have failed it
-            results.append(exc)
-    for keeper, slots, kept_rows in kept.values():  # every request's kept-image rows in ONE transaction
-        try:
-            keeper.record(ok[0].store, kept_rows)
-        except Exception as exc:  # noqa: BLE001 - as their own writes would have failed them
-            for i in slots:
-                results[i] = exc
+            keeper.retain_if_due(ok[0][0].store)
+        except Exception:  # noqa: BLE001 - the next due run tries again; logged, never a failed request
+            log.exception("image retention failed; it runs again when next due")
     return results
