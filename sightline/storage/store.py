@@ -18,6 +18,8 @@ Roles, label history and kept images are side tables too (no ALTER of api_keys /
   api_key_roles       (key id, role) rows; a key without any row was made before roles existed and keeps what
                       every key could do then: predict and review (LEGACY_ROLES). `create_key` always writes >= 1.
   label_history       every change of a prediction's reviewed label: who (the key's name), when, old -> new
+  web_sessions        one row per sign-in to the web app (the signed cookie names it): signing out or revoking the
+                      key ends it, for every replica of the database (expired rows are deleted at a sign-in)
   kept_images         the image of a prediction kept in the image store (sha256, content type, size), why
                       ("review" / "unknown" for a queued decision, "sample" for an accepted prediction kept only
                       because it is in the random slice), and `in_slice`: the prediction is in the random slice.
@@ -90,7 +92,7 @@ from sightline.errors import SightlineError, UserInputError, one_line
 
 __all__ = ["Store", "PredictionRecord", "ApiKeyRole", "LabelHistory", "KeptImage", "ShadowPrediction", "ShadowTotal",
            "LabelConflictError", "ROLES", "LEGACY_ROLES", "PredictionSignal", "MonitorWindow", "MonitorAlert",
-           "NO_PROFILE", "ApiKey", "ApiKeyInfo", "hash_key", "safe_url", "as_database_url", "KEY_PREFIX", "DECISIONS", "QUEUED_DECISIONS",
+           "NO_PROFILE", "ApiKey", "WebSession", "ApiKeyInfo", "hash_key", "safe_url", "as_database_url", "KEY_PREFIX", "DECISIONS", "QUEUED_DECISIONS",
            "QUEUE_SQL", "review_conditions", "IN_SLICE", "SAMPLE_REASON", "truth_counts", "check_sqlite_file"]
 
 KEY_PREFIX = "sl_"
@@ -140,6 +142,20 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     revoked: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebSession(Base):
+    """A sign-in to the web app (/ui). Its signed cookie names the row by `id`; signing out sets `ended`, and so
+    does revoking the key, so a copy of the cookie stops working on every replica that shares the database, not
+    only when its expiry passes (up to 8 h later). Rows are deleted once expired (at the next sign-in)."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # random (secrets.token_urlsafe), in the cookie
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    expires: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ended: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class PredictionRecord(Base):
@@ -631,7 +647,45 @@ class Store:
             ).all()
             for row in rows:
                 row.revoked = _now()
+            if rows:  # its web app sessions end with it (the session check reads the key's revocation too)
+                w = WebSession.__table__
+                session.execute(w.update().where(w.c.key_id.in_([r.id for r in rows]), w.c.ended.is_(None))
+                                .values(ended=_now()))
         return len(rows)
+
+    # --- web app sessions --------------------------------------------------------------------------------
+    def start_web_session(self, key_id: int, max_age_s: float) -> str:
+        """A new web app session of key `key_id`, valid `max_age_s` seconds unless ended; returns its id (for the
+        signed cookie). Sessions expired by now are deleted in the same transaction (a sign-in is rare)."""
+        from datetime import timedelta
+
+        sid = secrets.token_urlsafe(24)
+        now = _now()
+        w = WebSession.__table__
+        with self._write(), self.engine.begin() as conn:
+            conn.execute(w.delete().where(w.c.expires < now))
+            conn.execute(insert(w).values(id=sid, key_id=key_id, created=now,
+                                          expires=now + timedelta(seconds=max_age_s)))
+        return sid
+
+    def end_web_session(self, sid: str) -> bool:
+        """Sign-out: the session ends for every process reading this database; False when it was not live."""
+        w = WebSession.__table__
+        with self._write(), self.engine.begin() as conn:
+            done = conn.execute(w.update().where(w.c.id == sid[:64], w.c.ended.is_(None)).values(ended=_now()))
+        return bool(done.rowcount)
+
+    def web_session_live(self, sid: str, *, key_must_be_active: bool = True) -> bool:
+        """The session exists, has not ended or expired and (with `key_must_be_active`) its key is not revoked:
+        one primary-key read."""
+        w = WebSession.__table__
+        q = (select(w.c.ended, w.c.expires, ApiKey.revoked).join(ApiKey, ApiKey.id == w.c.key_id)
+             .where(w.c.id == sid[:64]))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        if row is None or row.ended is not None or _aware(row.expires) <= _now():
+            return False
+        return not (key_must_be_active and row.revoked is not None)
 
     # --- predictions -----------------------------------------------------------------------------------
     def add_predictions(

@@ -116,33 +116,30 @@ def _session(request: Request) -> dict[str, Any] | None:
     return _signer(request).verify(request.cookies.get(COOKIE))
 
 
-def _key_revoked(store: Any, key_id: int) -> bool:
-    from sqlalchemy import select
-
-    from sightline.storage.store import ApiKey
-
-    with store.engine.connect() as conn:
-        row = conn.execute(select(ApiKey.revoked).where(ApiKey.id == key_id)).first()
-    return row is None or row[0] is not None
-
-
 async def _live_session(request: Request) -> dict[str, Any] | None:
-    """The session, when its key still exists and is not revoked (re-read at most every key_cache_s seconds,
-    like API keys), so revoking a key ends its browser sessions too."""
+    """The session, when its row in the database (web_sessions, named by the cookie's `sid`) has not ended (signed
+    out) or expired and its key is not revoked. A signed cookie alone was valid until its expiry, up to 8 h after
+    signing out, so a copied cookie kept working; the row is shared by every replica of the database. The verdict
+    is trusted for key_cache_s seconds per session in this process (as an API key's), so a page's many requests
+    read the row once; signing out here forgets it at once, another replica notices within key_cache_s. A cookie
+    without `sid` (signed before sessions had rows) is not a session: sign in again."""
     session = _session(request)
-    if session is None:
+    if session is None or not isinstance(session.get("sid"), str):
         return None
     state = _state(request)
-    if not state.settings.require_api_key:
+    checked: dict[str, float] = request.app.state.__dict__.setdefault("sightline_web_live", {})
+    sid, now = session["sid"], time.monotonic()
+    if checked.get(sid, 0.0) > now:
         return session
-    checked = request.app.state.__dict__.setdefault("sightline_web_live", {})
-    key_id = int(session.get("key_id", 0))
-    if checked.get(key_id, 0.0) > time.monotonic():
-        return session
-    if await anyio.to_thread.run_sync(_key_revoked, state.store, key_id):
-        checked.pop(key_id, None)
+    live = await anyio.to_thread.run_sync(
+        lambda: state.store.web_session_live(sid, key_must_be_active=state.settings.require_api_key))
+    if not live:
+        checked.pop(sid, None)
         return None
-    checked[key_id] = time.monotonic() + state.settings.key_cache_s
+    if len(checked) > 10_000:  # sessions seen long ago: their entries have lapsed
+        for old in [k for k, until in checked.items() if until <= now]:
+            del checked[old]
+    checked[sid] = now + state.settings.key_cache_s
     return session
 
 
@@ -157,7 +154,7 @@ def _to_signin() -> RedirectResponse:
 # --- sign-in / sign-out --------------------------------------------------------------------------------------
 @router.get("")
 async def home(request: Request) -> RedirectResponse:
-    return RedirectResponse("/ui/review" if _session(request) else "/ui/signin", status_code=303)
+    return RedirectResponse("/ui/review" if await _live_session(request) else "/ui/signin", status_code=303)
 
 
 def _signin_page(error: str | None = None, status: int = 200) -> HTMLResponse:
@@ -169,7 +166,7 @@ def _signin_page(error: str | None = None, status: int = 200) -> HTMLResponse:
 
 @router.get("/signin")
 async def signin_form(request: Request) -> Response:
-    if _session(request):
+    if await _live_session(request):  # a signed-out or revoked cookie would loop between sign-in and review
         return RedirectResponse("/ui/review", status_code=303)
     return _signin_page()
 
@@ -187,7 +184,8 @@ async def signin(request: Request, key: str = Form(""), csrf: str = Form("")) ->
         return _signin_page(f"The key {info.name!r} lacks the 'review' role; create one with "
                             f"`sightline keys create NAME --role review`.", 403)
     signer = _signer(request)
-    value = signer.sign({"key_id": info.id, "name": info.name, "csrf": secrets.token_urlsafe(24)})
+    sid = await anyio.to_thread.run_sync(state.store.start_web_session, info.id, signer.max_age_s)
+    value = signer.sign({"key_id": info.id, "name": info.name, "sid": sid, "csrf": secrets.token_urlsafe(24)})
     response = RedirectResponse("/ui/review", status_code=303)
     response.set_cookie(COOKIE, value, httponly=True, samesite="strict", path="/ui", max_age=int(signer.max_age_s),
                         secure=request.url.scheme == "https")
@@ -200,6 +198,9 @@ async def signout(request: Request, csrf: str = Form("")) -> Response:
     session = _session(request)
     if session is not None and not _csrf_ok(session, csrf):
         return JSONResponse({"detail": "bad CSRF token; reload the page."}, status_code=403)
+    if session is not None and isinstance(session.get("sid"), str):  # ended in the database: a copy stops working
+        await anyio.to_thread.run_sync(_state(request).store.end_web_session, session["sid"])
+        request.app.state.__dict__.get("sightline_web_live", {}).pop(session["sid"], None)
     response = _to_signin()
     response.delete_cookie(COOKIE, path="/ui")
     return response
