@@ -85,6 +85,9 @@ def register(app: typer.Typer) -> None:
 
             overrides["database_url"] = as_database_url(database)
         settings = load_settings(**overrides)
+        from sightline.serve.web.session import check_secret_env
+
+        check_secret_env()  # before loading or exporting anything: one line, exit 2
         if settings.registry is not None:
             from sightline.loop.registry import Registry
             from sightline.serve.swap import onnx_file, registry_version

@@ -202,8 +202,12 @@ async def _send_json(send: Any, status: int, detail: str) -> None:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Build the service for `settings.bundle`. Nothing is loaded until the app starts (lifespan)."""
+    """Build the service for `settings.bundle`. Nothing is loaded until the app starts (lifespan). A
+    SIGHTLINE_SESSION_SECRET too short to be safe is refused here (UserInputError), not at the first /ui page."""
     from sightline.serve.metrics import ServiceMetrics
+    from sightline.serve.web.session import check_secret_env
+
+    check_secret_env()
     from sightline.serve.routes import health, model, monitor, predict, review
     from sightline.serve.routes import shadow as shadow_route
 

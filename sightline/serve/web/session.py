@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COOKIE", "CSRF_COOKIE", "SessionSigner", "load_secret", "same_token"]
+__all__ = ["COOKIE", "CSRF_COOKIE", "SessionSigner", "load_secret", "same_token", "check_secret_env",
+           "MIN_SECRET_CHARS"]
 
 COOKIE = "sl_session"
 CSRF_COOKIE = "sl_csrf"  # before sign-in: double-submit token for the sign-in form
@@ -25,6 +26,28 @@ SECRET_FILE = "session_secret"
 log = logging.getLogger("sightline.serve")
 SECRET_BYTES = 32  # a new secret's length
 _MIN_SECRET_BYTES = 16  # a kept secret shorter than this (an empty file, a few bytes) is damaged, never used
+# SIGHTLINE_SESSION_SECRET is used as given (its UTF-8 bytes): 32 characters of a random hex or base64 string carry
+# 128 bits or more. "secret" or "changeme" signs sessions anyone can forge for any reviewer by guessing it.
+MIN_SECRET_CHARS = 32
+_MIN_DISTINCT_CHARS = 8  # "aaaa..." or "abababab..." is long, and as guessable as a short one
+ENV_SECRET = "SIGHTLINE_SESSION_SECRET"
+
+
+def check_secret_env() -> None:
+    """Refuse a SIGHTLINE_SESSION_SECRET too short or too repetitive to be safe (UserInputError, one line, saying
+    how to make one); an unset or empty one is fine (the kept secret file is used)."""
+    from sightline.errors import UserInputError
+
+    env = os.environ.get(ENV_SECRET)
+    if not env:
+        return
+    if len(env) < MIN_SECRET_CHARS or len(set(env)) < _MIN_DISTINCT_CHARS:
+        why = (f"is {len(env)} characters long" if len(env) < MIN_SECRET_CHARS
+               else f"repeats {len(set(env))} distinct characters")
+        raise UserInputError(
+            f"{ENV_SECRET} {why}: anyone who guesses it can sign in as any reviewer; use at least "
+            f"{MIN_SECRET_CHARS} random characters, the same on every replica, e.g. the output of "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'` (or unset it to use a generated one).")
 
 
 def load_secret(folder: Path | None) -> bytes:
@@ -36,8 +59,9 @@ def load_secret(folder: Path | None) -> bytes:
     use its secret. A damaged file (empty after a crash or a full disk, not hex, under 16 bytes) is replaced with a
     new secret and a warning: read as it was, an empty file was the empty HMAC key, with which anyone could sign a
     session for any reviewer."""
-    env = os.environ.get("SIGHTLINE_SESSION_SECRET")
+    env = os.environ.get(ENV_SECRET)
     if env:
+        check_secret_env()  # never sign with a guessable secret, whoever started the app
         return env.encode()
     if folder is None:
         log.warning(
