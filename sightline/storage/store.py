@@ -415,6 +415,9 @@ def _review_items(q: Select, sample: bool) -> Select:
     return q.where(*review_conditions(sample))
 
 
+_SQLITE_BUSY_S = 30  # how long a SQLite statement waits for another process's write lock (the busy timeout)
+
+
 class Store:
     """Database access for the service and the `keys` commands. Thread-safe; methods are blocking (call
     them from a worker thread in async code)."""
@@ -424,7 +427,7 @@ class Store:
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": _SQLITE_BUSY_S}
         try:
             self.engine = create_engine(url, **kwargs)
         except (ArgumentError, ValueError, ImportError) as exc:  # malformed URL (ValueError: a port that is not a
@@ -577,6 +580,34 @@ class Store:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             return True
+        except Exception:  # noqa: BLE001 - readiness reports any database failure as "not ready"
+            return False
+
+    def writable(self, timeout_s: float = 0.25) -> bool:
+        """Whether a write could start now, without writing anything (readiness: a replica that cannot store its
+        predictions answers each with a 503). SQLite: take the file's write lock (BEGIN IMMEDIATE) and roll back,
+        waiting at most `timeout_s` for another process's writer (the writes' own wait is 30 s), and at most
+        `4 * timeout_s` for this process's own writers (then they hold the database that long: not ready either).
+        PostgreSQL: one read of transaction_read_only (a standby, or default_transaction_read_only; its writers
+        do not lock inserts out). False on any database error."""
+        try:
+            if not self.is_sqlite:
+                with self.engine.connect() as conn:
+                    return conn.execute(text("SELECT current_setting('transaction_read_only')")).scalar() != "on"
+            assert self._write_lock is not None
+            if not self._write_lock.acquire(timeout=4 * timeout_s):
+                return False
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(timeout_s * 1000))}")
+                    try:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                        conn.rollback()
+                    finally:
+                        conn.exec_driver_sql(f"PRAGMA busy_timeout = {_SQLITE_BUSY_S * 1000}")
+                return True
+            finally:
+                self._write_lock.release()
         except Exception:  # noqa: BLE001 - readiness reports any database failure as "not ready"
             return False
 

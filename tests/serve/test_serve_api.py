@@ -92,7 +92,8 @@ def test_health_model_docs_and_metrics(server):
     c = server["client"]
     assert c.get("/healthz").json()["status"] == "ok"
     ready = c.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"model": True, "database": True}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"model": True, "database": True,
+                                                                "database_writable": True}
     info = c.get("/v1/model").json()
     assert info["classes"] == CLASSES and info["name"] == "pets" and info["version"] == "7"
     assert info["preprocessing"]["input_size"] == 32 and info["runtime"]["backend"] == "onnx"

@@ -24,11 +24,18 @@ async def healthz() -> Health:
 @router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(state: StateDep) -> Response:
-    """Ready to answer: the model is loaded and the database is reachable. 503 otherwise. Names the model
-    serving now."""
+    """Ready to answer: the model is loaded, the database is reachable and takes writes (every answered
+    prediction is stored: a replica whose database is write-locked by another process answered 200 here and then
+    503 to every predict). 503 otherwise. Names the model serving now."""
     served = state.served
-    db_ok = await anyio.to_thread.run_sync(state.store.ping)
-    checks = {"model": served.engine is not None, "database": db_ok}
+    store = state.store
+
+    def database() -> tuple[bool, bool]:  # one worker-thread hop; no row is written (Store.writable)
+        reachable = store.ping()
+        return reachable, reachable and store.writable()
+
+    db_ok, writable = await anyio.to_thread.run_sync(database)
+    checks = {"model": served.engine is not None, "database": db_ok, "database_writable": writable}
     ready = all(checks.values())
     body = Health(status="ready" if ready else "not ready", checks=checks, model=ModelRef(**served.model_ref()))
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
