@@ -135,12 +135,15 @@ def register(app: typer.Typer) -> None:
         host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 address in a URL
         err_console.print(f"serving {what} on http://{host}:{settings.port} (docs at /docs)", highlight=False,
                           markup=False)
+        from sightline.serve.protocol import uvicorn_options
+
         uvicorn.run(
             create_app(settings),
             host=settings.host,
             port=settings.port,
             timeout_graceful_shutdown=30,
             log_level="info",
+            **uvicorn_options(settings),  # a cap and a time limit on request heads (serve.protocol)
         )
 
     keys = typer.Typer(help="API keys of the service: create (shown once), list, revoke.", no_args_is_help=True)

@@ -44,14 +44,25 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body above the limit of {limit} bytes; send fewer or smaller images.")
 
 
-class BodyLimitMiddleware:
-    """Pure ASGI middleware: 413 for bodies above `max_bytes` (by Content-Length, or counted while streaming),
-    and request counts/latency for Prometheus."""
+class BodyTooSlow(StarletteHTTPException):
+    """Raised from `receive` when no chunk of a body arrived for the idle timeout (the connection is closed)."""
 
-    def __init__(self, app: Any, *, max_bytes: int, metrics: Any = None) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"no part of the request body arrived for {timeout_s:g} s; send the request again.",
+                         headers={"Connection": "close"})  # the rest of a stalled body is never read
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI middleware: 413 for bodies above `max_bytes` (by Content-Length, or counted while streaming), 408
+    when the body stalls (no chunk for `idle_timeout_s` while the app waits for one: a slow upload held its
+    connection and its worker for as long as the client liked; uvicorn has no body timeout), and request
+    counts/latency for Prometheus."""
+
+    def __init__(self, app: Any, *, max_bytes: int, metrics: Any = None, idle_timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.metrics = metrics
+        self.idle_timeout_s = idle_timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -74,23 +85,32 @@ class BodyLimitMiddleware:
             if declared > self.max_bytes:
                 await _send_json(send_wrapper, 413, BodyTooLarge(self.max_bytes).detail)
                 return
-            received = 0
+            received, body_done = 0, False
 
             async def limited_receive() -> dict:
-                nonlocal received
-                message = await receive()
+                nonlocal received, body_done
+                if body_done or self.idle_timeout_s is None:  # after the body: a wait for the disconnect, unbounded
+                    message = await receive()
+                else:
+                    import anyio
+
+                    with anyio.move_on_after(self.idle_timeout_s) as waited:
+                        message = await receive()
+                    if waited.cancelled_caught:
+                        raise BodyTooSlow(self.idle_timeout_s)
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
+                    body_done = not message.get("more_body", False)
                     if received > self.max_bytes:
                         raise BodyTooLarge(self.max_bytes)
                 return message
 
             try:
                 await self.app(scope, limited_receive, send_wrapper)
-            except BodyTooLarge as exc:
+            except (BodyTooLarge, BodyTooSlow) as exc:
                 if status_holder["started"]:
                     raise
-                await _send_json(send_wrapper, 413, exc.detail)
+                await _send_json(send_wrapper, exc.status_code, exc.detail)
         finally:
             if self.metrics is not None:
                 route = scope.get("route")
@@ -396,7 +416,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(UiHeaders)  # strict Content-Security-Policy and friends on /ui answers only
     app.add_middleware(MultipartEnd)  # a multipart body cut off before its close delimiter: 400, never half used
     app.add_middleware(KeyGate)  # key, role, rate limit from the headers, before the body (inside the size cap)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics,
+                       idle_timeout_s=settings.body_idle_timeout_s)
     app.add_middleware(RequestId)  # outermost: every answer carries the id, the body limit's 413 included
     return app
 

@@ -109,6 +109,14 @@ class Settings(MonitorSettings):
     host: str = Field("127.0.0.1", description="Bind address; loopback unless you mean to expose the service.")
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(20 * 2**20, ge=1, description="Largest request body, bytes (413 above).")
+    # uvicorn's httptools protocol caps neither a request's head nor the time it takes (serve.protocol)
+    max_header_bytes: int = Field(32 * 2**10, ge=1024, description="Largest request line + headers, bytes (431 "
+                                                                  "above, connection closed).")
+    head_timeout_s: float = Field(15.0, gt=0, description="Time to receive a request's line and headers (408 after).")
+    body_idle_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the next chunk of a request body "
+                                                               "(408 after, connection closed).")
+    limit_concurrency: int | None = Field(None, ge=1, description="uvicorn's cap on open connections and tasks "
+                                                                  "(503 above); default none.")
     max_images_per_request: int = Field(16, ge=1, description="Most `file` fields per request (413 above).")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest image, width x height (413 above).")
     rate_limit_per_minute: int = Field(600, ge=0, description="Requests per minute per API key (429 above); 0 = off.")
