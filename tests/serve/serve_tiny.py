@@ -270,6 +270,33 @@ def serving(bundle: Path, **overrides) -> Iterator[httpx.Client]:
         yield client
 
 
+@contextmanager
+def keyed_service(root: Path, **overrides) -> Iterator[tuple[httpx.Client, dict[str, str], str]]:
+    """make_bundle(root) served on a SQLite file in root, with a key 'predict' (role predict) and a key 'review'
+    (predict and review); yields (client, {name: key}, database url). `overrides` are Settings fields."""
+    from sightline.storage.store import Store
+
+    bundle = make_bundle(root)
+    url = f"sqlite:///{root / 'db.sqlite'}"
+    store = Store(url)
+    try:
+        keys = {"predict": store.create_key("p", ["predict"]), "review": store.create_key("r", ["predict", "review"])}
+    finally:
+        store.close()
+    with serving(bundle, database_url=url, **overrides) as client:
+        yield client, keys, url
+
+
+def one_line(response: httpx.Response, status: int, *words: str) -> str:
+    """The answer has `status` and a `detail` of one line holding every one of `words`; returns the detail."""
+    assert response.status_code == status, (response.status_code, response.text)
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail, detail
+    for word in words:
+        assert word in detail, (word, detail)
+    return detail
+
+
 def predict(client: httpx.Client, key: str, blobs: list[bytes]) -> httpx.Response:
     return client.post("/v1/predict", files=[("file", (f"{i}.jpg", b)) for i, b in enumerate(blobs)],
                        headers={"X-API-Key": key})

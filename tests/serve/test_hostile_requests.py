@@ -4,7 +4,7 @@ range, an empty upload."""
 from __future__ import annotations
 
 import pytest
-from serve_tiny import encode, make_bundle, open_store, photo, serving
+from serve_tiny import encode, keyed_service, make_bundle, one_line, open_store, photo, serving
 
 HUGE = "99999999999999999999999"  # above 2**63 - 1: overflowed in the database driver (500) before
 BIG = str(2**31)  # above the 32-bit id column of PostgreSQL: overflowed there (500) before
@@ -12,39 +12,22 @@ BIG = str(2**31)  # above the 32-bit id column of PostgreSQL: overflowed there (
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from sightline.storage.store import Store
-
-    root = tmp_path_factory.mktemp("hostile")
-    bundle = make_bundle(root)
-    url = f"sqlite:///{root / 'db.sqlite'}"
-    store = Store(url)
-    keys = {"predict": store.create_key("p", ["predict"]), "review": store.create_key("r", ["predict", "review"])}
-    store.close()
-    with serving(bundle, database_url=url, max_images_per_request=2) as client:
+    with keyed_service(tmp_path_factory.mktemp("hostile"), max_images_per_request=2) as (client, keys, url):
         client.database_url = url  # for the tests that read what was stored
         yield client, keys
-
-
-def _one_line(response, status: int, *words: str) -> str:
-    assert response.status_code == status, (response.status_code, response.text)
-    detail = response.json()["detail"]
-    assert isinstance(detail, str) and "\n" not in detail, detail
-    for word in words:
-        assert word in detail, (word, detail)
-    return detail
 
 
 @pytest.mark.parametrize("path", [f"/v1/review/{HUGE}", "/v1/review/-1", "/v1/review/0", "/v1/review/abc"])
 def test_label_with_an_impossible_id_is_422_naming_it(service, path):
     client, keys = service
     r = client.post(path, json={"label": "cat"}, headers={"X-API-Key": keys["review"]})
-    _one_line(r, 422, "prediction_id")
+    one_line(r, 422, "prediction_id")
 
 
 def test_kept_image_with_a_huge_id_is_422_not_500(service):
     client, keys = service
     r = client.get(f"/v1/review/{HUGE}/image", headers={"X-API-Key": keys["review"]})
-    _one_line(r, 422, "prediction_id", "<= 2147483647")
+    one_line(r, 422, "prediction_id", "<= 2147483647")
 
 
 def test_the_service_still_answers_after_a_huge_id(service):
@@ -63,7 +46,7 @@ def test_the_service_still_answers_after_a_huge_id(service):
 def test_malformed_json_says_so_in_one_line(service, path, body, words):
     client, keys = service
     r = client.post(path, content=body, headers={"X-API-Key": keys["review"], "Content-Type": "application/json"})
-    _one_line(r, 422, path, "not valid JSON", "JSON object", *words)
+    one_line(r, 422, path, "not valid JSON", "JSON object", *words)
 
 
 @pytest.mark.parametrize("body, words", [
@@ -74,7 +57,7 @@ def test_malformed_json_says_so_in_one_line(service, path, body, words):
 def test_mistyped_json_fields_are_named(service, body, words):
     client, keys = service
     r = client.post("/v1/review/1", json=body, headers={"X-API-Key": keys["review"]})
-    _one_line(r, 422, *words)
+    one_line(r, 422, *words)
 
 
 @pytest.mark.parametrize("content_type, shown", [
@@ -86,7 +69,7 @@ def test_a_json_body_with_another_content_type_says_to_send_the_header(service, 
     client, keys = service
     headers = {"X-API-Key": keys["review"], **({"Content-Type": content_type} if content_type else {})}
     r = client.post("/v1/review/1", content=b'{"label": "cat"}', headers=headers)
-    _one_line(r, 422, "POST /v1/review/1", "Content-Type: application/json", shown)
+    one_line(r, 422, "POST /v1/review/1", "Content-Type: application/json", shown)
 
 
 @pytest.mark.parametrize("query, words", [
@@ -97,7 +80,7 @@ def test_a_json_body_with_another_content_type_says_to_send_the_header(service, 
 ])
 def test_queries_out_of_range_are_named(service, query, words):
     client, keys = service
-    _one_line(client.get(f"/v1/review?{query}", headers={"X-API-Key": keys["review"]}), 422, *words)
+    one_line(client.get(f"/v1/review?{query}", headers={"X-API-Key": keys["review"]}), 422, *words)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -109,13 +92,13 @@ def test_queries_out_of_range_are_named(service, query, words):
 def test_predict_without_the_file_field_names_it(service, kwargs):
     client, keys = service
     headers = {"X-API-Key": keys["predict"], **kwargs.pop("headers", {})}
-    _one_line(client.post("/v1/predict", headers=headers, **kwargs), 422, "body.file", "missing")
+    one_line(client.post("/v1/predict", headers=headers, **kwargs), 422, "body.file", "missing")
 
 
 def test_an_empty_upload_says_it_is_empty(service):
     client, keys = service
     r = client.post("/v1/predict", files=[("file", ("a.jpg", b""))], headers={"X-API-Key": keys["predict"]})
-    _one_line(r, 415, "a.jpg", "empty (0 bytes)")
+    one_line(r, 415, "a.jpg", "empty (0 bytes)")
 
 
 def test_too_many_files_is_413_and_a_good_one_still_works(service):
@@ -123,7 +106,7 @@ def test_too_many_files_is_413_and_a_good_one_still_works(service):
     jpeg = encode(photo(0, 40, 32), "JPEG")
     r = client.post("/v1/predict", files=[("file", (f"{i}.jpg", jpeg)) for i in range(3)],
                     headers={"X-API-Key": keys["predict"]})
-    _one_line(r, 413, "limit is 2")
+    one_line(r, 413, "limit is 2")
     ok = client.post("/v1/predict", files=[("file", ("a.jpg", jpeg))], headers={"X-API-Key": keys["predict"]})
     assert ok.status_code == 200
 
@@ -136,7 +119,7 @@ def test_a_multipart_body_that_cannot_be_parsed_says_what_to_send(service, kwarg
     """Starlette answered both with a bare "Invalid multipart data."."""
     client, keys = service
     headers = {"X-API-Key": keys["predict"], **kwargs.pop("headers", {})}
-    _one_line(client.post("/v1/predict", headers=headers, **kwargs), 400, "/v1/predict", "cannot be parsed",
+    one_line(client.post("/v1/predict", headers=headers, **kwargs), 400, "/v1/predict", "cannot be parsed",
               "4 KB", "filename")
     ok = client.post("/v1/predict", files=[("file", ("a.jpg", encode(photo(0, 40, 32), "JPEG")))],
                      headers={"X-API-Key": keys["predict"]})
@@ -148,7 +131,7 @@ def test_a_file_field_sent_as_text_says_so_without_echoing_it(service, part):
     """A multipart part without a filename arrives as a text field; the answer quoted its bytes back."""
     client, keys = service
     kwargs = {"files": [("file", part)]} if part else {"data": {"file": "abc"}}
-    detail = _one_line(client.post("/v1/predict", headers={"X-API-Key": keys["predict"]}, **kwargs), 422,
+    detail = one_line(client.post("/v1/predict", headers={"X-API-Key": keys["predict"]}, **kwargs), 422,
                        "form field 'file' must be a file upload")
     assert "jpeg bytes" not in detail and "abc" not in detail
 
@@ -163,7 +146,7 @@ def test_web_app_ids_beyond_a_database_integer_are_422(service, method, path, bo
     """Signed in, these reached the database driver with the id and overflowed (500)."""
     client, _ = service
     kwargs = {"json": body} if body is not None else {}
-    _one_line(getattr(client, method)(path, **kwargs), 422, "<= 2147483647")
+    one_line(getattr(client, method)(path, **kwargs), 422, "<= 2147483647")
 
 
 @pytest.mark.parametrize("kwargs, status, words", [
@@ -176,7 +159,7 @@ def test_web_app_ids_beyond_a_database_integer_are_422(service, method, path, bo
 def test_multipart_refused_by_the_parser_is_one_line_naming_the_fix(service, kwargs, status, words):
     client, keys = service
     headers = {"X-API-Key": keys["predict"], **kwargs.pop("headers", {})}
-    detail = _one_line(client.post("/v1/predict", headers=headers, **kwargs), status, "POST /v1/predict", *words)
+    detail = one_line(client.post("/v1/predict", headers=headers, **kwargs), status, "POST /v1/predict", *words)
     assert status == 413 or "multipart/form-data" in detail
 
 
@@ -184,7 +167,7 @@ def test_multipart_refused_by_the_parser_is_one_line_naming_the_fix(service, kwa
 def test_a_web_form_refused_by_the_parser_is_not_told_to_send_images(service, kwargs):
     """The web app's forms got /v1/predict's advice ("only the file field(s), each image as a file upload")."""
     client, _ = service
-    detail = _one_line(client.post("/ui/signin", **kwargs), 400, "POST /ui/signin", "the form's own fields")
+    detail = one_line(client.post("/ui/signin", **kwargs), 400, "POST /ui/signin", "the form's own fields")
     assert "image" not in detail and "file" not in detail
 
 
@@ -219,7 +202,7 @@ def test_a_bundle_with_a_long_name_and_version_still_stores_its_answers(tmp_path
             # an id PostgreSQL's 32-bit column cannot hold: a 500 there before
             for r in (client.post(f"/v1/review/{BIG}", json={"label": "cat"}, headers={"X-API-Key": key}),
                       client.get(f"/v1/review/{BIG}/image", headers={"X-API-Key": key})):
-                _one_line(r, 422, "prediction_id", "<= 2147483647")
+                one_line(r, 422, "prediction_id", "<= 2147483647")
         with store.engine.connect() as conn:
             rows = conn.execute(text("SELECT model_name, model_version, filename FROM predictions ORDER BY id")).all()
         assert [tuple(row) for row in rows] == [("n" * 200, "v" * 100, "a.jpg"), ("n" * 200, "v" * 100, "a\ufffdb.jpg")]
@@ -258,13 +241,13 @@ def test_tokens_with_characters_beyond_ascii_are_refused_not_500(service):
 def test_a_long_label_is_quoted_short(service):
     """A 100,000-character label came back whole in the one-line 422, from the API and the web app."""
     client, keys = service
-    detail = _one_line(client.post("/v1/review/1", json={"label": "x" * 100_000},
+    detail = one_line(client.post("/v1/review/1", json={"label": "x" * 100_000},
                                    headers={"X-API-Key": keys["review"]}), 422, "'xxxx", "(100,000 characters)")
     assert len(detail) < 300, detail
     web, csrf = _signed_in(client, keys["review"])
     try:
         r = web.post("/ui/label", json={"id": 1, "label": "y" * 100_000}, headers={"X-CSRF-Token": csrf})
-        assert len(_one_line(r, 422, "'yyyy", "(100,000 characters)")) < 300
+        assert len(one_line(r, 422, "'yyyy", "(100,000 characters)")) < 300
     finally:
         web.close()
 

@@ -3,30 +3,17 @@ problem, never a 500 and never a 200 that quietly used part of what was sent."""
 from __future__ import annotations
 
 import pytest
-from serve_tiny import encode, make_bundle, photo, serving
+from serve_tiny import encode, keyed_service, make_bundle, one_line, photo, serving
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     from sightline.storage.store import Store
 
-    root = tmp_path_factory.mktemp("hostile2")
-    bundle = make_bundle(root)
-    url = f"sqlite:///{root / 'db.sqlite'}"
-    store = Store(url)
-    keys = {"predict": store.create_key("p", ["predict"]), "review": store.create_key("r", ["predict", "review"])}
-    with serving(bundle, database_url=url) as client:
+    with keyed_service(tmp_path_factory.mktemp("hostile2")) as (client, keys, url):
+        store = Store(url)
         yield client, keys, store
-    store.close()
-
-
-def _one_line(response, status: int, *words: str) -> str:
-    assert response.status_code == status, (response.status_code, response.text)
-    detail = response.json()["detail"]
-    assert isinstance(detail, str) and "\n" not in detail, detail
-    for word in words:
-        assert word in detail, (word, detail)
-    return detail
+        store.close()
 
 
 JPEG = encode(photo(0, 40, 32), "JPEG")
@@ -49,7 +36,7 @@ def test_a_multipart_body_cut_off_is_refused_not_half_used(service, body):
     before = store.count_predictions()
     r = client.post("/v1/predict", content=body,
                     headers={"X-API-Key": keys["predict"], "Content-Type": "multipart/form-data; boundary=b"})
-    _one_line(r, 400, "POST /v1/predict", "ends before its closing boundary line ('--b--')", "send the whole request")
+    one_line(r, 400, "POST /v1/predict", "ends before its closing boundary line ('--b--')", "send the whole request")
     assert store.count_predictions() == before
 
 
@@ -71,7 +58,7 @@ def test_a_whole_body_streamed_in_small_chunks_is_answered(service):
     # an empty multipart body is not cut off: it names the missing field, as before
     r = client.post("/v1/predict", content=b"",
                     headers={"X-API-Key": keys["predict"], "Content-Type": "multipart/form-data; boundary=b"})
-    _one_line(r, 422, "body.file is missing")
+    one_line(r, 422, "body.file is missing")
 
 
 def test_a_json_number_of_thousands_of_digits_says_so(service):
@@ -79,13 +66,13 @@ def test_a_json_number_of_thousands_of_digits_says_so(service):
     client, keys, _ = service
     r = client.post("/v1/review/1", content=b'{"label": "cat", "override": ' + b"9" * 5000 + b"}",
                     headers={"X-API-Key": keys["review"], "Content-Type": "application/json"})
-    _one_line(r, 422, "POST /v1/review/1", "not valid JSON", "a number in it has over 4,300 digits")
+    one_line(r, 422, "POST /v1/review/1", "not valid JSON", "a number in it has over 4,300 digits")
 
 
 def test_an_alert_name_is_quoted_short_with_monitoring_off(service):
     """Without a reference profile the acknowledge route quoted the whole name: 5,000 characters in one line."""
     client, keys, _ = service
-    detail = _one_line(client.post("/v1/monitor/alerts/" + "a" * 5000 + "/ack", headers={"X-API-Key": keys["review"]}),
+    detail = one_line(client.post("/v1/monitor/alerts/" + "a" * 5000 + "/ack", headers={"X-API-Key": keys["review"]}),
                        404, "no alert named 'aaaa", "(5,000 characters)")
     assert len(detail) < 400, detail
 
@@ -121,7 +108,7 @@ def test_a_database_that_is_locked_or_down_is_503_not_a_plain_500(service, monke
         r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], headers={"X-API-Key": keys["predict"]})
     else:
         r = client.post("/v1/review/1", json={"label": "cat"}, headers={"X-API-Key": keys["review"]})
-    _one_line(r, 503, f"{state}; the request was not completed, retry it later.")
+    one_line(r, 503, f"{state}; the request was not completed, retry it later.")
     assert "10.1.2.3" not in r.text and "5432" not in r.text
     assert r.headers["retry-after"] == "5"
     monkeypatch.undo()  # and the service answers again once the database does
@@ -133,16 +120,16 @@ def test_a_wrong_method_or_path_says_what_to_use(service):
     """The router's own refusals were 'Method Not Allowed' and 'Not Found', naming neither the request nor the fix."""
     client, keys, _ = service
     r = client.get("/v1/predict", headers={"X-API-Key": keys["predict"]})
-    _one_line(r, 405, "GET /v1/predict: this route does not take GET; use POST.")
+    one_line(r, 405, "GET /v1/predict: this route does not take GET; use POST.")
     assert r.headers["allow"] == "POST"
-    _one_line(client.delete("/healthz"), 405, "DELETE /healthz", "use GET")
+    one_line(client.delete("/healthz"), 405, "DELETE /healthz", "use GET")
     # load balancers and uptime checkers probe with HEAD: the health routes answer it as GET does, without a body
     for path in ("/healthz", "/readyz"):
         head = client.head(path)
         assert head.status_code == 200 and head.content == b"", (path, head.status_code, head.text)
-    _one_line(client.get("/v2/predict"), 404, "GET /v2/predict: no such route", "/openapi.json")
+    one_line(client.get("/v2/predict"), 404, "GET /v2/predict: no such route", "/openapi.json")
     # a route's own 404 keeps its words
-    _one_line(client.post("/v1/review/999999", json={"label": "cat"}, headers={"X-API-Key": keys["review"]}), 404,
+    one_line(client.post("/v1/review/999999", json={"label": "cat"}, headers={"X-API-Key": keys["review"]}), 404,
               "no prediction with id 999999")
 
 
@@ -154,7 +141,7 @@ def test_an_upload_under_another_field_name_is_refused_not_dropped(service, fiel
     before = store.count_predictions()
     r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG)), (field, ("c.jpg", JPEG)), ("file", ("b.jpg", JPEG))],
                     headers={"X-API-Key": keys["predict"]})
-    _one_line(r, 422, "the upload 'c.jpg' is in form field", repr(field), "send every image as a `file` field")
+    one_line(r, 422, "the upload 'c.jpg' is in form field", repr(field), "send every image as a `file` field")
     assert store.count_predictions() == before
     r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], data={"note": "a text field"},
                     headers={"X-API-Key": keys["predict"]})
@@ -177,10 +164,10 @@ def test_a_database_down_while_checking_a_key_is_503_not_a_plain_500(service, mo
 
     monkeypatch.setattr(Store, "verify_key", down)
     r = client.get("/v1/review", headers={"X-API-Key": keys["review"]})
-    _one_line(r, 503, "the database cannot be reached; the request was not completed, retry it later.")
+    one_line(r, 503, "the database cannot be reached; the request was not completed, retry it later.")
     assert r.headers["retry-after"] == "5"
     r = client.post("/v1/predict", files=[("file", ("a.jpg", JPEG))], headers={"X-API-Key": keys["predict"]})
-    _one_line(r, 503, "the database cannot be reached")
+    one_line(r, 503, "the database cannot be reached")
     monkeypatch.undo()
     assert client.get("/v1/review", headers={"X-API-Key": keys["review"]}).status_code == 200
 
@@ -213,7 +200,7 @@ def test_a_decomposed_label_names_its_class(tmp_path):
         csrf = client.get("/ui/review").text.split('name="csrf-token" content="')[1].split('"')[0]
         r = client.post("/ui/label", json={"id": second, "label": decomposed}, headers={"X-CSRF-Token": csrf})
         assert r.status_code == 200 and r.json()["label"] == "café", r.text
-        _one_line(client.post(f"/v1/review/{first}", json={"label": "cafe", "override": True},
+        one_line(client.post(f"/v1/review/{first}", json={"label": "cafe", "override": True},
                               headers={"X-API-Key": key}), 422, "'cafe' is not one of")
     assert [store.get_prediction(i)["reviewed_label"] for i in (first, second)] == ["café", "café"]
     store.close()
