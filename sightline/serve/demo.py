@@ -324,24 +324,33 @@ def champion(registry: Any, run: Path, say: Callable[[str], None]) -> str:
         return demo.ref
     if current.id != demo.id:
         say(f"serving the champion the loop left, {current.ref} ({current.name} {current.model_version}), not the "
-            f"demo's model {demo.ref} (`sightline registry promote {demo.ref} --database {registry.url}` serves it again)")
+            f"demo's model {demo.ref} (`sightline registry promote {demo.ref} --database {registry.url}` serves it "
+            "again)")
     return current.ref
 
 
 def loop_commands(out: Path, url: str) -> list[str]:
-    """The commands that close the loop on the demo's service, in order."""
+    """The commands that close the loop on the demo's service, in order. The new dataset and the challenger go to
+    the first OUT/data-vN and OUT/run-vN (N >= 2) not yet there, so the commands work again after a loop has run
+    (they named data-v2 and run-v2 each time, and a second `demo --serve` printed commands whose first step said
+    the folder exists); the champion is named as the service follows it, by its alias, so after a promotion the
+    challenger is trained from and measured against the model in production, not the demo's first one."""
+    n = 2
+    while (out / f"data-v{n}").exists() or (out / f"run-v{n}").exists():
+        n += 1
+    data, run = out / f"data-v{n}", out / f"run-v{n}"
     return [
-        f"sightline feedback export --database {url} --data {out / 'data'} --out {out / 'data-v2'}",
-        f"sightline retrain {out / 'run'} --data {out / 'data-v2'} --out {out / 'run-v2'}",
+        f"sightline feedback export --database {url} --data {out / 'data'} --out {data}",
+        f"sightline retrain champion --database {url} --data {data} --out {run}",
         # evaluated before the challenge: evaluating fits the calibration and changes the bundle's content hash,
         # which the challenge's verdict names (`challenge` warns on an unevaluated challenger)
-        f"sightline evaluate {out / 'run-v2'} --data {out / 'data-v2'}",
-        f"sightline export {out / 'run-v2'} --int8 --data {out / 'data-v2'}",
-        f"sightline challenge {out / 'run'} {out / 'run-v2'} --data {out / 'data-v2'} --database {url}",
-        # registered as the challenger first, then promoted: `registry add --alias champion` said "won the challenge"
-        # and "the service switches" while the gate refuses a challenger the challenge said DO NOT PROMOTE, which on
-        # the demo's few labelled production images it does unless the challenger is clearly better there
-        f"sightline registry add {out / 'run-v2'} --database {url} --alias challenger",
+        f"sightline evaluate {run} --data {data}",
+        f"sightline export {run} --int8 --data {data}",
+        f"sightline challenge champion {run} --data {data} --database {url}",
+        # registered as the challenger first, then promoted: `registry add --alias champion` said "won the
+        # challenge" and "the service switches" while the gate refuses a challenger the challenge said DO NOT
+        # PROMOTE, which on the demo's few labelled production images it does unless the challenger is clearly better
+        f"sightline registry add {run} --database {url} --alias challenger",
         f"sightline registry promote challenger --database {url}   # the service switches within seconds; refused "
         f"after DO NOT PROMOTE (--force promotes anyway, logged as forced)",
         f"sightline registry rollback --database {url}   # and back, if needed",

@@ -33,16 +33,17 @@ def _verdict(champion: str, challenger: str, promote: bool) -> dict:
 def test_the_printed_registry_commands_work_verbatim_after_either_verdict(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo-run"
     _run_folder(out / "run", 0)
-    _run_folder(out / "run-v2", 1)
     (out / "service").mkdir()
     url = f"sqlite:///{out / 'service' / 'sightline.db'}"
+    printed = loop_commands(out, url)  # printed before the loop makes run-v2
+    _run_folder(out / "run-v2", 1)
     with Registry(url, root=out / "service" / "registry") as reg:  # as DemoService registers the demo's model
         champion = reg.add(out / "run", alias="champion").version
-    add, promote, rollback = [shlex.split(c, comments=True) for c in loop_commands(out, url)[-3:]]
+    add, promote, rollback = [shlex.split(c, comments=True) for c in printed[-3:]]
     assert [c[:3] for c in (add, promote, rollback)] == [["sightline", "registry", "add"],
                                                          ["sightline", "registry", "promote"],
                                                          ["sightline", "registry", "rollback"]]
-    assert "--force" in loop_commands(out, url)[-2]  # the way past DO NOT PROMOTE, named where it is refused
+    assert "--force" in printed[-2]  # the way past DO NOT PROMOTE, named where it is refused
 
     assert run_command(app, add[1:]) == 0  # registered whatever the verdict: the challenger, not yet served
     with Registry(url) as reg:
@@ -89,3 +90,16 @@ def test_serving_the_demo_again_keeps_the_champion_the_loop_promoted(tmp_path: P
         assert champion(reg, tmp_path / "run", said.append) == "v2"
         assert reg.aliases()["champion"].ref == "v2" and [m.to_ref for m in reg.history("champion")] == ["v1", "v2"]
     assert len(said) == 1 and "v2" in said[0] and "registry promote v1 --database sqlite:///" in said[0]
+
+
+def test_after_a_loop_the_commands_name_new_folders_and_the_champion_by_its_alias(tmp_path: Path) -> None:
+    # a second `demo --serve` printed `feedback export --out data-v2` again ("already exists"), and retrained from
+    # and challenged the demo's first model (OUT/run) even after the loop had promoted another
+    first = loop_commands(tmp_path, "sqlite:///db")
+    assert f"--out {tmp_path / 'data-v2'}" in first[0] and f"--out {tmp_path / 'run-v2'}" in first[1]
+    assert first[1].startswith("sightline retrain champion --database sqlite:///db ")
+    assert first[4].startswith(f"sightline challenge champion {tmp_path / 'run-v2'} ")
+    (tmp_path / "data-v2").mkdir()
+    (tmp_path / "run-v3").mkdir()  # a run the user made by hand: neither number is reused
+    again = loop_commands(tmp_path, "sqlite:///db")
+    assert f"--out {tmp_path / 'data-v4'}" in again[0] and all("-v2" not in c and "-v3" not in c for c in again)
