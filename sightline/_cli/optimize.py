@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
             t = q["test"]
             console.print(
                 f"model.int8.onnx written ({q['size_bytes']['int8'] / 1e6:.2f} MB vs {q['size_bytes']['fp32'] / 1e6:.2f} MB); "
-                f"{t['split']} ({t['n_images']} images): accuracy {t['fp32']['accuracy']:.4f} -> {t['int8']['accuracy']:.4f}, "
+                f"{t['split']} ({t['n_images']} images): top-1 accuracy (before class thresholds) {t['fp32']['accuracy']:.4f} -> "
+                f"{t['int8']['accuracy']:.4f}, "
                 f"ECE {t['fp32']['ece']:.4f} -> {t['int8']['ece']:.4f}"
             )
 

@@ -287,8 +287,9 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, model: str 
     exported = export(run, int8=True, data_dir=data, max_calibration_images=128)
     q = exported["int8"]
     say(f"    ONNX max |logit diff| {exported['parity']['max_abs_diff']:.1e}; int8 "
-         f"{q['size_bytes']['int8'] / 1e6:.1f} MB (fp32 {q['size_bytes']['fp32'] / 1e6:.1f} MB), test accuracy "
-         f"{q['test']['fp32']['accuracy']:.3f} -> {q['test']['int8']['accuracy']:.3f}")
+         f"{q['size_bytes']['int8'] / 1e6:.1f} MB (fp32 {q['size_bytes']['fp32'] / 1e6:.1f} MB), top-1 test accuracy "
+         f"{q['test']['fp32']['accuracy']:.3f} -> {q['test']['int8']['accuracy']:.3f} (the highest score's class, "
+         "before the class thresholds step 5 applies)")
     artifacts["int8 onnx"] = str(run / "bundle" / "model.int8.onnx")
     artifacts["onnx"] = str(run / "bundle" / "model.onnx")
 
