@@ -147,9 +147,7 @@ def challenge_cmd(
     recorded = None
     if database:
         _warn_unfinished(challenger_dir)
-        from sightline.loop.registry import Registry, database_url
-
-        with Registry(database_url(database)) as registry:
+        with _open(database, root) as registry:  # the --root the references were resolved in
             recorded = registry.record_challenge(result)
     verdict = result["verdict"]
     if as_json:
@@ -185,10 +183,8 @@ def model_folder(given: str, what: str, database: str | None, root: str | None) 
     if not database:
         raise fail(f"{what} '{given}' is not a folder; pass a RUN or bundle folder, or name a registry version "
                    "(v3, champion, challenger, a hash prefix) with --database URL (or SIGHTLINE_DATABASE_URL).")
-    from sightline.loop.registry import Registry, database_url
-
     try:
-        with Registry(database_url(database), root=root) as registry:
+        with _open(database, root) as registry:
             version = registry.resolve(given)
             hint = None if registry.intact(version) else registry.restore_hint(version)
     except UserInputError as exc:
