@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sightline import __version__
@@ -310,7 +310,19 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="Image classification with calibrated confidence and a human review queue.",
         lifespan=lifespan,
+        docs_url=None,  # served below from the package's own copy of Swagger UI
+        redoc_url=None,  # ReDoc, too, comes from a CDN; /docs and /openapi.json remain
     )
+
+    @app.get("/docs", include_in_schema=False)
+    async def _docs() -> HTMLResponse:
+        """The API docs (Swagger UI) with its script and style from the web app's static files: FastAPI's own page
+        loads them from a CDN, and on a machine without internet (DESIGN.md: offline first) it stayed blank."""
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="Sightline API",
+                                   swagger_js_url="/ui/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/ui/static/swagger-ui.css", swagger_favicon_url="data:,")
 
     @app.exception_handler(SightlineError)
     async def _sightline_error(request: Request, exc: SightlineError) -> JSONResponse:

@@ -37,7 +37,10 @@ __all__ = ["CSP", "UiHeaders", "router"]
 CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; frame-ancestors 'none'; "
        "form-action 'self'; base-uri 'none'; object-src 'none'")
 HERE = Path(__file__).parent
-STATIC = {"review.js": "text/javascript", "app.css": "text/css"}
+# swagger-ui-*: Swagger UI 5.35.0 (swagger-ui-dist, Apache-2.0, swagger-ui.LICENSE.txt) for the API docs at /docs,
+# vendored: FastAPI's default page loads it from a CDN, so /docs was blank on a machine without internet
+STATIC = {"review.js": "text/javascript", "app.css": "text/css", "swagger-ui-bundle.js": "text/javascript",
+          "swagger-ui.css": "text/css"}
 REVIEW_PAGE = 50  # items on one review page; the page says how many more wait
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
