@@ -87,8 +87,15 @@ def retrain_cmd(
 
     champion = model_folder(run, "champion", database, root)
     existing_path(data, "dataset")
+    taken: set[str] = set()
+    if database:  # version strings the registry holds of this model: the challenger's is counted on past them
+        from sightline.bundle import load_bundle
+
+        name = load_bundle(champion).name
+        with _open(database, root) as registry:
+            taken = {v.model_version for v in registry.versions() if v.name == name}
     given = {"epochs": epochs, "seed": seed, "accelerator": accelerator, "num_workers": workers}
-    result = retrain(champion, data, out=out, progress=not as_json,
+    result = retrain(champion, data, out=out, progress=not as_json, taken_versions=taken,
                      **{k: v for k, v in given.items() if v is not None})
     if as_json:
         print_json(result)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,16 @@ def refuse_run_folder(data: Path, instead: str) -> None:
         raise UserInputError(f"'{data}' is a RUN or bundle folder, not a dataset; pass --data {instead}")
 
 
-def next_version(version: str) -> str:
-    """The challenger's version string: trailing digits counted up ("1" -> "2", "1.4" -> "1.5"), else ".1" added."""
+def next_version(version: str, taken: Collection[str] = ()) -> str:
+    """The challenger's version string: trailing digits counted up ("1" -> "2", "1.4" -> "1.5"), else ".1" added;
+    counted on past any of `taken` (the versions the registry already holds of this model: two retrains of one
+    champion were both "2", and the service's answers named two models alike)."""
     found = re.search(r"(\d+)$", version)
     if found is None:
-        return f"{version}.1"
-    return version[: found.start()] + str(int(found.group(1)) + 1)
+        candidate = f"{version}.1"
+    else:
+        candidate = version[: found.start()] + str(int(found.group(1)) + 1)
+    return next_version(candidate, taken) if candidate in taken else candidate
 
 
 def retrain(
@@ -68,11 +73,13 @@ def retrain(
     *,
     out: str | Path | None = None,
     progress: bool = True,
+    taken_versions: Collection[str] = (),
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train a challenger on DATA (split layout; its test split should be the champion's frozen one) with the
     champion's settings plus `overrides` (TrainConfig fields), into OUT (default: RUN-retrain-<dataset version>
-    beside the champion's RUN folder).
+    beside the champion's RUN folder). The challenger's version string is the champion's counted up, past any of
+    `taken_versions` (`next_version`).
 
     Refused with a one-line error, before any training and with nothing written: DATA's dataset version equals
     the champion's (no new labels), DATA's classes differ from the champion's, OUT already holds a bundle (other
@@ -133,7 +140,7 @@ def retrain(
         return {"run": str(run_dir)}
     bundle = load_bundle(run_dir)
     bundle.name = champion.name
-    bundle.version = next_version(str(champion.version))
+    bundle.version = next_version(str(champion.version), taken_versions)
     bundle.extra["retrain"] = {"champion": str(champion.path), "champion_version": champion.version,
                                "champion_dataset_version": champion.dataset_version, "config_from": config_from,
                                "overrides": overrides}

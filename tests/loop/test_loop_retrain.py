@@ -92,6 +92,9 @@ def test_refusals_train_nothing(data: Path, champion: Path, tmp_path: Path,
 
 def test_next_version() -> None:
     assert [next_version(v) for v in ("1", "9", "1.4", "2024.10", "beta")] == ["2", "10", "1.5", "2024.11", "beta.1"]
+    # past the versions the registry holds: a second retrain of champion "1" after "2" was registered is "3"
+    assert next_version("1", {"1", "2"}) == "3" and next_version("beta", {"beta.1"}) == "beta.2"
+    assert next_version("1.4", {"2", "1.6"}) == "1.5"
 
 
 def test_retrain_names_evaluate_and_export_before_the_challenge(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -166,3 +169,27 @@ def test_a_registry_copy_as_champion_needs_out(data: Path, champion: Path, tmp_p
     with pytest.raises(UserInputError, match="is a registry copy; pass --out DIR"):
         retrain(copy, new, progress=False)
     assert [p.name for p in copy.parent.iterdir()] == [copy.name]
+
+
+def test_a_retrain_through_the_registry_counts_its_version_past_those_registered(data: Path, champion: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Two retrains of one champion ("4") were both "5": after one was registered, the next is "6"."""
+    from sightline.loop.registry import Registry
+
+    earlier = tmp_path / "earlier"
+    shutil.copytree(champion, earlier)
+    bundle = load_bundle(earlier)
+    bundle.version = "5"  # an earlier challenger of the same model, registered
+    bundle.write_json()
+    (tmp_path / "state").mkdir()
+    database = f"sqlite:///{tmp_path / 'state' / 'sightline.db'}"
+    with Registry(database) as reg:
+        reg.add(champion, alias="champion")
+        reg.add(earlier)
+    new = tmp_path / "data-v2"
+    shutil.copytree(data, new)
+    write_images(new, {"train": 1}, seed=7)
+    out = tmp_path / "challenger"
+    assert run_command(app, ["retrain", "champion", "--database", database, "--data", str(new), "--out", str(out),
+                             "--json"]) == 0
+    assert (load_bundle(out).name, load_bundle(out).version) == ("pets", "6")
