@@ -62,6 +62,35 @@ def test_the_review_page_says_how_many_wait_beyond_the_fifty_shown(tmp_path):
     store.close()
 
 
+def test_the_count_follows_the_labels_given_on_the_page_in_chromium(tmp_path):
+    """The count was the one the page was loaded with: labelling 50 items still read '50 of 59 waiting'."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from in_chromium import chromium_page
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    ann = store.create_key("ann", ["review"])
+    _add(store, ["review"] * 59)
+    with serving(make_bundle(tmp_path), database_url=store.url) as c, chromium_page() as (page, errors):
+        base = str(c.base_url).rstrip("/")
+        page.goto(f"{base}/ui/signin")
+        page.fill("input[name=key]", ann)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{base}/ui/review")
+        count = page.locator("#queue-count")
+        assert " ".join(count.inner_text().split()) == "50 of 59 waiting; label these, then reload for the next."
+        for _ in range(2):
+            pid = page.locator("li.item.current").get_attribute("data-id")
+            page.keyboard.press("1")
+            page.wait_for_selector(f"li.item.done[data-id='{pid}']")
+        assert count.inner_text() == "48 of 57 waiting; label these, then reload for the next."
+        page.keyboard.press("z")
+        page.wait_for_selector(f"li.item.current[data-id='{pid}']:not(.done)")
+        assert count.inner_text() == "49 of 58 waiting; label these, then reload for the next."
+        assert errors == []
+    assert store.review_count() == 58
+    store.close()
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_the_review_count_is_what_the_store_lists(kind, tmp_path):
     with open_store(kind, tmp_path) as store:

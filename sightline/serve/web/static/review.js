@@ -11,6 +11,15 @@
   const status = document.getElementById("status");
   const done = [];  // ids labelled in this page, most recent last
   let current = 0;
+  // "50 of 178 waiting": counted down as this page's items are labelled (and up on undo), not left as loaded
+  const count = document.getElementById("queue-count");
+
+  function recount() {
+    if (!count) return;
+    const open = items.length - done.length;
+    const waiting = Number(count.dataset.total) - done.length;
+    count.textContent = open + " of " + waiting + " waiting; label these, then reload for the next.";
+  }
 
   function show(index) {
     if (items.length === 0) return;
@@ -52,6 +61,7 @@
       el.classList.add("done");
       el.querySelector(".done-label").textContent = value;
       done.push(current);
+      recount();
       status.textContent = "#" + el.dataset.id + " labelled " + value;
       show(nextOpen(current));
     } catch (err) {
@@ -69,6 +79,7 @@
     try {
       const data = await post("/ui/undo", { id: Number(el.dataset.id) });
       done.pop();
+      recount();
       el.classList.remove("done");
       el.querySelector(".done-label").textContent = "";
       status.textContent = "#" + el.dataset.id + " undone (now " + (data.label || "unlabelled") + ")";
