@@ -55,20 +55,25 @@ def export_onnx(model, path: Path, input_size: int, *, opset: int = OPSET) -> Pa
     batch = torch.export.Dim("batch", min=1, max=4096)
     tmp = path.with_name(path.name + ".tmp")
     # The exporter narrates each step on stdout; keep stdout for the command's own output (--json).
-    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        program = torch.onnx.export(
-            wrapped,
-            example,
-            dynamo=True,
-            opset_version=opset,
-            input_names=["input"],
-            output_names=list(OUTPUT_NAMES[:n_outputs]),
-            dynamic_shapes=({0: batch},),
-            external_data=False,
-            verbose=False,
-        )
-        program.save(str(tmp))
-    tmp.replace(path)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            program = torch.onnx.export(
+                wrapped,
+                example,
+                dynamo=True,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=list(OUTPUT_NAMES[:n_outputs]),
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+                verbose=False,
+            )
+            program.save(str(tmp))
+        tmp.replace(path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written graph left beside the bundle
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
 
 
@@ -185,6 +190,11 @@ def export(
                            "(split layout).")
     if int8 and quant_format not in ("qdq", "qoperator"):
         raise UserInputError(f"--format {quant_format!r} is unknown; use qdq or qoperator.")
+    for target in (bundle.onnx_path, bundle.int8_path) if int8 else (bundle.onnx_path,):
+        for taken in (target, target.with_name(target.name + ".tmp")):  # the graph is written to .tmp, then renamed
+            if taken.is_dir():  # found only after the export, named as the .tmp, which was left behind (13 MB)
+                raise UserInputError(f"'{taken}' is a folder where the exported model file goes; move or remove it, "
+                                     "then export again. Nothing was exported.")
     model = bundle.load_model("cpu")
     s = bundle.preprocessing.input_size
     # The parity images are loaded before model.onnx is replaced: a dataset problem must not leave an

@@ -296,3 +296,16 @@ def test_split_arrays_decode_like_the_server_and_report_unreadable_files(exporte
     with open_engine(bundle, backend="onnx") as engine:
         served = engine.prepare((tmp_path / "val" / "dark" / "big.jpg").read_bytes())
     np.testing.assert_array_equal(engine.to_batch(arrays.crops)[0], served)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.onnx.tmp", "model.int8.onnx"])
+def test_a_folder_where_the_graph_goes_is_refused_before_the_export(tmp_path, run_cli, name):
+    """A folder named model.onnx was found only after the export, reported as 'model.onnx.tmp is a folder', and the
+    13 MB .tmp graph stayed beside the bundle."""
+    model = create_model("test_efficientnet", 2, weights="none")
+    folder = Bundle("test_efficientnet", CLASSES, Preprocessing(32)).save(tmp_path / "b", model.state_dict())
+    (folder / name).mkdir()
+    code, out = run_cli(["export", str(folder), "--int8", "--data", str(tmp_path)])
+    assert code == 2 and f"'{folder / name}' is a folder where the exported model file goes" in out.err, out
+    assert "Nothing was exported" in out.err and len(out.err.strip().splitlines()) == 1
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["model.json", "weights.safetensors", name])
