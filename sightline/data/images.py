@@ -28,6 +28,7 @@ from typing import BinaryIO, Iterator, Union
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from sightline.data.inputs import signature
 from sightline.errors import CorruptImageError, ImageError, ImageTooLargeError, NotAnImageError
 
 __all__ = [
@@ -69,20 +70,6 @@ _quiet_pillow_bomb_warning()
 # What Pillow's decoders raise on truncated or corrupt data (zlib for PNG, struct for TIFF/BMP headers).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 _EXIF_ORIENTATION = 0x0112
-
-
-# Leading bytes of the formats we read (BMP's two are too weak to tell a damaged image from a text file).
-_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-               (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"))
-
-
-def _signature(head: bytes) -> str | None:
-    """The format whose signature `head` starts with, or None. A scientific camera's float RGB TIFF or a PNG cut
-    after its signature was 'not JPEG, PNG, BMP, TIFF or WebP', which sent the user to check the format they had
-    used rather than the file."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
 
 
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
@@ -171,7 +158,7 @@ def _open(source: ImageSource, label: str) -> Iterator[Image.Image]:
                 raise NotAnImageError(f"{label}: the content is empty (0 bytes); re-save or re-send the image") from None
             fp.seek(0)
             head = fp.read(64)
-            started = _signature(head)
+            started = signature(head)  # a file that starts like an image we read is a damaged one
             if started is not None:
                 raise CorruptImageError(
                     f"{label}: starts like a {started} file but cannot be decoded (a damaged header, or a variant "

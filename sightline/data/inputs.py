@@ -15,14 +15,25 @@ from pathlib import Path
 
 from sightline.errors import UserInputError
 
-__all__ = ["looks_like_image", "expand_inputs", "shown_name"]
+__all__ = ["looks_like_image", "expand_inputs", "shown_name", "signature"]
 
 # Names a user means as images: a folder's file named so is always listed (an error row if it is not one we read).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
                             ".heic", ".heif", ".avif"})
 MASK_SUFFIX = ".mask.png"  # binary mask beside an image (<stem>.mask.png): a region file, never an input itself
 # Leading bytes of the formats sightline decodes (sightline.data.images.ALLOWED_FORMATS).
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")
+# Leading bytes of the formats we read (and BigTIFF, which we do not; BMP's "BM" is too weak to tell a damaged image
+# from a text file, so `signature` leaves it to `looks_like_image`).
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+               (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"))
+
+
+def signature(head: bytes) -> str | None:
+    """The format whose signature `head` (a file's first 12 or more bytes) starts with: JPEG, PNG, TIFF, BigTIFF or
+    WebP; None otherwise (BMP included)."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
 
 
 def shown_name(name: str | Path) -> str:
@@ -45,7 +56,7 @@ def looks_like_image(path: Path) -> bool:
             head = fp.read(12)
     except OSError:
         return False
-    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    return signature(head) in ("JPEG", "PNG", "TIFF", "WebP") or head.startswith(b"BM")
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
