@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -92,8 +93,6 @@ class BodyLimitMiddleware:
                 if body_done or self.idle_timeout_s is None:  # after the body: a wait for the disconnect, unbounded
                     message = await receive()
                 else:
-                    import anyio
-
                     with anyio.move_on_after(self.idle_timeout_s) as waited:
                         message = await receive()
                     if waited.cancelled_caught:
