@@ -154,11 +154,12 @@ def test_cli_bad_budget_and_tiny_budget_are_one_line(tmp_path: Path, capsys: pyt
             "--input-size", "32", "--batch-size", "8", "--workers", "0"]
     assert run_command(app, [*args, "--time-budget", "soon"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "time_budget='soon' must be a positive duration" in err[0]
-    assert run_command(app, [*args, "--epochs", "3", "--time-budget", "0.1s"]) == 0
+    assert len(err) == 1 and "time_budget='soon' must be a positive duration" in err[0], err
+    code = run_command(app, [*args, "--epochs", "3", "--time-budget", "0.1s"])
     err = capsys.readouterr().err
+    assert code == 0, err
     lines = [line for line in err.splitlines() if "time budget 0.1s is shorter" in line]
-    assert len(lines) == 1 and "training one epoch and stopping there" in lines[0]
+    assert len(lines) == 1 and "training one epoch and stopping there" in lines[0], err
 
 
 @pytest.mark.parametrize("key", ["train_loss_epoch", "val_loss"])
