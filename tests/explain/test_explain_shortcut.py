@@ -1,7 +1,7 @@
 """Issue 4 section 6: on synthetic data made with `--shortcut crack` (a corner marker on every crack image) the
 shortcut flag fires for crack; for the same recipe without the marker it does not.
 
-Kept under a minute on 2 CPU cores: ok-vs-crack at 64 px, a subset of the ok images, and the offline ImageNet
+Kept under a minute on 2 CPU cores: ok-vs-crack at 64 px, a subset of the images, and the offline ImageNet
 Lite0 backbone frozen with its classifier fitted on pooled features (a linear probe). A probe is a model like any
 other here: the bundle holds the whole network, and Grad-CAM explains it end to end."""
 from __future__ import annotations
@@ -21,21 +21,28 @@ from sightline.inference import load_crops
 from sightline.models.factory import create_model, default_preprocessing
 
 CLASSES = ["crack", "ok"]
-OK_PER_SPLIT = {"train": 120, "val": 20, "test": 20}
+# The first N images of a class in a split; a split not named here: all of them. 40 of each class to fit the probe
+# on: it finds the marker, or the cracks, from these as it did from 120 ok and all 84 cracks (crack recall on test
+# 0.94, was 0.89; pointing game 0.06 and lift 0.94 with the marker, 0.61 and 4.7 without; flagged below 0.5 and 2).
+# val (the fitted temperature and thresholds) and test (the pointing game's 18 cracks with masks) as before.
+TAKE = {"ok": {"train": 40, "val": 20, "test": 20}, "crack": {"train": 40}}
 
 
 def _dataset(root: Path, shortcut: str | None) -> Path:
-    """The images `synthesize(n=1500, size=64, seed=0, shortcut=shortcut)` writes for all of its cracks (8 %, ~120,
-    with their masks) and the first OK_PER_SPLIT ok images of each split, byte for byte, in root/data. Rendered
-    one by one (an image is a function of the seed and its index) instead of synthesising all 1,500 and their
-    masks to copy ~280 of them: 3.8 -> 0.8 s of CPU per dataset, and ~2,000 files fewer for pytest to delete."""
-    left = dict(OK_PER_SPLIT)
+    """The images `synthesize(n=1500, size=64, seed=0, shortcut=shortcut)` writes for the first TAKE images of each
+    class and split (cracks with their masks), byte for byte, in root/data. Rendered one by one (an image is a
+    function of the seed and its index) instead of synthesising all 1,500 and their masks to copy ~200 of them."""
+    left = {label: dict(splits) for label, splits in TAKE.items()}
 
     def wanted(label: str, split: str) -> bool:
-        if label == "ok" and left[split]:
-            left[split] -= 1
+        if label not in left:
+            return False
+        if split not in left[label]:
             return True
-        return label == "crack"
+        if left[label][split]:
+            left[label][split] -= 1
+            return True
+        return False
 
     _synthesize_some(root / "data", 1500, shortcut, wanted)
     return root / "data"
@@ -97,8 +104,10 @@ def test_shortcut_flag(tmp_path, shortcut):
     _probe(data, tmp_path / "run")
     # reference=False: the monitor's reference profile (stand-in outliers and a train-feature bank scored through
     # Lite0) is not what this test is about, and was half of evaluate's time here
+    # and gallery_per_group=0: the report's gallery (Grad-CAMs of the predicted class, drawn into PNGs) is not
+    # looked at either, and was over half of what was left; the pointing game's heatmaps are computed as before
     m = evaluate(tmp_path / "run", data, robustness=False, n_bootstrap=20, progress=False, report=False,
-                 reference=False)
+                 reference=False, gallery_per_group=0)
     assert m["per_class"]["crack"]["recall"] >= 0.7  # the model does find cracks, one way or the other
     crack = m["pointing_game"]["per_class"]["crack"]
     print(shortcut, crack)
