@@ -51,7 +51,28 @@ def _gallery(classes: list[str]) -> list[dict]:
              "confidence": 0.4, "image": "iVBORw0KGgo=", "heatmap": "iVBORw0KGgo="} for c in classes]
 
 
-def test_result_reads_like_metrics_json_and_round_trips(tmp_path):
+@pytest.fixture
+def unrendered_plots(monkeypatch):
+    """plots() builds its figures but leaves their pixels undrawn (drawing is ~80 ms a figure, 4-6 a page): each
+    becomes a digest of the text it holds (titles, legends with the AP/ECE/temperature figures, cell labels), for
+    tests that read the page's text; test_report_escapes_every_name_a_user_chose_and_stays_self_contained renders
+    real ones."""
+    import hashlib
+
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from sightline.evaluate import report
+
+    def digest(fig, **kw):
+        text = "\x00".join(t.get_text() for t in fig.findobj(Text))
+        plt.close(fig)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    monkeypatch.setattr(report, "figure_png", digest)
+
+
+def test_result_reads_like_metrics_json_and_round_trips(tmp_path, unrendered_plots):
     r = _result(["a", "b"])
     keys = list(r)
     assert keys[:3] == ["split", "n_images", "accuracy"] and keys[-2:] == ["timings", "files"]
@@ -79,7 +100,7 @@ def test_report_escapes_every_name_a_user_chose_and_stays_self_contained(tmp_pat
     assert "<style>" in html and "<link" not in html  # CSS inline, nothing fetched
 
 
-def test_sections_show_only_what_the_result_has():
+def test_sections_show_only_what_the_result_has(unrendered_plots):
     r = _result(["a", "b"])
     for name in ("seeds", "robustness", "regions", "gallery"):
         assert render_section(name, r) == "", name
