@@ -81,8 +81,8 @@ def setup(tmp_path_factory):
 def no_pictures(monkeypatch):
     """report.html without its pictures, for tests that read the page's text or none of it: no matplotlib plots
     (about a second a page; every image left empty) and each gallery image one white pixel (the heatmaps are still
-    computed; what is skipped is their optimized PNG encoding, ~10 ms an image, two a gallery row, made even when no report
-    is written). test_metrics_json_contract_and_files checks the real pictures of the setup's page."""
+    computed; what is skipped is their optimized PNG encoding, ~10 ms an image, two a gallery row, made even when no
+    report is written). test_metrics_json_contract_and_files checks the real pictures of the setup's page."""
     from collections import defaultdict
 
     from sightline.evaluate import report
