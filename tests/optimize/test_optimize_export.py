@@ -18,21 +18,39 @@ CLASSES = ["dark", "light"]
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, make_dataset):
-    root = tmp_path_factory.mktemp("export")
+    """(run, data, (exit code, stdout, stderr)): `sightline export RUN --int8 --data DATA` once for the module, in a
+    folder whose name is rich markup ('d[' / ']s [v2]'), so the same export also shows that the command prints the
+    paths it was given as they are (test_export_and_predict_print_a_bracketed_path_as_it_is)."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("export") / "d[" / "]s [v2]"
     data = make_dataset(root / "data")
     torch.manual_seed(0)
     model = create_model("test_efficientnet", len(CLASSES), weights="none")
     Bundle("test_efficientnet", CLASSES, Preprocessing(32)).save(root / "run" / "bundle", model.state_dict())
-    from sightline.optimize.export import export
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
+        main(["export", str(root / "run"), "--int8", "--data", str(data)])
+    assert exc.value.code == 0, err.getvalue()
+    return root / "run", data, (exc.value.code, out.getvalue(), err.getvalue())
 
-    report = export(root / "run", int8=True, data_dir=data)
-    return root / "run", data, report
+
+def test_export_and_predict_print_a_bracketed_path_as_it_is(exported, tmp_path, run_cli):
+    """export and predict print the paths they were given as they are: they went through rich markup, so a folder 'd['
+    holding ']s' (a path with '[/]') ended in a MarkupError traceback, and 'data [v2]' lost its '[v2]'."""
+    run, data, (code, out, err) = exported
+    assert code == 0 and "Traceback" not in err
+    assert f"images from {data / 'val'}" in out
+    csv = tmp_path / "d[" / "]s [v2]" / "p.csv"
+    code, captured = run_cli(["predict", str(run), str(data / "test"), "--out", str(csv)])
+    assert code == 0 and f"written to {csv}" in captured.err
 
 
 def test_export_parity_recorded_and_dynamic_batch(exported):
     import onnxruntime as ort
 
-    run, data, report = exported
+    run, data, _ = exported
     bundle = load_bundle(run)
     stored = bundle.extra["export"]
     assert stored["parity"]["ok"] and stored["parity"]["split"] == "val"
@@ -74,7 +92,7 @@ def test_int8_model_runs_and_is_recorded(exported):
 
     from sightline.optimize.quantize import accuracy_and_ece
 
-    run, data, report = exported
+    run, data, _ = exported
     bundle = load_bundle(run)
     q = bundle.extra["export"]["int8"]
     assert bundle.int8_path.is_file() and q["format"] == "qdq"
