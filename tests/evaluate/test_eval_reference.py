@@ -159,7 +159,17 @@ def test_no_val_split_is_one_line(tiny, tmp_path):
         build_bundle_reference(_copy_run(tiny, "noval-run"), flat, per_kind=1)
 
 
-def test_evaluate_refreshes_the_profile_and_reports_ood(tiny, capsys):
+def test_evaluate_refreshes_the_profile_and_reports_ood(tiny, capsys, monkeypatch):
+    from collections import defaultdict
+
+    from sightline.evaluate import report
+    from sightline.explain import gallery
+
+    # The page's text is read here, not its pictures: no matplotlib plots (~1 s) and every gallery image and outlier
+    # thumbnail one pixel (the CLI's default gallery is ~50 PNGs encoded with optimize=True, ~10 ms each).
+    pixel = gallery.png_base64(np.full((1, 1, 3), 255, dtype=np.uint8))
+    monkeypatch.setattr(report, "plots", lambda r: defaultdict(str))
+    monkeypatch.setattr(gallery, "png_base64", lambda array, *, size=None: pixel)
     root, data, _ = tiny
     run = _copy_run(tiny, "evaluated")
     ood_dir = _write_outliers(root / "outliers")

@@ -160,8 +160,12 @@ def test_evaluate_scores_val_once_and_refreshes_the_stored_profile(made, monkeyp
     from collections import defaultdict
 
     from sightline.evaluate import report
+    from sightline.explain import gallery
 
-    monkeypatch.setattr(report, "plots", lambda r: defaultdict(str))  # report.html is not read here: no plots
+    # report.html is not read here: no plots, and each gallery image one pixel (not ~50 optimized PNGs, ~10 ms each)
+    pixel = gallery.png_base64(np.full((1, 1, 3), 255, dtype=np.uint8))
+    monkeypatch.setattr(report, "plots", lambda r: defaultdict(str))
+    monkeypatch.setattr(gallery, "png_base64", lambda array, *, size=None: pixel)
     code = run_command(app, ["evaluate", str(run), "--data", str(data), "--no-robustness", "--bootstrap", "20"])
     out = capsys.readouterr().out
     assert code == 0, out
