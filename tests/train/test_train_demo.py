@@ -14,28 +14,47 @@ from sightline.data.synth import synthesize
 from sightline.train import demo
 
 def test_the_same_seed_gives_the_same_demo_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--seed` reaches every seeded stage: stop the demo after the split and compare the data folders."""
+    """`--seed` reaches every seeded stage: stop the demo after the split and compare the data folders, and the
+    label check's suggestions. A demo of 100 images instead of QUICK's 160: every stage still runs on it (the label
+    check flags 20 images, a planted wrong label among them, which the stand-in reviewer moves before the split).
+    Another seed is stopped after the synthesis: its images differ from the first stage on, which is what it shows."""
     from sightline.data import split as split_module
+    from sightline.data import synth as synth_module
 
     class Stop(Exception):
         pass
 
-    real_split = split_module.split_dataset
+    def then_stop(real):
+        def run_then_stop(*args, **kwargs):
+            real(*args, **kwargs)
+            raise Stop
 
-    def split_then_stop(*args, **kwargs):
-        real_split(*args, **kwargs)
-        raise Stop
+        return run_then_stop
 
-    monkeypatch.setattr(split_module, "split_dataset", split_then_stop)
+    monkeypatch.setattr(demo, "QUICK", demo.DemoScale(n=100, size=64, input_size=64, epochs=2, label_input_size=32))
+    monkeypatch.setattr(split_module, "split_dataset", then_stop(split_module.split_dataset))
 
     def files(root: Path) -> dict[str, bytes]:
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "data").rglob("*.jpg"))}
 
-    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+    def images(root: Path) -> list[bytes]:
+        """Every JPEG under root/raw (the audit and the reviewer move files there, but change none)."""
+        return sorted(p.read_bytes() for p in (root / "raw").rglob("*.jpg"))
+
+    for name in "ab":
         with pytest.raises(Stop):
-            demo.run_demo(tmp_path / name, quick=True, seed=seed, model="test_efficientnet", weights="none")
-    a, b, c = (files(tmp_path / n) for n in "abc")
-    assert a and a == b and a != c
+            demo.run_demo(tmp_path / name, quick=True, seed=3, model="test_efficientnet", weights="none")
+    a, b = (files(tmp_path / n) for n in "ab")
+    assert a and a == b
+    # the label check's suggestions too (ranks and probabilities): its folds are seeded, and only the planted wrong
+    # labels among its suggestions show in the data
+    review_a, review_b = (json.loads((tmp_path / n / "audit" / "label_review.json").read_text()) for n in "ab")
+    assert review_a["corrected"] >= 1 and review_a["decisions"] == review_b["decisions"]
+
+    monkeypatch.setattr(synth_module, "synthesize", then_stop(synth_module.synthesize))
+    with pytest.raises(Stop):
+        demo.run_demo(tmp_path / "c", quick=True, seed=4, model="test_efficientnet", weights="none")
+    assert images(tmp_path / "c") and images(tmp_path / "c") != images(tmp_path / "a")
 
 
 def test_cli_demo_passes_seed_and_rejects_a_used_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str],
