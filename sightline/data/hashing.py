@@ -40,17 +40,23 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
 _MIRROR = np.tile((-1.0) ** np.arange(_LOW), _LOW)
 
 
+# the weight of each of the 63 AC bits, the first one the most significant
+_WEIGHTS = np.left_shift(np.uint64(1), np.arange(_LOW * _LOW - 2, -1, -1, dtype=np.uint64))
+
+
 def _bits(coeffs: np.ndarray) -> int:
     ac = coeffs[1:]  # the DC term is the mean brightness: it carries no structure
-    value = 0
-    for bit in ac > np.median(ac):  # 63 AC bits; the top bit stays 0 so the value fits a signed int64 column anywhere
-        value = (value << 1) | int(bit)
-    return value
+    # np.median of the 63 values, which is their 32nd smallest (an odd count: no average), without np.median's
+    # checks (a third of the hash's time)
+    median = np.partition(ac, ac.size // 2)[ac.size // 2]
+    # 63 AC bits; the top bit stays 0 so the value fits a signed int64 column anywhere
+    return int(_WEIGHTS[ac > median].sum(dtype=np.uint64))
 
 
 def phashes(image: Image.Image) -> tuple[int, int]:
     """(perceptual hash of the image, perceptual hash of its mirror image), 63-bit each; any mode, any size."""
-    grey = image.convert("L").resize((_THUMB, _THUMB), Image.Resampling.BOX)
+    grey = image if image.mode == "L" else image.convert("L")  # resize makes a new image: no copy needed
+    grey = grey.resize((_THUMB, _THUMB), Image.Resampling.BOX)
     coeffs = dctn(np.asarray(grey, dtype=np.float64), norm="ortho")[:_LOW, :_LOW].ravel()
     return _bits(coeffs), _bits(coeffs * _MIRROR)
 
