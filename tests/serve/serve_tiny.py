@@ -204,6 +204,45 @@ def make_bundle(root: Path, *, seed: int = 0, version: str = "1", folder: str = 
     return made
 
 
+def make_bundle_with_classes(root: Path, classes: list[str], *, seed: int = 0, folder: str = "bundle") -> Path:
+    """make_bundle(root, seed=seed) with `classes` (any number) in place of CLASSES: a new head, initialised by timm
+    (torch seed `seed`), written into weights.safetensors and into the cached model.onnx (the head's weight is an
+    initializer there; its bias, zero, is folded away), the graph then checked against PyTorch as export checks it
+    (export.check_parity, recorded in model.json). For a test that needs another class list, not another network: a
+    second ONNX export costs ~2.5 s of CPU, this ~0.1 s."""
+    import onnx
+    from onnx import numpy_helper
+
+    from sightline.bundle import load_bundle
+    from sightline.optimize.export import check_parity
+
+    bundle = load_bundle(make_bundle(root, seed=seed, folder=folder))
+    model = bundle.load_model("cpu")
+    old = model.get_classifier().weight.detach().numpy()  # (K, D)
+    torch.manual_seed(seed)
+    head = create_model("test_efficientnet", len(classes), weights="none").get_classifier()
+    model.reset_classifier(len(classes))
+    model.get_classifier().load_state_dict(head.state_dict())
+    graph = onnx.load(str(bundle.onnx_path))
+    (init,) = [i for i in graph.graph.initializer if np.array_equal(numpy_helper.to_array(i), old)]
+    init.CopyFrom(numpy_helper.from_array(head.weight.detach().numpy(), init.name))
+    del graph.graph.value_info[:]  # the shapes the exporter noted (the old head's among them): ORT infers them again
+    for output in graph.graph.output:
+        if output.name == "logits":
+            output.type.tensor_type.shape.dim[1].dim_value = len(classes)
+    onnx.save(graph, str(bundle.onnx_path))
+    bundle.classes = list(classes)
+    bundle.save(bundle.path, model.state_dict())
+    size = bundle.preprocessing.input_size
+    x = np.random.default_rng(seed).standard_normal((8, 3, size, size)).astype(np.float32)
+    parity = check_parity(model.eval(), bundle.onnx_path, x)
+    assert parity["ok"], f"{bundle.onnx_path} with a swapped head is not the model: {parity}"
+    bundle.extra["export"].update(size_bytes=bundle.onnx_path.stat().st_size,
+                                  parity={**parity, "split": None, "source": "random inputs (the head swapped)"})
+    bundle.write_json()
+    return bundle.path
+
+
 class _TenMsSleeps:
     """What uvicorn.server sees as `asyncio`: the module itself, except that its sleeps last at most 10 ms. uvicorn's
     server sleeps in four places, each a fixed 0.1 s (uvicorn 0.54, none configurable): the main loop between reads

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_tiny import CLASSES, encode, make_bundle, photo, predict, serving
+from serve_tiny import CLASSES, encode, make_bundle, make_bundle_with_classes, photo, predict, serving
 
 from sightline.storage.store import Store
 from sightline.serve.web.queue import k_center_greedy, ordered_queue
@@ -306,21 +306,11 @@ def test_classes_past_the_ninth_key_have_a_button_and_markup_in_names_stays_text
     """Keys 1-9 label with the first nine classes; a tenth class had no key and no button, so a reviewer could not
     give it on the page at all (the key line ended at the ninth). Class names and file names holding markup show
     as text: no dialog, no console error under the strict CSP."""
-    import torch
-
-    from sightline.bundle import Bundle, Preprocessing
-    from sightline.models.factory import create_model
-    from sightline.optimize.export import export
-
     classes = [f"c{i}" for i in range(1, 10)] + ["<img src=x onerror=alert(1)>", "שלום \"q'"]
-    torch.manual_seed(0)
-    Bundle("test_efficientnet", classes, Preprocessing(32), name="pets",
-           thresholds={"review_confidence": 0.99, "class_thresholds": {}}).save(
-        tmp_path / "bundle", create_model("test_efficientnet", len(classes), weights="none").state_dict())
-    export(tmp_path / "bundle")
+    bundle = make_bundle_with_classes(tmp_path, classes)  # the shared export with an 11-class head, not a new export
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     client_key, reviewer = store.create_key("client"), store.create_key("ann", ["review"])
-    with serving(tmp_path / "bundle", database_url=store.url, image_store=tmp_path / "kept") as c:
+    with serving(bundle, database_url=store.url, image_store=tmp_path / "kept") as c:
         r = c.post("/v1/predict", files=[("file", ("<img src=x onerror=alert(2)>.jpg", encode(photo(i))))
                                          for i in range(2)], headers={"X-API-Key": client_key})
         ids = [p["id"] for p in r.json()["predictions"]]
