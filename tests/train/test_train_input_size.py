@@ -15,6 +15,10 @@ from sightline.train.input_size import (MIN_SIZE, SMALL_INPUT, candidate_sizes, 
 from test_train_fit import TINY, make_data
 
 
+# precision and memory format as set, not timed on this CPU (sightline.train.hardware; test_train_hardware.py)
+AS_SET = {"precision": "32-true", "channels_last": False}
+
+
 def _samples(*sizes: tuple[int, int]) -> list[SimpleNamespace]:
     return [SimpleNamespace(width=w, height=h) for w, h in sizes]
 
@@ -110,10 +114,13 @@ def _resized(data: Path, side: int) -> Path:
 def test_train_probes_small_images_and_records_the_choice(tmp_path: Path) -> None:
     """100 px images and a model whose pretrained size is 160 px: probed at 100 and 160 px; the choice, why, and
     the probe's figures are kept in metrics.json, and the resolved size is in config.yaml."""
-    data = _resized(make_data(tmp_path / "data"), 100)
-    # reference=False: the monitor's profile (stand-in images scored at the chosen size) is not under test here
+    # 4 + 2 images a class (12 + 6 before): the probe's passes and the training after them see them all; the choice
+    # is recorded whatever the accuracies are
+    data = _resized(make_data(tmp_path / "data", splits={"train": 4, "val": 2}), 100)
+    # reference=False: the monitor's profile (stand-in images scored at the chosen size) is not under test here;
+    # nor is the hardware probe (test_train_hardware.py): fp32, contiguous, as set
     run = train(data, tmp_path / "run", progress=False, **{**TINY, "epochs": 1, "input_size": "auto",
-                                                          "reference": False})
+                                                          "reference": False, **AS_SET})
     choice = json.loads((run / "metrics.json").read_text())["choices"]["input_size"]
     assert choice["native"] == 100 and "100" in choice["probe"] and set(choice["probe"]) <= {"100", "160"}
     assert str(choice["value"]) in choice["probe"]
@@ -136,13 +143,13 @@ def test_small_images_get_the_small_image_recipe_and_say_so(tmp_path: Path) -> N
     from sightline.train.config import SMALL_IMAGE_RECIPE, TrainConfig, load_config
 
     # 4 + 2 images per class: the recipe depends on the images' side, not on how many there are; five trainings
-    # at up to 160 px follow, each without the monitor's reference profile (stand-ins scored at 160 px; not under
-    # test here)
+    # at up to 160 px follow, each without the monitor's reference profile (stand-ins scored at 160 px) and without
+    # the hardware probe (its candidates timed at 160 px: two thirds of this test's CPU); neither is under test
     data = make_data(tmp_path / "data", splits={"train": 4, "val": 2})
     weights = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in create_model("test_efficientnet", 2, weights="none").state_dict().items()},
               str(weights))
-    options = {**TINY, "epochs": 1, "input_size": "auto", "weights": str(weights), "reference": False}
+    options = {**TINY, "epochs": 1, "input_size": "auto", "weights": str(weights), "reference": False, **AS_SET}
     said: list[str] = []
     import logging
 
