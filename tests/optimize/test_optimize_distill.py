@@ -52,8 +52,11 @@ def test_distill_cli_tiny(tmp_path, capsys, make_dataset):
     from sightline.train.fit import train
 
     data = make_dataset(tmp_path / "data")
+    # the teacher without the monitor's reference profile (distill never reads it; half of the teacher's CPU) and
+    # with its precision and memory format as set, not timed on this CPU
     teacher = train(data, tmp_path / "teacher", model="test_efficientnet", weights="none", epochs=1,
-                    input_size=48, batch_size=8, progress=False, num_workers=0)
+                    input_size=48, batch_size=8, progress=False, num_workers=0, reference=False,
+                    precision="32-true", channels_last=False)
     with pytest.raises(SystemExit) as exc:
         main(["distill", str(teacher), "--student", "test_resnet", "--input-size", "32", "--data", str(data),
               "--out", str(tmp_path / "student"), "--epochs", "1", "--weights", "none", "--json"])
