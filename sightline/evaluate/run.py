@@ -413,7 +413,7 @@ def _evaluate_one(
     )
     timings["predict_s"] = timings["predict_s"] + time.perf_counter() - t0
     t0 = time.perf_counter()
-    gallery = _explain(engine, bundle, scored, y, dec, result, job)  # 3
+    gallery = _explain(engine, bundle, scored, y, dec, result, job, gallery=report)  # 3
     timings["explain_s"] = time.perf_counter() - t0
     if job.options.robustness:  # 4
         t0 = time.perf_counter()
@@ -430,9 +430,10 @@ def _evaluate_one(
 
 def _explain(
     engine: Engine, bundle: Bundle, scored: _Scored, y: np.ndarray, dec: Decisions, result: EvaluationResult,
-    job: _Job,
+    job: _Job, *, gallery: bool = True,
 ) -> list[dict[str, Any]]:
-    """Step 3: the gallery (returned, for the report) and the region scores (into `result.pointing_game`)."""
+    """Step 3: the gallery (returned, for the report; none without one: its heatmaps and pictures only show there)
+    and the region scores (into `result.pointing_game`)."""
     from sightline.explain.orchestrate import explain_split
     from sightline.inference import TorchBackend
 
@@ -442,7 +443,8 @@ def _explain(
     found = explain_split(
         backend.model, crops=scored.crops, samples=scored.samples, y=y, decisions=dec, classes=bundle.classes,
         pre=bundle.preprocessing, method=options.method, review_confidence=result.review["review_confidence"],
-        per_group=options.gallery_per_group, max_region_images=options.max_region_images, seed=options.seed,
+        per_group=options.gallery_per_group if gallery else 0, max_region_images=options.max_region_images,
+        seed=options.seed,
     )
     result.pointing_game = found.regions
     return found.gallery

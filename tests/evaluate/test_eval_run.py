@@ -204,6 +204,26 @@ def test_pointing_game_is_the_share_of_heatmap_peaks_on_the_spot(setup):
     assert pg["per_class"]["spot"]["pointing_game"] == pytest.approx(np.mean(hits))
 
 
+def test_no_report_makes_no_gallery_and_the_same_region_scores(setup, tmp_path, monkeypatch):
+    """The gallery's heatmaps and pictures only show in report.html: without a report (report=False, and every seed
+    but the first of a multi-seed run) they were made and thrown away. The region scores, which metrics.json holds,
+    are still made from the true class's heatmaps of the 8 test spot images."""
+    import sightline.explain.orchestrate as orchestrate
+
+    root, data, run, m = setup
+    made: list[int] = []
+    real = orchestrate.crop_cams
+    monkeypatch.setattr(orchestrate, "crop_cams", lambda model, crops, labels, **kw: (
+        made.append(len(labels)), real(model, crops, labels, **kw))[1])
+    settings = {**FAST, "robustness": False, "update_bundle": False}
+    quiet = evaluate(run, data, out=tmp_path / "quiet", **settings, report=False)
+    assert sum(made) == 8 and not (tmp_path / "quiet" / "report.html").exists()
+    assert quiet["pointing_game"] == m["pointing_game"]
+    made.clear()
+    evaluate(run, data, out=tmp_path / "full", **settings)  # the report's gallery: one image per class and group
+    assert sum(made) > 8 and "<img" in (tmp_path / "full" / "report.html").read_text()
+
+
 def test_class_mismatch_is_one_line(setup, tmp_path):
     root, data, run, m = setup
     other = tmp_path / "other"
