@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
-from test_monitor_window_words import _batch, _profile, _report
+from test_monitor_window_words import _batch, _profile, _report, draw_the_accuracy_plot_only
 
 from sightline.monitor.estimate import wilson_interval
 from sightline.monitor.report import plots
@@ -20,7 +20,7 @@ def test_the_interval_holds_its_proportion_for_every_count() -> None:
     assert wilson_interval(0, 7)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
 
 
-def test_a_window_whose_labels_are_all_right_is_drawn() -> None:
+def test_a_window_whose_labels_are_all_right_is_drawn(monkeypatch) -> None:
     batch = _batch(60, 5)
     batch.probabilities[:] = [0.1, 0.9]  # every image read as a bee
     batch.reviewed = np.full(60, -1)
@@ -30,4 +30,5 @@ def test_a_window_whose_labels_are_all_right_is_drawn() -> None:
     window = summarize(_profile(), batch, kind="block", key=60, min_window=100)
     m = window["measured_accuracy"]
     assert m["accuracy"] == 1.0 and m["high"] == 1.0 and m["random_slice"]["high"] == 1.0
+    draw_the_accuracy_plot_only(monkeypatch)
     assert "accuracy" in plots(_report([window, window]))
