@@ -183,7 +183,7 @@ def test_queue_most_uncertain_first_and_diverse(tmp_path):
     store.close()
 
 
-@pytest.mark.slow  # Chromium and an 11-class export: ~9 s for the file, so it is queued first, not last
+@pytest.mark.slow  # Chromium, three pages: ~7 s of wall for the file, so it is queued first, not last
 def test_label_twenty_with_the_keyboard_in_chromium(bundle, tmp_path, chromium):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     client_key, reviewer = store.create_key("client"), store.create_key("ann", ["review"])
