@@ -291,13 +291,18 @@ def test_the_report_reads_postgresql_as_it_reads_sqlite(served, run_cli, tmp_pat
     try:
         source, target = Store(served["url"]), Store(url)
         try:
-            for sig in source.signal_rows(fingerprint):
-                row = source.get_prediction(sig["prediction_id"])
-                extra = {k: sig[k] for k in ("projected", "probabilities", "ood_score", "unknown", "image_stats")}
-                (pid,) = target.add_predictions([{k: row[k] for k in keep}], [{**extra, "profile": fingerprint}])
-                assert pid == sig["prediction_id"]
-                if row["reviewed_label"]:
-                    target.record_label(pid, row["reviewed_label"], reviewer=row["reviewer"])
+            signals = source.signal_rows(fingerprint)
+            for start in range(0, len(signals), 10):  # 10 a request, as the server stored them (not one by one)
+                chunk = signals[start:start + 10]
+                rows = [source.get_prediction(sig["prediction_id"]) for sig in chunk]
+                extra = [{k: sig[k] for k in ("projected", "probabilities", "ood_score", "unknown", "image_stats")}
+                         for sig in chunk]
+                ids = target.add_predictions([{k: row[k] for k in keep} for row in rows],
+                                             [{**e, "profile": fingerprint} for e in extra])
+                assert ids == [sig["prediction_id"] for sig in chunk]
+                for pid, row in zip(ids, rows):
+                    if row["reviewed_label"]:
+                        target.record_label(pid, row["reviewed_label"], reviewer=row["reviewer"])
         finally:
             source.close()
             target.close()
