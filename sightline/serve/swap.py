@@ -169,6 +169,7 @@ class RegistryWatcher:
         self._refused: int | None = None  # the version id last found unservable (logged once, until the alias moves)
         self.swaps = 0
         self.polls = 0  # polls ended (each read the aliases, whatever came of it): what a caller can wait on
+        self.retired = 0  # replaced models closed, their in-flight requests answered (one per swap, in time)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="sightline-registry-watcher")
@@ -234,5 +235,9 @@ class RegistryWatcher:
                  new.stored_version, current.stored_version)
         task = asyncio.create_task(retire(current), name="sightline-retire")
         self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        task.add_done_callback(self._retired)
         return True
+
+    def _retired(self, task: asyncio.Task) -> None:
+        self._retiring.discard(task)
+        self.retired += 1

@@ -99,6 +99,7 @@ def _switch_under_load(base: str, key: str, app, move, target: str) -> list:
     answers and the retirement, not on the clock (it streamed a second after the switch, 6 clients busy: ~1 s of
     CPU a switch)."""
     watcher = app.state.sightline.watcher
+    retired = watcher.retired
     with _stream(base, key) as results:
         _wait_until(lambda: len(results) >= 12, 30, "no answers before the move")
         move()
@@ -110,7 +111,7 @@ def _switch_under_load(base: str, key: str, app, move, target: str) -> list:
         # the switch is one assignment, made before /v1/model named the target: a request sent after that is the
         # target's; the 0.2 s are a margin only
         t_late = t_switch + 0.2
-        _wait_until(lambda: not watcher._retiring, 30, "the old model was not retired", every=0.01)
+        _wait_until(lambda: watcher.retired > retired, 30, "the old model was not retired", every=0.01)
         _wait_until(lambda: sum(sent > t_late for sent, *_ in list(results)) >= 12, 30, "no answers after the switch",
                     every=0.01)
     assert results and all(status == 200 for _, _, status, _ in results), \
