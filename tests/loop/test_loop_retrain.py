@@ -18,8 +18,11 @@ from sightline.errors import BundleError, DatasetError, UserInputError
 from sightline.loop.retrain import next_version, retrain
 from sightline.train.config import TrainConfig
 
+# Set, not chosen by train: fp32 contiguous (no hardware probe timing candidates) and no monitor reference profile
+# (half of each tiny training); the tests are about what retrain carries over, and the config travels whole.
 SETTINGS = {"model": "test_efficientnet", "weights": "none", "epochs": 1, "input_size": 32, "batch_size": 8,
-            "num_workers": 0, "lr": 0.002, "seed": 3, "precision": "32-true"}
+            "num_workers": 0, "lr": 0.002, "seed": 3, "precision": "32-true", "channels_last": False,
+            "reference": False}
 
 
 @pytest.fixture(scope="module")
