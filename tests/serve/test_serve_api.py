@@ -240,15 +240,16 @@ def test_review_queue_and_ground_truth(server):
     assert server["store"].get_prediction(pid)["reviewed_label"] == "dog"
 
 
-def test_graceful_shutdown_answers_and_stores_in_flight_requests(server):
+def test_graceful_shutdown_answers_and_stores_in_flight_requests(server, monkeypatch):
+    from sightline.inference.engine import Engine
     from sightline.serve.app import create_app
 
     store, key = server["store"], server["keys"]["alice"]
-    # a long batching window (max 8 images, 4 sent) keeps the requests in flight when the shutdown starts: from the
-    # first image in the batcher to the listener closed took 5-40 ms here, alone or beside 3 busy processes, so 1 s
-    # is a 25-fold margin (checked below); the test waits out the rest of the window, as a SIGTERM then does
-    settings = server["settings"].model_copy(update={"batch_max_wait_ms": 1000.0, "batch_max_size": 8})
-    app = create_app(settings)
+    # inference held until the shutdown has begun keeps the four requests in flight, with no window to time: a
+    # 1 s batching window did the same, and every run waited it out
+    gate, run = threading.Event(), Engine.run
+    monkeypatch.setattr(Engine, "run", lambda self, batch: gate.wait(30) and run(self, batch))
+    app = create_app(server["settings"])
     srv, thread, port = start_server(app)
     before = store.count_predictions()
     results: list[int] = []
@@ -264,14 +265,15 @@ def test_graceful_shutdown_answers_and_stores_in_flight_requests(server):
     for w in workers:
         w.start()
     deadline = time.time() + 20
-    while app.state.sightline.batcher.pending < 4:  # all four received and waiting in the batcher
+    while app.state.sightline.batcher.pending < 4:  # all four received, in inference or waiting for it
         assert time.time() < deadline, "requests did not reach the batcher"
         time.sleep(0.01)
     srv.should_exit = True  # what uvicorn does on SIGTERM
     while srv.servers[0].is_serving():  # the shutdown has begun: no new connections
         assert time.time() < deadline, "the server did not begin its shutdown"
         time.sleep(0.005)
-    assert app.state.sightline.batcher.pending == 4, "answered before the shutdown began: the window was too short"
+    assert app.state.sightline.batcher.pending == 4 and not results  # none answered before the shutdown began
+    gate.set()
     for w in workers:
         w.join(timeout=30)
     thread.join(timeout=30)
