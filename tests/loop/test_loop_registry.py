@@ -78,9 +78,17 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path):
         reg.close()
 
 
+@pytest.fixture(scope="module")
+def _made(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("made")
+    return [_bundle(root / f"b{i}" / "bundle", seed=i) for i in range(3)]
+
+
 @pytest.fixture
-def bundles(tmp_path: Path) -> list[Path]:
-    return [_bundle(tmp_path / f"b{i}" / "bundle", seed=i) for i in range(3)]
+def bundles(_made: list[Path], tmp_path: Path) -> list[Path]:
+    """Three bundles of this test's own (tests write into them), copied from the module's: building a model and
+    saving its weights was half of most tests here."""
+    return [Path(shutil.copytree(b, tmp_path / f"b{i}" / "bundle")) for i, b in enumerate(_made)]
 
 
 def _state(reg: Registry) -> tuple:
