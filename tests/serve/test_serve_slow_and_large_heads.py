@@ -9,18 +9,21 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from serve_tiny import encode, make_bundle, photo
+from serve_tiny import _TenMsSleeps, encode, make_bundle, photo
 
 
 @contextmanager
 def served(bundle, **overrides):
     """uvicorn with the options `sightline serve` passes (serve.protocol.uvicorn_options); yields the port."""
     import uvicorn
+    import uvicorn.server
 
     from sightline.serve.app import create_app
     from sightline.serve.protocol import uvicorn_options
     from sightline.serve.settings import Settings
 
+    if not isinstance(uvicorn.server.asyncio, _TenMsSleeps):  # stops in ~0.02 s, not ~0.15 (as serve_tiny's servers)
+        uvicorn.server.asyncio = _TenMsSleeps()
     settings = Settings(bundle=bundle, **{"rate_limit_per_minute": 0, "threads": 1, "monitor": False,
                                           "require_api_key": False, **overrides})
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning",
@@ -42,9 +45,9 @@ def _exchange(port: int, parts, *, pause_s: float = 0.0, read_s: float = 5.0) ->
     """Send `parts` (pausing between them), then read until the server closes or `read_s` passes."""
     with socket.create_connection(("127.0.0.1", port), timeout=read_s) as s:
         try:
-            for part in parts:
+            for i, part in enumerate(parts):
+                time.sleep(pause_s if i else 0.0)
                 s.sendall(part)
-                time.sleep(pause_s)
         except (BrokenPipeError, ConnectionResetError):
             pass
         got = b""
@@ -74,12 +77,13 @@ def test_a_huge_header_is_431_and_closed_before_it_is_all_read(bundle):
 
 
 def test_a_head_trickled_slowly_is_408_and_closed(bundle):
-    with served(bundle, head_timeout_s=0.3) as port:
+    # the head never completes, so nothing has to arrive in time: a 0.1 s timeout, the client still trickling past it
+    with served(bundle, head_timeout_s=0.1) as port:
         t0 = time.monotonic()
         got = _exchange(port, [b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"X-A: 1\r\n", b"X-B: 1\r\n"],
-                        pause_s=0.15)
+                        pause_s=0.05)
         assert got.startswith(b"HTTP/1.1 408 "), got[:200]
-        assert b"within 0.3 s" in got and time.monotonic() - t0 < 3
+        assert b"within 0.1 s" in got and time.monotonic() - t0 < 3
         assert _exchange(port, [], read_s=3).startswith(b"HTTP/1.1 408 ")  # a connection that sends nothing
 
 
@@ -88,12 +92,13 @@ def test_a_stalled_body_is_408_and_closed(bundle):
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n' + jpeg + b"\r\n--b--\r\n"
     head = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: %d\r\n\r\n" % len(part))
-    with served(bundle, body_idle_timeout_s=0.3) as port:
+    # 0.25 s: the pause under it below leaves the same 0.2 s of slack as 0.1 s under 0.3 s did
+    with served(bundle, body_idle_timeout_s=0.25) as port:
         t0 = time.monotonic()
         got = _exchange(port, [head + part[:100]], read_s=5)  # the rest never comes
         assert got.startswith(b"HTTP/1.1 408 "), got[:300]
-        assert b"no part of the request body arrived for 0.3 s" in got and b"connection: close" in got.lower()
+        assert b"no part of the request body arrived for 0.25 s" in got and b"connection: close" in got.lower()
         assert time.monotonic() - t0 < 3
         again = head.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")
-        ok = _exchange(port, [again + part[:100], part[100:]], pause_s=0.1)  # a pause under the timeout is fine
+        ok = _exchange(port, [again + part[:100], part[100:]], pause_s=0.05)  # a pause under the timeout is fine
         assert b"HTTP/1.1 200 OK" in ok, ok[:300]
