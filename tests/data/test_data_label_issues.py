@@ -161,7 +161,19 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 TINY_MODEL = ["--label-model", "test_efficientnet", "--label-weights", "none"]
 
 
-def test_cli_audit_ranks_a_planted_mislabel_and_writes_suggestions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_audit_ranks_a_planted_mislabel_and_writes_suggestions(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from sightline.train import label_audit
+
+    checks = []  # the text run below gets the JSON run's label check (same data, model and seed) instead of a second
+    real = label_audit.audit_labels  # feature extraction and k-fold fits: it is about what the command prints
+
+    def once(*args, **kwargs):
+        if not checks:
+            checks.append(real(*args, **kwargs))
+        return checks[0]
+
+    monkeypatch.setattr(label_audit, "audit_labels", once)
     data = _colour_set(tmp_path / "data", {"red": 14, "blue": 14}, planted={"red/planted.png": "blue"})
     code, out, err = _run(["data", "audit", str(data), "--json", "--out", str(tmp_path / "r"), *TINY_MODEL], capsys)
     assert code == 0, err
