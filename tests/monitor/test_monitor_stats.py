@@ -1,6 +1,7 @@
 """Per-image statistics: planted differences (blur, brightness, JPEG quality, mode) are measured as such."""
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -94,9 +95,11 @@ def test_stats_columns_types():
     assert np.isnan(cols["jpeg_quality"][3]) and not np.isnan(cols["jpeg_quality"][:3]).any()
 
 
-def _files(tmp_path) -> dict[str, bytes]:
+@functools.cache
+def _files() -> dict[str, bytes]:
     """One file of each kind the server decodes differently: kept as opened (RGB JPEG, PNG, BMP, TIFF, WebP, large
-    JPEG in draft mode) or converted / rotated (greyscale and CMYK JPEG, palette and RGBA PNG, EXIF-rotated JPEG)."""
+    JPEG in draft mode) or converted / rotated (greyscale and CMYK JPEG, palette and RGBA PNG, EXIF-rotated JPEG).
+    Made once per run (read, never changed): drawing and encoding them was nearly all of each test using them."""
     photo = _photo(96)
     rotated = io.BytesIO()
     exif = Image.Exif()
@@ -130,7 +133,8 @@ def test_statistics_of_the_decoded_file_equal_those_with_the_header_read_again(t
     parsed = []
     real_header = stats_module._header
     monkeypatch.setattr(stats_module, "_header", lambda source: parsed.append(source) or real_header(source))
-    for name, blob in _files(tmp_path).items():
+    files = _files()
+    for name, blob in files.items():
         source = blob
         if as_path:
             source = tmp_path / name
@@ -141,6 +145,6 @@ def test_statistics_of_the_decoded_file_equal_those_with_the_header_read_again(t
         assert bool(parsed) == (name not in kept_as_opened), name
         assert fast == image_stats(image.copy(), source), name  # the copy: the header parsed again, as before
         assert fast["format"] == Image.open(io.BytesIO(blob)).format, name
-    assert image_stats(load_image(_files(tmp_path)["grey.jpg"]), _files(tmp_path)["grey.jpg"])["mode"] == "L"
-    big = load_image(_files(tmp_path)["large.jpg"], draft=(256, 256))
-    assert big.size[0] < 1200 and image_stats(big, _files(tmp_path)["large.jpg"])["width"] == big.size[0]  # draft
+    assert image_stats(load_image(files["grey.jpg"]), files["grey.jpg"])["mode"] == "L"
+    big = load_image(files["large.jpg"], draft=(256, 256))
+    assert big.size[0] < 1200 and image_stats(big, files["large.jpg"])["width"] == big.size[0]  # draft
