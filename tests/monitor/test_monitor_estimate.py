@@ -12,7 +12,8 @@ from sightline.monitor.estimate import expected_accuracy, measured_accuracy, wil
 def _calibrated_window(rng, n, k=3):
     """Probabilities drawn at random and labels drawn from them: calibrated by construction."""
     probs = rng.dirichlet(np.full(k, 0.7), n)
-    labels = np.array([rng.choice(k, p=p) for p in probs])
+    # each label drawn from its row: the first class whose cumulative probability passes a uniform draw
+    labels = np.minimum((rng.random((n, 1)) > probs.cumsum(axis=1)).sum(axis=1), k - 1)
     return probs, labels
 
 
