@@ -84,6 +84,8 @@ def database_url(request, tmp_path):
 
 
 def _settings(bundle, url, **kw):
+    """The service's settings for these tests; those that read nothing of the kept images pass keep_images=False
+    (every queued answer's image is otherwise written and fsynced into the bundle's images folder)."""
     from sightline.serve.settings import Settings
 
     base = dict(bundle=bundle, database_url=url, rate_limit_per_minute=0, key_cache_s=0, threads=1,
@@ -142,7 +144,7 @@ def test_unknown_decision_score_and_a_signals_row_for_every_answer(profiled, dat
     assert profile.ood_choice is not None
     inside = [calm(i) for i in range(24)]
     outside = [noise(i) for i in range(12)]
-    with serving(_settings(folder, database_url)) as (client, app, key):
+    with serving(_settings(folder, database_url, keep_images=False)) as (client, app, key):
         answers = _predict(client, inside, "calm") + _predict(client, outside, "noise")
         assert client.post("/v1/predict", files=[("file", ("t.jpg", b"not an image"))]).status_code == 415
         queue = client.get("/v1/review", params={"limit": 500}).json()
@@ -405,7 +407,8 @@ def test_alert_fires_after_two_drifted_windows_survives_a_restart_and_is_deliver
     receiver = Receiver(SECRET)
     # the monitor runs in the background after every WINDOW predictions; 2 webhook attempts per run
     settings = _settings(folder, database_url, monitor_every=WINDOW, alert_webhook_url=receiver.url,
-                         alert_webhook_secret=SECRET, alert_webhook_attempts=2, alert_webhook_backoff_s=0.01)
+                         alert_webhook_secret=SECRET, alert_webhook_attempts=2, alert_webhook_backoff_s=0.01,
+                         keep_images=False)
     try:
         with serving(settings) as (client, app, key):
             assert client.get("/v1/monitor", headers={"X-API-Key": ""}).status_code == 401
@@ -479,7 +482,7 @@ def test_calendar_windows_are_tested_once_when_closed(profiled, tmp_path):
 
     folder, _ = profiled
     url = f"sqlite:///{tmp_path / 'cal.db'}"
-    with serving(_settings(folder, url, monitor_calendar="hour")) as (client, app, key):
+    with serving(_settings(folder, url, monitor_calendar="hour", keep_images=False)) as (client, app, key):
         ids = [a["id"] for a in _predict(client, [calm(300 + i) for i in range(WINDOW + 5)])]
         few = [a["id"] for a in _predict(client, [calm(400 + i) for i in range(4)])]
         hour = int(time.time() // 3600)
