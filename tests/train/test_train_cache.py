@@ -110,8 +110,12 @@ def test_cli_ram_budget_of_zero_and_a_bad_one_are_one_line(tmp_path: Path, capsy
     from sightline.cli import app
 
     data = make_data(tmp_path / "data")
+    # fp32 contiguous as set and no monitor's reference profile (a config file: the CLI has no switch for either):
+    # the test is about the cache's budget, not what train times or adds around the fit
+    (tmp_path / "plain.yaml").write_text("reference: false\nprecision: 32-true\nchannels_last: false\n")
     args = ["train", str(data), "--out", str(tmp_path / "run"), "--model", "test_efficientnet", "--weights", "none",
-            "--input-size", "32", "--batch-size", "8", "--workers", "0", "--epochs", "1"]
+            "--input-size", "32", "--batch-size", "8", "--workers", "0", "--epochs", "1",
+            "--config", str(tmp_path / "plain.yaml")]
     assert run_command(app, [*args, "--cache-ram", "-1GB"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cache_ram='-1GB' must be auto, off, a size such as 2GB or 0" in err[0]
