@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import io
@@ -125,8 +126,10 @@ def _predict(client, blobs, prefix="img"):
     return answers
 
 
-def _independent_outputs(bundle_dir, blobs):
-    """Logits and features of `blobs` through the PyTorch backend (not the server's ONNX session)."""
+@functools.lru_cache(maxsize=1)
+def _independent_outputs(bundle_dir, blobs: tuple[bytes, ...]):
+    """Logits and features of `blobs` through the PyTorch backend (not the server's ONNX session); the same images
+    on the same bundle for SQLite and PostgreSQL, so computed once."""
     from sightline.inference import open_engine
 
     with open_engine(load_bundle(bundle_dir), backend="torch") as engine:
@@ -155,7 +158,7 @@ def test_unknown_decision_score_and_a_signals_row_for_every_answer(profiled, dat
     assert decisions[24:] == ["unknown"] * 12
     assert decisions[:24].count("unknown") <= 1 and set(decisions[:24]) <= {"review", "unknown"}
     # the score is the profile's own chosen score, recomputed independently (PyTorch backend, all four scores)
-    out = _independent_outputs(folder, inside + outside)
+    out = _independent_outputs(folder, tuple(inside + outside))
     expected, flags = profile.unknown(out.logits, out.features)
     got = np.array([a["ood_score"] for a in answers])
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
