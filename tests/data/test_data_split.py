@@ -38,9 +38,10 @@ def _where(out: Path) -> dict[str, str]:
     return {p.name: p.relative_to(out).parts[0] for p in out.rglob("*.*") if p.parts[-1] != "manifest.csv" and p.is_file()}
 
 
-@pytest.fixture()
-def raw(tmp_path: Path) -> Path:
-    root = _make(tmp_path / "raw", {"ok": 40, "scratch": 20, "crack": 7})
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Made once for the module: splitting only reads it (the tests that split it check so)."""
+    root = _make(tmp_path_factory.mktemp("split") / "raw", {"ok": 40, "scratch": 20, "crack": 7})
     # an exact duplicate within a class, and a re-encoded smaller copy filed under another class
     (root / "ok" / "ok_dup.png").write_bytes((root / "ok" / "ok_00.png").read_bytes())
     buf = io.BytesIO()
