@@ -80,6 +80,8 @@ def _check_stages(artifacts: dict[str, str], out: str, err: str) -> None:
             assert (raw / d["path"]).is_file()
     for path in set(wrong) - {d["path"] for d in review["decisions"]}:
         assert (raw / path).is_file()  # not flagged: keeps its wrong label
+    # the branch above that moves a file ran: this seed's check finds its planted wrong labels and they are moved
+    assert review["planted_found"] >= 1 and any("moved_to" in d for d in review["decisions"])
 
     # every target of the data's sightline.yaml is reported, with its verdict, in the demo's own lines
     spec = load_spec(Path(artifacts["split data"]) / "sightline.yaml")
