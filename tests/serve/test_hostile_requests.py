@@ -4,7 +4,7 @@ range, an empty upload."""
 from __future__ import annotations
 
 import pytest
-from serve_tiny import encode, keyed_service, make_bundle, one_line, open_store, photo, serving
+from serve_tiny import encode, keyed_service, make_bundle, one_line, open_store, photo, serving, tls
 
 HUGE = "99999999999999999999999"  # above 2**63 - 1: overflowed in the database driver (500) before
 BIG = str(2**31)  # above the 32-bit id column of PostgreSQL: overflowed there (500) before
@@ -212,7 +212,7 @@ def _signed_in(client, key: str):
     """A second client on the service, signed in to the web app with `key`; returns (client, its CSRF token)."""
     import httpx
 
-    web = httpx.Client(base_url=client.base_url, timeout=30)
+    web = httpx.Client(base_url=client.base_url, timeout=30, verify=tls())
     page = web.get("/ui/signin")
     web.post("/ui/signin", data={"key": key, "csrf": page.text.split('name="csrf" value="')[1].split('"')[0]})
     review = web.get("/ui/review")

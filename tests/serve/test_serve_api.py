@@ -205,7 +205,7 @@ def test_concurrent_requests_are_batched_and_all_stored(server):
     before = store.count_predictions()
 
     async def fire():
-        async with httpx.AsyncClient(base_url=server["url"], timeout=30) as ac:
+        async with httpx.AsyncClient(base_url=server["url"], timeout=30, verify=tls()) as ac:
             return await asyncio.gather(*(
                 ac.post("/v1/predict", files=[("file", (f"c{i}.png", b))], headers={"X-API-Key": key})
                 for i, b in enumerate(blobs)

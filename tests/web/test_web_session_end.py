@@ -10,14 +10,14 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_tiny import fresh_database, make_bundle, serving
+from serve_tiny import fresh_database, make_bundle, serving, tls
 
 from sightline.storage.store import Store
 
 
 def _sign_in(base_url, key: str) -> tuple[httpx.Client, str, str]:
     """A browser signed in with `key`: (client, its session cookie, its CSRF token)."""
-    web = httpx.Client(base_url=base_url, timeout=30)
+    web = httpx.Client(base_url=base_url, timeout=30, verify=tls())
     page = web.get("/ui/signin")
     web.post("/ui/signin", data={"key": key, "csrf": page.text.split('name="csrf" value="')[1].split('"')[0]})
     review = web.get("/ui/review")
@@ -27,7 +27,7 @@ def _sign_in(base_url, key: str) -> tuple[httpx.Client, str, str]:
 
 def _page_with(base_url, cookie: str) -> httpx.Response:
     """/ui/review with only this cookie (a copy of it, in another browser)."""
-    return httpx.get(f"{base_url}/ui/review", headers={"Cookie": f"sl_session={cookie}"}, timeout=30)
+    return httpx.get(f"{base_url}/ui/review", headers={"Cookie": f"sl_session={cookie}"}, timeout=30, verify=tls())
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
