@@ -3,6 +3,7 @@ outside the inference core, each bundle at its own input size), a verdict that p
 rule read from sightline.yaml, a self-contained HTML page, and one-line refusals that write nothing."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -27,14 +28,20 @@ def _split(data: Path, name: str) -> tuple[list[Path], np.ndarray]:
     return paths, np.array([CLASSES.index(p.parent.name) for p in paths])
 
 
+@functools.cache
+def _oracle(bundle: Path, data: Path, split: str) -> np.ndarray:
+    """oracle_predictions of a module bundle (never rewritten) on a split, computed once: the fixture and the two
+    verdict tests ask for the same ones."""
+    return oracle_predictions(load_bundle(bundle), _split(data, split)[0])
+
+
 @pytest.fixture(scope="module")
 def good(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An accurate bundle at 40 px (every test and production image right: checked here, outside sightline)."""
     folder = tmp_path_factory.mktemp("good") / "bundle"
-    bundle = make_bundle(folder, data / "train", seed=0, input_size=40, version="2")
+    make_bundle(folder, data / "train", seed=0, input_size=40, version="2")
     for split in ("test", "production"):
-        paths, y = _split(data, split)
-        assert (oracle_predictions(bundle, paths) == y).all()
+        assert (_oracle(folder, data, split) == _split(data, split)[1]).all()
     return folder
 
 
@@ -47,10 +54,9 @@ def lazy(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _check_against_oracle(result: dict, data: Path, champion: Path, challenger: Path) -> None:
-    a, b = load_bundle(champion), load_bundle(challenger)
     for split in ("test", "production"):
         paths, y = _split(data, split)
-        pa, pb = oracle_predictions(a, paths), oracle_predictions(b, paths)
+        pa, pb = _oracle(champion, data, split), _oracle(challenger, data, split)
         s = result["splits"][split]
         assert s["n_images"] == len(paths)
         assert s["accuracy"]["champion"] == pytest.approx((pa == y).mean())
