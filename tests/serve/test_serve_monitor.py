@@ -99,14 +99,12 @@ def _settings(bundle, url, **kw):
 def serving(settings):
     """uvicorn with create_app(settings) on a free loopback port; yields (client, app, key)."""
     from sightline.serve.app import create_app
-    from sightline.storage.store import Store
 
-    store = Store(settings.resolved_database_url())
-    key = store.create_key("tester", ["predict", "review"])
-    store.close()
     app = create_app(settings)
     srv, thread, port = start_server(app)
     try:
+        # through the service's own store: another Store would set up the schema once more (~70 ms on PostgreSQL)
+        key = app.state.sightline.store.create_key("tester", ["predict", "review"])
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"X-API-Key": key},
                           verify=tls()) as client:
             yield client, app, key
