@@ -50,14 +50,14 @@ class _Files:
         return len(self.files[sha256]) if sha256 in self.files else None
 
 
-def _stream(store: Store, images: str | _Files, *, rate: float,
-            seed: int = 0) -> tuple[dict[int, str], dict[int, str], float]:
-    """Predictions of STREAM in random order ("cat" predicted; the truth "cat" when right, else "dog"), kept by the
-    service's keeper at `rate` in `images`: the image store at that URL (a memory:// one: a folder fsyncs each of
-    the ~2,000 files, seconds that say nothing about the slice), or a `_Files`; returns the decision and the truth
-    per id and the stream's true accuracy."""
+def _stream(store: Store, images: str | _Files, *, rate: float, seed: int = 0,
+            part: int = 1) -> tuple[dict[int, str], dict[int, str], float]:
+    """Predictions of STREAM (1/`part` of each decision's count) in random order ("cat" predicted; the truth "cat"
+    when right, else "dog"), kept by the service's keeper at `rate` in `images`: the image store at that URL (a
+    memory:// one: a folder fsyncs each of the ~2,000 files, seconds that say nothing about the slice), or a
+    `_Files`; returns the decision and the truth per id and the stream's true accuracy."""
     rng = random.Random(seed)
-    rows = [(d, rng.random() < right) for d, (n, right) in STREAM.items() for _ in range(n)]
+    rows = [(d, rng.random() < right) for d, (n, right) in STREAM.items() for _ in range(n // part)]
     rng.shuffle(rows)
     ids = store.add_predictions([{
         "request_id": "r", "filename": f"{i}.jpg", "input_sha256": "0" * 64, "model_name": "pets",
@@ -120,7 +120,9 @@ def bundle(tmp_path_factory):
 def test_pages_say_the_slice_is_drawn_from_all_predictions(bundle, tmp_path, memory_url):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     ann = store.create_key("ann", ["review"])
-    _, truth, _ = _stream(store, memory_url, rate=0.01, seed=5)
+    # a quarter of the stream at 4 times the rate: the slice as large (~60: 40 accepted, 15 review, 5 unknown
+    # expected), and a quarter of the queued images put into the memory store (each put scans the names it holds)
+    _, truth, _ = _stream(store, memory_url, rate=0.04, seed=5, part=4)
     reviewed = [r["prediction_id"] for r in store.kept_images() if r["in_slice"] and r["decision"] == "review"]
     for pid in reviewed:  # labelled from the queue; the accepted and unknown members are not
         store.record_label(pid, truth[pid], reviewer="ann")
