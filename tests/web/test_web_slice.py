@@ -92,7 +92,7 @@ def test_measured_accuracy_estimates_the_whole_stream(tmp_path):
 
 def test_slice_page_lists_every_decision_and_coverage_warns_when_uneven(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    _stream(store, _Files(), rate=0.05, seed=3)
+    _stream(store, _Files(), rate=0.2, seed=3, part=4)  # a slice of ~300 as from all of it at 0.05, a quarter the rows
     page = ordered_queue(store, limit=500, sample=True)
     assert {item["decision"] for item in page} == {"accept", "review", "unknown"}
     assert all(item["has_image"] for item in page)
