@@ -9,21 +9,19 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from serve_tiny import _TenMsSleeps, encode, make_bundle, photo
+from serve_tiny import encode, make_bundle, photo, quick_uvicorn_stops
 
 
 @contextmanager
 def served(bundle, **overrides):
     """uvicorn with the options `sightline serve` passes (serve.protocol.uvicorn_options); yields the port."""
     import uvicorn
-    import uvicorn.server
 
     from sightline.serve.app import create_app
     from sightline.serve.protocol import uvicorn_options
     from sightline.serve.settings import Settings
 
-    if not isinstance(uvicorn.server.asyncio, _TenMsSleeps):  # stops in ~0.02 s, not ~0.15 (as serve_tiny's servers)
-        uvicorn.server.asyncio = _TenMsSleeps()
+    quick_uvicorn_stops()  # as serve_tiny's servers
     settings = Settings(bundle=bundle, **{"rate_limit_per_minute": 0, "threads": 1, "monitor": False,
                                           "require_api_key": False, **overrides})
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning",
