@@ -5,7 +5,6 @@ review/unknown member or a labelled one; a database made before the `in_slice` c
 rows staying slice members (SQLite and PostgreSQL, a schema of its own, skipped with the reason when unreachable)."""
 from __future__ import annotations
 
-import hashlib
 import random
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from sightline.storage.images import ImageKeeper, LocalImageStore
 from sightline.storage.store import IN_SLICE, KeptImage, Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # serve_tiny
-from serve_tiny import open_store  # noqa: E402
+from serve_tiny import DictImages, open_store  # noqa: E402
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -43,36 +42,10 @@ class _Counting(random.Random):
         return super().random()
 
 
-class _DictImages:
-    """An ImageStore in a dict. fsspec's memory filesystem looks through every folder it holds on each `exists`
-    (2,300 images: ~0.25 s of CPU here, quadratic) and a folder fsyncs each file; both real stores are tested in
-    test_storage_images.py."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def put(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
-        self.blobs.setdefault(sha, data)
-        return sha
-
-    def get(self, sha256: str) -> bytes | None:
-        return self.blobs.get(sha256)
-
-    def exists(self, sha256: str) -> bool:
-        return sha256 in self.blobs
-
-    def delete(self, sha256: str) -> bool:
-        return self.blobs.pop(sha256, None) is not None
-
-    def size(self, sha256: str) -> int | None:
-        return len(self.blobs[sha256]) if sha256 in self.blobs else None
-
-
 def test_slice_is_drawn_from_every_decision_alike(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     rng = _Counting(1)
-    images = _DictImages()
+    images = DictImages()
     keeper = ImageKeeper(images, keep_accepted=0.3, rng=rng)
     decisions = ["accept", "review", "unknown"] * 1000
     ids = _predictions(store, decisions)

@@ -4,7 +4,6 @@ ones; the slice's page lists members of every decision; the dashboard says the s
 and how much of it is labelled per decision, and warns when the decisions are labelled unevenly."""
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import sys
@@ -14,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_tiny import make_bundle, serving
+from serve_tiny import DictImages, make_bundle, serving
 
 from sightline.serve.web.dashboard import dashboard_data, slice_coverage
 from sightline.serve.web.queue import ordered_queue
@@ -25,37 +24,12 @@ from sightline.storage.store import PredictionRecord, Store
 STREAM = {"accept": (4000, 0.95), "review": (1500, 0.5), "unknown": (500, 0.2)}
 
 
-class _Files:
-    """The ImageStore protocol over a dict, for the tests that read the slice's rows and never its files: the
-    memory:// store's exists() scans every name it holds, once for each of the ~2,800 files put (0.7 s)."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-
-    def put(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
-        self.files.setdefault(sha, data)
-        return sha
-
-    def get(self, sha256: str) -> bytes | None:
-        return self.files.get(sha256)
-
-    def exists(self, sha256: str) -> bool:
-        return sha256 in self.files
-
-    def delete(self, sha256: str) -> bool:
-        return self.files.pop(sha256, None) is not None
-
-    def size(self, sha256: str) -> int | None:
-        return len(self.files[sha256]) if sha256 in self.files else None
-
-
-def _stream(store: Store, images: str | _Files, *, rate: float, seed: int = 0,
+def _stream(store: Store, images: str | DictImages, *, rate: float, seed: int = 0,
             part: int = 1) -> tuple[dict[int, str], dict[int, str], float]:
     """Predictions of STREAM (1/`part` of each decision's count) in random order ("cat" predicted; the truth "cat"
     when right, else "dog"), kept by the service's keeper at `rate` in `images`: the image store at that URL (a
     memory:// one: a folder fsyncs each of the ~2,000 files, seconds that say nothing about the slice), or a
-    `_Files`; returns the decision and the truth per id and the stream's true accuracy."""
+    `DictImages`; returns the decision and the truth per id and the stream's true accuracy."""
     rng = random.Random(seed)
     rows = [(d, rng.random() < right) for d, (n, right) in STREAM.items() for _ in range(n // part)]
     rng.shuffle(rows)
@@ -63,7 +37,7 @@ def _stream(store: Store, images: str | _Files, *, rate: float, seed: int = 0,
         "request_id": "r", "filename": f"{i}.jpg", "input_sha256": "0" * 64, "model_name": "pets",
         "model_version": "1", "label": "cat", "confidence": 0.9 if d == "accept" else 0.4, "top_k": [],
         "decision": d, "latency_ms": 1.0} for i, (d, _) in enumerate(rows)])
-    files = images if isinstance(images, _Files) else open_image_store(images)
+    files = images if isinstance(images, DictImages) else open_image_store(images)
     keeper = ImageKeeper(files, keep_accepted=rate, rng=random.Random(seed + 1))
     keeper.keep(store, ids, [d for d, _ in rows], [i.to_bytes(4, "big") for i in ids])
     truth = {i: "cat" if ok else "dog" for i, (_, ok) in zip(ids, rows)}
@@ -72,7 +46,7 @@ def _stream(store: Store, images: str | _Files, *, rate: float, seed: int = 0,
 
 def test_measured_accuracy_estimates_the_whole_stream(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    decisions, truth, stream_accuracy = _stream(store, _Files(), rate=0.2)
+    decisions, truth, stream_accuracy = _stream(store, DictImages(), rate=0.2)
     members = [r["prediction_id"] for r in store.kept_images() if r["in_slice"]]
     # the whole slice labelled, in one transaction: record_label's own transaction per label (its history row, its
     # shadow totals; tested in test_serve_roles) would cost ~1 s here for the ~1,200 reviewed_label columns read
@@ -92,7 +66,8 @@ def test_measured_accuracy_estimates_the_whole_stream(tmp_path):
 
 def test_slice_page_lists_every_decision_and_coverage_warns_when_uneven(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    _stream(store, _Files(), rate=0.2, seed=3, part=4)  # a slice of ~300 as from all of it at 0.05, a quarter the rows
+    # a slice of ~300, as from all of the stream at 0.05, from a quarter of its rows
+    _stream(store, DictImages(), rate=0.2, seed=3, part=4)
     page = ordered_queue(store, limit=500, sample=True)
     assert {item["decision"] for item in page} == {"accept", "review", "unknown"}
     assert all(item["has_image"] for item in page)
