@@ -5,7 +5,9 @@ from __future__ import annotations
 from sightline.bundle import Bundle, Preprocessing
 from sightline.models.factory import create_model
 
-from conftest import CLASSES
+# `from conftest import CLASSES` imported whichever conftest module Python met first: run with tests/loop, the
+# file failed at collection (tests/loop/conftest.py has no CLASSES)
+CLASSES = ["dark", "light"]
 
 
 def test_predict_refuses_an_empty_input(tmp_path, run_cli, monkeypatch):
