@@ -59,21 +59,30 @@ def _ood_images(size: int, n: int, seed: int) -> list[np.ndarray]:
     from sightline.evaluate.outliers import photo_files, synthetic_crops
 
     rng = np.random.default_rng(seed)
-    images: list[np.ndarray] = []
     files, _ = photo_files()
+    crops: list[tuple[Path, int, int, int]] = []  # (photo, y, x, side): drawn from the sizes in the headers
     for f in files:
         with Image.open(f) as im:
-            rgb = np.asarray(im.convert("RGB"))
-        h, w = rgb.shape[:2]
+            w, h = im.size
         side = min(h, w)
         for _ in range(3):  # three crops a photo, so twenty photos give enough distinct images
             s = int(rng.integers(side // 2, side + 1))
             y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-            images.append(np.asarray(Image.fromarray(rgb[y:y + s, x:x + s]).resize((size, size))))
+            crops.append((f, y, x, s))
     textures = synthetic_crops(size, per_kind=max(2, n // 8 + 1), seed=seed).crops
-    images.extend(textures)
-    order = rng.permutation(len(images))[:n]
-    return [images[i] for i in order]
+    order = rng.permutation(len(crops) + len(textures))[:n]
+    decoded: dict[Path, np.ndarray] = {}  # only the photos a chosen crop comes from (n is ~10 of ~60 crops)
+
+    def image(i: int) -> np.ndarray:
+        if i >= len(crops):
+            return textures[i - len(crops)]
+        f, y, x, s = crops[i]
+        if f not in decoded:
+            with Image.open(f) as im:
+                decoded[f] = np.asarray(im.convert("RGB"))
+        return np.asarray(Image.fromarray(decoded[f][y:y + s, x:x + s]).resize((size, size)))
+
+    return [image(int(i)) for i in order]
 
 
 def make_stream(folder: str | Path, *, size: int, seed: int, n_clean: int = 2 * WINDOW, n_drifted: int = 2 * WINDOW,
