@@ -278,6 +278,7 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
             limiter=RateLimiter(settings.rate_limit_per_minute),
             keys=KeyCache(settings.key_cache_s),
+            failed_keys=RateLimiter(settings.failed_keys_per_minute),
             decode_limiter=anyio.CapacityLimiter(settings.decode_threads or usable_cores()),
             images=ImageKeeper(open_image_store(settings.resolved_image_store()),
                                keep_accepted=settings.keep_accepted, max_bytes=settings.image_store_max_bytes,

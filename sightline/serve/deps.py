@@ -14,12 +14,11 @@ import json
 import math
 from typing import Annotated, Any
 
-import anyio
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from sightline.serve.state import ServiceState
+from sightline.serve.state import ServiceState, TooManyFailedKeys
 from sightline.storage.store import ROLES, ApiKeyInfo, hash_key
 
 __all__ = ["get_state", "StateDep", "require_key", "require_role", "ApiKeyDep", "PredictKeyDep", "ReviewKeyDep",
@@ -88,10 +87,12 @@ def role_for_path(path: str) -> str | None:
     return None
 
 
-async def authorize(state: ServiceState, headers: Any, role: str) -> ApiKeyInfo:
+async def authorize(state: ServiceState, headers: Any, role: str, client: str | None = None) -> ApiKeyInfo:
     """The caller's key (X-API-Key or Authorization: Bearer) when it has `role`: 401 when missing/unknown/
-    revoked, 403 without the role, 429 over the per-key rate limit. A recently verified key is answered from
-    memory; otherwise the database is read in a worker thread so the event loop never blocks."""
+    revoked, 403 without the role, 429 over the per-key rate limit, and 429 for a key not verified yet when the
+    caller's address (`client`) presented too many unknown keys lately (ServiceState.verify_key). A recently
+    verified key is answered from memory; otherwise the database is read in a worker thread so the event loop
+    never blocks."""
     if not state.settings.require_api_key:
         info = ANONYMOUS
     else:
@@ -106,7 +107,14 @@ async def authorize(state: ServiceState, headers: Any, role: str) -> ApiKeyInfo:
         info = state.keys.get(digest)
         if info is None:
             try:
-                info = await anyio.to_thread.run_sync(state.store.verify_key, key)
+                info = await state.verify_key(key, client)
+            except TooManyFailedKeys as exc:
+                raise HTTPException(
+                    status.HTTP_429_TOO_MANY_REQUESTS,
+                    f"too many unknown or revoked API keys from this address (at most "
+                    f"{state.settings.failed_keys_per_minute} a minute); retry later with a valid key.",
+                    headers={"Retry-After": str(max(1, math.ceil(exc.retry_s)))},
+                ) from None
             except DATABASE_DOWN as exc:  # the gate runs outside the app's error handlers: answer 503 from here
                 raise database_unavailable(exc, f"API key check for {role!r}") from None
             if info is None:
@@ -141,7 +149,7 @@ def require_role(role: str) -> Any:
         checked = getattr(request.state, _SCOPE_KEY, None)
         if checked is not None and checked[0] == role:
             return checked[1]
-        return await authorize(state, request.headers, role)
+        return await authorize(state, request.headers, role, request.client.host if request.client else None)
 
     dependency.__name__ = f"require_{role}"
     return dependency
@@ -169,7 +177,8 @@ class KeyGate:
         from starlette.datastructures import Headers
 
         try:
-            info = await authorize(state, Headers(scope=scope), role)
+            client = scope.get("client")
+            info = await authorize(state, Headers(scope=scope), role, client[0] if client else None)
         except HTTPException as exc:
             body = json.dumps({"detail": exc.detail}).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

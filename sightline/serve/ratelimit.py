@@ -1,4 +1,4 @@
-"""Per-key token bucket: `per_minute` requests a minute, bursts up to the same number."""
+"""Token buckets by key (an API key's id, a client's address): `per_minute` a minute, bursts up to the same number."""
 from __future__ import annotations
 
 import threading
@@ -8,22 +8,42 @@ __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int) -> None:
+    """`max_keys` bounds the buckets held: past it, those refilled to full (the same as no bucket) are dropped, so
+    keys that come and go (client addresses) do not pile up."""
+
+    def __init__(self, per_minute: int, *, max_keys: int = 10_000) -> None:
         self.per_minute = per_minute
+        self.max_keys = max_keys
         self._buckets: dict[object, tuple[float, float]] = {}  # key -> (tokens, last refill time)
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """How many buckets are held."""
+        return len(self._buckets)
+
+    def _tokens(self, key: object, now: float) -> float:
+        tokens, last = self._buckets.get(key, (float(self.per_minute), now))
+        return min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60.0)
 
     def check(self, key: object) -> float | None:
         """Take one token for `key`; None when allowed, else seconds until the next token."""
         if self.per_minute <= 0:
             return None
-        rate = self.per_minute / 60.0
         now = time.monotonic()
         with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.per_minute), now))
-            tokens = min(float(self.per_minute), tokens + (now - last) * rate)
+            tokens = self._tokens(key, now)
             if tokens < 1.0:
                 self._buckets[key] = (tokens, now)
-                return (1.0 - tokens) / rate
+                return (1.0 - tokens) * 60.0 / self.per_minute
             self._buckets[key] = (tokens - 1.0, now)
+            if len(self._buckets) > self.max_keys:
+                self._buckets = {k: v for k, v in self._buckets.items() if self._tokens(k, now) < self.per_minute}
             return None
+
+    def waiting(self, key: object) -> float | None:
+        """Seconds until `key` has a token again, taking none; None when it has one now."""
+        if self.per_minute <= 0:
+            return None
+        with self._lock:
+            tokens = self._tokens(key, time.monotonic())
+        return None if tokens >= 1.0 else (1.0 - tokens) * 60.0 / self.per_minute

@@ -18,7 +18,7 @@ from sightline.serve.settings import Settings
 from sightline.storage.store import ApiKeyInfo, Store
 from sightline.serve.swap import RegistryWatcher, Served
 
-__all__ = ["ServiceState", "KeyCache"]
+__all__ = ["ServiceState", "KeyCache", "TooManyFailedKeys"]
 
 
 class KeyCache:
@@ -44,6 +44,15 @@ class KeyCache:
                 self._entries[key_hash] = (info, time.monotonic() + self.ttl_s)
 
 
+class TooManyFailedKeys(Exception):
+    """A client address presented more unknown or revoked keys than settings.failed_keys_per_minute allows; its
+    next key is checked in `retry_s` seconds."""
+
+    def __init__(self, retry_s: float) -> None:
+        super().__init__(f"too many unknown API keys; retry in {retry_s:.0f} s")
+        self.retry_s = retry_s
+
+
 @dataclass
 class ServiceState:
     settings: Settings
@@ -52,6 +61,7 @@ class ServiceState:
     metrics: ServiceMetrics
     limiter: RateLimiter
     keys: KeyCache
+    failed_keys: RateLimiter  # by client address: unknown or revoked keys presented (see deps.authorize)
     decode_limiter: anyio.CapacityLimiter  # how many requests decode at once (CPU-bound: about the core count)
     images: ImageKeeper | None = None  # kept images (None: SIGHTLINE_KEEP_IMAGES=false)
     started: float = field(default_factory=time.time)
@@ -66,6 +76,19 @@ class ServiceState:
     @property
     def engine(self) -> Engine:  # the inference core on the bundle's ONNX graph
         return self.served.engine
+
+    async def verify_key(self, key: str, client: str | None) -> ApiKeyInfo | None:
+        """The key's ApiKeyInfo from the database (in a worker thread), None when it is unknown or revoked. A client
+        address (`client`; None: not known) that presented more unknown or revoked keys than
+        settings.failed_keys_per_minute allows gets TooManyFailedKeys instead, without a database read: a flood of
+        made-up keys costs the database nothing, and neither guessing nor a misconfigured client can keep it busy.
+        Keys already verified (the KeyCache) are answered before this and never wait."""
+        if client is not None and (retry := self.failed_keys.waiting(client)) is not None:
+            raise TooManyFailedKeys(retry)
+        info = await anyio.to_thread.run_sync(self.store.verify_key, key)
+        if info is None and client is not None:
+            self.failed_keys.check(client)
+        return info
 
     @property
     def batcher(self) -> MicroBatcher:

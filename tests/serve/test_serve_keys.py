@@ -53,3 +53,34 @@ def test_keys_commands(tmp_path, run_cli):
     assert code == 2 and "no active key" in out.err
     code, out = run_cli(["keys", "create", "x"])  # no bundle, no URL: one-line error
     assert code == 2 and "SIGHTLINE_DATABASE_URL" in out.err
+
+
+def test_an_address_presenting_made_up_keys_is_slowed_before_the_database(tmp_path, monkeypatch):
+    """Every unknown key cost a database read, so anyone could keep the database busy with made-up keys, through the
+    API or the web sign-in form. Past failed_keys_per_minute unknown keys from one address, its keys not verified
+    yet get 429 with Retry-After and no read; a key verified before (in the key cache) still works."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serve_tiny import encode, keyed_service, photo
+
+    reads: list[str] = []
+    verify = Store.verify_key
+    monkeypatch.setattr(Store, "verify_key", lambda self, key: (reads.append(key), verify(self, key))[1])
+    with keyed_service(tmp_path, failed_keys_per_minute=3, key_cache_s=60) as (c, keys, _):
+        assert c.get("/v1/review", headers={"X-API-Key": keys["review"]}).status_code == 200
+        for i in range(3):
+            assert c.get("/v1/review", headers={"X-API-Key": f"sl_madeup{i}"}).status_code == 401
+        assert len(reads) == 4
+        r = c.get("/v1/review", headers={"X-API-Key": "sl_madeup3"})
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 20  # a token every 60 / 3 s
+        assert "too many unknown or revoked API keys from this address" in r.json()["detail"]
+        assert c.get("/v1/review", headers={"X-API-Key": keys["review"]}).status_code == 200  # cached: unaffected
+        r = c.post("/v1/predict", files=[("file", ("a.jpg", encode(photo(0))))], headers={"X-API-Key": keys["predict"]})
+        assert r.status_code == 429  # not verified yet: it waits like any other key from this address
+        page = c.get("/ui/signin")
+        csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+        r = c.post("/ui/signin", data={"key": "sl_madeup4", "csrf": csrf})
+        assert r.status_code == 429 and "Too many unknown keys from this address" in r.text
+        assert len(reads) == 4  # none of the refused ones reached the database

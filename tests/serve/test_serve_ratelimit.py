@@ -49,3 +49,19 @@ def test_each_key_has_its_own_bucket_and_zero_means_no_limit(clock: Clock) -> No
     assert [limiter.check("alice") for _ in range(3)] == [None, None, pytest.approx(30.0)]
     assert [limiter.check("bob") for _ in range(2)] == [None, None]
     assert all(RateLimiter(0).check("k") is None for _ in range(1000))
+
+
+def test_waiting_takes_no_token_and_full_buckets_are_dropped_past_max_keys(clock: Clock) -> None:
+    limiter = RateLimiter(2, max_keys=3)
+    assert limiter.waiting("k") is None and limiter.waiting("k") is None  # asking spends nothing
+    limiter.check("k"), limiter.check("k")
+    assert limiter.waiting("k") == pytest.approx(30.0) and limiter.waiting("k") == pytest.approx(30.0)
+    assert RateLimiter(0).waiting("k") is None
+    # addresses that come and go: past max_keys, buckets refilled to full (as good as none) are dropped
+    for address in ("a", "b", "c"):
+        limiter.check(address)
+    clock.now += 60.0  # all full again, "k" included
+    limiter.check("e")
+    assert len(limiter) == 1  # "e", the one bucket not full
+    limiter.check("f")
+    assert len(limiter) == 2  # under the bound: kept

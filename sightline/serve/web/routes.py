@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from sightline.errors import SightlineError
 from sightline.serve.schemas import PREDICTION_ID_MAX, PredictionId, known_label, shown_label
-from sightline.serve.state import ServiceState
+from sightline.serve.state import ServiceState, TooManyFailedKeys
 from sightline.storage.store import UNKNOWN_LABEL, LabelConflictError
 from sightline.serve.web.session import COOKIE, CSRF_COOKIE, SessionSigner, load_secret, same_token
 
@@ -180,7 +180,12 @@ async def signin(request: Request, key: str = Form(""), csrf: str = Form("")) ->
     if not cookie or not same_token(csrf, cookie):
         return _signin_page("The form expired; sign in again.", 400)
     state = _state(request)
-    info = await anyio.to_thread.run_sync(state.store.verify_key, key.strip()) if key.strip() else None
+    try:
+        info = await state.verify_key(key.strip(), request.client.host if request.client else None) \
+            if key.strip() else None
+    except TooManyFailedKeys as exc:
+        return _signin_page(f"Too many unknown keys from this address; try again in {math.ceil(exc.retry_s)} s.",
+                            429)
     if info is None:
         return _signin_page("Unknown or revoked API key.", 401)
     if "review" not in info.roles:
