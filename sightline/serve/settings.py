@@ -119,7 +119,8 @@ class Settings(MonitorSettings):
                                                                   "(503 above); default none.")
     max_images_per_request: int = Field(16, ge=1, description="Most `file` fields per request (413 above).")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest image, width x height (413 above).")
-    rate_limit_per_minute: int = Field(600, ge=0, description="Requests per minute per API key (429 above); 0 = off.")
+    rate_limit_per_minute: int = Field(600, ge=0, description="Requests per minute per API key, the review page's "
+                                       "heatmaps included (429 above); 0 = off.")
     failed_keys_per_minute: int = Field(
         30, ge=0, description="Unknown or revoked keys one client address may present a minute (API and web sign-in); "
                               "above it, its keys not yet verified get 429 without a database read; 0 = off.")

@@ -88,6 +88,25 @@ def test_signin_csrf_csp_and_redirects(bundle, tmp_path):
     store.close()
 
 
+def test_a_reviewers_heatmaps_count_in_the_keys_rate_limit(bundle, tmp_path):
+    """/ui/cam runs the model once per picture; a signed-in reviewer could ask for as many as it liked, where the
+    same key's API requests are limited. It takes a token from the key's bucket like any API request (429 and
+    Retry-After past it); the kept image itself, no model run, is not counted."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    client_key, reviewer = store.create_key("client"), store.create_key("ann", ["review"])
+    with serving(bundle, database_url=store.url, image_store=tmp_path / "kept", rate_limit_per_minute=3) as c:
+        r = c.post("/v1/predict", files=[("file", ("a.jpg", encode(photo(0))))], headers={"X-API-Key": client_key})
+        (pid,) = [p["id"] for p in r.json()["predictions"]]  # queued for review (review_confidence 0.99): kept
+        assert _signin(c, reviewer).status_code == 303
+        shown = [c.get(f"/ui/cam/{pid}.png") for _ in range(3)]
+        assert all(r.status_code == 200 and r.headers["content-type"] == "image/png" for r in shown)
+        r = c.get(f"/ui/cam/{pid}.png")
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 20 and "rate limit of 3" in r.text
+        assert c.get(f"/ui/image/{pid}").status_code == 200
+        assert c.get("/v1/review", headers={"X-API-Key": reviewer}).status_code == 429  # the one bucket of the key
+    store.close()
+
+
 def test_dashboard_data_histogram_filters_and_measured_accuracy(tmp_path):
     from sklearn.metrics import confusion_matrix
 

@@ -302,10 +302,17 @@ async def undo(request: Request, body: UndoBody) -> JSONResponse:
     return result if isinstance(result, JSONResponse) else JSONResponse(result)
 
 
-async def _kept(request: Request, prediction_id: int) -> tuple[bytes, str] | Response:
-    if await _live_session(request) is None:
+async def _kept(request: Request, prediction_id: int, *, charged: bool = False) -> tuple[bytes, str] | Response:
+    """The kept image's (bytes, content type), or the response saying why not. `charged`: the request runs the model,
+    so it takes a token from the signed-in key's rate limit (rate_limit_per_minute, the API's bucket)."""
+    session = await _live_session(request)
+    if session is None:
         return Response("not signed in", status_code=401, media_type="text/plain")
     state = _state(request)
+    if charged and (retry := state.limiter.check(session["key_id"])) is not None:
+        return Response(f"rate limit of {state.settings.rate_limit_per_minute} requests per minute reached; retry "
+                        "later.", status_code=429, media_type="text/plain",
+                        headers={"Retry-After": str(max(1, math.ceil(retry)))})
     found = None
     if state.images is not None:
         found = await anyio.to_thread.run_sync(state.images.read, state.store, prediction_id)
@@ -325,8 +332,9 @@ async def image(request: Request, prediction_id: PredictionId) -> Response:
 
 @router.get("/cam/{prediction_id}.png")
 async def cam(request: Request, prediction_id: PredictionId) -> Response:
-    """The model's input crop with the top class's activation map blended over it, as PNG."""
-    found = await _kept(request, prediction_id)
+    """The model's input crop with the top class's activation map blended over it, as PNG (one inference: counted
+    in the reviewer key's rate limit)."""
+    found = await _kept(request, prediction_id, charged=True)
     if isinstance(found, Response):
         return found
     engine = _state(request).engine
