@@ -8,8 +8,10 @@ __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    """`max_keys` bounds the buckets held: past it, those refilled to full (the same as no bucket) are dropped, so
-    keys that come and go (client addresses) do not pile up."""
+    """`max_keys` bounds the buckets held, so keys that come and go (client addresses) do not pile up: past it, the
+    buckets refilled to full (the same as none) are dropped, then, while more than half of `max_keys` remain, the
+    longest idle (an address rotating through more than that many others gets a fresh bucket; memory and the time
+    spent pruning, once per max_keys / 2 new keys, stay bounded)."""
 
     def __init__(self, per_minute: int, *, max_keys: int = 10_000) -> None:
         self.per_minute = per_minute
@@ -37,8 +39,15 @@ class RateLimiter:
                 return (1.0 - tokens) * 60.0 / self.per_minute
             self._buckets[key] = (tokens - 1.0, now)
             if len(self._buckets) > self.max_keys:
-                self._buckets = {k: v for k, v in self._buckets.items() if self._tokens(k, now) < self.per_minute}
+                self._prune(now)
             return None
+
+    def _prune(self, now: float) -> None:
+        kept = {k: v for k, v in self._buckets.items() if self._tokens(k, now) < self.per_minute}
+        half = self.max_keys // 2
+        if len(kept) > half:  # the most recently used half stays
+            kept = dict(sorted(kept.items(), key=lambda item: item[1][1])[len(kept) - half:])
+        self._buckets = kept
 
     def waiting(self, key: object) -> float | None:
         """Seconds until `key` has a token again, taking none; None when it has one now."""

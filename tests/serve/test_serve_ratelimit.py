@@ -51,17 +51,23 @@ def test_each_key_has_its_own_bucket_and_zero_means_no_limit(clock: Clock) -> No
     assert all(RateLimiter(0).check("k") is None for _ in range(1000))
 
 
-def test_waiting_takes_no_token_and_full_buckets_are_dropped_past_max_keys(clock: Clock) -> None:
-    limiter = RateLimiter(2, max_keys=3)
+def test_waiting_takes_no_token_and_the_buckets_held_stay_bounded(clock: Clock) -> None:
+    limiter = RateLimiter(2, max_keys=4)
     assert limiter.waiting("k") is None and limiter.waiting("k") is None  # asking spends nothing
     limiter.check("k"), limiter.check("k")
     assert limiter.waiting("k") == pytest.approx(30.0) and limiter.waiting("k") == pytest.approx(30.0)
     assert RateLimiter(0).waiting("k") is None
-    # addresses that come and go: past max_keys, buckets refilled to full (as good as none) are dropped
-    for address in ("a", "b", "c"):
+    for address in ("a", "b", "c"):  # four buckets: at the bound, all kept
         limiter.check(address)
-    clock.now += 60.0  # all full again, "k" included
+    assert len(limiter) == 4 and limiter.waiting("k") == pytest.approx(30.0)
+    clock.now += 60.0  # all full again: the same as no bucket
     limiter.check("e")
-    assert len(limiter) == 1  # "e", the one bucket not full
-    limiter.check("f")
-    assert len(limiter) == 2  # under the bound: kept
+    assert len(limiter) == 1  # past the bound: the full ones dropped, "e" kept
+    for address in ("f", "g", "h"):
+        clock.now += 1.0
+        limiter.check(address)
+    clock.now += 1.0
+    limiter.check("i")  # five buckets in use: the two used last stay
+    assert len(limiter) == 2
+    assert limiter.check("h") is None and limiter.check("h") == pytest.approx(29.0)  # kept: its token spent 1 s ago
+    assert limiter.check("f") is None and limiter.check("f") is None  # dropped: a fresh bucket of two
