@@ -134,7 +134,7 @@ async def authorize(state: ServiceState, headers: Any, role: str, client: str | 
     if retry is not None:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"rate limit of {state.settings.rate_limit_per_minute} requests per minute reached; retry later.",
+            state.limiter.refusal(),
             headers={"Retry-After": str(max(1, math.ceil(retry)))},
         )
     return info

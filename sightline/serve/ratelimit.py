@@ -49,6 +49,10 @@ class RateLimiter:
             kept = dict(sorted(kept.items(), key=lambda item: item[1][1])[len(kept) - half:])
         self._buckets = kept
 
+    def refusal(self) -> str:
+        """What a refused request is told (the API's JSON detail, the web app's text)."""
+        return f"rate limit of {self.per_minute} requests per minute reached; retry later."
+
     def waiting(self, key: object) -> float | None:
         """Seconds until `key` has a token again, taking none; None when it has one now."""
         if self.per_minute <= 0:

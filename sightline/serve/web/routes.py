@@ -310,8 +310,7 @@ async def _kept(request: Request, prediction_id: int, *, charged: bool = False) 
         return Response("not signed in", status_code=401, media_type="text/plain")
     state = _state(request)
     if charged and (retry := state.limiter.check(session["key_id"])) is not None:
-        return Response(f"rate limit of {state.settings.rate_limit_per_minute} requests per minute reached; retry "
-                        "later.", status_code=429, media_type="text/plain",
+        return Response(state.limiter.refusal(), status_code=429, media_type="text/plain",
                         headers={"Retry-After": str(max(1, math.ceil(retry)))})
     found = None
     if state.images is not None:
